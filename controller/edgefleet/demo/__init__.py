@@ -1,0 +1,1 @@
+"""``edgectl demo``: a whole fleet on one machine, and the small real models it ships."""

@@ -1,0 +1,11 @@
+"""Capped exponential backoff with full jitter (pure: randomness comes in as a parameter)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def delay(attempt: int, *, base: float = 0.5, cap: float = 30.0, rand: Callable[[], float]) -> float:
+    """Seconds to wait before retry number ``attempt`` (0-based): uniform in [0, min(cap, base*2^n)]."""
+    ceiling = min(cap, base * (2 ** min(attempt, 32)))
+    return ceiling * rand()

@@ -1,0 +1,174 @@
+"""The paho-mqtt 2.x adapter the controller and the agent share.
+
+A persistent session (MQTT 3.1.1, ``clean_session=False``) so QoS 1 messages published while a
+client was away are delivered when it returns; subscriptions are renewed on every connect; paho
+reconnects by itself with a capped exponential delay, including when the broker is down at start.
+Handlers run on paho's network thread: they must be quick and hand real work to a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edgefleet.common.errors import InvalidInputError, TransientError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, bytes, bool], None]
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise InvalidInputError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+        tls = parts.scheme in ("mqtts", "ssl")
+        if not parts.hostname:
+            raise InvalidInputError(f"MQTT URL without a host: {url!r}")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise InvalidInputError(f"MQTT URL with a bad port: {url!r}") from exc
+        return cls(
+            host=parts.hostname,
+            port=port,
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    def redacted(self) -> str:
+        """For logs: never the password."""
+        user = f"{self.username}:***@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttSession:
+    """One long-lived broker connection with a fixed set of subscriptions."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str,
+        subscriptions: Iterable[tuple[str, int]] = (),
+        on_message: Handler | None = None,
+        will: Will | None = None,
+        on_connect: Callable[[], None] | None = None,
+        ca_file: str | None = None,
+        keepalive: int = 30,
+    ) -> None:
+        self.broker = BrokerUrl.parse(url)
+        self._subscriptions = list(subscriptions)
+        self._on_message = on_message
+        self._on_connect_hook = on_connect
+        self._connected = threading.Event()
+        self._keepalive = keepalive
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_queued_messages_set(10_000)
+        if self.broker.username:
+            self._client.username_pw_set(self.broker.username, self.broker.password)
+        if self.broker.tls:
+            self._client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        self._client.on_connect = self._handle_connect
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def start(self) -> None:
+        """Connect in the background; returns at once even when the broker is down."""
+        log.info("connecting to MQTT broker %s", self.broker.redacted())
+        self._client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Queue a message; paho delivers QoS 1 messages once the broker is reachable."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise TransientError(f"MQTT publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        return info
+
+    def stop(self, *, last: Iterable[tuple[str, bytes, bool]] = ()) -> None:
+        """Publish ``last`` messages (topic, payload, retain) if connected, then disconnect."""
+        if self.connected:
+            for topic, payload, retain in last:
+                info = self._client.publish(topic, payload, qos=1, retain=retain)
+                try:
+                    info.wait_for_publish(timeout=2)
+                except (RuntimeError, ValueError):
+                    log.warning("could not publish %s before disconnecting", topic)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    # paho callbacks (network thread)
+
+    def _handle_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        if reason.is_failure:
+            log.warning("MQTT broker %s refused the connection: %s", self.broker.redacted(), reason)
+            return
+        log.info("connected to MQTT broker %s", self.broker.redacted())
+        if self._subscriptions:
+            client.subscribe(self._subscriptions)
+        self._connected.set()
+        if self._on_connect_hook is not None:
+            self._on_connect_hook()
+
+    def _handle_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
+    ) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and reason.is_failure:
+            log.warning("lost MQTT broker %s (%s); reconnecting", self.broker.redacted(), reason)
+
+    def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self._on_message is None:
+            return
+        try:
+            self._on_message(msg.topic, msg.payload, bool(msg.retain))
+        except Exception:
+            # A handler bug must not kill paho's network thread (and with it the session).
+            log.exception("MQTT handler failed on %s", msg.topic)

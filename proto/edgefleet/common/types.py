@@ -1,0 +1,172 @@
+"""Domain twins of the wire messages: frozen dataclasses the pure core works with.
+
+Nothing here imports generated protobuf code; ``edgefleet.common.wire`` converts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import semver
+
+from edgefleet.common.errors import InvalidInputError
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+class InstallPhase(StrEnum):
+    """Agent install state machine (DESIGN.md section 5)."""
+
+    IDLE = "idle"
+    FETCHING = "fetching"
+    VERIFYING = "verifying"
+    STAGED = "staged"
+    HEALTH_CHECK = "health_check"
+    ACTIVE = "active"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+
+
+def validate_name(kind: str, name: str) -> str:
+    """Model, fleet and device names: lower-case, digits, ``.-_``; they end up in topics and paths."""
+    if not _NAME.match(name):
+        raise InvalidInputError(
+            f"invalid {kind} name {name!r}: use 1-63 of a-z 0-9 . _ - starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, order=True)
+class ReleaseRef:
+    """``name:semver``, e.g. ``digits:1.2.0``."""
+
+    name: str
+    version: str
+
+    @classmethod
+    def parse(cls, text: str) -> ReleaseRef:
+        name, sep, version = text.partition(":")
+        if not sep or not name or not version:
+            raise InvalidInputError(f"release must be NAME:VERSION, got {text!r}")
+        return cls(validate_name("release", name), validate_version(version))
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+def validate_version(version: str) -> str:
+    if not semver.Version.is_valid(version):
+        raise InvalidInputError(f"version must be semver (MAJOR.MINOR.PATCH), got {version!r}")
+    return version
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]  # -1 = dynamic
+
+    def describe(self) -> str:
+        dims = ",".join("?" if d < 0 else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    smoke_inference: bool = True
+    latency_budget_ms: float = 0.0
+    max_load_failures: int = 3
+    health_window_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    model_digest: str
+    model_size: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    runtime: str = "onnxruntime"
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    created_at_ms: int = 0
+    model_version: int = 0
+    compression_report_json: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> ReleaseRef:
+        return ReleaseRef(self.name, self.version)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    """What the controller wants one device to run. ``manifest`` is already verified."""
+
+    device_id: str
+    fleet: str
+    generation: int
+    release: ReleaseRef
+    manifest_digest: str
+    manifest: Manifest
+    rollout_id: str = ""
+    issued_at_ms: int = 0
+    artifact_sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    device_id: str
+    fleet: str
+    phase: InstallPhase
+    labels: Mapping[str, str] = field(default_factory=dict)
+    active_release: str = ""
+    previous_release: str = ""
+    target_release: str = ""
+    generation_applied: int = 0
+    last_error: str = ""
+    predict_endpoint: str = ""
+    agent_version: str = ""
+    at_ms: int = 0
+    active_manifest_digest: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    device_id: str
+    kind: str
+    message: str = ""
+    release: str = ""
+    generation: int = 0
+    phase: InstallPhase | None = None
+    at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    device_id: str
+    release: str
+    window_s: float
+    requests: int
+    errors: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    power_w: float | None = None
+    energy_per_inference_j: float | None = None
+    cpu_percent: float = 0.0
+    memory_bytes: int = 0
+    at_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Presence:
+    device_id: str
+    fleet: str
+    online: bool
+    predict_endpoint: str = ""
+    active_release: str = ""
+    at_ms: int = 0

@@ -1,0 +1,338 @@
+"""Protobuf messages <-> domain dataclasses. The one place that knows both.
+
+Decoders raise ``MalformedMessageError`` for bytes that do not parse or miss required fields,
+so a bad payload from the network is one clear error, never an ``AttributeError`` deep inside.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.message import DecodeError, Message
+
+from edgefleet.common import types as t
+from edgefleet.common.errors import InvalidInputError, MalformedMessageError
+from edgefleet.common.signing import Envelope
+from edgefleet.v1 import common_pb2, mqtt_pb2
+
+M = TypeVar("M", bound=Message)
+
+_PHASES = {
+    t.InstallPhase.IDLE: mqtt_pb2.INSTALL_PHASE_IDLE,
+    t.InstallPhase.FETCHING: mqtt_pb2.INSTALL_PHASE_FETCHING,
+    t.InstallPhase.VERIFYING: mqtt_pb2.INSTALL_PHASE_VERIFYING,
+    t.InstallPhase.STAGED: mqtt_pb2.INSTALL_PHASE_STAGED,
+    t.InstallPhase.HEALTH_CHECK: mqtt_pb2.INSTALL_PHASE_HEALTH_CHECK,
+    t.InstallPhase.ACTIVE: mqtt_pb2.INSTALL_PHASE_ACTIVE,
+    t.InstallPhase.FAILED: mqtt_pb2.INSTALL_PHASE_FAILED,
+    t.InstallPhase.ROLLED_BACK: mqtt_pb2.INSTALL_PHASE_ROLLED_BACK,
+}
+_PHASES_BACK = {v: k for k, v in _PHASES.items()}
+
+
+def parse(message_type: type[M], data: bytes, *, what: str = "") -> M:
+    msg = message_type()
+    try:
+        msg.ParseFromString(data)
+    except (DecodeError, ValueError) as exc:
+        raise MalformedMessageError(
+            f"{what or message_type.DESCRIPTOR.full_name}: not a valid protobuf payload"
+        ) from exc
+    return msg
+
+
+def phase_to_pb(phase: t.InstallPhase | None) -> mqtt_pb2.InstallPhase.ValueType:
+    return _PHASES[phase] if phase is not None else mqtt_pb2.INSTALL_PHASE_UNSPECIFIED
+
+
+def phase_from_pb(value: int) -> t.InstallPhase | None:
+    return _PHASES_BACK.get(value)  # type: ignore[call-overload]
+
+
+# --- tensors -------------------------------------------------------------------------------
+
+
+def spec_to_pb(spec: t.TensorSpec) -> common_pb2.TensorSpec:
+    return common_pb2.TensorSpec(name=spec.name, dtype=spec.dtype, shape=list(spec.shape))
+
+
+def spec_from_pb(msg: common_pb2.TensorSpec) -> t.TensorSpec:
+    return t.TensorSpec(name=msg.name, dtype=msg.dtype, shape=tuple(msg.shape))
+
+
+def specs_from_pb(msgs: Iterable[common_pb2.TensorSpec]) -> tuple[t.TensorSpec, ...]:
+    return tuple(spec_from_pb(m) for m in msgs)
+
+
+def array_to_pb(name: str, array: npt.NDArray[np.generic]) -> common_pb2.Tensor:
+    a = np.ascontiguousarray(array)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    return common_pb2.Tensor(name=name, dtype=a.dtype.name, shape=list(a.shape), data=a.tobytes())
+
+
+def array_from_pb(msg: common_pb2.Tensor) -> npt.NDArray[np.generic]:
+    """Decode one tensor; every mismatch is an ``InvalidInputError`` naming the tensor."""
+    try:
+        dtype = np.dtype(msg.dtype).newbyteorder("<")
+    except TypeError as exc:
+        raise InvalidInputError(f"tensor {msg.name!r}: unknown dtype {msg.dtype!r}") from exc
+    if dtype.hasobject or dtype.kind in "OUSV":
+        raise InvalidInputError(f"tensor {msg.name!r}: dtype {msg.dtype!r} is not numeric")
+    shape = tuple(msg.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidInputError(f"tensor {msg.name!r}: negative dimension in shape {list(shape)}")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if expected != len(msg.data):
+        raise InvalidInputError(
+            f"tensor {msg.name!r}: shape {list(shape)} of {msg.dtype} needs {expected} bytes, "
+            f"got {len(msg.data)}"
+        )
+    return np.frombuffer(msg.data, dtype=dtype).reshape(shape)
+
+
+# --- signed envelopes and manifests ---------------------------------------------------------
+
+
+def envelope_to_pb(env: Envelope) -> common_pb2.Signed:
+    return common_pb2.Signed(
+        payload=env.payload,
+        payload_type=env.payload_type,
+        key_id=env.key_id,
+        signature=env.signature,
+    )
+
+
+def envelope_from_pb(msg: common_pb2.Signed) -> Envelope:
+    return Envelope(
+        payload=msg.payload,
+        payload_type=msg.payload_type,
+        key_id=msg.key_id,
+        signature=msg.signature,
+    )
+
+
+def decode_envelope(data: bytes) -> Envelope:
+    msg = parse(common_pb2.Signed, data, what="signed envelope")
+    if not msg.payload_type or not msg.signature:
+        raise MalformedMessageError("signed envelope without payload type or signature")
+    return envelope_from_pb(msg)
+
+
+def health_to_pb(h: t.HealthPolicy) -> common_pb2.HealthPolicy:
+    return common_pb2.HealthPolicy(
+        smoke_inference=h.smoke_inference,
+        latency_budget_ms=h.latency_budget_ms,
+        max_load_failures=h.max_load_failures,
+        health_window_s=h.health_window_s,
+    )
+
+
+def health_from_pb(msg: common_pb2.HealthPolicy) -> t.HealthPolicy:
+    return t.HealthPolicy(
+        smoke_inference=msg.smoke_inference,
+        latency_budget_ms=msg.latency_budget_ms,
+        max_load_failures=msg.max_load_failures,
+        health_window_s=msg.health_window_s,
+    )
+
+
+def manifest_to_pb(m: t.Manifest) -> common_pb2.Manifest:
+    return common_pb2.Manifest(
+        name=m.name,
+        version=m.version,
+        model_digest=m.model_digest,
+        model_size=m.model_size,
+        inputs=[spec_to_pb(s) for s in m.inputs],
+        outputs=[spec_to_pb(s) for s in m.outputs],
+        runtime=m.runtime,
+        health=health_to_pb(m.health),
+        created_at_ms=m.created_at_ms,
+        compression_report_json=m.compression_report_json,
+        annotations=dict(m.annotations),
+        model_version=m.model_version,
+    )
+
+
+def manifest_from_pb(msg: common_pb2.Manifest) -> t.Manifest:
+    if not (msg.name and msg.version and msg.model_digest and msg.inputs):
+        raise MalformedMessageError("manifest without name, version, model digest or inputs")
+    return t.Manifest(
+        name=msg.name,
+        version=msg.version,
+        model_digest=msg.model_digest,
+        model_size=msg.model_size,
+        inputs=specs_from_pb(msg.inputs),
+        outputs=specs_from_pb(msg.outputs),
+        runtime=msg.runtime or "onnxruntime",
+        health=health_from_pb(msg.health),
+        created_at_ms=msg.created_at_ms,
+        compression_report_json=msg.compression_report_json,
+        annotations=dict(msg.annotations),
+        model_version=msg.model_version,
+    )
+
+
+def encode_manifest(m: t.Manifest) -> bytes:
+    return manifest_to_pb(m).SerializeToString(deterministic=True)
+
+
+def decode_manifest(data: bytes) -> t.Manifest:
+    return manifest_from_pb(parse(common_pb2.Manifest, data, what="manifest"))
+
+
+# --- device reports -------------------------------------------------------------------------
+
+
+def status_to_pb(s: t.DeviceStatus) -> mqtt_pb2.DeviceStatus:
+    return mqtt_pb2.DeviceStatus(
+        device_id=s.device_id,
+        fleet=s.fleet,
+        labels=dict(s.labels),
+        phase=phase_to_pb(s.phase),
+        active_release=s.active_release,
+        previous_release=s.previous_release,
+        target_release=s.target_release,
+        generation_applied=s.generation_applied,
+        last_error=s.last_error,
+        predict_endpoint=s.predict_endpoint,
+        agent_version=s.agent_version,
+        at_ms=s.at_ms,
+        active_manifest_digest=s.active_manifest_digest,
+    )
+
+
+def decode_status(data: bytes) -> t.DeviceStatus:
+    msg = parse(mqtt_pb2.DeviceStatus, data, what="device status")
+    phase = phase_from_pb(msg.phase)
+    if not msg.device_id or not msg.fleet or phase is None:
+        raise MalformedMessageError("device status without device id, fleet or phase")
+    return t.DeviceStatus(
+        device_id=msg.device_id,
+        fleet=msg.fleet,
+        phase=phase,
+        labels=dict(msg.labels),
+        active_release=msg.active_release,
+        previous_release=msg.previous_release,
+        target_release=msg.target_release,
+        generation_applied=msg.generation_applied,
+        last_error=msg.last_error,
+        predict_endpoint=msg.predict_endpoint,
+        agent_version=msg.agent_version,
+        at_ms=msg.at_ms,
+        active_manifest_digest=msg.active_manifest_digest,
+    )
+
+
+def event_to_pb(e: t.DeviceEvent) -> mqtt_pb2.DeviceEvent:
+    return mqtt_pb2.DeviceEvent(
+        device_id=e.device_id,
+        kind=e.kind,
+        release=e.release,
+        generation=e.generation,
+        phase=phase_to_pb(e.phase),
+        message=e.message,
+        at_ms=e.at_ms,
+    )
+
+
+def event_from_pb(msg: mqtt_pb2.DeviceEvent) -> t.DeviceEvent:
+    return t.DeviceEvent(
+        device_id=msg.device_id,
+        kind=msg.kind,
+        message=msg.message,
+        release=msg.release,
+        generation=msg.generation,
+        phase=phase_from_pb(msg.phase),
+        at_ms=msg.at_ms,
+    )
+
+
+def decode_event(data: bytes) -> t.DeviceEvent:
+    msg = parse(mqtt_pb2.DeviceEvent, data, what="device event")
+    if not msg.device_id or not msg.kind:
+        raise MalformedMessageError("device event without device id or kind")
+    return event_from_pb(msg)
+
+
+def telemetry_to_pb(x: t.Telemetry) -> mqtt_pb2.Telemetry:
+    msg = mqtt_pb2.Telemetry(
+        device_id=x.device_id,
+        release=x.release,
+        window_s=x.window_s,
+        requests=x.requests,
+        errors=x.errors,
+        p50_ms=x.p50_ms,
+        p95_ms=x.p95_ms,
+        p99_ms=x.p99_ms,
+        cpu_percent=x.cpu_percent,
+        memory_bytes=x.memory_bytes,
+        at_ms=x.at_ms,
+    )
+    if x.power_w is not None:
+        msg.power_w = x.power_w
+    if x.energy_per_inference_j is not None:
+        msg.energy_per_inference_j = x.energy_per_inference_j
+    return msg
+
+
+def telemetry_from_pb(msg: mqtt_pb2.Telemetry) -> t.Telemetry:
+    return t.Telemetry(
+        device_id=msg.device_id,
+        release=msg.release,
+        window_s=msg.window_s,
+        requests=msg.requests,
+        errors=msg.errors,
+        p50_ms=msg.p50_ms,
+        p95_ms=msg.p95_ms,
+        p99_ms=msg.p99_ms,
+        power_w=msg.power_w if msg.HasField("power_w") else None,
+        energy_per_inference_j=(
+            msg.energy_per_inference_j if msg.HasField("energy_per_inference_j") else None
+        ),
+        cpu_percent=msg.cpu_percent,
+        memory_bytes=msg.memory_bytes,
+        at_ms=msg.at_ms,
+    )
+
+
+def decode_telemetry(data: bytes) -> t.Telemetry:
+    msg = parse(mqtt_pb2.Telemetry, data, what="telemetry")
+    if not msg.device_id:
+        raise MalformedMessageError("telemetry without device id")
+    values = (msg.window_s, msg.p50_ms, msg.p95_ms, msg.p99_ms, msg.cpu_percent)
+    if any(v != v or v < 0 for v in values):  # NaN or negative
+        raise MalformedMessageError("telemetry with a negative or NaN figure")
+    return telemetry_from_pb(msg)
+
+
+def presence_to_pb(p: t.Presence) -> mqtt_pb2.Presence:
+    return mqtt_pb2.Presence(
+        device_id=p.device_id,
+        fleet=p.fleet,
+        online=p.online,
+        predict_endpoint=p.predict_endpoint,
+        active_release=p.active_release,
+        at_ms=p.at_ms,
+    )
+
+
+def decode_presence(data: bytes) -> t.Presence:
+    msg = parse(mqtt_pb2.Presence, data, what="presence")
+    if not msg.device_id or not msg.fleet:
+        raise MalformedMessageError("presence without device id or fleet")
+    return t.Presence(
+        device_id=msg.device_id,
+        fleet=msg.fleet,
+        online=msg.online,
+        predict_endpoint=msg.predict_endpoint,
+        active_release=msg.active_release,
+        at_ms=msg.at_ms,
+    )
+
+
+def describe_specs(specs: Sequence[t.TensorSpec]) -> str:
+    return ", ".join(s.describe() for s in specs)
