@@ -1,0 +1,36 @@
+# EdgeFleet developer tasks. `make setup` makes .venv; every other target uses it.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+PROTOS := $(wildcard proto/edgefleet/v1/*.proto)
+
+.PHONY: setup demo test unit lint proto bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	bash deploy/setup.sh --no-system
+	@touch $@
+
+demo: setup
+	$(VENV)/bin/edgectl demo
+
+proto: setup
+	$(PY) -m grpc_tools.protoc -I proto \
+	  --python_out=proto --grpc_python_out=proto \
+	  --mypy_out=proto --mypy_grpc_out=proto $(PROTOS)
+
+lint: setup
+	$(PY) -m ruff check agent controller proto/edgefleet/common tests bench
+	$(PY) -m ruff format --check agent controller proto/edgefleet/common tests bench
+	$(PY) -m mypy agent/edgefleet controller/edgefleet proto/edgefleet/common
+	$(VENV)/bin/lint-imports
+
+test: lint
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache bench/results/*.json

@@ -1,0 +1,179 @@
+"""Blobs by sha256: a local store, the ``ArtifactService`` that serves it, and a resumable fetch.
+
+The controller serves its store to agents; an agent can serve its own store to neighbours.
+``fetch`` appends to a partial file from its current size, so a download cut by a crash or a
+lost connection resumes where the bytes on disk end. Verification is the caller's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+
+from edgefleet.common import digests, rpc
+from edgefleet.common.errors import FetchError, InvalidInputError, NotFoundError
+from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 256 * 1024
+MAX_CHUNK = 4 << 20
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds either the old or the new bytes, even after a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+class BlobStore:
+    """Content-addressed files under ``root``: ``root/sha256/<hex>``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "sha256").mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.root / "sha256" / digests.hex_part(digest)
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: str) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError("blob", digest) from None
+
+    def put(self, data: bytes) -> str:
+        digest = digests.of_bytes(data)
+        if not self.has(digest):
+            atomic_write(self.path(digest), data)
+        return digest
+
+    def adopt(self, path: Path, digest: str) -> Path:
+        """Move a verified file into the store under ``digest``."""
+        target = self.path(digest)
+        os.replace(path, target)
+        fsync_dir(target.parent)
+        return target
+
+    def read(self, digest: str) -> bytes:
+        try:
+            return self.path(digest).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError("blob", digest) from None
+
+
+class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+
+    def Stat(
+        self, request: artifact_pb2.StatRequest, context: grpc.ServicerContext
+    ) -> artifact_pb2.BlobInfo:
+        try:
+            size = self._store.size(digests.validate(request.digest))
+        except (NotFoundError, InvalidInputError) as exc:
+            rpc.abort(context, exc)
+            raise  # unreachable: abort raises
+        return artifact_pb2.BlobInfo(digest=request.digest, size=size)
+
+    def Fetch(
+        self, request: artifact_pb2.FetchRequest, context: grpc.ServicerContext
+    ) -> Iterator[artifact_pb2.BlobChunk]:
+        try:
+            path = self._store.path(digests.validate(request.digest))
+            f = path.open("rb")
+        except InvalidInputError as exc:
+            rpc.abort(context, exc)
+            return
+        except FileNotFoundError:
+            rpc.abort(context, NotFoundError("blob", request.digest))
+            return
+        chunk = min(request.chunk_size or DEFAULT_CHUNK, MAX_CHUNK)
+        with f:
+            total = os.fstat(f.fileno()).st_size
+            if request.offset > total:
+                context.abort(
+                    grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} past size {total}"
+                )
+            f.seek(request.offset)
+            offset = request.offset
+            while data := f.read(chunk):
+                yield artifact_pb2.BlobChunk(offset=offset, data=data, total_size=total)
+                offset += len(data)
+
+
+def fetch(
+    target: str,
+    digest: str,
+    partial: Path,
+    *,
+    chunk_size: int = DEFAULT_CHUNK,
+    deadline_s: float = 300.0,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> int:
+    """Append ``digest``'s bytes from ``target`` to ``partial``, resuming at its current size.
+
+    Returns the total size. ``on_chunk(done, total)`` runs after each chunk is on disk.
+    Raises ``FetchError`` (transient) when the source fails; ``NotFoundError`` when it lacks
+    the blob.
+    """
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    offset = partial.stat().st_size if partial.exists() else 0
+    with rpc.channel(target) as channel:
+        stub = artifact_pb2_grpc.ArtifactServiceStub(channel)
+        try:
+            info = stub.Stat(artifact_pb2.StatRequest(digest=digest), timeout=rpc.DEFAULT_DEADLINE_S)
+            total = info.size
+            if offset > total:
+                log.warning("partial %s longer than the blob; starting over", partial)
+                partial.unlink()
+                offset = 0
+            if offset == total:
+                return total
+            if offset:
+                log.info("resuming %s at byte %d of %d from %s", digest, offset, total, target)
+            request = artifact_pb2.FetchRequest(digest=digest, offset=offset, chunk_size=chunk_size)
+            with partial.open("ab") as f:
+                for msg in stub.Fetch(request, timeout=deadline_s):
+                    if msg.offset != offset:
+                        raise FetchError(digest, f"{target} sent offset {msg.offset}, wanted {offset}")
+                    f.write(msg.data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    offset += len(msg.data)
+                    if on_chunk is not None:
+                        on_chunk(offset, total)
+        except grpc.RpcError as exc:
+            err = rpc.error_from_rpc(exc, target=target)
+            if err.code == grpc.StatusCode.NOT_FOUND:
+                raise NotFoundError("blob", f"{digest} at {target}") from exc
+            raise FetchError(digest, str(err)) from exc
+    if offset != total:
+        raise FetchError(digest, f"{target} ended the stream at byte {offset} of {total}")
+    return total
