@@ -148,7 +148,9 @@ def fetch(
     with rpc.channel(target) as channel:
         stub = artifact_pb2_grpc.ArtifactServiceStub(channel)
         try:
-            info = stub.Stat(artifact_pb2.StatRequest(digest=digest), timeout=rpc.DEFAULT_DEADLINE_S)
+            info = stub.Stat(
+                artifact_pb2.StatRequest(digest=digest), timeout=rpc.DEFAULT_DEADLINE_S
+            )
             total = info.size
             if offset > total:
                 log.warning("partial %s longer than the blob; starting over", partial)
@@ -162,7 +164,9 @@ def fetch(
             with partial.open("ab") as f:
                 for msg in stub.Fetch(request, timeout=deadline_s):
                     if msg.offset != offset:
-                        raise FetchError(digest, f"{target} sent offset {msg.offset}, wanted {offset}")
+                        raise FetchError(
+                            digest, f"{target} sent offset {msg.offset}, wanted {offset}"
+                        )
                     f.write(msg.data)
                     f.flush()
                     os.fsync(f.fileno())

@@ -3,14 +3,14 @@
 ::
 
     EdgeFleetError
-    ├── TransientError            retry later, with a delay (broker down, controller unreachable)
+    ├── TransientError            retry later, with a delay (broker down, controller away)
     │   └── FetchError            a blob could not be fetched from any source
     └── PermanentError            do not retry the same input: report it, keep the last good state
         ├── IntegrityError        bytes do not match their sha256 digest (.digest, .actual)
         ├── SignatureError        bad signature, unknown key, wrong payload type (.key_id)
-        ├── StaleGenerationError  a desired state not newer than the last applied (.generation, .applied)
+        ├── StaleGenerationError  desired state not newer than the last applied (.generation)
         ├── MalformedMessageError a payload that does not parse or misses required fields
-        ├── InvalidInputError     a request that cannot be served as asked (wrong tensor, bad version)
+        ├── InvalidInputError     a request that cannot be served as asked (bad tensor, version)
         ├── NotFoundError         unknown model, release, fleet or device (.kind, .name)
         └── ModelLoadError        a model that ONNX Runtime refuses or that fails its health check
 """

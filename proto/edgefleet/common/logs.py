@@ -37,7 +37,9 @@ class ContextAdapter(logging.LoggerAdapter[logging.Logger]):
     def __init__(self, logger: logging.Logger, context: Mapping[str, str]) -> None:
         super().__init__(logger, dict(context))
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
         return msg, kwargs
 

@@ -121,7 +121,9 @@ class MqttSession:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
         """Queue a message; paho delivers QoS 1 messages once the broker is reachable."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
@@ -168,7 +170,7 @@ class MqttSession:
         if self._on_message is None:
             return
         try:
-            self._on_message(msg.topic, msg.payload, bool(msg.retain))
+            self._on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
         except Exception:
             # A handler bug must not kill paho's network thread (and with it the session).
             log.exception("MQTT handler failed on %s", msg.topic)

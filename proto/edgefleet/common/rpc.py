@@ -50,8 +50,11 @@ class RpcFailed(errors.EdgeFleetError):
 
 
 def error_from_rpc(exc: grpc.RpcError, *, target: str) -> RpcFailed:
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    detail = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    # Every RpcError the channel raises is also a grpc.Call; the stubs cannot say so.
+    code_fn = getattr(exc, "code", None)
+    details_fn = getattr(exc, "details", None)
+    code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
+    detail = details_fn() if callable(details_fn) else str(exc)
     return RpcFailed(target, code, detail or code.name)
 
 

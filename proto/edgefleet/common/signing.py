@@ -102,7 +102,7 @@ def public_pem(key: Ed25519PublicKey) -> str:
 
 
 def load_public_keys(pem: bytes, *, source: str = "PEM") -> list[Ed25519PublicKey]:
-    """Every public key in a PEM bundle (several ``BEGIN PUBLIC KEY`` blocks may follow each other)."""
+    """Every public key in a PEM bundle (``BEGIN PUBLIC KEY`` blocks, one after another)."""
     marker = b"-----END PUBLIC KEY-----"
     blocks = [b + marker for b in pem.split(marker) if b.strip()]
     keys = []

@@ -31,10 +31,11 @@ class InstallPhase(StrEnum):
 
 
 def validate_name(kind: str, name: str) -> str:
-    """Model, fleet and device names: lower-case, digits, ``.-_``; they end up in topics and paths."""
+    """Model, fleet and device names: a-z, 0-9, ``.-_``; they end up in topics and paths."""
     if not _NAME.match(name):
         raise InvalidInputError(
-            f"invalid {kind} name {name!r}: use 1-63 of a-z 0-9 . _ - starting with a letter or digit"
+            f"invalid {kind} name {name!r}: use 1-63 of a-z 0-9 . _ - "
+            "starting with a letter or digit"
         )
     return name
 

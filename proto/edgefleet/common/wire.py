@@ -6,6 +6,7 @@ so a bad payload from the network is one clear error, never an ``AttributeError`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
@@ -49,7 +50,7 @@ def phase_to_pb(phase: t.InstallPhase | None) -> mqtt_pb2.InstallPhase.ValueType
 
 
 def phase_from_pb(value: int) -> t.InstallPhase | None:
-    return _PHASES_BACK.get(value)  # type: ignore[call-overload]
+    return _PHASES_BACK.get(value)  # type: ignore[call-overload,no-any-return]
 
 
 # --- tensors -------------------------------------------------------------------------------
@@ -304,7 +305,7 @@ def decode_telemetry(data: bytes) -> t.Telemetry:
     if not msg.device_id:
         raise MalformedMessageError("telemetry without device id")
     values = (msg.window_s, msg.p50_ms, msg.p95_ms, msg.p99_ms, msg.cpu_percent)
-    if any(v != v or v < 0 for v in values):  # NaN or negative
+    if any(math.isnan(v) or v < 0 for v in values):
         raise MalformedMessageError("telemetry with a negative or NaN figure")
     return telemetry_from_pb(msg)
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian machine for EdgeFleet: the system packages it runs with, then .venv
+# with the package (editable) and its dev tools.
+#   --dev        also the system packages the test suite uses
+#   --no-system  skip apt-get (what `make setup` runs; the machine is already set up)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dev=0
+system=1
+for arg in "$@"; do
+  case "$arg" in
+    --dev) dev=1 ;;
+    --no-system) system=0 ;;
+    *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$system" = 1 ]; then
+  need=()
+  command -v make >/dev/null || need+=(make)
+  command -v python3 >/dev/null || need+=(python3)
+  python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+  if [ "$dev" = 1 ]; then
+    command -v git >/dev/null || need+=(git)
+  fi
+  if [ "${#need[@]}" -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "setup: installing ${need[*]} with apt-get"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[broker,dev]"
+touch .venv/.installed
+echo "setup: .venv ready ($(.venv/bin/python --version))"
