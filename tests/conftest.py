@@ -25,9 +25,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout: float = 10.0) -> None:
+def wait_port(
+    port: int, timeout: float = 10.0, *, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return
@@ -48,7 +52,9 @@ class Broker:
             "allow_anonymous true\n"
             "persistence false\n"
             "max_queued_messages 100000\n"
-            f"{extra_conf}\n"
+            # as root, mosquitto drops to user `mosquitto`, who cannot read pytest's 0700 dirs
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + f"{extra_conf}\n"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -61,7 +67,11 @@ class Broker:
             self.proc = subprocess.Popen(
                 [self.binary, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
             )
-        wait_port(self.port)
+        try:
+            wait_port(self.port, proc=self.proc)
+        except BaseException:
+            self.kill()
+            raise
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

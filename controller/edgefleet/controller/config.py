@@ -1,0 +1,103 @@
+"""Controller settings: nested frozen dataclasses, loaded once (CLI flags) and passed down.
+
+Each part of the controller takes the one section it needs, never the whole tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgefleet.common.errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class GrpcSettings:
+    bind: str = "127.0.0.1:50051"
+    """Address the gRPC server listens on (HOST:PORT; port 0 picks a free one)."""
+    advertise: str = ""
+    """ArtifactService address put into desired states; empty = the bound address."""
+    workers: int = 16
+    """Threads serving gRPC calls."""
+    grace_s: float = 3.0
+    """How long calls in flight may run on after a stop is asked."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    url: str = "mqtt://127.0.0.1:1883"
+    """Broker URL (mqtt:// or mqtts://, credentials in the URL)."""
+    client_id: str = "edgefleet-controller"
+    """MQTT client id; the persistent session is keyed by it."""
+    ca_file: str | None = None
+    """CA bundle for mqtts:// brokers; None = the system store."""
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    max_model_bytes: int = 512 << 20
+    """Largest .onnx file UploadModel accepts."""
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    events_per_device: int = 1000
+    """Events kept per device; older ones are deleted as new ones arrive."""
+    queue_size: int = 10_000
+    """Messages waiting for the database; telemetry beyond it is dropped, the rest waits."""
+    batch_size: int = 256
+    """Messages written in one transaction."""
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    port: int | None = None
+    """Port for the Prometheus /metrics endpoint; None = not served."""
+    host: str = "127.0.0.1"
+    """Address the /metrics endpoint listens on."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("edgefleet-data")
+    """Keys, blobs, the SQLite database and controller.json live here."""
+    db_url: str = ""
+    """SQLAlchemy URL; empty = sqlite:///<data_dir>/controller.db."""
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
+    """The gRPC server (ControllerService, ArtifactService, health)."""
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    """The broker connection."""
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    """Model uploads."""
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    """Device reports coming in over MQTT."""
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    """Prometheus metrics."""
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir.resolve() / 'controller.db'}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / "controller.json"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise InvalidInputError(f"address must be HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def join_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

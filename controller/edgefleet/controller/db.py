@@ -1,0 +1,228 @@
+"""The controller's state in SQL: typed ORM models and the engine/session factory.
+
+SQLite (WAL, busy timeout) on one machine, PostgreSQL at scale: the same models, another URL.
+Writers on SQLite open their transaction with ``BEGIN IMMEDIATE``, so two writers queue on the
+busy timeout instead of one failing when it upgrades a read lock. Private keys are never here.
+The schema is created on start (``create_all``); migrations come with the first schema change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 10_000
+_NAME = String(63)
+_REF = String(200)
+_DIGEST = String(71)
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit one.
+_ROW_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class KeyRow(Base):
+    __tablename__ = "signing_keys"
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key_pem: Mapped[str] = mapped_column(Text)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    active: Mapped[bool] = mapped_column(Boolean, index=True)
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+    id: Mapped[int] = mapped_column(_ROW_ID, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(_NAME)
+    version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(_DIGEST)
+    size: Mapped[int] = mapped_column(BigInteger)
+    inputs: Mapped[list[Any]] = mapped_column(JSON)
+    outputs: Mapped[list[Any]] = mapped_column(JSON)
+    opset: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class ReleaseRow(Base):
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+    id: Mapped[int] = mapped_column(_ROW_ID, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(_NAME)
+    version: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[int] = mapped_column(Integer)
+    manifest_digest: Mapped[str] = mapped_column(_DIGEST)
+    key_id: Mapped[str] = mapped_column(String(64))
+    signed_manifest: Mapped[bytes] = mapped_column(LargeBinary)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeviceRow(Base):
+    """A device, registered by its first status; later statuses overwrite the reported fields."""
+
+    __tablename__ = "devices"
+    device_id: Mapped[str] = mapped_column(_NAME, primary_key=True)
+    fleet: Mapped[str] = mapped_column(_NAME, index=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    phase: Mapped[str | None] = mapped_column(String(16))
+    active_release: Mapped[str] = mapped_column(_REF, default="")
+    previous_release: Mapped[str] = mapped_column(_REF, default="")
+    target_release: Mapped[str] = mapped_column(_REF, default="")
+    generation_applied: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    predict_endpoint: Mapped[str] = mapped_column(String(255), default="")
+    agent_version: Mapped[str] = mapped_column(String(64), default="")
+    active_manifest_digest: Mapped[str] = mapped_column(String(80), default="")
+    status_at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_seen_ms: Mapped[int] = mapped_column(BigInteger)
+    last_seen_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class PresenceRow(Base):
+    __tablename__ = "presence"
+    device_id: Mapped[str] = mapped_column(_NAME, primary_key=True)
+    fleet: Mapped[str] = mapped_column(_NAME)
+    online: Mapped[bool] = mapped_column(Boolean)
+    predict_endpoint: Mapped[str] = mapped_column(String(255), default="")
+    active_release: Mapped[str] = mapped_column(_REF, default="")
+    at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    received_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class TelemetryRow(Base):
+    """The latest telemetry window per device (history belongs in Prometheus)."""
+
+    __tablename__ = "telemetry"
+    device_id: Mapped[str] = mapped_column(_NAME, primary_key=True)
+    release: Mapped[str] = mapped_column(_REF, default="")
+    window_s: Mapped[float] = mapped_column(Float)
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    p50_ms: Mapped[float] = mapped_column(Float)
+    p95_ms: Mapped[float] = mapped_column(Float)
+    p99_ms: Mapped[float] = mapped_column(Float)
+    power_w: Mapped[float | None] = mapped_column(Float)
+    energy_per_inference_j: Mapped[float | None] = mapped_column(Float)
+    cpu_percent: Mapped[float] = mapped_column(Float)
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    received_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_device_id_id", "device_id", "id"),)
+    id: Mapped[int] = mapped_column(_ROW_ID, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(_NAME)
+    kind: Mapped[str] = mapped_column(String(64))
+    release: Mapped[str] = mapped_column(_REF, default="")
+    generation: Mapped[int] = mapped_column(BigInteger, default=0)
+    phase: Mapped[str | None] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text, default="")
+    at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    received_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class DesiredRow(Base):
+    """The last desired state published per device; ``generation`` only ever grows."""
+
+    __tablename__ = "desired_states"
+    device_id: Mapped[str] = mapped_column(_NAME, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+    release: Mapped[str] = mapped_column(_REF)
+    rollout_id: Mapped[str] = mapped_column(String(40))
+    issued_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class RolloutRow(Base):
+    __tablename__ = "rollouts"
+    rollout_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    release: Mapped[str] = mapped_column(_REF)
+    fleet: Mapped[str] = mapped_column(_NAME, index=True)
+    strategy: Mapped[str] = mapped_column(String(32))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class RolloutTargetRow(Base):
+    __tablename__ = "rollout_targets"
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.rollout_id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(_NAME, primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
+class Database:
+    """The engine plus two ways in: ``read()`` and ``write()`` (commits, or rolls back)."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url, pool_pre_ping=not self.is_sqlite)
+        if self.is_sqlite:
+            _tune_sqlite(self.engine)
+        self._read = sessionmaker(self.engine, expire_on_commit=False)
+        self._write = sessionmaker(
+            self.engine.execution_options(edgefleet_write=True), expire_on_commit=False
+        )
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._read() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        with self._write() as session, session.begin():
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module, so ``begin`` below decides.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("edgefleet_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,106 @@
+"""Devices as the controller knows them: what they report (status, presence, telemetry, events)
+and what the controller last asked of them (desired generation), joined for ListDevices.
+
+A device is registered by its first status; presence, telemetry and events that come before it
+are kept under its id and show once it registers. Retained messages (replayed by the broker when
+the controller connects) say nothing about when a device was last seen, so they do not move
+``last_seen``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from edgefleet.common import types as t
+from edgefleet.controller import devicerows
+from edgefleet.controller.db import Database, DesiredRow, DeviceRow, EventRow, PresenceRow, TelemetryRow
+from edgefleet.controller.records import DeviceView
+
+Report = t.DeviceStatus | t.Presence | t.Telemetry | t.DeviceEvent
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One decoded, checked device message on its way to the database."""
+
+    report: Report
+    retained: bool = False
+
+
+class DeviceStore:
+    def __init__(
+        self, db: Database, *, clock: Callable[[], int], events_per_device: int = 1000
+    ) -> None:
+        self._db = db
+        self._clock = clock
+        self._keep = events_per_device
+
+    def apply(self, batch: Sequence[Incoming]) -> None:
+        """Write a batch of reports in one transaction."""
+        now = self._clock()
+        with self._db.write() as session:
+            event_devices: set[str] = set()
+            for item in batch:
+                _apply(session, item, now_ms=now)
+                if isinstance(item.report, t.DeviceEvent):
+                    event_devices.add(item.report.device_id)
+            for device_id in event_devices:
+                devicerows.trim_events(session, device_id, keep=self._keep)
+
+    def list(self, fleet: str = "") -> list[DeviceView]:
+        stmt = (
+            select(DeviceRow, PresenceRow, TelemetryRow, DesiredRow)
+            .outerjoin(PresenceRow, PresenceRow.device_id == DeviceRow.device_id)
+            .outerjoin(TelemetryRow, TelemetryRow.device_id == DeviceRow.device_id)
+            .outerjoin(DesiredRow, DesiredRow.device_id == DeviceRow.device_id)
+            .order_by(DeviceRow.fleet, DeviceRow.device_id)
+        )
+        if fleet:
+            stmt = stmt.where(DeviceRow.fleet == fleet)
+        with self._db.read() as session:
+            return [devicerows.view(*row) for row in session.execute(stmt).tuples()]
+
+    def fleets(self) -> list[tuple[str, bool, int]]:
+        """(fleet, online, devices) for the metrics gauge."""
+        stmt = (
+            select(DeviceRow.fleet, PresenceRow.online, func.count())
+            .outerjoin(PresenceRow, PresenceRow.device_id == DeviceRow.device_id)
+            .group_by(DeviceRow.fleet, PresenceRow.online)
+        )
+        with self._db.read() as session:
+            return [(f, bool(online), int(n)) for f, online, n in session.execute(stmt).tuples()]
+
+    def events(self, *, device_id: str = "", fleet: str = "", limit: int = 100) -> list[t.DeviceEvent]:
+        """The newest ``limit`` events, oldest first."""
+        stmt = select(EventRow).order_by(EventRow.id.desc()).limit(limit)
+        if device_id:
+            stmt = stmt.where(EventRow.device_id == device_id)
+        if fleet:
+            members = select(DeviceRow.device_id).where(DeviceRow.fleet == fleet)
+            stmt = stmt.where(EventRow.device_id.in_(members))
+        with self._db.read() as session:
+            rows = list(session.scalars(stmt))
+        return [devicerows.event(r) for r in reversed(rows)]
+
+
+def _apply(session: Session, item: Incoming, *, now_ms: int) -> None:
+    report = item.report
+    device = session.get(DeviceRow, report.device_id)
+    if isinstance(report, t.DeviceStatus):
+        if device is None:
+            device = DeviceRow(device_id=report.device_id, first_seen_ms=now_ms, last_seen_ms=now_ms)
+            session.add(device)
+        devicerows.set_status(device, report)
+    elif isinstance(report, t.Presence):
+        devicerows.upsert_presence(session, report, now_ms=now_ms)
+    elif isinstance(report, t.Telemetry):
+        devicerows.upsert_telemetry(session, report, now_ms=now_ms)
+    else:
+        session.add(devicerows.event_row(report, now_ms=now_ms))
+    offline = isinstance(report, t.Presence) and not report.online
+    if device is not None and not item.retained and not offline:
+        device.last_seen_ms = max(device.last_seen_ms, now_ms)

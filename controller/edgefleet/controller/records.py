@@ -1,0 +1,82 @@
+"""What the controller keeps, as frozen dataclasses: the stores return these, the gRPC layer
+converts them (``api``), and the pure rollout code reads them. No SQL or protobuf here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from edgefleet.common import types as t
+from edgefleet.common.signing import Envelope
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    key_id: str
+    public_key_pem: str
+    created_at_ms: int
+    active: bool
+    created: bool = False  # True only in the answer to the InitKey that made it
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    digest: str
+    size: int
+    inputs: tuple[t.TensorSpec, ...]
+    outputs: tuple[t.TensorSpec, ...]
+    opset: int
+    created_at_ms: int
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Release:
+    ref: t.ReleaseRef
+    manifest: t.Manifest
+    signed_manifest: Envelope
+    manifest_digest: str
+    created_at_ms: int
+    notes: str = ""
+
+    @property
+    def key_id(self) -> str:
+        return self.signed_manifest.key_id
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """One device as ListDevices shows it: last status, presence, telemetry and desired state."""
+
+    device_id: str
+    fleet: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    phase: t.InstallPhase | None = None
+    active_release: str = ""
+    previous_release: str = ""
+    target_release: str = ""
+    generation_applied: int = 0
+    generation_desired: int = 0
+    desired_release: str = ""
+    last_error: str = ""
+    online: bool = False
+    predict_endpoint: str = ""
+    last_seen_ms: int = 0
+    telemetry: t.Telemetry | None = None
+
+
+@dataclass(frozen=True)
+class DeployTarget:
+    device_id: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class Rollout:
+    rollout_id: str
+    release: t.ReleaseRef
+    fleet: str
+    created_at_ms: int
+    targets: tuple[DeployTarget, ...]

@@ -1,0 +1,124 @@
+"""Releases: a registered model version frozen as ``name:semver`` with a signed manifest.
+
+The manifest is encoded once (``wire.encode_manifest``, deterministic), signed with the active
+key and stored as the signed envelope's bytes; what a device later verifies is exactly what was
+signed here. A release never changes: the same ``name:version`` cannot be made twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import semver
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from edgefleet.common import digests, signing, wire
+from edgefleet.common import types as t
+from edgefleet.common.errors import NotFoundError
+from edgefleet.controller.db import Database, ReleaseRow
+from edgefleet.controller.errors import AlreadyExistsError
+from edgefleet.controller.keys import KeyRing
+from edgefleet.controller.records import ModelVersion, Release
+from edgefleet.controller.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+def build_manifest(
+    model: ModelVersion, ref: t.ReleaseRef, *, health: t.HealthPolicy, notes: str, now_ms: int
+) -> t.Manifest:
+    return t.Manifest(
+        name=ref.name,
+        version=ref.version,
+        model_digest=model.digest,
+        model_size=model.size,
+        inputs=model.inputs,
+        outputs=model.outputs,
+        health=health,
+        created_at_ms=now_ms,
+        model_version=model.version,
+        annotations={"notes": notes} if notes else {},
+    )
+
+
+class Releases:
+    def __init__(
+        self, db: Database, registry: Registry, keys: KeyRing, *, clock: Callable[[], int]
+    ) -> None:
+        self._db = db
+        self._registry = registry
+        self._keys = keys
+        self._clock = clock
+
+    def create(
+        self,
+        ref: t.ReleaseRef,
+        *,
+        model_version: int = 0,
+        health: t.HealthPolicy | None = None,
+        notes: str = "",
+    ) -> Release:
+        """Sign and store ``ref`` from model ``ref.name`` version ``model_version`` (0 = newest)."""
+        model = self._registry.get(ref.name, model_version)
+        if self._find(ref) is not None:
+            raise AlreadyExistsError("release", str(ref))
+        key_id, private_key = self._keys.active()
+        now = self._clock()
+        manifest = build_manifest(
+            model, ref, health=health or t.HealthPolicy(), notes=notes, now_ms=now
+        )
+        envelope = signing.sign(wire.encode_manifest(manifest), signing.MANIFEST_TYPE, private_key)
+        row = ReleaseRow(
+            name=ref.name,
+            version=ref.version,
+            model_version=model.version,
+            manifest_digest=digests.of_bytes(envelope.payload),
+            key_id=key_id,
+            signed_manifest=wire.envelope_to_pb(envelope).SerializeToString(deterministic=True),
+            notes=notes,
+            created_at_ms=now,
+        )
+        try:
+            with self._db.write() as session:
+                session.add(row)
+        except IntegrityError as exc:  # a concurrent create of the same release won
+            raise AlreadyExistsError("release", str(ref)) from exc
+        log.info("release %s from model version %d, signed by %s", ref, model.version, key_id)
+        return _record(row)
+
+    def list(self, name: str = "") -> list[Release]:
+        stmt = select(ReleaseRow)
+        if name:
+            stmt = stmt.where(ReleaseRow.name == name)
+        with self._db.read() as session:
+            releases = [_record(r) for r in session.scalars(stmt)]
+        return sorted(releases, key=lambda r: (r.ref.name, semver.Version.parse(r.ref.version)))
+
+    def get(self, ref: t.ReleaseRef) -> Release:
+        release = self._find(ref)
+        if release is None:
+            raise NotFoundError("release", str(ref))
+        return release
+
+    def _find(self, ref: t.ReleaseRef) -> Release | None:
+        with self._db.read() as session:
+            row = session.scalars(
+                select(ReleaseRow).where(
+                    ReleaseRow.name == ref.name, ReleaseRow.version == ref.version
+                )
+            ).first()
+        return _record(row) if row is not None else None
+
+
+def _record(row: ReleaseRow) -> Release:
+    envelope = wire.decode_envelope(row.signed_manifest)
+    return Release(
+        ref=t.ReleaseRef(row.name, row.version),
+        manifest=wire.decode_manifest(envelope.payload),
+        signed_manifest=envelope,
+        manifest_digest=row.manifest_digest,
+        created_at_ms=row.created_at_ms,
+        notes=row.notes,
+    )

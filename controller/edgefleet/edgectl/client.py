@@ -1,0 +1,142 @@
+"""A thin typed wrapper over ``ControllerService``: one method per RPC, a deadline on each.
+
+Every ``grpc.RpcError`` leaves here as ``RpcFailed`` whose text is one line for a person
+(``cannot reach controller at HOST:PORT: ...``, ``unknown fleet: factory-z``). Used by the
+CLI commands, ``edgectl demo`` and the end-to-end tests alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import grpc
+
+from edgefleet.common import rpc, wire
+from edgefleet.common import types as t
+from edgefleet.common.errors import NotFoundError
+from edgefleet.v1 import controller_pb2 as pb
+from edgefleet.v1 import controller_pb2_grpc as pb_grpc
+from edgefleet.v1 import mqtt_pb2
+
+R = TypeVar("R")
+
+UPLOAD_CHUNK = 256 * 1024
+UPLOAD_MIN_RATE = 1 << 20  # bytes/s the upload deadline allows for, on top of the base deadline
+
+
+class ControllerClient:
+    def __init__(self, target: str, *, deadline_s: float = rpc.DEFAULT_DEADLINE_S) -> None:
+        self.target = target
+        self.deadline_s = deadline_s
+        self._channel = rpc.channel(target)
+        self._stub = pb_grpc.ControllerServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> ControllerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, fn: Callable[[], R]) -> R:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            raise rpc.error_from_rpc(exc, target=f"controller at {self.target}") from None
+
+    # --- keys -------------------------------------------------------------------------------
+
+    def init_key(self, *, rotate: bool = False) -> pb.KeyInfo:
+        request = pb.InitKeyRequest(rotate=rotate)
+        return self._call(lambda: self._stub.InitKey(request, timeout=self.deadline_s))
+
+    def list_keys(self) -> list[pb.KeyInfo]:
+        request = pb.ListKeysRequest()
+        return list(self._call(lambda: self._stub.ListKeys(request, timeout=self.deadline_s)).keys)
+
+    # --- models and releases ----------------------------------------------------------------
+
+    def upload_model(
+        self, chunks: Iterable[bytes], *, name: str, size: int, description: str = ""
+    ) -> pb.RegisteredModel:
+        """Stream a model: the header first, then ``chunks`` as they come."""
+
+        def requests() -> Iterator[pb.UploadModelRequest]:
+            header = pb.UploadHeader(name=name, size=size, description=description)
+            yield pb.UploadModelRequest(header=header)
+            for chunk in chunks:
+                yield pb.UploadModelRequest(chunk=chunk)
+
+        deadline = self.deadline_s + size / UPLOAD_MIN_RATE
+        return self._call(lambda: self._stub.UploadModel(requests(), timeout=deadline))
+
+    def list_models(self, name: str = "") -> list[pb.RegisteredModel]:
+        request = pb.ListModelsRequest(name=name)
+        reply = self._call(lambda: self._stub.ListModels(request, timeout=self.deadline_s))
+        return list(reply.models)
+
+    def create_release(
+        self,
+        name: str,
+        version: str,
+        *,
+        model_version: int = 0,
+        health: t.HealthPolicy | None = None,
+        notes: str = "",
+    ) -> pb.ReleaseInfo:
+        request = pb.CreateReleaseRequest(
+            name=name, version=version, model_version=model_version, notes=notes
+        )
+        if health is not None:
+            request.health.CopyFrom(wire.health_to_pb(health))
+        return self._call(lambda: self._stub.CreateRelease(request, timeout=self.deadline_s))
+
+    def list_releases(self, name: str = "") -> list[pb.ReleaseInfo]:
+        request = pb.ListReleasesRequest(name=name)
+        reply = self._call(lambda: self._stub.ListReleases(request, timeout=self.deadline_s))
+        return list(reply.releases)
+
+    # --- rollouts and devices ---------------------------------------------------------------
+
+    def deploy(self, release: t.ReleaseRef, fleet: str) -> pb.DeployResponse:
+        request = pb.DeployRequest(release=str(release), fleet=fleet)
+        return self._call(lambda: self._stub.Deploy(request, timeout=self.deadline_s))
+
+    def list_devices(self, fleet: str = "") -> list[pb.DeviceInfo]:
+        request = pb.ListDevicesRequest(fleet=fleet)
+        reply = self._call(lambda: self._stub.ListDevices(request, timeout=self.deadline_s))
+        return list(reply.devices)
+
+    def find_device(self, device_id: str) -> pb.DeviceInfo:
+        for device in self.list_devices():
+            if device.device_id == device_id:
+                return device
+        raise NotFoundError("device", device_id)
+
+    def list_events(
+        self, *, device_id: str = "", fleet: str = "", limit: int = 0
+    ) -> list[mqtt_pb2.DeviceEvent]:
+        request = pb.ListEventsRequest(device_id=device_id, fleet=fleet, limit=limit)
+        reply = self._call(lambda: self._stub.ListEvents(request, timeout=self.deadline_s))
+        return list(reply.events)
+
+
+def file_chunks(
+    path: Path, *, chunk_size: int = UPLOAD_CHUNK, on_chunk: Callable[[int], None] | None = None
+) -> Iterator[bytes]:
+    """The bytes of ``path`` in chunks; ``on_chunk(n)`` runs as each one is handed over."""
+    with path.open("rb") as f:
+        while data := f.read(chunk_size):
+            yield data
+            if on_chunk is not None:
+                on_chunk(len(data))
