@@ -1,0 +1,288 @@
+"""The rollout engine: a pure function of (rollout, fleet reports, clock) -> (rollout, commands).
+
+DESIGN.md section 5: ``pending -> canary -> wave N -> ... -> succeeded``, or ``paused``, or
+``aborted -> rolling_back -> rolled_back``. Each call to ``step`` looks at what the devices
+report, moves each device along (sent -> healthy | failed), checks the abort threshold, sends
+the next devices when a step has baked, and on abort sends every device it touched back to the
+release it ran before. Devices it never reached are never touched. The shell persists the
+returned rollout and carries out the commands; generations are chosen here, strictly above
+anything issued to or applied by the device, so anti-replay holds for rollbacks too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from edgefleet.controller.rollouts.strategy import Kind, Strategy
+
+
+class RolloutPhase(StrEnum):
+    PENDING = "pending"
+    CANARY = "canary"
+    WAVE = "wave"
+    PAUSED = "paused"
+    SUCCEEDED = "succeeded"
+    ABORTED = "aborted"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RolloutPhase.SUCCEEDED, RolloutPhase.ROLLED_BACK)
+
+
+class DeviceState(StrEnum):
+    WAITING = "waiting"  # not sent yet
+    SENT = "sent"  # desired state published, no verdict yet
+    HEALTHY = "healthy"  # runs the release and passes the gates
+    FAILED = "failed"  # refused, rolled back by itself, failed a gate, or timed out
+    ROLLING_BACK = "rolling_back"  # sent back to its previous release
+    REVERTED = "reverted"  # confirmed back on its previous release (or nothing to go back to)
+
+
+TOUCHED = (DeviceState.SENT, DeviceState.HEALTHY, DeviceState.FAILED)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one device says now (from its retained status and latest telemetry)."""
+
+    device_id: str
+    active_release: str = ""
+    phase: str = ""  # InstallPhase value; "active" once the device's health window passed
+    generation_applied: int = 0
+    last_desired: int = 0  # the last generation the controller issued this device
+    last_error: str = ""
+    metrics_release: str = ""  # the release the latency/error figures below were measured on
+    p95_ms: float | None = None
+    error_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    device_id: str
+    state: DeviceState = DeviceState.WAITING
+    generation: int = 0
+    sent_at: float = 0.0
+    previous_release: str = ""
+    baseline_p95_ms: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Rollout:
+    id: str
+    fleet: str
+    release: str
+    strategy: Strategy
+    targets: tuple[Target, ...]
+    phase: RolloutPhase = RolloutPhase.PENDING
+    step: int = 0
+    step_done_at: float | None = None
+    paused_phase: RolloutPhase | None = None
+    reason: str = ""
+
+    @property
+    def steps(self) -> tuple[int, ...]:
+        return self.strategy.steps(len(self.targets))
+
+    def count(self, *states: DeviceState) -> int:
+        return sum(1 for t in self.targets if t.state in states)
+
+
+@dataclass(frozen=True)
+class SendDesired:
+    device_id: str
+    release: str
+    generation: int
+    rollback: bool = False
+
+
+def start(
+    rollout_id: str, fleet: str, release: str, strategy: Strategy, device_ids: list[str]
+) -> Rollout:
+    targets = tuple(Target(d) for d in sorted(device_ids))
+    return Rollout(rollout_id, fleet, release, strategy, targets)
+
+
+def pause(r: Rollout) -> Rollout:
+    if r.phase not in (RolloutPhase.PENDING, RolloutPhase.CANARY, RolloutPhase.WAVE):
+        return r
+    return replace(r, phase=RolloutPhase.PAUSED, paused_phase=r.phase)
+
+
+def resume(r: Rollout) -> Rollout:
+    if r.phase is not RolloutPhase.PAUSED or r.paused_phase is None:
+        return r
+    return replace(r, phase=r.paused_phase, paused_phase=None)
+
+
+def abort(
+    r: Rollout, reports: Mapping[str, Report], *, reason: str
+) -> tuple[Rollout, list[SendDesired]]:
+    """Stop sending and send every touched device back to what it ran before."""
+    if r.phase in (RolloutPhase.SUCCEEDED, RolloutPhase.ROLLING_BACK, RolloutPhase.ROLLED_BACK):
+        return r, []
+    commands: list[SendDesired] = []
+    targets = []
+    for t in r.targets:
+        if t.state not in TOUCHED:
+            targets.append(t)
+        elif not t.previous_release:
+            targets.append(
+                replace(
+                    t, state=DeviceState.REVERTED, reason=_join(t.reason, "no previous release")
+                )
+            )
+        else:
+            gen = _next_generation(t, reports.get(t.device_id))
+            commands.append(SendDesired(t.device_id, t.previous_release, gen, rollback=True))
+            targets.append(replace(t, state=DeviceState.ROLLING_BACK, generation=gen))
+    phase = RolloutPhase.ROLLING_BACK if commands else RolloutPhase.ROLLED_BACK
+    return replace(
+        r, targets=tuple(targets), phase=phase, paused_phase=None, reason=reason
+    ), commands
+
+
+def step(
+    r: Rollout, reports: Mapping[str, Report], *, now: float
+) -> tuple[Rollout, list[SendDesired]]:
+    if r.phase is RolloutPhase.ROLLING_BACK:
+        return _confirm_rollback(r, reports, now=now), []
+    if r.phase not in (RolloutPhase.PENDING, RolloutPhase.CANARY, RolloutPhase.WAVE):
+        return r, []
+    r = replace(
+        r, targets=tuple(_judge(t, r, reports.get(t.device_id), now=now) for t in r.targets)
+    )
+    failed, sent = r.count(DeviceState.FAILED), r.count(*TOUCHED)
+    if r.strategy.too_many_failures(failed, sent):
+        worst = next(t for t in r.targets if t.state is DeviceState.FAILED)
+        return abort(
+            r,
+            reports,
+            reason=f"{failed} of {sent} devices failed (limit {r.strategy.max_failures}); "
+            f"first: {worst.device_id}: {worst.reason}",
+        )
+    steps = r.steps
+    if not steps:
+        return replace(r, phase=RolloutPhase.SUCCEEDED, reason="fleet has no devices"), []
+    commands: list[SendDesired] = []
+    while True:
+        r, sent_now = _dispatch(r, reports, goal=steps[r.step], now=now)
+        commands.extend(sent_now)
+        if r.count(*TOUCHED) < steps[r.step] or r.count(DeviceState.SENT):
+            return replace(r, step_done_at=None), commands
+        done_at = r.step_done_at if r.step_done_at is not None else now
+        if now - done_at < r.strategy.bake_s:
+            return replace(r, step_done_at=done_at), commands
+        if r.step + 1 >= len(steps):
+            return replace(r, phase=RolloutPhase.SUCCEEDED, step_done_at=done_at), commands
+        r = replace(r, step=r.step + 1, step_done_at=None, phase=RolloutPhase.WAVE)
+
+
+def _dispatch(
+    r: Rollout, reports: Mapping[str, Report], *, goal: int, now: float
+) -> tuple[Rollout, list[SendDesired]]:
+    room = goal - r.count(*TOUCHED)
+    if r.strategy.max_parallel:
+        room = min(room, r.strategy.max_parallel - r.count(DeviceState.SENT))
+    if room <= 0:
+        return _with_phase(r), []
+    commands = []
+    targets = list(r.targets)
+    for i, t in enumerate(targets):
+        if room == 0:
+            break
+        if t.state is not DeviceState.WAITING:
+            continue
+        report = reports.get(t.device_id)
+        gen = _next_generation(t, report)
+        baseline = None
+        previous = report.active_release if report else ""
+        if report and report.metrics_release == previous:
+            baseline = report.p95_ms
+        targets[i] = replace(
+            t,
+            state=DeviceState.SENT,
+            generation=gen,
+            sent_at=now,
+            previous_release=previous,
+            baseline_p95_ms=baseline,
+        )
+        commands.append(SendDesired(t.device_id, r.release, gen))
+        room -= 1
+    return _with_phase(replace(r, targets=tuple(targets))), commands
+
+
+def _with_phase(r: Rollout) -> Rollout:
+    canary = r.strategy.kind is Kind.CANARY and r.step == 0
+    return replace(r, phase=RolloutPhase.CANARY if canary else RolloutPhase.WAVE)
+
+
+def _judge(t: Target, r: Rollout, report: Report | None, *, now: float) -> Target:
+    """Move one device along: sent -> healthy | failed; healthy -> failed if a gate trips."""
+    if t.state not in (DeviceState.SENT, DeviceState.HEALTHY):
+        return t
+    reached = report is not None and report.generation_applied >= t.generation
+    if not reached or report is None:
+        if t.state is DeviceState.SENT and now - t.sent_at > r.strategy.device_timeout_s:
+            return replace(
+                t,
+                state=DeviceState.FAILED,
+                reason=f"no report within {r.strategy.device_timeout_s:g}s",
+            )
+        return t
+    if report.active_release != r.release or report.phase in ("failed", "rolled_back"):
+        why = (
+            report.last_error
+            or f"device reports {report.phase or 'unknown'} on {report.active_release or 'nothing'}"
+        )
+        return replace(t, state=DeviceState.FAILED, reason=why)
+    if report.phase != "active":
+        return t  # still in its health window
+    if gate := _gate(t, r.strategy, report, release=r.release):
+        return replace(t, state=DeviceState.FAILED, reason=gate)
+    return replace(t, state=DeviceState.HEALTHY, reason="")
+
+
+def _gate(t: Target, s: Strategy, report: Report, *, release: str) -> str:
+    if report.metrics_release != release:
+        return ""
+    if report.error_rate is not None and report.error_rate > s.max_error_rate:
+        return f"error rate {report.error_rate:.1%} above {s.max_error_rate:.1%}"
+    if report.p95_ms is not None and t.baseline_p95_ms:
+        limit = t.baseline_p95_ms * s.max_latency_ratio
+        if report.p95_ms > limit:
+            return (
+                f"p95 {report.p95_ms:.2f} ms above {s.max_latency_ratio:g}x the previous "
+                f"release's {t.baseline_p95_ms:.2f} ms"
+            )
+    return ""
+
+
+def _confirm_rollback(r: Rollout, reports: Mapping[str, Report], *, now: float) -> Rollout:
+    targets = []
+    for t in r.targets:
+        report = reports.get(t.device_id)
+        confirmed = (
+            t.state is DeviceState.ROLLING_BACK
+            and report is not None
+            and report.generation_applied >= t.generation
+        )
+        targets.append(replace(t, state=DeviceState.REVERTED) if confirmed else t)
+    r = replace(r, targets=tuple(targets))
+    if not r.count(DeviceState.ROLLING_BACK):
+        return replace(r, phase=RolloutPhase.ROLLED_BACK)
+    return r
+
+
+def _next_generation(t: Target, report: Report | None) -> int:
+    issued = max(t.generation, report.last_desired if report else 0)
+    applied = report.generation_applied if report else 0
+    return max(issued, applied) + 1
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
