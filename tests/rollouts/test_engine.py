@@ -178,7 +178,9 @@ def test_pause_and_resume() -> None:
 def test_operator_abort_sends_back_only_touched_devices() -> None:
     reports = fleet_on_old()
     r, cmds = engine.step(new(canary="2"), reports, now=0)
+    assert len(cmds) == 2
     r, back = engine.abort(r, reports, reason="operator abort")
+    assert r.phase is RolloutPhase.ROLLING_BACK
     assert {c.device_id for c in back} == {"d1", "d2"}
     assert all(c.rollback and c.release == OLD for c in back)
 
@@ -186,7 +188,7 @@ def test_operator_abort_sends_back_only_touched_devices() -> None:
 def test_generations_stay_above_what_the_device_applied() -> None:
     reports = fleet_on_old()
     reports["d1"] = Report("d1", OLD, "active", generation_applied=40, last_desired=7)
-    r, cmds = engine.step(new(canary="1"), reports, now=0)
+    _, cmds = engine.step(new(canary="1"), reports, now=0)
     assert cmds == [SendDesired("d1", NEW, 41)]
 
 
