@@ -17,7 +17,14 @@ from sqlalchemy.orm import Session
 
 from edgefleet.common import types as t
 from edgefleet.controller import devicerows
-from edgefleet.controller.db import Database, DesiredRow, DeviceRow, EventRow, PresenceRow, TelemetryRow
+from edgefleet.controller.db import (
+    Database,
+    DesiredRow,
+    DeviceRow,
+    EventRow,
+    PresenceRow,
+    TelemetryRow,
+)
 from edgefleet.controller.records import DeviceView
 
 Report = t.DeviceStatus | t.Presence | t.Telemetry | t.DeviceEvent
@@ -37,7 +44,7 @@ class DeviceStore:
     ) -> None:
         self._db = db
         self._clock = clock
-        self._keep = events_per_device
+        self._keep = max(1, events_per_device)
 
     def apply(self, batch: Sequence[Incoming]) -> None:
         """Write a batch of reports in one transaction."""
@@ -51,7 +58,7 @@ class DeviceStore:
             for device_id in event_devices:
                 devicerows.trim_events(session, device_id, keep=self._keep)
 
-    def list(self, fleet: str = "") -> list[DeviceView]:
+    def list_devices(self, fleet: str = "") -> list[DeviceView]:
         stmt = (
             select(DeviceRow, PresenceRow, TelemetryRow, DesiredRow)
             .outerjoin(PresenceRow, PresenceRow.device_id == DeviceRow.device_id)
@@ -62,7 +69,7 @@ class DeviceStore:
         if fleet:
             stmt = stmt.where(DeviceRow.fleet == fleet)
         with self._db.read() as session:
-            return [devicerows.view(*row) for row in session.execute(stmt).tuples()]
+            return [devicerows.view(*row) for row in session.execute(stmt)]
 
     def fleets(self) -> list[tuple[str, bool, int]]:
         """(fleet, online, devices) for the metrics gauge."""
@@ -72,9 +79,11 @@ class DeviceStore:
             .group_by(DeviceRow.fleet, PresenceRow.online)
         )
         with self._db.read() as session:
-            return [(f, bool(online), int(n)) for f, online, n in session.execute(stmt).tuples()]
+            return [(f, bool(online), int(n)) for f, online, n in session.execute(stmt)]
 
-    def events(self, *, device_id: str = "", fleet: str = "", limit: int = 100) -> list[t.DeviceEvent]:
+    def list_events(
+        self, *, device_id: str = "", fleet: str = "", limit: int = 100
+    ) -> list[t.DeviceEvent]:
         """The newest ``limit`` events, oldest first."""
         stmt = select(EventRow).order_by(EventRow.id.desc()).limit(limit)
         if device_id:
@@ -92,7 +101,9 @@ def _apply(session: Session, item: Incoming, *, now_ms: int) -> None:
     device = session.get(DeviceRow, report.device_id)
     if isinstance(report, t.DeviceStatus):
         if device is None:
-            device = DeviceRow(device_id=report.device_id, first_seen_ms=now_ms, last_seen_ms=now_ms)
+            device = DeviceRow(
+                device_id=report.device_id, first_seen_ms=now_ms, last_seen_ms=now_ms
+            )
             session.add(device)
         devicerows.set_status(device, report)
     elif isinstance(report, t.Presence):

@@ -55,7 +55,7 @@ class KeyRing:
             log.info("new signing key %s (rotated: %s)", kid, current is not None)
             return _record(row, created=True)
 
-    def list(self) -> list[SigningKey]:
+    def list_keys(self) -> list[SigningKey]:
         with self._db.read() as session:
             rows = session.scalars(select(KeyRow).order_by(KeyRow.created_at_ms, KeyRow.key_id))
             return [_record(r) for r in rows]

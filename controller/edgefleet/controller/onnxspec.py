@@ -47,7 +47,9 @@ def _spec(value: onnx.ValueInfoProto, *, where: str) -> TensorSpec:
         if where == "input":
             raise InvalidInputError(f"model input {value.name!r} is a {kind}, not a tensor")
         # Outputs such as a classifier's sequence-of-maps are recorded by kind, without shape.
-        return TensorSpec(name=value.name, dtype=str(kind or "unknown").removesuffix("_type"), shape=())
+        return TensorSpec(
+            name=value.name, dtype=str(kind or "unknown").removesuffix("_type"), shape=()
+        )
     tensor = value.type.tensor_type
     return TensorSpec(name=value.name, dtype=_dtype(tensor.elem_type), shape=_shape(tensor))
 

@@ -68,7 +68,9 @@ class Registry:
             try:
                 with self._db.write() as session:
                     latest = session.scalars(
-                        select(ModelRow).where(ModelRow.name == name).order_by(ModelRow.version.desc())
+                        select(ModelRow)
+                        .where(ModelRow.name == name)
+                        .order_by(ModelRow.version.desc())
                     ).first()
                     if latest is not None and latest.digest == digest:
                         log.info("model %s: same bytes as version %d", name, latest.version)
@@ -92,7 +94,7 @@ class Registry:
             return _record(row)
         raise TransientError(f"model {name}: too many concurrent uploads, try again")
 
-    def list(self, name: str = "") -> list[ModelVersion]:
+    def list_models(self, name: str = "") -> list[ModelVersion]:
         stmt = select(ModelRow).order_by(ModelRow.name, ModelRow.version)
         if name:
             stmt = stmt.where(ModelRow.name == name)
@@ -103,9 +105,10 @@ class Registry:
         """Version ``version`` of model ``name``; 0 = the newest."""
         with self._db.read() as session:
             if not version:
-                version = session.scalar(
-                    select(func.max(ModelRow.version)).where(ModelRow.name == name)
-                ) or 0
+                version = (
+                    session.scalar(select(func.max(ModelRow.version)).where(ModelRow.name == name))
+                    or 0
+                )
             row = session.scalars(
                 select(ModelRow).where(ModelRow.name == name, ModelRow.version == version)
             ).first()
@@ -119,7 +122,9 @@ def _specs_json(specs: Iterable[t.TensorSpec]) -> list[Any]:
 
 
 def _specs(raw: list[Any]) -> tuple[t.TensorSpec, ...]:
-    return tuple(t.TensorSpec(name=s["name"], dtype=s["dtype"], shape=tuple(s["shape"])) for s in raw)
+    return tuple(
+        t.TensorSpec(name=s["name"], dtype=s["dtype"], shape=tuple(s["shape"])) for s in raw
+    )
 
 
 def _record(row: ModelRow) -> ModelVersion:

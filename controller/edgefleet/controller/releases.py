@@ -16,9 +16,8 @@ from sqlalchemy.exc import IntegrityError
 
 from edgefleet.common import digests, signing, wire
 from edgefleet.common import types as t
-from edgefleet.common.errors import NotFoundError
+from edgefleet.common.errors import AlreadyExistsError, NotFoundError
 from edgefleet.controller.db import Database, ReleaseRow
-from edgefleet.controller.errors import AlreadyExistsError
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.records import ModelVersion, Release
 from edgefleet.controller.registry import Registry
@@ -45,7 +44,7 @@ def build_manifest(
 
 class Releases:
     def __init__(
-        self, db: Database, registry: Registry, keys: KeyRing, *, clock: Callable[[], int]
+        self, db: Database, registry: Registry, *, keys: KeyRing, clock: Callable[[], int]
     ) -> None:
         self._db = db
         self._registry = registry
@@ -88,7 +87,7 @@ class Releases:
         log.info("release %s from model version %d, signed by %s", ref, model.version, key_id)
         return _record(row)
 
-    def list(self, name: str = "") -> list[Release]:
+    def list_releases(self, name: str = "") -> list[Release]:
         stmt = select(ReleaseRow)
         if name:
             stmt = stmt.where(ReleaseRow.name == name)

@@ -12,6 +12,7 @@
         ├── MalformedMessageError a payload that does not parse or misses required fields
         ├── InvalidInputError     a request that cannot be served as asked (bad tensor, version)
         ├── NotFoundError         unknown model, release, fleet or device (.kind, .name)
+        ├── AlreadyExistsError    the name is taken (release name:version) (.kind, .name)
         └── ModelLoadError        a model that ONNX Runtime refuses or that fails its health check
 """
 
@@ -70,6 +71,13 @@ class InvalidInputError(PermanentError):
 class NotFoundError(PermanentError):
     def __init__(self, kind: str, name: str) -> None:
         super().__init__(f"unknown {kind}: {name}")
+        self.kind = kind
+        self.name = name
+
+
+class AlreadyExistsError(PermanentError):
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} {name} already exists")
         self.kind = kind
         self.name = name
 

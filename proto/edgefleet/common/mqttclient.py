@@ -89,6 +89,7 @@ class MqttSession:
         self._on_message = on_message
         self._on_connect_hook = on_connect
         self._connected = threading.Event()
+        self._subscribed = threading.Event()
         self._keepalive = keepalive
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -107,6 +108,7 @@ class MqttSession:
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_subscribe = self._handle_subscribe
 
     @property
     def connected(self) -> bool:
@@ -120,6 +122,10 @@ class MqttSession:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    def wait_subscribed(self, timeout: float) -> bool:
+        """True once the broker acknowledged this connection's subscriptions."""
+        return self._subscribed.wait(timeout)
 
     def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
@@ -142,6 +148,7 @@ class MqttSession:
         self._client.disconnect()
         self._client.loop_stop()
         self._connected.clear()
+        self._subscribed.clear()
 
     # paho callbacks (network thread)
 
@@ -152,11 +159,21 @@ class MqttSession:
             log.warning("MQTT broker %s refused the connection: %s", self.broker.redacted(), reason)
             return
         log.info("connected to MQTT broker %s", self.broker.redacted())
+        self._subscribed.clear()
         if self._subscriptions:
             client.subscribe(self._subscriptions)
+        else:
+            self._subscribed.set()
         self._connected.set()
         if self._on_connect_hook is not None:
             self._on_connect_hook()
+
+    def _handle_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        if refused := [str(r) for r in reasons if r.is_failure]:
+            log.error("MQTT broker refused subscriptions: %s (check the broker ACL)", refused)
+        self._subscribed.set()
 
     def _handle_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any

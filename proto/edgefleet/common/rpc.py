@@ -14,6 +14,7 @@ DEFAULT_DEADLINE_S = 10.0
 
 _CODES: list[tuple[type[errors.EdgeFleetError], grpc.StatusCode]] = [
     (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
     (errors.InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.MalformedMessageError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.IntegrityError, grpc.StatusCode.DATA_LOSS),

@@ -26,7 +26,7 @@ from edgefleet.v1 import common_pb2 as edgefleet_dot_v1_dot_common__pb2
 from edgefleet.v1 import mqtt_pb2 as edgefleet_dot_v1_dot_mqtt__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gefleet/v1/controller.proto\x12\x0c\x65\x64gefleet.v1\x1a\x19\x65\x64gefleet/v1/common.proto\x1a\x17\x65\x64gefleet/v1/mqtt.proto\" \n\x0eInitKeyRequest\x12\x0e\n\x06rotate\x18\x01 \x01(\x08\"i\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x03 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x08\"\x11\n\x0fListKeysRequest\"7\n\x10ListKeysResponse\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.edgefleet.v1.KeyInfo\"?\n\x0cUploadHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"[\n\x12UploadModelRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.edgefleet.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xde\x01\n\x0fRegisteredModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12(\n\x06inputs\x18\x05 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12)\n\x07outputs\x18\x06 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12\x15\n\rcreated_at_ms\x18\x07 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\r\n\x05opset\x18\t \x01(\x03\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.edgefleet.v1.RegisteredModel\"\x87\x01\n\x14\x43reateReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12*\n\x06health\x18\x04 \x01(\x0b\x32\x1a.edgefleet.v1.HealthPolicy\x12\r\n\x05notes\x18\x05 \x01(\t\"\x96\x01\n\x0bReleaseInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12(\n\x08manifest\x18\x05 \x01(\x0b\x32\x16.edgefleet.v1.Manifest\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\"#\n\x13ListReleasesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x14ListReleasesResponse\x12+\n\x08releases\x18\x01 \x03(\x0b\x32\x19.edgefleet.v1.ReleaseInfo\"/\n\rDeployRequest\x12\x0f\n\x07release\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\"5\n\x0c\x44\x65ployTarget\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\"Q\n\x0e\x44\x65ployResponse\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12+\n\x07targets\x18\x02 \x03(\x0b\x32\x1a.edgefleet.v1.DeployTarget\"#\n\x12ListDevicesRequest\x12\r\n\x05\x66leet\x18\x01 \x01(\t\"\xc0\x03\n\nDeviceInfo\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.edgefleet.v1.DeviceInfo.LabelsEntry\x12)\n\x05phase\x18\x04 \x01(\x0e\x32\x1a.edgefleet.v1.InstallPhase\x12\x16\n\x0e\x61\x63tive_release\x18\x05 \x01(\t\x12\x18\n\x10previous_release\x18\x06 \x01(\t\x12\x16\n\x0etarget_release\x18\x07 \x01(\t\x12\x1a\n\x12generation_applied\x18\x08 \x01(\x04\x12\x1a\n\x12generation_desired\x18\t \x01(\x04\x12\x12\n\nlast_error\x18\n \x01(\t\x12\x0e\n\x06online\x18\x0b \x01(\x08\x12\x18\n\x10predict_endpoint\x18\x0c \x01(\t\x12\x14\n\x0clast_seen_ms\x18\r \x01(\x03\x12*\n\ttelemetry\x18\x0e \x01(\x0b\x32\x17.edgefleet.v1.Telemetry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x13ListDevicesResponse\x12)\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x18.edgefleet.v1.DeviceInfo\"D\n\x11ListEventsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"?\n\x12ListEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.edgefleet.v1.DeviceEvent2\xd2\x05\n\x11\x43ontrollerService\x12>\n\x07InitKey\x12\x1c.edgefleet.v1.InitKeyRequest\x1a\x15.edgefleet.v1.KeyInfo\x12I\n\x08ListKeys\x12\x1d.edgefleet.v1.ListKeysRequest\x1a\x1e.edgefleet.v1.ListKeysResponse\x12P\n\x0bUploadModel\x12 .edgefleet.v1.UploadModelRequest\x1a\x1d.edgefleet.v1.RegisteredModel(\x01\x12O\n\nListModels\x12\x1f.edgefleet.v1.ListModelsRequest\x1a .edgefleet.v1.ListModelsResponse\x12N\n\rCreateRelease\x12\".edgefleet.v1.CreateReleaseRequest\x1a\x19.edgefleet.v1.ReleaseInfo\x12U\n\x0cListReleases\x12!.edgefleet.v1.ListReleasesRequest\x1a\".edgefleet.v1.ListReleasesResponse\x12\x43\n\x06\x44\x65ploy\x12\x1b.edgefleet.v1.DeployRequest\x1a\x1c.edgefleet.v1.DeployResponse\x12R\n\x0bListDevices\x12 .edgefleet.v1.ListDevicesRequest\x1a!.edgefleet.v1.ListDevicesResponse\x12O\n\nListEvents\x12\x1f.edgefleet.v1.ListEventsRequest\x1a .edgefleet.v1.ListEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x65\x64gefleet/v1/controller.proto\x12\x0c\x65\x64gefleet.v1\x1a\x19\x65\x64gefleet/v1/common.proto\x1a\x17\x65\x64gefleet/v1/mqtt.proto\" \n\x0eInitKeyRequest\x12\x0e\n\x06rotate\x18\x01 \x01(\x08\"i\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x16\n\x0epublic_key_pem\x18\x02 \x01(\t\x12\x15\n\rcreated_at_ms\x18\x03 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x04 \x01(\x08\x12\x0f\n\x07\x63reated\x18\x05 \x01(\x08\"\x11\n\x0fListKeysRequest\"7\n\x10ListKeysResponse\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.edgefleet.v1.KeyInfo\"?\n\x0cUploadHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"[\n\x12UploadModelRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.edgefleet.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xde\x01\n\x0fRegisteredModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12(\n\x06inputs\x18\x05 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12)\n\x07outputs\x18\x06 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12\x15\n\rcreated_at_ms\x18\x07 \x01(\x03\x12\x13\n\x0b\x64\x65scription\x18\x08 \x01(\t\x12\r\n\x05opset\x18\t \x01(\x03\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x12ListModelsResponse\x12-\n\x06models\x18\x01 \x03(\x0b\x32\x1d.edgefleet.v1.RegisteredModel\"\x87\x01\n\x14\x43reateReleaseRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12*\n\x06health\x18\x04 \x01(\x0b\x32\x1a.edgefleet.v1.HealthPolicy\x12\r\n\x05notes\x18\x05 \x01(\t\"\xc5\x01\n\x0bReleaseInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x03 \x01(\t\x12\x0e\n\x06key_id\x18\x04 \x01(\t\x12(\n\x08manifest\x18\x05 \x01(\x0b\x32\x16.edgefleet.v1.Manifest\x12\x15\n\rcreated_at_ms\x18\x06 \x01(\x03\x12-\n\x0fsigned_manifest\x18\x07 \x01(\x0b\x32\x14.edgefleet.v1.Signed\"#\n\x13ListReleasesRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x14ListReleasesResponse\x12+\n\x08releases\x18\x01 \x03(\x0b\x32\x19.edgefleet.v1.ReleaseInfo\"/\n\rDeployRequest\x12\x0f\n\x07release\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\"5\n\x0c\x44\x65ployTarget\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\"Q\n\x0e\x44\x65ployResponse\x12\x12\n\nrollout_id\x18\x01 \x01(\t\x12+\n\x07targets\x18\x02 \x03(\x0b\x32\x1a.edgefleet.v1.DeployTarget\"#\n\x12ListDevicesRequest\x12\r\n\x05\x66leet\x18\x01 \x01(\t\"\xc0\x03\n\nDeviceInfo\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\x34\n\x06labels\x18\x03 \x03(\x0b\x32$.edgefleet.v1.DeviceInfo.LabelsEntry\x12)\n\x05phase\x18\x04 \x01(\x0e\x32\x1a.edgefleet.v1.InstallPhase\x12\x16\n\x0e\x61\x63tive_release\x18\x05 \x01(\t\x12\x18\n\x10previous_release\x18\x06 \x01(\t\x12\x16\n\x0etarget_release\x18\x07 \x01(\t\x12\x1a\n\x12generation_applied\x18\x08 \x01(\x04\x12\x1a\n\x12generation_desired\x18\t \x01(\x04\x12\x12\n\nlast_error\x18\n \x01(\t\x12\x0e\n\x06online\x18\x0b \x01(\x08\x12\x18\n\x10predict_endpoint\x18\x0c \x01(\t\x12\x14\n\x0clast_seen_ms\x18\r \x01(\x03\x12*\n\ttelemetry\x18\x0e \x01(\x0b\x32\x17.edgefleet.v1.Telemetry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"@\n\x13ListDevicesResponse\x12)\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x18.edgefleet.v1.DeviceInfo\"D\n\x11ListEventsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"?\n\x12ListEventsResponse\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.edgefleet.v1.DeviceEvent2\xd2\x05\n\x11\x43ontrollerService\x12>\n\x07InitKey\x12\x1c.edgefleet.v1.InitKeyRequest\x1a\x15.edgefleet.v1.KeyInfo\x12I\n\x08ListKeys\x12\x1d.edgefleet.v1.ListKeysRequest\x1a\x1e.edgefleet.v1.ListKeysResponse\x12P\n\x0bUploadModel\x12 .edgefleet.v1.UploadModelRequest\x1a\x1d.edgefleet.v1.RegisteredModel(\x01\x12O\n\nListModels\x12\x1f.edgefleet.v1.ListModelsRequest\x1a .edgefleet.v1.ListModelsResponse\x12N\n\rCreateRelease\x12\".edgefleet.v1.CreateReleaseRequest\x1a\x19.edgefleet.v1.ReleaseInfo\x12U\n\x0cListReleases\x12!.edgefleet.v1.ListReleasesRequest\x1a\".edgefleet.v1.ListReleasesResponse\x12\x43\n\x06\x44\x65ploy\x12\x1b.edgefleet.v1.DeployRequest\x1a\x1c.edgefleet.v1.DeployResponse\x12R\n\x0bListDevices\x12 .edgefleet.v1.ListDevicesRequest\x1a!.edgefleet.v1.ListDevicesResponse\x12O\n\nListEvents\x12\x1f.edgefleet.v1.ListEventsRequest\x1a .edgefleet.v1.ListEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -56,29 +56,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATERELEASEREQUEST']._serialized_start=804
   _globals['_CREATERELEASEREQUEST']._serialized_end=939
   _globals['_RELEASEINFO']._serialized_start=942
-  _globals['_RELEASEINFO']._serialized_end=1092
-  _globals['_LISTRELEASESREQUEST']._serialized_start=1094
-  _globals['_LISTRELEASESREQUEST']._serialized_end=1129
-  _globals['_LISTRELEASESRESPONSE']._serialized_start=1131
-  _globals['_LISTRELEASESRESPONSE']._serialized_end=1198
-  _globals['_DEPLOYREQUEST']._serialized_start=1200
-  _globals['_DEPLOYREQUEST']._serialized_end=1247
-  _globals['_DEPLOYTARGET']._serialized_start=1249
-  _globals['_DEPLOYTARGET']._serialized_end=1302
-  _globals['_DEPLOYRESPONSE']._serialized_start=1304
-  _globals['_DEPLOYRESPONSE']._serialized_end=1385
-  _globals['_LISTDEVICESREQUEST']._serialized_start=1387
-  _globals['_LISTDEVICESREQUEST']._serialized_end=1422
-  _globals['_DEVICEINFO']._serialized_start=1425
-  _globals['_DEVICEINFO']._serialized_end=1873
-  _globals['_DEVICEINFO_LABELSENTRY']._serialized_start=1828
-  _globals['_DEVICEINFO_LABELSENTRY']._serialized_end=1873
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=1875
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=1939
-  _globals['_LISTEVENTSREQUEST']._serialized_start=1941
-  _globals['_LISTEVENTSREQUEST']._serialized_end=2009
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=2011
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=2074
-  _globals['_CONTROLLERSERVICE']._serialized_start=2077
-  _globals['_CONTROLLERSERVICE']._serialized_end=2799
+  _globals['_RELEASEINFO']._serialized_end=1139
+  _globals['_LISTRELEASESREQUEST']._serialized_start=1141
+  _globals['_LISTRELEASESREQUEST']._serialized_end=1176
+  _globals['_LISTRELEASESRESPONSE']._serialized_start=1178
+  _globals['_LISTRELEASESRESPONSE']._serialized_end=1245
+  _globals['_DEPLOYREQUEST']._serialized_start=1247
+  _globals['_DEPLOYREQUEST']._serialized_end=1294
+  _globals['_DEPLOYTARGET']._serialized_start=1296
+  _globals['_DEPLOYTARGET']._serialized_end=1349
+  _globals['_DEPLOYRESPONSE']._serialized_start=1351
+  _globals['_DEPLOYRESPONSE']._serialized_end=1432
+  _globals['_LISTDEVICESREQUEST']._serialized_start=1434
+  _globals['_LISTDEVICESREQUEST']._serialized_end=1469
+  _globals['_DEVICEINFO']._serialized_start=1472
+  _globals['_DEVICEINFO']._serialized_end=1920
+  _globals['_DEVICEINFO_LABELSENTRY']._serialized_start=1875
+  _globals['_DEVICEINFO_LABELSENTRY']._serialized_end=1920
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=1922
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=1986
+  _globals['_LISTEVENTSREQUEST']._serialized_start=1988
+  _globals['_LISTEVENTSREQUEST']._serialized_end=2056
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=2058
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=2121
+  _globals['_CONTROLLERSERVICE']._serialized_start=2124
+  _globals['_CONTROLLERSERVICE']._serialized_end=2846
 # @@protoc_insertion_point(module_scope)

@@ -289,6 +289,7 @@ class ReleaseInfo(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     MANIFEST_FIELD_NUMBER: _builtins.int
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    SIGNED_MANIFEST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     manifest_digest: _builtins.str
@@ -296,6 +297,10 @@ class ReleaseInfo(_message.Message):
     created_at_ms: _builtins.int
     @_builtins.property
     def manifest(self) -> _common_pb2.Manifest: ...
+    @_builtins.property
+    def signed_manifest(self) -> _common_pb2.Signed:
+        """the exact signed bytes, so any client can verify the release"""
+
     def __init__(
         self,
         *,
@@ -305,10 +310,11 @@ class ReleaseInfo(_message.Message):
         key_id: _builtins.str = ...,
         manifest: _common_pb2.Manifest | None = ...,
         created_at_ms: _builtins.int = ...,
+        signed_manifest: _common_pb2.Signed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest", "signed_manifest", b"signed_manifest"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "key_id", b"key_id", "manifest", b"manifest", "manifest_digest", b"manifest_digest", "name", b"name", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "key_id", b"key_id", "manifest", b"manifest", "manifest_digest", b"manifest_digest", "name", b"name", "signed_manifest", b"signed_manifest", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,115 @@
+"""int8 dynamic quantization with ONNX Runtime's ``quantize_dynamic``, its traps handled.
+
+Two traps are detected before calling ORT, not discovered by a crash later:
+
+* ``Conv`` becomes ``ConvInteger(uint8, int8)``, which ORT's CPU provider cannot run; Conv
+  layers are left in fp32 and the record says so (int8 Conv needs the static pass).
+* a weight that is not a plain initializer (made by a ``Constant`` node or an ``Identity`` or
+  ``Transpose`` of one) is not quantized unless the model is pre-processed, so such models go
+  through ``quant_pre_process`` first, which folds those constants into initializers.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import onnx
+
+from . import graphs
+from .errors import PassSkippedError
+from .records import Compressed, LayerChange, PassRecord, Technique
+
+TOOL = "onnxruntime.quantization.quantize_dynamic"
+
+
+def quantize_int8_dynamic(model: bytes, *, per_channel: bool = False) -> Compressed:
+    proto = graphs.load(model)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    notes: list[str] = []
+    has_conv = any(n.op_type == "Conv" for n in proto.graph.node)
+    op_types = [op for op in IntegerOpsRegistry if op != "Conv"] + ["Gemm"]
+    if has_conv:
+        notes.append(
+            "Conv left in fp32: dynamic quantization makes ConvInteger(uint8, int8), "
+            "which ONNX Runtime's CPU provider cannot run; use int8-static for Conv"
+        )
+    if derived_weights(proto):
+        proto = pre_process(proto, notes, why="weights were not plain initializers")
+    before = {w.weight: w for w in graphs.weight_layers(proto, ops=("MatMul", "Gemm"))}
+    if not before:
+        raise PassSkippedError(
+            Technique.INT8_DYNAMIC, f"no MatMul/Gemm with constant weights (ops: {_ops(proto)})"
+        )
+    with tempfile.TemporaryDirectory(prefix="ef-dq-") as tmp, graphs.quiet():
+        out = Path(tmp) / "q.onnx"
+        quantize_dynamic(
+            proto,
+            out,
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=op_types,
+        )
+        data = out.read_bytes()
+    graphs.check_runs(data, Technique.INT8_DYNAMIC)
+    quantized = graphs.initializers(graphs.load(data))
+    layers = tuple(
+        LayerChange(w.node, f"fp32 {w.shape}", "int8")
+        for name, w in before.items()
+        if f"{name}_quantized" in quantized
+    )
+    if not layers:
+        raise PassSkippedError(Technique.INT8_DYNAMIC, "quantize_dynamic quantized no layer")
+    return Compressed(
+        data,
+        PassRecord(
+            Technique.INT8_DYNAMIC,
+            {"per_channel": per_channel, "weight_type": "int8"},
+            TOOL,
+            len(model),
+            len(data),
+            layers,
+            tuple(notes),
+        ),
+    )
+
+
+def derived_weights(model: onnx.ModelProto) -> list[str]:
+    """Weights of MatMul/Gemm/Conv computed from constants rather than stored as initializers."""
+    inits = {t.name for t in model.graph.initializer}
+    made = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    made |= {
+        n.output[0]
+        for n in model.graph.node
+        if n.op_type in ("Identity", "Transpose", "Cast") and n.input and n.input[0] in inits
+    }
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type in graphs.WEIGHT_OPS and len(n.input) > 1 and n.input[1] in made
+    ]
+
+
+def pre_process(model: onnx.ModelProto, notes: list[str], *, why: str) -> onnx.ModelProto:
+    """ORT's ``quant_pre_process``: shape inference and constant folding before quantization."""
+    from onnxruntime.quantization import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="ef-pre-") as tmp, graphs.quiet():
+        out = Path(tmp) / "pre.onnx"
+        for skip_symbolic in (False, True):
+            try:
+                quant_pre_process(model, out, skip_symbolic_shape=skip_symbolic)
+                break
+            except Exception as exc:  # symbolic shape inference fails in many ways
+                failure = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        else:
+            notes.append(f"quant_pre_process failed ({failure}); quantized without it")
+            return model
+        notes.append(f"pre-processed with quant_pre_process ({why})")
+        return graphs.load(out.read_bytes())
+
+
+def _ops(model: onnx.ModelProto) -> str:
+    return ", ".join(sorted(graphs.ops(model)))

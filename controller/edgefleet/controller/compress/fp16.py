@@ -1,0 +1,39 @@
+"""fp16 conversion with ONNX Runtime's own converter (``onnxruntime.transformers.float16``).
+
+Inputs and outputs keep their fp32 types (``keep_io_types``), so callers feed the same arrays.
+Halves the weights; on CPUs without native fp16 arithmetic ORT computes through Casts and the
+model is usually slower, which the search measures rather than assumes.
+"""
+
+from __future__ import annotations
+
+from . import graphs
+from .errors import PassSkippedError
+from .records import Compressed, LayerChange, PassRecord, Technique, shape_text
+
+TOOL = "onnxruntime.transformers.float16.convert_float_to_float16"
+
+
+def convert_fp16(model: bytes) -> Compressed:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = graphs.load(model)
+    layers = graphs.weight_layers(proto)
+    if not any(t.data_type == 1 for t in proto.graph.initializer):
+        raise PassSkippedError(Technique.FP16, "the model has no fp32 weights")
+    with graphs.quiet():
+        converted = convert_float_to_float16(proto, keep_io_types=True)
+    data = graphs.dump(converted)
+    graphs.check_runs(data, Technique.FP16)
+    return Compressed(
+        data,
+        PassRecord(
+            Technique.FP16,
+            {"keep_io_types": True},
+            TOOL,
+            len(model),
+            len(data),
+            tuple(LayerChange(w.node, f"fp32 {shape_text(w.shape)}", "fp16") for w in layers),
+            ("fp16 on a CPU computes through Casts; it pays off only where fp16 is native",),
+        ),
+    )

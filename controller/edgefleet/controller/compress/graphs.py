@@ -1,0 +1,203 @@
+"""ONNX graph helpers shared by the passes: parse and check, find weight layers, run in ORT.
+
+The only module of the package that opens ONNX Runtime sessions for the passes (evaluation and
+timing have their own). Models travel as bytes between passes, so a pass can never mutate its
+caller's model; a pass parses, edits its private copy and serializes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from edgefleet.common.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+Feed = Mapping[str, npt.NDArray[Any]]
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class WeightLayer:
+    node: str  # node name (made unique by ``load`` when the model left it empty)
+    op: str
+    weight: str  # initializer name
+    shape: tuple[int, ...]
+
+
+def load(data: bytes) -> onnx.ModelProto:
+    """Parse model bytes; refuse bytes that are no model and models with external data."""
+    try:
+        model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise InvalidInputError(f"not an ONNX model: {exc}") from exc
+    if not model.graph.node:
+        raise InvalidInputError("not an ONNX model: the graph has no nodes")
+    external = [
+        t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    if external:
+        files = sorted(
+            {
+                e.value
+                for t in model.graph.initializer
+                for e in t.external_data
+                if e.key == "location"
+            }
+        )
+        raise InvalidInputError(
+            f"model keeps {len(external)} tensors ({', '.join(external[:3])}...) in external data "
+            f"files ({', '.join(files)}); load it with load_model_file(path) to inline them"
+        )
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type.lower()}_{i}"
+    return model
+
+
+def load_model_file(path: Path) -> bytes:
+    """Read a model file, inlining tensors kept in external data files beside it."""
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except (OSError, DecodeError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read model {path}: {exc}") from exc
+    for tensor in model.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:  # pragma: no cover - onnx inlines
+            raise InvalidInputError(f"external data of {tensor.name!r} was not found")
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
+    return model.SerializeToString()
+
+
+def dump(model: onnx.ModelProto) -> bytes:
+    return model.SerializeToString()
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def array(tensor: onnx.TensorProto) -> npt.NDArray[Any]:
+    return numpy_helper.to_array(tensor)
+
+
+def replace(model: onnx.ModelProto, name: str, value: npt.NDArray[Any]) -> None:
+    """Swap an initializer's value in place (dtype and name kept from ``value``/``name``)."""
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value), name))
+            return
+    raise KeyError(name)
+
+
+def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    out: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    inits = {t.name for t in model.graph.initializer}
+    return [v for v in model.graph.input if v.name not in inits]
+
+
+def weight_layers(model: onnx.ModelProto, *, ops: Sequence[str] = WEIGHT_OPS) -> list[WeightLayer]:
+    """Conv/Gemm/MatMul nodes whose weight (input 1) is a float32 initializer of rank >= 2."""
+    inits = initializers(model)
+    layers = []
+    for node in model.graph.node:
+        if node.op_type not in ops or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        tensor = inits[node.input[1]]
+        if tensor.data_type == onnx.TensorProto.FLOAT and len(tensor.dims) >= 2:
+            layers.append(WeightLayer(node.name, node.op_type, tensor.name, tuple(tensor.dims)))
+    return layers
+
+
+def attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def ops(model: onnx.ModelProto) -> set[str]:
+    return {
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+        for n in model.graph.node
+    }
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the library chatter of ORT's quantization tools for the duration of a call.
+
+    They log through the root logger, print progress and emit DeprecationWarnings; all are
+    noise for our callers (pytest turns warnings into errors). Our own log lines are unaffected.
+    """
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def session(model: bytes, *, threads: int = 1) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def run(
+    model: bytes, feeds: Sequence[Feed], *, outputs: Sequence[str] | None = None
+) -> list[list[npt.NDArray[Any]]]:
+    sess = session(model)
+    return [list(sess.run(list(outputs) if outputs else None, dict(feed))) for feed in feeds]
+
+
+def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> bytes:
+    """A copy of the model that also returns the named intermediate tensors."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    present = {o.name for o in copy.graph.output}
+    for name in names:
+        if name not in present:
+            copy.graph.output.append(onnx.ValueInfoProto(name=name))
+    return copy.SerializeToString()
+
+
+def check_runs(data: bytes, technique: str, feeds: Sequence[Feed] = ()) -> None:
+    """A pass's output must load (and run on ``feeds``) in ONNX Runtime's CPU provider."""
+    from .errors import PassSkippedError
+
+    try:
+        sess = session(data)
+        for feed in feeds[:1]:
+            sess.run(None, dict(feed))
+    except Exception as exc:  # ORT raises its own unexported exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PassSkippedError(technique, f"ONNX Runtime cannot run the result: {first}") from exc

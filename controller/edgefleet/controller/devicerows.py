@@ -1,0 +1,142 @@
+"""Device reports <-> ORM rows: the column-by-column copying that ``devices`` would drown in."""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from edgefleet.common import types as t
+from edgefleet.controller.db import DesiredRow, DeviceRow, EventRow, PresenceRow, TelemetryRow
+from edgefleet.controller.records import DeviceView
+
+
+def set_status(row: DeviceRow, s: t.DeviceStatus) -> None:
+    row.fleet = s.fleet
+    row.labels = dict(s.labels)
+    row.phase = s.phase.value
+    row.active_release = s.active_release
+    row.previous_release = s.previous_release
+    row.target_release = s.target_release
+    row.generation_applied = s.generation_applied
+    row.last_error = s.last_error
+    row.predict_endpoint = s.predict_endpoint
+    row.agent_version = s.agent_version
+    row.active_manifest_digest = s.active_manifest_digest
+    row.status_at_ms = s.at_ms
+
+
+def upsert_presence(session: Session, p: t.Presence, *, now_ms: int) -> None:
+    row = session.get(PresenceRow, p.device_id)
+    if row is None:
+        row = PresenceRow(device_id=p.device_id)
+        session.add(row)
+    row.fleet = p.fleet
+    row.online = p.online
+    row.predict_endpoint = p.predict_endpoint
+    row.active_release = p.active_release
+    row.at_ms = p.at_ms
+    row.received_ms = now_ms
+
+
+def upsert_telemetry(session: Session, x: t.Telemetry, *, now_ms: int) -> None:
+    row = session.get(TelemetryRow, x.device_id)
+    if row is None:
+        row = TelemetryRow(device_id=x.device_id)
+        session.add(row)
+    row.release = x.release
+    row.window_s = x.window_s
+    row.requests = x.requests
+    row.errors = x.errors
+    row.p50_ms = x.p50_ms
+    row.p95_ms = x.p95_ms
+    row.p99_ms = x.p99_ms
+    row.power_w = x.power_w
+    row.energy_per_inference_j = x.energy_per_inference_j
+    row.cpu_percent = x.cpu_percent
+    row.memory_bytes = x.memory_bytes
+    row.at_ms = x.at_ms
+    row.received_ms = now_ms
+
+
+def event_row(e: t.DeviceEvent, *, now_ms: int) -> EventRow:
+    return EventRow(
+        device_id=e.device_id,
+        kind=e.kind,
+        release=e.release,
+        generation=e.generation,
+        phase=e.phase.value if e.phase is not None else None,
+        message=e.message,
+        at_ms=e.at_ms,
+        received_ms=now_ms,
+    )
+
+
+def trim_events(session: Session, device_id: str, *, keep: int) -> None:
+    """Delete all but the newest ``keep`` events of one device."""
+    session.flush()
+    oldest_kept = session.scalar(
+        select(EventRow.id)
+        .where(EventRow.device_id == device_id)
+        .order_by(EventRow.id.desc())
+        .offset(keep - 1)
+        .limit(1)
+    )
+    if oldest_kept is not None:
+        session.execute(
+            delete(EventRow).where(EventRow.device_id == device_id, EventRow.id < oldest_kept)
+        )
+
+
+def event(row: EventRow) -> t.DeviceEvent:
+    return t.DeviceEvent(
+        device_id=row.device_id,
+        kind=row.kind,
+        message=row.message,
+        release=row.release,
+        generation=row.generation,
+        phase=t.InstallPhase(row.phase) if row.phase else None,
+        at_ms=row.at_ms,
+    )
+
+
+def telemetry(row: TelemetryRow) -> t.Telemetry:
+    return t.Telemetry(
+        device_id=row.device_id,
+        release=row.release,
+        window_s=row.window_s,
+        requests=row.requests,
+        errors=row.errors,
+        p50_ms=row.p50_ms,
+        p95_ms=row.p95_ms,
+        p99_ms=row.p99_ms,
+        power_w=row.power_w,
+        energy_per_inference_j=row.energy_per_inference_j,
+        cpu_percent=row.cpu_percent,
+        memory_bytes=row.memory_bytes,
+        at_ms=row.at_ms,
+    )
+
+
+def view(
+    d: DeviceRow,
+    p: PresenceRow | None,
+    x: TelemetryRow | None,
+    desired: DesiredRow | None,
+) -> DeviceView:
+    return DeviceView(
+        device_id=d.device_id,
+        fleet=d.fleet,
+        labels=dict(d.labels or {}),
+        phase=t.InstallPhase(d.phase) if d.phase else None,
+        active_release=d.active_release,
+        previous_release=d.previous_release,
+        target_release=d.target_release,
+        generation_applied=d.generation_applied,
+        generation_desired=desired.generation if desired is not None else 0,
+        desired_release=desired.release if desired is not None else "",
+        last_error=d.last_error,
+        online=bool(p is not None and p.online),
+        predict_endpoint=(p.predict_endpoint if p is not None else "") or d.predict_endpoint,
+        last_seen_ms=d.last_seen_ms,
+        telemetry=telemetry(x) if x is not None else None,
+    )

@@ -1,0 +1,195 @@
+"""Wiring: build the controller's parts from ``Settings``, start them in order, stop them in
+reverse. The one place that knows every part; none of the parts knows this one.
+
+``Controller(settings).start()`` returns the bound gRPC port, so tests run it in-process on
+port 0; the CLI does the same and then waits for a signal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from edgefleet.common.artifacts import ArtifactServicer, BlobStore, atomic_write
+from edgefleet.common.errors import TransientError
+from edgefleet.common.mqttclient import MqttSession
+from edgefleet.controller import ingest as ingesting
+from edgefleet.controller.config import Settings, join_address, split_address
+from edgefleet.controller.db import Database
+from edgefleet.controller.deploying import Deployer
+from edgefleet.controller.devices import DeviceStore
+from edgefleet.controller.keys import KeyRing
+from edgefleet.controller.metrics import Metrics
+from edgefleet.controller.registry import Registry
+from edgefleet.controller.releases import Releases
+from edgefleet.controller.service import ControllerServicer
+from edgefleet.v1 import artifact_pb2_grpc, controller_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = "edgefleet.v1.ControllerService"
+_WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Controller:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.address = ""  # the bound HOST:PORT, once started
+        self.metrics = Metrics()
+        self._stopped = threading.Event()
+        self._server: grpc.Server | None = None
+        self._health = health.HealthServicer()
+        self._db: Database | None = None
+        self._mqtt: MqttSession | None = None
+        self._ingest: ingesting.Ingest | None = None
+        self._releases: Releases | None = None
+
+    @property
+    def ingest(self) -> ingesting.Ingest:
+        assert self._ingest is not None, "controller not started"
+        return self._ingest
+
+    @property
+    def releases(self) -> Releases:
+        assert self._releases is not None, "controller not started"
+        return self._releases
+
+    @property
+    def mqtt(self) -> MqttSession:
+        assert self._mqtt is not None, "controller not started"
+        return self._mqtt
+
+    def start(self) -> int:
+        """Start every part; return the bound gRPC port. A failed start undoes what it did."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> int:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self._db = db = Database(s.database_url)
+        db.create_schema()
+        blobs = BlobStore(s.blobs_dir)
+        keys = KeyRing(db, s.keys_dir, clock=now_ms)
+        registry = Registry(db, blobs, clock=now_ms)
+        self._releases = releases = Releases(db, registry, keys=keys, clock=now_ms)
+        devices = DeviceStore(db, clock=now_ms, events_per_device=s.ingest.events_per_device)
+        self.metrics.watch_devices(devices.fleets)
+
+        self._ingest = ingesting.Ingest(devices, self.metrics, settings=s.ingest)
+        self._ingest.start()
+        self._mqtt = MqttSession(
+            s.mqtt.url,
+            client_id=s.mqtt.client_id,
+            subscriptions=ingesting.SUBSCRIPTIONS,
+            on_message=self._ingest.handle,
+            ca_file=s.mqtt.ca_file,
+        )
+        self._mqtt.start()
+
+        self._server = server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=s.grpc.workers, thread_name_prefix="grpc"),
+            options=[
+                ("grpc.so_reuseport", 0),  # a second controller on the same port must fail
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ],
+        )
+        host, _ = split_address(s.grpc.bind)
+        try:
+            port = server.add_insecure_port(s.grpc.bind)
+        except RuntimeError as exc:
+            raise TransientError(f"cannot listen on {s.grpc.bind}: {exc}") from exc
+        self.address = join_address(host, port)
+        deployer = Deployer(
+            db,
+            releases,
+            keys=keys,
+            publisher=self._mqtt,
+            metrics=self.metrics,
+            artifact_sources=[self._advertised(host, port)],
+            clock=now_ms,
+        )
+        servicer = ControllerServicer(
+            keys=keys,
+            registry=registry,
+            releases=releases,
+            devices=devices,
+            deployer=deployer,
+            max_model_bytes=s.registry.max_model_bytes,
+        )
+        controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, server)
+        artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(blobs), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        server.start()
+        for name in ("", SERVICE):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        if s.metrics.port is not None:
+            self.metrics.serve(host=s.metrics.host, port=s.metrics.port)
+        self._write_state(host, port)
+        log.info("controller ready on %s (data %s)", self.address, s.data_dir)
+        return port
+
+    def _advertised(self, host: str, port: int) -> str:
+        if self.settings.grpc.advertise:
+            return self.settings.grpc.advertise
+        if host in _WILDCARDS:
+            name = socket.gethostname()
+            log.warning(
+                "gRPC bound to every interface; advertising %s:%d to devices (set --advertise)",
+                name,
+                port,
+            )
+            return join_address(name, port)
+        return join_address(host, port)
+
+    def _write_state(self, host: str, port: int) -> None:
+        local = join_address(_WILDCARDS.get(host, host), port)
+        state = {"grpc": local, "pid": os.getpid()}
+        atomic_write(self.settings.state_file, json.dumps(state).encode() + b"\n")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until ``stop`` has run (or ``timeout`` passes)."""
+        return self._stopped.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop taking calls, let calls in flight finish, then close MQTT, the writer, the DB."""
+        if self._stopped.is_set():
+            return
+        self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            self._server.stop(self.settings.grpc.grace_s).wait()
+        if self._mqtt is not None:
+            self._mqtt.stop()
+        if self._ingest is not None:
+            self._ingest.stop()
+        self.metrics.close()
+        if self._db is not None:
+            self._db.dispose()
+        self._remove_state()
+        self._stopped.set()
+        log.info("controller stopped")
+
+    def _remove_state(self) -> None:
+        path = self.settings.state_file
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass

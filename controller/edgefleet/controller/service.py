@@ -1,0 +1,177 @@
+"""The ``ControllerService`` servicer: the operator API that edgectl drives.
+
+A thin shell: convert the request (``api``), call the store or process that owns the work,
+convert the answer. Our errors become status codes here and only here (``rpc.status_for``, plus
+ALREADY_EXISTS for a taken release name); anything else is logged and answered INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import NoReturn, TypeVar
+
+import grpc
+
+from edgefleet.common import rpc, wire
+from edgefleet.common import types as t
+from edgefleet.common.errors import EdgeFleetError, InvalidInputError
+from edgefleet.controller import api
+from edgefleet.controller.deploying import Deployer
+from edgefleet.controller.devices import DeviceStore
+from edgefleet.controller.keys import KeyRing
+from edgefleet.controller.registry import Registry, collect
+from edgefleet.controller.releases import Releases
+from edgefleet.v1 import controller_pb2 as pb
+from edgefleet.v1 import controller_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+DEFAULT_EVENTS = 100
+MAX_EVENTS = 1000
+
+
+def fail(context: grpc.ServicerContext, exc: EdgeFleetError) -> NoReturn:
+    context.abort(rpc.status_for(exc), str(exc))
+
+
+def serve(context: grpc.ServicerContext, method: str, call: Callable[[], R]) -> R:
+    try:
+        return call()
+    except EdgeFleetError as exc:
+        log.info("%s refused: %s", method, exc)
+        fail(context, exc)
+    except Exception:
+        log.exception("%s failed", method)
+        context.abort(
+            grpc.StatusCode.INTERNAL, f"{method} failed inside the controller; see its log"
+        )
+
+
+def _chunks(requests: Iterator[pb.UploadModelRequest]) -> Iterator[bytes]:
+    for msg in requests:
+        if msg.WhichOneof("part") != "chunk":
+            raise InvalidInputError("an upload has one header, first; then only chunks")
+        yield msg.chunk
+
+
+class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
+    def __init__(
+        self,
+        *,
+        keys: KeyRing,
+        registry: Registry,
+        releases: Releases,
+        devices: DeviceStore,
+        deployer: Deployer,
+        max_model_bytes: int,
+    ) -> None:
+        self._keys = keys
+        self._registry = registry
+        self._releases = releases
+        self._devices = devices
+        self._deployer = deployer
+        self._max_model_bytes = max_model_bytes
+
+    def InitKey(self, request: pb.InitKeyRequest, context: grpc.ServicerContext) -> pb.KeyInfo:
+        return serve(
+            context, "InitKey", lambda: api.key_info(self._keys.init(rotate=request.rotate))
+        )
+
+    def ListKeys(
+        self, request: pb.ListKeysRequest, context: grpc.ServicerContext
+    ) -> pb.ListKeysResponse:
+        return serve(
+            context,
+            "ListKeys",
+            lambda: pb.ListKeysResponse(keys=[api.key_info(k) for k in self._keys.list_keys()]),
+        )
+
+    def UploadModel(
+        self, request_iterator: Iterator[pb.UploadModelRequest], context: grpc.ServicerContext
+    ) -> pb.RegisteredModel:
+        def upload() -> pb.RegisteredModel:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise InvalidInputError("the first message of an upload must be its header")
+            header = api.upload_header(first.header)
+            t.validate_name("model", header.name)  # before reading any bytes
+            data = collect(header, _chunks(request_iterator), max_bytes=self._max_model_bytes)
+            return api.registered_model(self._registry.register(header, data))
+
+        return serve(context, "UploadModel", upload)
+
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return serve(
+            context,
+            "ListModels",
+            lambda: pb.ListModelsResponse(
+                models=[api.registered_model(m) for m in self._registry.list_models(request.name)]
+            ),
+        )
+
+    def CreateRelease(
+        self, request: pb.CreateReleaseRequest, context: grpc.ServicerContext
+    ) -> pb.ReleaseInfo:
+        def create() -> pb.ReleaseInfo:
+            ref = t.ReleaseRef(
+                t.validate_name("release", request.name), t.validate_version(request.version)
+            )
+            release = self._releases.create(
+                ref,
+                model_version=request.model_version,
+                health=api.health(request),
+                notes=request.notes,
+            )
+            return api.release_info(release)
+
+        return serve(context, "CreateRelease", create)
+
+    def ListReleases(
+        self, request: pb.ListReleasesRequest, context: grpc.ServicerContext
+    ) -> pb.ListReleasesResponse:
+        return serve(
+            context,
+            "ListReleases",
+            lambda: pb.ListReleasesResponse(
+                releases=[api.release_info(r) for r in self._releases.list_releases(request.name)]
+            ),
+        )
+
+    def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.DeployResponse:
+        return serve(
+            context,
+            "Deploy",
+            lambda: api.deploy_response(self._deployer.deploy(request.release, request.fleet)),
+        )
+
+    def ListDevices(
+        self, request: pb.ListDevicesRequest, context: grpc.ServicerContext
+    ) -> pb.ListDevicesResponse:
+        return serve(
+            context,
+            "ListDevices",
+            lambda: pb.ListDevicesResponse(
+                devices=[api.device_info(d) for d in self._devices.list_devices(request.fleet)]
+            ),
+        )
+
+    def ListEvents(
+        self, request: pb.ListEventsRequest, context: grpc.ServicerContext
+    ) -> pb.ListEventsResponse:
+        limit = min(request.limit or DEFAULT_EVENTS, MAX_EVENTS)
+        return serve(
+            context,
+            "ListEvents",
+            lambda: pb.ListEventsResponse(
+                events=[
+                    wire.event_to_pb(e)
+                    for e in self._devices.list_events(
+                        device_id=request.device_id, fleet=request.fleet, limit=limit
+                    )
+                ]
+            ),
+        )

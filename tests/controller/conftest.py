@@ -1,0 +1,25 @@
+"""Fixtures for the controller tests: a controller on the session broker, a paho device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Broker
+from tests.controller import support
+
+
+@pytest.fixture
+def ctl(tmp_path: Path, broker: Broker) -> Iterator[support.Running]:
+    running = support.start(support.settings(tmp_path / "data", broker.url))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def device(broker: Broker) -> Iterator[support.Device]:
+    dev = support.Device(broker.url)
+    yield dev
+    dev.close()
