@@ -365,22 +365,84 @@ class DeployRequest(_message.Message):
 
     RELEASE_FIELD_NUMBER: _builtins.int
     FLEET_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
     release: _builtins.str
     """name:version"""
     fleet: _builtins.str
+    @_builtins.property
+    def strategy(self) -> Global___RolloutStrategy:
+        """unset = all at once"""
+
     def __init__(
         self,
         *,
         release: _builtins.str = ...,
         fleet: _builtins.str = ...,
+        strategy: Global___RolloutStrategy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["strategy", b"strategy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet", "release", b"release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet", "release", b"release", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeployRequest: _TypeAlias = DeployRequest  # noqa: Y015
+
+@_typing.final
+class RolloutStrategy(_message.Message):
+    """As operators write it on the edgectl command line; the controller validates every field
+    before anything is sent. Amounts: a device count ("2") or a share of the fleet ("10%").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    CANARY_FIELD_NUMBER: _builtins.int
+    WAVES_FIELD_NUMBER: _builtins.int
+    MAX_PARALLEL_FIELD_NUMBER: _builtins.int
+    BAKE_FIELD_NUMBER: _builtins.int
+    DEVICE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_FAILURES_FIELD_NUMBER: _builtins.int
+    MAX_LATENCY_RATIO_FIELD_NUMBER: _builtins.int
+    MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"all-at-once" | "canary" """
+    canary: _builtins.str
+    """first step"""
+    waves: _builtins.str
+    """cumulative targets after the canary: "25%,50%,100%" """
+    max_parallel: _builtins.int
+    """most devices updating at once; 0 = no limit"""
+    bake: _builtins.str
+    """time a step stays healthy before the next: "30s" """
+    device_timeout: _builtins.str
+    """silent device counts as failed after this: "5m" """
+    max_failures: _builtins.str
+    """abort above this share/count of failed devices"""
+    max_latency_ratio: _builtins.float
+    """p95 gate against the device's previous release; 0 = 1.5"""
+    max_error_rate: _builtins.float
+    """errors per request gate; 0 = 0.05"""
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        canary: _builtins.str = ...,
+        waves: _builtins.str = ...,
+        max_parallel: _builtins.int = ...,
+        bake: _builtins.str = ...,
+        device_timeout: _builtins.str = ...,
+        max_failures: _builtins.str = ...,
+        max_latency_ratio: _builtins.float = ...,
+        max_error_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bake", b"bake", "canary", b"canary", "device_timeout", b"device_timeout", "kind", b"kind", "max_error_rate", b"max_error_rate", "max_failures", b"max_failures", "max_latency_ratio", b"max_latency_ratio", "max_parallel", b"max_parallel", "waves", b"waves"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStrategy: _TypeAlias = RolloutStrategy  # noqa: Y015
 
 @_typing.final
 class DeployTarget(_message.Message):
@@ -592,3 +654,179 @@ class ListEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListEventsResponse: _TypeAlias = ListEventsResponse  # noqa: Y015
+
+@_typing.final
+class RolloutRef(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollout_id", b"rollout_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutRef: _TypeAlias = RolloutRef  # noqa: Y015
+
+@_typing.final
+class RolloutDevice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    GENERATION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_RELEASE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SENT_AT_MS_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    state: _builtins.str
+    """waiting | sent | healthy | failed | rolling_back | reverted"""
+    generation: _builtins.int
+    previous_release: _builtins.str
+    reason: _builtins.str
+    sent_at_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        generation: _builtins.int = ...,
+        previous_release: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        sent_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "generation", b"generation", "previous_release", b"previous_release", "reason", b"reason", "sent_at_ms", b"sent_at_ms", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutDevice: _TypeAlias = RolloutDevice  # noqa: Y015
+
+@_typing.final
+class RolloutInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    FLEET_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    STEP_SIZES_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATED_AT_MS_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_MS_FIELD_NUMBER: _builtins.int
+    DEVICES_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.str
+    fleet: _builtins.str
+    release: _builtins.str
+    phase: _builtins.str
+    """pending | canary | wave | paused | succeeded | aborted | rolling_back | rolled_back"""
+    step: _builtins.int
+    """0-based index into step_sizes"""
+    reason: _builtins.str
+    created_at_ms: _builtins.int
+    updated_at_ms: _builtins.int
+    @_builtins.property
+    def step_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """cumulative device counts per step"""
+
+    @_builtins.property
+    def strategy(self) -> Global___RolloutStrategy: ...
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutDevice]: ...
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.str = ...,
+        fleet: _builtins.str = ...,
+        release: _builtins.str = ...,
+        phase: _builtins.str = ...,
+        step: _builtins.int = ...,
+        step_sizes: _abc.Iterable[_builtins.int] | None = ...,
+        strategy: Global___RolloutStrategy | None = ...,
+        reason: _builtins.str = ...,
+        created_at_ms: _builtins.int = ...,
+        updated_at_ms: _builtins.int = ...,
+        devices: _abc.Iterable[Global___RolloutDevice] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["strategy", b"strategy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "devices", b"devices", "fleet", b"fleet", "phase", b"phase", "reason", b"reason", "release", b"release", "rollout_id", b"rollout_id", "step", b"step", "step_sizes", b"step_sizes", "strategy", b"strategy", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutInfo: _TypeAlias = RolloutInfo  # noqa: Y015
+
+@_typing.final
+class ListRolloutsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLEET_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    fleet: _builtins.str
+    limit: _builtins.int
+    """0 = 20"""
+    def __init__(
+        self,
+        *,
+        fleet: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRolloutsRequest: _TypeAlias = ListRolloutsRequest  # noqa: Y015
+
+@_typing.final
+class ListRolloutsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rollouts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutInfo]: ...
+    def __init__(
+        self,
+        *,
+        rollouts: _abc.Iterable[Global___RolloutInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollouts", b"rollouts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRolloutsResponse: _TypeAlias = ListRolloutsResponse  # noqa: Y015
+
+@_typing.final
+class RollbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLEET_FIELD_NUMBER: _builtins.int
+    TO_RELEASE_FIELD_NUMBER: _builtins.int
+    fleet: _builtins.str
+    to_release: _builtins.str
+    """empty = each device's previous release"""
+    def __init__(
+        self,
+        *,
+        fleet: _builtins.str = ...,
+        to_release: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet", "to_release", b"to_release"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRequest: _TypeAlias = RollbackRequest  # noqa: Y015

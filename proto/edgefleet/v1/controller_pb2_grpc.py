@@ -79,6 +79,36 @@ class ControllerServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_controller__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListEventsResponse.FromString,
                 _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/ListRollouts',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/GetRollout',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.RolloutRef.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.PauseRollout = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/PauseRollout',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.RolloutRef.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.ResumeRollout = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/ResumeRollout',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.RolloutRef.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/AbortRollout',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.RolloutRef.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/Rollback',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.DeployResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -138,6 +168,43 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRollouts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Every device of the fleet back to its previous release (or to `to_release`), now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +252,36 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListEvents,
                     request_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListEventsRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_controller__pb2.ListEventsResponse.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.RolloutRef.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.SerializeToString,
+            ),
+            'PauseRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRollout,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.RolloutRef.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.SerializeToString,
+            ),
+            'ResumeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRollout,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.RolloutRef.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.RolloutRef.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.RollbackRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.DeployResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +527,168 @@ class ControllerService:
             '/edgefleet.v1.ControllerService/ListEvents',
             edgefleet_dot_v1_dot_controller__pb2.ListEventsRequest.SerializeToString,
             edgefleet_dot_v1_dot_controller__pb2.ListEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/ListRollouts',
+            edgefleet_dot_v1_dot_controller__pb2.ListRolloutsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/GetRollout',
+            edgefleet_dot_v1_dot_controller__pb2.RolloutRef.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/PauseRollout',
+            edgefleet_dot_v1_dot_controller__pb2.RolloutRef.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/ResumeRollout',
+            edgefleet_dot_v1_dot_controller__pb2.RolloutRef.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/AbortRollout',
+            edgefleet_dot_v1_dot_controller__pb2.RolloutRef.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.RolloutInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/Rollback',
+            edgefleet_dot_v1_dot_controller__pb2.RollbackRequest.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.DeployResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,13 @@ class ControllerServiceStub:
     Deploy: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeployRequest, _controller_pb2.DeployResponse]
     ListDevices: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListDevicesRequest, _controller_pb2.ListDevicesResponse]
     ListEvents: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListEventsRequest, _controller_pb2.ListEventsResponse]
+    ListRollouts: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListRolloutsRequest, _controller_pb2.ListRolloutsResponse]
+    GetRollout: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RolloutRef, _controller_pb2.RolloutInfo]
+    PauseRollout: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RolloutRef, _controller_pb2.RolloutInfo]
+    ResumeRollout: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RolloutRef, _controller_pb2.RolloutInfo]
+    AbortRollout: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RolloutRef, _controller_pb2.RolloutInfo]
+    Rollback: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RollbackRequest, _controller_pb2.DeployResponse]
+    """Every device of the fleet back to its previous release (or to `to_release`), now."""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -53,6 +60,13 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     Deploy: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeployRequest, _controller_pb2.DeployResponse]  # type: ignore[assignment]
     ListDevices: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListDevicesRequest, _controller_pb2.ListDevicesResponse]  # type: ignore[assignment]
     ListEvents: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListEventsRequest, _controller_pb2.ListEventsResponse]  # type: ignore[assignment]
+    ListRollouts: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListRolloutsRequest, _controller_pb2.ListRolloutsResponse]  # type: ignore[assignment]
+    GetRollout: _aio.UnaryUnaryMultiCallable[_controller_pb2.RolloutRef, _controller_pb2.RolloutInfo]  # type: ignore[assignment]
+    PauseRollout: _aio.UnaryUnaryMultiCallable[_controller_pb2.RolloutRef, _controller_pb2.RolloutInfo]  # type: ignore[assignment]
+    ResumeRollout: _aio.UnaryUnaryMultiCallable[_controller_pb2.RolloutRef, _controller_pb2.RolloutInfo]  # type: ignore[assignment]
+    AbortRollout: _aio.UnaryUnaryMultiCallable[_controller_pb2.RolloutRef, _controller_pb2.RolloutInfo]  # type: ignore[assignment]
+    Rollback: _aio.UnaryUnaryMultiCallable[_controller_pb2.RollbackRequest, _controller_pb2.DeployResponse]  # type: ignore[assignment]
+    """Every device of the fleet back to its previous release (or to `to_release`), now."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -117,5 +131,48 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ListEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ListEventsResponse, _abc.Awaitable[_controller_pb2.ListEventsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListRollouts(
+        self,
+        request: _controller_pb2.ListRolloutsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListRolloutsResponse, _abc.Awaitable[_controller_pb2.ListRolloutsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetRollout(
+        self,
+        request: _controller_pb2.RolloutRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RolloutInfo, _abc.Awaitable[_controller_pb2.RolloutInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def PauseRollout(
+        self,
+        request: _controller_pb2.RolloutRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RolloutInfo, _abc.Awaitable[_controller_pb2.RolloutInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeRollout(
+        self,
+        request: _controller_pb2.RolloutRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RolloutInfo, _abc.Awaitable[_controller_pb2.RolloutInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def AbortRollout(
+        self,
+        request: _controller_pb2.RolloutRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RolloutInfo, _abc.Awaitable[_controller_pb2.RolloutInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def Rollback(
+        self,
+        request: _controller_pb2.RollbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DeployResponse, _abc.Awaitable[_controller_pb2.DeployResponse]]:
+        """Every device of the fleet back to its previous release (or to `to_release`), now."""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
