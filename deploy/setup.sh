@@ -24,6 +24,7 @@ if [ "$system" = 1 ]; then
   command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
   if [ "$dev" = 1 ]; then
     command -v git >/dev/null || need+=(git)
+    command -v promtool >/dev/null || need+=(prometheus)  # promtool + a real server for tests
   fi
   if [ "${#need[@]}" -gt 0 ]; then
     sudo=""
