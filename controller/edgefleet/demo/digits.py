@@ -44,7 +44,9 @@ def load_data(*, seed: int = 0) -> DigitsData:
     return DigitsData(x_tr, y_tr, x_te, y_te)
 
 
-def train(data: DigitsData, *, hidden: int = 32, seed: int = 0, max_iter: int = 300) -> TrainedModel:
+def train(
+    data: DigitsData, *, hidden: int = 32, seed: int = 0, max_iter: int = 300
+) -> TrainedModel:
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 

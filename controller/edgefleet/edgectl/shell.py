@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -22,6 +21,7 @@ from edgefleet.common.errors import EdgeFleetError
 from edgefleet.edgectl.client import ControllerClient
 
 DEFAULT_CONTROLLER = "127.0.0.1:50051"
+COMMAND_ORDER = ("keys", "model", "release", "deploy", "devices", "events", "predict", "demo")
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -57,17 +57,39 @@ def fail(message: str, *, code: int = EXIT_FAILED) -> NoReturn:
     raise typer.Exit(code)
 
 
-class EdgectlGroup(TyperGroup):
-    """The root group: turns every expected failure into one line on stderr."""
+def _exit_for(exc: BaseException) -> int:
+    """Print the one line an exception deserves; return the exit code."""
+    if isinstance(exc, EdgeFleetError):
+        typer.echo(f"error: {one_line(str(exc))}", err=True)
+        return EXIT_FAILED
+    if isinstance(exc, OSError):  # a file named on the command line: missing, unreadable, ...
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.echo(f"error: {one_line(exc.strerror or str(exc))}{where}", err=True)
+        return EXIT_FAILED
+    if isinstance(exc, typer.TyperException):  # click's usage and parameter errors
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+            return EXIT_USAGE
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
+        return exc.exit_code
+    typer.echo("error: aborted", err=True)  # typer.Abort
+    return EXIT_INTERRUPTED
 
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EdgeFleetError as exc:
-            fail(str(exc))
-        except OSError as exc:  # a file named on the command line: missing, unreadable, ...
-            where = f": {exc.filename}" if exc.filename else ""
-            fail(f"{exc.strerror or exc}{where}")
+
+class EdgectlGroup(TyperGroup):
+    """The root group: every expected failure ends as one line on stderr, not a traceback.
+
+    Runs typer's main loop in non-standalone mode and does the standalone part here, so
+    that ``EdgeFleetError``s (``RpcFailed`` among them) and usage errors print alike.
+    Lists commands in the order an operator uses them.
+    """
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:  # type: ignore[override]
+        names = super().list_commands(ctx)
+        order = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(names, key=lambda n: order.get(n, len(order)))
 
     def main(
         self,
@@ -79,22 +101,9 @@ class EdgectlGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         if not standalone_mode:
-            return super().main(
-                args, prog_name, complete_var, False, windows_expand_args, **extra
-            )
+            return super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         try:
             rv = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:
-            typer.echo(exc.ctx.get_help() if exc.ctx else exc.format_message())
-            sys.exit(EXIT_USAGE)
-        except click.UsageError as exc:
-            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            typer.echo(f"error: {one_line(exc.format_message())}{hint}", err=True)
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            typer.echo(f"error: {one_line(exc.format_message())}", err=True)
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            typer.echo("error: aborted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        except (EdgeFleetError, OSError, typer.TyperException, typer.Abort) as exc:
+            sys.exit(_exit_for(exc))
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,212 @@
+"""Predict latency: bare ONNX Runtime vs the agent's in-process path vs Predict over gRPC.
+
+Same model (the digits MLP, batch 1), same process, same run:
+
+* ``bare``: ``InferenceSession.run`` on the session the agent loaded;
+* ``inproc``: ``Predictor.predict``, the path the agent's servicer wraps (input checks, the
+  atomic swap read);
+* ``grpc``: ``InferenceService.Predict`` on a real ``InferenceServer`` bound to loopback port 0,
+  called through edgectl's ``InferenceClient`` (tensor encode and decode included);
+* ``floor`` (context, no target): the same client against a plain gRPC server whose servicer
+  answers at once with canned outputs: what gRPC in Python costs on this machine before the
+  agent does anything.
+
+Each path is warmed up, then timed for ``ITERATIONS`` calls in short blocks, in rounds that
+rotate the order of the paths, so machine noise hits all of them alike. Targets: inproc p50
+at most 5% over bare; grpc p50 at most 150 us over bare. Writes ``bench/results/predict.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.agent.metrics import AgentMetrics
+from edgefleet.agent.predictor import Predictor
+from edgefleet.agent.runtime import LoadedModel, ModelRuntime
+from edgefleet.agent.serving import InferenceServer, InferenceServicer
+from edgefleet.agent.telemetry import Window
+from edgefleet.common import digests, wire
+from edgefleet.common import types as t
+from edgefleet.demo import digits
+from edgefleet.edgectl.inference import InferenceClient
+from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+
+ITERATIONS = 2000
+ROUNDS = 40  # blocks of ITERATIONS / ROUNDS calls per path, order rotating every round
+WARMUP = 300
+BLOCK_WARMUP = 2  # untimed calls that start each block, so no path pays for the switch
+INPROC_RATIO_TARGET = 1.05
+GRPC_OVERHEAD_TARGET_US = 150.0
+RESULTS = Path(__file__).parent / "results" / "predict.json"
+MODEL = "digits-mlp32 (batch 1)"
+
+
+class Echo(inference_pb2_grpc.InferenceServiceServicer):
+    """Answers every Predict with the same precomputed reply: the transport floor."""
+
+    def __init__(self, reply: inference_pb2.PredictResponse) -> None:
+        self._reply = reply
+
+    def Predict(
+        self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.PredictResponse:
+        return self._reply
+
+    def ModelInfo(
+        self, request: inference_pb2.ModelInfoRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.ModelInfoResponse:
+        return inference_pb2.ModelInfoResponse(device_id="echo")
+
+
+def echo_server(reply: inference_pb2.PredictResponse) -> tuple[grpc.Server, str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(Echo(reply), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def manifest(onnx_bytes: bytes) -> t.Manifest:
+    return t.Manifest(
+        name="digits",
+        version="1.0.0",
+        model_digest=digests.of_bytes(onnx_bytes),
+        model_size=len(onnx_bytes),
+        inputs=(t.TensorSpec("pixels", "float32", (-1, 64)),),
+        outputs=(
+            t.TensorSpec("probabilities", "float32", (-1, 10)),
+            t.TensorSpec("label", "int64", (-1,)),
+        ),
+    )
+
+
+def timed(fn: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = time.perf_counter_ns()
+        fn()
+        out.append((time.perf_counter_ns() - start) / 1000.0)
+    return out
+
+
+def measure(paths: dict[str, Callable[[], object]]) -> dict[str, np.ndarray]:
+    for fn in paths.values():
+        timed(fn, WARMUP)
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    names = list(paths)
+    per_round = ITERATIONS // ROUNDS
+    for r in range(ROUNDS):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            timed(paths[name], BLOCK_WARMUP)
+            samples[name] += timed(paths[name], per_round)
+    return {name: np.asarray(v) for name, v in samples.items()}
+
+
+def report(samples: dict[str, np.ndarray]) -> dict[str, Any]:
+    p50 = {k: float(np.percentile(v, 50)) for k, v in samples.items()}
+    p99 = {k: float(np.percentile(v, 99)) for k, v in samples.items()}
+    ratio = p50["inproc"] / p50["bare"]
+    overhead = p50["grpc"] - p50["bare"]
+    return {
+        "model": MODEL,
+        "iterations": int(min(len(v) for v in samples.values())),
+        **{f"{k}_p50_us": round(v, 2) for k, v in p50.items()},
+        **{f"{k}_p99_us": round(v, 2) for k, v in p99.items()},
+        "inproc_over_bare_p50": round(ratio, 4),
+        "inproc_over_bare_p50_target": INPROC_RATIO_TARGET,
+        "inproc_ok": ratio <= INPROC_RATIO_TARGET,
+        "grpc_minus_bare_p50_us": round(overhead, 2),
+        "grpc_minus_bare_p50_target_us": GRPC_OVERHEAD_TARGET_US,
+        "grpc_ok": overhead <= GRPC_OVERHEAD_TARGET_US,
+        "floor_minus_bare_p50_us": round(p50["floor"] - p50["bare"], 2),
+        "grpc_minus_floor_p50_us": round(p50["grpc"] - p50["floor"], 2),
+    }
+
+
+def show(result: dict[str, Any], console: Console) -> None:
+    t1 = Table(title=f"Predict latency, {result['model']}, {result['iterations']} calls each")
+    for col in ("path", "p50 (us)", "p99 (us)"):
+        t1.add_column(col, justify="right" if col != "path" else "left")
+    for name, label in (("bare", "bare InferenceSession.run"), ("inproc", "agent in-process"),
+                        ("grpc", "Predict over gRPC (loopback)"),
+                        ("floor", "gRPC echo, no model (floor)")):  # fmt: skip
+        t1.add_row(label, f"{result[f'{name}_p50_us']:.1f}", f"{result[f'{name}_p99_us']:.1f}")
+    console.print(t1)
+    t2 = Table(title="targets")
+    for col in ("measure", "value", "target", "result"):
+        t2.add_column(col)
+    verdict = {True: "[green]PASS[/]", False: "[red]FAIL[/]"}
+    t2.add_row("inproc / bare at p50", f"{result['inproc_over_bare_p50']:.3f}",
+               f"<= {INPROC_RATIO_TARGET}", verdict[result["inproc_ok"]])  # fmt: skip
+    t2.add_row("grpc - bare at p50", f"{result['grpc_minus_bare_p50_us']:.1f} us",
+               f"<= {GRPC_OVERHEAD_TARGET_US:g} us", verdict[result["grpc_ok"]])  # fmt: skip
+    console.print(t2)
+    console.print(
+        f"gRPC alone (echo floor) costs {result['floor_minus_bare_p50_us']:.1f} us over bare on "
+        f"this machine; the agent adds {result['grpc_minus_floor_p50_us']:.1f} us on top of it."
+    )
+
+
+def main() -> bool:
+    """Run the benchmark, print it, write the results; True when both targets hold."""
+    console = Console()
+    with console.status("training the digits model"):
+        trained = digits.train(digits.load_data(), hidden=32, seed=0)
+    x = digits.load_data().x_test[:1].copy()
+    with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
+        path = Path(tmp) / "digits.onnx"
+        path.write_bytes(trained.onnx_bytes)
+        m = manifest(trained.onnx_bytes)
+        runtime = ModelRuntime.load(path, LoadedModel("digits:1.0.0", "a", m, m.model_digest))
+        predictor = Predictor(runtime)
+        servicer = InferenceServicer(
+            predictor, device_id="bench", fleet="bench", metrics=AgentMetrics(), window=Window()
+        )
+        server = InferenceServer(servicer, listen="127.0.0.1:0")
+        endpoint = server.start()
+        server.set_serving(True)
+        session, names, feed = runtime.session, runtime.output_names, {"pixels": x}
+        canned = inference_pb2.PredictResponse(
+            outputs=[wire.array_to_pb(k, v) for k, v in predictor.predict(feed).items()],
+            release="digits:1.0.0",
+            device_id="bench",
+        )
+        floor_server, floor_endpoint = echo_server(canned)
+        try:
+            with (
+                InferenceClient(endpoint, name="bench agent") as client,
+                InferenceClient(floor_endpoint, name="echo") as floor,
+            ):
+                paths: dict[str, Callable[[], object]] = {
+                    "bare": lambda: session.run(names, feed),
+                    "inproc": lambda: predictor.predict(feed),
+                    "grpc": lambda: client.predict(feed),
+                    "floor": lambda: floor.predict(feed),
+                }
+                with console.status(f"timing {ITERATIONS} calls of each path"):
+                    samples = measure(paths)
+        finally:
+            server.stop()
+            floor_server.stop(None)
+    result = report(samples)
+    show(result, console)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"wrote {RESULTS}")
+    return bool(result["inproc_ok"] and result["grpc_ok"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(0 if main() else 1)

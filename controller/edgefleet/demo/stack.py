@@ -1,0 +1,171 @@
+"""The processes of a fleet on one machine: an MQTT broker, ``edge-controller``, ``edge-agent``s.
+
+Each ``start_*`` spawns through ``Processes`` (so it is stopped with the rest) and returns
+once the process says it is ready: the broker listens, the controller wrote
+``controller.json``, each agent wrote ``agent.json`` (contracts in the README of each part).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgefleet.demo.errors import StartError
+from edgefleet.demo.processes import (
+    Managed,
+    Processes,
+    free_port,
+    script,
+    wait_for_json,
+    wait_for_port,
+)
+
+START_TIMEOUT_S = 45.0
+
+
+@dataclass(frozen=True)
+class Broker:
+    url: str
+    kind: str  # "mosquitto" or "amqtt"
+    process: Managed
+
+
+@dataclass(frozen=True)
+class Controller:
+    address: str  # gRPC HOST:PORT
+    data_dir: Path
+    process: Managed
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    device_id: str
+    fleet: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Agent:
+    device_id: str
+    fleet: str
+    predict_endpoint: str
+    metrics_port: int
+    data_dir: Path
+    process: Managed
+
+
+def mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None
+    )
+
+
+def start_broker(procs: Processes, workdir: Path, *, kind: str = "auto") -> Broker:
+    """Mosquitto where installed (or asked for), else amqtt from the ``broker`` extra."""
+    port = free_port()
+    binary = mosquitto_binary()
+    if kind == "mosquitto" or (kind == "auto" and binary is not None):
+        if binary is None:
+            raise StartError("mosquitto", "is not installed (apt-get install mosquitto)")
+        conf = workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 10000\n"
+        )
+        proc = procs.spawn("mosquitto", [binary, "-c", str(conf)])
+        used = "mosquitto"
+    else:
+        if importlib.util.find_spec("amqtt") is None:
+            raise StartError(
+                "MQTT broker",
+                "missing: install mosquitto, or the embedded one: pip install 'edgefleet[broker]'",
+            )
+        argv = [sys.executable, "-m", "edgefleet.demo.mqtt_broker", "--port", str(port)]
+        proc = procs.spawn("amqtt", argv)
+        used = "amqtt"
+    wait_for_port(port, proc, timeout_s=START_TIMEOUT_S)
+    return Broker(url=f"mqtt://127.0.0.1:{port}", kind=used, process=proc)
+
+
+def start_controller(
+    procs: Processes,
+    data_dir: Path,
+    *,
+    mqtt_url: str,
+    extra_args: Sequence[str] = (),
+    timeout_s: float = START_TIMEOUT_S,
+) -> Controller:
+    """Start ``edge-controller run`` on a free loopback port; ``extra_args`` go last."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    ready = data_dir / "controller.json"
+    ready.unlink(missing_ok=True)
+    address = f"127.0.0.1:{free_port()}"
+    argv = [
+        *script("edge-controller", "edgefleet.controller.cli"),
+        "run",
+        "--data-dir", str(data_dir),
+        "--grpc", address,
+        "--mqtt", mqtt_url,
+        "--metrics-port", str(free_port()),
+        *extra_args,
+    ]  # fmt: skip
+    proc = procs.spawn("controller", argv, tier=1)
+    info = wait_for_json(ready, proc, timeout_s=timeout_s)
+    return Controller(address=str(info.get("grpc") or address), data_dir=data_dir, process=proc)
+
+
+def start_agents(
+    procs: Processes,
+    specs: Sequence[AgentSpec],
+    *,
+    workdir: Path,
+    mqtt_url: str,
+    controller: str,
+    trusted_key: Path,
+    telemetry_interval_s: float | None = None,
+    timeout_s: float = START_TIMEOUT_S,
+) -> list[Agent]:
+    """Spawn every agent first, then wait for each: they start side by side."""
+    spawned: list[tuple[AgentSpec, Path, Managed]] = []
+    for spec in specs:
+        data_dir = workdir / "agents" / spec.device_id
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "agent.json").unlink(missing_ok=True)
+        argv = [
+            *script("edge-agent", "edgefleet.agent.cli"),
+            "run",
+            "--device-id", spec.device_id,
+            "--fleet", spec.fleet,
+            "--mqtt", mqtt_url,
+            "--controller", controller,
+            "--data-dir", str(data_dir),
+            "--predict-listen", "127.0.0.1:0",
+            "--metrics-port", "0",
+            "--trusted-key", str(trusted_key),
+        ]  # fmt: skip
+        for key, value in spec.labels.items():
+            argv += ["--label", f"{key}={value}"]
+        if telemetry_interval_s is not None:
+            argv += ["--telemetry-interval", f"{telemetry_interval_s:g}"]
+        spawned.append((spec, data_dir, procs.spawn(spec.device_id, argv, tier=2)))
+    agents = []
+    for spec, data_dir, proc in spawned:
+        info = wait_for_json(data_dir / "agent.json", proc, timeout_s=timeout_s)
+        agents.append(
+            Agent(
+                device_id=spec.device_id,
+                fleet=spec.fleet,
+                predict_endpoint=str(info.get("predict_endpoint", "")),
+                metrics_port=int(info.get("metrics_port", 0)),
+                data_dir=data_dir,
+                process=proc,
+            )
+        )
+    return agents

@@ -1,0 +1,81 @@
+"""``edgectl``: the operator CLI over the controller's gRPC API.
+
+One module per command group (``keys``, ``models``, ``releases``, ``devices``) and per
+top-level command (``deploy``, ``events``, ``predict``, ``demo``); each parses its
+arguments, calls ``ControllerClient`` and prints with ``output``. ``shell`` turns every
+expected failure into one ``error: ...`` line and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgefleet.common import rpc
+from edgefleet.edgectl import (
+    demo_cmd,
+    deploying,
+    devices,
+    events,
+    keys,
+    models,
+    predicting,
+    releases,
+    shell,
+)
+
+HELP = """Operate an EdgeFleet: register ONNX models, release them signed, deploy them to
+fleets of edge devices and watch them converge.
+
+A typical session: keys init --out trusted.pem (agents trust it), model add digits.onnx
+--name digits, release create digits --version 1.0.0, deploy digits:1.0.0 --fleet
+factory-a, devices list, predict --device edge-a1 --input x.npz. Every listing takes
+--json for scripts. Try it all on one machine with: edgectl demo."""
+
+app = typer.Typer(
+    cls=shell.EdgectlGroup,
+    help=HELP,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(keys.app, name="keys")
+app.add_typer(models.app, name="model")
+app.add_typer(releases.app, name="release")
+app.add_typer(devices.app, name="devices")
+app.command("deploy")(deploying.deploy)
+app.command("events")(events.events)
+app.command("predict")(predicting.predict)
+app.command("demo")(demo_cmd.demo)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    controller: Annotated[
+        str,
+        typer.Option(
+            "--controller",
+            "-c",
+            envvar="EDGECTL_CONTROLLER",
+            help="Controller gRPC address HOST:PORT.",
+            metavar="ADDR",
+        ),
+    ] = shell.DEFAULT_CONTROLLER,
+    deadline: Annotated[
+        float,
+        typer.Option(
+            "--deadline",
+            help="Deadline of each gRPC call, seconds.",
+            min=0.1,
+            metavar="SECONDS",
+        ),
+    ] = rpc.DEFAULT_DEADLINE_S,
+) -> None:
+    ctx.obj = shell.Settings(controller=controller, deadline_s=deadline)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,50 @@
+"""``edgectl events``: what devices reported (install steps, health checks, roll-backs)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgefleet.edgectl import output, shell
+
+
+def events(
+    ctx: typer.Context,
+    *,
+    device: Annotated[
+        str, typer.Option("--device", "-d", help="Only this device.", metavar="DEVICE")
+    ] = "",
+    fleet: Annotated[
+        str, typer.Option("--fleet", "-f", help="Only this fleet.", metavar="FLEET")
+    ] = "",
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="At most N events.", min=1, metavar="N")
+    ] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Show recent device events.
+
+    Install steps, health checks, roll-backs and rejected desired states, as devices
+    reported them, newest last. --device or --fleet narrows them.
+    """
+    if device and fleet:
+        shell.fail("give --device or --fleet, not both", code=shell.EXIT_USAGE)
+    with shell.controller(ctx) as client:
+        found = client.list_events(device_id=device, fleet=fleet, limit=limit)
+    found.sort(key=lambda e: e.at_ms)
+    if as_json:
+        output.print_json([output.event_dict(e) for e in found])
+        return
+    t = output.table("TIME", "DEVICE", "KIND", "RELEASE", "GEN", "PHASE", "MESSAGE")
+    for e in found:
+        t.add_row(
+            output.when(e.at_ms),
+            e.device_id,
+            e.kind,
+            e.release or "-",
+            str(e.generation) if e.generation else "-",
+            output.styled_phase(e.phase),
+            e.message,
+        )
+    output.print_table(t, empty="no events")

@@ -1,0 +1,183 @@
+"""How edgectl prints: rich tables for people, plain JSON for scripts (``--json``).
+
+Tables go to stdout; progress and notes go to stderr, so ``--json`` output stays parseable.
+The ``*_dict`` functions fix the JSON shape of each thing (phases as ``"active"``, 64-bit
+numbers as numbers), independent of protobuf's JSON mapping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.common import wire
+from edgefleet.v1 import common_pb2, mqtt_pb2
+from edgefleet.v1 import controller_pb2 as pb
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+PHASE_STYLES = {"active": "green", "failed": "red", "rolled_back": "red"}
+
+
+def print_json(value: Any, *, compact: bool = False) -> None:
+    """JSON on stdout; ``compact`` keeps it on one line (tensors would take one line a number)."""
+    print(json.dumps(value, indent=None if compact else 2))
+
+
+def note(text: str) -> None:
+    """A remark for the person at the terminal (stderr; never mixed into ``--json``)."""
+    err_console.print(text)
+
+
+def when(ms: int) -> str:
+    if ms <= 0:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def phase_name(value: int) -> str:
+    phase = wire.phase_from_pb(value)
+    return str(phase) if phase is not None else ""
+
+
+def styled_phase(value: int) -> str:
+    name = phase_name(value) or "-"
+    style = PHASE_STYLES.get(name)
+    return f"[{style}]{name}[/]" if style else name
+
+
+def size_text(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover - unreachable
+
+
+def specs_text(specs: Iterable[common_pb2.TensorSpec]) -> str:
+    return wire.describe_specs(wire.specs_from_pb(specs))
+
+
+# identifiers and times read badly when broken; free text and specs may fold
+_NO_WRAP = frozenset(
+    {"DEVICE", "NAME", "RELEASE", "ACTIVE RELEASE", "VERSION", "KEY ID", "CREATED", "TIME", "GEN"}
+)
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for c in columns:
+        t.add_column(c, overflow="fold", no_wrap=c in _NO_WRAP)
+    return t
+
+
+def print_table(t: Table, *, empty: str) -> None:
+    """The table, or ``empty`` (e.g. "no devices") when it has no rows."""
+    if t.row_count:
+        console.print(t)
+    else:
+        console.print(f"[dim]{empty}[/]")
+
+
+# --- JSON shapes --------------------------------------------------------------------------
+
+
+def spec_dict(s: common_pb2.TensorSpec) -> dict[str, Any]:
+    return {"name": s.name, "dtype": s.dtype, "shape": list(s.shape)}
+
+
+def key_dict(k: pb.KeyInfo) -> dict[str, Any]:
+    return {
+        "key_id": k.key_id,
+        "active": k.active,
+        "created": k.created,
+        "created_at_ms": k.created_at_ms,
+        "public_key_pem": k.public_key_pem,
+    }
+
+
+def model_dict(m: pb.RegisteredModel) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "version": m.version,
+        "digest": m.digest,
+        "size": m.size,
+        "opset": m.opset,
+        "description": m.description,
+        "created_at_ms": m.created_at_ms,
+        "inputs": [spec_dict(s) for s in m.inputs],
+        "outputs": [spec_dict(s) for s in m.outputs],
+    }
+
+
+def release_dict(r: pb.ReleaseInfo) -> dict[str, Any]:
+    m = r.manifest
+    return {
+        "name": r.name,
+        "version": r.version,
+        "release": f"{r.name}:{r.version}",
+        "manifest_digest": r.manifest_digest,
+        "key_id": r.key_id,
+        "created_at_ms": r.created_at_ms,
+        "model_version": m.model_version,
+        "model_digest": m.model_digest,
+        "model_size": m.model_size,
+        "runtime": m.runtime,
+        "latency_budget_ms": m.health.latency_budget_ms,
+        "inputs": [spec_dict(s) for s in m.inputs],
+        "outputs": [spec_dict(s) for s in m.outputs],
+    }
+
+
+def telemetry_dict(x: mqtt_pb2.Telemetry) -> dict[str, Any]:
+    return {
+        "release": x.release,
+        "window_s": x.window_s,
+        "requests": x.requests,
+        "errors": x.errors,
+        "p50_ms": x.p50_ms,
+        "p95_ms": x.p95_ms,
+        "p99_ms": x.p99_ms,
+        "power_w": x.power_w if x.HasField("power_w") else None,
+        "cpu_percent": x.cpu_percent,
+        "memory_bytes": x.memory_bytes,
+        "at_ms": x.at_ms,
+    }
+
+
+def device_dict(d: pb.DeviceInfo) -> dict[str, Any]:
+    return {
+        "device_id": d.device_id,
+        "fleet": d.fleet,
+        "labels": dict(d.labels),
+        "online": d.online,
+        "phase": phase_name(d.phase),
+        "active_release": d.active_release,
+        "previous_release": d.previous_release,
+        "target_release": d.target_release,
+        "generation_applied": d.generation_applied,
+        "generation_desired": d.generation_desired,
+        "last_error": d.last_error,
+        "predict_endpoint": d.predict_endpoint,
+        "last_seen_ms": d.last_seen_ms,
+        "telemetry": telemetry_dict(d.telemetry) if d.HasField("telemetry") else None,
+    }
+
+
+def event_dict(e: mqtt_pb2.DeviceEvent) -> dict[str, Any]:
+    return {
+        "at_ms": e.at_ms,
+        "device_id": e.device_id,
+        "kind": e.kind,
+        "release": e.release,
+        "generation": e.generation,
+        "phase": phase_name(e.phase),
+        "message": e.message,
+    }

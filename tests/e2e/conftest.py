@@ -1,0 +1,97 @@
+"""End-to-end fixtures: real ``edge-controller`` and ``edge-agent`` processes, ``edgectl`` as a CLI.
+
+Processes start through ``edgefleet.demo.stack`` (as ``edgectl demo`` starts them); every
+operation on the fleet goes through the ``edgectl`` command line in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgefleet.demo.errors import StartError
+from edgefleet.demo.processes import Processes, child_env, script
+from edgefleet.demo.stack import AgentSpec, Controller, start_agents, start_controller
+from tests.conftest import Broker
+
+EDGECTL = script("edgectl", "edgefleet.edgectl.app")
+
+
+@dataclass
+class Cli:
+    controller: str
+
+    def run(self, *args: str | Path, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        argv = [*EDGECTL, "--controller", self.controller, *(str(a) for a in args)]
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, env=child_env(), check=False
+        )
+
+    def ok(self, *args: str | Path, timeout: float = 120.0) -> str:
+        result = self.run(*args, timeout=timeout)
+        assert result.returncode == 0, f"edgectl {args} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout
+
+    def json(self, *args: str | Path) -> Any:
+        return json.loads(self.ok(*args, "--json"))
+
+
+@dataclass
+class Fleet:
+    name: str
+    device_ids: list[str]
+    cli: Cli
+    controller: Controller
+    procs: Processes
+    workdir: Path
+
+    def devices(self) -> list[dict[str, Any]]:
+        return list(self.cli.json("devices", "list", "--fleet", self.name))
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.tail(20)}" for p in self.procs.started)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[Fleet]:
+    """A controller and three agents of a fleet of their own, on the session broker."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    tag = uuid.uuid4().hex[:6]
+    name = f"e2e-{tag}"
+    ids = [f"e2e-{tag}-{i}" for i in range(1, 4)]
+    with Processes(workdir / "logs") as procs:
+        try:
+            controller = start_controller(
+                procs,
+                workdir / "controller",
+                mqtt_url=broker.url,
+                extra_args=["--mqtt-client-id", f"controller-{tag}"],
+            )
+            cli = Cli(controller.address)
+            trusted = workdir / "trusted.pem"
+            cli.ok("keys", "init", "--out", trusted)
+            start_agents(
+                procs,
+                [AgentSpec(d, name, {"site": "e2e"}) for d in ids],
+                workdir=workdir,
+                mqtt_url=broker.url,
+                controller=controller.address,
+                trusted_key=trusted,
+                telemetry_interval_s=1.0,
+            )
+        except StartError as exc:
+            pytest.fail(f"{exc}; the end of its log:\n{exc.log_tail}")
+        fleet = Fleet(name, ids, cli, controller, procs, workdir)
+        deadline = time.monotonic() + 30
+        while {d["device_id"] for d in fleet.devices()} != set(ids):
+            assert time.monotonic() < deadline, f"devices never registered\n{fleet.logs()}"
+            time.sleep(0.3)
+        yield fleet
