@@ -38,15 +38,17 @@ class BrokerUrl:
     @classmethod
     def parse(cls, url: str) -> BrokerUrl:
         parts = urlsplit(url)
+        # Error messages show the URL without its password: they end up in logs.
+        shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise InvalidInputError(f"MQTT URL must start with mqtt:// or mqtts://, got {url!r}")
+            raise InvalidInputError(f"MQTT URL must start with mqtt:// or mqtts://, got {shown!r}")
         tls = parts.scheme in ("mqtts", "ssl")
         if not parts.hostname:
-            raise InvalidInputError(f"MQTT URL without a host: {url!r}")
+            raise InvalidInputError(f"MQTT URL without a host: {shown!r}")
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError as exc:
-            raise InvalidInputError(f"MQTT URL with a bad port: {url!r}") from exc
+            raise InvalidInputError(f"MQTT URL with a bad port: {shown!r}") from exc
         return cls(
             host=parts.hostname,
             port=port,

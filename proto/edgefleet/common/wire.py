@@ -6,6 +6,7 @@ so a bad payload from the network is one clear error, never an ``AttributeError`
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
@@ -68,25 +69,43 @@ def specs_from_pb(msgs: Iterable[common_pb2.TensorSpec]) -> tuple[t.TensorSpec, 
     return tuple(spec_from_pb(m) for m in msgs)
 
 
+@functools.cache
+def _dtype_name(dtype: np.dtype[np.generic]) -> str:
+    return dtype.name
+
+
+@functools.cache
+def _wire_dtype(name: str) -> np.dtype[np.generic] | None:
+    """The little-endian numeric dtype called ``name``, or None (cached: this is the hot path)."""
+    try:
+        dtype = np.dtype(name).newbyteorder("<")
+    except TypeError:
+        return None
+    return None if dtype.hasobject or dtype.kind in "OUSV" else dtype
+
+
 def array_to_pb(name: str, array: npt.NDArray[np.generic]) -> common_pb2.Tensor:
     a = np.ascontiguousarray(array)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return common_pb2.Tensor(name=name, dtype=a.dtype.name, shape=list(a.shape), data=a.tobytes())
+    return common_pb2.Tensor(
+        name=name, dtype=_dtype_name(a.dtype), shape=list(a.shape), data=a.tobytes()
+    )
 
 
 def array_from_pb(msg: common_pb2.Tensor) -> npt.NDArray[np.generic]:
     """Decode one tensor; every mismatch is an ``InvalidInputError`` naming the tensor."""
-    try:
-        dtype = np.dtype(msg.dtype).newbyteorder("<")
-    except TypeError as exc:
-        raise InvalidInputError(f"tensor {msg.name!r}: unknown dtype {msg.dtype!r}") from exc
-    if dtype.hasobject or dtype.kind in "OUSV":
+    dtype = _wire_dtype(msg.dtype)
+    if dtype is None:
+        try:
+            np.dtype(msg.dtype)
+        except TypeError as exc:
+            raise InvalidInputError(f"tensor {msg.name!r}: unknown dtype {msg.dtype!r}") from exc
         raise InvalidInputError(f"tensor {msg.name!r}: dtype {msg.dtype!r} is not numeric")
     shape = tuple(msg.shape)
     if any(d < 0 for d in shape):
         raise InvalidInputError(f"tensor {msg.name!r}: negative dimension in shape {list(shape)}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize
     if expected != len(msg.data):
         raise InvalidInputError(
             f"tensor {msg.name!r}: shape {list(shape)} of {msg.dtype} needs {expected} bytes, "

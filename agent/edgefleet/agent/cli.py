@@ -1,0 +1,145 @@
+"""``edge-agent run``: parse settings, run the agent until SIGTERM/SIGINT, exit 0.
+
+Every config-file key is also a flag (and an ``EDGEFLEET_AGENT_*`` variable); flags win. A
+bad setting exits 2 with one line saying what to fix; no business logic lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from edgefleet.agent.config import AgentSettings
+from edgefleet.agent.config import load as config_load
+from edgefleet.common import logs
+from edgefleet.common.errors import EdgeFleetError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="EdgeFleet device agent.")
+log = logging.getLogger("edgefleet.agent")
+
+
+class _Context(logging.Filter):
+    """Every record of this process is about one device: say which (JSON lines show it)."""
+
+    def __init__(self, *, device: str, fleet: str) -> None:
+        super().__init__()
+        self._device, self._fleet = device, fleet
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.device = self._device
+        record.fleet = self._fleet
+        return True
+
+
+@app.callback()
+def _root() -> None:
+    """EdgeFleet device agent."""
+
+
+@app.command()
+def run(
+    *,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML config file (same keys as the flags).")
+    ] = None,
+    device_id: Annotated[str | None, typer.Option(help="Unique device id (a-z 0-9 . _ -).")] = None,
+    fleet: Annotated[str | None, typer.Option(help="Fleet of the device.")] = None,
+    mqtt: Annotated[str | None, typer.Option(help="Broker URL, mqtt://host:port.")] = None,
+    controller: Annotated[
+        str | None,
+        typer.Option(help="HOST:PORT of the controller's ArtifactService (fallback source)."),
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="State, blobs and install slots.")] = None,
+    predict_listen: Annotated[
+        str | None, typer.Option(help="HOST:PORT for Predict (port 0: any free port).")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus /metrics port (0: any free port, -1: off).")
+    ] = None,
+    trusted_key: Annotated[
+        list[Path] | None, typer.Option(help="PEM public key to trust (repeatable; at least one).")
+    ] = None,
+    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE label (repeatable).")] = None,
+    telemetry_interval: Annotated[
+        float | None, typer.Option(help="Seconds between telemetry reports (default 10).")
+    ] = None,
+    fetch_deadline: Annotated[
+        float | None, typer.Option(help="Seconds one download attempt may take (default 300).")
+    ] = None,
+    predict_workers: Annotated[
+        int | None, typer.Option(help="gRPC serving threads (default 8).")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
+) -> None:
+    """Run the agent until SIGTERM or SIGINT."""
+    flags: dict[str, Any] = {
+        "device_id": device_id,
+        "fleet": fleet,
+        "mqtt": mqtt,
+        "controller": controller,
+        "data_dir": data_dir,
+        "predict_listen": predict_listen,
+        "metrics_port": metrics_port,
+        "trusted_keys": trusted_key or None,
+        "labels": label or None,
+        "telemetry_interval": telemetry_interval,
+        "fetch_deadline": fetch_deadline,
+        "predict_workers": predict_workers,
+        "log_level": log_level,
+    }
+    try:
+        settings = config_load(
+            file=config, env=os.environ, flags={k: v for k, v in flags.items() if v is not None}
+        )
+    except EdgeFleetError as exc:
+        typer.echo(f"edge-agent: {exc}", err=True)
+        raise typer.Exit(2) from None
+    json_env = os.environ.get("EDGEFLEET_LOG_JSON", "")
+    logs.setup(settings.log_level, json_lines={"1": True, "0": False}.get(json_env))
+    context = _Context(device=settings.device.device_id, fleet=settings.device.fleet)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(context)
+    code = _serve(settings)
+    if code:
+        raise typer.Exit(code)
+
+
+def _serve(settings: AgentSettings) -> int:
+    from edgefleet.agent.daemon import Agent
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        agent = Agent(settings)
+        endpoints = agent.start()
+    except (EdgeFleetError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        typer.echo(f"edge-agent: {exc}", err=True)
+        return 2
+    typer.echo(
+        f"edge-agent ready: device={agent.device_id} predict={endpoints.predict} "
+        f"metrics={endpoints.metrics_port if endpoints.metrics_port is not None else 'off'}"
+    )
+    sys.stdout.flush()
+    while not stop.wait(1.0):
+        pass
+    agent.stop()
+    return 0
+
+
+def main() -> None:
+    app()

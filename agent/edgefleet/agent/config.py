@@ -1,0 +1,227 @@
+"""Agent settings: nested frozen dataclasses, loaded once from a TOML file, env, then flags.
+
+Each flat key works in all three places: ``device_id = "a1"`` in the file,
+``EDGEFLEET_AGENT_DEVICE_ID=a1`` in the environment, ``--device-id a1`` on the command line;
+a later source wins. Lists (``trusted_keys``) are replaced by a later source, ``labels`` are
+merged key by key. Relative paths in the file are relative to the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from edgefleet.common.errors import InvalidInputError
+from edgefleet.common.mqttclient import BrokerUrl
+from edgefleet.common.types import validate_name
+
+ENV_PREFIX = "EDGEFLEET_AGENT_"
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    device_id: str = ""
+    """Unique id of this device: its MQTT client id and topic segment (a-z 0-9 . _ -)."""
+    fleet: str = "default"
+    """The fleet the device belongs to; its neighbours are the fleet's other devices."""
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """Free-form labels reported to the controller (site, camera, ...)."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    url: str = "mqtt://127.0.0.1:1883"
+    """Broker URL: mqtt://[user:password@]host:port, or mqtts:// for TLS."""
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    controller: str = ""
+    """HOST:PORT of the controller's ArtifactService, tried after the desired state's sources."""
+    deadline_s: float = 300.0
+    """Deadline of one download attempt; a cut download resumes where it stopped."""
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    predict_listen: str = "127.0.0.1:0"
+    """HOST:PORT Predict binds (port 0: any free port; the bound address is advertised)."""
+    metrics_port: int = 0
+    """Port of the Prometheus /metrics endpoint (0: any free port, -1: off)."""
+    workers: int = 8
+    """Threads serving gRPC requests."""
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    device: DeviceSettings = field(default_factory=DeviceSettings)
+    """Who this device is."""
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    """Where the controller's desired states arrive and reports go."""
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+    """Where model blobs come from."""
+    serving: ServingSettings = field(default_factory=ServingSettings)
+    """The Predict and metrics endpoints."""
+    trusted_keys: tuple[Path, ...] = ()
+    """PEM files of the public keys whose signatures the agent accepts (at least one)."""
+    data_dir: Path = Path("/var/lib/edgefleet")
+    """State, blobs, partial downloads and install slots."""
+    telemetry_interval: float = 10.0
+    """Seconds between telemetry reports."""
+    log_level: str = "INFO"
+    """DEBUG, INFO, WARNING or ERROR."""
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if isinstance(value, Mapping):
+        items = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        items = []
+        for part in (str(p).strip() for p in parts):
+            if not part:
+                continue
+            k, sep, v = part.partition("=")
+            if not sep or not k.strip():
+                raise InvalidInputError(f"label must be KEY=VALUE, got {part!r}")
+            items.append((k.strip(), v.strip()))
+    return dict(items)
+
+
+def _paths(value: Any) -> tuple[Path, ...]:
+    parts = value.split(os.pathsep) if isinstance(value, str) else list(value)
+    return tuple(Path(str(p)) for p in parts if str(p))
+
+
+def _float(value: Any) -> float:
+    return float(value)
+
+
+def _int(value: Any) -> int:
+    return int(value)
+
+
+# flat key -> (section or "" for top level, field, converter)
+KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
+    "device_id": ("device", "device_id", str),
+    "fleet": ("device", "fleet", str),
+    "labels": ("device", "labels", _labels),
+    "mqtt": ("mqtt", "url", str),
+    "controller": ("fetch", "controller", str),
+    "fetch_deadline": ("fetch", "deadline_s", _float),
+    "predict_listen": ("serving", "predict_listen", str),
+    "metrics_port": ("serving", "metrics_port", _int),
+    "predict_workers": ("serving", "workers", _int),
+    "trusted_keys": ("", "trusted_keys", _paths),
+    "data_dir": ("", "data_dir", lambda v: Path(str(v))),
+    "telemetry_interval": ("", "telemetry_interval", _float),
+    "log_level": ("", "log_level", lambda v: str(v).upper()),
+}
+ALIASES = {"trusted_key": "trusted_keys", "label": "labels"}
+
+
+def _convert(source: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        flat = ALIASES.get(key, key)
+        if flat not in KEYS:
+            raise InvalidInputError(f"{source}: unknown setting {key!r}; known: {sorted(KEYS)}")
+        try:
+            out[flat] = KEYS[flat][2](value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"{source}: bad value for {key}: {value!r}") from exc
+    return out
+
+
+def from_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInputError(f"no such config file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInputError(f"{path}: not valid TOML ({exc})") from None
+    values = _convert(str(path), raw)
+    base = path.parent
+    if "data_dir" in values:
+        values["data_dir"] = base / values["data_dir"]
+    if "trusted_keys" in values:
+        values["trusted_keys"] = tuple(base / p for p in values["trusted_keys"])
+    return values
+
+
+def from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    raw = {
+        k.removeprefix(ENV_PREFIX).lower(): v
+        for k, v in env.items()
+        if k.startswith(ENV_PREFIX) and v != ""
+    }
+    return _convert("environment", raw)
+
+
+def merge(*layers: Mapping[str, Any]) -> AgentSettings:
+    """Build settings from flat layers, later ones winning; then validate."""
+    flat: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if value is None:
+                continue
+            merged = {**flat["labels"], **value} if key == "labels" and "labels" in flat else value
+            flat[key] = merged
+    sections: dict[str, dict[str, Any]] = {"device": {}, "mqtt": {}, "fetch": {}, "serving": {}}
+    top: dict[str, Any] = {}
+    for key, value in flat.items():
+        section, name, _ = KEYS[key]
+        frozen = MappingProxyType(dict(value)) if name == "labels" else value
+        (sections[section] if section else top)[name] = frozen
+    settings = AgentSettings(
+        device=DeviceSettings(**sections["device"]),
+        mqtt=MqttSettings(**sections["mqtt"]),
+        fetch=FetchSettings(**sections["fetch"]),
+        serving=ServingSettings(**sections["serving"]),
+        **top,
+    )
+    validate(settings)
+    return settings
+
+
+def load(*, file: Path | None, env: Mapping[str, str], flags: Mapping[str, Any]) -> AgentSettings:
+    return merge(from_file(file) if file else {}, from_env(env), _convert("flags", flags))
+
+
+def _host_port(what: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InvalidInputError(f"{what} must be HOST:PORT, got {value!r}")
+
+
+def validate(s: AgentSettings) -> None:
+    if not s.device.device_id:
+        raise InvalidInputError("a device id is required (--device-id or device_id)")
+    validate_name("device", s.device.device_id)
+    validate_name("fleet", s.device.fleet)
+    BrokerUrl.parse(s.mqtt.url)
+    if not s.trusted_keys:
+        raise InvalidInputError(
+            "refusing to start without a trusted key: give --trusted-key FILE (the controller's "
+            "public key, PEM); the agent applies only desired states signed by a trusted key"
+        )
+    for path in s.trusted_keys:
+        if not path.is_file():
+            raise InvalidInputError(f"trusted key file not found: {path}")
+    _host_port("--predict-listen", s.serving.predict_listen)
+    if s.fetch.controller:
+        _host_port("--controller", s.fetch.controller)
+    if s.serving.metrics_port < -1 or s.serving.metrics_port > 65535:
+        raise InvalidInputError(f"--metrics-port must be -1..65535, got {s.serving.metrics_port}")
+    if s.telemetry_interval <= 0:
+        raise InvalidInputError("--telemetry-interval must be positive")
+    if s.fetch.deadline_s <= 0 or s.serving.workers < 1:
+        raise InvalidInputError("--fetch-deadline and --predict-workers must be positive")
+    if s.log_level not in logging.getLevelNamesMapping():
+        raise InvalidInputError(f"unknown log level {s.log_level!r}")

@@ -1,0 +1,233 @@
+"""The agent process: wires the parts together and owns their threads.
+
+Start order matters: restore the last good model, serve Predict (and /metrics), write
+``agent.json``, and only then connect to MQTT, so a device whose broker is down keeps serving
+while paho retries in the background. Threads, all named: paho's network loop, the worker
+(``agent-worker``: the only one that installs), telemetry, the gRPC pool, the metrics server.
+MQTT handlers only put payloads on the worker's queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from importlib import metadata
+
+from edgefleet.agent import failpoints
+from edgefleet.agent.config import AgentSettings
+from edgefleet.agent.installing import Installer
+from edgefleet.agent.metrics import AgentMetrics
+from edgefleet.agent.predictor import Predictor
+from edgefleet.agent.reporting import Reporter
+from edgefleet.agent.restoring import restore
+from edgefleet.agent.runtime import ModelRuntime
+from edgefleet.agent.serving import InferenceServer, InferenceServicer
+from edgefleet.agent.state import DeviceState, StateFile
+from edgefleet.agent.store import DeviceStore
+from edgefleet.agent.telemetry import TelemetryLoop, Window
+from edgefleet.common import topics
+from edgefleet.common.artifacts import atomic_write
+from edgefleet.common.errors import InvalidInputError
+from edgefleet.common.mqttclient import MqttSession, Will
+from edgefleet.common.signing import TrustStore
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+def agent_version() -> str:
+    try:
+        return metadata.version("edgefleet")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    predict: str
+    metrics_port: int | None  # None: metrics are off
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = s = settings
+        self.device_id = s.device.device_id
+        self.trust = TrustStore.from_pem_files(s.trusted_keys)
+        if len(self.trust) == 0:
+            raise InvalidInputError("the trusted key files hold no public key")
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.stopping = threading.Event()
+        self.metrics = AgentMetrics()
+        self.window = Window()
+        self.predictor = Predictor()
+        self.reporter = Reporter(
+            device_id=self.device_id,
+            fleet=s.device.fleet,
+            labels=s.device.labels,
+            agent_version=agent_version(),
+        )
+        self.session = MqttSession(
+            s.mqtt.url,
+            client_id=self.device_id,
+            subscriptions=[(topics.desired(self.device_id), 1)],
+            on_message=self._on_message,
+            will=Will(*self.reporter.presence_message(online=False)[:2]),
+            on_connect=self.reporter.on_connect,
+        )
+        self.reporter.attach(self.session)
+        self.server = InferenceServer(
+            InferenceServicer(
+                self.predictor,
+                device_id=self.device_id,
+                fleet=s.device.fleet,
+                metrics=self.metrics,
+                window=self.window,
+            ),
+            listen=s.serving.predict_listen,
+            workers=s.serving.workers,
+        )
+        self.store = DeviceStore(s.data_dir)
+        self.state_file = StateFile(s.data_dir / "state.json")
+        self.installer = Installer(
+            device_id=self.device_id,
+            store=self.store,
+            state_file=self.state_file,
+            trust=self.trust,
+            predictor=self.predictor,
+            reporter=self.reporter,
+            metrics=self.metrics,
+            serve=self._serve,
+            fallback_sources=(s.fetch.controller,) if s.fetch.controller else (),
+            fetch_deadline_s=s.fetch.deadline_s,
+            stopping=self.stopping,
+        )
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._worker = threading.Thread(target=self._work, name="agent-worker", daemon=True)
+        self._telemetry = TelemetryLoop(
+            self.window,
+            interval=s.telemetry_interval,
+            device_id=self.device_id,
+            release=lambda: rt.release if (rt := self.predictor.current) else "",
+            publish=self.reporter.telemetry,
+        )
+        self._serving = self._connecting = False
+
+    # lifecycle
+
+    def start(self) -> Endpoints:
+        """Restore, serve, then connect; on any failure stop what was started and re-raise."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> Endpoints:
+        failpoints.configure_from_env()
+        restored = restore(
+            device_id=self.device_id,
+            state_file=self.state_file,
+            store=self.store,
+            trust=self.trust,
+            metrics=self.metrics,
+            reporter=self.reporter,
+        )
+        if restored.runtime is not None:
+            self._serve(restored.runtime, restored.state)
+        endpoint = self.server.start()
+        self._serving = True
+        self.reporter.set_endpoint(endpoint)
+        self.installer.resume(restored.state, restored.pending)
+        metrics_port = None
+        if self.settings.serving.metrics_port >= 0:
+            host = self.settings.serving.predict_listen.rpartition(":")[0].strip("[]")
+            metrics_port = self.metrics.serve(host=host, port=self.settings.serving.metrics_port)
+        endpoints = Endpoints(endpoint, metrics_port)
+        self._write_info(endpoints)
+        self.session.start()
+        self._connecting = True
+        self._worker.start()
+        self._telemetry.start()
+        log.info(
+            "agent %s ready: Predict on %s, metrics %s, broker %s",
+            self.device_id,
+            endpoint,
+            f"on port {metrics_port}" if metrics_port is not None else "off",
+            self.session.broker.redacted(),
+        )
+        return endpoints
+
+    def stop(self) -> None:
+        """Graceful stop: finish the current step, say offline, stop the servers (idempotent)."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        self._queue.put(_STOP)
+        if self._worker.is_alive():
+            self._worker.join(timeout=30)
+        self._telemetry.stop()
+        if self._connecting:
+            self.session.stop(last=[self.reporter.presence_message(online=False)])
+        if self._serving:
+            self.server.stop(grace=2.0)
+        self.metrics.stop()
+        log.info("agent %s stopped", self.device_id)
+
+    # wiring
+
+    def _serve(self, runtime: ModelRuntime, state: DeviceState) -> None:
+        """Make ``runtime`` the one Predict uses (state naming it is already on disk)."""
+        self.predictor.swap(runtime)
+        self.server.set_serving(True)
+        self.metrics.set_active(
+            release=runtime.release,
+            previous=state.previous.release if state.previous else "",
+            manifest_digest=runtime.model.manifest_digest,
+        )
+
+    def _write_info(self, endpoints: Endpoints) -> None:
+        """``<data-dir>/agent.json``, written atomically once serving: how tools find this agent.
+
+        ``{"device_id", "fleet", "predict_endpoint", "metrics_port" (-1: off), "pid"}``
+        """
+        info = {
+            "device_id": self.device_id,
+            "fleet": self.settings.device.fleet,
+            "predict_endpoint": endpoints.predict,
+            "metrics_port": -1 if endpoints.metrics_port is None else endpoints.metrics_port,
+            "pid": os.getpid(),
+        }
+        atomic_write(self.settings.data_dir / "agent.json", json.dumps(info).encode() + b"\n")
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        """paho's thread: hand the payload to the worker, nothing else."""
+        if topic != topics.desired(self.device_id):
+            return
+        if not payload:
+            log.info("desired state cleared on the broker; keeping the current model")
+            return
+        self._queue.put(payload)
+
+    def _work(self) -> None:
+        wait: float | None = 0.0
+        while not self.stopping.is_set():
+            try:
+                item = self._queue.get(timeout=wait)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                break
+            try:
+                if isinstance(item, bytes):
+                    self.installer.offer(item)
+                    wait = 0.0  # look at everything queued before the next step
+                    continue
+                wait = self.installer.step()
+            except Exception:
+                log.exception("agent worker failed; going on")
+                wait = 5.0

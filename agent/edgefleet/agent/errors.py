@@ -1,0 +1,39 @@
+"""The agent's own errors, on top of ``edgefleet.common.errors``.
+
+::
+
+    EdgeFleetError
+    ├── TransientError
+    │   └── NoActiveModelError   Predict before any model is active (gRPC UNAVAILABLE)
+    ├── PermanentError
+    │   ├── StateFileError       state.json unreadable: refuse to start rather than forget
+    │   │                        the last good model and the generation applied
+    │   └── SlotError            a slot dir misses its model or signed manifest
+    ├── InferenceFailedError     ONNX Runtime failed on input that passed validation (INTERNAL)
+    └── StopRequestedError       the agent is stopping: abandon the current step, resume later
+"""
+
+from __future__ import annotations
+
+from edgefleet.common.errors import EdgeFleetError, PermanentError, TransientError
+
+
+class NoActiveModelError(TransientError):
+    def __init__(self) -> None:
+        super().__init__("no active model on this device yet")
+
+
+class StateFileError(PermanentError):
+    """The persisted device state cannot be read; the message names the file."""
+
+
+class SlotError(PermanentError):
+    """A slot does not hold a complete release (the message names the slot)."""
+
+
+class InferenceFailedError(EdgeFleetError):
+    """The runtime raised on input that matched the model's signature."""
+
+
+class StopRequestedError(EdgeFleetError):
+    """Raised inside a long step (a download) when the agent is asked to stop."""

@@ -1,0 +1,436 @@
+"""The shell around ``reconcile``: carries out its actions against disk, network and runtime.
+
+Runs on the agent's single worker thread, so installs never overlap. Every change of the
+persisted state goes through ``_commit`` (atomic write, then the status report), in the order
+``reconcile`` documents; the in-memory runtime is swapped only after the state naming it is on
+disk, so a crash between the two restarts on the new, verified slot.
+
+Failures, by what to do about them: ``TransientError`` (and ``OSError``) keep the install and
+retry it after a capped full-jitter backoff; ``PermanentError`` ends it as ``failed`` with its
+generation recorded as applied (never retried), and the active model keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from edgefleet.agent import failpoints, fetching
+from edgefleet.agent import reconcile as r
+from edgefleet.agent.errors import StopRequestedError
+from edgefleet.agent.metrics import AgentMetrics
+from edgefleet.agent.predictor import Predictor
+from edgefleet.agent.reporting import Reporter
+from edgefleet.agent.restoring import load_slot
+from edgefleet.agent.runtime import ModelRuntime
+from edgefleet.agent.state import DeviceState, PendingInstall, SlotInfo, StateFile
+from edgefleet.agent.store import DeviceStore, signed_manifest_of
+from edgefleet.common import backoff, digests
+from edgefleet.common.desired import open_desired
+from edgefleet.common.errors import (
+    EdgeFleetError,
+    FetchError,
+    IntegrityError,
+    ModelLoadError,
+    TransientError,
+)
+from edgefleet.common.signing import TrustStore
+from edgefleet.common.types import DesiredState, InstallPhase
+
+log = logging.getLogger(__name__)
+
+# The event reported when an install enters a phase.
+PHASE_EVENTS = {
+    InstallPhase.FETCHING: "fetch_started",
+    InstallPhase.VERIFYING: "fetched",
+    InstallPhase.STAGED: "staged",
+    InstallPhase.HEALTH_CHECK: "health_check_started",
+}
+_METRIC_PHASE = {
+    r.Fetch: "fetching",
+    r.Verify: "verifying",
+    r.Stage: "staged",
+    r.HealthCheck: "health_check",
+    r.Activate: "active",
+}
+
+
+class Installer:
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        store: DeviceStore,
+        state_file: StateFile,
+        trust: TrustStore,
+        predictor: Predictor,
+        reporter: Reporter,
+        metrics: AgentMetrics,
+        serve: Callable[[ModelRuntime, DeviceState], None],
+        fallback_sources: tuple[str, ...],
+        fetch_deadline_s: float,
+        stopping: threading.Event,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._device_id = device_id
+        self._store = store
+        self._state_file = state_file
+        self._trust = trust
+        self._predictor = predictor
+        self._reporter = reporter
+        self._metrics = metrics
+        self._serve = serve
+        self._fallback = fallback_sources
+        self._fetch_deadline_s = fetch_deadline_s
+        self._stopping = stopping
+        self._clock = clock
+        self._rand = rand
+        self.state = DeviceState()
+        self._pending: DesiredState | None = None
+        self._retry_at = 0.0
+        self._checked: ModelRuntime | None = None
+
+    def resume(self, state: DeviceState, pending: DesiredState | None) -> None:
+        """Take over the state ``restoring`` produced at start-up."""
+        self.state, self._pending = state, pending
+        self._reporter.update(state)
+
+    # the two entry points of the worker loop
+
+    def offer(self, raw: bytes) -> None:
+        """A desired-state payload from MQTT: verify it, then admit, ignore or reject it."""
+        try:
+            desired = open_desired(raw, self._trust, device_id=self._device_id)
+        except EdgeFleetError as exc:
+            self._reporter.event("desired_rejected", f"{type(exc).__name__}: {exc}")
+            return
+        action = r.admit(desired, self._observe())
+        if action is None:
+            log.debug("desired generation %d already applied or under way", desired.generation)
+        elif isinstance(action, r.Reject):
+            self._reporter.event(
+                "desired_rejected",
+                action.reason,
+                release=action.release,
+                generation=action.generation,
+            )
+        elif isinstance(action, r.MarkApplied):
+            self._mark_applied(action)
+        elif isinstance(action, r.Fail):
+            self._finish_failed(action.generation, action.release, action.reason)
+        else:
+            self._begin(action, desired, raw)
+
+    def step(self) -> float | None:
+        """Carry out the next action of the pending install.
+
+        Returns None when there is nothing to do, 0 to be called again at once, or the seconds
+        to wait before a retry.
+        """
+        if self._pending is None:
+            return None
+        actions = r.reconcile(
+            self._pending, self._observe(), now=self._clock(), fallback_sources=self._fallback
+        )
+        if not actions:
+            self._pending = None
+            return None
+        action = actions[0]
+        if isinstance(action, r.Wait):
+            return max(0.0, action.until - self._clock())
+        try:
+            self._carry_out(action)
+        except StopRequestedError:
+            log.info(
+                "stopping in the middle of %s; it resumes on the next start", type(action).__name__
+            )
+        except (TransientError, OSError) as exc:
+            self._retry(exc)
+        except EdgeFleetError as exc:
+            self._fail(exc)
+        except Exception as exc:  # a bug must not install half a model or kill the worker
+            log.exception("unexpected error in %s", type(action).__name__)
+            self._fail(exc)
+        return 0.0
+
+    # observation
+
+    def _observe(self) -> r.Observed:
+        s, i = self.state, self.state.install
+        progress = None
+        if i is not None:
+            progress = r.Progress(
+                generation=i.generation,
+                phase=i.phase,
+                retry_at=self._retry_at,
+                blob_stored=self._store.blobs.has(i.model_digest),
+                partial_bytes=self._store.partial_size(i.model_digest),
+                slot_staged=self._store.slot_ready(i.slot),
+                health_checked=self._checked is not None and self._checked.model.slot == i.slot,
+            )
+        return r.Observed(
+            generation_applied=s.generation_applied,
+            active_manifest_digest=s.active.manifest_digest if s.active else "",
+            install=progress,
+        )
+
+    # admission
+
+    def _commit(self, state: DeviceState, *, prune: bool = False) -> None:
+        """Persist ``state``, drop what it no longer names (when asked), then report it."""
+        self._state_file.save(state)
+        self.state = state
+        if prune:
+            self._prune()
+        self._reporter.update(state)
+
+    def _begin(self, action: r.Begin, desired: DesiredState, raw: bytes) -> None:
+        install = PendingInstall(
+            generation=action.generation,
+            release=action.release,
+            slot=action.slot,
+            phase=InstallPhase.FETCHING,
+            manifest_digest=desired.manifest_digest,
+            model_digest=desired.manifest.model_digest,
+            desired=raw,
+        )
+        self._pending, self._retry_at, self._checked = desired, 0.0, None
+        self._commit(
+            replace(self.state, install=install, target_release=action.release, last_error="")
+        )
+        self._reporter.event(
+            "install_started",
+            f"generation {action.generation}: {action.release} (model {install.model_digest})",
+            release=action.release,
+            generation=action.generation,
+            phase=InstallPhase.FETCHING,
+        )
+
+    def _mark_applied(self, action: r.MarkApplied) -> None:
+        self._pending, self._checked = None, None
+        self._commit(
+            replace(
+                self.state,
+                generation_applied=action.generation,
+                phase=InstallPhase.ACTIVE,
+                target_release=action.release,
+                last_error="",
+                install=None,
+            ),
+            prune=True,
+        )
+        self._reporter.event(
+            "already_active",
+            f"{action.release} is the active release already",
+            release=action.release,
+            generation=action.generation,
+            phase=InstallPhase.ACTIVE,
+        )
+
+    # steps
+
+    def _carry_out(self, action: r.Action) -> None:
+        if isinstance(action, r.Fail):
+            self._finish_failed(action.generation, action.release, action.reason)
+            return
+        if not isinstance(action, r.Fetch | r.Verify | r.Stage | r.HealthCheck | r.Activate):
+            raise TypeError(f"not an install step: {action!r}")
+        self._enter(r.PHASE_BEFORE[type(action)])
+        started = time.perf_counter()
+        if isinstance(action, r.Fetch):
+            self._fetch(action)
+        elif isinstance(action, r.Verify):
+            self._verify(action)
+        elif isinstance(action, r.Stage):
+            self._stage(action)
+        elif isinstance(action, r.HealthCheck):
+            self._health_check(action)
+        else:
+            self._activate(action)
+        self._metrics.phase_seconds.labels(_METRIC_PHASE[type(action)]).observe(
+            time.perf_counter() - started
+        )
+        if not isinstance(action, r.Activate):
+            self._enter(r.PHASE_AFTER[type(action)])
+
+    def _enter(self, phase: InstallPhase) -> None:
+        install = self.state.install
+        if install is None or install.phase is phase:
+            return
+        self._commit(replace(self.state, install=replace(install, phase=phase)))
+        self._reporter.event(
+            PHASE_EVENTS[phase],
+            f"generation {install.generation}: {install.phase} -> {phase}",
+            release=install.release,
+            generation=install.generation,
+            phase=phase,
+        )
+
+    def _fetch(self, action: r.Fetch) -> None:
+        partial = self._store.partial(action.digest)
+        release = self.state.install.release if self.state.install else ""
+        if action.offset:
+            self._reporter.event(
+                "fetch_resumed",
+                f"resuming {action.digest} at byte {action.offset} of {action.size}",
+                release=release,
+                generation=action.generation,
+                phase=InstallPhase.FETCHING,
+            )
+        fetching.download(
+            action.sources,
+            action.digest,
+            partial,
+            size=action.size,
+            deadline_s=self._fetch_deadline_s,
+            stopping=self._stopping,
+            on_bytes=self._metrics.download_bytes.inc,
+        )
+
+    def _verify(self, action: r.Verify) -> None:
+        partial = self._store.partial(action.digest)
+        size = self._store.partial_size(action.digest)
+        if not partial.exists():
+            raise FetchError(action.digest, "the download vanished before it was verified")
+        try:
+            if size != action.size:
+                raise IntegrityError(
+                    action.digest, f"{size} bytes where the manifest says {action.size}"
+                )
+            digests.verify_file(partial, action.digest)
+        except IntegrityError:
+            self._store.drop_partial(action.digest)
+            raise
+        self._store.blobs.adopt(partial, action.digest)
+        failpoints.hit("after_verify")
+        self._reporter.event(
+            "verified",
+            f"{action.digest}, {action.size} bytes",
+            release=self.state.install.release if self.state.install else "",
+            generation=action.generation,
+            phase=InstallPhase.VERIFYING,
+        )
+
+    def _stage(self, action: r.Stage) -> None:
+        install = self.state.install
+        assert install is not None
+        self._store.stage(
+            action.slot, digest=action.digest, signed_manifest=signed_manifest_of(install.desired)
+        )
+        failpoints.hit("after_stage")
+
+    def _health_check(self, action: r.HealthCheck) -> None:
+        install = self.state.install
+        assert install is not None
+        slot = SlotInfo(action.slot, install.release, install.manifest_digest, install.model_digest)
+        runtime = load_slot(self._store, self._trust, slot, metrics=self._metrics)
+        median_ms = runtime.smoke()
+        budget = action.policy.latency_budget_ms
+        if budget > 0 and median_ms > budget:
+            raise ModelLoadError(
+                f"health check: median smoke latency {median_ms:.3f} ms is over the "
+                f"budget of {budget:g} ms"
+            )
+        self._checked = runtime
+        self._reporter.event(
+            "health_check_passed",
+            f"smoke inference median {median_ms:.3f} ms",
+            release=install.release,
+            generation=install.generation,
+            phase=InstallPhase.HEALTH_CHECK,
+        )
+
+    def _activate(self, action: r.Activate) -> None:
+        install, runtime = self.state.install, self._checked
+        assert install is not None and runtime is not None and runtime.model.slot == action.slot
+        failpoints.hit("before_activate")
+        new = replace(
+            self.state,
+            generation_applied=action.generation,
+            phase=InstallPhase.ACTIVE,
+            last_error="",
+            active=SlotInfo(
+                action.slot, install.release, install.manifest_digest, install.model_digest
+            ),
+            previous=self.state.active,
+            install=None,
+        )
+        self._state_file.save(new)
+        failpoints.hit("after_activate_state")
+        self._serve(runtime, new)
+        self.state, self._pending, self._checked = new, None, None
+        self._prune()
+        self._reporter.update(new)
+        previous = new.previous.release if new.previous else "none"
+        self._reporter.event(
+            "activated",
+            f"{action.release} is active (previous: {previous})",
+            release=action.release,
+            generation=action.generation,
+            phase=InstallPhase.ACTIVE,
+        )
+
+    # failure
+
+    def _retry(self, exc: Exception) -> None:
+        install = self.state.install
+        if install is None:
+            return
+        attempts = install.attempts + 1
+        delay = backoff.delay(attempts - 1, base=1.0, cap=60.0, rand=self._rand)
+        self._retry_at = self._clock() + delay
+        self._commit(
+            replace(self.state, install=replace(install, attempts=attempts), last_error=str(exc))
+        )
+        self._reporter.event(
+            "install_retry",
+            f"attempt {attempts} failed: {exc}; retrying in {delay:.1f}s",
+            release=install.release,
+            generation=install.generation,
+            phase=install.phase,
+        )
+
+    def _fail(self, exc: Exception) -> None:
+        install = self.state.install
+        if install is not None:
+            self._finish_failed(install.generation, install.release, f"{type(exc).__name__}: {exc}")
+
+    def _finish_failed(self, generation: int, release: str, reason: str) -> None:
+        self._pending, self._checked, self._retry_at = None, None, 0.0
+        self._commit(
+            replace(
+                self.state,
+                generation_applied=max(self.state.generation_applied, generation),
+                phase=InstallPhase.FAILED,
+                last_error=reason,
+                target_release=release,
+                install=None,
+            ),
+            prune=True,
+        )
+        active = self.state.active.release if self.state.active else "none"
+        self._reporter.event(
+            "install_failed",
+            f"{reason} (still serving: {active})",
+            release=release,
+            generation=generation,
+            phase=InstallPhase.FAILED,
+        )
+
+    def _prune(self) -> None:
+        s = self.state
+        keep = [x for x in (s.active, s.previous) if x is not None]
+        try:
+            self._store.prune(
+                slots=[x.slot for x in keep] + ([s.install.slot] if s.install else []),
+                blobs=[x.model_digest for x in keep]
+                + ([s.install.model_digest] if s.install else []),
+                partials=[s.install.model_digest] if s.install else [],
+            )
+        except OSError:
+            log.exception("could not remove old slots")

@@ -1,0 +1,89 @@
+"""Prometheus metrics of one agent, in a registry of its own, served on ``/metrics``.
+
+Names (all prefixed ``edgefleet_``): inference latency histogram, requests, errors by reason,
+requests in flight, model load time, time per install phase, bytes downloaded, and an info
+metric naming the active and previous release.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import start_http_server
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram(
+            "edgefleet_inference_latency_seconds",
+            "Predict latency, from request decoded to response built.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "edgefleet_inference_requests", "Predict requests served or refused.", registry=r
+        )
+        self.errors = Counter(
+            "edgefleet_inference_errors",
+            "Predict requests that failed, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "edgefleet_inference_in_flight", "Predict requests being served now.", registry=r
+        )
+        self.model_load = Histogram(
+            "edgefleet_model_load_seconds",
+            "Time to load a model into the runtime.",
+            buckets=SLOW_BUCKETS,
+            registry=r,
+        )
+        self.phase_seconds = Histogram(
+            "edgefleet_install_phase_seconds",
+            "Time spent in each install step.",
+            ["phase"],
+            buckets=SLOW_BUCKETS,
+            registry=r,
+        )
+        self.download_bytes = Counter(
+            "edgefleet_download_bytes", "Artifact bytes downloaded.", registry=r
+        )
+        self.active_release = Info(
+            "edgefleet_active_release", "The release this device serves.", registry=r
+        )
+        self.active_release.info({"release": "", "previous": "", "manifest_digest": ""})
+        self._http: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def set_active(self, *, release: str, previous: str, manifest_digest: str) -> None:
+        self.active_release.info(
+            {"release": release, "previous": previous, "manifest_digest": manifest_digest}
+        )
+
+    def serve(self, *, host: str, port: int) -> int:
+        """Serve ``/metrics`` on ``host:port`` (0 = any free port); return the bound port."""
+        self._http, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = int(self._http.server_port)
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._http = self._thread = None

@@ -1,0 +1,159 @@
+"""What the device tells the controller and its fleet over MQTT (DESIGN.md section 3).
+
+* status (retained, QoS 1): a snapshot of the persisted state; the first one registers the
+  device, so it carries fleet and labels. Published only while connected: paho would replay a
+  snapshot queued offline *after* the fresh one sent on reconnect, leaving a stale retained
+  status. ``on_connect`` sends the latest snapshot instead.
+* events (QoS 1, not retained): queued by paho while offline, delivered on reconnect.
+* presence (retained; the last will says offline): online, Predict endpoint, active release.
+* telemetry (QoS 0).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Protocol
+
+from edgefleet.agent.state import DeviceState
+from edgefleet.common import topics, wire
+from edgefleet.common import types as t
+from edgefleet.common.errors import TransientError
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """The slice of ``MqttSession`` the reporter needs."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> object: ...
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Reporter:
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        fleet: str,
+        labels: Mapping[str, str],
+        agent_version: str,
+    ) -> None:
+        self.device_id = device_id
+        self.fleet = fleet
+        self._publisher: Publisher | None = None
+        self._lock = threading.Lock()
+        self._status = t.DeviceStatus(
+            device_id=device_id,
+            fleet=fleet,
+            phase=t.InstallPhase.IDLE,
+            labels=dict(labels),
+            agent_version=agent_version,
+        )
+
+    def attach(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+
+    @property
+    def status(self) -> t.DeviceStatus:
+        return self._status
+
+    def set_endpoint(self, endpoint: str) -> None:
+        with self._lock:
+            self._status = replace(self._status, predict_endpoint=endpoint)
+
+    # status and presence
+
+    def update(self, state: DeviceState) -> None:
+        """Take a new state snapshot; publish it (and presence, if that changed) when connected."""
+        with self._lock:
+            old = self._status
+            self._status = replace(
+                old,
+                phase=state.reported_phase,
+                active_release=state.active.release if state.active else "",
+                active_manifest_digest=state.active.manifest_digest if state.active else "",
+                previous_release=state.previous.release if state.previous else "",
+                target_release=state.target_release,
+                generation_applied=state.generation_applied,
+                last_error=state.last_error,
+            )
+            new = self._status
+        if self._connected():
+            self._publish_status(new)
+            if new.active_release != old.active_release:
+                self._publish(*self.presence_message(online=True))
+
+    def on_connect(self) -> None:
+        """Runs on paho's thread after every (re)connect: presence first, then the status."""
+        self._publish(*self.presence_message(online=True))
+        self._publish_status(self._status)
+
+    def presence_message(self, *, online: bool) -> tuple[str, bytes, bool]:
+        s = self._status
+        presence = t.Presence(
+            device_id=self.device_id,
+            fleet=self.fleet,
+            online=online,
+            predict_endpoint=s.predict_endpoint if online else "",
+            active_release=s.active_release,
+            at_ms=_now_ms(),
+        )
+        payload = wire.presence_to_pb(presence).SerializeToString()
+        return topics.presence(self.fleet, self.device_id), payload, True
+
+    def _publish_status(self, status: t.DeviceStatus) -> None:
+        payload = wire.status_to_pb(replace(status, at_ms=_now_ms())).SerializeToString()
+        self._publish(topics.status(self.device_id), payload, True)
+
+    # events and telemetry
+
+    def event(
+        self,
+        kind: str,
+        message: str = "",
+        *,
+        release: str = "",
+        generation: int = 0,
+        phase: t.InstallPhase | None = None,
+    ) -> None:
+        log.info("event %s: %s", kind, message or release)
+        event = t.DeviceEvent(
+            device_id=self.device_id,
+            kind=kind,
+            message=message,
+            release=release,
+            generation=generation,
+            phase=phase,
+            at_ms=_now_ms(),
+        )
+        self._publish(
+            topics.events(self.device_id), wire.event_to_pb(event).SerializeToString(), False
+        )
+
+    def telemetry(self, sample: t.Telemetry) -> None:
+        if self._connected():
+            payload = wire.telemetry_to_pb(sample).SerializeToString()
+            self._publish(topics.telemetry(self.device_id), payload, False, qos=0)
+
+    def _connected(self) -> bool:
+        return self._publisher is not None and self._publisher.connected
+
+    def _publish(self, topic: str, payload: bytes, retain: bool, *, qos: int = 1) -> None:
+        if self._publisher is None:
+            return
+        try:
+            self._publisher.publish(topic, payload, qos=qos, retain=retain)
+        except TransientError as exc:
+            log.warning("could not publish on %s: %s", topic, exc)

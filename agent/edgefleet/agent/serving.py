@@ -1,0 +1,148 @@
+"""The agent's gRPC face: ``InferenceService`` (Predict, ModelInfo) and ``grpc.health.v1``.
+
+The servicer decodes tensors, calls ``Predictor`` and encodes the outputs; it also keeps the
+metrics and the telemetry window, so the in-process path stays bare. Errors leave with the
+status ``rpc.status_for`` gives them: INVALID_ARGUMENT naming the input, UNAVAILABLE while no
+model is active. Health says SERVING exactly while a model is active.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from edgefleet.agent import tensors
+from edgefleet.agent.errors import InferenceFailedError, NoActiveModelError
+from edgefleet.agent.metrics import AgentMetrics
+from edgefleet.agent.predictor import Predictor
+from edgefleet.agent.telemetry import Window
+from edgefleet.common import rpc, wire
+from edgefleet.common.errors import EdgeFleetError, InvalidInputError
+from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "edgefleet.v1.InferenceService"
+_WILDCARDS = {"", "0.0.0.0", "::"}  # noqa: S104 - recognising, not binding
+
+
+def _reason(exc: EdgeFleetError) -> str:
+    if isinstance(exc, InvalidInputError):
+        return "invalid_argument"
+    if isinstance(exc, NoActiveModelError):
+        return "no_model"
+    if isinstance(exc, InferenceFailedError):
+        return "runtime"
+    return "other"
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        device_id: str,
+        fleet: str,
+        metrics: AgentMetrics,
+        window: Window,
+    ) -> None:
+        self._predictor = predictor
+        self._device_id = device_id
+        self._fleet = fleet
+        self._metrics = metrics
+        self._window = window
+
+    def Predict(
+        self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.PredictResponse:
+        started = time.perf_counter()
+        m = self._metrics
+        m.requests.inc()
+        m.in_flight.inc()
+        try:
+            runtime = self._predictor.require()
+            outputs = runtime.predict(tensors.decode_all(request.inputs), request.output_names)
+            reply = inference_pb2.PredictResponse(
+                release=runtime.release, device_id=self._device_id
+            )
+            tensors.add_all(reply.outputs, outputs)
+        except EdgeFleetError as exc:
+            m.errors.labels(_reason(exc)).inc()
+            self._window.record(time.perf_counter() - started, ok=False)
+            rpc.abort(context, exc)
+            raise  # unreachable: abort raises
+        finally:
+            m.in_flight.dec()
+        elapsed = time.perf_counter() - started
+        m.latency.observe(elapsed)
+        self._window.record(elapsed, ok=True)
+        return reply
+
+    def ModelInfo(
+        self, request: inference_pb2.ModelInfoRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.ModelInfoResponse:
+        reply = inference_pb2.ModelInfoResponse(device_id=self._device_id, fleet=self._fleet)
+        runtime = self._predictor.current
+        if runtime is not None:
+            reply.release = runtime.release
+            reply.manifest_digest = runtime.model.manifest_digest
+            reply.inputs.extend(wire.spec_to_pb(s) for s in runtime.inputs)
+            reply.outputs.extend(wire.spec_to_pb(s) for s in runtime.outputs)
+        return reply
+
+
+def advertised(host: str, port: int) -> str:
+    """The address neighbours and apps should dial: a wildcard bind advertises the host name."""
+    host = host.strip("[]")
+    if host in _WILDCARDS:
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class InferenceServer:
+    def __init__(self, servicer: InferenceServicer, *, listen: str, workers: int = 8) -> None:
+        self._listen = listen
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent-predict"),
+            options=[
+                ("grpc.so_reuseport", 0),  # a fixed port taken by another agent must fail
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ],
+        )
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, self._server)
+        self._health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self.set_serving(False)
+
+    def start(self) -> str:
+        """Bind and start; return the advertised ``host:port``."""
+        host, _, port = self._listen.rpartition(":")
+        try:
+            bound = self._server.add_insecure_port(self._listen)
+        except RuntimeError as exc:
+            raise InvalidInputError(f"cannot listen on {self._listen}: {exc}") from exc
+        if bound == 0 and port != "0":
+            raise InvalidInputError(f"cannot listen on {self._listen}")
+        self._server.start()
+        endpoint = advertised(host, bound)
+        log.info("Predict listening on %s (advertised as %s)", self._listen, endpoint)
+        return endpoint
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            self._health.set(name, status)
+
+    def stop(self, *, grace: float = 2.0) -> None:
+        self._health.enter_graceful_shutdown()
+        self._server.stop(grace).wait(grace + 1)

@@ -1,0 +1,135 @@
+"""What the agent keeps on disk besides its state: blobs, partial downloads, install slots.
+
+Layout under the data dir::
+
+    blobs/sha256/<hex>           verified model blobs (``BlobStore``)
+    partial/<hex>.part           downloads under way; resumed from their size
+    slots/<slot>/model.onnx      an installed release (a hard link to its blob when possible)
+    slots/<slot>/manifest.signed its signed manifest (protobuf ``Signed``), re-verified on start
+
+A slot is staged in a temporary dir and renamed into place, so ``slots/<slot>`` is either
+absent or complete. Only the active and the previous slot (and the install under way) are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from collections.abc import Collection
+from pathlib import Path
+
+from edgefleet.agent.errors import SlotError
+from edgefleet.common import digests, wire
+from edgefleet.common import types as t
+from edgefleet.common.artifacts import BlobStore, atomic_write, fsync_dir
+from edgefleet.common.desired import open_manifest
+from edgefleet.common.errors import InvalidInputError
+from edgefleet.common.signing import TrustStore
+from edgefleet.v1 import mqtt_pb2
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.signed"
+_SLOT = re.compile(r"^g[0-9]{1,20}$")
+
+
+def signed_manifest_of(desired: bytes) -> bytes:
+    """The signed manifest envelope inside a signed desired state (already verified)."""
+    env = wire.decode_envelope(desired)
+    msg = wire.parse(mqtt_pb2.DesiredState, env.payload, what="desired state")
+    return msg.manifest.SerializeToString(deterministic=True)
+
+
+class DeviceStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blobs = BlobStore(root / "blobs")
+        self._partials = root / "partial"
+        self._slots = root / "slots"
+        self._partials.mkdir(parents=True, exist_ok=True)
+        self._slots.mkdir(parents=True, exist_ok=True)
+
+    # downloads
+
+    def partial(self, digest: str) -> Path:
+        return self._partials / f"{digests.hex_part(digest)}.part"
+
+    def partial_size(self, digest: str) -> int:
+        try:
+            return self.partial(digest).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    # slots
+
+    def slot_dir(self, slot: str) -> Path:
+        if not _SLOT.match(slot):
+            raise InvalidInputError(f"not a slot name: {slot!r}")
+        return self._slots / slot
+
+    def model_path(self, slot: str) -> Path:
+        return self.slot_dir(slot) / MODEL_FILE
+
+    def slot_ready(self, slot: str) -> bool:
+        d = self.slot_dir(slot)
+        return (d / MODEL_FILE).is_file() and (d / MANIFEST_FILE).is_file()
+
+    def stage(self, slot: str, *, digest: str, signed_manifest: bytes) -> Path:
+        """Make ``slots/<slot>`` afresh from the stored blob ``digest``."""
+        final = self.slot_dir(slot)
+        tmp = self._slots / f".{slot}.staging"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        blob = self.blobs.path(digest)
+        try:
+            os.link(blob, tmp / MODEL_FILE)
+        except OSError:
+            shutil.copyfile(blob, tmp / MODEL_FILE)
+        atomic_write(tmp / MANIFEST_FILE, signed_manifest)
+        fsync_dir(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        fsync_dir(self._slots)
+        return final
+
+    def open_slot(self, slot: str, trust: TrustStore) -> tuple[t.Manifest, str]:
+        """Verify a slot's signed manifest and its model's digest; return (manifest, digest).
+
+        Raises ``SignatureError``, ``IntegrityError``, ``MalformedMessageError``, or
+        ``SlotError`` when a file is missing.
+        """
+        d = self.slot_dir(slot)
+        try:
+            env = wire.decode_envelope((d / MANIFEST_FILE).read_bytes())
+        except FileNotFoundError:
+            raise SlotError(f"slot {slot} has no signed manifest") from None
+        manifest, manifest_digest = open_manifest(env, trust)
+        model = d / MODEL_FILE
+        if not model.is_file():
+            raise SlotError(f"slot {slot} has no model file")
+        digests.verify_file(model, manifest.model_digest)
+        return manifest, manifest_digest
+
+    def prune(
+        self, *, slots: Collection[str], blobs: Collection[str], partials: Collection[str]
+    ) -> None:
+        """Delete every slot, blob and partial download not named in the ``keep`` sets."""
+        keep_slots = set(slots)
+        for d in self._slots.iterdir():
+            if d.name not in keep_slots:
+                log.info("removing old slot %s", d.name)
+                shutil.rmtree(d, ignore_errors=True)
+        keep_blobs = {digests.hex_part(b) for b in blobs}
+        for f in (self.blobs.root / "sha256").iterdir():
+            if f.name not in keep_blobs:
+                f.unlink(missing_ok=True)
+        keep_partials = {f"{digests.hex_part(p)}.part" for p in partials}
+        for f in self._partials.iterdir():
+            if f.name not in keep_partials:
+                f.unlink(missing_ok=True)
+
+    def drop_partial(self, digest: str) -> None:
+        self.partial(digest).unlink(missing_ok=True)

@@ -1,0 +1,92 @@
+"""Fixtures of the agent tests: a signer, an artifact server, in-process agents, watchers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgefleet.agent import config, failpoints
+from edgefleet.agent.daemon import Agent, Endpoints
+from tests.agent.helpers import ArtifactServer, Signer, Watcher, unique_id
+from tests.conftest import Broker
+
+
+@pytest.fixture
+def signer(tmp_path: Path) -> Signer:
+    return Signer(tmp_path)
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> Iterator[ArtifactServer]:
+    server = ArtifactServer(tmp_path / "controller-blobs")
+    yield server
+    server.stop()
+
+
+@dataclass
+class RunningAgent:
+    agent: Agent
+    endpoints: Endpoints
+    data_dir: Path
+    device_id: str
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints.predict
+
+
+StartAgent = Callable[..., RunningAgent]
+
+
+@pytest.fixture
+def start_agent(
+    broker: Broker, tmp_path: Path, signer: Signer, artifacts: ArtifactServer
+) -> Iterator[StartAgent]:
+    """Start an in-process agent; every one started is stopped at the end of the test."""
+    running: list[Agent] = []
+
+    def start(
+        *, device_id: str | None = None, data_dir: Path | None = None, **flags: Any
+    ) -> RunningAgent:
+        device_id = device_id or unique_id()
+        data_dir = data_dir or tmp_path / device_id
+        values: dict[str, Any] = {
+            "device_id": device_id,
+            "fleet": "lab",
+            "mqtt": broker.url,
+            "controller": artifacts.address,
+            "data_dir": data_dir,
+            "predict_listen": "127.0.0.1:0",
+            "metrics_port": 0,
+            "trusted_keys": (signer.key_file,),
+            "labels": {"site": "test"},
+            "telemetry_interval": 0.3,
+        }
+        values.update(flags)
+        agent = Agent(config.merge(values))
+        running.append(agent)
+        endpoints = agent.start()
+        return RunningAgent(agent, endpoints, data_dir, device_id)
+
+    yield start
+    for agent in reversed(running):
+        agent.stop()
+    failpoints.configure("")
+
+
+@pytest.fixture
+def watch(broker: Broker) -> Iterator[Callable[[str], Watcher]]:
+    watchers: list[Watcher] = []
+
+    def make(device_id: str) -> Watcher:
+        w = Watcher(broker.url, device_id=device_id)
+        watchers.append(w)
+        return w
+
+    yield make
+    for w in watchers:
+        w.close()
