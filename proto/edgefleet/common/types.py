@@ -81,6 +81,8 @@ class HealthPolicy:
     latency_budget_ms: float = 0.0
     max_load_failures: int = 3
     health_window_s: float = 0.0
+    golden_max_abs_error: float = 1e-4
+    golden_min_agreement: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class Manifest:
     model_version: int = 0
     compression_report_json: str = ""
     annotations: Mapping[str, str] = field(default_factory=dict)
+    golden_digest: str = ""
+    golden_size: int = 0
 
     @property
     def ref(self) -> ReleaseRef:

@@ -148,6 +148,8 @@ def health_to_pb(h: t.HealthPolicy) -> common_pb2.HealthPolicy:
         latency_budget_ms=h.latency_budget_ms,
         max_load_failures=h.max_load_failures,
         health_window_s=h.health_window_s,
+        golden_max_abs_error=h.golden_max_abs_error,
+        golden_min_agreement=h.golden_min_agreement,
     )
 
 
@@ -157,6 +159,8 @@ def health_from_pb(msg: common_pb2.HealthPolicy) -> t.HealthPolicy:
         latency_budget_ms=msg.latency_budget_ms,
         max_load_failures=msg.max_load_failures,
         health_window_s=msg.health_window_s,
+        golden_max_abs_error=msg.golden_max_abs_error or 1e-4,
+        golden_min_agreement=msg.golden_min_agreement or 1.0,
     )
 
 
@@ -174,6 +178,8 @@ def manifest_to_pb(m: t.Manifest) -> common_pb2.Manifest:
         compression_report_json=m.compression_report_json,
         annotations=dict(m.annotations),
         model_version=m.model_version,
+        golden_digest=m.golden_digest,
+        golden_size=m.golden_size,
     )
 
 
@@ -193,6 +199,8 @@ def manifest_from_pb(msg: common_pb2.Manifest) -> t.Manifest:
         compression_report_json=msg.compression_report_json,
         annotations=dict(msg.annotations),
         model_version=msg.model_version,
+        golden_digest=msg.golden_digest,
+        golden_size=msg.golden_size,
     )
 
 

@@ -122,6 +122,8 @@ class HealthPolicy(_message.Message):
     LATENCY_BUDGET_MS_FIELD_NUMBER: _builtins.int
     MAX_LOAD_FAILURES_FIELD_NUMBER: _builtins.int
     HEALTH_WINDOW_S_FIELD_NUMBER: _builtins.int
+    GOLDEN_MAX_ABS_ERROR_FIELD_NUMBER: _builtins.int
+    GOLDEN_MIN_AGREEMENT_FIELD_NUMBER: _builtins.int
     smoke_inference: _builtins.bool
     """run one inference on zeros (or golden inputs) before activating"""
     latency_budget_ms: _builtins.float
@@ -130,6 +132,14 @@ class HealthPolicy(_message.Message):
     """crash-loop limit"""
     health_window_s: _builtins.float
     """how long the device watches a new release after activation"""
+    golden_max_abs_error: _builtins.float
+    """Golden checks (when the manifest carries golden data): outputs of float type must be within
+    this absolute error of the expected ones; 0 = 1e-4.
+    """
+    golden_min_agreement: _builtins.float
+    """Share of golden inputs whose top-1 class (argmax of a 2-D float output, or an integer label
+    output) must equal the expected one; 0 = 1.0 (all).
+    """
     def __init__(
         self,
         *,
@@ -137,10 +147,12 @@ class HealthPolicy(_message.Message):
         latency_budget_ms: _builtins.float = ...,
         max_load_failures: _builtins.int = ...,
         health_window_s: _builtins.float = ...,
+        golden_max_abs_error: _builtins.float = ...,
+        golden_min_agreement: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["health_window_s", b"health_window_s", "latency_budget_ms", b"latency_budget_ms", "max_load_failures", b"max_load_failures", "smoke_inference", b"smoke_inference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["golden_max_abs_error", b"golden_max_abs_error", "golden_min_agreement", b"golden_min_agreement", "health_window_s", b"health_window_s", "latency_budget_ms", b"latency_budget_ms", "max_load_failures", b"max_load_failures", "smoke_inference", b"smoke_inference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -184,6 +196,8 @@ class Manifest(_message.Message):
     COMPRESSION_REPORT_JSON_FIELD_NUMBER: _builtins.int
     ANNOTATIONS_FIELD_NUMBER: _builtins.int
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    GOLDEN_DIGEST_FIELD_NUMBER: _builtins.int
+    GOLDEN_SIZE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     """semver"""
@@ -196,6 +210,12 @@ class Manifest(_message.Message):
     compression_report_json: _builtins.str
     model_version: _builtins.int
     """registry version of the model this release packs"""
+    golden_digest: _builtins.str
+    """Golden inputs and expected outputs (an .npz blob: "input/<name>" and "expected/<name>"
+    arrays), fetched and verified like the model; the device checks them before and after
+    activation. Empty = smoke inference on zeros only.
+    """
+    golden_size: _builtins.int
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]: ...
     @_builtins.property
@@ -219,10 +239,12 @@ class Manifest(_message.Message):
         compression_report_json: _builtins.str = ...,
         annotations: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         model_version: _builtins.int = ...,
+        golden_digest: _builtins.str = ...,
+        golden_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "health", b"health", "inputs", b"inputs", "model_digest", b"model_digest", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "golden_digest", b"golden_digest", "golden_size", b"golden_size", "health", b"health", "inputs", b"inputs", "model_digest", b"model_digest", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

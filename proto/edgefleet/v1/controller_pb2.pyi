@@ -253,11 +253,17 @@ class CreateReleaseRequest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    GOLDEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     model_version: _builtins.int
     """0 = the newest version of the model named `name`"""
     notes: _builtins.str
+    golden: _builtins.bytes
+    """Optional .npz of golden inputs named as the model's inputs ("pixels" or "input/pixels"),
+    with optional expected outputs ("expected/<output>"); missing expectations are computed by
+    the controller with ONNX Runtime from the released model.
+    """
     @_builtins.property
     def health(self) -> _common_pb2.HealthPolicy:
         """unset = defaults"""
@@ -270,10 +276,11 @@ class CreateReleaseRequest(_message.Message):
         model_version: _builtins.int = ...,
         health: _common_pb2.HealthPolicy | None = ...,
         notes: _builtins.str = ...,
+        golden: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "model_version", b"model_version", "name", b"name", "notes", b"notes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["golden", b"golden", "health", b"health", "model_version", b"model_version", "name", b"name", "notes", b"notes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
