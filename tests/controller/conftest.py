@@ -23,3 +23,10 @@ def device(broker: Broker) -> Iterator[support.Device]:
     dev = support.Device(broker.url)
     yield dev
     dev.close()
+
+
+@pytest.fixture
+def agents(broker: Broker) -> Iterator[support.Agents]:
+    made = support.Agents(broker.url)
+    yield made
+    made.close()

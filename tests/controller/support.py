@@ -4,21 +4,28 @@ gRPC upload and polling. No fakes: real broker, real gRPC server, real SQLite.""
 from __future__ import annotations
 
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet.common import rpc, topics, wire
+from edgefleet.common import desired, rpc, topics, wire
 from edgefleet.common import types as t
 from edgefleet.common.signing import TrustStore, load_public_keys
-from edgefleet.controller.config import GrpcSettings, MqttSettings, RegistrySettings, Settings
+from edgefleet.controller.config import (
+    GrpcSettings,
+    MqttSettings,
+    RegistrySettings,
+    RolloutSettings,
+    Settings,
+)
 from edgefleet.controller.server import Controller
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import controller_pb2_grpc
@@ -31,12 +38,15 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def settings(data_dir: Path, broker_url: str, *, max_model_bytes: int = 64 << 20) -> Settings:
+def settings(
+    data_dir: Path, broker_url: str, *, max_model_bytes: int = 64 << 20, tick_s: float = 0.05
+) -> Settings:
     return Settings(
         data_dir=data_dir,
         grpc=GrpcSettings(bind="127.0.0.1:0", grace_s=0.5),
         mqtt=MqttSettings(url=broker_url, client_id=unique("ctl")),
         registry=RegistrySettings(max_model_bytes=max_model_bytes),
+        rollouts=RolloutSettings(tick_s=tick_s),
     )
 
 
@@ -55,8 +65,8 @@ class Running:
         self.controller.stop()
 
 
-def start(s: Settings) -> Running:
-    controller = Controller(s)
+def start(s: Settings, *, clock: Callable[[], float] = time.time) -> Running:
+    controller = Controller(s, clock=clock)
     port = controller.start()
     assert controller.mqtt.wait_connected(10), "controller did not reach the broker"
     channel = rpc.channel(f"127.0.0.1:{port}")
@@ -141,3 +151,210 @@ class Device:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+# --- simulated agents, for rollouts --------------------------------------------------------
+
+OLD, NEW, NEWER = "digits:1.0.0", "digits:1.1.0", "digits:1.2.0"
+
+
+def releases(stub: controller_pb2_grpc.ControllerServiceStub, onnx: bytes, *versions: str) -> None:
+    """A signing key, the model, and one release per version (all of the same model)."""
+    stub.InitKey(pb.InitKeyRequest(), timeout=DEADLINE)
+    upload(stub, "digits", onnx)
+    for v in versions:
+        stub.CreateRelease(pb.CreateReleaseRequest(name="digits", version=v), timeout=DEADLINE)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a simulated agent makes of a desired state."""
+
+    phase: t.InstallPhase = t.InstallPhase.ACTIVE  # or FAILED / ROLLED_BACK (keeps the old one)
+    error: str = ""
+    p95_ms: float = 2.0  # reported on the release it then runs
+    hold: bool = False  # take it, say nothing until ``go``
+
+
+def works(_release: str) -> Outcome:
+    return Outcome()
+
+
+class SimAgent:
+    """A device that follows the agent protocol over a real broker: it opens every signed
+    desired state with the controller's public keys, applies a newer generation as ``behaviour``
+    says, and publishes telemetry (first) and a retained status reflecting the outcome."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        device_id: str,
+        fleet: str,
+        trust: TrustStore,
+        *,
+        active: str = OLD,
+        previous: str = "",
+        generation: int = 1,
+        baseline_p95_ms: float = 2.0,
+        behaviour: Callable[[str], Outcome] = works,
+    ) -> None:
+        self.host, port = broker_url.removeprefix("mqtt://").split(":")
+        self.port = int(port)
+        self.device_id, self.fleet, self.trust = device_id, fleet, trust
+        self.active, self.previous, self.applied = active, previous, generation
+        self.behaviour = behaviour
+        self.received: list[t.DesiredState] = []
+        self.held: t.DesiredState | None = None
+        self._p95 = baseline_p95_ms
+        self._lock = threading.Lock()
+        self._client: mqtt.Client | None = None
+
+    @property
+    def generations(self) -> list[tuple[int, str]]:
+        with self._lock:
+            return [(d.generation, str(d.release)) for d in self.received]
+
+    def connect(self) -> SimAgent:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique(self.device_id))
+        client.on_message = self._on_desired
+        subscribed = queue.Queue[int]()
+        client.on_subscribe = lambda *_args: subscribed.put(1)
+        client.connect(self.host, self.port)
+        client.loop_start()
+        self._client = client
+        self._report(self.active, p95_ms=self._p95)
+        client.subscribe(topics.desired(self.device_id), qos=1)
+        subscribed.get(timeout=5)
+        return self
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._client = None
+
+    def go(self, outcome: Outcome | None = None) -> None:
+        """Apply the held desired state (as ``outcome`` says, or as ``behaviour`` says)."""
+        with self._lock:
+            state, self.held = self.held, None
+        assert state is not None, f"{self.device_id} holds nothing"
+        self._apply(state, outcome or replace(self.behaviour(str(state.release)), hold=False))
+
+    def _on_desired(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        state = desired.open_desired(bytes(msg.payload), self.trust, device_id=self.device_id)
+        with self._lock:
+            self.received.append(state)
+            if state.generation <= self.applied:
+                return  # the agent ignores what it applied already (retained redelivery)
+        outcome = self.behaviour(str(state.release))
+        if outcome.hold:
+            with self._lock:
+                self.held = state
+            return
+        self._apply(state, outcome)
+
+    def _apply(self, state: t.DesiredState, outcome: Outcome) -> None:
+        release = str(state.release)
+        with self._lock:
+            self.applied = max(self.applied, state.generation)
+            switched = outcome.phase in (t.InstallPhase.ACTIVE, t.InstallPhase.HEALTH_CHECK)
+            if switched and release != self.active:
+                self.previous, self.active = self.active, release
+        self._report(release, p95_ms=outcome.p95_ms, phase=outcome.phase, error=outcome.error)
+
+    def _report(
+        self,
+        measured: str,
+        *,
+        p95_ms: float,
+        phase: t.InstallPhase = t.InstallPhase.ACTIVE,
+        error: str = "",
+    ) -> None:
+        assert self._client is not None
+        if self.active and phase is t.InstallPhase.ACTIVE:
+            x = t.Telemetry(
+                device_id=self.device_id, release=measured, window_s=10.0, requests=200,
+                errors=0, p50_ms=p95_ms / 2, p95_ms=p95_ms, p99_ms=p95_ms * 1.2,
+            )  # fmt: skip
+            self._client.publish(topics.telemetry(self.device_id), wire_bytes(x), qos=0)
+        if not self.active and phase is t.InstallPhase.ACTIVE:
+            phase = t.InstallPhase.IDLE  # a fresh device, nothing installed yet
+        status = t.DeviceStatus(
+            device_id=self.device_id, fleet=self.fleet, phase=phase,
+            active_release=self.active, previous_release=self.previous,
+            generation_applied=self.applied, last_error=error,
+        )  # fmt: skip
+        self._client.publish(topics.status(self.device_id), wire_bytes(status), qos=1, retain=True)
+
+
+def wire_bytes(report: t.Telemetry | t.DeviceStatus) -> bytes:
+    if isinstance(report, t.Telemetry):
+        return wire.telemetry_to_pb(report).SerializeToString()
+    return wire.status_to_pb(report).SerializeToString()
+
+
+def get_rollout(stub: controller_pb2_grpc.ControllerServiceStub, rollout_id: str) -> pb.RolloutInfo:
+    return stub.GetRollout(pb.RolloutRef(rollout_id=rollout_id), timeout=DEADLINE)
+
+
+def wait_phase(
+    stub: controller_pb2_grpc.ControllerServiceStub,
+    rollout_id: str,
+    *phases: str,
+    timeout: float = 15.0,
+) -> pb.RolloutInfo:
+    last: list[pb.RolloutInfo] = []
+
+    def probe() -> pb.RolloutInfo | None:
+        info = get_rollout(stub, rollout_id)
+        last[:] = [info]
+        return info if info.phase in phases else None
+
+    try:
+        return eventually(probe, timeout=timeout, what=f"rollout {rollout_id} to be {phases}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last: {last[0] if last else None}") from None
+
+
+def device_states(info: pb.RolloutInfo) -> dict[str, str]:
+    return {d.device_id: d.state for d in info.devices}
+
+
+class ManualClock:
+    """Wall-clock seconds that move only when a test says so."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Agents:
+    """Simulated agents of one test; ``close`` disconnects them all."""
+
+    def __init__(self, broker_url: str) -> None:
+        self.broker_url = broker_url
+        self.made: list[SimAgent] = []
+
+    def fleet(
+        self, ctl: Running, n: int, *, fleet: str = "", **kw: Any
+    ) -> tuple[str, list[SimAgent]]:
+        """``n`` connected agents ``<fleet>-d0``... (in rollout order), registered."""
+        fleet = fleet or unique("fleet")
+        keys = trust(ctl.stub)
+        agents = [SimAgent(self.broker_url, f"{fleet}-d{i}", fleet, keys, **kw) for i in range(n)]
+        for a in agents:
+            self.made.append(a.connect())
+        eventually(
+            lambda: len(ctl.stub.ListDevices(pb.ListDevicesRequest(fleet=fleet)).devices) == n,
+            what=f"{n} devices of {fleet} registered",
+        )
+        return fleet, agents
+
+    def close(self) -> None:
+        for a in self.made:
+            a.close()

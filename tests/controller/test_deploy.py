@@ -5,31 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
-import pytest
 
 from edgefleet.common import desired, topics
-from edgefleet.controller import planning
-from edgefleet.controller.records import DeployTarget
+from edgefleet.common import types as t
 from edgefleet.demo.digits import TrainedModel
 from edgefleet.v1 import controller_pb2 as pb
 from tests.conftest import Broker
 from tests.controller import support
-
-
-@pytest.mark.parametrize(
-    ("last_desired", "applied", "expected"),
-    [(0, 0, 1), (3, 0, 4), (3, 3, 4), (2, 7, 8), (9, 7, 10)],
-)
-def test_next_generation_is_above_everything_issued_or_applied(
-    last_desired: int, applied: int, expected: int
-) -> None:
-    member = planning.Member("d", last_desired=last_desired, applied=applied)
-    assert planning.next_generation(member) == expected
-
-
-def test_all_at_once_targets_every_device_in_order() -> None:
-    members = [planning.Member("b", 1, 1), planning.Member("a", 0, 0)]
-    assert planning.plan_all_at_once(members) == (DeployTarget("a", 1), DeployTarget("b", 2))
 
 
 def _release(ctl: support.Running, model: TrainedModel, version: str) -> None:
@@ -107,6 +89,14 @@ def test_deploy_publishes_signed_retained_desired_states_with_growing_generation
             assert state.artifact_sources == (ctl.address,)
             assert state.manifest.model_digest.startswith("sha256:")
             seen[dev].append(state.generation)
+            device.status(  # it applied it (a fleet takes one rollout at a time)
+                dev,
+                fleet,
+                phase=t.InstallPhase.ACTIVE,
+                active_release=str(state.release),
+                generation_applied=state.generation,
+            )
+        support.wait_phase(ctl.stub, answer.rollout_id, "succeeded")
     assert seen == {dev: [1, 2] for dev in ids}
 
     late = support.Device(broker.url)  # a device that connects later gets the retained state
@@ -140,6 +130,8 @@ def test_a_restart_keeps_devices_keys_releases_and_generations(
     second = support.start(settings)
     try:
         infos = second.stub.ListDevices(pb.ListDevicesRequest(fleet=fleet), timeout=5).devices
+        # the device never answered: stop the first rollout (one rollout per fleet at a time)
+        second.stub.AbortRollout(pb.RolloutRef(rollout_id=before.rollout_id), timeout=5)
         after = second.stub.Deploy(pb.DeployRequest(release="digits:1.0.0", fleet=fleet), timeout=5)
         keys_after = second.stub.ListKeys(pb.ListKeysRequest(), timeout=5)
     finally:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from edgefleet.common import types as t
 from edgefleet.common import wire
-from edgefleet.controller.records import DeviceView, ModelVersion, Release, Rollout, SigningKey
+from edgefleet.controller.records import (
+    ROLLBACK,
+    DeviceView,
+    ModelVersion,
+    Release,
+    RolloutRecord,
+    SigningKey,
+    Started,
+)
 from edgefleet.controller.registry import Upload
+from edgefleet.controller.rollouts import strategy as rollout_strategy
+from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.v1 import controller_pb2
 
 
@@ -64,11 +76,72 @@ def release_info(r: Release) -> controller_pb2.ReleaseInfo:
     )
 
 
-def deploy_response(r: Rollout) -> controller_pb2.DeployResponse:
+def deploy_response(r: Started) -> controller_pb2.DeployResponse:
     return controller_pb2.DeployResponse(
         rollout_id=r.rollout_id,
         targets=[
             controller_pb2.DeployTarget(device_id=x.device_id, generation=x.generation)
+            for x in r.targets
+        ],
+    )
+
+
+def strategy(msg: controller_pb2.DeployRequest) -> Strategy:
+    """The request's strategy, parsed and checked (``InvalidInputError``); unset = all at once.
+    An empty or zero field takes the default ``strategy.parse`` gives it."""
+    if not msg.HasField("strategy"):
+        return rollout_strategy.parse()
+    s = msg.strategy
+    given: dict[str, Any] = {
+        "kind": s.kind,
+        "canary": s.canary,
+        "waves": s.waves,
+        "max_parallel": s.max_parallel,
+        "bake": s.bake,
+        "device_timeout": s.device_timeout,
+        "max_failures": s.max_failures,
+        "max_latency_ratio": s.max_latency_ratio,
+        "max_error_rate": s.max_error_rate,
+    }
+    return rollout_strategy.parse(**{k: v for k, v in given.items() if v})
+
+
+def strategy_to_pb(kind: str, s: Strategy) -> controller_pb2.RolloutStrategy:
+    return controller_pb2.RolloutStrategy(
+        kind=kind,
+        canary=str(s.canary) if s.canary is not None else "",
+        waves=",".join(str(w) for w in s.waves),
+        max_parallel=s.max_parallel,
+        bake=f"{s.bake_s:g}s",
+        device_timeout=f"{s.device_timeout_s:g}s",
+        max_failures=str(s.max_failures),
+        max_latency_ratio=s.max_latency_ratio,
+        max_error_rate=s.max_error_rate,
+    )
+
+
+def rollout_info(rec: RolloutRecord) -> controller_pb2.RolloutInfo:
+    r = rec.rollout
+    return controller_pb2.RolloutInfo(
+        rollout_id=r.id,
+        fleet=r.fleet,
+        release=r.release,
+        phase=r.phase.value,
+        step=r.step,
+        step_sizes=[] if rec.kind == ROLLBACK else list(r.steps),
+        strategy=strategy_to_pb(rec.kind, r.strategy),
+        reason=r.reason,
+        created_at_ms=rec.created_at_ms,
+        updated_at_ms=rec.updated_at_ms,
+        devices=[
+            controller_pb2.RolloutDevice(
+                device_id=x.device_id,
+                state=x.state.value,
+                generation=x.generation,
+                previous_release=x.previous_release,
+                reason=x.reason,
+                sent_at_ms=int(x.sent_at * 1000),
+            )
             for x in r.targets
         ],
     )

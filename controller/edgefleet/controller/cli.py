@@ -22,6 +22,7 @@ from edgefleet.controller.config import (
     GrpcSettings,
     MetricsSettings,
     MqttSettings,
+    RolloutSettings,
     Settings,
     split_address,
 )
@@ -63,6 +64,9 @@ def run(
     mqtt_client_id: Annotated[
         str, typer.Option(help="MQTT client id (one per controller).")
     ] = "edgefleet-controller",
+    rollout_tick: Annotated[
+        float, typer.Option(help="Seconds between two looks at every unfinished rollout.", min=0.01)
+    ] = 1.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the controller until SIGTERM or SIGINT."""
@@ -84,6 +88,7 @@ def run(
         grpc=GrpcSettings(bind=grpc, advertise=advertise),
         mqtt=MqttSettings(url=mqtt, client_id=mqtt_client_id),
         metrics=MetricsSettings(port=metrics_port, host=metrics_host),
+        rollouts=RolloutSettings(tick_s=rollout_tick),
     )
     controller = Controller(settings)
     stop = threading.Event()

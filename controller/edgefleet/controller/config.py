@@ -58,6 +58,12 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class RolloutSettings:
+    tick_s: float = 1.0
+    """How often the rollout driver looks at every unfinished rollout."""
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path = Path("edgefleet-data")
     """Keys, blobs, the SQLite database and controller.json live here."""
@@ -73,6 +79,8 @@ class Settings:
     """Device reports coming in over MQTT."""
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     """Prometheus metrics."""
+    rollouts: RolloutSettings = field(default_factory=RolloutSettings)
+    """The rollout driver."""
 
     @property
     def database_url(self) -> str:

@@ -3,7 +3,8 @@
 SQLite (WAL, busy timeout) on one machine, PostgreSQL at scale: the same models, another URL.
 Writers on SQLite open their transaction with ``BEGIN IMMEDIATE``, so two writers queue on the
 busy timeout instead of one failing when it upgrades a read lock. Private keys are never here.
-The schema is created on start (``create_all``); migrations come with the first schema change.
+The schema is created on start (``create_all``); columns added to a model later are added to
+an existing database on start too (``_add_missing_columns``).
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    true,
 )
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.schema import CreateColumn
 
 log = logging.getLogger(__name__)
 
@@ -162,19 +166,40 @@ class DesiredRow(Base):
 
 
 class RolloutRow(Base):
+    """One rollout: the engine's state (``rollouts.engine.Rollout``) minus its targets.
+
+    Columns added after the first release carry server defaults, so ``create_schema`` can add
+    them to an older database; rows from before staged rollouts read as finished.
+    """
+
     __tablename__ = "rollouts"
     rollout_id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    release: Mapped[str] = mapped_column(_REF)
+    release: Mapped[str] = mapped_column(_REF)  # empty for a rollback to previous releases
     fleet: Mapped[str] = mapped_column(_NAME, index=True)
-    strategy: Mapped[str] = mapped_column(String(32))
+    strategy: Mapped[str] = mapped_column(String(32))  # the kind: all-at-once|canary|rollback
     created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    parameters: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # rollouts.codec
+    phase: Mapped[str] = mapped_column(String(16), server_default="succeeded")
+    step: Mapped[int] = mapped_column(Integer, server_default="0")
+    step_done_at: Mapped[float | None] = mapped_column(Float)
+    paused_phase: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, server_default="")
+    finished: Mapped[bool] = mapped_column(Boolean, server_default=true(), index=True)
+    updated_at_ms: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class RolloutTargetRow(Base):
+    """One device of a rollout: the engine's ``Target``."""
+
     __tablename__ = "rollout_targets"
     rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.rollout_id"), primary_key=True)
     device_id: Mapped[str] = mapped_column(_NAME, primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16), server_default="sent")
+    sent_at: Mapped[float] = mapped_column(Float, server_default="0")
+    previous_release: Mapped[str] = mapped_column(_REF, server_default="")
+    baseline_p95_ms: Mapped[float | None] = mapped_column(Float)
+    reason: Mapped[str] = mapped_column(Text, server_default="")
 
 
 class Database:
@@ -195,6 +220,7 @@ class Database:
 
     def create_schema(self) -> None:
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -208,6 +234,29 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """The one kind of migration so far: columns a model gained since its table was made.
+
+    Each such column has a server default (or is nullable), so ``ADD COLUMN`` fills old rows;
+    its indexes follow. Both SQLite and PostgreSQL take this DDL.
+    """
+    inspector = inspect(engine)
+    tables = set(inspector.get_table_names())
+    with engine.execution_options(edgefleet_write=True).begin() as conn:
+        for table in Base.metadata.sorted_tables:
+            if table.name not in tables:
+                continue
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            missing = [c for c in table.columns if c.name not in have]
+            for column in missing:
+                ddl = CreateColumn(column).compile(dialect=engine.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+                log.info("schema: added column %s.%s", table.name, column.name)
+            if missing:
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
 
 
 def _tune_sqlite(engine: Engine) -> None:

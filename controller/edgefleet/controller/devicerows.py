@@ -139,4 +139,5 @@ def view(
         predict_endpoint=(p.predict_endpoint if p is not None else "") or d.predict_endpoint,
         last_seen_ms=d.last_seen_ms,
         telemetry=telemetry(x) if x is not None else None,
+        telemetry_received_ms=x.received_ms if x is not None else 0,
     )

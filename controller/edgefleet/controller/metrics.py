@@ -80,6 +80,10 @@ class Metrics:
     def watch_devices(self, counts: FleetCounts) -> None:
         self.registry.register(_DeviceCollector(counts))
 
+    def watch(self, collector: Collector) -> None:
+        """Add a collector that reads its figures at scrape time (``fleetmetrics``)."""
+        self.registry.register(collector)
+
     def serve(self, *, host: str, port: int) -> int:
         """Serve ``/metrics``; returns the bound port."""
         self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 
 from edgefleet.common import types as t
 from edgefleet.common.signing import Envelope
+from edgefleet.controller.rollouts import engine
+
+ROLLBACK = "rollback"
+"""The kind of a fleet rollback's rollout record (the others are ``strategy.Kind`` values)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class DeviceView:
     predict_endpoint: str = ""
     last_seen_ms: int = 0
     telemetry: t.Telemetry | None = None
+    telemetry_received_ms: int = 0  # by the controller's clock, whatever the device's says
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,23 @@ class DeployTarget:
 
 
 @dataclass(frozen=True)
-class Rollout:
-    rollout_id: str
-    release: t.ReleaseRef
-    fleet: str
+class RolloutRecord:
+    """A rollout as stored: the engine's state plus what only the shell knows."""
+
+    rollout: engine.Rollout
+    kind: str  # all-at-once | canary | rollback
     created_at_ms: int
-    targets: tuple[DeployTarget, ...]
+    updated_at_ms: int
+
+    @property
+    def id(self) -> str:
+        return self.rollout.id
+
+
+@dataclass(frozen=True)
+class Started:
+    """What a deploy or a fleet rollback did at once."""
+
+    rollout_id: str
+    targets: tuple[DeployTarget, ...]  # desired states sent in the first step
+    skipped: tuple[str, ...] = ()  # rollback: devices with no release to go back to

@@ -13,6 +13,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -26,10 +27,15 @@ from edgefleet.controller.config import Settings, join_address, split_address
 from edgefleet.controller.db import Database
 from edgefleet.controller.deploying import Deployer
 from edgefleet.controller.devices import DeviceStore
+from edgefleet.controller.driving import RolloutDriver
+from edgefleet.controller.fleetmetrics import FleetCollector
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.registry import Registry
 from edgefleet.controller.releases import Releases
+from edgefleet.controller.rolling import Rollouts
+from edgefleet.controller.rolloutstore import RolloutStore
+from edgefleet.controller.sending import Sender
 from edgefleet.controller.service import ControllerServicer
 from edgefleet.v1 import artifact_pb2_grpc, controller_pb2_grpc
 
@@ -44,8 +50,11 @@ def now_ms() -> int:
 
 
 class Controller:
-    def __init__(self, settings: Settings) -> None:
+    """``clock`` (wall-clock seconds) times rollouts: bake, device timeouts, their records."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
+        self.clock = clock
         self.address = ""  # the bound HOST:PORT, once started
         self.metrics = Metrics()
         self._stopped = threading.Event()
@@ -55,6 +64,7 @@ class Controller:
         self._mqtt: MqttSession | None = None
         self._ingest: ingesting.Ingest | None = None
         self._releases: Releases | None = None
+        self._driver: RolloutDriver | None = None
 
     @property
     def ingest(self) -> ingesting.Ingest:
@@ -116,21 +126,31 @@ class Controller:
         except RuntimeError as exc:
             raise TransientError(f"cannot listen on {s.grpc.bind}: {exc}") from exc
         self.address = join_address(host, port)
-        deployer = Deployer(
-            db,
+        sender = Sender(
             releases,
             keys=keys,
             publisher=self._mqtt,
             metrics=self.metrics,
             artifact_sources=[self._advertised(host, port)],
-            clock=now_ms,
         )
+        store = RolloutStore(db)
+        rollouts = Rollouts(store, sender, clock=self.clock)
+        self.metrics.watch(
+            FleetCollector(
+                devices=devices.list_devices,
+                phases=store.phases,
+                aborted=store.aborted,
+                clock_ms=now_ms,
+            )
+        )
+        deployer = Deployer(rollouts, releases, keys=keys, sender=sender, metrics=self.metrics)
         servicer = ControllerServicer(
             keys=keys,
             registry=registry,
             releases=releases,
             devices=devices,
             deployer=deployer,
+            rollouts=rollouts,
             max_model_bytes=s.registry.max_model_bytes,
         )
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, server)
@@ -140,6 +160,8 @@ class Controller:
         for name in ("", SERVICE):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+        self._driver = RolloutDriver(rollouts, tick_s=s.rollouts.tick_s)
+        self._driver.start()
         if s.metrics.port is not None:
             self.metrics.serve(host=s.metrics.host, port=s.metrics.port)
         self._write_state(host, port)
@@ -169,12 +191,15 @@ class Controller:
         return self._stopped.wait(timeout)
 
     def stop(self) -> None:
-        """Stop taking calls, let calls in flight finish, then close MQTT, the writer, the DB."""
+        """Stop taking calls, let calls in flight finish, stop the rollout driver, then close
+        MQTT, the writer, the DB."""
         if self._stopped.is_set():
             return
         self._health.enter_graceful_shutdown()
         if self._server is not None:
             self._server.stop(self.settings.grpc.grace_s).wait()
+        if self._driver is not None:
+            self._driver.stop()
         if self._mqtt is not None:
             self._mqtt.stop()
         if self._ingest is not None:

@@ -22,6 +22,7 @@ from edgefleet.controller.devices import DeviceStore
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.registry import Registry, collect
 from edgefleet.controller.releases import Releases
+from edgefleet.controller.rolling import Rollouts
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import controller_pb2_grpc
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 DEFAULT_EVENTS = 100
 MAX_EVENTS = 1000
+DEFAULT_ROLLOUTS = 20
+MAX_ROLLOUTS = 500
 
 
 def fail(context: grpc.ServicerContext, exc: EdgeFleetError) -> NoReturn:
@@ -65,6 +68,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         releases: Releases,
         devices: DeviceStore,
         deployer: Deployer,
+        rollouts: Rollouts,
         max_model_bytes: int,
     ) -> None:
         self._keys = keys
@@ -72,6 +76,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         self._releases = releases
         self._devices = devices
         self._deployer = deployer
+        self._rollouts = rollouts
         self._max_model_bytes = max_model_bytes
 
     def InitKey(self, request: pb.InitKeyRequest, context: grpc.ServicerContext) -> pb.KeyInfo:
@@ -142,10 +147,67 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         )
 
     def Deploy(self, request: pb.DeployRequest, context: grpc.ServicerContext) -> pb.DeployResponse:
+        def deploy() -> pb.DeployResponse:
+            strategy = api.strategy(request)  # before anything is looked up, written or sent
+            started = self._deployer.deploy(request.release, request.fleet, strategy)
+            return api.deploy_response(started)
+
+        return serve(context, "Deploy", deploy)
+
+    def Rollback(
+        self, request: pb.RollbackRequest, context: grpc.ServicerContext
+    ) -> pb.DeployResponse:
         return serve(
             context,
-            "Deploy",
-            lambda: api.deploy_response(self._deployer.deploy(request.release, request.fleet)),
+            "Rollback",
+            lambda: api.deploy_response(
+                self._deployer.rollback(request.fleet, to_release=request.to_release)
+            ),
+        )
+
+    def ListRollouts(
+        self, request: pb.ListRolloutsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRolloutsResponse:
+        limit = min(request.limit or DEFAULT_ROLLOUTS, MAX_ROLLOUTS)
+        return serve(
+            context,
+            "ListRollouts",
+            lambda: pb.ListRolloutsResponse(
+                rollouts=[
+                    api.rollout_info(r)
+                    for r in self._rollouts.list_rollouts(request.fleet, limit=limit)
+                ]
+            ),
+        )
+
+    def GetRollout(self, request: pb.RolloutRef, context: grpc.ServicerContext) -> pb.RolloutInfo:
+        return serve(
+            context,
+            "GetRollout",
+            lambda: api.rollout_info(self._rollouts.get(request.rollout_id)),
+        )
+
+    def PauseRollout(self, request: pb.RolloutRef, context: grpc.ServicerContext) -> pb.RolloutInfo:
+        return serve(
+            context,
+            "PauseRollout",
+            lambda: api.rollout_info(self._rollouts.pause(request.rollout_id)),
+        )
+
+    def ResumeRollout(
+        self, request: pb.RolloutRef, context: grpc.ServicerContext
+    ) -> pb.RolloutInfo:
+        return serve(
+            context,
+            "ResumeRollout",
+            lambda: api.rollout_info(self._rollouts.resume(request.rollout_id)),
+        )
+
+    def AbortRollout(self, request: pb.RolloutRef, context: grpc.ServicerContext) -> pb.RolloutInfo:
+        return serve(
+            context,
+            "AbortRollout",
+            lambda: api.rollout_info(self._rollouts.abort(request.rollout_id)),
         )
 
     def ListDevices(

@@ -176,17 +176,24 @@ def score(model: bytes, eval_set: EvalSet, ref: Reference) -> Score:
         assert eval_set.labels is not None
         acc = _accuracy(_predictions(outputs, ref.primary), eval_set.labels)
         return Score(metric, acc, max(0.0, (ref.score.value - acc) * 100))
-    got = np.concatenate([o[ref.primary] for o in outputs]).astype(np.float64)
-    want = np.concatenate([o[ref.primary] for o in ref.outputs]).astype(np.float64)
+    # Batches may differ in shape (sequences of varying length): compare batch by batch.
+    pairs = [
+        (g[ref.primary].astype(np.float64), w[ref.primary].astype(np.float64))
+        for g, w in zip(outputs, ref.outputs, strict=True)
+    ]
     if metric is Metric.TOP1_AGREEMENT:
-        agree = float((_top1(got) == _top1(want)).mean())
+        agree = float(np.concatenate([_top1(g) == _top1(w) for g, w in pairs]).mean())
         return Score(metric, agree, (1 - agree) * 100)
     if metric is Metric.MAX_ABS_ERROR:
-        err = float(np.abs(got - want).max())
-        return Score(metric, err, 100 * err / max(float(np.abs(want).max()), 1e-12))
-    g, w = got.reshape(len(got), -1), want.reshape(len(want), -1)
-    norms = np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1)
-    cos = float(np.mean((g * w).sum(axis=1) / np.maximum(norms, 1e-12)))
+        err = max(float(np.abs(g - w).max()) for g, w in pairs)
+        peak = max(float(np.abs(w).max()) for _, w in pairs)
+        return Score(metric, err, 100 * err / max(peak, 1e-12))
+    cosines = []
+    for g, w in pairs:
+        g2, w2 = g.reshape(len(g), -1), w.reshape(len(w), -1)
+        norms = np.linalg.norm(g2, axis=1) * np.linalg.norm(w2, axis=1)
+        cosines.append((g2 * w2).sum(axis=1) / np.maximum(norms, 1e-12))
+    cos = float(np.concatenate(cosines).mean())
     return Score(metric, cos, max(0.0, (1 - cos) * 100))
 
 

@@ -22,7 +22,12 @@ def convert_fp16(model: bytes) -> Compressed:
     if not any(t.data_type == 1 for t in proto.graph.initializer):
         raise PassSkippedError(Technique.FP16, "the model has no fp32 weights")
     with graphs.quiet():
-        converted = convert_float_to_float16(proto, keep_io_types=True)
+        try:
+            converted = convert_float_to_float16(proto, keep_io_types=True)
+        except Exception as exc:  # ORT's tools fail in many ways on real exports
+            raise PassSkippedError(
+                Technique.FP16, f"convert_float_to_float16 failed: {_first(exc)}"
+            ) from exc
     data = graphs.dump(converted)
     graphs.check_runs(data, Technique.FP16)
     return Compressed(
@@ -37,3 +42,8 @@ def convert_fp16(model: bytes) -> Compressed:
             ("fp16 on a CPU computes through Casts; it pays off only where fp16 is native",),
         ),
     )
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -65,7 +65,29 @@ def load(data: bytes) -> onnx.ModelProto:
     for i, node in enumerate(model.graph.node):
         if not node.name:
             node.name = f"{node.op_type.lower()}_{i}"
+    constants_to_initializers(model)
     return model
+
+
+def constants_to_initializers(model: onnx.ModelProto) -> list[str]:
+    """Turn ``Constant`` nodes holding a tensor into initializers, in place (exporters such as
+    Paddle's keep every weight in a Constant node, which no pass would see as a weight)."""
+    moved: list[str] = []
+    keep: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            model.graph.initializer.append(tensor)
+            moved.append(tensor.name)
+        else:
+            keep.append(node)
+    if moved:
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+    return moved
 
 
 def load_model_file(path: Path) -> bytes:
@@ -147,19 +169,26 @@ def ops(model: onnx.ModelProto) -> set[str]:
 def quiet() -> Iterator[None]:
     """Silence the library chatter of ORT's quantization tools for the duration of a call.
 
-    They log through the root logger, print progress and emit DeprecationWarnings; all are
-    noise for our callers (pytest turns warnings into errors). Our own log lines are unaffected.
+    They log through the root logger, print progress and emit DeprecationWarnings; all are noise
+    for our callers (pytest turns warnings into errors). ``matmul_nbits_quantizer`` even calls
+    ``logging.basicConfig(level=INFO)`` when imported, so the root logger's level and handlers
+    are put back as they were: import such modules inside this block.
     """
     root = logging.getLogger()
-    level = root.level
+    level, handlers = root.level, list(root.handlers)
     root.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", UserWarning)
             yield
     finally:
         root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 def session(model: bytes, *, threads: int = 1) -> Any:

@@ -21,7 +21,8 @@ TOOL = "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer"
 
 def quantize_int4_weights(model: bytes, *, block_size: int = 32) -> Compressed:
     try:
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        with graphs.quiet():  # the module calls logging.basicConfig(level=INFO) on import
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
     except ImportError as exc:
         raise PassSkippedError(
             Technique.INT4_WEIGHTS, f"ORT's MatMulNBitsQuantizer cannot be imported: {exc}"
@@ -44,8 +45,15 @@ def quantize_int4_weights(model: bytes, *, block_size: int = 32) -> Compressed:
             f"no MatMul with a 2-D constant weight of at least {block_size} rows",
         )
     with graphs.quiet():
-        quantizer = MatMulNBitsQuantizer(proto, bits=4, block_size=block_size, is_symmetric=True)
-        quantizer.process()
+        try:
+            quantizer = MatMulNBitsQuantizer(
+                proto, bits=4, block_size=block_size, is_symmetric=True
+            )
+            quantizer.process()
+        except Exception as exc:  # ORT's tools fail in many ways on real exports
+            raise PassSkippedError(
+                Technique.INT4_WEIGHTS, f"MatMulNBitsQuantizer failed: {_first(exc)}"
+            ) from exc
     data = graphs.dump(quantizer.model.model)
     graphs.check_runs(data, Technique.INT4_WEIGHTS)
     done = {
@@ -120,3 +128,8 @@ def _drop_unused(model: onnx.ModelProto) -> None:
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

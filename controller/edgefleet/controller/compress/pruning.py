@@ -59,7 +59,8 @@ def prune_magnitude(model: bytes, *, sparsity: float, scope: Scope = Scope.GLOBA
             len(data),
             tuple(changes),
             (
-                "zeros shrink the transfer only after cluster + huffman; dense ORT kernels run as before",
+                "zeros shrink the transfer only after cluster + huffman; "
+                "dense ORT kernels run as before",
             ),
             {"sparsity": zeros / total},
         ),

@@ -10,6 +10,7 @@ like ``edgefleet.demo.digits`` does for its MLP. Input ``pixels`` float32[N, 1, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,7 +33,8 @@ class TrainedCnn:
 
 def images(x: npt.NDArray[np.float32]) -> F32:
     """Flat digits rows (N, 64) as the CNN's NCHW input (N, 1, 8, 8)."""
-    return np.ascontiguousarray(x.reshape(-1, 1, 8, 8), dtype=np.float32)
+    out: F32 = np.ascontiguousarray(x.reshape(-1, 1, 8, 8), dtype=np.float32)
+    return out
 
 
 def _cols(x: F32) -> F32:
@@ -56,7 +58,8 @@ def _uncols(d_cols: F32, n: int, c: int) -> F32:
 class _Net:
     def __init__(self, rng: np.random.Generator, c1: int, c2: int, hidden: int) -> None:
         def he(*shape: int, fan_in: int) -> F32:
-            return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+            out: F32 = (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+            return out
 
         self.p: dict[str, F32] = {
             "conv1.w": he(c1, 1, 3, 3, fan_in=9),
@@ -140,7 +143,7 @@ def train_cnn(
 
 def to_onnx(p: dict[str, F32], *, name: str) -> bytes:
     """The trained parameters as a Conv-Relu-Conv-Relu-Flatten-Gemm-Relu-Gemm ONNX graph."""
-    conv = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    conv: dict[str, Any] = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
     graph = helper.make_graph(
         nodes=[
             helper.make_node("Conv", ["pixels", "conv1.w", "conv1.b"], ["z1"], "conv1", **conv),

@@ -1,0 +1,302 @@
+"""Rollouts in motion: the imperative shell around the pure engine (``rollouts.engine``).
+
+Every change to a rollout - start, a driver tick, pause, resume, abort, fleet rollback - runs
+under one lock and in the same order: load the rollout and the fleet's reports, let the engine
+decide, seal the desired states it asks for (failing here writes nothing), persist the new
+state and the new generations in one transaction, and only then publish. The lock also keeps
+the publishes of two changes from overtaking each other, so the retained desired state of a
+device is always its newest generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from edgefleet.common.errors import NotFoundError, PermanentError
+from edgefleet.controller.errors import FleetBusyError, RolloutStateError
+from edgefleet.controller.records import ROLLBACK, DeployTarget, RolloutRecord, Started
+from edgefleet.controller.rollouts import engine
+from edgefleet.controller.rollouts.engine import DeviceState, RolloutPhase, SendDesired
+from edgefleet.controller.rollouts.strategy import Strategy
+from edgefleet.controller.rolloutstore import RolloutStore
+from edgefleet.controller.sending import Order, Sender
+
+log = logging.getLogger(__name__)
+
+RUNNING = (RolloutPhase.PENDING, RolloutPhase.CANARY, RolloutPhase.WAVE)
+
+
+def new_rollout_id() -> str:
+    return "ro-" + uuid.uuid4().hex[:12]
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+class Rollouts:
+    def __init__(
+        self,
+        store: RolloutStore,
+        sender: Sender,
+        *,
+        clock: Callable[[], float],
+        new_id: Callable[[], str] = new_rollout_id,
+    ) -> None:
+        self._store = store
+        self._sender = sender
+        self._clock = clock
+        self._new_id = new_id
+        self._lock = threading.RLock()
+
+    def get(self, rollout_id: str) -> RolloutRecord:
+        return self._store.load(rollout_id)
+
+    def list_rollouts(self, fleet: str = "", *, limit: int = 20) -> list[RolloutRecord]:
+        return self._store.list_rollouts(fleet, limit=limit)
+
+    def devices(self, fleet: str) -> list[str]:
+        """The devices of ``fleet``; ``NotFoundError`` when it has none."""
+        ids = self._store.fleet_devices(fleet)
+        if not ids:
+            raise NotFoundError("fleet", fleet)
+        return ids
+
+    def start(self, *, fleet: str, release: str, strategy: Strategy) -> Started:
+        """A new rollout of ``release`` to every device of ``fleet``, and its first step."""
+        with self._lock:
+            self._check_idle(fleet)
+            ids = self.devices(fleet)
+            now = self._clock()
+            r = engine.start(self._new_id(), fleet, release, strategy, ids)
+            r, commands = engine.step(r, self._store.reports(ids), now=now)
+            rec = RolloutRecord(r, strategy.kind.value, _ms(now), _ms(now))
+            rec, sent = self._apply(None, rec, commands)
+        log.info(
+            "rollout %s: %s to fleet %s (%s, %d devices), %s",
+            rec.id,
+            release,
+            fleet,
+            rec.kind,
+            len(ids),
+            rec.rollout.phase,
+            extra={"rollout": rec.id, "fleet": fleet},
+        )
+        return Started(rec.id, _targets(sent))
+
+    def rollback(self, fleet: str, *, to_release: str = "") -> Started:
+        """Every device of ``fleet`` back to its previous release (or to ``to_release``), as a
+        rollout record of its own; an active rollout of the fleet is aborted first."""
+        with self._lock:
+            ids = self.devices(fleet)
+            previous = self._store.previous_releases(ids)
+            goal = {d: to_release or previous.get(d, "") for d in ids}
+            if not any(goal.values()):
+                raise PermanentError(
+                    f"no device of fleet {fleet} has a previous release to go back to; "
+                    "name the release to go to"
+                )
+            rollback_id = self._new_id()
+            for other in self._store.unfinished_ids(fleet):
+                rec = self._store.load(other)
+                if rec.rollout.phase is not RolloutPhase.ROLLING_BACK:
+                    self._abort(rec, reason=f"aborted by fleet rollback {rollback_id}")
+            now = self._clock()
+            r = engine.start(rollback_id, fleet, to_release, Strategy(), ids)
+            # The engine's abort sends every touched device to its previous release: mark each
+            # device touched, with the release to go back to.
+            touched = tuple(
+                replace(t, state=DeviceState.HEALTHY, previous_release=goal[t.device_id])
+                for t in r.targets
+            )
+            why = "fleet rollback to " + (to_release or "each device's previous release")
+            r, commands = engine.abort(
+                replace(r, targets=touched), self._store.reports(ids), reason=why
+            )
+            rec, sent = self._apply(None, RolloutRecord(r, ROLLBACK, _ms(now), _ms(now)), commands)
+        skipped = tuple(d for d in ids if d not in {c.device_id for c in sent})
+        log.info(
+            "rollback %s of fleet %s: %d devices sent back%s",
+            rec.id,
+            fleet,
+            len(sent),
+            f"; skipped (nothing to go back to): {', '.join(skipped)}" if skipped else "",
+            extra={"rollout": rec.id, "fleet": fleet},
+        )
+        return Started(rec.id, _targets(sent), skipped)
+
+    def tick(self) -> None:
+        """One driver tick: re-send what paho refused, then step every unfinished rollout."""
+        self._sender.retry()
+        for rollout_id in self._store.unfinished_ids():
+            try:
+                with self._lock:
+                    self._step(self._store.load(rollout_id))
+            except Exception:
+                log.exception("rollout %s: step failed", rollout_id, extra={"rollout": rollout_id})
+
+    def resend_pending(self) -> None:
+        """After a restart: publish again every desired state an unfinished rollout still waits
+        for (a crash may have come between the commit and the publish). Same generation, so a
+        device that has it already ignores it."""
+        with self._lock:
+            for rollout_id in self._store.unfinished_ids():
+                rec = self._store.load(rollout_id)
+                waiting = (DeviceState.SENT, DeviceState.ROLLING_BACK)
+                gens = {
+                    t.device_id: t.generation for t in rec.rollout.targets if t.state in waiting
+                }
+                for i in self._store.issued(rollout_id, gens) if gens else []:
+                    sealed, _ = self._sender.seal(
+                        [Order(i.device_id, i.release, i.generation)],
+                        rollout_id=rollout_id,
+                        fleet=rec.rollout.fleet,
+                        issued_at_ms=i.issued_at_ms,
+                    )
+                    self._sender.publish(sealed)
+
+    def pause(self, rollout_id: str) -> RolloutRecord:
+        with self._lock:
+            rec = self._store.load(rollout_id)
+            phase = rec.rollout.phase
+            if phase is RolloutPhase.PAUSED:
+                return rec
+            if phase not in RUNNING:
+                raise RolloutStateError(
+                    f"rollout {rollout_id} is {phase}; only a running rollout can be paused",
+                    rollout_id=rollout_id,
+                )
+            return self._apply(rec, self._updated(rec, engine.pause(rec.rollout)), [])[0]
+
+    def resume(self, rollout_id: str) -> RolloutRecord:
+        with self._lock:
+            rec = self._store.load(rollout_id)
+            phase = rec.rollout.phase
+            if phase in RUNNING:
+                return rec
+            if phase is not RolloutPhase.PAUSED:
+                raise RolloutStateError(
+                    f"rollout {rollout_id} is {phase}; only a paused rollout can be resumed",
+                    rollout_id=rollout_id,
+                )
+            rec = self._apply(rec, self._updated(rec, engine.resume(rec.rollout)), [])[0]
+            return self._step(rec)
+
+    def abort(self, rollout_id: str) -> RolloutRecord:
+        """Roll back what the rollout touched. Aborting a rollout that is already rolling back
+        stops waiting for devices that have not confirmed (their rollback stays retained)."""
+        with self._lock:
+            rec = self._store.load(rollout_id)
+            phase = rec.rollout.phase
+            if phase.finished:
+                raise RolloutStateError(
+                    f"rollout {rollout_id} has already {phase.replace('_', ' ')}",
+                    rollout_id=rollout_id,
+                )
+            if phase is RolloutPhase.ROLLING_BACK:
+                return self._stop_waiting(rec)
+            return self._abort(rec, reason="aborted by the operator")
+
+    # --- the shared steps, under the lock -------------------------------------------------
+
+    def _check_idle(self, fleet: str) -> None:
+        for rollout_id in self._store.unfinished_ids(fleet):
+            rec = self._step(self._store.load(rollout_id))  # it may have just finished
+            if not rec.rollout.phase.finished:
+                r = rec.rollout
+                what = f"{r.release} " if r.release else ""
+                raise FleetBusyError(
+                    f"fleet {fleet} has an unfinished rollout {r.id} ({what}{r.phase}): wait "
+                    f"for it or abort it (edgectl rollout abort {r.id})",
+                    rollout_id=r.id,
+                )
+
+    def _step(self, rec: RolloutRecord) -> RolloutRecord:
+        if rec.rollout.phase.finished:
+            return rec
+        now = self._clock()
+        reports = self._store.reports(t.device_id for t in rec.rollout.targets)
+        r, commands = engine.step(rec.rollout, reports, now=now)
+        if r == rec.rollout and not commands:
+            return rec
+        return self._apply(rec, self._updated(rec, r), commands)[0]
+
+    def _abort(self, rec: RolloutRecord, *, reason: str) -> RolloutRecord:
+        reports = self._store.reports(t.device_id for t in rec.rollout.targets)
+        r, commands = engine.abort(rec.rollout, reports, reason=reason)
+        return self._apply(rec, self._updated(rec, r), commands)[0]
+
+    def _stop_waiting(self, rec: RolloutRecord) -> RolloutRecord:
+        r = rec.rollout
+        left = [t.device_id for t in r.targets if t.state is DeviceState.ROLLING_BACK]
+        targets = tuple(
+            replace(t, reason=_join(t.reason, "rollback not confirmed when the wait stopped"))
+            if t.state is DeviceState.ROLLING_BACK
+            else t
+            for t in r.targets
+        )
+        reason = _join(r.reason, f"stopped waiting for {', '.join(left)} to confirm")
+        done = replace(r, targets=targets, phase=RolloutPhase.ROLLED_BACK, reason=reason)
+        return self._apply(rec, self._updated(rec, done), [])[0]
+
+    def _updated(self, rec: RolloutRecord, r: engine.Rollout) -> RolloutRecord:
+        return replace(rec, rollout=r, updated_at_ms=_ms(self._clock()))
+
+    def _apply(
+        self, before: RolloutRecord | None, after: RolloutRecord, commands: list[SendDesired]
+    ) -> tuple[RolloutRecord, list[SendDesired]]:
+        """Seal, persist, publish; return what was persisted and the commands carried out."""
+        issued_at = after.updated_at_ms
+        orders = [Order(c.device_id, c.release, c.generation) for c in commands]
+        sealed, missing = self._sender.seal(
+            orders, rollout_id=after.id, fleet=after.rollout.fleet, issued_at_ms=issued_at
+        )
+        if missing:
+            after, commands = _drop(after, commands, missing)
+        self._store.save(before, after, commands, issued_at_ms=issued_at)
+        self._sender.publish(sealed)
+        r = after.rollout
+        if before is None or before.rollout.phase is not r.phase:
+            log.info(
+                "rollout %s: %s%s",
+                r.id,
+                r.phase,
+                f" ({r.reason})" if r.reason else "",
+                extra={"rollout": r.id, "fleet": r.fleet},
+            )
+        return after, commands
+
+
+def _drop(
+    rec: RolloutRecord, commands: list[SendDesired], missing: dict[str, str]
+) -> tuple[RolloutRecord, list[SendDesired]]:
+    """Leave alone the devices whose rollback names a release this controller cannot sign."""
+    for c in commands:
+        if c.device_id in missing and not c.rollback:
+            raise NotFoundError("release", c.release)  # checked at deploy; never written
+    log.error(
+        "rollout %s: cannot send back %s",
+        rec.id,
+        "; ".join(f"{d}: {why}" for d, why in missing.items()),
+        extra={"rollout": rec.id},
+    )
+    targets = tuple(
+        replace(t, state=DeviceState.REVERTED, reason=_join(t.reason, missing[t.device_id]))
+        if t.device_id in missing
+        else t
+        for t in rec.rollout.targets
+    )
+    kept = [c for c in commands if c.device_id not in missing]
+    return replace(rec, rollout=replace(rec.rollout, targets=targets)), kept
+
+
+def _targets(commands: Sequence[SendDesired]) -> tuple[DeployTarget, ...]:
+    return tuple(DeployTarget(c.device_id, c.generation) for c in commands)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b

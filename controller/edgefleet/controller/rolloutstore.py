@@ -1,0 +1,174 @@
+"""Rollouts in SQL: one ``rollouts`` row per rollout, one ``rollout_targets`` row per device,
+and the reports the engine reads from the device tables.
+
+``save`` writes a step in one transaction: the rollout, the targets that changed, and the new
+generation of every device about to be sent a desired state. Only then does the caller publish
+(``rolling``), so a generation on the wire is always one the database already holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from edgefleet.common.errors import NotFoundError
+from edgefleet.controller import rolloutrows
+from edgefleet.controller.db import (
+    Database,
+    DesiredRow,
+    DeviceRow,
+    RolloutRow,
+    RolloutTargetRow,
+    TelemetryRow,
+)
+from edgefleet.controller.records import ROLLBACK, RolloutRecord
+from edgefleet.controller.rollouts.engine import Report, RolloutPhase, SendDesired
+
+_ABORTED = (RolloutPhase.ROLLING_BACK.value, RolloutPhase.ROLLED_BACK.value)
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A desired state the database says was issued (for re-sending it)."""
+
+    device_id: str
+    release: str
+    generation: int
+    issued_at_ms: int
+
+
+class RolloutStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def load(self, rollout_id: str) -> RolloutRecord:
+        with self._db.read() as session:
+            row = session.get(RolloutRow, rollout_id)
+            if row is None:
+                raise NotFoundError("rollout", rollout_id)
+            targets = session.scalars(
+                select(RolloutTargetRow).where(RolloutTargetRow.rollout_id == rollout_id)
+            ).all()
+            return rolloutrows.record(row, targets)
+
+    def unfinished_ids(self, fleet: str = "") -> list[str]:
+        stmt = select(RolloutRow.rollout_id).where(~RolloutRow.finished)
+        if fleet:
+            stmt = stmt.where(RolloutRow.fleet == fleet)
+        with self._db.read() as session:
+            return list(session.scalars(stmt.order_by(RolloutRow.created_at_ms)))
+
+    def list_rollouts(self, fleet: str = "", *, limit: int = 20) -> list[RolloutRecord]:
+        """Newest first."""
+        stmt = select(RolloutRow.rollout_id).order_by(
+            RolloutRow.created_at_ms.desc(), RolloutRow.rollout_id.desc()
+        )
+        if fleet:
+            stmt = stmt.where(RolloutRow.fleet == fleet)
+        with self._db.read() as session:
+            ids = list(session.scalars(stmt.limit(limit)))
+        return [self.load(i) for i in ids]
+
+    def fleet_devices(self, fleet: str) -> list[str]:
+        stmt = select(DeviceRow.device_id).where(DeviceRow.fleet == fleet)
+        with self._db.read() as session:
+            return sorted(session.scalars(stmt))
+
+    def previous_releases(self, device_ids: Iterable[str]) -> dict[str, str]:
+        stmt = select(DeviceRow.device_id, DeviceRow.previous_release).where(
+            DeviceRow.device_id.in_(list(device_ids))
+        )
+        with self._db.read() as session:
+            return {d: p for d, p in session.execute(stmt)}
+
+    def reports(self, device_ids: Iterable[str]) -> dict[str, Report]:
+        stmt = (
+            select(DeviceRow, TelemetryRow, DesiredRow)
+            .outerjoin(TelemetryRow, TelemetryRow.device_id == DeviceRow.device_id)
+            .outerjoin(DesiredRow, DesiredRow.device_id == DeviceRow.device_id)
+            .where(DeviceRow.device_id.in_(list(device_ids)))
+        )
+        with self._db.read() as session:
+            return {d.device_id: rolloutrows.report(d, x, w) for d, x, w in session.execute(stmt)}
+
+    def issued(self, rollout_id: str, generations: dict[str, int]) -> list[Issued]:
+        """The desired states of this rollout still current for these devices."""
+        stmt = select(DesiredRow).where(
+            DesiredRow.rollout_id == rollout_id, DesiredRow.device_id.in_(list(generations))
+        )
+        with self._db.read() as session:
+            return [
+                Issued(r.device_id, r.release, r.generation, r.issued_at_ms)
+                for r in session.scalars(stmt)
+                if generations[r.device_id] == r.generation
+            ]
+
+    def save(
+        self,
+        before: RolloutRecord | None,
+        after: RolloutRecord,
+        commands: Sequence[SendDesired],
+        *,
+        issued_at_ms: int,
+    ) -> None:
+        rid = after.id
+        old = {t.device_id: t for t in before.rollout.targets} if before is not None else {}
+        with self._db.write() as session:
+            row = session.get(RolloutRow, rid)
+            if row is None:
+                row = RolloutRow()
+                session.add(row)
+            rolloutrows.set_rollout(row, after)
+            session.flush()  # the rollout before its targets (foreign key)
+            for t in after.rollout.targets:
+                if old.get(t.device_id) == t:
+                    continue
+                trow = session.get(RolloutTargetRow, (rid, t.device_id))
+                if trow is None:
+                    trow = RolloutTargetRow(rollout_id=rid, device_id=t.device_id)
+                    session.add(trow)
+                rolloutrows.set_target(trow, t)
+            for c in commands:
+                desired = session.get(DesiredRow, c.device_id)
+                if desired is None:
+                    desired = DesiredRow(device_id=c.device_id, generation=0)
+                    session.add(desired)
+                elif desired.generation >= c.generation:  # the engine's invariant; never publish
+                    raise RuntimeError(
+                        f"generation {c.generation} for {c.device_id} is not above the issued "
+                        f"{desired.generation}"
+                    )
+                desired.generation = c.generation
+                desired.release = c.release
+                desired.rollout_id = rid
+                desired.issued_at_ms = issued_at_ms
+
+    def phases(self) -> list[tuple[str, str, str, str]]:
+        """(rollout, fleet, release, phase) of every unfinished rollout and each fleet's newest."""
+        newest = (
+            select(RolloutRow.fleet, func.max(RolloutRow.created_at_ms).label("at"))
+            .group_by(RolloutRow.fleet)
+            .subquery()
+        )
+        stmt = select(RolloutRow.rollout_id, RolloutRow.fleet, RolloutRow.release, RolloutRow.phase)
+        latest = stmt.join(
+            newest,
+            (newest.c.fleet == RolloutRow.fleet) & (newest.c.at == RolloutRow.created_at_ms),
+        )
+        rows: set[tuple[str, str, str, str]] = set()
+        with self._db.read() as session:
+            for q in (stmt.where(~RolloutRow.finished), latest):
+                rows.update((r, f, rel, p) for r, f, rel, p in session.execute(q))
+        return sorted(rows)
+
+    def aborted(self) -> list[tuple[str, int]]:
+        """(fleet, rollouts aborted) - a fleet rollback's own record is no abort."""
+        stmt = (
+            select(RolloutRow.fleet, func.count())
+            .where(RolloutRow.phase.in_(_ABORTED), RolloutRow.strategy != ROLLBACK)
+            .group_by(RolloutRow.fleet)
+        )
+        with self._db.read() as session:
+            return [(f, int(n)) for f, n in session.execute(stmt)]

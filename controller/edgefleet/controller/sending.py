@@ -1,0 +1,141 @@
+"""Desired states out: seal each engine command with the active key and the signed manifest of
+the release it names, then publish it retained at QoS 1 on the device's desired topic.
+
+Sealing is separate from publishing so that the caller can seal (and fail: no key, unknown
+release) before it writes anything, and publish only after the write. A message paho refuses
+to queue is kept and tried again on the next ``retry``, unless a newer one for the same device
+replaced it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgefleet.common import desired, topics
+from edgefleet.common import types as t
+from edgefleet.common.errors import InvalidInputError, NotFoundError, TransientError
+from edgefleet.controller.keys import KeyRing
+from edgefleet.controller.metrics import Metrics
+from edgefleet.controller.records import Release
+from edgefleet.controller.releases import Releases
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    """The MQTT session as the controller uses it to send."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> object: ...
+
+
+@dataclass(frozen=True)
+class Order:
+    """One desired state to send: device, release, generation."""
+
+    device_id: str
+    release: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class Sealed:
+    device_id: str
+    generation: int
+    payload: bytes
+
+
+class Sender:
+    def __init__(
+        self,
+        releases: Releases,
+        *,
+        keys: KeyRing,
+        publisher: Publisher,
+        metrics: Metrics,
+        artifact_sources: Sequence[str],
+    ) -> None:
+        self._releases = releases
+        self._keys = keys
+        self._publisher = publisher
+        self._metrics = metrics
+        self._sources = tuple(artifact_sources)
+        self._lock = threading.Lock()
+        self._unsent: dict[str, Sealed] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._publisher.connected
+
+    def seal(
+        self, orders: Sequence[Order], *, rollout_id: str, fleet: str, issued_at_ms: int
+    ) -> tuple[list[Sealed], dict[str, str]]:
+        """Seal every order; also return, per device, why its order cannot be sealed (a
+        release this controller does not hold). ``NoSigningKeyError`` when there is no key."""
+        if not orders:
+            return [], {}
+        _, key = self._keys.active()
+        manifests: dict[str, Release | None] = {}
+        sealed: list[Sealed] = []
+        missing: dict[str, str] = {}
+        for o in orders:
+            if o.release not in manifests:
+                manifests[o.release] = self._find(o.release)
+            release = manifests[o.release]
+            if release is None:
+                missing[o.device_id] = f"release {o.release} is not known to this controller"
+                continue
+            payload = desired.seal(
+                device_id=o.device_id,
+                fleet=fleet,
+                generation=o.generation,
+                signed_manifest=release.signed_manifest,
+                rollout_id=rollout_id,
+                issued_at_ms=issued_at_ms,
+                artifact_sources=self._sources,
+                key=key,
+            )
+            sealed.append(Sealed(o.device_id, o.generation, payload))
+        return sealed, missing
+
+    def publish(self, sealed: Sequence[Sealed]) -> None:
+        """Queue each message (paho sends QoS 1 once the broker is reachable)."""
+        with self._lock:
+            for s in sealed:
+                self._unsent.pop(s.device_id, None)
+                self._publish(s)
+
+    def retry(self) -> None:
+        with self._lock:
+            unsent, self._unsent = list(self._unsent.values()), {}
+            for s in unsent:
+                self._publish(s)
+
+    def _publish(self, s: Sealed) -> None:
+        try:
+            self._publisher.publish(topics.desired(s.device_id), s.payload, qos=1, retain=True)
+        except TransientError as exc:
+            log.error(
+                "desired state %d for %s not queued (will retry): %s",
+                s.generation,
+                s.device_id,
+                exc,
+                extra={"device": s.device_id},
+            )
+            self._unsent[s.device_id] = s
+        else:
+            self._metrics.desired_published.inc()
+
+    def _find(self, release: str) -> Release | None:
+        try:
+            return self._releases.get(t.ReleaseRef.parse(release))
+        except (NotFoundError, InvalidInputError):
+            return None
