@@ -37,6 +37,9 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[broker,dev]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[broker,dev,compress]"
+# A real pretrained model for `make bench` (PaddleOCR's text-direction classifier, shipped in
+# the wheel); only its .onnx file is used, so none of its dependencies.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "rapidocr-onnxruntime==1.4.4"
 touch .venv/.installed
 echo "setup: .venv ready ($(.venv/bin/python --version))"
