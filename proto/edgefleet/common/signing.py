@@ -21,6 +21,7 @@ from edgefleet.common.errors import SignatureError
 
 MANIFEST_TYPE = "edgefleet.v1.Manifest"
 DESIRED_TYPE = "edgefleet.v1.DesiredState"
+BENCHMARK_TYPE = "edgefleet.v1.BenchmarkSpec"
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,7 @@ class Manifest:
     annotations: Mapping[str, str] = field(default_factory=dict)
     golden_digest: str = ""
     golden_size: int = 0
+    model_encoding: str = ""  # "" = plain .onnx; "efpk" = packed container
 
     @property
     def ref(self) -> ReleaseRef:

@@ -180,6 +180,7 @@ def manifest_to_pb(m: t.Manifest) -> common_pb2.Manifest:
         model_version=m.model_version,
         golden_digest=m.golden_digest,
         golden_size=m.golden_size,
+        model_encoding=m.model_encoding,
     )
 
 
@@ -201,6 +202,7 @@ def manifest_from_pb(msg: common_pb2.Manifest) -> t.Manifest:
         model_version=msg.model_version,
         golden_digest=msg.golden_digest,
         golden_size=msg.golden_size,
+        model_encoding=msg.model_encoding,
     )
 
 

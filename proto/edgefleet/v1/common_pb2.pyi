@@ -198,6 +198,7 @@ class Manifest(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _builtins.int
     GOLDEN_DIGEST_FIELD_NUMBER: _builtins.int
     GOLDEN_SIZE_FIELD_NUMBER: _builtins.int
+    MODEL_ENCODING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     """semver"""
@@ -216,6 +217,10 @@ class Manifest(_message.Message):
     activation. Empty = smoke inference on zeros only.
     """
     golden_size: _builtins.int
+    model_encoding: _builtins.str
+    """How the model blob is encoded: "" = a plain .onnx file; "efpk" = the packed container
+    (clustered weights Huffman-coded), which the agent decodes and checks before loading.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]: ...
     @_builtins.property
@@ -241,10 +246,11 @@ class Manifest(_message.Message):
         model_version: _builtins.int = ...,
         golden_digest: _builtins.str = ...,
         golden_size: _builtins.int = ...,
+        model_encoding: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "golden_digest", b"golden_digest", "golden_size", b"golden_size", "health", b"health", "inputs", b"inputs", "model_digest", b"model_digest", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "golden_digest", b"golden_digest", "golden_size", b"golden_size", "health", b"health", "inputs", b"inputs", "model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -172,6 +172,9 @@ class RegisteredModel(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     OPSET_FIELD_NUMBER: _builtins.int
+    PARENT_VERSION_FIELD_NUMBER: _builtins.int
+    COMPRESSED_FIELD_NUMBER: _builtins.int
+    TRANSFER_SIZE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     digest: _builtins.str
@@ -179,6 +182,12 @@ class RegisteredModel(_message.Message):
     created_at_ms: _builtins.int
     description: _builtins.str
     opset: _builtins.int
+    parent_version: _builtins.int
+    """the version this one was compressed from; 0 = none"""
+    compressed: _builtins.bool
+    """has a compression report (and golden data) with it"""
+    transfer_size: _builtins.int
+    """bytes a device downloads (packed container), 0 = size"""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]: ...
     @_builtins.property
@@ -195,10 +204,13 @@ class RegisteredModel(_message.Message):
         created_at_ms: _builtins.int = ...,
         description: _builtins.str = ...,
         opset: _builtins.int = ...,
+        parent_version: _builtins.int = ...,
+        compressed: _builtins.bool = ...,
+        transfer_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "description", b"description", "digest", b"digest", "inputs", b"inputs", "name", b"name", "opset", b"opset", "outputs", b"outputs", "size", b"size", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compressed", b"compressed", "created_at_ms", b"created_at_ms", "description", b"description", "digest", b"digest", "inputs", b"inputs", "name", b"name", "opset", b"opset", "outputs", b"outputs", "parent_version", b"parent_version", "size", b"size", "transfer_size", b"transfer_size", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -814,6 +826,179 @@ class ListRolloutsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRolloutsResponse: _TypeAlias = ListRolloutsResponse  # noqa: Y015
+
+@_typing.final
+class CompressRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    RECIPE_FIELD_NUMBER: _builtins.int
+    EVAL_DATA_FIELD_NUMBER: _builtins.int
+    MAX_ACCURACY_DROP_FIELD_NUMBER: _builtins.int
+    OBJECTIVE_FIELD_NUMBER: _builtins.int
+    PROFILE_ON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.int
+    """0 = the newest version"""
+    recipe: _builtins.str
+    """"auto" (default) or pipelines: "int8-static,prune-structured-30+int8-static" """
+    eval_data: _builtins.bytes
+    """.npz: the model's inputs by name, optional "labels" """
+    max_accuracy_drop: _builtins.float
+    """points (accuracy) or fidelity drop; default 1.0"""
+    objective: _builtins.str
+    """balanced (default) | latency | size"""
+    profile_on: _builtins.str
+    """time candidates on this device, through its agent"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        recipe: _builtins.str = ...,
+        eval_data: _builtins.bytes = ...,
+        max_accuracy_drop: _builtins.float | None = ...,
+        objective: _builtins.str = ...,
+        profile_on: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "max_accuracy_drop", b"max_accuracy_drop"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "eval_data", b"eval_data", "max_accuracy_drop", b"max_accuracy_drop", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_accuracy_drop: _TypeAlias = _typing.Literal["max_accuracy_drop"]  # noqa: Y015
+    _WhichOneofArgType__max_accuracy_drop: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_accuracy_drop) -> _WhichOneofReturnType__max_accuracy_drop | None: ...
+
+Global___CompressRequest: _TypeAlias = CompressRequest  # noqa: Y015
+
+@_typing.final
+class CompressCandidate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    TECHNIQUES_FIELD_NUMBER: _builtins.int
+    PARAMETERS_JSON_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    TRANSFER_BYTES_FIELD_NUMBER: _builtins.int
+    P50_MS_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DROP_FIELD_NUMBER: _builtins.int
+    PASSED_GATE_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    candidate: _builtins.str
+    parameters_json: _builtins.str
+    size_bytes: _builtins.int
+    transfer_bytes: _builtins.int
+    p50_ms: _builtins.float
+    metric: _builtins.str
+    value: _builtins.float
+    drop: _builtins.float
+    passed_gate: _builtins.bool
+    verdict: _builtins.str
+    """why it passed or failed, "slower than the original", "skipped: ..." """
+    @_builtins.property
+    def techniques(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        candidate: _builtins.str = ...,
+        techniques: _abc.Iterable[_builtins.str] | None = ...,
+        parameters_json: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        transfer_bytes: _builtins.int = ...,
+        p50_ms: _builtins.float = ...,
+        metric: _builtins.str = ...,
+        value: _builtins.float = ...,
+        drop: _builtins.float = ...,
+        passed_gate: _builtins.bool = ...,
+        verdict: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "drop", b"drop", "metric", b"metric", "p50_ms", b"p50_ms", "parameters_json", b"parameters_json", "passed_gate", b"passed_gate", "size_bytes", b"size_bytes", "techniques", b"techniques", "transfer_bytes", b"transfer_bytes", "value", b"value", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompressCandidate: _TypeAlias = CompressCandidate  # noqa: Y015
+
+@_typing.final
+class CompressResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASSED_FIELD_NUMBER: _builtins.int
+    WINNER_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    REPORT_JSON_FIELD_NUMBER: _builtins.int
+    REPORT_MARKDOWN_FIELD_NUMBER: _builtins.int
+    CANDIDATES_FIELD_NUMBER: _builtins.int
+    ORIGINAL_FIELD_NUMBER: _builtins.int
+    passed: _builtins.bool
+    winner: _builtins.str
+    report_json: _builtins.str
+    report_markdown: _builtins.str
+    @_builtins.property
+    def model(self) -> Global___RegisteredModel:
+        """the new version, when passed"""
+
+    @_builtins.property
+    def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompressCandidate]: ...
+    @_builtins.property
+    def original(self) -> Global___CompressCandidate: ...
+    def __init__(
+        self,
+        *,
+        passed: _builtins.bool = ...,
+        winner: _builtins.str = ...,
+        model: Global___RegisteredModel | None = ...,
+        report_json: _builtins.str = ...,
+        report_markdown: _builtins.str = ...,
+        candidates: _abc.Iterable[Global___CompressCandidate] | None = ...,
+        original: Global___CompressCandidate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "original", b"original"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "model", b"model", "original", b"original", "passed", b"passed", "report_json", b"report_json", "report_markdown", b"report_markdown", "winner", b"winner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompressResult: _TypeAlias = CompressResult  # noqa: Y015
+
+@_typing.final
+class CompressProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DONE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    done: _builtins.int
+    total: _builtins.int
+    message: _builtins.str
+    @_builtins.property
+    def candidate(self) -> Global___CompressCandidate: ...
+    @_builtins.property
+    def result(self) -> Global___CompressResult: ...
+    def __init__(
+        self,
+        *,
+        done: _builtins.int = ...,
+        total: _builtins.int = ...,
+        message: _builtins.str = ...,
+        candidate: Global___CompressCandidate | None = ...,
+        result: Global___CompressResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "message", b"message", "result", b"result", "update", b"update"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "done", b"done", "message", b"message", "result", b"result", "total", b"total", "update", b"update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["message", "candidate", "result"]  # noqa: Y015
+    _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_update) -> _WhichOneofReturnType_update | None: ...
+
+Global___CompressProgress: _TypeAlias = CompressProgress  # noqa: Y015
 
 @_typing.final
 class RollbackRequest(_message.Message):

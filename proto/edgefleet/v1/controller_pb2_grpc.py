@@ -109,6 +109,11 @@ class ControllerServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_controller__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_controller__pb2.DeployResponse.FromString,
                 _registered_method=True)
+        self.CompressModel = channel.unary_stream(
+                '/edgefleet.v1.ControllerService/CompressModel',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.CompressRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.CompressProgress.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -205,6 +210,14 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CompressModel(self, request, context):
+        """Accuracy-gated compression search; streams each candidate as it is measured, then the
+        result. A winner is registered as a new version of the model, linked to its parent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -282,6 +295,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=edgefleet_dot_v1_dot_controller__pb2.RollbackRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_controller__pb2.DeployResponse.SerializeToString,
+            ),
+            'CompressModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.CompressModel,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.CompressRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.CompressProgress.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -689,6 +707,33 @@ class ControllerService:
             '/edgefleet.v1.ControllerService/Rollback',
             edgefleet_dot_v1_dot_controller__pb2.RollbackRequest.SerializeToString,
             edgefleet_dot_v1_dot_controller__pb2.DeployResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompressModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/CompressModel',
+            edgefleet_dot_v1_dot_controller__pb2.CompressRequest.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.CompressProgress.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,10 @@ class ControllerServiceStub:
     AbortRollout: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RolloutRef, _controller_pb2.RolloutInfo]
     Rollback: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RollbackRequest, _controller_pb2.DeployResponse]
     """Every device of the fleet back to its previous release (or to `to_release`), now."""
+    CompressModel: _grpc.UnaryStreamMultiCallable[_controller_pb2.CompressRequest, _controller_pb2.CompressProgress]
+    """Accuracy-gated compression search; streams each candidate as it is measured, then the
+    result. A winner is registered as a new version of the model, linked to its parent.
+    """
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -67,6 +71,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     AbortRollout: _aio.UnaryUnaryMultiCallable[_controller_pb2.RolloutRef, _controller_pb2.RolloutInfo]  # type: ignore[assignment]
     Rollback: _aio.UnaryUnaryMultiCallable[_controller_pb2.RollbackRequest, _controller_pb2.DeployResponse]  # type: ignore[assignment]
     """Every device of the fleet back to its previous release (or to `to_release`), now."""
+    CompressModel: _aio.UnaryStreamMultiCallable[_controller_pb2.CompressRequest, _controller_pb2.CompressProgress]  # type: ignore[assignment]
+    """Accuracy-gated compression search; streams each candidate as it is measured, then the
+    result. A winner is registered as a new version of the model, linked to its parent.
+    """
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -174,5 +182,15 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.DeployResponse, _abc.Awaitable[_controller_pb2.DeployResponse]]:
         """Every device of the fleet back to its previous release (or to `to_release`), now."""
+
+    @_abc_1.abstractmethod
+    def CompressModel(
+        self,
+        request: _controller_pb2.CompressRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.CompressProgress], _abc.AsyncIterator[_controller_pb2.CompressProgress]]:
+        """Accuracy-gated compression search; streams each candidate as it is measured, then the
+        result. A winner is registered as a new version of the model, linked to its parent.
+        """
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -20,6 +20,103 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class BenchmarkSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    WARMUP_FIELD_NUMBER: _builtins.int
+    THREADS_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
+    model: _builtins.bytes
+    """.onnx bytes"""
+    runs: _builtins.int
+    """0 = 50"""
+    warmup: _builtins.int
+    """0 = 5"""
+    threads: _builtins.int
+    """0 = ONNX Runtime's default"""
+    issued_at_ms: _builtins.int
+    """the agent refuses specs older than 5 minutes (replay)"""
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.bytes = ...,
+        inputs: _abc.Iterable[_common_pb2.Tensor] | None = ...,
+        runs: _builtins.int = ...,
+        warmup: _builtins.int = ...,
+        threads: _builtins.int = ...,
+        issued_at_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "issued_at_ms", b"issued_at_ms", "model", b"model", "runs", b"runs", "threads", b"threads", "warmup", b"warmup"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BenchmarkSpec: _TypeAlias = BenchmarkSpec  # noqa: Y015
+
+@_typing.final
+class BenchmarkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPEC_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spec(self) -> _common_pb2.Signed:
+        """a signed BenchmarkSpec"""
+
+    def __init__(
+        self,
+        *,
+        spec: _common_pb2.Signed | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BenchmarkRequest: _TypeAlias = BenchmarkRequest  # noqa: Y015
+
+@_typing.final
+class BenchmarkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    P50_MS_FIELD_NUMBER: _builtins.int
+    P95_MS_FIELD_NUMBER: _builtins.int
+    P99_MS_FIELD_NUMBER: _builtins.int
+    RUNS_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    p50_ms: _builtins.float
+    p95_ms: _builtins.float
+    p99_ms: _builtins.float
+    runs: _builtins.int
+    device_id: _builtins.str
+    providers: _builtins.str
+    """ONNX Runtime execution providers used"""
+    def __init__(
+        self,
+        *,
+        p50_ms: _builtins.float = ...,
+        p95_ms: _builtins.float = ...,
+        p99_ms: _builtins.float = ...,
+        runs: _builtins.int = ...,
+        device_id: _builtins.str = ...,
+        providers: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms", "providers", b"providers", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BenchmarkResponse: _TypeAlias = BenchmarkResponse  # noqa: Y015
+
+@_typing.final
 class PredictRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -44,6 +44,11 @@ class InferenceServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_inference__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_inference__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
+        self.Benchmark = channel.unary_unary(
+                '/edgefleet.v1.InferenceService/Benchmark',
+                request_serializer=edgefleet_dot_v1_dot_inference__pb2.BenchmarkRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_inference__pb2.BenchmarkResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -61,6 +66,14 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Benchmark(self, request, context):
+        """Time a candidate model on this device's own hardware. The request must be signed by a key
+        the agent trusts (payload type edgefleet.v1.BenchmarkSpec): a device runs no unsigned model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +86,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.ModelInfo,
                     request_deserializer=edgefleet_dot_v1_dot_inference__pb2.ModelInfoRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_inference__pb2.ModelInfoResponse.SerializeToString,
+            ),
+            'Benchmark': grpc.unary_unary_rpc_method_handler(
+                    servicer.Benchmark,
+                    request_deserializer=edgefleet_dot_v1_dot_inference__pb2.BenchmarkRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_inference__pb2.BenchmarkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +147,33 @@ class InferenceService:
             '/edgefleet.v1.InferenceService/ModelInfo',
             edgefleet_dot_v1_dot_inference__pb2.ModelInfoRequest.SerializeToString,
             edgefleet_dot_v1_dot_inference__pb2.ModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Benchmark(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.InferenceService/Benchmark',
+            edgefleet_dot_v1_dot_inference__pb2.BenchmarkRequest.SerializeToString,
+            edgefleet_dot_v1_dot_inference__pb2.BenchmarkResponse.FromString,
             options,
             channel_credentials,
             insecure,

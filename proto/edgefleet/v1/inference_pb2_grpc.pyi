@@ -33,12 +33,20 @@ class InferenceServiceStub:
     def __new__(cls, channel: _aio.Channel) -> InferenceServiceAsyncStub: ...
     Predict: _grpc.UnaryUnaryMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]
     ModelInfo: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ModelInfoRequest, _inference_pb2.ModelInfoResponse]
+    Benchmark: _grpc.UnaryUnaryMultiCallable[_inference_pb2.BenchmarkRequest, _inference_pb2.BenchmarkResponse]
+    """Time a candidate model on this device's own hardware. The request must be signed by a key
+    the agent trusts (payload type edgefleet.v1.BenchmarkSpec): a device runs no unsigned model.
+    """
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Predict: _aio.UnaryUnaryMultiCallable[_inference_pb2.PredictRequest, _inference_pb2.PredictResponse]  # type: ignore[assignment]
     ModelInfo: _aio.UnaryUnaryMultiCallable[_inference_pb2.ModelInfoRequest, _inference_pb2.ModelInfoResponse]  # type: ignore[assignment]
+    Benchmark: _aio.UnaryUnaryMultiCallable[_inference_pb2.BenchmarkRequest, _inference_pb2.BenchmarkResponse]  # type: ignore[assignment]
+    """Time a candidate model on this device's own hardware. The request must be signed by a key
+    the agent trusts (payload type edgefleet.v1.BenchmarkSpec): a device runs no unsigned model.
+    """
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -54,5 +62,15 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_pb2.ModelInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ModelInfoResponse, _abc.Awaitable[_inference_pb2.ModelInfoResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Benchmark(
+        self,
+        request: _inference_pb2.BenchmarkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.BenchmarkResponse, _abc.Awaitable[_inference_pb2.BenchmarkResponse]]:
+        """Time a candidate model on this device's own hardware. The request must be signed by a key
+        the agent trusts (payload type edgefleet.v1.BenchmarkSpec): a device runs no unsigned model.
+        """
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
