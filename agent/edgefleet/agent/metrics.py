@@ -2,7 +2,8 @@
 
 Names (all prefixed ``edgefleet_``): inference latency histogram, requests, errors by reason,
 requests in flight, model load time, time per install phase, bytes downloaded, and an info
-metric naming the active and previous release.
+metric naming the active and previous release; plus the standard ``process_*`` CPU and memory
+metrics of the agent process.
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ import logging
 import threading
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.exposition import start_http_server
 
 log = logging.getLogger(__name__)
@@ -27,6 +36,9 @@ class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... and the Python version
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.latency = Histogram(
             "edgefleet_inference_latency_seconds",
             "Predict latency, from request decoded to response built.",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from edgefleet.common import types as t
 from edgefleet.common import wire
+from edgefleet.controller import compressing
+from edgefleet.controller.compress.searching import CandidateRecord
 from edgefleet.controller.records import (
     ROLLBACK,
     DeviceView,
@@ -46,6 +49,9 @@ def registered_model(m: ModelVersion) -> controller_pb2.RegisteredModel:
         created_at_ms=m.created_at_ms,
         description=m.description,
         opset=m.opset,
+        parent_version=m.parent_version,
+        compressed=m.compressed,
+        transfer_size=m.transfer_size,
     )
 
 
@@ -166,3 +172,63 @@ def device_info(d: DeviceView) -> controller_pb2.DeviceInfo:
     if d.telemetry is not None:
         msg.telemetry.CopyFrom(wire.telemetry_to_pb(d.telemetry))
     return msg
+
+
+# --- compression -------------------------------------------------------------------------
+
+
+def compress_job(msg: controller_pb2.CompressRequest) -> compressing.Job:
+    return compressing.Job(
+        name=msg.name,
+        version=msg.version,
+        recipe=msg.recipe or "auto",
+        eval_data=msg.eval_data,
+        max_drop=(
+            msg.max_accuracy_drop
+            if msg.HasField("max_accuracy_drop")
+            else compressing.DEFAULT_MAX_DROP
+        ),
+        objective=msg.objective,
+        profile_on=msg.profile_on,
+    )
+
+
+def compress_candidate(c: CandidateRecord) -> controller_pb2.CompressCandidate:
+    steps = [{"technique": str(s.technique), **s.params} for s in c.steps]
+    return controller_pb2.CompressCandidate(
+        candidate=c.name,
+        techniques=list(c.techniques),
+        parameters_json=json.dumps(steps, default=str),
+        size_bytes=c.size_bytes,
+        transfer_bytes=c.transfer_bytes,
+        p50_ms=c.p50_ms,
+        metric=c.metric,
+        value=c.value,
+        drop=c.drop,
+        passed_gate=c.passed_gate,
+        verdict=c.verdict,
+    )
+
+
+def compress_progress(event: compressing.Event) -> controller_pb2.CompressProgress:
+    if isinstance(event, compressing.Outcome):
+        r = event.result
+        total = len(r.candidates)
+        result = controller_pb2.CompressResult(
+            passed=event.model is not None,
+            winner=r.winner.name if r.winner is not None else "",
+            report_json=event.report_json,
+            report_markdown=event.report_markdown,
+            candidates=[compress_candidate(c) for c in r.candidates],
+            original=compress_candidate(r.original),
+        )
+        if event.model is not None:
+            result.model.CopyFrom(registered_model(event.model))
+        return controller_pb2.CompressProgress(done=total, total=total, result=result)
+    if event.candidate is not None:
+        return controller_pb2.CompressProgress(
+            done=event.done, total=event.total, candidate=compress_candidate(event.candidate)
+        )
+    return controller_pb2.CompressProgress(
+        done=event.done, total=event.total, message=event.message
+    )

@@ -72,6 +72,14 @@ class ModelRow(Base):
     opset: Mapped[int] = mapped_column(Integer)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    # A compressed version: its source version (same name) and, as blob digests, the search's
+    # report, the golden .npz and the packed transfer container (NULL: none, or not packed).
+    parent_version: Mapped[int | None] = mapped_column(Integer)
+    report_json_digest: Mapped[str | None] = mapped_column(_DIGEST)
+    report_markdown_digest: Mapped[str | None] = mapped_column(_DIGEST)
+    golden_digest: Mapped[str | None] = mapped_column(_DIGEST)
+    transfer_digest: Mapped[str | None] = mapped_column(_DIGEST)
+    transfer_size: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ReleaseRow(Base):

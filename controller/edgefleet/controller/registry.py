@@ -3,6 +3,10 @@
 Bytes go to the content-addressed ``BlobStore``; the database holds the metadata (digest, size,
 signature, opset). Uploading the same bytes as the newest version returns that version instead
 of making a new one, so a retried upload is harmless.
+
+A compressed version (``register_compressed``) names its parent version and carries the
+search's report, golden data and packed transfer container as blobs; ``compression_artifacts``
+hands them to a release.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from edgefleet.common.artifacts import BlobStore
 from edgefleet.common.errors import InvalidInputError, NotFoundError, TransientError
 from edgefleet.controller import onnxspec
 from edgefleet.controller.db import Database, ModelRow
-from edgefleet.controller.records import ModelVersion
+from edgefleet.controller.records import CompressionArtifacts, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,37 @@ class Registry:
 
     def register(self, upload: Upload, data: bytes) -> ModelVersion:
         name = t.validate_name("model", upload.name)
+        return self._add(name, data, description=upload.description, extra={})
+
+    def register_compressed(
+        self,
+        parent: ModelVersion,
+        data: bytes,
+        *,
+        report_json: str,
+        report_markdown: str,
+        golden_npz: bytes | None,
+        transfer: bytes | None,
+        description: str = "",
+    ) -> ModelVersion:
+        """Register ``data`` as the next version of ``parent.name``, compressed from ``parent``.
+
+        ``transfer`` is the packed container devices download instead (None: the model itself).
+        The blobs are written before the row, so a row never names a missing blob.
+        """
+        extra: dict[str, Any] = {
+            "parent_version": parent.version,
+            "report_json_digest": self._blobs.put(report_json.encode()),
+            "report_markdown_digest": self._blobs.put(report_markdown.encode()),
+            "golden_digest": self._blobs.put(golden_npz) if golden_npz is not None else None,
+            "transfer_digest": self._blobs.put(transfer) if transfer is not None else None,
+            "transfer_size": len(transfer) if transfer is not None else None,
+        }
+        return self._add(parent.name, data, description=description, extra=extra)
+
+    def _add(
+        self, name: str, data: bytes, *, description: str, extra: dict[str, Any]
+    ) -> ModelVersion:
         info = onnxspec.inspect(data)
         digest = self._blobs.put(data)
         for _attempt in range(3):
@@ -72,7 +107,12 @@ class Registry:
                         .where(ModelRow.name == name)
                         .order_by(ModelRow.version.desc())
                     ).first()
-                    if latest is not None and latest.digest == digest:
+                    if (
+                        latest is not None
+                        and latest.digest == digest
+                        and latest.parent_version == extra.get("parent_version")
+                        and latest.transfer_digest == extra.get("transfer_digest")
+                    ):
                         log.info("model %s: same bytes as version %d", name, latest.version)
                         return _record(latest)
                     row = ModelRow(
@@ -83,8 +123,9 @@ class Registry:
                         inputs=_specs_json(info.inputs),
                         outputs=_specs_json(info.outputs),
                         opset=info.opset,
-                        description=upload.description,
+                        description=description,
                         created_at_ms=self._clock(),
+                        **extra,
                     )
                     session.add(row)
             except IntegrityError:
@@ -93,6 +134,29 @@ class Registry:
             log.info("registered model %s version %d (%s)", name, row.version, digest)
             return _record(row)
         raise TransientError(f"model {name}: too many concurrent uploads, try again")
+
+    def model_bytes(self, model: ModelVersion) -> bytes:
+        """The ONNX bytes of a registered version."""
+        return self._blobs.read(model.digest)
+
+    def compression_artifacts(self, model: ModelVersion) -> CompressionArtifacts | None:
+        """The report, golden data and transfer container of a compressed version; None for a
+        version that was not made by ``register_compressed``."""
+        if not model.compressed:
+            return None
+        return CompressionArtifacts(
+            report_json=self._blobs.read(model.report_json_digest).decode(),
+            golden_npz=self._blobs.read(model.golden_digest) if model.golden_digest else None,
+            transfer=self._blobs.read(model.transfer_digest) if model.transfer_digest else None,
+            transfer_digest=model.transfer_digest,
+            golden_digest=model.golden_digest,
+        )
+
+    def report_markdown(self, model: ModelVersion) -> str:
+        """The Markdown compression report of a compressed version ("" for any other)."""
+        if not model.report_markdown_digest:
+            return ""
+        return self._blobs.read(model.report_markdown_digest).decode()
 
     def list_models(self, name: str = "") -> list[ModelVersion]:
         stmt = select(ModelRow).order_by(ModelRow.name, ModelRow.version)
@@ -138,4 +202,10 @@ def _record(row: ModelRow) -> ModelVersion:
         opset=row.opset,
         created_at_ms=row.created_at_ms,
         description=row.description,
+        parent_version=row.parent_version or 0,
+        report_json_digest=row.report_json_digest or "",
+        report_markdown_digest=row.report_markdown_digest or "",
+        golden_digest=row.golden_digest or "",
+        transfer_digest=row.transfer_digest or "",
+        transfer_size=row.transfer_size or 0,
     )

@@ -22,7 +22,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from edgefleet.common.artifacts import ArtifactServicer, BlobStore, atomic_write
 from edgefleet.common.errors import TransientError
 from edgefleet.common.mqttclient import MqttSession
+from edgefleet.controller import benchmarking
 from edgefleet.controller import ingest as ingesting
+from edgefleet.controller.compressing import Compressor
 from edgefleet.controller.config import Settings, join_address, split_address
 from edgefleet.controller.db import Database
 from edgefleet.controller.deploying import Deployer
@@ -152,6 +154,10 @@ class Controller:
             deployer=deployer,
             rollouts=rollouts,
             max_model_bytes=s.registry.max_model_bytes,
+            compressor=Compressor(
+                registry,
+                device_timer=lambda device_id: benchmarking.device_timer(devices, keys, device_id),
+            ),
         )
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, server)
         artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(blobs), server)

@@ -8,6 +8,7 @@ ALREADY_EXISTS for a taken release name); anything else is logged and answered I
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeVar
 
@@ -17,6 +18,7 @@ from edgefleet.common import rpc, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.controller import api
+from edgefleet.controller.compressing import Compressor
 from edgefleet.controller.deploying import Deployer
 from edgefleet.controller.devices import DeviceStore
 from edgefleet.controller.keys import KeyRing
@@ -70,6 +72,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         deployer: Deployer,
         rollouts: Rollouts,
         max_model_bytes: int,
+        compressor: Compressor | None = None,
     ) -> None:
         self._keys = keys
         self._registry = registry
@@ -78,6 +81,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         self._deployer = deployer
         self._rollouts = rollouts
         self._max_model_bytes = max_model_bytes
+        self._compressor = compressor or Compressor(registry)
 
     def InitKey(self, request: pb.InitKeyRequest, context: grpc.ServicerContext) -> pb.KeyInfo:
         return serve(
@@ -117,6 +121,26 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                 models=[api.registered_model(m) for m in self._registry.list_models(request.name)]
             ),
         )
+
+    def CompressModel(
+        self, request: pb.CompressRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.CompressProgress]:
+        """Stream the search's progress, then its result. Runs on this call's worker thread
+        (plus one search thread); a caller that goes away stops it after the current candidate."""
+        cancelled = threading.Event()
+        context.add_callback(cancelled.set)
+        try:
+            job = api.compress_job(request)
+            for event in self._compressor.run(job, cancelled=cancelled):
+                yield api.compress_progress(event)
+        except EdgeFleetError as exc:
+            log.info("CompressModel refused: %s", exc)
+            fail(context, exc)
+        except Exception:
+            log.exception("CompressModel failed")
+            context.abort(
+                grpc.StatusCode.INTERNAL, "CompressModel failed inside the controller; see its log"
+            )
 
     def CreateRelease(
         self, request: pb.CreateReleaseRequest, context: grpc.ServicerContext

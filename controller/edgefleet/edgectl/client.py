@@ -25,6 +25,7 @@ R = TypeVar("R")
 
 UPLOAD_CHUNK = 256 * 1024
 UPLOAD_MIN_RATE = 1 << 20  # bytes/s the upload deadline allows for, on top of the base deadline
+COMPRESS_DEADLINE_S = 1800.0  # a compression search runs for minutes, not seconds
 
 
 class ControllerClient:
@@ -85,6 +86,37 @@ class ControllerClient:
         reply = self._call(lambda: self._stub.ListModels(request, timeout=self.deadline_s))
         return list(reply.models)
 
+    def compress_model(
+        self,
+        name: str,
+        *,
+        eval_data: bytes,
+        version: int = 0,
+        recipe: str = "auto",
+        max_accuracy_drop: float = 1.0,
+        objective: str = "",
+        profile_on: str = "",
+        deadline_s: float = COMPRESS_DEADLINE_S,
+    ) -> Iterator[pb.CompressProgress]:
+        """Stream ``CompressModel``: progress messages, then one carrying the result. Closing
+        the iterator early cancels the call (the controller stops after its current candidate)."""
+        request = pb.CompressRequest(
+            name=name,
+            version=version,
+            recipe=recipe,
+            eval_data=eval_data,
+            max_accuracy_drop=max_accuracy_drop,
+            objective=objective,
+            profile_on=profile_on,
+        )
+        stream = self._call(lambda: self._stub.CompressModel(request, timeout=deadline_s))
+        try:
+            yield from stream
+        except grpc.RpcError as exc:
+            raise rpc.error_from_rpc(exc, target=f"controller at {self.target}") from None
+        finally:
+            stream.cancel()  # type: ignore[no-untyped-call]  # (no-op once the call ended)
+
     def create_release(
         self,
         name: str,
@@ -108,9 +140,39 @@ class ControllerClient:
 
     # --- rollouts and devices ---------------------------------------------------------------
 
-    def deploy(self, release: t.ReleaseRef, fleet: str) -> pb.DeployResponse:
-        request = pb.DeployRequest(release=str(release), fleet=fleet)
+    def deploy(
+        self, release: t.ReleaseRef, fleet: str, *, strategy: pb.RolloutStrategy | None = None
+    ) -> pb.DeployResponse:
+        """Start a rollout; ``strategy`` unset (or empty fields) = the controller's defaults."""
+        request = pb.DeployRequest(release=str(release), fleet=fleet, strategy=strategy)
         return self._call(lambda: self._stub.Deploy(request, timeout=self.deadline_s))
+
+    def rollback(self, fleet: str, *, to_release: str = "") -> pb.DeployResponse:
+        """Send ``fleet`` back to each device's previous release, or to ``to_release``."""
+        request = pb.RollbackRequest(fleet=fleet, to_release=to_release)
+        return self._call(lambda: self._stub.Rollback(request, timeout=self.deadline_s))
+
+    def list_rollouts(self, fleet: str = "", *, limit: int = 0) -> list[pb.RolloutInfo]:
+        """Newest first; ``limit`` 0 = the controller's default."""
+        request = pb.ListRolloutsRequest(fleet=fleet, limit=limit)
+        reply = self._call(lambda: self._stub.ListRollouts(request, timeout=self.deadline_s))
+        return list(reply.rollouts)
+
+    def get_rollout(self, rollout_id: str) -> pb.RolloutInfo:
+        ref = pb.RolloutRef(rollout_id=rollout_id)
+        return self._call(lambda: self._stub.GetRollout(ref, timeout=self.deadline_s))
+
+    def pause_rollout(self, rollout_id: str) -> pb.RolloutInfo:
+        ref = pb.RolloutRef(rollout_id=rollout_id)
+        return self._call(lambda: self._stub.PauseRollout(ref, timeout=self.deadline_s))
+
+    def resume_rollout(self, rollout_id: str) -> pb.RolloutInfo:
+        ref = pb.RolloutRef(rollout_id=rollout_id)
+        return self._call(lambda: self._stub.ResumeRollout(ref, timeout=self.deadline_s))
+
+    def abort_rollout(self, rollout_id: str) -> pb.RolloutInfo:
+        ref = pb.RolloutRef(rollout_id=rollout_id)
+        return self._call(lambda: self._stub.AbortRollout(ref, timeout=self.deadline_s))
 
     def list_devices(self, fleet: str = "") -> list[pb.DeviceInfo]:
         request = pb.ListDevicesRequest(fleet=fleet)

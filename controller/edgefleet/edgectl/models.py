@@ -1,27 +1,38 @@
-"""``edgectl model``: register ONNX models with the controller and list them.
+"""``edgectl model``: register ONNX models with the controller, list and compress them.
 
 ``model add`` streams the file in chunks; the controller checks that it is ONNX and reads its
 input/output signature, so a bad file comes back as the controller's one-line reason.
+``model compress`` runs the controller's accuracy-gated search over compression recipes,
+shows its progress per candidate, then a table of every candidate; the winner becomes the
+next version of the model. Exit code 3 when no candidate passes the gate.
 """
 
 from __future__ import annotations
 
+import math
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
     TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
 from edgefleet.common.types import validate_name
 from edgefleet.edgectl import output, shell
-from edgefleet.edgectl.client import file_chunks
+from edgefleet.edgectl.client import COMPRESS_DEADLINE_S, file_chunks
+from edgefleet.v1 import controller_pb2 as pb
+
+EXIT_NOT_PASSED = 3
 
 app = typer.Typer(
     help="Register and list ONNX models.\n\nEach upload of a name becomes its next version; "
@@ -97,14 +108,27 @@ def list_models(
     with shell.controller(ctx) as client:
         models = client.list_models(name)
     if as_json:
-        output.print_json([output.model_dict(m) for m in models])
+        output.print_json([_model_dict(m) for m in models])
         return
-    t = output.table("NAME", "VERSION", "SIZE", "OPSET", "INPUTS", "OUTPUTS", "DIGEST", "CREATED")
+    t = output.table(
+        "NAME",
+        "VERSION",
+        "FROM",
+        "SIZE",
+        "TRANSFER",
+        "OPSET",
+        "INPUTS",
+        "OUTPUTS",
+        "DIGEST",
+        "CREATED",
+    )
     for m in models:
         t.add_row(
             m.name,
             str(m.version),
+            f"v{m.parent_version}" if m.parent_version else "-",
             output.size_text(m.size),
+            output.size_text(m.transfer_size) if m.transfer_size else "-",
             str(m.opset),
             output.specs_text(m.inputs),
             output.specs_text(m.outputs),
@@ -112,3 +136,206 @@ def list_models(
             output.when(m.created_at_ms),
         )
     output.print_table(t, empty="no models")
+
+
+class Objective(StrEnum):
+    BALANCED = "balanced"
+    LATENCY = "latency"
+    SIZE = "size"
+
+
+@app.command("compress")
+def compress(
+    ctx: typer.Context,
+    *,
+    name: Annotated[
+        str, typer.Argument(help="The model to compress.", show_default=False, metavar="NAME")
+    ],
+    version: Annotated[
+        int, typer.Option("--version", help="Version to compress; 0 = the newest.", min=0)
+    ] = 0,
+    recipe: Annotated[
+        str,
+        typer.Option(
+            "--recipe",
+            "-r",
+            help="'auto', or pipelines separated by commas, steps by '+': "
+            "int8-dynamic,prune-structured-30+cluster-5bit+huffman",
+            metavar="RECIPE",
+        ),
+    ] = "auto",
+    eval_data: Annotated[
+        Path,
+        typer.Option(
+            "--eval-data",
+            help=".npz with the model's inputs by name (or 'inputs'), optional 'labels'.",
+            show_default=False,
+            metavar="FILE.npz",
+        ),
+    ],
+    max_drop: Annotated[
+        float,
+        typer.Option(
+            "--max-accuracy-drop",
+            help="Most accuracy (or fidelity) points a candidate may lose.",
+            min=0.0,
+            metavar="POINTS",
+        ),
+    ] = 1.0,
+    objective: Annotated[
+        Objective, typer.Option("--objective", help="What the winner must improve most.")
+    ] = Objective.BALANCED,
+    profile_on: Annotated[
+        str,
+        typer.Option(
+            "--profile-on",
+            help="Time candidates on this device, through its agent.",
+            metavar="DEVICE",
+        ),
+    ] = "",
+    report_out: Annotated[
+        Path | None,
+        typer.Option("--report-out", help="Write the Markdown report here.", metavar="FILE.md"),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Compress a model version: try each recipe's candidates, keep the best that passes.
+
+    A candidate passes when its accuracy drops by at most --max-accuracy-drop points on
+    --eval-data and (unless --objective size) it is not slower than the original. The winner
+    is registered as the next version of NAME; with no winner nothing is registered, the
+    report is still printed, and the exit code is 3.
+    """
+    if not eval_data.is_file():
+        shell.fail(f"no such file: {eval_data}")
+    data = eval_data.read_bytes()
+    root = ctx.find_root()
+    source = root.get_parameter_source("deadline")  # the root's --deadline, unless given
+    explicit = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+    deadline = shell.settings(ctx).deadline_s if explicit else COMPRESS_DEADLINE_S
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=output.err_console,
+        transient=True,
+        disable=as_json,
+    )
+    result: pb.CompressResult | None = None
+    with progress, shell.controller(ctx) as client:
+        task = progress.add_task(f"compressing {name}", total=None)
+        for msg in client.compress_model(
+            name,
+            eval_data=data,
+            version=version,
+            recipe=recipe,
+            max_accuracy_drop=max_drop,
+            objective=objective.value,
+            profile_on=profile_on,
+            deadline_s=deadline,
+        ):
+            progress.update(task, total=msg.total or None, completed=msg.done)
+            kind = msg.WhichOneof("update")
+            if kind == "message":
+                progress.update(task, description=msg.message)
+            elif kind == "candidate" and not as_json:
+                c = msg.candidate
+                mark = "[green]pass[/]" if c.passed_gate else "[red]fail[/]"
+                progress.console.print(f"{mark} {escape(c.candidate)}: {escape(c.verdict)}")
+                progress.update(task, description=f"compressing {name}")
+            elif kind == "result":
+                result = msg.result
+    if result is None:
+        shell.fail("the controller ended the compression without a result")
+    if report_out is not None:
+        report_out.write_text(result.report_markdown)
+    if as_json:
+        output.print_json(_result_dict(result))
+    else:
+        _print_result(result, max_drop=max_drop)
+    if not result.passed:
+        raise typer.Exit(EXIT_NOT_PASSED)
+
+
+def _print_result(result: pb.CompressResult, *, max_drop: float) -> None:
+    t = output.table(
+        "CANDIDATE", "TECHNIQUES", "SIZE", "TRANSFER", "P50 MS", "METRIC", "DROP", "GATE", "VERDICT"
+    )
+    for c in (result.original, *result.candidates):
+        skipped = c.size_bytes == 0
+        won = c.candidate == result.winner
+        if c.candidate == "original":
+            gate = "-"
+        elif skipped:
+            gate = "SKIP"
+        else:
+            gate = "[green]PASS[/]" if c.passed_gate else "[red]FAIL[/]"
+        t.add_row(
+            ("* " if won else "") + escape(c.candidate),
+            "+".join(c.techniques),
+            output.size_text(c.size_bytes) if not skipped else "-",
+            output.size_text(c.transfer_bytes) if not skipped else "-",
+            _num(c.p50_ms, "{:.3f}"),
+            f"{c.metric} {_num(c.value, '{:.4f}')}",
+            _num(c.drop, "{:.2f}"),
+            gate,
+            escape(c.verdict),
+            style="bold green" if won else ("dim" if skipped else None),
+        )
+    output.console.print(t)
+    if result.passed:
+        m = result.model
+        transfer = f", transfer {output.size_text(m.transfer_size)}" if m.transfer_size else ""
+        output.console.print(
+            f"winner [bold green]{result.winner}[/]: registered [bold]{m.name}[/] "
+            f"version {m.version} (compressed from version {m.parent_version}; "
+            f"{output.size_text(m.size)}{transfer}, {m.digest})"
+        )
+    else:
+        output.note(
+            f"no candidate passed the gate (max drop {max_drop:g} points, not slower): "
+            "nothing registered"
+        )
+
+
+def _num(x: float, fmt: str) -> str:
+    return "-" if math.isnan(x) else fmt.format(x)
+
+
+def _finite(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _model_dict(m: pb.RegisteredModel) -> dict[str, Any]:
+    return {
+        **output.model_dict(m),
+        "parent_version": m.parent_version,
+        "compressed": m.compressed,
+        "transfer_size": m.transfer_size,
+    }
+
+
+def _candidate_dict(c: pb.CompressCandidate) -> dict[str, Any]:
+    return {
+        "candidate": c.candidate,
+        "techniques": list(c.techniques),
+        "size_bytes": c.size_bytes,
+        "transfer_bytes": c.transfer_bytes,
+        "p50_ms": _finite(c.p50_ms),
+        "metric": c.metric,
+        "value": _finite(c.value),
+        "drop": _finite(c.drop),
+        "passed_gate": c.passed_gate,
+        "verdict": c.verdict,
+    }
+
+
+def _result_dict(r: pb.CompressResult) -> dict[str, Any]:
+    return {
+        "passed": r.passed,
+        "winner": r.winner or None,
+        "model": _model_dict(r.model) if r.HasField("model") else None,
+        "original": _candidate_dict(r.original),
+        "candidates": [_candidate_dict(c) for c in r.candidates],
+    }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -110,7 +110,10 @@ def search(
     timer: Timer | None = None,
     calibration: Sequence[Feed] | None = None,
     settings: SearchSettings = SearchSettings(),
+    on_candidate: Callable[[int, int, CandidateRecord], None] | None = None,
 ) -> SearchResult:
+    """``on_candidate(done, total, record)`` runs after each candidate is recorded (progress); an
+    exception it raises stops the search and propagates (a cancelled caller)."""
     if max_drop < 0:
         raise InvalidInputError(f"max accuracy drop must be >= 0, got {max_drop}")
     graphs.load(model)
@@ -160,6 +163,8 @@ def search(
                     sens=sens,
                 )
             )
+            if on_candidate is not None:
+                on_candidate(len(records), len(pipelines), records[-1])
             continue
         score = evaluating.score(out.model, eval_set, ref)
         latency = tuple(timer.measure(out.model, feed, threads=t) for t in settings.threads)
@@ -185,6 +190,8 @@ def search(
             )
         )
         outputs[pipeline.name] = out
+        if on_candidate is not None:
+            on_candidate(len(records), len(pipelines), records[-1])
     winner = _choose(original, records, objective)
     if winner is None:
         return SearchResult(
