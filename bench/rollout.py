@@ -1,0 +1,488 @@
+"""Rollout: one release to 100, 500 and 1,000 simulated devices, deploy -> succeeded.
+
+For each fleet size a fresh stack: a Mosquitto on a free loopback port, the real controller
+(``edge-controller run``, its own process, so its CPU time is its alone), a signing key, a tiny
+ONNX model and one release; then ``bench/simfleet.py`` connects N lightweight agents from this
+process, each with its own MQTT connection, following the agent's protocol (signed desired
+state opened and checked, phases ``fetching -> verifying -> staged -> health_check -> active``
+reported as retained statuses and events, telemetry at the end). The blob download is not
+simulated: devices do not call ArtifactService, so this measures the control plane.
+
+Once every device is registered (``ListDevices``), the clock starts at the ``Deploy`` RPC
+(all at once) and stops when ``GetRollout`` (polled every 0.2 s) says ``succeeded``. The
+controller's CPU seconds over that interval come from ``/proc/<pid>/stat`` (utime + stime).
+
+Targets: 1,000 devices in under 60 s; controller CPU per device at the largest size at most
+1.5x that at the smallest (cost growing no faster than linearly). Writes
+``bench/results/rollout.json``: one record per size with ``devices``, ``seconds``,
+``controller_cpu_s``, ``succeeded`` and more. ``python bench/rollout.py --sizes 10,50`` for a
+quick run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.common import rpc
+from edgefleet.common.signing import TrustStore, load_public_keys
+from edgefleet.v1 import controller_pb2 as pb
+from edgefleet.v1 import controller_pb2_grpc
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+from simfleet import SimFleet  # noqa: E402
+
+SIZES = (100, 500, 1000)
+FLEET = "bench"
+RELEASE = "bench-model:1.0.0"
+TICK_S = 0.2
+POLL_S = 0.2
+TIMEOUT_S = 120.0
+TARGET_DEVICES = 1000
+TARGET_SECONDS = 60.0
+LINEAR_RATIO = 1.5
+DEADLINE = 30.0
+RESULTS = HERE / "results" / "rollout.json"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(RuntimeError):
+    """The stack could not be set up; the message says why."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (every thread), from ``/proc/<pid>/stat``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            return soft
+    return want
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    env["no_proxy"] = env["NO_PROXY"] = "127.0.0.1,localhost"
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("EDGEFLEET_LOG_JSON", "0")
+    return env
+
+
+def mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+
+
+def tiny_model() -> bytes:
+    """An Identity model, float32[-1, 4] -> float32[-1, 4]: the smallest valid release."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "bench", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def wait_for(
+    probe: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(f"{what}: process exited with {proc.returncode}")
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise BenchError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+class Stack:
+    """A broker and a controller for one fleet size, in ``workdir``.
+
+    A plain class, not a dataclass: ``bench/run.py`` loads this file without registering it in
+    ``sys.modules``, where dataclasses cannot resolve their annotations.
+    """
+
+    def __init__(self, workdir: Path, *, tick_s: float = TICK_S) -> None:
+        self.workdir = workdir
+        self.tick_s = tick_s
+        self.broker: subprocess.Popen[bytes] | None = None
+        self.controller: subprocess.Popen[bytes] | None = None
+        self.broker_port = 0
+        self.address = ""
+        self.channel: grpc.Channel | None = None
+        self.stub: Any = None
+
+    def start(self) -> None:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise BenchError("mosquitto is not installed (apt-get install mosquitto)")
+        self.broker_port = free_port()
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.broker_port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "max_connections -1\n"
+            "max_queued_messages 100000\n" + ("user root\n" if os.geteuid() == 0 else "")
+        )
+        self.broker = self._spawn("mosquitto", [binary, "-c", str(conf)])
+        wait_for(self._listening, 10, "mosquitto to listen", self.broker)
+
+        data = self.workdir / "controller"
+        data.mkdir()
+        self.address = f"127.0.0.1:{free_port()}"
+        exe = Path(sys.executable).parent / "edge-controller"
+        argv = [str(exe)] if exe.is_file() else [sys.executable, "-m", "edgefleet.controller"]
+        argv += [
+            "run",
+            "--data-dir", str(data),
+            "--grpc", self.address,
+            "--mqtt", f"mqtt://127.0.0.1:{self.broker_port}",
+            "--mqtt-client-id", "bench-controller",
+            "--rollout-tick", str(self.tick_s),
+        ]  # fmt: skip
+        self.controller = self._spawn("controller", argv)
+        state = data / "controller.json"
+        wait_for(state.exists, 60, "the controller to start", self.controller)
+        info = json.loads(state.read_text())
+        if info.get("pid") != self.controller.pid:
+            raise BenchError(f"controller.json names pid {info.get('pid')}, not ours")
+        self.address = info.get("grpc") or self.address
+        self.channel = rpc.channel(self.address)
+        self.stub = controller_pb2_grpc.ControllerServiceStub(self.channel)
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        log = self.workdir / f"{name}.log"
+        with log.open("ab") as out:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env())
+
+    def _listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.broker_port)) == 0
+
+    def controller_cpu(self) -> float:
+        assert self.controller is not None
+        return cpu_seconds(self.controller.pid)
+
+    def broker_cpu(self) -> float:
+        assert self.broker is not None
+        return cpu_seconds(self.broker.pid)
+
+    def stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+        for proc in (self.controller, self.broker):
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def trust_store(stub: Any) -> TrustStore:
+    keys = stub.ListKeys(pb.ListKeysRequest(), timeout=DEADLINE).keys
+    return TrustStore(k for info in keys for k in load_public_keys(info.public_key_pem.encode()))
+
+
+def release(stub: Any) -> None:
+    """A signing key, the tiny model and release ``RELEASE``."""
+    stub.InitKey(pb.InitKeyRequest(), timeout=DEADLINE)
+    data = tiny_model()
+    name, version = RELEASE.split(":")
+
+    def parts() -> Any:
+        yield pb.UploadModelRequest(header=pb.UploadHeader(name=name, size=len(data)))
+        yield pb.UploadModelRequest(chunk=data)
+
+    stub.UploadModel(parts(), timeout=DEADLINE)
+    stub.CreateRelease(pb.CreateReleaseRequest(name=name, version=version), timeout=DEADLINE)
+
+
+def registered(stub: Any, n: int) -> bool:
+    devices = stub.ListDevices(pb.ListDevicesRequest(fleet=FLEET), timeout=DEADLINE).devices
+    return len(devices) >= n
+
+
+def measure(
+    n: int,
+    *,
+    workdir: Path,
+    tick_s: float = TICK_S,
+    timeout_s: float = TIMEOUT_S,
+    step_delay_s: float = 0.0,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """One rollout of ``RELEASE`` to ``n`` fresh simulated devices; one result record."""
+    say = console.log if console is not None else (lambda *_a: None)
+    stack = Stack(workdir, tick_s=tick_s)
+    fleet: SimFleet | None = None
+    try:
+        stack.start()
+        stub = stack.stub
+        release(stub)
+        ids = [f"sim-{i:05d}" for i in range(n)]
+        t_connect = time.perf_counter()
+        fleet = SimFleet("127.0.0.1", stack.broker_port, FLEET, ids, trust_store(stub)).start()
+        if not fleet.wait_ready(timeout=30 + n * 0.05):
+            raise BenchError(
+                f"only {fleet.counters.subscribed} of {n} devices connected and subscribed; "
+                f"errors: {fleet.counters.errors[:3]}"
+            )
+        connect_s = time.perf_counter() - t_connect
+        wait_for(lambda: registered(stub, n), 30 + n * 0.05, f"{n} devices registered")
+        register_s = time.perf_counter() - t_connect
+        say(f"{n} devices connected in {connect_s:.1f}s, registered in {register_s:.1f}s")
+
+        cpu0, broker0, own0 = stack.controller_cpu(), stack.broker_cpu(), _own_cpu()
+        t0 = time.perf_counter()
+        deployed = stub.Deploy(
+            pb.DeployRequest(
+                release=RELEASE, fleet=FLEET, strategy=pb.RolloutStrategy(kind="all-at-once")
+            ),
+            timeout=DEADLINE,
+        )
+        deploy_rpc_s = time.perf_counter() - t0
+        t0_mono = time.monotonic() - deploy_rpc_s
+        ref = pb.RolloutRef(rollout_id=deployed.rollout_id)
+        polls, info = 0, None
+        while True:
+            info = stub.GetRollout(ref, timeout=DEADLINE)
+            polls += 1
+            if info.phase in ("succeeded", "aborted", "rolled_back", "paused"):
+                break
+            if time.perf_counter() - t0 > timeout_s:
+                break
+            time.sleep(POLL_S)
+        seconds = time.perf_counter() - t0
+        cpu = stack.controller_cpu() - cpu0
+        broker_cpu = stack.broker_cpu() - broker0
+        own_cpu = _own_cpu() - own0
+        succeeded = info.phase == "succeeded"
+
+        # What one GetRollout of this size costs the controller: part of the figure above.
+        c0 = stack.controller_cpu()
+        for _ in range(10):
+            stub.GetRollout(ref, timeout=DEADLINE)
+        poll_cpu = (stack.controller_cpu() - c0) / 10
+        devices = stub.ListDevices(pb.ListDevicesRequest(fleet=FLEET), timeout=DEADLINE).devices
+        active = sum(
+            1
+            for d in devices
+            if d.active_release == RELEASE and d.generation_applied >= d.generation_desired > 0
+        )
+        c = fleet.counters
+
+        def rel(mark: float) -> float | None:
+            return round(mark - t0_mono, 3) if mark else None
+
+        record: dict[str, Any] = {
+            "devices": n,
+            "seconds": round(seconds, 3),
+            "controller_cpu_s": round(cpu, 3),
+            "succeeded": succeeded,
+            "phase": info.phase,
+            "reason": info.reason,
+            "rollout_id": deployed.rollout_id,
+            "controller_cpu_ms_per_device": round(cpu / n * 1000, 3),
+            "deploy_rpc_s": round(deploy_rpc_s, 3),
+            "first_desired_at_s": rel(c.first_desired_at),
+            "last_desired_at_s": rel(c.last_desired_at),
+            "last_activated_at_s": rel(c.last_activated_at),
+            "succeeded_after_last_active_s": (
+                round(seconds - (c.last_activated_at - t0_mono), 3) if c.last_activated_at else None
+            ),
+            "devices_activated": c.activated,
+            "devices_active_per_controller": active,
+            "desired_rejected": c.rejected,
+            "disconnects": c.disconnected,
+            "polls": polls,
+            "poll_cpu_s_each": round(poll_cpu, 4),
+            "broker_cpu_s": round(broker_cpu, 3),
+            "bench_process_cpu_s": round(own_cpu, 3),
+            "connect_s": round(connect_s, 3),
+            "register_s": round(register_s, 3),
+            "rollout_tick_s": tick_s,
+            "step_delay_s": step_delay_s,
+            "blob_fetch_simulated": False,
+            "cpus": os.cpu_count(),
+        }
+        if c.errors:
+            record["errors"] = c.errors[:5]
+        return record
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        stack.stop()
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+Verdict = tuple[str, str, str, bool | None]  # measure, value, target, held (None: n/a)
+
+
+def verdicts(records: list[dict[str, Any]]) -> list[Verdict]:
+    """Each target against the records; held is None where a target does not apply."""
+    out: list[Verdict] = []
+    big = next((r for r in records if r["devices"] == TARGET_DEVICES), None)
+    if big is None:
+        out.append((f"{TARGET_DEVICES:,} devices", "not run", f"< {TARGET_SECONDS:g} s", None))
+    else:
+        ok = bool(big["succeeded"]) and big["seconds"] < TARGET_SECONDS
+        value = f"{big['seconds']:.1f} s" + ("" if big["succeeded"] else f" ({big['phase']})")
+        out.append((f"{TARGET_DEVICES:,} devices deploy -> succeeded", value,
+                    f"< {TARGET_SECONDS:g} s", ok))  # fmt: skip
+    done = sorted((r for r in records if r["succeeded"]), key=lambda r: r["devices"])
+    if len(done) >= 2 and done[0]["devices"] < done[-1]["devices"]:
+        small, large = done[0], done[-1]
+        per_small = small["controller_cpu_s"] / small["devices"]
+        per_large = large["controller_cpu_s"] / large["devices"]
+        ratio = per_large / per_small if per_small > 0 else float("inf")
+        out.append((
+            f"controller CPU/device at {large['devices']:,} vs {small['devices']:,}",
+            f"{ratio:.2f}x", f"<= {LINEAR_RATIO:g}x", ratio <= LINEAR_RATIO,
+        ))  # fmt: skip
+    else:
+        out.append(("controller CPU/device growth", "needs 2 sizes", f"<= {LINEAR_RATIO:g}x", None))
+    out.extend(
+        (f"{r['devices']:,} devices succeeded", r["phase"], "succeeded", bool(r["succeeded"]))
+        for r in records
+    )
+    return out
+
+
+def show(records: list[dict[str, Any]], console: Console) -> list[Verdict]:
+    tick = records[0]["rollout_tick_s"]
+    t1 = Table(title=f"Rollout deploy -> succeeded (all at once, tick {tick:g} s)")
+    for col in ("devices", "seconds", "ctl CPU s", "ms/dev", "all active", "lag",
+                "broker", "sim", "poll ms", "phase"):  # fmt: skip
+        t1.add_column(col, justify="right")
+    for r in records:
+        t1.add_row(
+            f"{r['devices']:,}",
+            f"{r['seconds']:.2f}",
+            f"{r['controller_cpu_s']:.2f}",
+            f"{r['controller_cpu_ms_per_device']:.2f}",
+            "-" if r["last_activated_at_s"] is None else f"{r['last_activated_at_s']:.2f}",
+            "-"
+            if r["succeeded_after_last_active_s"] is None
+            else f"{r['succeeded_after_last_active_s']:.2f}",
+            f"{r['broker_cpu_s']:.2f}",
+            f"{r['bench_process_cpu_s']:.2f}",
+            f"{r['poll_cpu_s_each'] * 1000:.1f}",
+            r["phase"],
+        )
+    console.print(t1)
+    v = verdicts(records)
+    t2 = Table(title="targets")
+    for col in ("measure", "value", "target", "result"):
+        t2.add_column(col)
+    mark = {True: "[green]PASS[/]", False: "[red]FAIL[/]", None: "[yellow]n/a[/]"}
+    for name, value, target, ok in v:
+        t2.add_row(name, value, target, mark[ok])
+    console.print(t2)
+    console.print(
+        "seconds: Deploy RPC to GetRollout = succeeded; ctl CPU s: the controller's CPU seconds "
+        "in that time (ms/dev per device); all active: seconds until the last simulated device "
+        "reported active; lag: from then to succeeded (the controller catching up: ingest, "
+        "rollout tick, poll); broker, sim: CPU seconds of Mosquitto and of this process; poll ms: "
+        f"controller CPU of one GetRollout (polled every {POLL_S:g} s, included in ctl CPU). "
+        "Devices do not fetch blobs (no ArtifactService traffic)."
+    )
+    return v
+
+
+def main(argv: list[str] | None = None) -> bool:
+    parser = argparse.ArgumentParser(prog="bench/rollout.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)),
+                        help="fleet sizes, comma separated")  # fmt: skip
+    parser.add_argument("--tick", type=float, default=TICK_S, help="controller --rollout-tick")
+    parser.add_argument("--timeout", type=float, default=TIMEOUT_S, help="per rollout, seconds")
+    parser.add_argument("--step-delay", type=float, default=0.0,
+                        help="seconds each simulated install step takes")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    args = parser.parse_args([] if argv is None else argv)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    console = Console()
+    console = Console(width=max(console.width, 110))
+    if mosquitto_binary() is None:
+        console.print("[red]rollout benchmark needs mosquitto (apt-get install mosquitto)[/]")
+        return False
+    fds = raise_fd_limit()
+    if fds < max(sizes) + 256:
+        console.print(f"[red]open-file limit {fds} is too low for {max(sizes)} devices[/]")
+        return False
+    records = []
+    with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
+        for n in sizes:
+            workdir = Path(tmp) / f"n{n}"
+            workdir.mkdir()
+            with console.status(f"rollout to {n:,} simulated devices"):
+                try:
+                    record = measure(n, workdir=workdir, tick_s=args.tick,
+                                     timeout_s=args.timeout, step_delay_s=args.step_delay,
+                                     console=console)  # fmt: skip
+                except (BenchError, grpc.RpcError) as exc:
+                    console.print(f"[red]{n} devices: {exc}[/]")
+                    for log in sorted(workdir.glob("*.log")):
+                        tail = log.read_text(errors="replace").splitlines()[-5:]
+                        console.print(f"{log.name}:\n  " + "\n  ".join(tail))
+                    return False
+            console.log(
+                f"{n:,} devices: {record['phase']} in {record['seconds']:.2f}s, "
+                f"controller {record['controller_cpu_s']:.2f} CPU s"
+            )
+            records.append(record)
+    v = show(records, console)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(records, indent=2) + "\n")
+    console.print(f"wrote {args.out}")
+    return all(ok is not False for *_, ok in v)
+
+
+if __name__ == "__main__":
+    raise SystemExit(0 if main(sys.argv[1:]) else 1)
