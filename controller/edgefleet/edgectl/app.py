@@ -1,9 +1,9 @@
 """``edgectl``: the operator CLI over the controller's gRPC API.
 
-One module per command group (``keys``, ``models``, ``releases``, ``devices``) and per
-top-level command (``deploy``, ``events``, ``predict``, ``demo``); each parses its
-arguments, calls ``ControllerClient`` and prints with ``output``. ``shell`` turns every
-expected failure into one ``error: ...`` line and a non-zero exit code.
+One module per command group (``keys``, ``models``, ``releases``, ``rollouts``, ``devices``)
+and per top-level command (``deploy`` and ``rollback``, ``events``, ``predict``, ``demo``);
+each parses its arguments, calls ``ControllerClient`` and prints with ``output``. ``shell``
+turns every expected failure into one ``error: ...`` line and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from edgefleet.edgectl import (
     models,
     predicting,
     releases,
+    rollouts,
     shell,
+    top,
 )
 
 HELP = """Operate an EdgeFleet: register ONNX models, release them signed, deploy them to
@@ -30,7 +32,8 @@ fleets of edge devices and watch them converge.
 
 A typical session: keys init --out trusted.pem (agents trust it), model add digits.onnx
 --name digits, release create digits --version 1.0.0, deploy digits:1.0.0 --fleet
-factory-a, devices list, predict --device edge-a1 --input x.npz. Every listing takes
+factory-a --strategy canary --canary 10%, rollout list, devices list, predict --device
+edge-a1 --input x.npz; rollback --fleet factory-a when a release misbehaves. Every listing takes
 --json for scripts. Try it all on one machine with: edgectl demo."""
 
 app = typer.Typer(
@@ -46,6 +49,9 @@ app.add_typer(models.app, name="model")
 app.add_typer(releases.app, name="release")
 app.add_typer(devices.app, name="devices")
 app.command("deploy")(deploying.deploy)
+app.add_typer(rollouts.app, name="rollout")
+app.command("rollback")(deploying.rollback)
+app.command("top")(top.top)
 app.command("events")(events.events)
 app.command("predict")(predicting.predict)
 app.command("demo")(demo_cmd.demo)

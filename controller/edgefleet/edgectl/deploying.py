@@ -1,8 +1,10 @@
-"""``edgectl deploy``: roll a release out to a fleet and, by default, watch it converge.
+"""``edgectl deploy`` and ``edgectl rollback``: start a rollout and, by default, follow it.
 
-The controller answers ``Deploy`` with each target device and the generation it must reach;
-``watching.watch`` polls ``ListDevices`` until each has converged or failed, or the timeout
-passes. Exits non-zero when any device failed or the timeout passed.
+The strategy options are checked here with the controller's own parser before anything is
+sent, so a bad value costs one ``error:`` line and no RPC; only the options the operator typed
+go on the wire (the controller fills in the rest). The ``Deploy`` reply names only the first
+step's devices, so ``--wait`` follows the rollout (``following.follow``) until the controller
+says it finished, drawing its steps and devices live.
 """
 
 from __future__ import annotations
@@ -12,19 +14,126 @@ from typing import Annotated, Any
 import typer
 
 from edgefleet.common.types import ReleaseRef
-from edgefleet.edgectl import output, shell
-from edgefleet.edgectl.convergence import Outcome
-from edgefleet.edgectl.rollout_view import RolloutView, result_table
-from edgefleet.edgectl.watching import WatchResult, targets_of, watch
+from edgefleet.controller.rollouts import strategy as strategies
+from edgefleet.edgectl import following, output, shell
+from edgefleet.edgectl.client import ControllerClient
+from edgefleet.edgectl.following import FollowResult
+from edgefleet.edgectl.rollout_status import RolloutLive, rollout_dict, status_view
+from edgefleet.v1 import controller_pb2 as pb
+
+STRATEGY_PANEL = "Rollout strategy (unset = the controller's default)"
+
+FleetOption = Annotated[
+    str, typer.Option("--fleet", "-f", help="Target fleet.", show_default=False, metavar="FLEET")
+]
+TimeoutOption = Annotated[
+    float,
+    typer.Option(
+        "--timeout",
+        help="Seconds to follow the rollout before giving up (the rollout carries on).",
+        min=1.0,
+        metavar="SECONDS",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
-def _result_dict(result: WatchResult) -> list[dict[str, Any]]:
-    rows = []
-    for d in result.progress.devices:
-        info = result.devices.get(d.device_id)
-        row = output.device_dict(info) if info is not None else {"device_id": d.device_id}
-        rows.append({**row, "target_generation": d.target_generation, "outcome": str(d.outcome)})
-    return rows
+def strategy_message(
+    *,
+    kind: str | None,
+    canary: str | None,
+    waves: str | None,
+    max_parallel: int | None,
+    max_failures: str | None,
+    bake: str | None,
+    device_timeout: str | None,
+    max_latency_ratio: float | None,
+    max_error_rate: float | None,
+) -> pb.RolloutStrategy | None:
+    """The strategy as typed, validated locally (``InvalidInputError``, one line) first.
+
+    ``None`` when no option was given: the controller's default, all at once.
+    """
+    strategies.parse(
+        kind=kind or strategies.Kind.ALL_AT_ONCE.value,
+        canary=canary,
+        waves=waves,
+        max_parallel=max_parallel if max_parallel is not None else 0,
+        bake=bake if bake is not None else "0s",
+        device_timeout=device_timeout if device_timeout is not None else "5m",
+        max_failures=max_failures if max_failures is not None else "0%",
+        max_latency_ratio=max_latency_ratio if max_latency_ratio is not None else 1.5,
+        max_error_rate=max_error_rate if max_error_rate is not None else 0.05,
+    )
+    typed = (kind, canary, waves, max_parallel, max_failures, bake, device_timeout)
+    if all(v is None for v in (*typed, max_latency_ratio, max_error_rate)):
+        return None
+    # empty strings and zeros are "the controller's default" on the wire
+    return pb.RolloutStrategy(
+        kind=kind or "",
+        canary=canary or "",
+        waves=waves or "",
+        max_parallel=max_parallel or 0,
+        max_failures=max_failures or "",
+        bake=bake or "",
+        device_timeout=device_timeout or "",
+        max_latency_ratio=max_latency_ratio or 0.0,
+        max_error_rate=max_error_rate or 0.0,
+    )
+
+
+def _follow(
+    client: ControllerClient, rollout_id: str, *, timeout_s: float | None, live: bool
+) -> FollowResult:
+    """Follow the rollout, drawing it on stderr; Ctrl-C leaves it running on the controller."""
+    try:
+        with RolloutLive(output.err_console, enabled=live) as view:
+            return following.follow(
+                client, rollout_id, timeout_s=timeout_s, on_progress=view.update
+            )
+    except KeyboardInterrupt:
+        output.note(
+            f"stopped watching; rollout {rollout_id} continues on the controller. "
+            f"Follow it with: edgectl rollout status {rollout_id} --watch "
+            f"(or stop it: edgectl rollout abort {rollout_id})"
+        )
+        raise typer.Exit(shell.EXIT_INTERRUPTED) from None
+
+
+def _devices_json(result: FollowResult) -> list[dict[str, Any]]:
+    seen = result.snapshot.devices
+    return [
+        {
+            **(output.device_dict(seen[d.device_id]) if d.device_id in seen else {}),
+            "device_id": d.device_id,
+            "rollout_state": d.state,
+            "rollout_reason": d.reason,
+        }
+        for d in result.snapshot.info.devices
+    ]
+
+
+def _report(result: FollowResult, summary: dict[str, Any], *, as_json: bool) -> None:
+    info = result.snapshot.info
+    if as_json:
+        summary |= {
+            "ok": result.ok,
+            "timed_out": result.timed_out,
+            "phase": info.phase,
+            "reason": info.reason,
+            "rollout": rollout_dict(info),
+            "devices": _devices_json(result),
+        }
+        output.print_json(summary)
+    else:
+        output.console.print(status_view(result.snapshot))
+
+
+def _timed_out(what: str, info: pb.RolloutInfo, timeout: float) -> str:
+    return (
+        f"{what}: timed out after {timeout:g}s; rollout {info.rollout_id} is still "
+        f"{info.phase} on the controller (edgectl rollout status {info.rollout_id} --watch)"
+    )
 
 
 def deploy(
@@ -33,89 +142,231 @@ def deploy(
     release: Annotated[
         str, typer.Argument(help="The release to roll out.", metavar="NAME:VERSION")
     ],
-    fleet: Annotated[
-        str,
-        typer.Option("--fleet", "-f", help="Target fleet.", show_default=False, metavar="FLEET"),
-    ],
-    wait: Annotated[
-        bool, typer.Option("--wait/--no-wait", help="Watch until every device converged.")
-    ] = True,
-    timeout: Annotated[
-        float,
+    fleet: FleetOption,
+    kind: Annotated[
+        str | None,
         typer.Option(
-            "--timeout", help="Seconds to wait for convergence.", min=1.0, metavar="SECONDS"
+            "--strategy",
+            help="all-at-once (every device at once) or canary (a first step, then waves).",
+            metavar="KIND",
+            rich_help_panel=STRATEGY_PANEL,
+            show_default=False,
         ),
-    ] = 300.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    ] = None,
+    canary: Annotated[
+        str | None,
+        typer.Option(
+            "--canary",
+            help="Devices in the first step: a count (2) or a share of the fleet (10%). "
+            "Canary only; default 1 device.",
+            metavar="AMOUNT",
+            rich_help_panel=STRATEGY_PANEL,
+        ),
+    ] = None,
+    waves: Annotated[
+        str | None,
+        typer.Option(
+            "--waves",
+            help="Cumulative targets after the canary, increasing: 25%,50%,100% or 3,6. "
+            "Canary only; the last step always covers the fleet.",
+            metavar="LIST",
+            rich_help_panel=STRATEGY_PANEL,
+        ),
+    ] = None,
+    max_parallel: Annotated[
+        int | None,
+        typer.Option(
+            "--max-parallel",
+            help="Most devices installing at once; 0 = no limit.",
+            metavar="N",
+            rich_help_panel=STRATEGY_PANEL,
+        ),
+    ] = None,
+    max_failures: Annotated[
+        str | None,
+        typer.Option(
+            "--max-failures",
+            help="Abort and roll back when more devices than this fail: a count (2) or a "
+            "share of those sent (5%). Default 0%: the first failure rolls back.",
+            metavar="AMOUNT",
+            rich_help_panel=STRATEGY_PANEL,
+        ),
+    ] = None,
+    bake: Annotated[
+        str | None,
+        typer.Option(
+            "--bake",
+            help="How long each step must stay healthy before the next starts: 30s, 5m, "
+            "500ms. Default 0s.",
+            metavar="DURATION",
+            rich_help_panel=STRATEGY_PANEL,
+        ),
+    ] = None,
+    device_timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--device-timeout",
+            help="A device that has not reported the release after this counts as failed. "
+            "Default 5m.",
+            metavar="DURATION",
+            rich_help_panel=STRATEGY_PANEL,
+        ),
+    ] = None,
+    max_latency_ratio: Annotated[
+        float | None,
+        typer.Option(
+            "--max-latency-ratio",
+            help="Health gate: a device's p95 latency on the release may be at most this "
+            "times its p95 on the release before. Default 1.5.",
+            metavar="RATIO",
+            rich_help_panel=STRATEGY_PANEL,
+        ),
+    ] = None,
+    max_error_rate: Annotated[
+        float | None,
+        typer.Option(
+            "--max-error-rate",
+            help="Health gate: errors per request on the release, 0..1. Default 0.05.",
+            metavar="RATE",
+            rich_help_panel=STRATEGY_PANEL,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait", help="Follow the rollout until it succeeded or rolled back."
+        ),
+    ] = True,
+    timeout: TimeoutOption = 300.0,
+    as_json: JsonOption = False,
 ) -> None:
-    """Roll a release out to a fleet and watch it converge.
+    """Roll a release out to a fleet, all at once or in health-gated steps, and follow it.
 
-    Asks the controller to deploy RELEASE (NAME:VERSION) to every device of --fleet, then
-    polls the devices until each reports the new generation applied and the release
-    active, showing progress. Ends with a table of every target device. Exits 1 when a
-    device failed (it keeps or rolls back to its last good release) or --timeout passed;
-    --no-wait returns right after the controller accepted the deploy.
+    Asks the controller to deploy RELEASE (NAME:VERSION) to every device of --fleet. With
+    --strategy canary it goes to --canary devices first, then to each of --waves; a step
+    starts once every device of the one before runs the release healthy (within the latency
+    and error-rate gates) for --bake. When more than --max-failures devices fail, the
+    controller aborts and sends every device it touched back to the release it ran before;
+    devices it never reached are never touched.
+
+    Strategy values are checked before anything is sent. With --wait (the default) it shows
+    the rollout's phase, step and each device live, and exits 0 once the rollout succeeded,
+    1 when it rolled back (with the reason) or --timeout passed. Ctrl-C stops watching, not
+    the rollout: follow it with edgectl rollout status ID --watch. --no-wait returns right
+    after the controller accepted the deploy.
+
+    Examples: deploy digits:1.1.0 -f factory-a; deploy digits:1.1.0 -f factory-a
+    --strategy canary --canary 10% --waves 50%,100% --bake 5m --max-failures 5%.
     """
     ref = ReleaseRef.parse(release)
+    strategy = strategy_message(
+        kind=kind,
+        canary=canary,
+        waves=waves,
+        max_parallel=max_parallel,
+        max_failures=max_failures,
+        bake=bake,
+        device_timeout=device_timeout,
+        max_latency_ratio=max_latency_ratio,
+        max_error_rate=max_error_rate,
+    )
     with shell.controller(ctx) as client:
-        reply = client.deploy(ref, fleet)
-        targets = targets_of(reply)
+        reply = client.deploy(ref, fleet, strategy=strategy)
         summary: dict[str, Any] = {
             "rollout_id": reply.rollout_id,
             "release": str(ref),
             "fleet": fleet,
-            "targets": [{"device_id": k, "generation": v} for k, v in targets.items()],
+            "strategy": kind or strategies.Kind.ALL_AT_ONCE.value,
+            "targets": [
+                {"device_id": x.device_id, "generation": x.generation} for x in reply.targets
+            ],
         }
-        if not targets:
-            output.note(f"[yellow]fleet {fleet} has no devices yet; nothing to wait for[/]")
-        if not wait or not targets:
+        if not wait:
             if as_json:
                 output.print_json(summary)
             else:
                 output.console.print(
-                    f"rollout {reply.rollout_id}: {ref} to {len(targets)} device(s) of {fleet}"
+                    f"rollout {reply.rollout_id}: {ref} to fleet {fleet}, first to "
+                    f"{len(reply.targets)} device(s); follow it with: "
+                    f"edgectl rollout status {reply.rollout_id} --watch"
                 )
             return
-        title = f"{ref} -> {fleet}"
-        try:
-            with RolloutView(
-                output.err_console, title=title, total=len(targets), enabled=not as_json
-            ) as view:
-                result = watch(
-                    client,
-                    release=str(ref),
-                    fleet=fleet,
-                    targets=targets,
-                    timeout_s=timeout,
-                    on_progress=view.update,
-                )
-        except KeyboardInterrupt:
-            output.note(
-                f"stopped watching; rollout {reply.rollout_id} goes on "
-                f"(edgectl devices list --fleet {fleet})"
-            )
-            raise typer.Exit(shell.EXIT_INTERRUPTED) from None
-    progress = result.progress
-    failed = [d for d in progress.devices if d.outcome is Outcome.FAILED]
-    if as_json:
-        summary |= {
-            "ok": progress.ok,
-            "timed_out": result.timed_out,
-            "devices": _result_dict(result),
-        }
-        output.print_json(summary)
-    else:
-        output.console.print(result_table(result))
-    if failed:
-        first = failed[0].observed
-        why = f" ({failed[0].device_id}: {first.last_error})" if first and first.last_error else ""
-        shell.fail(f"{ref}: {len(failed)} of {len(targets)} device(s) failed{why}")
+        result = _follow(client, reply.rollout_id, timeout_s=timeout, live=not as_json)
+    _report(result, summary, as_json=as_json)
+    info = result.snapshot.info
     if result.timed_out:
+        shell.fail(_timed_out(str(ref), info, timeout))
+    if not result.ok:
+        failed = following.failed_count(info)
+        counted = f"{failed} of {len(info.devices)} device(s) failed; " if failed else ""
         shell.fail(
-            f"{ref}: timed out after {timeout:g}s with "
-            f"{progress.count(Outcome.CONVERGED)} of {len(targets)} device(s) converged"
+            f"{ref}: {counted}rollout {info.rollout_id} {info.phase}: {info.reason or 'no reason'}"
         )
     if not as_json:
         output.console.print(
-            f"[green]{ref} is active on all {len(targets)} device(s) of {fleet}[/]"
+            f"[green]{ref} is active on all {len(info.devices)} device(s) of {fleet}[/] "
+            f"(rollout {info.rollout_id} succeeded)"
+        )
+
+
+def rollback(
+    ctx: typer.Context,
+    *,
+    fleet: FleetOption,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Send every device to this release instead of each one's previous release.",
+            metavar="NAME:VERSION",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait/--no-wait", help="Follow until every device confirmed it is back."),
+    ] = True,
+    timeout: TimeoutOption = 300.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Send a whole fleet back to its previous release (or to --to NAME:VERSION).
+
+    An unfinished rollout of the fleet is aborted first. Each device goes back to the
+    release it ran before its current one; devices with nothing to go back to are skipped.
+    With --wait (the default) it follows the rollback live and exits 0 once every device
+    confirmed, 1 when one did not or --timeout passed.
+    """
+    to_release = str(ReleaseRef.parse(to)) if to else ""
+    with shell.controller(ctx) as client:
+        reply = client.rollback(fleet, to_release=to_release)
+        summary: dict[str, Any] = {
+            "rollout_id": reply.rollout_id,
+            "fleet": fleet,
+            "to_release": to_release,
+            "targets": [
+                {"device_id": x.device_id, "generation": x.generation} for x in reply.targets
+            ],
+        }
+        if not wait:
+            if as_json:
+                output.print_json(summary)
+            else:
+                output.console.print(
+                    f"rollback {reply.rollout_id}: {len(reply.targets)} device(s) of {fleet} "
+                    f"sent back; follow it with: edgectl rollout status {reply.rollout_id} --watch"
+                )
+            return
+        result = _follow(client, reply.rollout_id, timeout_s=timeout, live=not as_json)
+    _report(result, summary, as_json=as_json)
+    info = result.snapshot.info
+    what = f"rollback of {fleet}"
+    if result.timed_out:
+        shell.fail(_timed_out(what, info, timeout))
+    if not result.ok:
+        shell.fail(f"{what}: rollout {info.rollout_id} {info.phase}: {info.reason or 'no reason'}")
+    if not as_json:
+        goal = to_release or "their previous release"
+        output.console.print(
+            f"[green]{len(reply.targets)} device(s) of {fleet} are back on {goal}[/] "
+            f"(rollback {info.rollout_id})"
         )

@@ -67,7 +67,25 @@ def specs_text(specs: Iterable[common_pb2.TensorSpec]) -> str:
 
 # identifiers and times read badly when broken; free text and specs may fold
 _NO_WRAP = frozenset(
-    {"DEVICE", "NAME", "RELEASE", "ACTIVE RELEASE", "VERSION", "KEY ID", "CREATED", "TIME", "GEN"}
+    {
+        "DEVICE",
+        "NAME",
+        "RELEASE",
+        "ACTIVE RELEASE",
+        "VERSION",
+        "KEY ID",
+        "CREATED",
+        "TIME",
+        "GEN",
+        "ROLLOUT",
+        "PHASE",
+        "STATE",
+        "STEP",
+        "FLEET",
+        "KIND",
+        "AGE",
+        "INSTALL",
+    }
 )
 
 

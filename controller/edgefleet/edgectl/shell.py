@@ -21,7 +21,10 @@ from edgefleet.common.errors import EdgeFleetError
 from edgefleet.edgectl.client import ControllerClient
 
 DEFAULT_CONTROLLER = "127.0.0.1:50051"
-COMMAND_ORDER = ("keys", "model", "release", "deploy", "devices", "events", "predict", "demo")
+COMMAND_ORDER = (
+    "keys", "model", "release", "deploy", "rollout", "rollback", "devices", "events", "predict",
+    "demo",
+)  # fmt: skip
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

@@ -1,0 +1,106 @@
+"""Following a staged rollout: poll ``GetRollout`` (and ``ListDevices``) until it finishes.
+
+The ``Deploy`` reply names only the devices of the first step (the canary), so the CLI follows
+the rollout itself: the controller decides each step, and says in the rollout's phase when it
+is done. ``ListDevices`` adds each device's install phase for the live view. The helpers at
+the top read a ``RolloutInfo`` (finished? ok? how many failed?) and do no I/O; ``follow`` is
+the loop, with clock and sleep as parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from edgefleet.edgectl.client import ControllerClient
+from edgefleet.v1 import controller_pb2 as pb
+
+POLL_INTERVAL_S = 0.25
+ROLLBACK_KIND = "rollback"  # the strategy kind of a rollout made by ``Rollback``
+FINISHED_PHASES = frozenset({"succeeded", "aborted", "rolled_back"})
+BACK_STATES = frozenset({"rolling_back", "reverted"})
+NO_PREVIOUS = "no previous release"  # the reason the controller gives a device it cannot revert
+
+
+def finished(info: pb.RolloutInfo) -> bool:
+    return info.phase in FINISHED_PHASES
+
+
+def is_rollback(info: pb.RolloutInfo) -> bool:
+    return info.strategy.kind == ROLLBACK_KIND
+
+
+def ok(info: pb.RolloutInfo) -> bool:
+    """A finished rollout that did what it was for: a deploy succeeded, or a fleet rollback
+    brought every device it sent back to its release."""
+    if is_rollback(info):
+        return info.phase == "rolled_back" and not any(
+            d.state == "rolling_back" for d in info.devices
+        )
+    return info.phase == "succeeded"
+
+
+def device_failed(d: pb.RolloutDevice) -> bool:
+    """The device failed the release: it is ``failed``, or was sent back after a failure
+    (a device sent back only because the rollout stopped carries no reason of its own)."""
+    if d.state == "failed":
+        return True
+    reason = d.reason.replace(NO_PREVIOUS, "").strip("; ")
+    return d.state in BACK_STATES and bool(reason)
+
+
+def count(info: pb.RolloutInfo, *states: str) -> int:
+    return sum(1 for d in info.devices if d.state in states)
+
+
+def failed_count(info: pb.RolloutInfo) -> int:
+    return 0 if is_rollback(info) else sum(1 for d in info.devices if device_failed(d))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One poll: the rollout and what its devices last reported."""
+
+    info: pb.RolloutInfo
+    devices: dict[str, pb.DeviceInfo] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FollowResult:
+    snapshot: Snapshot
+    timed_out: bool
+
+    @property
+    def ok(self) -> bool:
+        return not self.timed_out and ok(self.snapshot.info)
+
+
+def snapshot(client: ControllerClient, rollout_id: str) -> Snapshot:
+    info = client.get_rollout(rollout_id)
+    ids = {d.device_id for d in info.devices}
+    devices = {d.device_id: d for d in client.list_devices(info.fleet) if d.device_id in ids}
+    return Snapshot(info, devices)
+
+
+def follow(
+    client: ControllerClient,
+    rollout_id: str,
+    *,
+    timeout_s: float | None,
+    on_progress: Callable[[Snapshot], None] = lambda _: None,
+    interval_s: float = POLL_INTERVAL_S,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> FollowResult:
+    """Poll until the rollout finished or ``timeout_s`` passed (``None``: no limit)."""
+    deadline = None if timeout_s is None else clock() + timeout_s
+    while True:
+        snap = snapshot(client, rollout_id)
+        on_progress(snap)
+        if finished(snap.info):
+            return FollowResult(snap, timed_out=False)
+        if deadline is not None and clock() >= deadline:
+            return FollowResult(snap, timed_out=True)
+        wait = interval_s if deadline is None else min(interval_s, max(0.0, deadline - clock()))
+        sleep(wait)
