@@ -78,9 +78,24 @@ class Prometheus:
             )
         try:
             wait_port(self.port, 30, proc=self.proc)
+            self.wait_ready(30)
         except BaseException:
             self.stop()
             raise
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until ``/-/ready`` says 200: the API answers 503 while the TSDB opens."""
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.port}/-/ready"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:  # HTTPError 503 included
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"prometheus not ready after {timeout}s") from None
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
