@@ -71,6 +71,7 @@ class Release:
     signed_manifest: signing.Envelope
     manifest_digest: str
     model: bytes
+    golden: bytes | None = None
 
     @property
     def ref(self) -> str:
@@ -94,6 +95,7 @@ class Signer:
         outputs: Sequence[t.TensorSpec] = DIGITS_OUTPUTS,
         digest: str | None = None,
         size: int | None = None,
+        golden: bytes | None = None,
     ) -> Release:
         manifest = t.Manifest(
             name=name,
@@ -103,10 +105,12 @@ class Signer:
             inputs=tuple(inputs),
             outputs=tuple(outputs),
             health=health or t.HealthPolicy(smoke_inference=True),
+            golden_digest=digests.of_bytes(golden) if golden is not None else "",
+            golden_size=len(golden) if golden is not None else 0,
         )
         payload = wire.encode_manifest(manifest)
         env = signing.sign(payload, signing.MANIFEST_TYPE, self.key)
-        return Release(manifest, env, digests.of_bytes(payload), model)
+        return Release(manifest, env, digests.of_bytes(payload), model, golden)
 
     def desired(
         self,
@@ -167,6 +171,12 @@ class ArtifactServer:
 
     def put(self, data: bytes) -> str:
         return self.store.put(data)
+
+    def publish(self, release: Release) -> None:
+        """Serve a release's blobs: its model, and its golden data when it has some."""
+        self.put(release.model)
+        if release.golden is not None:
+            self.put(release.golden)
 
     def put_as(self, digest: str, data: bytes) -> None:
         """Serve ``data`` under a digest it does not have (a corrupt or lying source)."""
@@ -336,12 +346,16 @@ class AgentProcess:
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, failpoints: str = "") -> dict[str, Any]:
-        """Start and wait until it wrote its ``agent.json``; return that."""
+    def launch(self, *, failpoints: str = "") -> subprocess.Popen[bytes]:
+        """Start the process without waiting for it."""
         env = {**os.environ, "EDGEFLEET_LOG_JSON": "0", "EDGEFLEET_FAILPOINTS": failpoints}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=env)
-        proc = self.proc
+        return self.proc
+
+    def start(self, *, failpoints: str = "") -> dict[str, Any]:
+        """Start and wait until it wrote its ``agent.json``; return that."""
+        proc = self.launch(failpoints=failpoints)
 
         def ready() -> dict[str, Any] | None:
             if proc.poll() is not None:

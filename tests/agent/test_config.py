@@ -89,3 +89,16 @@ def test_cli_refuses_to_start_without_a_trusted_key(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "refusing to start without a trusted key" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_power_root_defaults_to_the_real_root_and_is_relative_to_the_file(
+    tmp_path: Path, key: Path
+) -> None:
+    base = {"device_id": "dev-1", "trusted_keys": [key]}
+    assert config.load(file=None, env={}, flags=base).power_root == Path("/")
+    conf = tmp_path / "agent.toml"
+    conf.write_text('power_root = "fixture"\n')
+    s = config.load(file=conf, env={}, flags=base)
+    assert s.power_root == tmp_path / "fixture"
+    s = config.load(file=conf, env={"EDGEFLEET_AGENT_POWER_ROOT": "/srv/sys"}, flags=base)
+    assert s.power_root == Path("/srv/sys")

@@ -77,6 +77,10 @@ def run(
     predict_workers: Annotated[
         int | None, typer.Option(help="gRPC serving threads (default 8).")
     ] = None,
+    power_root: Annotated[
+        Path | None,
+        typer.Option(help="Root of the /sys and /proc trees power sensors are read from."),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = None,
 ) -> None:
     """Run the agent until SIGTERM or SIGINT."""
@@ -93,6 +97,7 @@ def run(
         "telemetry_interval": telemetry_interval,
         "fetch_deadline": fetch_deadline,
         "predict_workers": predict_workers,
+        "power_root": power_root,
         "log_level": log_level,
     }
     try:

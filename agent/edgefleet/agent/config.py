@@ -74,6 +74,8 @@ class AgentSettings:
     """State, blobs, partial downloads and install slots."""
     telemetry_interval: float = 10.0
     """Seconds between telemetry reports."""
+    power_root: Path = Path("/")
+    """Where ``/sys`` and ``/proc`` of the power sensors are found (a fixture tree in tests)."""
     log_level: str = "INFO"
     """DEBUG, INFO, WARNING or ERROR."""
 
@@ -121,6 +123,7 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "trusted_keys": ("", "trusted_keys", _paths),
     "data_dir": ("", "data_dir", lambda v: Path(str(v))),
     "telemetry_interval": ("", "telemetry_interval", _float),
+    "power_root": ("", "power_root", lambda v: Path(str(v))),
     "log_level": ("", "log_level", lambda v: str(v).upper()),
 }
 ALIASES = {"trusted_key": "trusted_keys", "label": "labels"}
@@ -148,8 +151,9 @@ def from_file(path: Path) -> dict[str, Any]:
         raise InvalidInputError(f"{path}: not valid TOML ({exc})") from None
     values = _convert(str(path), raw)
     base = path.parent
-    if "data_dir" in values:
-        values["data_dir"] = base / values["data_dir"]
+    for key in ("data_dir", "power_root"):
+        if key in values:
+            values[key] = base / values[key]
     if "trusted_keys" in values:
         values["trusted_keys"] = tuple(base / p for p in values["trusted_keys"])
     return values

@@ -20,7 +20,10 @@ from importlib import metadata
 from edgefleet.agent import failpoints
 from edgefleet.agent.config import AgentSettings
 from edgefleet.agent.installing import Installer
+from edgefleet.agent.ledger import Ledger
+from edgefleet.agent.live import LiveStats
 from edgefleet.agent.metrics import AgentMetrics
+from edgefleet.agent.powering import PowerTap
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.restoring import restore
@@ -29,6 +32,7 @@ from edgefleet.agent.serving import InferenceServer, InferenceServicer
 from edgefleet.agent.state import DeviceState, StateFile
 from edgefleet.agent.store import DeviceStore
 from edgefleet.agent.telemetry import TelemetryLoop, Window
+from edgefleet.agent.watching import HealthWatch
 from edgefleet.common import topics
 from edgefleet.common.artifacts import atomic_write
 from edgefleet.common.errors import InvalidInputError
@@ -64,6 +68,7 @@ class Agent:
         self.stopping = threading.Event()
         self.metrics = AgentMetrics()
         self.window = Window()
+        self.live = LiveStats()
         self.predictor = Predictor()
         self.reporter = Reporter(
             device_id=self.device_id,
@@ -87,16 +92,29 @@ class Agent:
                 fleet=s.device.fleet,
                 metrics=self.metrics,
                 window=self.window,
+                live=self.live,
             ),
             listen=s.serving.predict_listen,
             workers=s.serving.workers,
         )
         self.store = DeviceStore(s.data_dir)
         self.state_file = StateFile(s.data_dir / "state.json")
+        ledger = Ledger(state_file=self.state_file, store=self.store, reporter=self.reporter)
+        self.watch = HealthWatch(
+            ledger=ledger,
+            store=self.store,
+            trust=self.trust,
+            reporter=self.reporter,
+            metrics=self.metrics,
+            live=self.live,
+            serve=self._serve,
+            unserve=self._unserve,
+        )
         self.installer = Installer(
             device_id=self.device_id,
             store=self.store,
-            state_file=self.state_file,
+            ledger=ledger,
+            watch=self.watch,
             trust=self.trust,
             predictor=self.predictor,
             reporter=self.reporter,
@@ -108,13 +126,8 @@ class Agent:
         )
         self._queue: queue.Queue[object] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="agent-worker", daemon=True)
-        self._telemetry = TelemetryLoop(
-            self.window,
-            interval=s.telemetry_interval,
-            device_id=self.device_id,
-            release=lambda: rt.release if (rt := self.predictor.current) else "",
-            publish=self.reporter.telemetry,
-        )
+        self._power_root = s.power_root
+        self._telemetry: TelemetryLoop | None = None
         self._serving = self._connecting = False
 
     # lifecycle
@@ -152,6 +165,14 @@ class Agent:
         self.session.start()
         self._connecting = True
         self._worker.start()
+        self._telemetry = TelemetryLoop(
+            self.window,
+            interval=self.settings.telemetry_interval,
+            device_id=self.device_id,
+            release=lambda: rt.release if (rt := self.predictor.current) else "",
+            publish=self.reporter.telemetry,
+            power=PowerTap.open(self._power_root, registry=self.metrics.registry),
+        )
         self._telemetry.start()
         log.info(
             "agent %s ready: Predict on %s, metrics %s, broker %s",
@@ -170,7 +191,8 @@ class Agent:
         self._queue.put(_STOP)
         if self._worker.is_alive():
             self._worker.join(timeout=30)
-        self._telemetry.stop()
+        if self._telemetry is not None:
+            self._telemetry.stop()
         if self._connecting:
             self.session.stop(last=[self.reporter.presence_message(online=False)])
         if self._serving:
@@ -189,6 +211,12 @@ class Agent:
             previous=state.previous.release if state.previous else "",
             manifest_digest=runtime.model.manifest_digest,
         )
+
+    def _unserve(self) -> None:
+        """Serve nothing (a release rolled back with no release before it)."""
+        self.predictor.swap(None)
+        self.server.set_serving(False)
+        self.metrics.set_active(release="", previous="", manifest_digest="")
 
     def _write_info(self, endpoints: Endpoints) -> None:
         """``<data-dir>/agent.json``, written atomically once serving: how tools find this agent.

@@ -16,6 +16,9 @@ first / Nth hit; ``sleep:SECONDS`` on every hit. Points the agent passes:
 ``after_stage``             the slot dir is complete, phase ``staged`` not yet persisted
 ``before_activate``         the health check passed; state not yet written
 ``after_activate_state``    state.json names the new slot; the runtime is not swapped yet
+``window_checkup``          a checkup of a health window is about to measure
+``after_rollback_state``    state.json names the previous slot again; not swapped back yet
+``load_active``             at start, the active slot's load is counted, not yet made
 ==========================  ===========================================================
 
 Unset (the normal case) every ``hit`` is one dict lookup.
@@ -41,6 +44,9 @@ POINTS = frozenset(
         "after_stage",
         "before_activate",
         "after_activate_state",
+        "window_checkup",
+        "after_rollback_state",
+        "load_active",
     }
 )
 

@@ -1,9 +1,11 @@
 """The shell around ``reconcile``: carries out its actions against disk, network and runtime.
 
 Runs on the agent's single worker thread, so installs never overlap. Every change of the
-persisted state goes through ``_commit`` (atomic write, then the status report), in the order
-``reconcile`` documents; the in-memory runtime is swapped only after the state naming it is on
-disk, so a crash between the two restarts on the new, verified slot.
+persisted state goes through the ``Ledger`` (atomic write, then the status report), in the
+order ``reconcile`` documents; the in-memory runtime is swapped only after the state naming it
+is on disk, so a crash between the two restarts on the new, verified slot. A release with a
+health window is activated with the window in that same state write, then handed to
+``watching`` (which ``step`` runs between install steps).
 
 Failures, by what to do about them: ``TransientError`` (and ``OSError``) keep the install and
 retry it after a capped full-jitter backoff; ``PermanentError`` ends it as ``failed`` with its
@@ -19,16 +21,19 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from edgefleet.agent import failpoints, fetching
+from edgefleet.agent import checking, failpoints, fetching, health
+from edgefleet.agent import golden as g
 from edgefleet.agent import reconcile as r
 from edgefleet.agent.errors import StopRequestedError
+from edgefleet.agent.ledger import Ledger
 from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.restoring import load_slot
 from edgefleet.agent.runtime import ModelRuntime
-from edgefleet.agent.state import DeviceState, PendingInstall, SlotInfo, StateFile
+from edgefleet.agent.state import DeviceState, HealthWindow, PendingInstall, SlotInfo
 from edgefleet.agent.store import DeviceStore, signed_manifest_of
+from edgefleet.agent.watching import HealthWatch
 from edgefleet.common import backoff, digests
 from edgefleet.common.desired import open_desired
 from edgefleet.common.errors import (
@@ -65,7 +70,8 @@ class Installer:
         *,
         device_id: str,
         store: DeviceStore,
-        state_file: StateFile,
+        ledger: Ledger,
+        watch: HealthWatch,
         trust: TrustStore,
         predictor: Predictor,
         reporter: Reporter,
@@ -79,7 +85,8 @@ class Installer:
     ) -> None:
         self._device_id = device_id
         self._store = store
-        self._state_file = state_file
+        self._ledger = ledger
+        self._watch = watch
         self._trust = trust
         self._predictor = predictor
         self._reporter = reporter
@@ -90,15 +97,20 @@ class Installer:
         self._stopping = stopping
         self._clock = clock
         self._rand = rand
-        self.state = DeviceState()
         self._pending: DesiredState | None = None
         self._retry_at = 0.0
         self._checked: ModelRuntime | None = None
+        self._checked_golden: g.GoldenSet | None = None
+
+    @property
+    def state(self) -> DeviceState:
+        return self._ledger.state
 
     def resume(self, state: DeviceState, pending: DesiredState | None) -> None:
-        """Take over the state ``restoring`` produced at start-up."""
-        self.state, self._pending = state, pending
-        self._reporter.update(state)
+        """Take over the state ``restoring`` produced at start-up (dropping slots it left)."""
+        self._ledger.state, self._pending = state, pending
+        self._ledger.prune()
+        self._ledger.report()
 
     # the two entry points of the worker loop
 
@@ -127,11 +139,21 @@ class Installer:
             self._begin(action, desired, raw)
 
     def step(self) -> float | None:
-        """Carry out the next action of the pending install.
+        """Run a due checkup of the health window, then the next action of the pending install.
 
         Returns None when there is nothing to do, 0 to be called again at once, or the seconds
-        to wait before a retry.
+        to wait (before a retry or the next checkup).
         """
+        try:
+            watch_wait = self._watch.step()
+        except Exception:  # a bug in a checkup must not stop installs: look again soon
+            log.exception("health window checkup failed")
+            watch_wait = 1.0
+        install_wait = self._install_step()
+        waits = [w for w in (watch_wait, install_wait) if w is not None]
+        return min(waits) if waits else None
+
+    def _install_step(self) -> float | None:
         if self._pending is None:
             return None
         actions = r.reconcile(
@@ -172,6 +194,10 @@ class Installer:
                 partial_bytes=self._store.partial_size(i.model_digest),
                 slot_staged=self._store.slot_ready(i.slot),
                 health_checked=self._checked is not None and self._checked.model.slot == i.slot,
+                golden_stored=bool(i.golden_digest) and self._store.blobs.has(i.golden_digest),
+                golden_partial_bytes=self._store.partial_size(i.golden_digest)
+                if i.golden_digest
+                else 0,
             )
         return r.Observed(
             generation_applied=s.generation_applied,
@@ -182,12 +208,7 @@ class Installer:
     # admission
 
     def _commit(self, state: DeviceState, *, prune: bool = False) -> None:
-        """Persist ``state``, drop what it no longer names (when asked), then report it."""
-        self._state_file.save(state)
-        self.state = state
-        if prune:
-            self._prune()
-        self._reporter.update(state)
+        self._ledger.commit(state, prune=prune)
 
     def _begin(self, action: r.Begin, desired: DesiredState, raw: bytes) -> None:
         install = PendingInstall(
@@ -197,6 +218,7 @@ class Installer:
             phase=InstallPhase.FETCHING,
             manifest_digest=desired.manifest_digest,
             model_digest=desired.manifest.model_digest,
+            golden_digest=desired.manifest.golden_digest,
             desired=raw,
         )
         self._pending, self._retry_at, self._checked = desired, 0.0, None
@@ -213,11 +235,12 @@ class Installer:
 
     def _mark_applied(self, action: r.MarkApplied) -> None:
         self._pending, self._checked = None, None
+        watched = self.state.window is not None  # still in its window: not proven yet
         self._commit(
             replace(
                 self.state,
                 generation_applied=action.generation,
-                phase=InstallPhase.ACTIVE,
+                phase=InstallPhase.HEALTH_CHECK if watched else InstallPhase.ACTIVE,
                 target_release=action.release,
                 last_error="",
                 install=None,
@@ -229,7 +252,7 @@ class Installer:
             f"{action.release} is the active release already",
             release=action.release,
             generation=action.generation,
-            phase=InstallPhase.ACTIVE,
+            phase=self.state.phase,
         )
 
     # steps
@@ -320,26 +343,42 @@ class Installer:
         install = self.state.install
         assert install is not None
         self._store.stage(
-            action.slot, digest=action.digest, signed_manifest=signed_manifest_of(install.desired)
+            action.slot,
+            digest=action.digest,
+            golden_digest=action.golden_digest,
+            signed_manifest=signed_manifest_of(install.desired),
         )
         failpoints.hit("after_stage")
 
     def _health_check(self, action: r.HealthCheck) -> None:
         install = self.state.install
         assert install is not None
-        slot = SlotInfo(action.slot, install.release, install.manifest_digest, install.model_digest)
+        slot = SlotInfo(
+            action.slot,
+            install.release,
+            install.manifest_digest,
+            install.model_digest,
+            install.golden_digest,
+        )
         runtime = load_slot(self._store, self._trust, slot, metrics=self._metrics)
-        median_ms = runtime.smoke()
-        budget = action.policy.latency_budget_ms
-        if budget > 0 and median_ms > budget:
-            raise ModelLoadError(
-                f"health check: median smoke latency {median_ms:.3f} ms is over the "
-                f"budget of {budget:g} ms"
-            )
-        self._checked = runtime
+        golden = None
+        if runtime.model.manifest.golden_digest:
+            try:
+                golden = g.load(self._store.golden_path(action.slot))
+            except g.GoldenDataError as exc:
+                raise ModelLoadError(f"health check: {exc}") from exc
+        exam = checking.examine(runtime, golden, action.policy)
+        problem = health.precheck_problem(
+            action.policy, output_problems=exam.output_problems, latency=exam.latency
+        )
+        if problem:
+            raise ModelLoadError(f"health check: {problem}")
+        self._checked, self._checked_golden = runtime, golden
+        what = f"{golden.rows} golden rows pass" if golden is not None else "smoke inference passes"
         self._reporter.event(
             "health_check_passed",
-            f"smoke inference median {median_ms:.3f} ms",
+            f"{what}; median latency {exam.latency.median_ms:.3f} ms, "
+            f"p95 {exam.latency.p95_ms:.3f} ms",
             release=install.release,
             generation=install.generation,
             phase=InstallPhase.HEALTH_CHECK,
@@ -349,30 +388,63 @@ class Installer:
         install, runtime = self.state.install, self._checked
         assert install is not None and runtime is not None and runtime.model.slot == action.slot
         failpoints.hit("before_activate")
+        s = self.state
+        # A release still in its window never passed: the one before it stays the fall-back.
+        if s.window is not None:
+            previous, previous_runtime = s.previous, self._watch.previous_runtime
+        else:
+            previous, previous_runtime = s.active, self._predictor.current
+        window = None
+        if action.window_s > 0:
+            window = HealthWindow(
+                generation=action.generation,
+                release=action.release,
+                slot=action.slot,
+                previous_slot=previous.slot if previous else "",
+                started_at_ms=int(time.time() * 1000),
+                duration_s=action.window_s,
+            )
         new = replace(
-            self.state,
+            s,
             generation_applied=action.generation,
-            phase=InstallPhase.ACTIVE,
+            phase=InstallPhase.HEALTH_CHECK if window else InstallPhase.ACTIVE,
             last_error="",
             active=SlotInfo(
-                action.slot, install.release, install.manifest_digest, install.model_digest
+                action.slot,
+                install.release,
+                install.manifest_digest,
+                install.model_digest,
+                install.golden_digest,
             ),
-            previous=self.state.active,
+            previous=previous,
             install=None,
+            window=window,
+            load_failures=0,
+            load_error="",
         )
-        self._state_file.save(new)
+        self._ledger.save(new)
         failpoints.hit("after_activate_state")
         self._serve(runtime, new)
-        self.state, self._pending, self._checked = new, None, None
-        self._prune()
-        self._reporter.update(new)
-        previous = new.previous.release if new.previous else "none"
+        if window is not None:
+            self._watch.begin(
+                candidate=runtime,
+                previous=previous_runtime,
+                golden=self._checked_golden,
+                policy=runtime.model.manifest.health,
+            )
+        else:
+            self._watch.end()
+        self._pending, self._checked, self._checked_golden = None, None, None
+        self._ledger.prune()
+        self._ledger.report()
+        before = previous.release if previous else "none"
+        watching = f"; watching it for {action.window_s:g}s" if window else ""
         self._reporter.event(
             "activated",
-            f"{action.release} is active (previous: {previous})",
+            f"{action.release} is active (previous: {before}){watching}",
             release=action.release,
             generation=action.generation,
-            phase=InstallPhase.ACTIVE,
+            phase=new.phase,
         )
 
     # failure
@@ -401,7 +473,7 @@ class Installer:
             self._finish_failed(install.generation, install.release, f"{type(exc).__name__}: {exc}")
 
     def _finish_failed(self, generation: int, release: str, reason: str) -> None:
-        self._pending, self._checked, self._retry_at = None, None, 0.0
+        self._pending, self._checked, self._checked_golden, self._retry_at = None, None, None, 0.0
         self._commit(
             replace(
                 self.state,
@@ -421,16 +493,3 @@ class Installer:
             generation=generation,
             phase=InstallPhase.FAILED,
         )
-
-    def _prune(self) -> None:
-        s = self.state
-        keep = [x for x in (s.active, s.previous) if x is not None]
-        try:
-            self._store.prune(
-                slots=[x.slot for x in keep] + ([s.install.slot] if s.install else []),
-                blobs=[x.model_digest for x in keep]
-                + ([s.install.model_digest] if s.install else []),
-                partials=[s.install.model_digest] if s.install else [],
-            )
-        except OSError:
-            log.exception("could not remove old slots")

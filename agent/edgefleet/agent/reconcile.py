@@ -10,12 +10,17 @@ Install steps and the phase persisted around them (DESIGN.md section 5)::
 
     Fetch        fetching -> verifying     resumable download into a partial file
     Verify       verifying                 sha256 + size, then into the blob store
-    Stage        verifying -> staged       fresh slot dir: model + signed manifest
-    HealthCheck  health_check              load, signature check, smoke inference
-    Activate     health_check -> active    state written atomically, then the swap
+    Stage        verifying -> staged       fresh slot dir: model, golden data, signed manifest
+    HealthCheck  health_check              load, signature check, golden (or smoke) inference
+                                           and latency against the budget (``health``)
+    Activate     health_check -> active    state written atomically, then the swap; with a
+                 (or health_check while    health window the phase stays ``health_check``
+                 the window is open)       until ``watching`` passes or rolls it back
 
-A step's plan comes from facts, not only from the phase, so a crash anywhere resumes with the
-work that is really left (a partial download continues, a half-staged slot is staged again).
+A release with golden data has two blobs, fetched and verified one after the other (model
+first) with the same steps. A step's plan comes from facts, not only from the phase, so a
+crash anywhere resumes with the work that is really left (a partial download continues, a
+half-staged slot is staged again).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class Progress:
     partial_bytes: int = 0  # size of the partial download
     slot_staged: bool = False  # the slot dir for this generation exists
     health_checked: bool = False  # this process loaded the slot and it passed its check
+    golden_stored: bool = False  # the verified golden blob is in the blob store
+    golden_partial_bytes: int = 0  # size of the golden blob's partial download
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class Stage:
     generation: int
     slot: str
     digest: str
+    golden_digest: str = ""  # "" when the release has no golden data
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,7 @@ class Activate:
     generation: int
     slot: str
     release: str
+    window_s: float = 0.0  # > 0: watch the release this long before it counts as passed
 
 
 Step = Fetch | Verify | Stage | HealthCheck | Activate
@@ -208,23 +217,31 @@ def _plan(
     steps: list[Action] = []
     early = install.phase in (InstallPhase.FETCHING, InstallPhase.VERIFYING)
     if early or not install.slot_staged:
-        if not install.blob_stored:  # only verified bytes ever enter the blob store
-            downloaded = (
-                install.phase is InstallPhase.VERIFYING and install.partial_bytes == m.model_size
+        blobs = [(m.model_digest, m.model_size, install.blob_stored, install.partial_bytes)]
+        if m.golden_digest:
+            blobs.append(
+                (
+                    m.golden_digest,
+                    m.golden_size,
+                    install.golden_stored,
+                    install.golden_partial_bytes,
+                )
             )
+        for digest, size, stored, partial in blobs:
+            if stored:  # only verified bytes ever enter the blob store
+                continue
+            downloaded = install.phase is InstallPhase.VERIFYING and partial == size
             if not downloaded:
                 sources = _unique((*desired.artifact_sources, *fallback_sources))
                 if not sources:
                     return [Fail(gen, str(desired.release), "no artifact source to fetch from")]
-                steps.append(
-                    Fetch(gen, m.model_digest, m.model_size, sources, install.partial_bytes)
-                )
-            steps.append(Verify(gen, m.model_digest, m.model_size))
-        steps.append(Stage(gen, slot, m.model_digest))
+                steps.append(Fetch(gen, digest, size, sources, partial))
+            steps.append(Verify(gen, digest, size))
+        steps.append(Stage(gen, slot, m.model_digest, m.golden_digest))
         early = True
     if early or not install.health_checked:
         steps.append(HealthCheck(gen, slot, m.health))
-    steps.append(Activate(gen, slot, str(desired.release)))
+    steps.append(Activate(gen, slot, str(desired.release), max(0.0, m.health.health_window_s)))
     return steps
 
 

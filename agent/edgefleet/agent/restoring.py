@@ -1,9 +1,14 @@
 """Start-up: bring back the last good model and the install that was under way.
 
-The active slot is re-verified (signed manifest, then the model's sha256) before it is
-loaded, so the agent never serves bytes that changed on disk; when that fails it falls back to
-the previous slot and reports ``rolled_back``. A pending install is re-verified from the
-signed desired state it kept, with today's trusted keys, then resumes from its phase.
+The active slot is re-verified (signed manifest, then the model's and golden data's sha256)
+before it is loaded, so the agent never serves bytes that changed on disk; when that fails it
+falls back to the previous slot and reports ``rolled_back``. ``health.start_plan`` decides the
+rest: a state with an open health window means the agent died (or stopped) while watching a
+release that never passed, so it goes back to the previous slot without loading it; an active
+slot that failed to load ``max_load_failures`` times in a row (each attempt is counted in
+``state.json`` before it is made, so a crash while loading counts) is rolled back too. A
+pending install is re-verified from the signed desired state it kept, with today's trusted
+keys, then resumes from its phase.
 """
 
 from __future__ import annotations
@@ -11,37 +16,44 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
+from edgefleet.agent import failpoints, health
 from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime
 from edgefleet.agent.state import DeviceState, SlotInfo, StateFile
 from edgefleet.agent.store import DeviceStore
 from edgefleet.common.desired import open_desired
-from edgefleet.common.errors import EdgeFleetError, IntegrityError
+from edgefleet.common.errors import EdgeFleetError, IntegrityError, ModelLoadError
 from edgefleet.common.signing import TrustStore
 from edgefleet.common.types import DesiredState, InstallPhase
 
 log = logging.getLogger(__name__)
 
 
+def verify_slot(store: DeviceStore, trust: TrustStore, slot: SlotInfo) -> LoadedModel:
+    """Verify a slot end to end; raises a ``PermanentError`` naming the problem."""
+    manifest, manifest_digest = store.open_slot(slot.slot, trust)
+    if manifest_digest != slot.manifest_digest:
+        raise IntegrityError(slot.manifest_digest, manifest_digest)
+    return LoadedModel(
+        release=str(manifest.ref),
+        slot=slot.slot,
+        manifest=manifest,
+        manifest_digest=manifest_digest,
+    )
+
+
+def load_verified(store: DeviceStore, model: LoadedModel, *, metrics: AgentMetrics) -> ModelRuntime:
+    runtime = ModelRuntime.load(store.model_path(model.slot), model)
+    metrics.model_load.observe(runtime.load_seconds)
+    return runtime
+
+
 def load_slot(
     store: DeviceStore, trust: TrustStore, slot: SlotInfo, *, metrics: AgentMetrics
 ) -> ModelRuntime:
     """Verify a slot end to end and load it; raises a ``PermanentError`` naming the problem."""
-    manifest, manifest_digest = store.open_slot(slot.slot, trust)
-    if manifest_digest != slot.manifest_digest:
-        raise IntegrityError(slot.manifest_digest, manifest_digest)
-    runtime = ModelRuntime.load(
-        store.model_path(slot.slot),
-        LoadedModel(
-            release=str(manifest.ref),
-            slot=slot.slot,
-            manifest=manifest,
-            manifest_digest=manifest_digest,
-        ),
-    )
-    metrics.model_load.observe(runtime.load_seconds)
-    return runtime
+    return load_verified(store, verify_slot(store, trust, slot), metrics=metrics)
 
 
 @dataclass(frozen=True)
@@ -61,9 +73,10 @@ def restore(
     reporter: Reporter,
 ) -> Restored:
     state = state_file.load()
-    runtime, state = _restore_active(
-        state, store=store, trust=trust, metrics=metrics, reporter=reporter
+    starting = _Start(
+        state_file=state_file, store=store, trust=trust, metrics=metrics, reporter=reporter
     )
+    runtime, state = starting.active(state)
     pending = None
     install = state.install
     if install is not None:
@@ -90,36 +103,89 @@ def restore(
     return Restored(state, runtime, pending)
 
 
-def _restore_active(
-    state: DeviceState,
-    *,
-    store: DeviceStore,
-    trust: TrustStore,
-    metrics: AgentMetrics,
-    reporter: Reporter,
-) -> tuple[ModelRuntime | None, DeviceState]:
-    problems: list[str] = []
-    for which, slot in (("active", state.active), ("previous", state.previous)):
+@dataclass(frozen=True)
+class _Start:
+    state_file: StateFile
+    store: DeviceStore
+    trust: TrustStore
+    metrics: AgentMetrics
+    reporter: Reporter
+
+    def active(self, state: DeviceState) -> tuple[ModelRuntime | None, DeviceState]:
+        slot = state.active
         if slot is None:
-            continue
+            return None, state
+        if state.window is not None:
+            plan = health.start_plan(release=slot.release, window_open=True, load_failures=0)
+            assert isinstance(plan, health.RollBack)
+            return self._fall_back(state, plan.reason)
         try:
-            runtime = load_slot(store, trust, slot, metrics=metrics)
+            model = verify_slot(self.store, self.trust, slot)
         except EdgeFleetError as exc:
-            log.error("cannot restore the %s slot %s (%s): %s", which, slot.slot, slot.release, exc)
-            problems.append(f"{which} {slot.release} (slot {slot.slot}): {exc}")
-            continue
-        if which == "active":
-            log.info("serving %s from slot %s", slot.release, slot.slot)
-            return runtime, state
-        reason = f"fell back to {slot.release}: {problems[0]}"
-        reporter.event("rolled_back", reason, release=slot.release, phase=InstallPhase.ROLLED_BACK)
-        return runtime, replace(
-            state, active=slot, previous=None, phase=InstallPhase.ROLLED_BACK, last_error=reason
-        )
-    if problems:
+            log.error("cannot restore the active slot %s (%s): %s", slot.slot, slot.release, exc)
+            return self._fall_back(state, f"active {slot.release} (slot {slot.slot}): {exc}")
+        return self._load(state, model)
+
+    def _load(
+        self, state: DeviceState, model: LoadedModel
+    ) -> tuple[ModelRuntime | None, DeviceState]:
+        while True:
+            plan = health.start_plan(
+                model.manifest.health,
+                release=model.release,
+                window_open=False,
+                load_failures=state.load_failures,
+                last_failure=state.load_error,
+            )
+            if isinstance(plan, health.RollBack):
+                return self._fall_back(state, plan.reason)
+            state = replace(state, load_failures=state.load_failures + 1)
+            self.state_file.save(state)  # counted before trying: a crash while loading counts
+            failpoints.hit("load_active")
+            try:
+                runtime = load_verified(self.store, model, metrics=self.metrics)
+            except ModelLoadError as exc:
+                log.error("loading %s failed: %s", model.release, exc)
+                state = replace(state, load_error=str(exc))
+                continue
+            log.info("serving %s from slot %s", model.release, model.slot)
+            return runtime, replace(state, load_failures=0, load_error="")
+
+    def _fall_back(
+        self, state: DeviceState, problem: str
+    ) -> tuple[ModelRuntime | None, DeviceState]:
+        """Serve the previous slot instead of the active one (``problem`` says why)."""
+        slot = state.previous
+        problems = [problem]
+        if slot is not None:
+            try:
+                runtime = load_slot(self.store, self.trust, slot, metrics=self.metrics)
+            except EdgeFleetError as exc:
+                log.error(
+                    "cannot restore the previous slot %s (%s): %s", slot.slot, slot.release, exc
+                )
+                problems.append(f"previous {slot.release} (slot {slot.slot}): {exc}")
+            else:
+                reason = f"fell back to {slot.release}: {problem}"
+                self.reporter.event(
+                    "rolled_back",
+                    reason,
+                    release=slot.release,
+                    generation=state.window.generation if state.window else 0,
+                    phase=InstallPhase.ROLLED_BACK,
+                )
+                return runtime, state.rolled_back(reason)
+        if state.window is not None and slot is None:  # there was nothing before it
+            reason = f"rolled back to no model: {problem}"
+            self.reporter.event(
+                "rolled_back",
+                reason,
+                generation=state.window.generation,
+                phase=InstallPhase.ROLLED_BACK,
+            )
+            return None, state.rolled_back(reason)
         reason = "no verifiable model left: " + "; ".join(problems)
-        reporter.event("model_lost", reason, phase=InstallPhase.FAILED)
+        self.reporter.event("model_lost", reason, phase=InstallPhase.FAILED)
         return None, replace(
-            state, active=None, previous=None, phase=InstallPhase.FAILED, last_error=reason
+            state.rolled_back(reason), active=None, phase=InstallPhase.FAILED, last_error=reason
         )
-    return None, state

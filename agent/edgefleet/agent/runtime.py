@@ -1,4 +1,4 @@
-"""One loaded model in ONNX Runtime: signature check, input validation, smoke inference.
+"""One loaded model in ONNX Runtime: signature check and input validation.
 
 ``ModelRuntime.predict`` is the hot path. ONNX Runtime itself refuses unknown inputs, wrong
 dtypes, ranks and fixed dimensions, so the happy path adds one length check in Python (for
@@ -11,7 +11,6 @@ checked in Python (``_pinned``).
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -213,29 +212,3 @@ class ModelRuntime:
                     f"input {spec.name!r}: expected shape {spec.describe()}, got {got.describe()}"
                 )
         return None
-
-    # health
-
-    def smoke(self, *, runs: int = 5) -> float:
-        """Run inference on zeros (dynamic dims = 1); return the median latency in ms.
-
-        ``ModelLoadError`` when the model fails or answers with NaN or infinity.
-        """
-        feed = {
-            s.name: np.zeros(tuple(d if d >= 0 else 1 for d in s.shape), dtype=s.dtype)
-            for s in self.inputs
-        }
-        timings = []
-        try:
-            self._run(self.output_names, feed, None)  # warm-up: first runs allocate
-            for _ in range(runs):
-                started = time.perf_counter()
-                values = self._run(self.output_names, feed, None)
-                timings.append((time.perf_counter() - started) * 1000.0)
-        except Exception as exc:
-            raise ModelLoadError(f"smoke inference failed: {exc}") from exc
-        for name, value in zip(self.output_names, values, strict=True):
-            arr = np.asarray(value)
-            if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
-                raise ModelLoadError(f"smoke inference: output {name!r} holds NaN or infinity")
-        return statistics.median(timings)

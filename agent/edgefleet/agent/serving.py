@@ -18,8 +18,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edgefleet.agent import tensors
 from edgefleet.agent.errors import InferenceFailedError, NoActiveModelError
+from edgefleet.agent.live import LiveStats
 from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.predictor import Predictor
+from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.telemetry import Window
 from edgefleet.common import rpc, wire
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
@@ -50,12 +52,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         fleet: str,
         metrics: AgentMetrics,
         window: Window,
+        live: LiveStats | None = None,
     ) -> None:
         self._predictor = predictor
         self._device_id = device_id
         self._fleet = fleet
         self._metrics = metrics
         self._window = window
+        self._live = live or LiveStats()
 
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
@@ -64,6 +68,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         m = self._metrics
         m.requests.inc()
         m.in_flight.inc()
+        runtime: ModelRuntime | None = None
         try:
             runtime = self._predictor.require()
             outputs = runtime.predict(tensors.decode_all(request.inputs), request.output_names)
@@ -74,6 +79,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except EdgeFleetError as exc:
             m.errors.labels(_reason(exc)).inc()
             self._window.record(time.perf_counter() - started, ok=False)
+            if isinstance(exc, InferenceFailedError) and runtime is not None:
+                self._live.runtime_error(runtime.release, str(exc))
             rpc.abort(context, exc)
             raise  # unreachable: abort raises
         finally:
@@ -81,6 +88,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         elapsed = time.perf_counter() - started
         m.latency.observe(elapsed)
         self._window.record(elapsed, ok=True)
+        self._live.record(runtime.release, elapsed)
         return reply
 
     def ModelInfo(

@@ -5,6 +5,7 @@ Layout under the data dir::
     blobs/sha256/<hex>           verified model blobs (``BlobStore``)
     partial/<hex>.part           downloads under way; resumed from their size
     slots/<slot>/model.onnx      an installed release (a hard link to its blob when possible)
+    slots/<slot>/golden.npz      its golden data, when the manifest names some (also a link)
     slots/<slot>/manifest.signed its signed manifest (protobuf ``Signed``), re-verified on start
 
 A slot is staged in a temporary dir and renamed into place, so ``slots/<slot>`` is either
@@ -32,6 +33,7 @@ from edgefleet.v1 import mqtt_pb2
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
+GOLDEN_FILE = "golden.npz"
 MANIFEST_FILE = "manifest.signed"
 _SLOT = re.compile(r"^g[0-9]{1,20}$")
 
@@ -73,21 +75,29 @@ class DeviceStore:
     def model_path(self, slot: str) -> Path:
         return self.slot_dir(slot) / MODEL_FILE
 
+    def golden_path(self, slot: str) -> Path:
+        return self.slot_dir(slot) / GOLDEN_FILE
+
     def slot_ready(self, slot: str) -> bool:
         d = self.slot_dir(slot)
         return (d / MODEL_FILE).is_file() and (d / MANIFEST_FILE).is_file()
 
-    def stage(self, slot: str, *, digest: str, signed_manifest: bytes) -> Path:
-        """Make ``slots/<slot>`` afresh from the stored blob ``digest``."""
+    def stage(
+        self, slot: str, *, digest: str, signed_manifest: bytes, golden_digest: str = ""
+    ) -> Path:
+        """Make ``slots/<slot>`` afresh from the stored blobs ``digest`` (and ``golden_digest``)."""
         final = self.slot_dir(slot)
         tmp = self._slots / f".{slot}.staging"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        blob = self.blobs.path(digest)
-        try:
-            os.link(blob, tmp / MODEL_FILE)
-        except OSError:
-            shutil.copyfile(blob, tmp / MODEL_FILE)
+        for blob_digest, name in ((digest, MODEL_FILE), (golden_digest, GOLDEN_FILE)):
+            if not blob_digest:
+                continue
+            blob = self.blobs.path(blob_digest)
+            try:
+                os.link(blob, tmp / name)
+            except OSError:
+                shutil.copyfile(blob, tmp / name)
         atomic_write(tmp / MANIFEST_FILE, signed_manifest)
         fsync_dir(tmp)
         shutil.rmtree(final, ignore_errors=True)
@@ -96,7 +106,8 @@ class DeviceStore:
         return final
 
     def open_slot(self, slot: str, trust: TrustStore) -> tuple[t.Manifest, str]:
-        """Verify a slot's signed manifest and its model's digest; return (manifest, digest).
+        """Verify a slot's signed manifest, its model's and golden data's digests; return
+        (manifest, manifest digest).
 
         Raises ``SignatureError``, ``IntegrityError``, ``MalformedMessageError``, or
         ``SlotError`` when a file is missing.
@@ -111,6 +122,11 @@ class DeviceStore:
         if not model.is_file():
             raise SlotError(f"slot {slot} has no model file")
         digests.verify_file(model, manifest.model_digest)
+        if manifest.golden_digest:
+            golden = d / GOLDEN_FILE
+            if not golden.is_file():
+                raise SlotError(f"slot {slot} has no golden data")
+            digests.verify_file(golden, manifest.golden_digest)
         return manifest, manifest_digest
 
     def prune(

@@ -2,7 +2,8 @@
 
 ``Window`` collects from the serving threads; a named background thread drains it every
 ``interval`` seconds into a ``Telemetry`` message (QoS 0: a lost sample is no loss). Power
-fields stay absent until there is a power reader for the device.
+fields are filled from the device's power sensor (``powering``) and stay absent where there is
+none, or where the window gave no figure (no inferences: no joules per inference).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgefleet.agent.power import PowerReading
+from edgefleet.agent.powering import PowerTap
 from edgefleet.common.types import Telemetry
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,7 @@ def summarize(
     cpu_percent: float,
     memory_bytes: int,
     at_ms: int,
+    power: PowerReading | None = None,
 ) -> Telemetry:
     p50 = p95 = p99 = 0.0
     if stats.latencies_s:
@@ -83,6 +87,8 @@ def summarize(
         cpu_percent=cpu_percent,
         memory_bytes=memory_bytes,
         at_ms=at_ms,
+        power_w=power.watts if power is not None else None,
+        energy_per_inference_j=power.joules_per_inference if power is not None else None,
     )
 
 
@@ -107,8 +113,10 @@ class TelemetryLoop:
         device_id: str,
         release: Callable[[], str],
         publish: Callable[[Telemetry], None],
+        power: PowerTap | None = None,
     ) -> None:
         self._window = window
+        self._power = power
         self._interval = interval
         self._device_id = device_id
         self._release = release
@@ -129,14 +137,19 @@ class TelemetryLoop:
         while not self._stop.wait(self._interval):
             wall, cpu = time.monotonic(), time.process_time()
             elapsed = max(wall - last_wall, 1e-9)
+            stats = self._window.drain()
+            power = None
+            if self._power is not None:
+                power = self._power.tick(inferences=stats.requests - stats.errors)
             sample = summarize(
-                self._window.drain(),
+                stats,
                 device_id=self._device_id,
                 release=self._release(),
                 window_s=elapsed,
                 cpu_percent=100.0 * (cpu - last_cpu) / elapsed,
                 memory_bytes=rss_bytes(),
                 at_ms=int(time.time() * 1000),
+                power=power,
             )
             last_wall, last_cpu = wall, cpu
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -59,14 +60,9 @@ def health(msg: controller_pb2.CreateReleaseRequest) -> t.HealthPolicy | None:
     """The request's health policy; unset = the defaults, a zero crash-loop limit = the default."""
     if not msg.HasField("health"):
         return None
-    given = wire.health_from_pb(msg.health)
+    given = wire.health_from_pb(msg.health)  # zero golden tolerances become their defaults
     if given.max_load_failures == 0:
-        given = t.HealthPolicy(
-            smoke_inference=given.smoke_inference,
-            latency_budget_ms=given.latency_budget_ms,
-            max_load_failures=t.HealthPolicy().max_load_failures,
-            health_window_s=given.health_window_s,
-        )
+        given = dataclasses.replace(given, max_load_failures=t.HealthPolicy().max_load_failures)
     return given
 
 

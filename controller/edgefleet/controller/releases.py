@@ -3,6 +3,10 @@
 The manifest is encoded once (``wire.encode_manifest``, deterministic), signed with the active
 key and stored as the signed envelope's bytes; what a device later verifies is exactly what was
 signed here. A release never changes: the same ``name:version`` cannot be made twice.
+
+Golden data given with a release is checked and completed (``golden.normalize``), stored in the
+blob store next to the model, and named in the manifest by digest and size, so devices fetch
+and verify it like the model and trust it as much as the signature.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from sqlalchemy.exc import IntegrityError
 
 from edgefleet.common import digests, signing, wire
 from edgefleet.common import types as t
-from edgefleet.common.errors import AlreadyExistsError, NotFoundError
+from edgefleet.common.artifacts import BlobStore
+from edgefleet.common.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from edgefleet.controller import golden as golden_data
 from edgefleet.controller.db import Database, ReleaseRow
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.records import ModelVersion, Release
@@ -25,8 +31,33 @@ from edgefleet.controller.registry import Registry
 log = logging.getLogger(__name__)
 
 
+def validate_health(h: t.HealthPolicy) -> t.HealthPolicy:
+    """``InvalidInputError`` for a policy no device could follow; the policy otherwise."""
+    problems = [
+        f"{name} must not be negative"
+        for name, value in (
+            ("latency budget", h.latency_budget_ms),
+            ("health window", h.health_window_s),
+            ("max load failures", h.max_load_failures),
+            ("golden max abs error", h.golden_max_abs_error),
+        )
+        if value < 0
+    ]
+    if not 0.0 <= h.golden_min_agreement <= 1.0:
+        problems.append(f"golden min agreement must be in 0..1, got {h.golden_min_agreement:g}")
+    if problems:
+        raise InvalidInputError("health policy: " + "; ".join(problems))
+    return h
+
+
 def build_manifest(
-    model: ModelVersion, ref: t.ReleaseRef, *, health: t.HealthPolicy, notes: str, now_ms: int
+    model: ModelVersion,
+    ref: t.ReleaseRef,
+    *,
+    health: t.HealthPolicy,
+    notes: str,
+    now_ms: int,
+    golden: tuple[str, int] = ("", 0),
 ) -> t.Manifest:
     return t.Manifest(
         name=ref.name,
@@ -39,17 +70,26 @@ def build_manifest(
         created_at_ms=now_ms,
         model_version=model.version,
         annotations={"notes": notes} if notes else {},
+        golden_digest=golden[0],
+        golden_size=golden[1],
     )
 
 
 class Releases:
     def __init__(
-        self, db: Database, registry: Registry, *, keys: KeyRing, clock: Callable[[], int]
+        self,
+        db: Database,
+        registry: Registry,
+        *,
+        keys: KeyRing,
+        clock: Callable[[], int],
+        blobs: BlobStore | None = None,
     ) -> None:
         self._db = db
         self._registry = registry
         self._keys = keys
         self._clock = clock
+        self._blobs = blobs  # where models are and golden data goes; None: no golden data
 
     def create(
         self,
@@ -58,16 +98,21 @@ class Releases:
         model_version: int = 0,
         health: t.HealthPolicy | None = None,
         notes: str = "",
+        golden: bytes = b"",
     ) -> Release:
-        """Sign and store ``ref`` from model ``ref.name`` version ``model_version`` (0 = newest)."""
+        """Sign and store ``ref`` from model ``ref.name`` version ``model_version`` (0 = newest).
+
+        ``golden``: an ``.npz`` of golden inputs (and expected outputs) to check the release
+        against on devices; empty = smoke inference on zeros only.
+        """
+        policy = validate_health(health or t.HealthPolicy())
         model = self._registry.get(ref.name, model_version)
         if self._find(ref) is not None:
             raise AlreadyExistsError("release", str(ref))
         key_id, private_key = self._keys.active()
+        stored = self._store_golden(model, golden) if golden else ("", 0)
         now = self._clock()
-        manifest = build_manifest(
-            model, ref, health=health or t.HealthPolicy(), notes=notes, now_ms=now
-        )
+        manifest = build_manifest(model, ref, health=policy, notes=notes, now_ms=now, golden=stored)
         envelope = signing.sign(wire.encode_manifest(manifest), signing.MANIFEST_TYPE, private_key)
         row = ReleaseRow(
             name=ref.name,
@@ -86,6 +131,20 @@ class Releases:
             raise AlreadyExistsError("release", str(ref)) from exc
         log.info("release %s from model version %d, signed by %s", ref, model.version, key_id)
         return _record(row)
+
+    def _store_golden(self, model: ModelVersion, data: bytes) -> tuple[str, int]:
+        """Normalize golden data for ``model`` and store it; (digest, size)."""
+        if self._blobs is None:
+            raise InvalidInputError("this controller was started without a blob store")
+        normalized = golden_data.normalize(
+            data,
+            model=self._blobs.read(model.digest),
+            inputs=model.inputs,
+            outputs=model.outputs,
+        )
+        digest = self._blobs.put(normalized)
+        log.info("golden data %s for %s: %s", digest, model.name, golden_data.summary(normalized))
+        return digest, len(normalized)
 
     def list_releases(self, name: str = "") -> list[Release]:
         stmt = select(ReleaseRow)

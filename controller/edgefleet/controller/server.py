@@ -99,7 +99,7 @@ class Controller:
         blobs = BlobStore(s.blobs_dir)
         keys = KeyRing(db, s.keys_dir, clock=now_ms)
         registry = Registry(db, blobs, clock=now_ms)
-        self._releases = releases = Releases(db, registry, keys=keys, clock=now_ms)
+        self._releases = releases = Releases(db, registry, keys=keys, clock=now_ms, blobs=blobs)
         devices = DeviceStore(db, clock=now_ms, events_per_device=s.ingest.events_per_device)
         self.metrics.watch_devices(devices.fleets)
 

@@ -154,6 +154,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                 model_version=request.model_version,
                 health=api.health(request),
                 notes=request.notes,
+                golden=request.golden,
             )
             return api.release_info(release)
 

@@ -125,9 +125,10 @@ class ControllerClient:
         model_version: int = 0,
         health: t.HealthPolicy | None = None,
         notes: str = "",
+        golden: bytes = b"",
     ) -> pb.ReleaseInfo:
         request = pb.CreateReleaseRequest(
-            name=name, version=version, model_version=model_version, notes=notes
+            name=name, version=version, model_version=model_version, notes=notes, golden=golden
         )
         if health is not None:
             request.health.CopyFrom(wire.health_to_pb(health))

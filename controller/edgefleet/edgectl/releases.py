@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from edgefleet.common.types import HealthPolicy, validate_name, validate_version
+from edgefleet.controller.rollouts.strategy import parse_duration
 from edgefleet.edgectl import output, shell
 
 app = typer.Typer(
@@ -44,9 +46,60 @@ def create(
         float | None,
         typer.Option(
             "--latency-budget-ms",
-            help="Devices refuse the release when the p50 of its smoke inferences is slower.",
+            help="Devices refuse the release when the median of its check inferences is "
+            "slower, and roll it back when live p95 is slower during its health window.",
             min=0.0,
             metavar="MS",
+        ),
+    ] = None,
+    golden: Annotated[
+        Path | None,
+        typer.Option(
+            "--golden",
+            help="An .npz of golden inputs (named as the model's inputs, or input/NAME) and "
+            "optional expected outputs (expected/OUTPUT); missing expectations are computed "
+            "from the model. Devices check the release against it before and after activation.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            metavar="FILE.npz",
+        ),
+    ] = None,
+    health_window: Annotated[
+        str | None,
+        typer.Option(
+            "--health-window",
+            help="How long devices watch the release after activating it (30s, 5m), rolling "
+            "back by themselves when it fails; default: no window.",
+            metavar="DURATION",
+        ),
+    ] = None,
+    max_load_failures: Annotated[
+        int | None,
+        typer.Option(
+            "--max-load-failures",
+            help="Loads or runtime failures after which devices roll the release back (default 3).",
+            min=1,
+            metavar="K",
+        ),
+    ] = None,
+    golden_max_abs_error: Annotated[
+        float | None,
+        typer.Option(
+            "--golden-max-abs-error",
+            help="Largest absolute error of float golden outputs (default 1e-4).",
+            min=0.0,
+            metavar="X",
+        ),
+    ] = None,
+    golden_min_agreement: Annotated[
+        float | None,
+        typer.Option(
+            "--golden-min-agreement",
+            help="Share of golden rows whose top-1 class must match (default 1.0).",
+            min=0.0,
+            max=1.0,
+            metavar="Y",
         ),
     ] = None,
     notes: Annotated[
@@ -61,21 +114,47 @@ def create(
     """
     validate_name("release", name)
     validate_version(version)
-    health = (
-        None if latency_budget_ms is None else HealthPolicy(latency_budget_ms=latency_budget_ms)
-    )
+    given: dict[str, Any] = {
+        "latency_budget_ms": latency_budget_ms,
+        "health_window_s": None
+        if health_window is None
+        else parse_duration(health_window, what="--health-window"),
+        "max_load_failures": max_load_failures,
+        "golden_max_abs_error": golden_max_abs_error,
+        "golden_min_agreement": golden_min_agreement,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    health = HealthPolicy(**given) if given else None
+    golden_bytes = golden.read_bytes() if golden is not None else b""
     with shell.controller(ctx) as client:
         release = client.create_release(
-            name, version, model_version=model_version, health=health, notes=notes
+            name,
+            version,
+            model_version=model_version,
+            health=health,
+            notes=notes,
+            golden=golden_bytes,
         )
+    m = release.manifest
     if as_json:
-        output.print_json(output.release_dict(release))
+        info = output.release_dict(release)
+        info |= {
+            "golden_digest": m.golden_digest,
+            "golden_size": m.golden_size,
+            "health_window_s": m.health.health_window_s,
+            "max_load_failures": m.health.max_load_failures,
+        }
+        output.print_json(info)
         return
     output.console.print(
         f"released [bold]{release.name}:{release.version}[/] "
-        f"(model version {release.manifest.model_version}, signed by {release.key_id})"
+        f"(model version {m.model_version}, signed by {release.key_id})"
     )
     output.console.print(f"  manifest: {release.manifest_digest}", markup=False)
+    if m.golden_digest:
+        output.console.print(f"  golden:   {m.golden_digest} ({m.golden_size} bytes)", markup=False)
+    if m.health.health_window_s:
+        output.console.print(f"  health window: {m.health.health_window_s:g}s", markup=False)
 
 
 @app.command("list")

@@ -1,0 +1,143 @@
+"""Golden data of a release: inputs with the outputs they must give, and how to compare them.
+
+The blob (an ``.npz`` named in the signed manifest, fetched and verified like the model) holds
+``input/<name>`` arrays, one per model input, all with the same first dimension (rows), and
+``expected/<output>`` arrays for some or all outputs. ``compare`` is pure numpy: it says what
+is wrong with a run's outputs, in words for ``last_error``, and nothing when they pass.
+
+How an output is judged (``HealthPolicy`` gives the tolerances):
+
+* any float output holding NaN or infinity fails, expected or not;
+* classifier-like outputs: an integer (or bool) output, or a 2-D float output with at least
+  two columns (scores, whose argmax is the class), pass when the share of rows whose top-1
+  class equals the expected one is at least ``golden_min_agreement``;
+* other float outputs pass when the largest absolute error is at most
+  ``golden_max_abs_error``.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[Any]
+INPUT = "input/"
+EXPECTED = "expected/"
+
+
+class GoldenDataError(ValueError):
+    """The golden blob is not what the manifest's release needs (the message says why)."""
+
+
+@dataclass(frozen=True)
+class GoldenSet:
+    inputs: Mapping[str, Array]
+    expected: Mapping[str, Array]
+
+    @property
+    def rows(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0])
+
+    def feed(self, start: int, stop: int) -> dict[str, Array]:
+        """Rows ``start:stop`` of every input."""
+        return {name: a[start:stop] for name, a in self.inputs.items()}
+
+
+def parse(data: bytes) -> GoldenSet:
+    """Read a golden ``.npz``; ``GoldenDataError`` naming what is missing or malformed."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise GoldenDataError(f"golden data is not a readable .npz file: {exc}") from exc
+    inputs = {k.removeprefix(INPUT): v for k, v in arrays.items() if k.startswith(INPUT)}
+    expected = {k.removeprefix(EXPECTED): v for k, v in arrays.items() if k.startswith(EXPECTED)}
+    if not inputs:
+        raise GoldenDataError("golden data holds no input/<name> array")
+    rows = {a.shape[0] if a.ndim else -1 for a in (*inputs.values(), *expected.values())}
+    if len(rows) != 1 or rows == {-1}:
+        raise GoldenDataError(
+            "golden arrays must share their first dimension (rows); got "
+            + ", ".join(f"{k}{list(v.shape)}" for k, v in arrays.items())
+        )
+    return GoldenSet(inputs, expected)
+
+
+def load(path: Path) -> GoldenSet:
+    return parse(path.read_bytes())
+
+
+def nonfinite(outputs: Mapping[str, Array]) -> dict[str, str]:
+    """Outputs holding NaN or infinity, each with the problem in words."""
+    problems = {}
+    for name, value in outputs.items():
+        a = np.asarray(value)
+        if a.dtype.kind in "fc":
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            if bad:
+                problems[name] = f"output {name!r} holds NaN or infinity ({bad} of {a.size} values)"
+    return problems
+
+
+def is_classifier(a: Array) -> bool:
+    """Integer/bool labels, or a 2-D float score table whose argmax is the class."""
+    return a.dtype.kind in "iub" or (a.dtype.kind == "f" and a.ndim == 2 and a.shape[1] >= 2)
+
+
+def top1(a: Array) -> Array:
+    if a.dtype.kind == "f":
+        return np.asarray(np.argmax(a, axis=1))
+    return a.reshape(a.shape[0], -1) if a.ndim > 1 else a
+
+
+def compare(
+    expected: Mapping[str, Array],
+    actual: Mapping[str, Array],
+    *,
+    max_abs_error: float,
+    min_agreement: float,
+) -> list[str]:
+    """What is wrong with ``actual`` against ``expected``; empty when it passes."""
+    broken = nonfinite(actual)
+    problems = list(broken.values())
+    for name, expected_value in expected.items():
+        if name not in actual:
+            problems.append(f"output {name!r} is missing")
+            continue
+        if name in broken:
+            continue
+        got, want = np.asarray(actual[name]), np.asarray(expected_value)
+        if got.shape != want.shape:
+            problems.append(
+                f"output {name!r} has shape {list(got.shape)}, expected {list(want.shape)}"
+            )
+        elif is_classifier(want):
+            problems += _agreement(name, top1(want), top1(got), min_agreement)
+        else:
+            error = float(np.max(np.abs(got.astype(np.float64) - want))) if want.size else 0.0
+            if not error <= max_abs_error:
+                problems.append(
+                    f"output {name!r}: max abs error {error:.3g} is over {max_abs_error:g}"
+                )
+    return problems
+
+
+def _agreement(name: str, want: Array, got: Array, minimum: float) -> list[str]:
+    rows = want.shape[0]
+    same = want == got
+    agree = same.all(axis=1) if same.ndim > 1 else same
+    share = float(np.mean(agree)) if rows else 1.0
+    if share + 1e-12 >= minimum:
+        return []
+    differ = rows - int(np.count_nonzero(agree))
+    return [
+        f"output {name!r}: top-1 agreement {share:.3f} is below {minimum:g} "
+        f"({differ} of {rows} golden rows differ)"
+    ]

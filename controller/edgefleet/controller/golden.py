@@ -1,0 +1,192 @@
+"""Golden data of a release: checked against the model's signature, completed, normalized.
+
+What an operator gives ``edgectl release create --golden FILE.npz``: arrays named as the
+model's inputs (``pixels``) or ``input/<name>``, all with the same number of rows (first
+dimension), and optionally ``expected/<output>`` arrays. ``normalize`` checks names, dtypes and
+shapes against the registered signature (``InvalidInputError`` naming the array and the shapes),
+computes the missing expected outputs by running the model in ONNX Runtime, and writes the
+normalized ``.npz`` (``input/<name>`` and ``expected/<output>``, sorted, fixed timestamps, so the
+same data gives the same digest) that devices check the release against.
+
+Pure apart from ONNX Runtime, which runs in this process on the CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from edgefleet.common import wire
+from edgefleet.common.errors import InvalidInputError
+from edgefleet.common.types import TensorSpec
+
+Array = npt.NDArray[Any]
+INPUT, EXPECTED = "input/", "expected/"
+MAX_GOLDEN_BYTES = 32 << 20
+
+
+def read(data: bytes) -> dict[str, Array]:
+    if len(data) > MAX_GOLDEN_BYTES:
+        raise InvalidInputError(
+            f"golden data of {len(data)} bytes is larger than the limit of {MAX_GOLDEN_BYTES}"
+        )
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise InvalidInputError(f"golden data is not a readable .npz file: {exc}") from exc
+
+
+def split(
+    arrays: Mapping[str, Array], inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> tuple[dict[str, Array], dict[str, Array]]:
+    """(inputs, expected outputs) by name; ``InvalidInputError`` for names that are neither."""
+    input_names = {s.name for s in inputs}
+    given: dict[str, Array] = {}
+    expected: dict[str, Array] = {}
+    for key, value in arrays.items():
+        if key.startswith(EXPECTED):
+            expected[key.removeprefix(EXPECTED)] = value
+            continue
+        name = key.removeprefix(INPUT)
+        if key == name and name not in input_names:
+            raise InvalidInputError(
+                f"golden array {key!r} is not an input of the model "
+                f"({wire.describe_specs(inputs)}); name arrays after the inputs, or "
+                "input/<name> and expected/<output>"
+            )
+        if name in given:
+            raise InvalidInputError(f"golden input {name!r} is given twice")
+        given[name] = value
+    for name in given:
+        if name not in input_names:
+            raise InvalidInputError(
+                f"golden input {name!r} is not an input of the model "
+                f"({wire.describe_specs(inputs)})"
+            )
+    for spec in inputs:
+        if spec.name not in given:
+            raise InvalidInputError(
+                f"golden data lacks input {spec.name!r} (the model takes "
+                f"{wire.describe_specs(inputs)})"
+            )
+    output_names = {s.name for s in outputs}
+    for name in expected:
+        if name not in output_names:
+            raise InvalidInputError(
+                f"golden expected output {name!r} is not an output of the model "
+                f"({', '.join(s.name for s in outputs)})"
+            )
+    return given, expected
+
+
+def _numeric(dtype: str) -> bool:
+    try:
+        return np.dtype(dtype).kind in "biufc"
+    except TypeError:
+        return False
+
+
+def check(what: str, a: Array, spec: TensorSpec, *, rows: int) -> None:
+    """``a`` must be ``spec``'s dtype and shape, with ``rows`` rows (the batch dimension may be
+    fixed at 1 in the model: devices then run the rows one at a time)."""
+    got = TensorSpec(spec.name, a.dtype.name, tuple(a.shape))
+    if _numeric(spec.dtype) and a.dtype != np.dtype(spec.dtype):
+        raise InvalidInputError(
+            f"golden {what} {spec.name!r} has dtype {a.dtype.name} ({got.describe()}); "
+            f"the model has {spec.describe()}"
+        )
+    if not spec.shape:
+        return
+    fits = a.ndim == len(spec.shape) and all(
+        d < 0 or n == d for n, d in zip(a.shape[1:], spec.shape[1:], strict=True)
+    )
+    first = spec.shape[0] if a.ndim else 0
+    if not fits or first not in (-1, 1, rows):
+        raise InvalidInputError(
+            f"golden {what} {spec.name!r} has shape {list(a.shape)}; the model has "
+            f"{spec.describe()} (the first dimension counts the golden rows)"
+        )
+    if a.shape[0] != rows:
+        raise InvalidInputError(
+            f"golden arrays disagree on the number of rows: {spec.name!r} has {a.shape[0]}, "
+            f"the first input has {rows}"
+        )
+
+
+def compute(model: bytes, given: Mapping[str, Array], names: Sequence[str]) -> dict[str, Array]:
+    """Outputs ``names`` of ``model`` for ``given`` (one run, or row by row when it must)."""
+    if not names:
+        return {}
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        rows = next(iter(given.values())).shape[0]
+        one_at_a_time = rows > 1 and all(
+            isinstance(i.shape[0], int) and i.shape[0] == 1 for i in session.get_inputs() if i.shape
+        )
+        feeds = (
+            [{k: v[i : i + 1] for k, v in given.items()} for i in range(rows)]
+            if one_at_a_time
+            else [dict(given)]
+        )
+        runs = [session.run(list(names), feed) for feed in feeds]
+    except Exception as exc:  # ORT raises its own classes, all plain Exceptions
+        raise InvalidInputError(f"the model fails on the golden inputs: {exc}") from exc
+    return {name: np.concatenate([np.asarray(r[i]) for r in runs]) for i, name in enumerate(names)}
+
+
+def normalize(
+    data: bytes, *, model: bytes, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> bytes:
+    """Checked, completed golden data as the normalized ``.npz`` bytes devices receive."""
+    given, expected = split(read(data), inputs, outputs)
+    first = given[inputs[0].name]
+    rows = int(first.shape[0]) if first.ndim else 0
+    if rows < 1:
+        raise InvalidInputError("golden data needs at least one row")
+    for spec in inputs:
+        check("input", given[spec.name], spec, rows=rows)
+    by_name = {s.name: s for s in outputs}
+    for name, value in expected.items():
+        check("expected output", value, by_name[name], rows=rows)
+    missing = [s.name for s in outputs if s.name not in expected and _numeric(s.dtype)]
+    computed = compute(model, given, missing)
+    for name, value in computed.items():
+        if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
+            raise InvalidInputError(
+                f"the model outputs NaN or infinity in {name!r} for the golden inputs; devices "
+                "would refuse the release"
+            )
+    arrays = {f"{INPUT}{k}": v for k, v in given.items()}
+    arrays |= {f"{EXPECTED}{k}": v for k, v in (expected | computed).items()}
+    return to_npz(arrays)
+
+
+def to_npz(arrays: Mapping[str, Array]) -> bytes:
+    """An ``.npz`` that depends on the arrays only: sorted members, a fixed timestamp."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with z.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+    return buf.getvalue()
+
+
+def summary(data: bytes) -> str:
+    """``64 rows; inputs pixels; expected label, probabilities`` for logs."""
+    arrays = read(data)
+    names = sorted(arrays)
+    rows = next(iter(arrays.values())).shape[0]
+    ins = ", ".join(n.removeprefix(INPUT) for n in names if n.startswith(INPUT))
+    outs = ", ".join(n.removeprefix(EXPECTED) for n in names if n.startswith(EXPECTED))
+    return f"{rows} rows; inputs {ins}; expected {outs or 'none'}"
