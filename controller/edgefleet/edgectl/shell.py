@@ -22,8 +22,8 @@ from edgefleet.edgectl.client import ControllerClient
 
 DEFAULT_CONTROLLER = "127.0.0.1:50051"
 COMMAND_ORDER = (
-    "keys", "model", "release", "deploy", "rollout", "rollback", "devices", "top", "events", "predict",
-    "demo",
+    "keys", "model", "release", "deploy", "rollout", "rollback", "devices", "top", "events",
+    "predict", "demo",
 )  # fmt: skip
 EXIT_FAILED = 1
 EXIT_USAGE = 2
