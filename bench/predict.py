@@ -35,7 +35,6 @@ from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime
 from edgefleet.agent.serving import InferenceServer, InferenceServicer
-from edgefleet.agent.telemetry import Window
 from edgefleet.common import digests, wire
 from edgefleet.common import types as t
 from edgefleet.demo import digits
@@ -172,7 +171,7 @@ def main() -> bool:
         runtime = ModelRuntime.load(path, LoadedModel("digits:1.0.0", "a", m, m.model_digest))
         predictor = Predictor(runtime)
         servicer = InferenceServicer(
-            predictor, device_id="bench", fleet="bench", metrics=AgentMetrics(), window=Window()
+            predictor, device_id="bench", fleet="bench", metrics=AgentMetrics()
         )
         server = InferenceServer(servicer, listen="127.0.0.1:0")
         endpoint = server.start()

@@ -96,6 +96,8 @@ class Signer:
         digest: str | None = None,
         size: int | None = None,
         golden: bytes | None = None,
+        encoding: str = "",
+        annotations: dict[str, str] | None = None,
     ) -> Release:
         manifest = t.Manifest(
             name=name,
@@ -107,6 +109,8 @@ class Signer:
             health=health or t.HealthPolicy(smoke_inference=True),
             golden_digest=digests.of_bytes(golden) if golden is not None else "",
             golden_size=len(golden) if golden is not None else 0,
+            model_encoding=encoding,
+            annotations=annotations or {},
         )
         payload = wire.encode_manifest(manifest)
         env = signing.sign(payload, signing.MANIFEST_TYPE, self.key)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.controller.compress import clustering, graphs, packing, pruning
+from edgefleet.common import packing
+from edgefleet.controller.compress import clustering, graphs, pruning
 
 
 @pytest.fixture(scope="module")

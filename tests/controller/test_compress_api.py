@@ -1,5 +1,6 @@
 """``CompressModel`` against a real controller: progress stream, registered child version with its
-blobs, a gate nobody passes, bad requests, and ``--profile-on`` through a device's agent."""
+blobs, a gate nobody passes, bad requests, and ``--profile-on`` through a real device agent's
+``Benchmark`` (and an old agent's UNIMPLEMENTED)."""
 
 from __future__ import annotations
 
@@ -7,24 +8,26 @@ import io
 import json
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
-from edgefleet.common import digests, signing, wire
+from edgefleet.common import digests, packing, signing, wire
 from edgefleet.common.artifacts import BlobStore
 from edgefleet.common.errors import PermanentError, SignatureError
 from edgefleet.common.signing import TrustStore
 from edgefleet.controller.benchmarking import DeviceTimer
-from edgefleet.controller.compress import packing
 from edgefleet.controller.db import Database
 from edgefleet.controller.registry import Registry
 from edgefleet.demo import digits
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+from tests.conftest import Broker
 from tests.controller import support
+from tests.controller.test_compressed_release import real_agent
 
 RECIPE = "prune-structured-30+cluster-5bit+huffman"  # lossy, packed, fast on the digits MLP
 DEADLINE = 120.0
@@ -228,32 +231,39 @@ def test_device_timer_on_an_agent_without_benchmark(
         timer.measure(digits_model.onnx_bytes, {"pixels": np.zeros((1, 64), np.float32)}, threads=1)
 
 
-def test_profile_on_a_device_whose_agent_has_no_benchmark(
+def test_profile_on_a_device_times_candidates_on_its_agent(
     ctl: support.Running,
     model_name: str,
     digits_data: digits.DigitsData,
-    device: support.Device,
-    old_agent: str,
+    broker: Broker,
+    tmp_path: Path,
 ) -> None:
-    ctl.stub.InitKey(pb.InitKeyRequest(), timeout=DEADLINE)
-    device_id = support.unique("dev")
-    device.status(device_id, support.unique("fleet"), predict_endpoint=old_agent)
-
-    def announced() -> bool:
-        devices = ctl.stub.ListDevices(pb.ListDevicesRequest(), timeout=DEADLINE).devices
-        return any(d.device_id == device_id and d.predict_endpoint for d in devices)
-
-    support.eventually(announced, what="the device's status")
-    failure = support.rpc_error(
-        lambda: _compress(
+    fleet = support.unique("fleet")
+    with real_agent(ctl, broker, tmp_path, fleet=fleet) as (agent, endpoint):
+        stream = _compress(
             ctl,
             name=model_name,
             recipe="int8-dynamic",
             eval_data=_eval(digits_data),
-            profile_on=device_id,
+            max_accuracy_drop=5.0,
+            objective="size",
+            profile_on=agent.device_id,
         )
-    )
-    assert failure.code == grpc.StatusCode.FAILED_PRECONDITION, failure
-    assert "does not implement Benchmark" in failure.message and device_id in failure.message
-    listed = ctl.stub.ListModels(pb.ListModelsRequest(name=model_name), timeout=DEADLINE).models
-    assert [m.version for m in listed] == [1]
+        result = stream[-1].result
+        assert result.original.p50_ms > 0 and all(c.p50_ms > 0 for c in result.candidates)
+        assert f"device:{agent.device_id}" in result.report_json
+
+        # the agent runs only specs signed by a key it trusts
+        foreign = signing.generate()
+        timer = DeviceTimer(
+            agent.device_id, endpoint, lambda p: signing.sign(p, signing.BENCHMARK_TYPE, foreign)
+        )
+        feed = {"pixels": np.zeros((1, 64), np.float32)}
+        with pytest.raises(PermanentError, match="signed by unknown key"):
+            timer.measure(ctl_model(ctl, model_name), feed, threads=1)
+
+
+def ctl_model(ctl: support.Running, name: str) -> bytes:
+    s = ctl.controller.settings
+    registry = Registry(Database(s.database_url), BlobStore(s.blobs_dir), clock=lambda: 0)
+    return BlobStore(s.blobs_dir).read(registry.get(name, 1).digest)

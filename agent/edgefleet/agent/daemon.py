@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from edgefleet.agent import failpoints
+from edgefleet.agent.benchmarking import Benchmarker
 from edgefleet.agent.config import AgentSettings
 from edgefleet.agent.installing import Installer
 from edgefleet.agent.ledger import Ledger
@@ -31,7 +32,7 @@ from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.serving import InferenceServer, InferenceServicer
 from edgefleet.agent.state import DeviceState, StateFile
 from edgefleet.agent.store import DeviceStore
-from edgefleet.agent.telemetry import TelemetryLoop, Window
+from edgefleet.agent.telemetry import TelemetryLoop
 from edgefleet.agent.watching import HealthWatch
 from edgefleet.common import topics
 from edgefleet.common.artifacts import atomic_write
@@ -67,7 +68,7 @@ class Agent:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.stopping = threading.Event()
         self.metrics = AgentMetrics()
-        self.window = Window()
+        self.window = self.metrics.window
         self.live = LiveStats()
         self.predictor = Predictor()
         self.reporter = Reporter(
@@ -91,8 +92,8 @@ class Agent:
                 device_id=self.device_id,
                 fleet=s.device.fleet,
                 metrics=self.metrics,
-                window=self.window,
                 live=self.live,
+                benchmarker=Benchmarker(self.trust),
             ),
             listen=s.serving.predict_listen,
             workers=s.serving.workers,

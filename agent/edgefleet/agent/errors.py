@@ -8,7 +8,9 @@
     ├── PermanentError
     │   ├── StateFileError       state.json unreadable: refuse to start rather than forget
     │   │                        the last good model and the generation applied
-    │   └── SlotError            a slot dir misses its model or signed manifest
+    │   ├── SlotError            a slot dir misses its model or signed manifest
+    │   └── ModelDecodeError     a packed model blob does not decode (or its encoding is
+    │                            unknown): the install fails, the old model keeps serving
     ├── InferenceFailedError     ONNX Runtime failed on input that passed validation (INTERNAL)
     └── StopRequestedError       the agent is stopping: abandon the current step, resume later
 """
@@ -29,6 +31,10 @@ class StateFileError(PermanentError):
 
 class SlotError(PermanentError):
     """A slot does not hold a complete release (the message names the slot)."""
+
+
+class ModelDecodeError(PermanentError):
+    """A verified model blob cannot be turned into the model it stands for."""
 
 
 class InferenceFailedError(EdgeFleetError):

@@ -48,6 +48,8 @@ from edgefleet.common.types import DesiredState, InstallPhase
 
 log = logging.getLogger(__name__)
 
+DECODED_DIGEST = "decoded_model_digest"  # annotation: what a packed model blob decodes to
+
 # The event reported when an install enters a phase.
 PHASE_EVENTS = {
     InstallPhase.FETCHING: "fetch_started",
@@ -340,13 +342,16 @@ class Installer:
         )
 
     def _stage(self, action: r.Stage) -> None:
-        install = self.state.install
-        assert install is not None
+        install, desired = self.state.install, self._pending
+        assert install is not None and desired is not None
+        manifest = desired.manifest
         self._store.stage(
             action.slot,
             digest=action.digest,
             golden_digest=action.golden_digest,
             signed_manifest=signed_manifest_of(install.desired),
+            encoding=manifest.model_encoding,
+            decoded_digest=manifest.annotations.get(DECODED_DIGEST, ""),
         )
         failpoints.hit("after_stage")
 

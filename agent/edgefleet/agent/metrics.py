@@ -4,58 +4,86 @@ Names (all prefixed ``edgefleet_``): inference latency histogram, requests, erro
 requests in flight, model load time, time per install phase, bytes downloaded, and an info
 metric naming the active and previous release; plus the standard ``process_*`` CPU and memory
 metrics of the agent process.
+
+The Predict figures (latency histogram, requests, in flight) are not prometheus_client
+metrics updated per request: the servicer records into ``window`` (``sampling.Window``, a few
+hundred ns, no lock) and ``_PredictCollector`` folds and reads it at scrape time. Errors, on
+the error path only, stay a plain ``Counter``.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
+from collections.abc import Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     Info,
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import start_http_server
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from edgefleet.agent.sampling import Window
 
 log = logging.getLogger(__name__)
 
-LATENCY_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
 SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 
 
+class _PredictCollector(Collector):
+    """The Predict families, from ``window`` as of the scrape."""
+
+    def __init__(self, window: Window) -> None:
+        self._window = window
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self._window.totals()
+        in_flight = len(self._window.in_flight)
+        bounds = [*map(floatToGoString, self._window.bounds), "+Inf"]
+        yield HistogramMetricFamily(
+            "edgefleet_inference_latency_seconds",
+            "Predict latency, from request decoded to response built.",
+            buckets=list(zip(bounds, itertools.accumulate(totals.buckets), strict=True)),
+            sum_value=totals.sum_s,
+        )
+        yield CounterMetricFamily(
+            "edgefleet_inference_requests",
+            "Predict requests served or refused.",
+            value=totals.requests,
+        )
+        yield GaugeMetricFamily(
+            "edgefleet_inference_in_flight", "Predict requests being served now.", value=in_flight
+        )
+
+
 class AgentMetrics:
-    def __init__(self) -> None:
+    def __init__(self, window: Window | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         # process_cpu_seconds_total, process_resident_memory_bytes, ... and the Python version
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
-        self.latency = Histogram(
-            "edgefleet_inference_latency_seconds",
-            "Predict latency, from request decoded to response built.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.requests = Counter(
-            "edgefleet_inference_requests", "Predict requests served or refused.", registry=r
-        )
+        self.window = window or Window()
+        r.register(_PredictCollector(self.window))
         self.errors = Counter(
             "edgefleet_inference_errors",
             "Predict requests that failed, by reason.",
             ["reason"],
             registry=r,
-        )
-        self.in_flight = Gauge(
-            "edgefleet_inference_in_flight", "Predict requests being served now.", registry=r
         )
         self.model_load = Histogram(
             "edgefleet_model_load_seconds",

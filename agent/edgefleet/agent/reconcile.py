@@ -31,6 +31,7 @@ from edgefleet.common.errors import StaleGenerationError
 from edgefleet.common.types import DesiredState, HealthPolicy, InstallPhase
 
 SUPPORTED_RUNTIMES = frozenset({"onnxruntime"})
+SUPPORTED_ENCODINGS = frozenset({"", "efpk"})  # "" = plain .onnx; "efpk" = packed container
 
 
 def slot_name(generation: int) -> str:
@@ -184,6 +185,9 @@ def admit(desired: DesiredState, observed: Observed) -> Admission | None:
         return Reject(gen, release, reason)
     if desired.manifest.runtime not in SUPPORTED_RUNTIMES:
         return Fail(gen, release, f"runtime {desired.manifest.runtime!r} is not supported")
+    if desired.manifest.model_encoding not in SUPPORTED_ENCODINGS:
+        encoding = desired.manifest.model_encoding
+        return Fail(gen, release, f"unsupported model encoding {encoding!r}")
     if desired.manifest_digest == observed.active_manifest_digest:
         return MarkApplied(gen, release)
     return Begin(gen, release, slot_name(gen))

@@ -46,7 +46,7 @@ _ORT_DTYPES = {
 }
 
 
-def _spec_of(arg: Any) -> t.TensorSpec:
+def spec_of(arg: Any) -> t.TensorSpec:
     """A model input/output (ORT ``NodeArg``) as a ``TensorSpec``; symbolic dims become -1."""
     dtype = _ORT_DTYPES.get(arg.type, arg.type)
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or ()))
@@ -111,9 +111,9 @@ class ModelRuntime:
         self.release = model.release
         self.load_seconds = load_seconds
         m = model.manifest
-        model_inputs = {s.name: s for s in map(_spec_of, session.get_inputs())}
+        model_inputs = {s.name: s for s in map(spec_of, session.get_inputs())}
         self.inputs = check_signature(list(model_inputs.values()), m.inputs, what="inputs")
-        model_outputs = tuple(_spec_of(a) for a in session.get_outputs())
+        model_outputs = tuple(spec_of(a) for a in session.get_outputs())
         self.outputs = (
             check_signature(model_outputs, m.outputs, what="outputs")
             if m.outputs

@@ -1,9 +1,13 @@
-"""The agent's gRPC face: ``InferenceService`` (Predict, ModelInfo) and ``grpc.health.v1``.
+"""The agent's gRPC face: ``InferenceService`` (Predict, ModelInfo, Benchmark) and
+``grpc.health.v1``.
 
-The servicer decodes tensors, calls ``Predictor`` and encodes the outputs; it also keeps the
-metrics and the telemetry window, so the in-process path stays bare. Errors leave with the
-status ``rpc.status_for`` gives them: INVALID_ARGUMENT naming the input, UNAVAILABLE while no
-model is active. Health says SERVING exactly while a model is active.
+The servicer decodes tensors, calls ``Predictor`` and encodes the outputs; it also records
+each request, so the in-process path stays bare. Recording on the hot path is a few C-level
+calls (``sampling.Window``: in-flight set, latency deque; ``LiveStats.record``); Prometheus
+and telemetry fold them when they read. Errors leave with the status ``rpc.status_for`` gives
+them: INVALID_ARGUMENT naming the input, UNAVAILABLE while no model is active. Benchmark runs
+``benchmarking.Benchmarker`` (signature refused: FAILED_PRECONDITION; one at a time:
+RESOURCE_EXHAUSTED). Health says SERVING exactly while a model is active.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edgefleet.agent import tensors
+from edgefleet.agent.benchmarking import BenchmarkBusyError, Benchmarker
 from edgefleet.agent.errors import InferenceFailedError, NoActiveModelError
 from edgefleet.agent.live import LiveStats
 from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.runtime import ModelRuntime
-from edgefleet.agent.telemetry import Window
+from edgefleet.agent.sampling import FOLD_AT
 from edgefleet.common import rpc, wire
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
@@ -51,23 +56,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         device_id: str,
         fleet: str,
         metrics: AgentMetrics,
-        window: Window,
         live: LiveStats | None = None,
+        benchmarker: Benchmarker | None = None,
     ) -> None:
         self._predictor = predictor
         self._device_id = device_id
         self._fleet = fleet
         self._metrics = metrics
-        self._window = window
         self._live = live or LiveStats()
+        self._benchmarker = benchmarker
+        # the hot path's recording: bound C methods, looked up once
+        window = metrics.window
+        self._window = window
+        self._enter, self._leave = window.in_flight.add, window.in_flight.discard
+        self._pending, self._sample = window.pending, window.pending.append
 
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> inference_pb2.PredictResponse:
         started = time.perf_counter()
-        m = self._metrics
-        m.requests.inc()
-        m.in_flight.inc()
+        key = id(request)  # unique among requests being served: each is alive till it ends
+        self._enter(key)
         runtime: ModelRuntime | None = None
         try:
             runtime = self._predictor.require()
@@ -77,19 +86,48 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             )
             tensors.add_all(reply.outputs, outputs)
         except EdgeFleetError as exc:
-            m.errors.labels(_reason(exc)).inc()
-            self._window.record(time.perf_counter() - started, ok=False)
-            if isinstance(exc, InferenceFailedError) and runtime is not None:
-                self._live.runtime_error(runtime.release, str(exc))
+            self._failed(exc, runtime, time.perf_counter() - started)
             rpc.abort(context, exc)
             raise  # unreachable: abort raises
         finally:
-            m.in_flight.dec()
+            self._leave(key)
         elapsed = time.perf_counter() - started
-        m.latency.observe(elapsed)
-        self._window.record(elapsed, ok=True)
+        self._sample(elapsed)
+        if len(self._pending) > FOLD_AT:  # nobody reads (metrics off): keep memory bounded
+            self._window.fold()
         self._live.record(runtime.release, elapsed)
         return reply
+
+    def _failed(self, exc: EdgeFleetError, runtime: ModelRuntime | None, elapsed: float) -> None:
+        self._metrics.errors.labels(_reason(exc)).inc()
+        self._window.record(elapsed, ok=False)
+        if isinstance(exc, InferenceFailedError) and runtime is not None:
+            self._live.runtime_error(runtime.release, str(exc))
+
+    def Benchmark(
+        self, request: inference_pb2.BenchmarkRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.BenchmarkResponse:
+        if self._benchmarker is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "benchmarking is off on this agent")
+            raise AssertionError("unreachable: abort raises")
+        try:
+            timing = self._benchmarker.run(request)
+        except BenchmarkBusyError as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise  # unreachable: abort raises
+        except EdgeFleetError as exc:
+            log.info("benchmark refused: %s", exc)
+            rpc.abort(context, exc)
+            raise  # unreachable: abort raises
+        log.info("benchmark: %d runs, p50 %.3f ms", timing.runs, timing.p50_ms)
+        return inference_pb2.BenchmarkResponse(
+            p50_ms=timing.p50_ms,
+            p95_ms=timing.p95_ms,
+            p99_ms=timing.p99_ms,
+            runs=timing.runs,
+            device_id=self._device_id,
+            providers=timing.providers,
+        )
 
     def ModelInfo(
         self, request: inference_pb2.ModelInfoRequest, context: grpc.ServicerContext

@@ -5,11 +5,18 @@ Layout under the data dir::
     blobs/sha256/<hex>           verified model blobs (``BlobStore``)
     partial/<hex>.part           downloads under way; resumed from their size
     slots/<slot>/model.onnx      an installed release (a hard link to its blob when possible)
+    slots/<slot>/model.efpk      the packed blob of a release with ``model_encoding == "efpk"``
+                                 (a link); ``model.onnx`` is then what it decodes to
     slots/<slot>/golden.npz      its golden data, when the manifest names some (also a link)
     slots/<slot>/manifest.signed its signed manifest (protobuf ``Signed``), re-verified on start
 
 A slot is staged in a temporary dir and renamed into place, so ``slots/<slot>`` is either
 absent or complete. Only the active and the previous slot (and the install under way) are kept.
+
+Packed models: the signed manifest's digest is the packed blob's, so re-verification checks
+``model.efpk`` against it, then ``model.onnx`` against the sha256 the container records for
+its decoded model (read from the container's header: no second decode at start-up, and nothing
+unsigned in ``state.json``).
 """
 
 from __future__ import annotations
@@ -21,8 +28,8 @@ import shutil
 from collections.abc import Collection
 from pathlib import Path
 
-from edgefleet.agent.errors import SlotError
-from edgefleet.common import digests, wire
+from edgefleet.agent.errors import ModelDecodeError, SlotError
+from edgefleet.common import digests, packing, wire
 from edgefleet.common import types as t
 from edgefleet.common.artifacts import BlobStore, atomic_write, fsync_dir
 from edgefleet.common.desired import open_manifest
@@ -33,6 +40,8 @@ from edgefleet.v1 import mqtt_pb2
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.onnx"
+PACKED_FILE = "model.efpk"
+SUPPORTED_ENCODINGS = frozenset({"", packing.ENCODING})
 GOLDEN_FILE = "golden.npz"
 MANIFEST_FILE = "manifest.signed"
 _SLOT = re.compile(r"^g[0-9]{1,20}$")
@@ -83,14 +92,28 @@ class DeviceStore:
         return (d / MODEL_FILE).is_file() and (d / MANIFEST_FILE).is_file()
 
     def stage(
-        self, slot: str, *, digest: str, signed_manifest: bytes, golden_digest: str = ""
+        self,
+        slot: str,
+        *,
+        digest: str,
+        signed_manifest: bytes,
+        golden_digest: str = "",
+        encoding: str = "",
+        decoded_digest: str = "",
     ) -> Path:
-        """Make ``slots/<slot>`` afresh from the stored blobs ``digest`` (and ``golden_digest``)."""
+        """Make ``slots/<slot>`` afresh from the stored blobs ``digest`` (and ``golden_digest``).
+
+        With ``encoding == "efpk"`` the model blob is decoded into ``model.onnx`` (and must
+        decode to ``decoded_digest`` when one is given); ``ModelDecodeError`` when it does not.
+        """
+        if encoding not in SUPPORTED_ENCODINGS:
+            raise ModelDecodeError(f"unsupported model encoding {encoding!r}")
         final = self.slot_dir(slot)
         tmp = self._slots / f".{slot}.staging"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        for blob_digest, name in ((digest, MODEL_FILE), (golden_digest, GOLDEN_FILE)):
+        model_file = PACKED_FILE if encoding else MODEL_FILE
+        for blob_digest, name in ((digest, model_file), (golden_digest, GOLDEN_FILE)):
             if not blob_digest:
                 continue
             blob = self.blobs.path(blob_digest)
@@ -98,6 +121,12 @@ class DeviceStore:
                 os.link(blob, tmp / name)
             except OSError:
                 shutil.copyfile(blob, tmp / name)
+        if encoding:
+            try:
+                _unpack(tmp / PACKED_FILE, tmp / MODEL_FILE, decoded_digest)
+            except ModelDecodeError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         atomic_write(tmp / MANIFEST_FILE, signed_manifest)
         fsync_dir(tmp)
         shutil.rmtree(final, ignore_errors=True)
@@ -121,7 +150,18 @@ class DeviceStore:
         model = d / MODEL_FILE
         if not model.is_file():
             raise SlotError(f"slot {slot} has no model file")
-        digests.verify_file(model, manifest.model_digest)
+        if manifest.model_encoding:
+            packed = d / PACKED_FILE
+            if not packed.is_file():
+                raise SlotError(f"slot {slot} has no packed model file")
+            digests.verify_file(packed, manifest.model_digest)
+            try:
+                decoded = "sha256:" + packing.decoded_sha256(packed.read_bytes())
+            except packing.PackingError as exc:
+                raise ModelDecodeError(f"slot {slot}: {exc}") from exc
+            digests.verify_file(model, decoded)
+        else:
+            digests.verify_file(model, manifest.model_digest)
         if manifest.golden_digest:
             golden = d / GOLDEN_FILE
             if not golden.is_file():
@@ -149,3 +189,17 @@ class DeviceStore:
 
     def drop_partial(self, digest: str) -> None:
         self.partial(digest).unlink(missing_ok=True)
+
+
+def _unpack(packed: Path, model: Path, decoded_digest: str) -> None:
+    """Decode the packed blob at ``packed`` into ``model`` (checked against ``decoded_digest``)."""
+    try:
+        data = packing.decode(packed.read_bytes())
+    except packing.PackingError as exc:
+        raise ModelDecodeError(f"cannot unpack the model: {exc}") from exc
+    actual = digests.of_bytes(data)
+    if decoded_digest and actual != decoded_digest:
+        raise ModelDecodeError(
+            f"the packed model decodes to {actual}, the manifest says {decoded_digest}"
+        )
+    atomic_write(model, data)

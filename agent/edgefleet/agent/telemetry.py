@@ -1,7 +1,7 @@
 """Telemetry: what Predict did over the last window, plus the process's CPU and memory.
 
-``Window`` collects from the serving threads; a named background thread drains it every
-``interval`` seconds into a ``Telemetry`` message (QoS 0: a lost sample is no loss). Power
+``Window`` (``sampling``) collects from the serving threads; a named background thread drains
+it every ``interval`` seconds into a ``Telemetry`` message (QoS 0: a lost sample is no loss). Power
 fields are filled from the device's power sensor (``powering``) and stay absent where there is
 none, or where the window gave no figure (no inferences: no joules per inference).
 """
@@ -14,49 +14,18 @@ import resource
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 
 from edgefleet.agent.power import PowerReading
 from edgefleet.agent.powering import PowerTap
+from edgefleet.agent.sampling import Window, WindowStats
 from edgefleet.common.types import Telemetry
 
+__all__ = ["TelemetryLoop", "Window", "WindowStats", "rss_bytes", "summarize"]
+
 log = logging.getLogger(__name__)
-
-MAX_SAMPLES = 65536  # latencies kept per window; counts stay exact beyond it
-
-
-@dataclass(frozen=True)
-class WindowStats:
-    requests: int
-    errors: int
-    latencies_s: Sequence[float]
-
-
-class Window:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests = 0
-        self._errors = 0
-        self._latencies: deque[float] = deque(maxlen=MAX_SAMPLES)
-
-    def record(self, seconds: float, *, ok: bool) -> None:
-        with self._lock:
-            self._requests += 1
-            if ok:
-                self._latencies.append(seconds)
-            else:
-                self._errors += 1
-
-    def drain(self) -> WindowStats:
-        with self._lock:
-            stats = WindowStats(self._requests, self._errors, tuple(self._latencies))
-            self._requests = self._errors = 0
-            self._latencies.clear()
-        return stats
 
 
 def summarize(

@@ -16,8 +16,9 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from edgefleet.common import packing
 from edgefleet.common.errors import InvalidInputError, NotFoundError
-from edgefleet.controller.compress import evaluating, packing, recipes
+from edgefleet.controller.compress import evaluating, recipes
 from edgefleet.controller.compress.evaluating import EvalSet
 from edgefleet.controller.compress.searching import (
     CandidateRecord,

@@ -7,13 +7,21 @@ signed here. A release never changes: the same ``name:version`` cannot be made t
 Golden data given with a release is checked and completed (``golden.normalize``), stored in the
 blob store next to the model, and named in the manifest by digest and size, so devices fetch
 and verify it like the model and trust it as much as the signature.
+
+A compressed model version (one with ``Registry.compression_artifacts``) releases with its
+compression report in the manifest and the compression's golden data (unless the request gives
+golden data of its own); when compression left a packed transfer container, that container is
+the blob devices download (``model_digest``/``model_size`` are its own, ``model_encoding`` is
+``efpk``) and ``annotations["decoded_model_digest"]`` names the model it decodes to.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 
+import numpy as np
 import semver
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -25,10 +33,12 @@ from edgefleet.common.errors import AlreadyExistsError, InvalidInputError, NotFo
 from edgefleet.controller import golden as golden_data
 from edgefleet.controller.db import Database, ReleaseRow
 from edgefleet.controller.keys import KeyRing
-from edgefleet.controller.records import ModelVersion, Release
+from edgefleet.controller.records import CompressionArtifacts, ModelVersion, Release
 from edgefleet.controller.registry import Registry
 
 log = logging.getLogger(__name__)
+
+DECODED_DIGEST = "decoded_model_digest"  # annotation of a packed release: the model's digest
 
 
 def validate_health(h: t.HealthPolicy) -> t.HealthPolicy:
@@ -58,21 +68,45 @@ def build_manifest(
     notes: str,
     now_ms: int,
     golden: tuple[str, int] = ("", 0),
+    compression: CompressionArtifacts | None = None,
 ) -> t.Manifest:
+    annotations = {"notes": notes} if notes else {}
+    digest, size, encoding = model.digest, model.size, ""
+    if compression is not None and compression.transfer is not None:
+        digest, size = compression.transfer_digest, len(compression.transfer)
+        encoding = compression.model_encoding
+        annotations[DECODED_DIGEST] = model.digest
     return t.Manifest(
         name=ref.name,
         version=ref.version,
-        model_digest=model.digest,
-        model_size=model.size,
+        model_digest=digest,
+        model_size=size,
         inputs=model.inputs,
         outputs=model.outputs,
         health=health,
         created_at_ms=now_ms,
         model_version=model.version,
-        annotations={"notes": notes} if notes else {},
+        compression_report_json=compression.report_json if compression is not None else "",
+        annotations=annotations,
         golden_digest=golden[0],
         golden_size=golden[1],
+        model_encoding=encoding,
     )
+
+
+def release_golden(compression_npz: bytes) -> bytes:
+    """The compression's golden data (``input/<name>``, ``output/<name>``, ``tolerance``) as
+    release golden data: the outputs become expectations; the tolerance (compressed against
+    original) does not apply to a device running the compressed model itself and is dropped."""
+    with np.load(io.BytesIO(compression_npz), allow_pickle=False) as npz:
+        arrays = {
+            ("expected/" + k.removeprefix("output/")) if k.startswith("output/") else k: npz[k]
+            for k in npz.files
+            if k != "tolerance"
+        }
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
 
 
 class Releases:
@@ -103,16 +137,28 @@ class Releases:
         """Sign and store ``ref`` from model ``ref.name`` version ``model_version`` (0 = newest).
 
         ``golden``: an ``.npz`` of golden inputs (and expected outputs) to check the release
-        against on devices; empty = smoke inference on zeros only.
+        against on devices; empty = the compression's golden data for a compressed version,
+        smoke inference on zeros only otherwise.
         """
         policy = validate_health(health or t.HealthPolicy())
         model = self._registry.get(ref.name, model_version)
         if self._find(ref) is not None:
             raise AlreadyExistsError("release", str(ref))
         key_id, private_key = self._keys.active()
+        compression = self._registry.compression_artifacts(model)
+        if not golden and compression is not None and compression.golden_npz:
+            golden = release_golden(compression.golden_npz)
         stored = self._store_golden(model, golden) if golden else ("", 0)
         now = self._clock()
-        manifest = build_manifest(model, ref, health=policy, notes=notes, now_ms=now, golden=stored)
+        manifest = build_manifest(
+            model,
+            ref,
+            health=policy,
+            notes=notes,
+            now_ms=now,
+            golden=stored,
+            compression=compression,
+        )
         envelope = signing.sign(wire.encode_manifest(manifest), signing.MANIFEST_TYPE, private_key)
         row = ReleaseRow(
             name=ref.name,
