@@ -77,6 +77,16 @@ def run(
     predict_workers: Annotated[
         int | None, typer.Option(help="gRPC serving threads (default 8).")
     ] = None,
+    failover: Annotated[
+        bool | None,
+        typer.Option(
+            "--failover/--no-failover",
+            help="Forward a Predict this agent cannot serve to a neighbour (default on).",
+        ),
+    ] = None,
+    failover_deadline: Annotated[
+        float | None, typer.Option(help="Seconds one forwarded Predict may take (default 2).")
+    ] = None,
     power_root: Annotated[
         Path | None,
         typer.Option(help="Root of the /sys and /proc trees power sensors are read from."),
@@ -97,6 +107,8 @@ def run(
         "telemetry_interval": telemetry_interval,
         "fetch_deadline": fetch_deadline,
         "predict_workers": predict_workers,
+        "failover": failover,
+        "failover_deadline": failover_deadline,
         "power_root": power_root,
         "log_level": log_level,
     }

@@ -56,6 +56,10 @@ class ServingSettings:
     """Port of the Prometheus /metrics endpoint (0: any free port, -1: off)."""
     workers: int = 8
     """Threads serving gRPC requests."""
+    failover: bool = True
+    """Forward a Predict this agent cannot serve to a healthy neighbour of its fleet."""
+    failover_deadline_s: float = 2.0
+    """Deadline of one forwarded Predict; the next neighbour is tried after it."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,17 @@ def _int(value: Any) -> int:
     return int(value)
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
 # flat key -> (section or "" for top level, field, converter)
 KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "device_id": ("device", "device_id", str),
@@ -120,6 +135,8 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "predict_listen": ("serving", "predict_listen", str),
     "metrics_port": ("serving", "metrics_port", _int),
     "predict_workers": ("serving", "workers", _int),
+    "failover": ("serving", "failover", _bool),
+    "failover_deadline": ("serving", "failover_deadline_s", _float),
     "trusted_keys": ("", "trusted_keys", _paths),
     "data_dir": ("", "data_dir", lambda v: Path(str(v))),
     "telemetry_interval": ("", "telemetry_interval", _float),

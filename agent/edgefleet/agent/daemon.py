@@ -20,10 +20,12 @@ from importlib import metadata
 from edgefleet.agent import failpoints
 from edgefleet.agent.benchmarking import Benchmarker
 from edgefleet.agent.config import AgentSettings
+from edgefleet.agent.failover import OwnState
 from edgefleet.agent.installing import Installer
 from edgefleet.agent.ledger import Ledger
 from edgefleet.agent.live import LiveStats
 from edgefleet.agent.metrics import AgentMetrics
+from edgefleet.agent.neighbours import Forwarder, NeighbourTable
 from edgefleet.agent.powering import PowerTap
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.reporting import Reporter
@@ -77,10 +79,19 @@ class Agent:
             labels=s.device.labels,
             agent_version=agent_version(),
         )
+        self.neighbours = NeighbourTable(device_id=self.device_id, fleet=s.device.fleet)
+        self.forwarder = (
+            Forwarder(self.neighbours, own=self._own_state, deadline=s.serving.failover_deadline_s)
+            if s.serving.failover
+            else None
+        )
         self.session = MqttSession(
             s.mqtt.url,
             client_id=self.device_id,
-            subscriptions=[(topics.desired(self.device_id), 1)],
+            subscriptions=[
+                (topics.desired(self.device_id), 1),
+                (self.neighbours.topic_filter, 1),
+            ],
             on_message=self._on_message,
             will=Will(*self.reporter.presence_message(online=False)[:2]),
             on_connect=self.reporter.on_connect,
@@ -94,6 +105,7 @@ class Agent:
                 metrics=self.metrics,
                 live=self.live,
                 benchmarker=Benchmarker(self.trust),
+                forwarder=self.forwarder,
             ),
             listen=s.serving.predict_listen,
             workers=s.serving.workers,
@@ -198,6 +210,8 @@ class Agent:
             self.session.stop(last=[self.reporter.presence_message(online=False)])
         if self._serving:
             self.server.stop(grace=2.0)
+        if self.forwarder is not None:
+            self.forwarder.close()
         self.metrics.stop()
         log.info("agent %s stopped", self.device_id)
 
@@ -219,6 +233,15 @@ class Agent:
         self.server.set_serving(False)
         self.metrics.set_active(release="", previous="", manifest_digest="")
 
+    def _own_state(self) -> OwnState:
+        """What failover needs of this device: the release it should serve."""
+        status = self.reporter.status
+        return OwnState(
+            device_id=self.device_id,
+            target_release=status.target_release,
+            active_release=status.active_release or status.previous_release,
+        )
+
     def _write_info(self, endpoints: Endpoints) -> None:
         """``<data-dir>/agent.json``, written atomically once serving: how tools find this agent.
 
@@ -234,8 +257,9 @@ class Agent:
         atomic_write(self.settings.data_dir / "agent.json", json.dumps(info).encode() + b"\n")
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        """paho's thread: hand the payload to the worker, nothing else."""
+        """paho's thread: hand the payload to the worker (presence: to the neighbour table)."""
         if topic != topics.desired(self.device_id):
+            self.neighbours.observe(topic, payload)
             return
         if not payload:
             log.info("desired state cleared on the broker; keeping the current model")

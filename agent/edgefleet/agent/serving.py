@@ -8,6 +8,13 @@ and telemetry fold them when they read. Errors leave with the status ``rpc.statu
 them: INVALID_ARGUMENT naming the input, UNAVAILABLE while no model is active. Benchmark runs
 ``benchmarking.Benchmarker`` (signature refused: FAILED_PRECONDITION; one at a time:
 RESOURCE_EXHAUSTED). Health says SERVING exactly while a model is active.
+
+Failover (DESIGN.md section 1): when this agent cannot serve a Predict (no active model, or the
+runtime failing) and a ``neighbours.Forwarder`` is wired, the request goes to a healthy
+neighbour of the fleet, whose reply comes back with its device id and ``served_by_neighbour``.
+A request that was itself forwarded (``x-edgefleet-forwarded`` metadata) is never forwarded
+again; when no neighbour serves, UNAVAILABLE says so. ModelInfo lists the neighbours, which is
+how ``client.FailoverClient`` learns where to go when the agent is down.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from edgefleet.agent import tensors
 from edgefleet.agent.benchmarking import BenchmarkBusyError, Benchmarker
 from edgefleet.agent.errors import InferenceFailedError, NoActiveModelError
+from edgefleet.agent.failover import FORWARDED_HEADER
 from edgefleet.agent.live import LiveStats
 from edgefleet.agent.metrics import AgentMetrics
+from edgefleet.agent.neighbours import Forwarder
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.sampling import FOLD_AT
@@ -58,6 +67,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         metrics: AgentMetrics,
         live: LiveStats | None = None,
         benchmarker: Benchmarker | None = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self._predictor = predictor
         self._device_id = device_id
@@ -65,6 +75,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self._metrics = metrics
         self._live = live or LiveStats()
         self._benchmarker = benchmarker
+        self._forwarder = forwarder
         # the hot path's recording: bound C methods, looked up once
         window = metrics.window
         self._window = window
@@ -87,6 +98,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             tensors.add_all(reply.outputs, outputs)
         except EdgeFleetError as exc:
             self._failed(exc, runtime, time.perf_counter() - started)
+            if isinstance(exc, NoActiveModelError | InferenceFailedError):
+                return self._fail_over(request, context, exc)
             rpc.abort(context, exc)
             raise  # unreachable: abort raises
         finally:
@@ -97,6 +110,29 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             self._window.fold()
         self._live.record(runtime.release, elapsed)
         return reply
+
+    def _fail_over(
+        self,
+        request: inference_pb2.PredictRequest,
+        context: grpc.ServicerContext,
+        exc: EdgeFleetError,
+    ) -> inference_pb2.PredictResponse:
+        """Serve ``request`` on a neighbour, or abort as ``exc`` calls for, saying none could."""
+        forwarded_by = dict(context.invocation_metadata()).get(FORWARDED_HEADER)
+        if self._forwarder is None or forwarded_by is not None:
+            rpc.abort(context, exc)
+            raise exc  # unreachable: abort raises
+        reply, tried = self._forwarder.forward(request, remaining=context.time_remaining())
+        if reply is not None:
+            log.debug("Predict served by neighbour %s (%s)", reply.device_id, exc)
+            return reply
+        # the code stays what this agent's own failure calls for (UNAVAILABLE, INTERNAL)
+        context.abort(
+            rpc.status_for(exc),
+            f"{exc}, and no neighbour is available to serve it"
+            + (f" (tried {', '.join(tried)})" if tried else " (none online in the fleet)"),
+        )
+        raise AssertionError("unreachable: abort raises")
 
     def _failed(self, exc: EdgeFleetError, runtime: ModelRuntime | None, elapsed: float) -> None:
         self._metrics.errors.labels(_reason(exc)).inc()
@@ -139,6 +175,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             reply.manifest_digest = runtime.model.manifest_digest
             reply.inputs.extend(wire.spec_to_pb(s) for s in runtime.inputs)
             reply.outputs.extend(wire.spec_to_pb(s) for s in runtime.outputs)
+        if self._forwarder is not None:
+            reply.neighbours.extend(self._forwarder.table.to_pb())
         return reply
 
 

@@ -122,6 +122,11 @@ class PredictRequest(_message.Message):
 
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUT_NAMES_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    release: _builtins.str
+    """The release the caller expects; empty = no preference. Used to pick a neighbour when this
+    agent cannot serve (failover); the local model serves whatever release is active.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]: ...
     @_builtins.property
@@ -133,10 +138,11 @@ class PredictRequest(_message.Message):
         *,
         inputs: _abc.Iterable[_common_pb2.Tensor] | None = ...,
         output_names: _abc.Iterable[_builtins.str] | None = ...,
+        release: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "output_names", b"output_names"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "output_names", b"output_names", "release", b"release"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -149,8 +155,12 @@ class PredictResponse(_message.Message):
     OUTPUTS_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SERVED_BY_NEIGHBOUR_FIELD_NUMBER: _builtins.int
     release: _builtins.str
     device_id: _builtins.str
+    """the device that ran the model (a neighbour's, after failover)"""
+    served_by_neighbour: _builtins.bool
+    """true: the agent asked could not serve; device_id did"""
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]: ...
     def __init__(
@@ -159,10 +169,11 @@ class PredictResponse(_message.Message):
         outputs: _abc.Iterable[_common_pb2.Tensor] | None = ...,
         release: _builtins.str = ...,
         device_id: _builtins.str = ...,
+        served_by_neighbour: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "outputs", b"outputs", "release", b"release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "outputs", b"outputs", "release", b"release", "served_by_neighbour", b"served_by_neighbour"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,6 +204,7 @@ class ModelInfoResponse(_message.Message):
     MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
+    NEIGHBOURS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     release: _builtins.str
@@ -201,6 +213,12 @@ class ModelInfoResponse(_message.Message):
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]: ...
     @_builtins.property
     def outputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]: ...
+    @_builtins.property
+    def neighbours(self) -> _containers.RepeatedCompositeFieldContainer[Global___Neighbour]:
+        """The fleet's other devices as this agent last saw their presence: where a client may go
+        when this agent does not answer (client-side failover).
+        """
+
     def __init__(
         self,
         *,
@@ -210,11 +228,44 @@ class ModelInfoResponse(_message.Message):
         manifest_digest: _builtins.str = ...,
         inputs: _abc.Iterable[_common_pb2.TensorSpec] | None = ...,
         outputs: _abc.Iterable[_common_pb2.TensorSpec] | None = ...,
+        neighbours: _abc.Iterable[Global___Neighbour] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "fleet", b"fleet", "inputs", b"inputs", "manifest_digest", b"manifest_digest", "outputs", b"outputs", "release", b"release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "fleet", b"fleet", "inputs", b"inputs", "manifest_digest", b"manifest_digest", "neighbours", b"neighbours", "outputs", b"outputs", "release", b"release"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfoResponse: _TypeAlias = ModelInfoResponse  # noqa: Y015
+
+@_typing.final
+class Neighbour(_message.Message):
+    """One device of the same fleet, from its retained presence message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    ONLINE_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    endpoint: _builtins.str
+    """its Predict endpoint, host:port"""
+    release: _builtins.str
+    """its active release; empty = serves nothing"""
+    online: _builtins.bool
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        release: _builtins.str = ...,
+        online: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "endpoint", b"endpoint", "online", b"online", "release", b"release"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Neighbour: _TypeAlias = Neighbour  # noqa: Y015

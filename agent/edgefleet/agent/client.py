@@ -1,0 +1,211 @@
+"""A Predict client for local apps that survives its agent going down (client-side failover).
+
+``FailoverClient(endpoint)`` calls the local agent. Every ``neighbours_refresh`` seconds (and
+on first use) it asks the agent's ``ModelInfo`` for the fleet's neighbours and caches them; when
+the local agent does not answer (UNAVAILABLE, DEADLINE_EXCEEDED) it tries those neighbours in
+``failover.candidates`` order, each with a short deadline, and marks the requests forwarded so
+a neighbour that cannot serve either answers UNAVAILABLE at once instead of forwarding again.
+When the agent is up but cannot serve, the agent itself forwards (server-side failover).
+
+``Channels`` (one gRPC channel per endpoint, kept open) is shared with the agent's forwarder.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+
+import grpc
+import numpy as np
+
+from edgefleet.agent import failover
+from edgefleet.common import wire
+from edgefleet.common.errors import TransientError
+from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+
+FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Status codes after which another device may succeed where this one did not."""
+
+
+class NoDeviceAvailableError(TransientError):
+    """Neither the local agent nor any neighbour served the request."""
+
+    def __init__(self, message: str, *, tried: Sequence[str]) -> None:
+        super().__init__(message)
+        self.tried = tuple(tried)
+
+
+def code_of(exc: grpc.RpcError) -> grpc.StatusCode:
+    code = getattr(exc, "code", None)
+    return code() if callable(code) else grpc.StatusCode.UNKNOWN
+
+
+def neighbours_from_pb(
+    msgs: Sequence[inference_pb2.Neighbour], *, seen: float
+) -> list[failover.Neighbour]:
+    return [
+        failover.Neighbour(
+            device_id=m.device_id,
+            endpoint=m.endpoint,
+            release=m.release,
+            online=m.online,
+            last_seen=seen,
+        )
+        for m in msgs
+    ]
+
+
+class Channels:
+    """Open gRPC channels by endpoint, so a failover costs no connection set-up twice."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stubs: dict[str, tuple[grpc.Channel, inference_pb2_grpc.InferenceServiceStub]] = {}
+
+    def stub(self, endpoint: str) -> inference_pb2_grpc.InferenceServiceStub:
+        with self._lock:
+            entry = self._stubs.get(endpoint)
+            if entry is None:
+                channel = grpc.insecure_channel(
+                    endpoint, options=[("grpc.max_receive_message_length", 64 << 20)]
+                )
+                entry = (channel, inference_pb2_grpc.InferenceServiceStub(channel))
+                self._stubs[endpoint] = entry
+            return entry[1]
+
+    def close(self) -> None:
+        with self._lock:
+            entries, self._stubs = list(self._stubs.values()), {}
+        for channel, _ in entries:
+            channel.close()
+
+
+def request_for(
+    inputs: Mapping[str, np.ndarray], *, output_names: Sequence[str] = (), release: str = ""
+) -> inference_pb2.PredictRequest:
+    return inference_pb2.PredictRequest(
+        inputs=[wire.array_to_pb(name, array) for name, array in inputs.items()],
+        output_names=list(output_names),
+        release=release,
+    )
+
+
+class FailoverClient:
+    """Predict on the local agent, or on a neighbour of its fleet when the agent is down."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        neighbours_refresh: float = 30.0,
+        deadline: float = 5.0,
+        failover_deadline: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.endpoint = endpoint
+        self._refresh_every = neighbours_refresh
+        self._deadline = deadline
+        self._failover_deadline = failover_deadline
+        self._clock = clock
+        self._channels = Channels()
+        self._lock = threading.Lock()
+        self._own = failover.OwnState(device_id="")
+        self._neighbours: list[failover.Neighbour] = []
+        self._refreshed_at: float | None = None
+
+    def __enter__(self) -> FailoverClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channels.close()
+
+    @property
+    def neighbours(self) -> list[failover.Neighbour]:
+        """The cached neighbour list (as of the last successful refresh)."""
+        with self._lock:
+            return list(self._neighbours)
+
+    def refresh(self) -> inference_pb2.ModelInfoResponse:
+        """Ask the local agent for its model and neighbours; cache the neighbours."""
+        info: inference_pb2.ModelInfoResponse = self._channels.stub(self.endpoint).ModelInfo(
+            inference_pb2.ModelInfoRequest(), timeout=self._deadline
+        )
+        now = self._clock()
+        with self._lock:
+            self._own = failover.OwnState(device_id=info.device_id, active_release=info.release)
+            self._neighbours = neighbours_from_pb(info.neighbours, seen=now)
+            self._refreshed_at = now
+        return info
+
+    def predict(
+        self,
+        inputs: Mapping[str, np.ndarray] | inference_pb2.PredictRequest,
+        *,
+        output_names: Sequence[str] = (),
+        release: str = "",
+    ) -> inference_pb2.PredictResponse:
+        """One Predict; ``NoDeviceAvailableError`` when no device of the fleet could serve it."""
+        request = (
+            inputs
+            if isinstance(inputs, inference_pb2.PredictRequest)
+            else request_for(inputs, output_names=output_names, release=release)
+        )
+        self._maybe_refresh()
+        try:
+            reply: inference_pb2.PredictResponse = self._channels.stub(self.endpoint).Predict(
+                request, timeout=self._deadline
+            )
+        except grpc.RpcError as exc:
+            if code_of(exc) not in FAILOVER_CODES:
+                raise
+            first = f"{self.endpoint}: {code_of(exc).name}"
+        else:
+            return reply
+        return self._fail_over(request, tried=[first])
+
+    def _maybe_refresh(self) -> None:
+        at = self._refreshed_at
+        if at is not None and self._clock() - at < self._refresh_every:
+            return
+        try:
+            self.refresh()
+        except grpc.RpcError as exc:
+            if code_of(exc) not in FAILOVER_CODES:
+                raise
+            # agent down: keep the cached neighbours, try again on the next call
+
+    def _fail_over(
+        self, request: inference_pb2.PredictRequest, *, tried: list[str]
+    ) -> inference_pb2.PredictResponse:
+        with self._lock:
+            own, known = self._own, list(self._neighbours)
+        order = failover.candidates(known, own=own, release=request.release, now=self._clock())
+        metadata = ((failover.FORWARDED_HEADER, "client"),)
+        for n in order:
+            try:
+                reply: inference_pb2.PredictResponse = self._channels.stub(n.endpoint).Predict(
+                    request, timeout=self._failover_deadline, metadata=metadata
+                )
+            except grpc.RpcError as exc:
+                if code_of(exc) not in FAILOVER_CODES:
+                    raise
+                tried.append(f"{n.device_id}@{n.endpoint}: {code_of(exc).name}")
+                continue
+            reply.served_by_neighbour = True
+            return reply
+        raise NoDeviceAvailableError(
+            f"no device available: the agent at {self.endpoint} did not answer and "
+            f"{'no neighbour is known' if not order else 'no neighbour could serve'} "
+            f"(tried {'; '.join(tried)})",
+            tried=tried,
+        )
