@@ -25,6 +25,7 @@ if [ "$system" = 1 ]; then
   if [ "$dev" = 1 ]; then
     command -v git >/dev/null || need+=(git)
     command -v promtool >/dev/null || need+=(prometheus)  # promtool + a real server for tests
+    [ -x /usr/bin/docker-registry ] || need+=(docker-registry)  # a real OCI registry for tests
   fi
   if [ "${#need[@]}" -gt 0 ]; then
     sudo=""

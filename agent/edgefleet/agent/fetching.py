@@ -1,10 +1,11 @@
 """Downloading one blob into its partial file, trying each source in order.
 
 ``artifacts.fetch`` appends from the partial file's size, so every attempt (a crash, a cut
-stream, the next source) resumes where the bytes on disk end. What a failure means: every
-source lacks the blob -> ``NotFoundError`` (permanent); a source serves a blob of the wrong
-size -> ``IntegrityError`` (permanent, the partial is deleted); anything else -> ``FetchError``
-(transient: retry later). Verification of the digest is the next step's job.
+stream, the next source) resumes where the bytes on disk end; so does ``oci.fetch`` for
+an ``oci://HOST[:PORT]/REPO`` source (an OCI registry, ``Range`` requests). What a failure
+means: every source lacks the blob -> ``NotFoundError`` (permanent); a source serves a blob
+of the wrong size -> ``IntegrityError`` (permanent, the partial is deleted); anything else ->
+``FetchError`` (transient: retry later). Verification of the digest is the next step's job.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from edgefleet.agent import failpoints
 from edgefleet.agent.errors import StopRequestedError
-from edgefleet.common import artifacts
+from edgefleet.common import artifacts, oci
 from edgefleet.common.errors import FetchError, IntegrityError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ def download(
     missing = 0
     for source in sources:
         try:
-            artifacts.fetch(source, digest, partial, deadline_s=deadline_s, on_chunk=on_chunk)
+            # an ``oci://`` source is a registry (GET .../blobs/<digest> with Range); any other
+            # is an ArtifactService address (the controller's, a neighbour's)
+            fetch = oci.fetch if oci.is_source(source) else artifacts.fetch
+            fetch(source, digest, partial, deadline_s=deadline_s, on_chunk=on_chunk)
         except FetchError as exc:
             log.warning("fetch from %s failed: %s", source, exc.reason)
             problems.append(f"{source}: {exc.reason}")

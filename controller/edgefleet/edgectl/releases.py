@@ -9,7 +9,7 @@ import typer
 
 from edgefleet.common.types import HealthPolicy, validate_name, validate_version
 from edgefleet.controller.rollouts.strategy import parse_duration
-from edgefleet.edgectl import output, shell
+from edgefleet.edgectl import oci_cmd, output, shell
 
 app = typer.Typer(
     help="Create and list signed releases.\n\nA release NAME:VERSION (semver) packs one "
@@ -184,3 +184,7 @@ def list_releases(
             output.when(r.created_at_ms),
         )
     output.print_table(t, empty="no releases")
+
+
+app.command("export")(oci_cmd.export)
+app.command("push")(oci_cmd.push)
