@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import grpc
@@ -167,3 +168,23 @@ def test_deploy_while_the_broker_is_down_is_unavailable(
         grpc.StatusCode.UNAVAILABLE,
         "MQTT broker not connected",
     )
+
+
+def test_extra_artifact_sources_come_first_in_desired_states(
+    tmp_path: Path, broker: Broker, device: support.Device, digits_model: TrainedModel
+) -> None:
+    base = support.settings(tmp_path, broker.url)
+    registry = "oci://127.0.0.1:5000/edgefleet/digits"
+    s = dataclasses.replace(base, grpc=dataclasses.replace(base.grpc, extra_sources=(registry,)))
+    ctl = support.start(s)
+    try:
+        _release(ctl, digits_model, "1.0.0")
+        fleet, dev = support.unique("fleet"), support.unique("dev")
+        _register(ctl, device, fleet, dev)
+        device.subscribe(topics.desired(dev))
+        ctl.stub.Deploy(pb.DeployRequest(release="digits:1.0.0", fleet=fleet), timeout=5)
+        msg = device.next_message()
+        state = desired.open_desired(bytes(msg.payload), support.trust(ctl.stub), device_id=dev)
+        assert state.artifact_sources == (registry, ctl.address)
+    finally:
+        ctl.stop()

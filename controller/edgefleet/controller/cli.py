@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.common import logs
+from edgefleet.common import logs, oci
 from edgefleet.common.errors import EdgeFleetError
 from edgefleet.controller.config import (
     GrpcSettings,
@@ -57,6 +57,14 @@ def run(
     advertise: Annotated[
         str, typer.Option(help="ArtifactService HOST:PORT for devices (default: the bound one).")
     ] = "",
+    artifact_source: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A blob source devices try before this controller (repeatable, in order): "
+            "oci://REGISTRY/REPO where releases were pushed with `edgectl release push`, "
+            "or another ArtifactService HOST:PORT."
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus /metrics on this port.")
     ] = None,
@@ -80,12 +88,18 @@ def run(
         split_address(grpc)
         if advertise:
             split_address(advertise)
+        sources = tuple(artifact_source or ())
+        for source in sources:
+            if oci.is_source(source):
+                oci.RegistryRef.from_source(source)
+            else:
+                split_address(source)
     except EdgeFleetError as exc:
         raise typer.BadParameter(str(exc)) from exc
     settings = Settings(
         data_dir=data_dir,
         db_url=db,
-        grpc=GrpcSettings(bind=grpc, advertise=advertise),
+        grpc=GrpcSettings(bind=grpc, advertise=advertise, extra_sources=sources),
         mqtt=MqttSettings(url=mqtt, client_id=mqtt_client_id),
         metrics=MetricsSettings(port=metrics_port, host=metrics_host),
         rollouts=RolloutSettings(tick_s=rollout_tick),

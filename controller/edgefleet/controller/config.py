@@ -17,6 +17,8 @@ class GrpcSettings:
     """Address the gRPC server listens on (HOST:PORT; port 0 picks a free one)."""
     advertise: str = ""
     """ArtifactService address put into desired states; empty = the bound address."""
+    extra_sources: tuple[str, ...] = ()
+    """Blob sources devices try before this controller: oci://REGISTRY/REPO or HOST:PORT."""
     workers: int = 16
     """Threads serving gRPC calls."""
     grace_s: float = 3.0

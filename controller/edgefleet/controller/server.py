@@ -133,7 +133,7 @@ class Controller:
             keys=keys,
             publisher=self._mqtt,
             metrics=self.metrics,
-            artifact_sources=[self._advertised(host, port)],
+            artifact_sources=[*s.grpc.extra_sources, self._advertised(host, port)],
         )
         store = RolloutStore(db)
         rollouts = Rollouts(store, sender, clock=self.clock)
