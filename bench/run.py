@@ -19,7 +19,9 @@ HERE = Path(__file__).resolve().parent
 
 def modules(names: list[str]) -> list[Path]:
     found = sorted(
-        p for p in HERE.glob("*.py") if p.name != "run.py" and not p.name.startswith("_")
+        p
+        for p in HERE.glob("*.py")
+        if p.name != "run.py" and not p.name.startswith("_") and is_benchmark(p)
     )
     if names:
         found = [p for p in found if p.stem in names]
@@ -46,6 +48,11 @@ def run(path: Path) -> bool:
     sys.modules[spec.name] = module  # dataclasses in a benchmark look their module up here
     spec.loader.exec_module(module)
     return held(module.main())
+
+
+def is_benchmark(path: Path) -> bool:
+    """A benchmark module defines ``main``; the others (the fleet simulator) are its helpers."""
+    return "\ndef main(" in path.read_text()
 
 
 def main(argv: list[str]) -> int:

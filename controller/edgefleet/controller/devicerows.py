@@ -25,11 +25,7 @@ def set_status(row: DeviceRow, s: t.DeviceStatus) -> None:
     row.status_at_ms = s.at_ms
 
 
-def upsert_presence(session: Session, p: t.Presence, *, now_ms: int) -> None:
-    row = session.get(PresenceRow, p.device_id)
-    if row is None:
-        row = PresenceRow(device_id=p.device_id)
-        session.add(row)
+def set_presence(row: PresenceRow, p: t.Presence, *, now_ms: int) -> None:
     row.fleet = p.fleet
     row.online = p.online
     row.predict_endpoint = p.predict_endpoint
@@ -38,11 +34,7 @@ def upsert_presence(session: Session, p: t.Presence, *, now_ms: int) -> None:
     row.received_ms = now_ms
 
 
-def upsert_telemetry(session: Session, x: t.Telemetry, *, now_ms: int) -> None:
-    row = session.get(TelemetryRow, x.device_id)
-    if row is None:
-        row = TelemetryRow(device_id=x.device_id)
-        session.add(row)
+def set_telemetry(row: TelemetryRow, x: t.Telemetry, *, now_ms: int) -> None:
     row.release = x.release
     row.window_s = x.window_s
     row.requests = x.requests
