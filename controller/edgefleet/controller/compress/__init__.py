@@ -2,8 +2,8 @@
 
 Each technique is one module with one pure function ``model bytes -> Compressed(model, record)``
 (``dynamic_quant``, ``static_quant``, ``fp16``, ``int4``, ``pruning``, ``structured``,
-``clustering``, ``lowrank``, ``distilling``); ``packing`` is the Huffman-coded transfer format
-(its decoder imports nothing from the controller, for the agent); ``evaluating`` and ``timing``
+``clustering``, ``lowrank``, ``distilling``); the Huffman-coded transfer format is
+``edgefleet.common.packing`` (shared: the agent decodes it); ``evaluating`` and ``timing``
 measure; ``recipes`` names pipelines; ``searching`` runs the accuracy-gated search and
 ``reporting``/``golden`` turn its result into what a release carries.
 """

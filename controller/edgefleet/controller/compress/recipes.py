@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from edgefleet.common import packing
+
 from . import (
     clustering,
     distilling,
@@ -24,7 +26,6 @@ from . import (
     fp16,
     int4,
     lowrank,
-    packing,
     pruning,
     static_quant,
     structured,
