@@ -394,6 +394,14 @@ def active_on(release: str) -> Callable[[t.DeviceStatus], bool]:
     return lambda s: s.phase is t.InstallPhase.ACTIVE and s.active_release == release
 
 
+def offer(
+    w: Watcher, signer: Signer, artifacts: ArtifactServer, release: Release, gen: int
+) -> None:
+    """Act as the controller: serve ``release``'s blobs and send it to the watched device."""
+    artifacts.publish(release)
+    w.publish_desired(signer.desired(release, device_id=w.device_id, generation=gen))
+
+
 def install(
     w: Watcher,
     signer: Signer,
@@ -405,6 +413,5 @@ def install(
 ) -> None:
     """Act as the controller: release ``model`` to the watched device and wait until active."""
     release = signer.release(model, version=version)
-    artifacts.put(model)
-    w.publish_desired(signer.desired(release, device_id=w.device_id, generation=generation))
+    offer(w, signer, artifacts, release, generation)
     w.wait_status(active_on(release.ref), what=f"active on {release.ref}")

@@ -23,6 +23,7 @@ from tests.agent.helpers import (
     Watcher,
     active_on,
     install,
+    offer,
     predict,
 )
 
@@ -45,13 +46,6 @@ def on_v1(
     w = watch(a.device_id)
     install(w, signer, artifacts, model.onnx_bytes, version="1.0.0", generation=1)
     return a, w
-
-
-def offer(
-    w: Watcher, signer: Signer, artifacts: ArtifactServer, release: Release, gen: int
-) -> None:
-    artifacts.publish(release)
-    w.publish_desired(signer.desired(release, device_id=w.device_id, generation=gen))
 
 
 def test_release_with_golden_data_is_fetched_checked_and_activated(

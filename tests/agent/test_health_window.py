@@ -26,6 +26,7 @@ from tests.agent.helpers import (
     Watcher,
     active_on,
     install,
+    offer,
     predict,
     wait_for,
 )
@@ -35,13 +36,6 @@ P = t.InstallPhase
 
 def watched_on(release: str) -> Callable[[t.DeviceStatus], bool]:
     return lambda s: s.phase is P.HEALTH_CHECK and s.active_release == release
-
-
-def offer(
-    w: Watcher, signer: Signer, artifacts: ArtifactServer, release: Release, gen: int
-) -> None:
-    artifacts.publish(release)
-    w.publish_desired(signer.desired(release, device_id=w.device_id, generation=gen))
 
 
 def test_window_passes_then_the_release_is_active(

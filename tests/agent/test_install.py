@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
 from edgefleet.agent.state import StateFile
 from edgefleet.common import digests, signing
 from edgefleet.common import types as t
 from edgefleet.demo.digits import DigitsData, TrainedModel
+from tests.agent import faults
 from tests.agent.conftest import StartAgent
 from tests.agent.helpers import (
     ArtifactServer,
@@ -199,27 +199,6 @@ def test_malformed_payload_is_rejected(
     assert w.statuses[-1].phase is t.InstallPhase.ACTIVE
 
 
-def nan_model() -> bytes:
-    """Same signature as the digits model, but log(0) = -inf on the zeros of a smoke test."""
-    graph = helper.make_graph(
-        [
-            helper.make_node("Log", ["pixels"], ["logp"]),
-            helper.make_node("ReduceSum", ["logp"], ["s"], keepdims=1),
-            helper.make_node("Tile", ["s", "reps"], ["probabilities"]),
-            helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
-        ],
-        "nan",
-        [helper.make_tensor_value_info("pixels", TensorProto.FLOAT, ["batch", 64])],
-        [
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10]),
-            helper.make_tensor_value_info("label", TensorProto.INT64, ["batch"]),
-        ],
-        [helper.make_tensor("reps", TensorProto.INT64, [2], [1, 10])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
-    return model.SerializeToString()
-
-
 def test_failing_health_check_keeps_the_old_model(
     start_agent: StartAgent,
     watch: Callable[[str], Watcher],
@@ -228,11 +207,11 @@ def test_failing_health_check_keeps_the_old_model(
     digits_model: TrainedModel,
     digits_data: DigitsData,
 ) -> None:
-    onnx.checker.check_model(nan_model())
+    bad = faults.nan_scores(digits_model.onnx_bytes)
+    onnx.checker.check_model(bad)
     a = start_agent()
     w = watch(a.device_id)
     install(w, signer, artifacts, digits_model.onnx_bytes, version="1.0.0", generation=1)
-    bad = nan_model()
     artifacts.put(bad)
     w.publish_desired(
         signer.desired(signer.release(bad, version="1.1.0"), device_id=a.device_id, generation=2)
