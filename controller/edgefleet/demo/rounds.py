@@ -15,11 +15,11 @@ from edgefleet.common.types import ReleaseRef
 from edgefleet.demo import digits
 from edgefleet.demo.errors import DemoFailed
 from edgefleet.demo.evaluation import Score, score
+from edgefleet.edgectl import following
 from edgefleet.edgectl.client import ControllerClient, file_chunks
 from edgefleet.edgectl.inference import InferenceClient
 from edgefleet.edgectl.output import phase_name, table
-from edgefleet.edgectl.rollout_view import RolloutView, result_table
-from edgefleet.edgectl.watching import targets_of, watch
+from edgefleet.edgectl.rollout_status import RolloutLive, device_table
 
 
 def wait_registered(
@@ -76,22 +76,20 @@ class Round:
         return self.score_all(ref, trained)
 
     def roll_out(self, ref: ReleaseRef, *, timeout_s: float) -> None:
-        targets = targets_of(self.client.deploy(ref, self.fleet))
-        if sorted(targets) != sorted(self.ids):
-            raise DemoFailed(f"deploy of {ref} targeted {sorted(targets)}, expected {self.ids}")
-        title = f"deploying {ref} to {self.fleet}"
-        with RolloutView(self.console, title=title, total=len(targets)) as view:
-            result = watch(
-                self.client,
-                release=str(ref),
-                fleet=self.fleet,
-                targets=targets,
-                timeout_s=timeout_s,
-                on_progress=view.update,
+        """Deploy and follow the rollout exactly as ``edgectl deploy`` does."""
+        reply = self.client.deploy(ref, self.fleet)
+        with RolloutLive(self.console) as view:
+            result = following.follow(
+                self.client, reply.rollout_id, timeout_s=timeout_s, on_progress=view.update
             )
-        self.console.print(result_table(result))
-        if not result.progress.ok:
-            why = "timed out" if result.timed_out else "failed"
+        snap = result.snapshot
+        self.console.print(device_table(snap))
+        targets = sorted(d.device_id for d in snap.info.devices)
+        if targets != sorted(self.ids):
+            raise DemoFailed(f"deploy of {ref} targeted {targets}, expected {self.ids}")
+        if not result.ok:
+            info = snap.info
+            why = "timed out" if result.timed_out else f"{info.phase}: {info.reason or '-'}"
             raise DemoFailed(f"rollout of {ref} {why} (see the table above)")
 
     def score_all(self, ref: ReleaseRef, trained: digits.TrainedModel) -> tuple[Score, ...]:
