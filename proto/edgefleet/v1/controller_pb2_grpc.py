@@ -114,6 +114,31 @@ class ControllerServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_controller__pb2.CompressRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_controller__pb2.CompressProgress.FromString,
                 _registered_method=True)
+        self.AddOperator = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/AddOperator',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.AddOperatorRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.AddOperatorResponse.FromString,
+                _registered_method=True)
+        self.ListOperators = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/ListOperators',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.ListOperatorsRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListOperatorsResponse.FromString,
+                _registered_method=True)
+        self.RevokeOperator = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/RevokeOperator',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.RevokeOperatorRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.OperatorInfo.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/WhoAmI',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.OperatorInfo.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/ListAudit',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -218,6 +243,37 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddOperator(self, request, context):
+        """Operators and their bearer tokens (admin), the caller itself (any role), the audit log.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperators(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOperator(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -300,6 +356,31 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.CompressModel,
                     request_deserializer=edgefleet_dot_v1_dot_controller__pb2.CompressRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_controller__pb2.CompressProgress.SerializeToString,
+            ),
+            'AddOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddOperator,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.AddOperatorRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.AddOperatorResponse.SerializeToString,
+            ),
+            'ListOperators': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperators,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListOperatorsRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.ListOperatorsResponse.SerializeToString,
+            ),
+            'RevokeOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOperator,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.RevokeOperatorRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.OperatorInfo.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.WhoAmIRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.OperatorInfo.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListAuditRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -734,6 +815,141 @@ class ControllerService:
             '/edgefleet.v1.ControllerService/CompressModel',
             edgefleet_dot_v1_dot_controller__pb2.CompressRequest.SerializeToString,
             edgefleet_dot_v1_dot_controller__pb2.CompressProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/AddOperator',
+            edgefleet_dot_v1_dot_controller__pb2.AddOperatorRequest.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.AddOperatorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperators(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/ListOperators',
+            edgefleet_dot_v1_dot_controller__pb2.ListOperatorsRequest.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.ListOperatorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/RevokeOperator',
+            edgefleet_dot_v1_dot_controller__pb2.RevokeOperatorRequest.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.OperatorInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/WhoAmI',
+            edgefleet_dot_v1_dot_controller__pb2.WhoAmIRequest.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.OperatorInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/ListAudit',
+            edgefleet_dot_v1_dot_controller__pb2.ListAuditRequest.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

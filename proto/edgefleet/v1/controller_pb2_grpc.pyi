@@ -51,6 +51,12 @@ class ControllerServiceStub:
     """Accuracy-gated compression search; streams each candidate as it is measured, then the
     result. A winner is registered as a new version of the model, linked to its parent.
     """
+    AddOperator: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AddOperatorRequest, _controller_pb2.AddOperatorResponse]
+    """Operators and their bearer tokens (admin), the caller itself (any role), the audit log."""
+    ListOperators: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListOperatorsRequest, _controller_pb2.ListOperatorsResponse]
+    RevokeOperator: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RevokeOperatorRequest, _controller_pb2.OperatorInfo]
+    WhoAmI: _grpc.UnaryUnaryMultiCallable[_controller_pb2.WhoAmIRequest, _controller_pb2.OperatorInfo]
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListAuditRequest, _controller_pb2.ListAuditResponse]
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -75,6 +81,12 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """Accuracy-gated compression search; streams each candidate as it is measured, then the
     result. A winner is registered as a new version of the model, linked to its parent.
     """
+    AddOperator: _aio.UnaryUnaryMultiCallable[_controller_pb2.AddOperatorRequest, _controller_pb2.AddOperatorResponse]  # type: ignore[assignment]
+    """Operators and their bearer tokens (admin), the caller itself (any role), the audit log."""
+    ListOperators: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListOperatorsRequest, _controller_pb2.ListOperatorsResponse]  # type: ignore[assignment]
+    RevokeOperator: _aio.UnaryUnaryMultiCallable[_controller_pb2.RevokeOperatorRequest, _controller_pb2.OperatorInfo]  # type: ignore[assignment]
+    WhoAmI: _aio.UnaryUnaryMultiCallable[_controller_pb2.WhoAmIRequest, _controller_pb2.OperatorInfo]  # type: ignore[assignment]
+    ListAudit: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListAuditRequest, _controller_pb2.ListAuditResponse]  # type: ignore[assignment]
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -192,5 +204,41 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Accuracy-gated compression search; streams each candidate as it is measured, then the
         result. A winner is registered as a new version of the model, linked to its parent.
         """
+
+    @_abc_1.abstractmethod
+    def AddOperator(
+        self,
+        request: _controller_pb2.AddOperatorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.AddOperatorResponse, _abc.Awaitable[_controller_pb2.AddOperatorResponse]]:
+        """Operators and their bearer tokens (admin), the caller itself (any role), the audit log."""
+
+    @_abc_1.abstractmethod
+    def ListOperators(
+        self,
+        request: _controller_pb2.ListOperatorsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListOperatorsResponse, _abc.Awaitable[_controller_pb2.ListOperatorsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeOperator(
+        self,
+        request: _controller_pb2.RevokeOperatorRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.OperatorInfo, _abc.Awaitable[_controller_pb2.OperatorInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def WhoAmI(
+        self,
+        request: _controller_pb2.WhoAmIRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.OperatorInfo, _abc.Awaitable[_controller_pb2.OperatorInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _controller_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListAuditResponse, _abc.Awaitable[_controller_pb2.ListAuditResponse]]: ...
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
