@@ -141,6 +141,7 @@ class DeviceStatus(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     AT_MS_FIELD_NUMBER: _builtins.int
     ACTIVE_MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     phase: Global___InstallPhase.ValueType
@@ -153,6 +154,10 @@ class DeviceStatus(_message.Message):
     agent_version: _builtins.str
     at_ms: _builtins.int
     active_manifest_digest: _builtins.str
+    seq: _builtins.int
+    """Grows with every status this device sends, across restarts: the controller keeps the
+    status with the highest seq, so a stale copy redelivered after a reconnect changes nothing.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(
@@ -171,10 +176,11 @@ class DeviceStatus(_message.Message):
         agent_version: _builtins.str = ...,
         at_ms: _builtins.int = ...,
         active_manifest_digest: _builtins.str = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_release", b"active_release", "agent_version", b"agent_version", "at_ms", b"at_ms", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "target_release", b"target_release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_release", b"active_release", "agent_version", b"agent_version", "at_ms", b"at_ms", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "seq", b"seq", "target_release", b"target_release"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,6 +199,7 @@ class DeviceEvent(_message.Message):
     PHASE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     AT_MS_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     kind: _builtins.str
     """install_started, fetch_resumed, verified, staged, activated, desired_rejected, ..."""
@@ -201,6 +208,10 @@ class DeviceEvent(_message.Message):
     phase: Global___InstallPhase.ValueType
     message: _builtins.str
     at_ms: _builtins.int
+    seq: _builtins.int
+    """Position in the device's persisted outbox: events arrive at least once, in this order;
+    the controller drops one whose (device, seq) it has already stored.
+    """
     def __init__(
         self,
         *,
@@ -211,10 +222,11 @@ class DeviceEvent(_message.Message):
         phase: Global___InstallPhase.ValueType = ...,
         message: _builtins.str = ...,
         at_ms: _builtins.int = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "device_id", b"device_id", "generation", b"generation", "kind", b"kind", "message", b"message", "phase", b"phase", "release", b"release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "device_id", b"device_id", "generation", b"generation", "kind", b"kind", "message", b"message", "phase", b"phase", "release", b"release", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
