@@ -41,14 +41,14 @@ def list_devices(
         served = d.HasField("telemetry") and d.telemetry.requests > 0
         p50 = f"{d.telemetry.p50_ms:.2f} ms" if served else "-"
         t.add_row(
-            d.device_id,
-            d.fleet,
+            output.safe(d.device_id),
+            output.safe(d.fleet),
             "[green]yes[/]" if d.online else "[red]no[/]",
             output.styled_phase(d.phase),
-            d.active_release or "-",
+            output.safe(d.active_release) or "-",
             f"{d.generation_applied}/{d.generation_desired}",
             p50,
-            d.predict_endpoint or "-",
-            d.last_error,
+            output.safe(d.predict_endpoint) or "-",
+            output.safe(d.last_error),
         )
     output.print_table(t, empty="no devices")

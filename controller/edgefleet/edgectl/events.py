@@ -40,11 +40,11 @@ def events(
     for e in found:
         t.add_row(
             output.when(e.at_ms),
-            e.device_id,
-            e.kind,
-            e.release or "-",
+            output.safe(e.device_id),
+            output.safe(e.kind),
+            output.safe(e.release) or "-",
             str(e.generation) if e.generation else "-",
             output.styled_phase(e.phase),
-            e.message,
+            output.safe(e.message),
         )
     output.print_table(t, empty="no events")

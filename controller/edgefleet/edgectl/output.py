@@ -3,16 +3,23 @@
 Tables go to stdout; progress and notes go to stderr, so ``--json`` output stays parseable.
 The ``*_dict`` functions fix the JSON shape of each thing (phases as ``"active"``, 64-bit
 numbers as numbers), independent of protobuf's JSON mapping.
+
+Strings a device chose (ids, releases, last errors, event messages, endpoints, rollout reasons
+quoting them) never reach the terminal as they came: ``plain`` drops ANSI escape sequences and
+turns control characters into spaces, ``safe`` also escapes rich markup, so ``[/]`` or
+``[bold]`` in a device's message prints as written instead of crashing or restyling the output.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.common import wire
@@ -23,6 +30,22 @@ console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 PHASE_STYLES = {"active": "green", "failed": "red", "rolled_back": "red"}
+
+# CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or ESC \\), two-byte ESC sequences, 8-bit CSI
+_ANSI = re.compile(
+    r"\x1b(?:\[[0-?]*[ -/]*[@-~]?|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-_]?)"
+    r"|\x9b[0-?]*[ -/]*[@-~]?"
+)
+
+
+def plain(text: str) -> str:
+    """``text`` safe for a terminal: ANSI escape sequences dropped, control characters spaces."""
+    return wire.CONTROL_CHARS.sub(" ", _ANSI.sub("", text))
+
+
+def safe(text: str) -> str:
+    """``plain(text)`` with rich markup escaped: what to put in a table cell or a marked-up line."""
+    return escape(plain(text))
 
 
 def print_json(value: Any, *, compact: bool = False) -> None:

@@ -77,9 +77,10 @@ def predict(
             compact=True,
         )
         return
-    output.console.print(f"device [bold]{device}[/] ran [bold]{result.release or '?'}[/]")
+    ran = output.safe(result.release) or "?"
+    output.console.print(f"device [bold]{output.safe(device)}[/] ran [bold]{ran}[/]")
     t = output.table("OUTPUT", "DTYPE", "SHAPE", "VALUES")
     for name, a in result.outputs.items():
         values = np.array2string(a, precision=4, threshold=40, edgeitems=3, suppress_small=True)
-        t.add_row(name, a.dtype.name, Text(str(list(a.shape))), Text(values))
+        t.add_row(output.safe(name), a.dtype.name, Text(str(list(a.shape))), Text(values))
     output.console.print(t)

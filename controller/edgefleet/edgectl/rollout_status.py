@@ -14,7 +14,6 @@ from typing import Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
-from rich.markup import escape
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
@@ -138,16 +137,16 @@ def device_table(snap: Snapshot) -> Table:
         else:
             phase = output.styled_phase(seen.phase)
             phase = phase if seen.online else f"{phase} [red](offline)[/]"
-            active = seen.active_release or "-"
+            active = output.safe(seen.active_release) or "-"
             gen = f"{seen.generation_applied}/{seen.generation_desired}"
         t.add_row(
-            d.device_id,
+            output.safe(d.device_id),
             step,
             styled(d.state, DEVICE_STYLES),
             phase,
             active,
             gen,
-            escape(
+            output.safe(
                 d.reason or (seen.last_error if seen is not None and d.state == "failed" else "")
             ),
         )
@@ -159,7 +158,7 @@ def status_view(snap: Snapshot) -> Group:
     if steps := steps_line(snap.info):
         lines.append(Text.from_markup(steps))
     if snap.info.reason:
-        lines.append(Text.from_markup(f"reason: {escape(snap.info.reason)}"))
+        lines.append(Text.from_markup(f"reason: {output.safe(snap.info.reason)}"))
     lines.append(device_table(snap))
     return Group(*lines)
 

@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from edgefleet.common import rpc
 from edgefleet.common.errors import EdgeFleetError
+from edgefleet.edgectl import output
 from edgefleet.edgectl.client import ControllerClient
 
 DEFAULT_CONTROLLER = "127.0.0.1:50051"
@@ -51,7 +52,8 @@ def controller(ctx: typer.Context) -> ControllerClient:
 
 
 def one_line(text: str) -> str:
-    return " ".join(text.split())
+    """``text`` on one line, without the escape sequences a device's message may carry."""
+    return " ".join(output.plain(text).split())
 
 
 def fail(message: str, *, code: int = EXIT_FAILED) -> NoReturn:

@@ -93,9 +93,9 @@ def render(fleet: str, rows: list[DeviceLine], *, problem: str = "") -> Table:
         c.justify = "right"
     for r in rows:
         t.add_row(
-            r.device_id,
+            output.safe(r.device_id),
             "[green]yes[/]" if r.online else "[red]no[/]",
-            r.release or ABSENT,
+            output.safe(r.release) or ABSENT,
             styled(r.phase),
             figure(r.p50_ms),
             figure(r.p95_ms),
@@ -105,7 +105,7 @@ def render(fleet: str, rows: list[DeviceLine], *, problem: str = "") -> Table:
             figure(r.energy_per_inference_mj),
         )
     if problem:
-        t.caption = f"[red]{problem}[/] (showing the last answer)"
+        t.caption = f"[red]{output.safe(problem)}[/] (showing the last answer)"
     return t
 
 

@@ -5,6 +5,7 @@ Nothing here imports generated protobuf code; ``edgefleet.common.wire`` converts
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ import semver
 from edgefleet.common.errors import InvalidInputError
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_PORT = re.compile(r"^[0-9]{1,5}$")
 
 
 class InstallPhase(StrEnum):
@@ -38,6 +41,30 @@ def validate_name(kind: str, name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def validate_endpoint(what: str, text: str) -> str:
+    """``HOST:PORT`` where HOST is a DNS name, an IPv4 address or a ``[bracketed]`` IPv6 one.
+
+    Endpoints come from devices (presence, status) and are dialled by neighbours and apps, so
+    nothing else may pass: no scheme, no path, no spaces, a port in 1..65535.
+    """
+    host, sep, port = text.rpartition(":")
+    ok = bool(sep and host and _PORT.match(port)) and 0 < int(port) < 65536
+    if ok and host.startswith("["):
+        try:
+            ok = host.endswith("]") and ipaddress.ip_address(host[1:-1]).version == 6
+        except ValueError:
+            ok = False
+    elif ok:
+        labels = host.removesuffix(".").split(".")
+        ok = len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+    if not ok:
+        raise InvalidInputError(
+            f"{what} must be HOST:PORT (a host name, IPv4 or [IPv6] address and a port "
+            f"1-65535), got {text[:80]!r}"
+        )
+    return text
 
 
 @dataclass(frozen=True, order=True)
@@ -138,6 +165,8 @@ class DeviceStatus:
     agent_version: str = ""
     at_ms: int = 0
     active_manifest_digest: str = ""
+    seq: int = 0
+    """Grows with every status the device sends (0: an agent that does not count)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +178,8 @@ class DeviceEvent:
     generation: int = 0
     phase: InstallPhase | None = None
     at_ms: int = 0
+    seq: int = 0
+    """Position in the device's outbox (0: not from an outbox)."""
 
 
 @dataclass(frozen=True)

@@ -2,25 +2,48 @@
 
 Decoders raise ``MalformedMessageError`` for bytes that do not parse or miss required fields,
 so a bad payload from the network is one clear error, never an ``AttributeError`` deep inside.
+
+What a device sends (status, events, telemetry, presence) is bounded here, where it enters:
+counters and generations within ``0..MAX_COUNT`` (so ``generation + 1`` never overflows a
+64-bit column), names per ``validate_name``, free text at most ``MAX_MESSAGE_BYTES`` and
+other strings ``MAX_TEXT_BYTES`` of UTF-8, at most ``MAX_LABELS`` labels, no control
+characters anywhere, endpoints ``HOST:PORT``, figures finite and not negative. The encoders
+make an honest device's free text fit (control characters become spaces, long text is cut),
+so only a broken or hostile device has its message refused.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError, Message
 
+from edgefleet.common import digests
 from edgefleet.common import types as t
 from edgefleet.common.errors import InvalidInputError, MalformedMessageError
 from edgefleet.common.signing import Envelope
 from edgefleet.v1 import common_pb2, mqtt_pb2
 
 M = TypeVar("M", bound=Message)
+
+MAX_COUNT = 1 << 62
+"""Largest generation, counter or timestamp a device may report."""
+MAX_TEXT_BYTES = 256
+"""Ids, release refs, digests, versions, endpoints, label values (UTF-8 bytes)."""
+MAX_MESSAGE_BYTES = 2048
+"""A status's ``last_error`` and an event's ``message`` (UTF-8 bytes)."""
+MAX_LABELS = 32
+"""Labels one device may report."""
+
+# C0 and C1 controls, DEL, zero-width and bidirectional-override characters: none of them
+# belongs in an id or a message, and each can disguise what an operator's terminal shows
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 _PHASES = {
     t.InstallPhase.IDLE: mqtt_pb2.INSTALL_PHASE_IDLE,
@@ -231,6 +254,75 @@ def decode_manifest(data: bytes) -> t.Manifest:
 # --- device reports -------------------------------------------------------------------------
 
 
+def clean_text(text: str, *, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """``text`` as a device should send it: control characters as spaces, cut to ``limit``."""
+    text = CONTROL_CHARS.sub(" ", text)
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode(errors="ignore") + "..."
+
+
+def _text(what: str, value: str, *, limit: int = MAX_TEXT_BYTES) -> str:
+    size = len(value.encode())
+    if size > limit:
+        raise MalformedMessageError(f"{what} of {size} bytes (at most {limit})")
+    if (bad := CONTROL_CHARS.search(value)) is not None:
+        raise MalformedMessageError(f"{what} contains control character {bad.group()!r}")
+    return value
+
+
+def _count(what: str, value: int) -> int:
+    if not 0 <= value <= MAX_COUNT:
+        raise MalformedMessageError(f"{what} {value} is out of range (0..2**62)")
+    return value
+
+
+def _figure(what: str, value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise MalformedMessageError(
+            f"telemetry {what} = {value!r}: a figure must not be NaN, infinite or negative"
+        )
+    return value
+
+
+def _named(kind: str, value: str) -> str:
+    try:
+        return t.validate_name(kind, value)
+    except InvalidInputError as exc:
+        raise MalformedMessageError(str(exc)) from exc
+
+
+def _endpoint(what: str, value: str) -> str:
+    if not value:
+        return value
+    _text(what, value)
+    try:
+        return t.validate_endpoint(what, value)
+    except InvalidInputError as exc:
+        raise MalformedMessageError(str(exc)) from exc
+
+
+def _digest(what: str, value: str) -> str:
+    if not value:
+        return value
+    try:
+        return digests.validate(_text(what, value))
+    except InvalidInputError as exc:
+        raise MalformedMessageError(f"{what}: {exc}") from exc
+
+
+def _labels(labels: Mapping[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise MalformedMessageError(f"{len(labels)} labels (at most {MAX_LABELS})")
+    for key, value in labels.items():
+        if not key:
+            raise MalformedMessageError("a label with an empty key")
+        _text("label key", key, limit=63)
+        _text(f"label {key!r}", value)
+    return dict(labels)
+
+
 def status_to_pb(s: t.DeviceStatus) -> mqtt_pb2.DeviceStatus:
     return mqtt_pb2.DeviceStatus(
         device_id=s.device_id,
@@ -241,7 +333,7 @@ def status_to_pb(s: t.DeviceStatus) -> mqtt_pb2.DeviceStatus:
         previous_release=s.previous_release,
         target_release=s.target_release,
         generation_applied=s.generation_applied,
-        last_error=s.last_error,
+        last_error=clean_text(s.last_error),
         predict_endpoint=s.predict_endpoint,
         agent_version=s.agent_version,
         at_ms=s.at_ms,
@@ -255,19 +347,19 @@ def decode_status(data: bytes) -> t.DeviceStatus:
     if not msg.device_id or not msg.fleet or phase is None:
         raise MalformedMessageError("device status without device id, fleet or phase")
     return t.DeviceStatus(
-        device_id=msg.device_id,
-        fleet=msg.fleet,
+        device_id=_named("device", msg.device_id),
+        fleet=_named("fleet", msg.fleet),
         phase=phase,
-        labels=dict(msg.labels),
-        active_release=msg.active_release,
-        previous_release=msg.previous_release,
-        target_release=msg.target_release,
-        generation_applied=msg.generation_applied,
-        last_error=msg.last_error,
-        predict_endpoint=msg.predict_endpoint,
-        agent_version=msg.agent_version,
-        at_ms=msg.at_ms,
-        active_manifest_digest=msg.active_manifest_digest,
+        labels=_labels(msg.labels),
+        active_release=_text("active release", msg.active_release),
+        previous_release=_text("previous release", msg.previous_release),
+        target_release=_text("target release", msg.target_release),
+        generation_applied=_count("generation applied", msg.generation_applied),
+        last_error=_text("last error", msg.last_error, limit=MAX_MESSAGE_BYTES),
+        predict_endpoint=_endpoint("predict endpoint", msg.predict_endpoint),
+        agent_version=_text("agent version", msg.agent_version, limit=64),
+        at_ms=_count("at_ms", msg.at_ms),
+        active_manifest_digest=_digest("active manifest digest", msg.active_manifest_digest),
     )
 
 
@@ -278,7 +370,7 @@ def event_to_pb(e: t.DeviceEvent) -> mqtt_pb2.DeviceEvent:
         release=e.release,
         generation=e.generation,
         phase=phase_to_pb(e.phase),
-        message=e.message,
+        message=clean_text(e.message),
         at_ms=e.at_ms,
     )
 
@@ -299,6 +391,12 @@ def decode_event(data: bytes) -> t.DeviceEvent:
     msg = parse(mqtt_pb2.DeviceEvent, data, what="device event")
     if not msg.device_id or not msg.kind:
         raise MalformedMessageError("device event without device id or kind")
+    _named("device", msg.device_id)
+    _named("event kind", msg.kind)
+    _text("event release", msg.release)
+    _count("event generation", msg.generation)
+    _text("event message", msg.message, limit=MAX_MESSAGE_BYTES)
+    _count("at_ms", msg.at_ms)
     return event_from_pb(msg)
 
 
@@ -347,9 +445,16 @@ def decode_telemetry(data: bytes) -> t.Telemetry:
     msg = parse(mqtt_pb2.Telemetry, data, what="telemetry")
     if not msg.device_id:
         raise MalformedMessageError("telemetry without device id")
-    values = (msg.window_s, msg.p50_ms, msg.p95_ms, msg.p99_ms, msg.cpu_percent)
-    if any(math.isnan(v) or v < 0 for v in values):
-        raise MalformedMessageError("telemetry with a negative or NaN figure")
+    _named("device", msg.device_id)
+    _text("telemetry release", msg.release)
+    for name in ("window_s", "p50_ms", "p95_ms", "p99_ms", "cpu_percent"):
+        _figure(name, getattr(msg, name))
+    if msg.HasField("power_w"):
+        _figure("power_w", msg.power_w)
+    if msg.HasField("energy_per_inference_j"):
+        _figure("energy_per_inference_j", msg.energy_per_inference_j)
+    for name in ("requests", "errors", "memory_bytes", "at_ms"):
+        _count(f"telemetry {name}", getattr(msg, name))
     return telemetry_from_pb(msg)
 
 
@@ -369,12 +474,12 @@ def decode_presence(data: bytes) -> t.Presence:
     if not msg.device_id or not msg.fleet:
         raise MalformedMessageError("presence without device id or fleet")
     return t.Presence(
-        device_id=msg.device_id,
-        fleet=msg.fleet,
+        device_id=_named("device", msg.device_id),
+        fleet=_named("fleet", msg.fleet),
         online=msg.online,
-        predict_endpoint=msg.predict_endpoint,
-        active_release=msg.active_release,
-        at_ms=msg.at_ms,
+        predict_endpoint=_endpoint("predict endpoint", msg.predict_endpoint),
+        active_release=_text("active release", msg.active_release),
+        at_ms=_count("at_ms", msg.at_ms),
     )
 
 
