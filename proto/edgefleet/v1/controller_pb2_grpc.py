@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from edgefleet.v1 import controller_pb2 as edgefleet_dot_v1_dot_controller__pb2
+from edgefleet.v1 import enroll_pb2 as edgefleet_dot_v1_dot_enroll__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -138,6 +139,31 @@ class ControllerServiceStub:
                 '/edgefleet.v1.ControllerService/ListAudit',
                 request_serializer=edgefleet_dot_v1_dot_controller__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.EnrollDevice = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/EnrollDevice',
+                request_serializer=edgefleet_dot_v1_dot_enroll__pb2.EnrollDeviceRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_enroll__pb2.EnrollDeviceResponse.FromString,
+                _registered_method=True)
+        self.RevokeDevice = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/RevokeDevice',
+                request_serializer=edgefleet_dot_v1_dot_enroll__pb2.DeviceRef.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_enroll__pb2.DeviceIdentity.FromString,
+                _registered_method=True)
+        self.QuarantineDevice = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/QuarantineDevice',
+                request_serializer=edgefleet_dot_v1_dot_enroll__pb2.QuarantineRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_enroll__pb2.DeviceIdentity.FromString,
+                _registered_method=True)
+        self.RemoveDevice = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/RemoveDevice',
+                request_serializer=edgefleet_dot_v1_dot_enroll__pb2.DeviceRef.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_enroll__pb2.DeviceIdentity.FromString,
+                _registered_method=True)
+        self.ListIdentities = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/ListIdentities',
+                request_serializer=edgefleet_dot_v1_dot_enroll__pb2.ListIdentitiesRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_enroll__pb2.ListIdentitiesResponse.FromString,
                 _registered_method=True)
 
 
@@ -274,6 +300,38 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EnrollDevice(self, request, context):
+        """Device identities (messages in enroll.proto): register a device and get its one-time
+        enrollment token; revoke (CRL), quarantine (out of rollouts), remove; list them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QuarantineDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIdentities(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -381,6 +439,31 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListAuditRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_controller__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'EnrollDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnrollDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_enroll__pb2.EnrollDeviceRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_enroll__pb2.EnrollDeviceResponse.SerializeToString,
+            ),
+            'RevokeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_enroll__pb2.DeviceRef.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_enroll__pb2.DeviceIdentity.SerializeToString,
+            ),
+            'QuarantineDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuarantineDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_enroll__pb2.QuarantineRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_enroll__pb2.DeviceIdentity.SerializeToString,
+            ),
+            'RemoveDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_enroll__pb2.DeviceRef.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_enroll__pb2.DeviceIdentity.SerializeToString,
+            ),
+            'ListIdentities': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIdentities,
+                    request_deserializer=edgefleet_dot_v1_dot_enroll__pb2.ListIdentitiesRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_enroll__pb2.ListIdentitiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -950,6 +1033,141 @@ class ControllerService:
             '/edgefleet.v1.ControllerService/ListAudit',
             edgefleet_dot_v1_dot_controller__pb2.ListAuditRequest.SerializeToString,
             edgefleet_dot_v1_dot_controller__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnrollDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/EnrollDevice',
+            edgefleet_dot_v1_dot_enroll__pb2.EnrollDeviceRequest.SerializeToString,
+            edgefleet_dot_v1_dot_enroll__pb2.EnrollDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/RevokeDevice',
+            edgefleet_dot_v1_dot_enroll__pb2.DeviceRef.SerializeToString,
+            edgefleet_dot_v1_dot_enroll__pb2.DeviceIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QuarantineDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/QuarantineDevice',
+            edgefleet_dot_v1_dot_enroll__pb2.QuarantineRequest.SerializeToString,
+            edgefleet_dot_v1_dot_enroll__pb2.DeviceIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/RemoveDevice',
+            edgefleet_dot_v1_dot_enroll__pb2.DeviceRef.SerializeToString,
+            edgefleet_dot_v1_dot_enroll__pb2.DeviceIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIdentities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/ListIdentities',
+            edgefleet_dot_v1_dot_enroll__pb2.ListIdentitiesRequest.SerializeToString,
+            edgefleet_dot_v1_dot_enroll__pb2.ListIdentitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,6 +5,7 @@ The operator API that edgectl drives."""
 
 from collections import abc as _abc
 from edgefleet.v1 import controller_pb2 as _controller_pb2
+from edgefleet.v1 import enroll_pb2 as _enroll_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -57,6 +58,14 @@ class ControllerServiceStub:
     RevokeOperator: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RevokeOperatorRequest, _controller_pb2.OperatorInfo]
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_controller_pb2.WhoAmIRequest, _controller_pb2.OperatorInfo]
     ListAudit: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListAuditRequest, _controller_pb2.ListAuditResponse]
+    EnrollDevice: _grpc.UnaryUnaryMultiCallable[_enroll_pb2.EnrollDeviceRequest, _enroll_pb2.EnrollDeviceResponse]
+    """Device identities (messages in enroll.proto): register a device and get its one-time
+    enrollment token; revoke (CRL), quarantine (out of rollouts), remove; list them.
+    """
+    RevokeDevice: _grpc.UnaryUnaryMultiCallable[_enroll_pb2.DeviceRef, _enroll_pb2.DeviceIdentity]
+    QuarantineDevice: _grpc.UnaryUnaryMultiCallable[_enroll_pb2.QuarantineRequest, _enroll_pb2.DeviceIdentity]
+    RemoveDevice: _grpc.UnaryUnaryMultiCallable[_enroll_pb2.DeviceRef, _enroll_pb2.DeviceIdentity]
+    ListIdentities: _grpc.UnaryUnaryMultiCallable[_enroll_pb2.ListIdentitiesRequest, _enroll_pb2.ListIdentitiesResponse]
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -87,6 +96,14 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     RevokeOperator: _aio.UnaryUnaryMultiCallable[_controller_pb2.RevokeOperatorRequest, _controller_pb2.OperatorInfo]  # type: ignore[assignment]
     WhoAmI: _aio.UnaryUnaryMultiCallable[_controller_pb2.WhoAmIRequest, _controller_pb2.OperatorInfo]  # type: ignore[assignment]
     ListAudit: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListAuditRequest, _controller_pb2.ListAuditResponse]  # type: ignore[assignment]
+    EnrollDevice: _aio.UnaryUnaryMultiCallable[_enroll_pb2.EnrollDeviceRequest, _enroll_pb2.EnrollDeviceResponse]  # type: ignore[assignment]
+    """Device identities (messages in enroll.proto): register a device and get its one-time
+    enrollment token; revoke (CRL), quarantine (out of rollouts), remove; list them.
+    """
+    RevokeDevice: _aio.UnaryUnaryMultiCallable[_enroll_pb2.DeviceRef, _enroll_pb2.DeviceIdentity]  # type: ignore[assignment]
+    QuarantineDevice: _aio.UnaryUnaryMultiCallable[_enroll_pb2.QuarantineRequest, _enroll_pb2.DeviceIdentity]  # type: ignore[assignment]
+    RemoveDevice: _aio.UnaryUnaryMultiCallable[_enroll_pb2.DeviceRef, _enroll_pb2.DeviceIdentity]  # type: ignore[assignment]
+    ListIdentities: _aio.UnaryUnaryMultiCallable[_enroll_pb2.ListIdentitiesRequest, _enroll_pb2.ListIdentitiesResponse]  # type: ignore[assignment]
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -240,5 +257,43 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ListAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ListAuditResponse, _abc.Awaitable[_controller_pb2.ListAuditResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def EnrollDevice(
+        self,
+        request: _enroll_pb2.EnrollDeviceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enroll_pb2.EnrollDeviceResponse, _abc.Awaitable[_enroll_pb2.EnrollDeviceResponse]]:
+        """Device identities (messages in enroll.proto): register a device and get its one-time
+        enrollment token; revoke (CRL), quarantine (out of rollouts), remove; list them.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeDevice(
+        self,
+        request: _enroll_pb2.DeviceRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enroll_pb2.DeviceIdentity, _abc.Awaitable[_enroll_pb2.DeviceIdentity]]: ...
+
+    @_abc_1.abstractmethod
+    def QuarantineDevice(
+        self,
+        request: _enroll_pb2.QuarantineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enroll_pb2.DeviceIdentity, _abc.Awaitable[_enroll_pb2.DeviceIdentity]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveDevice(
+        self,
+        request: _enroll_pb2.DeviceRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enroll_pb2.DeviceIdentity, _abc.Awaitable[_enroll_pb2.DeviceIdentity]]: ...
+
+    @_abc_1.abstractmethod
+    def ListIdentities(
+        self,
+        request: _enroll_pb2.ListIdentitiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enroll_pb2.ListIdentitiesResponse, _abc.Awaitable[_enroll_pb2.ListIdentitiesResponse]]: ...
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
