@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 PROTOS := $(wildcard proto/edgefleet/v1/*.proto)
 
-.PHONY: setup demo test unit lint proto bench clean
+.PHONY: setup demo test stress-test unit lint proto bench clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,19 @@ lint: setup
 
 test: lint
 	$(PY) -m pytest
+
+# The suite while STRESS_CPUS busy-loop processes keep other cores busy, STRESS_RUNS times in a
+# row: no test may depend on this machine's speed. STRESS_ARGS picks tests (default: all).
+STRESS_CPUS ?= 1
+STRESS_RUNS ?= 1
+STRESS_ARGS ?=
+stress-test: setup
+	@busy=""; trap 'kill $$busy 2>/dev/null' EXIT INT TERM; \
+	for _ in $$(seq $(STRESS_CPUS)); do $(PY) -c 'while True: pass' & busy="$$busy $$!"; done; \
+	for run in $$(seq $(STRESS_RUNS)); do \
+	  echo "stress-test: run $$run of $(STRESS_RUNS), $(STRESS_CPUS) busy loop(s)"; \
+	  $(PY) -m pytest $(STRESS_ARGS) || exit 1; \
+	done
 
 bench: setup
 	$(PY) bench/run.py

@@ -191,8 +191,11 @@ def advertised(host: str, port: int) -> str:
 class InferenceServer:
     def __init__(self, servicer: InferenceServicer, *, listen: str, workers: int = 8) -> None:
         self._listen = listen
+        self._pool = futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="agent-predict"
+        )
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent-predict"),
+            self._pool,
             options=[
                 ("grpc.so_reuseport", 0),  # a fixed port taken by another agent must fail
                 ("grpc.max_receive_message_length", 64 << 20),
@@ -230,3 +233,4 @@ class InferenceServer:
     def stop(self, *, grace: float = 2.0) -> None:
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait(grace + 1)
+        self._pool.shutdown(wait=False)  # grpc leaves its workers running, one per stopped agent
