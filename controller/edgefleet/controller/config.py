@@ -14,7 +14,7 @@ from edgefleet.common.errors import InvalidInputError
 @dataclass(frozen=True)
 class GrpcSettings:
     bind: str = "127.0.0.1:50051"
-    """Address the gRPC server listens on (HOST:PORT; port 0 picks a free one)."""
+    """Address the devices' gRPC server listens on (HOST:PORT; port 0 picks a free one)."""
     advertise: str = ""
     """ArtifactService address put into desired states; empty = the bound address."""
     extra_sources: tuple[str, ...] = ()
@@ -26,6 +26,12 @@ class GrpcSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    bind: str = "127.0.0.1:50052"
+    """Address the operator API (ControllerService, health) listens on, apart from devices."""
+
+
+@dataclass(frozen=True)
 class MqttSettings:
     url: str = "mqtt://127.0.0.1:1883"
     """Broker URL (mqtt:// or mqtts://, credentials in the URL)."""
@@ -33,12 +39,41 @@ class MqttSettings:
     """MQTT client id; the persistent session is keyed by it."""
     ca_file: str | None = None
     """CA bundle for mqtts:// brokers; None = the system store."""
+    cert_file: str | None = None
+    """Client certificate (PEM) for a broker that requires one (``broker-config`` makes it)."""
+    key_file: str | None = None
+    """Its private key (PEM, mode 0600)."""
+
+
+@dataclass(frozen=True)
+class PkiSettings:
+    ca_cert: Path | None = None
+    """Bring your own CA: its certificate (PEM); None = <data_dir>/ca, made on first use."""
+    ca_key: Path | None = None
+    """Its private key (PEM, EC); given together with ``ca_cert``."""
+    cert_lifetime_s: float = 30 * 24 * 3600.0
+    """Lifetime of a device certificate; agents renew at 2/3 of it."""
+    token_ttl_s: float = 15 * 60.0
+    """Default lifetime of an enrollment token."""
 
 
 @dataclass(frozen=True)
 class RegistrySettings:
     max_model_bytes: int = 512 << 20
     """Largest .onnx file UploadModel accepts."""
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    memory_bytes: int = 4 << 30
+    """Address space a sandbox process (model inspection, golden outputs, compression) may use;
+    0 = no limit."""
+    cpu_s: int = 600
+    """CPU seconds one model inspection or golden run may use; 0 = no limit."""
+    timeout_s: float = 600.0
+    """Wall-clock seconds before an inspection or golden run is killed; 0 = no limit."""
+    search_s: float = 7200.0
+    """CPU and wall-clock seconds for one whole compression search; 0 = no limit."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +98,10 @@ class MetricsSettings:
 class RolloutSettings:
     tick_s: float = 1.0
     """How often the rollout driver looks at every unfinished rollout."""
+    resend_after_s: float = 15.0
+    """A device behind its desired generation this long is sent its desired state again."""
+    lag_check_s: float = 5.0
+    """How often the driver looks for devices behind their desired generation."""
 
 
 @dataclass(frozen=True)
@@ -72,17 +111,23 @@ class Settings:
     db_url: str = ""
     """SQLAlchemy URL; empty = sqlite:///<data_dir>/controller.db."""
     grpc: GrpcSettings = field(default_factory=GrpcSettings)
-    """The gRPC server (ControllerService, ArtifactService, health)."""
+    """The gRPC server devices reach (ArtifactService, health)."""
+    api: ApiSettings = field(default_factory=ApiSettings)
+    """The operator API's gRPC server (ControllerService, health), bearer tokens required."""
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     """The broker connection."""
     registry: RegistrySettings = field(default_factory=RegistrySettings)
     """Model uploads."""
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    """The processes that parse and run users' models."""
     ingest: IngestSettings = field(default_factory=IngestSettings)
     """Device reports coming in over MQTT."""
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     """Prometheus metrics."""
     rollouts: RolloutSettings = field(default_factory=RolloutSettings)
     """The rollout driver."""
+    pki: PkiSettings = field(default_factory=PkiSettings)
+    """The fleet CA: device certificates, enrollment tokens, the CRL."""
 
     @property
     def database_url(self) -> str:
@@ -99,6 +144,14 @@ class Settings:
     @property
     def state_file(self) -> Path:
         return self.data_dir / "controller.json"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin.token"
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.data_dir / "ca"
 
 
 def split_address(address: str) -> tuple[str, int]:

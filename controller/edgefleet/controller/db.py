@@ -113,6 +113,8 @@ class DeviceRow(Base):
     agent_version: Mapped[str] = mapped_column(String(64), default="")
     active_manifest_digest: Mapped[str] = mapped_column(String(80), default="")
     status_at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
+    status_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    """The ``seq`` of the status these columns hold: an older one changes nothing."""
     first_seen_ms: Mapped[int] = mapped_column(BigInteger)
     last_seen_ms: Mapped[int] = mapped_column(BigInteger)
 
@@ -160,6 +162,8 @@ class EventRow(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     received_ms: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    """The device's outbox position; with ``at_ms`` it tells a redelivered event."""
 
 
 class DesiredRow(Base):
@@ -208,6 +212,71 @@ class RolloutTargetRow(Base):
     previous_release: Mapped[str] = mapped_column(_REF, server_default="")
     baseline_p95_ms: Mapped[float | None] = mapped_column(Float)
     reason: Mapped[str] = mapped_column(Text, server_default="")
+
+
+class OperatorRow(Base):
+    """An operator of the API. Only the sha256 of its bearer token is kept; revoked rows stay."""
+
+    __tablename__ = "operators"
+    name: Mapped[str] = mapped_column(_NAME, primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    fleets: Mapped[list[str]] = mapped_column(JSON)  # empty = every fleet
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    revoked_at_ms: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class AuditRow(Base):
+    """One operator call that changed something, or was refused (``audit.AuditLog``)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(_ROW_ID, primary_key=True, autoincrement=True)
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    operator: Mapped[str] = mapped_column(_NAME, default="")
+    role: Mapped[str] = mapped_column(String(16), default="")
+    method: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(_REF, default="")
+    fleet: Mapped[str] = mapped_column(_NAME, default="", index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    peer: Mapped[str] = mapped_column(String(255), default="")
+
+
+class EnrolledDeviceRow(Base):
+    """A device the registry knows (``edgectl device enroll``): its fleet is the registry's,
+    never what the device says. ``state``: enrolled | quarantined | revoked."""
+
+    __tablename__ = "enrolled_devices"
+    device_id: Mapped[str] = mapped_column(_NAME, primary_key=True)
+    fleet: Mapped[str] = mapped_column(_NAME, index=True)
+    labels: Mapped[dict[str, str]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    updated_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class EnrollTokenRow(Base):
+    """A one-time enrollment token, by its sha256 (the token itself is never stored)."""
+
+    __tablename__ = "enroll_tokens"
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    device_id: Mapped[str] = mapped_column(_NAME, index=True)
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger)
+    used_at_ms: Mapped[int | None] = mapped_column(BigInteger)
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class DeviceCertRow(Base):
+    """A device certificate the CA issued; revoked ones make the CRL (kept after a remove)."""
+
+    __tablename__ = "device_certificates"
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # hex
+    device_id: Mapped[str] = mapped_column(_NAME, index=True)
+    not_before_ms: Mapped[int] = mapped_column(BigInteger)
+    not_after_ms: Mapped[int] = mapped_column(BigInteger)
+    issued_at_ms: Mapped[int] = mapped_column(BigInteger)
+    revoked_at_ms: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    reason: Mapped[str] = mapped_column(String(32), default="")
 
 
 class Database:
