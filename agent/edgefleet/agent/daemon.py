@@ -14,18 +14,23 @@ import logging
 import os
 import queue
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 
 from edgefleet.agent import failpoints
 from edgefleet.agent.benchmarking import Benchmarker
 from edgefleet.agent.config import AgentSettings
+from edgefleet.agent.enrolling import Renewer
 from edgefleet.agent.failover import OwnState
+from edgefleet.agent.identity import IdentityFiles, mqtt_tls_files
 from edgefleet.agent.installing import Installer
 from edgefleet.agent.ledger import Ledger
 from edgefleet.agent.live import LiveStats
 from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.neighbours import Forwarder, NeighbourTable
+from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.powering import PowerTap
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.reporting import Reporter
@@ -61,7 +66,15 @@ class Endpoints:
 
 
 class Agent:
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        timer: Callable[[], float] = time.perf_counter,
+        telemetry_clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``timer`` times Predict calls and the pre-activation latency runs; ``telemetry_clock``
+        measures telemetry windows and stamps power readings (tests inject both)."""
         self.settings = s = settings
         self.device_id = s.device.device_id
         self.trust = TrustStore.from_pem_files(s.trusted_keys)
@@ -73,17 +86,27 @@ class Agent:
         self.window = self.metrics.window
         self.live = LiveStats()
         self.predictor = Predictor()
+        self.outbox = Outbox(s.data_dir / "outbox.db")
         self.reporter = Reporter(
             device_id=self.device_id,
             fleet=s.device.fleet,
             labels=s.device.labels,
             agent_version=agent_version(),
+            outbox=self.outbox,
         )
         self.neighbours = NeighbourTable(device_id=self.device_id, fleet=s.device.fleet)
         self.forwarder = (
             Forwarder(self.neighbours, own=self._own_state, deadline=s.serving.failover_deadline_s)
             if s.serving.failover
             else None
+        )
+        self.identity = IdentityFiles.in_data_dir(s.data_dir)
+        self._tls_files = mqtt_tls_files(
+            tls=s.mqtt.url.startswith(("mqtts:", "ssl:")),
+            ca=s.mqtt.ca_file,
+            cert=s.mqtt.cert_file,
+            key=s.mqtt.key_file,
+            files=self.identity,
         )
         self.session = MqttSession(
             s.mqtt.url,
@@ -95,8 +118,12 @@ class Agent:
             on_message=self._on_message,
             will=Will(*self.reporter.presence_message(online=False)[:2]),
             on_connect=self.reporter.on_connect,
+            ca_file=self._tls_files[0],
+            cert_file=self._tls_files[1],
+            key_file=self._tls_files[2],
         )
         self.reporter.attach(self.session)
+        self.renewer: Renewer | None = None  # started when the device has a certificate
         self.server = InferenceServer(
             InferenceServicer(
                 self.predictor,
@@ -106,6 +133,7 @@ class Agent:
                 live=self.live,
                 benchmarker=Benchmarker(self.trust),
                 forwarder=self.forwarder,
+                timer=timer,
             ),
             listen=s.serving.predict_listen,
             workers=s.serving.workers,
@@ -136,10 +164,12 @@ class Agent:
             fallback_sources=(s.fetch.controller,) if s.fetch.controller else (),
             fetch_deadline_s=s.fetch.deadline_s,
             stopping=self.stopping,
+            timer=timer,
         )
         self._queue: queue.Queue[object] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="agent-worker", daemon=True)
         self._power_root = s.power_root
+        self._telemetry_clock = telemetry_clock
         self._telemetry: TelemetryLoop | None = None
         self._serving = self._connecting = False
 
@@ -176,7 +206,9 @@ class Agent:
         endpoints = Endpoints(endpoint, metrics_port)
         self._write_info(endpoints)
         self.session.start()
+        self._start_renewer()
         self._connecting = True
+        self.outbox.start(self.session)
         self._worker.start()
         self._telemetry = TelemetryLoop(
             self.window,
@@ -184,7 +216,10 @@ class Agent:
             device_id=self.device_id,
             release=lambda: rt.release if (rt := self.predictor.current) else "",
             publish=self.reporter.telemetry,
-            power=PowerTap.open(self._power_root, registry=self.metrics.registry),
+            power=PowerTap.open(
+                self._power_root, registry=self.metrics.registry, clock=self._telemetry_clock
+            ),
+            clock=self._telemetry_clock,
         )
         self._telemetry.start()
         log.info(
@@ -207,15 +242,37 @@ class Agent:
         if self._telemetry is not None:
             self._telemetry.stop()
         if self._connecting:
+            self.outbox.drain_once(self.session)  # what the last steps reported, if we can
             self.session.stop(last=[self.reporter.presence_message(online=False)])
+        self.outbox.stop()
         if self._serving:
             self.server.stop(grace=2.0)
         if self.forwarder is not None:
             self.forwarder.close()
+        if self.renewer is not None:
+            self.renewer.stop()
         self.metrics.stop()
         log.info("agent %s stopped", self.device_id)
 
     # wiring
+
+    def _start_renewer(self) -> None:
+        """Renew the device certificate before it expires (enrolled devices only)."""
+        if not self.identity.exists() or not self.settings.fetch.controller:
+            return
+        cert = self.identity.identity()
+        if cert.device_id != self.device_id:
+            log.warning("the certificate names device %s, not %s", cert.device_id, self.device_id)
+        using = self._tls_files[1] == str(self.identity.cert)
+
+        def renewed() -> None:
+            if using:
+                self.session.reload_identity(str(self.identity.cert), str(self.identity.key))
+
+        self.renewer = Renewer(
+            self.settings.fetch.controller, files=self.identity, on_renewed=renewed
+        )
+        self.renewer.start()
 
     def _serve(self, runtime: ModelRuntime, state: DeviceState) -> None:
         """Make ``runtime`` the one Predict uses (state naming it is already on disk)."""
@@ -284,3 +341,5 @@ class Agent:
             except Exception:
                 log.exception("agent worker failed; going on")
                 wait = 5.0
+            finally:
+                self.reporter.flush()

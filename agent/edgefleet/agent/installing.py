@@ -84,6 +84,7 @@ class Installer:
         stopping: threading.Event,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._device_id = device_id
         self._store = store
@@ -99,6 +100,7 @@ class Installer:
         self._stopping = stopping
         self._clock = clock
         self._rand = rand
+        self._timer = timer  # times the pre-activation latency runs
         self._pending: DesiredState | None = None
         self._retry_at = 0.0
         self._checked: ModelRuntime | None = None
@@ -224,9 +226,6 @@ class Installer:
             desired=raw,
         )
         self._pending, self._retry_at, self._checked = desired, 0.0, None
-        self._commit(
-            replace(self.state, install=install, target_release=action.release, last_error="")
-        )
         self._reporter.event(
             "install_started",
             f"generation {action.generation}: {action.release} (model {install.model_digest})",
@@ -234,27 +233,31 @@ class Installer:
             generation=action.generation,
             phase=InstallPhase.FETCHING,
         )
+        self._commit(
+            replace(self.state, install=install, target_release=action.release, last_error="")
+        )
 
     def _mark_applied(self, action: r.MarkApplied) -> None:
         self._pending, self._checked = None, None
         watched = self.state.window is not None  # still in its window: not proven yet
-        self._commit(
-            replace(
-                self.state,
-                generation_applied=action.generation,
-                phase=InstallPhase.HEALTH_CHECK if watched else InstallPhase.ACTIVE,
-                target_release=action.release,
-                last_error="",
-                install=None,
-            ),
-            prune=True,
-        )
+        phase = InstallPhase.HEALTH_CHECK if watched else InstallPhase.ACTIVE
         self._reporter.event(
             "already_active",
             f"{action.release} is the active release already",
             release=action.release,
             generation=action.generation,
-            phase=self.state.phase,
+            phase=phase,
+        )
+        self._commit(
+            replace(
+                self.state,
+                generation_applied=action.generation,
+                phase=phase,
+                target_release=action.release,
+                last_error="",
+                install=None,
+            ),
+            prune=True,
         )
 
     # steps
@@ -287,7 +290,6 @@ class Installer:
         install = self.state.install
         if install is None or install.phase is phase:
             return
-        self._commit(replace(self.state, install=replace(install, phase=phase)))
         self._reporter.event(
             PHASE_EVENTS[phase],
             f"generation {install.generation}: {install.phase} -> {phase}",
@@ -295,6 +297,7 @@ class Installer:
             generation=install.generation,
             phase=phase,
         )
+        self._commit(replace(self.state, install=replace(install, phase=phase)))
 
     def _fetch(self, action: r.Fetch) -> None:
         partial = self._store.partial(action.digest)
@@ -372,7 +375,7 @@ class Installer:
                 golden = g.load(self._store.golden_path(action.slot))
             except g.GoldenDataError as exc:
                 raise ModelLoadError(f"health check: {exc}") from exc
-        exam = checking.examine(runtime, golden, action.policy)
+        exam = checking.examine(runtime, golden, action.policy, timer=self._timer)
         problem = health.precheck_problem(
             action.policy, output_problems=exam.output_problems, latency=exam.latency
         )
@@ -427,6 +430,16 @@ class Installer:
             load_failures=0,
             load_error="",
         )
+        before = previous.release if previous else "none"
+        watching = f"; watching it for {action.window_s:g}s" if window else ""
+        # The event goes to the outbox before the state it reports (DESIGN: at least once).
+        self._reporter.event(
+            "activated",
+            f"{action.release} is active (previous: {before}){watching}",
+            release=action.release,
+            generation=action.generation,
+            phase=new.phase,
+        )
         self._ledger.save(new)
         failpoints.hit("after_activate_state")
         self._serve(runtime, new)
@@ -442,15 +455,6 @@ class Installer:
         self._pending, self._checked, self._checked_golden = None, None, None
         self._ledger.prune()
         self._ledger.report()
-        before = previous.release if previous else "none"
-        watching = f"; watching it for {action.window_s:g}s" if window else ""
-        self._reporter.event(
-            "activated",
-            f"{action.release} is active (previous: {before}){watching}",
-            release=action.release,
-            generation=action.generation,
-            phase=new.phase,
-        )
 
     # failure
 
@@ -461,15 +465,15 @@ class Installer:
         attempts = install.attempts + 1
         delay = backoff.delay(attempts - 1, base=1.0, cap=60.0, rand=self._rand)
         self._retry_at = self._clock() + delay
-        self._commit(
-            replace(self.state, install=replace(install, attempts=attempts), last_error=str(exc))
-        )
         self._reporter.event(
             "install_retry",
             f"attempt {attempts} failed: {exc}; retrying in {delay:.1f}s",
             release=install.release,
             generation=install.generation,
             phase=install.phase,
+        )
+        self._commit(
+            replace(self.state, install=replace(install, attempts=attempts), last_error=str(exc))
         )
 
     def _fail(self, exc: Exception) -> None:
@@ -479,6 +483,14 @@ class Installer:
 
     def _finish_failed(self, generation: int, release: str, reason: str) -> None:
         self._pending, self._checked, self._checked_golden, self._retry_at = None, None, None, 0.0
+        active = self.state.active.release if self.state.active else "none"
+        self._reporter.event(
+            "install_failed",
+            f"{reason} (still serving: {active})",
+            release=release,
+            generation=generation,
+            phase=InstallPhase.FAILED,
+        )
         self._commit(
             replace(
                 self.state,
@@ -489,12 +501,4 @@ class Installer:
                 install=None,
             ),
             prune=True,
-        )
-        active = self.state.active.release if self.state.active else "none"
-        self._reporter.event(
-            "install_failed",
-            f"{reason} (still serving: {active})",
-            release=release,
-            generation=generation,
-            phase=InstallPhase.FAILED,
         )

@@ -4,7 +4,11 @@
   device, so it carries fleet and labels. Published only while connected: paho would replay a
   snapshot queued offline *after* the fresh one sent on reconnect, leaving a stale retained
   status. ``on_connect`` sends the latest snapshot instead.
-* events (QoS 1, not retained): queued by paho while offline, delivered on reconnect.
+* events (QoS 1, not retained): written to the persisted ``outbox`` first (before the state
+  change they report), drained in order once the step is reported and after every reconnect.
+  Delivery is at least once; each event carries its outbox ``seq``.
+* every status carries a ``seq`` that only grows (from the outbox's counter), so the controller
+  can tell a stale status that paho redelivered after a reconnect from a fresh one.
 * presence (retained; the last will says offline): online, Predict endpoint, active release.
 * telemetry (QoS 0).
 """
@@ -18,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Protocol
 
+from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.state import DeviceState
 from edgefleet.common import topics, wire
 from edgefleet.common import types as t
@@ -49,9 +54,11 @@ class Reporter:
         fleet: str,
         labels: Mapping[str, str],
         agent_version: str,
+        outbox: Outbox | None = None,
     ) -> None:
         self.device_id = device_id
         self.fleet = fleet
+        self._outbox = outbox
         self._publisher: Publisher | None = None
         self._lock = threading.Lock()
         self._status = t.DeviceStatus(
@@ -94,11 +101,19 @@ class Reporter:
             self._publish_status(new)
             if new.active_release != old.active_release:
                 self._publish(*self.presence_message(online=True))
+        self.flush()
 
     def on_connect(self) -> None:
-        """Runs on paho's thread after every (re)connect: presence first, then the status."""
+        """Runs on paho's thread after every (re)connect: presence first, then the status,
+        then whatever the outbox holds."""
         self._publish(*self.presence_message(online=True))
         self._publish_status(self._status)
+        self.flush()
+
+    def flush(self) -> None:
+        """Let the outbox send what it holds (events are held until their step is reported)."""
+        if self._outbox is not None:
+            self._outbox.wake()
 
     def presence_message(self, *, online: bool) -> tuple[str, bytes, bool]:
         s = self._status
@@ -114,7 +129,8 @@ class Reporter:
         return topics.presence(self.fleet, self.device_id), payload, True
 
     def _publish_status(self, status: t.DeviceStatus) -> None:
-        payload = wire.status_to_pb(replace(status, at_ms=_now_ms())).SerializeToString()
+        seq = self._outbox.next_status_seq() if self._outbox is not None else 0
+        payload = wire.status_to_pb(replace(status, at_ms=_now_ms(), seq=seq)).SerializeToString()
         self._publish(topics.status(self.device_id), payload, True)
 
     # events and telemetry
@@ -138,8 +154,12 @@ class Reporter:
             phase=phase,
             at_ms=_now_ms(),
         )
-        self._publish(
-            topics.events(self.device_id), wire.event_to_pb(event).SerializeToString(), False
+        topic = topics.events(self.device_id)
+        if self._outbox is None:
+            self._publish(topic, wire.event_to_pb(event).SerializeToString(), False)
+            return
+        self._outbox.put(
+            topic, lambda seq: wire.event_to_pb(replace(event, seq=seq)).SerializeToString()
         )
 
     def telemetry(self, sample: t.Telemetry) -> None:

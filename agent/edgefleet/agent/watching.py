@@ -154,8 +154,6 @@ class HealthWatch:
     def _pass(self, window: HealthWindow) -> None:
         state = self._ledger.state
         phase = InstallPhase.ACTIVE if state.phase is InstallPhase.HEALTH_CHECK else state.phase
-        self._ledger.commit(replace(state, window=None, phase=phase))
-        self.end()
         self._reporter.event(
             "health_window_passed",
             f"{window.release} was healthy for its {window.duration_s:g}s health window",
@@ -163,6 +161,8 @@ class HealthWatch:
             generation=window.generation,
             phase=InstallPhase.ACTIVE,
         )
+        self._ledger.commit(replace(state, window=None, phase=phase))
+        self.end()
 
     def _roll_back(self, window: HealthWindow, why: str) -> None:
         state = self._ledger.state
@@ -176,6 +176,14 @@ class HealthWatch:
         back_on = target.release if target is not None else "no model"
         reason = f"{window.release} failed its health window, back on {back_on}: {why}"
         new = state.rolled_back(reason)
+        log.warning("rolled back: %s", reason)
+        self._reporter.event(
+            "rolled_back",
+            reason,
+            release=new.active.release if new.active else "",
+            generation=window.generation,
+            phase=InstallPhase.ROLLED_BACK,
+        )
         self._ledger.save(new)  # on disk first: a crash from here on restarts on the old slot
         failpoints.hit("after_rollback_state")
         if runtime is not None and new.active is not None:
@@ -185,11 +193,3 @@ class HealthWatch:
         self.end()
         self._ledger.prune()
         self._ledger.report()
-        log.warning("rolled back: %s", reason)
-        self._reporter.event(
-            "rolled_back",
-            reason,
-            release=new.active.release if new.active else "",
-            generation=window.generation,
-            phase=InstallPhase.ROLLED_BACK,
-        )

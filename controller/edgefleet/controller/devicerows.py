@@ -10,7 +10,14 @@ from edgefleet.controller.db import DesiredRow, DeviceRow, EventRow, PresenceRow
 from edgefleet.controller.records import DeviceView
 
 
+def is_stale(row: DeviceRow, s: t.DeviceStatus) -> bool:
+    """An older status than the one held (by the device's ``seq``; 0 = an agent that does not
+    count, always taken)."""
+    return bool(s.seq) and s.seq <= (row.status_seq or 0)
+
+
 def set_status(row: DeviceRow, s: t.DeviceStatus) -> None:
+    row.status_seq = s.seq
     row.fleet = s.fleet
     row.labels = dict(s.labels)
     row.phase = s.phase.value
@@ -60,6 +67,7 @@ def event_row(e: t.DeviceEvent, *, now_ms: int) -> EventRow:
         message=e.message,
         at_ms=e.at_ms,
         received_ms=now_ms,
+        seq=e.seq,
     )
 
 

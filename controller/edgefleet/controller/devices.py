@@ -1,7 +1,9 @@
 """Devices as the controller knows them: what they report (status, presence, telemetry, events)
 and what the controller last asked of them (desired generation), joined for ListDevices.
 
-A device is registered by its first status; presence, telemetry and events that come before it
+A device is registered by its first status; a status whose ``seq`` is not above the one held is
+a stale copy and changes nothing; an outbox event already stored (same device, seq, time) is
+dropped, so at-least-once delivery shows each event once; presence, telemetry and events that come before it
 are kept under its id and show once it registers. Retained messages (replayed by the broker when
 the controller connects) say nothing about when a device was last seen, so they do not move
 ``last_seen``.
@@ -56,6 +58,7 @@ class DeviceStore:
         now = self._clock()
         with self._db.write() as session, session.no_autoflush:
             rows = _BatchRows(session, {item.report.device_id for item in batch})
+            rows.load_event_keys([i.report for i in batch if isinstance(i.report, t.DeviceEvent)])
             event_devices: set[str] = set()
             for item in batch:
                 _apply(session, rows, item, now_ms=now)
@@ -108,6 +111,7 @@ class _BatchRows:
     def __init__(self, session: Session, device_ids: set[str]) -> None:
         self._session = session
         self._rows: dict[tuple[type, str], object] = {}
+        self.event_keys: set[tuple[str, int, int]] = set()
         ids = sorted(device_ids)
         for device in session.scalars(select(DeviceRow).where(DeviceRow.device_id.in_(ids))):
             self._rows[(DeviceRow, device.device_id)] = device
@@ -117,6 +121,27 @@ class _BatchRows:
             select(TelemetryRow).where(TelemetryRow.device_id.in_(ids))
         ):
             self._rows[(TelemetryRow, telemetry.device_id)] = telemetry
+
+    def load_event_keys(self, events: Sequence[t.DeviceEvent]) -> None:
+        """The (device, seq, at_ms) of this batch's outbox events already stored."""
+        counted = [e for e in events if e.seq]
+        if not counted:
+            return
+        stmt = select(EventRow.device_id, EventRow.seq, EventRow.at_ms).where(
+            EventRow.device_id.in_(sorted({e.device_id for e in counted})),
+            EventRow.seq.in_(sorted({e.seq for e in counted})),
+        )
+        self.event_keys = {(d, int(q), int(a)) for d, q, a in self._session.execute(stmt)}
+
+    def is_new_event(self, e: t.DeviceEvent) -> bool:
+        """False for an outbox event this controller already stored (redelivered)."""
+        if not e.seq:
+            return True
+        key = (e.device_id, e.seq, e.at_ms)
+        if key in self.event_keys:
+            return False
+        self.event_keys.add(key)
+        return True
 
     def device(self, device_id: str) -> DeviceRow | None:
         row = self._rows.get((DeviceRow, device_id))
@@ -152,12 +177,14 @@ def _apply(session: Session, rows: _BatchRows, item: Incoming, *, now_ms: int) -
             device = rows.add_device(
                 DeviceRow(device_id=report.device_id, first_seen_ms=now_ms, last_seen_ms=now_ms)
             )
+        if devicerows.is_stale(device, report):
+            return  # a redelivered copy of an older status: the newer one stays
         devicerows.set_status(device, report)
     elif isinstance(report, t.Presence):
         devicerows.set_presence(rows.presence(report.device_id), report, now_ms=now_ms)
     elif isinstance(report, t.Telemetry):
         devicerows.set_telemetry(rows.telemetry(report.device_id), report, now_ms=now_ms)
-    else:
+    elif rows.is_new_event(report):
         session.add(devicerows.event_row(report, now_ms=now_ms))
     offline = isinstance(report, t.Presence) and not report.online
     if device is not None and not item.retained and not offline:

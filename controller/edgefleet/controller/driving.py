@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from edgefleet.controller.rolling import Rollouts
 
@@ -16,9 +17,22 @@ log = logging.getLogger(__name__)
 
 
 class RolloutDriver:
-    def __init__(self, rollouts: Rollouts, *, tick_s: float) -> None:
+    """``reconnected`` is set by the MQTT session on every (re)connect; the driver then
+    publishes every device's desired state again (the broker may have restarted without its
+    retained messages). Every ``lag_check_s`` it re-sends to devices that lag behind theirs."""
+
+    def __init__(
+        self,
+        rollouts: Rollouts,
+        *,
+        tick_s: float,
+        reconnected: threading.Event | None = None,
+        lag_check_s: float = 5.0,
+    ) -> None:
         self._rollouts = rollouts
         self._tick_s = tick_s
+        self._reconnected = reconnected or threading.Event()
+        self._lag_check_s = lag_check_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="controller-rollouts", daemon=True)
 
@@ -36,7 +50,17 @@ class RolloutDriver:
             self._rollouts.resend_pending()
         except Exception:
             log.exception("re-sending the desired states of unfinished rollouts failed")
+        lag_checked = time.monotonic()
         while not self._stop.wait(self._tick_s):
+            try:
+                if self._reconnected.is_set():
+                    self._reconnected.clear()
+                    self._rollouts.republish()
+                elif time.monotonic() - lag_checked >= self._lag_check_s:
+                    lag_checked = time.monotonic()
+                    self._rollouts.republish(lagging_only=True)
+            except Exception:
+                log.exception("re-publishing desired states failed")
             try:
                 self._rollouts.tick()
             except Exception:  # the next tick tries again; a dead driver would stall every rollout

@@ -22,6 +22,8 @@ from edgefleet.controller.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+MAX_SEQ = 1 << 62  # a device's counter starts near the wall clock in µs (~2**51): room to spare
+
 SUBSCRIPTIONS = (
     (f"{topics.ROOT}/dev/+/status", 1),
     (f"{topics.ROOT}/dev/+/events", 1),
@@ -43,6 +45,8 @@ def decode(topic: str, payload: bytes) -> Report:
         report = wire.decode_presence(payload)
     else:
         raise MalformedMessageError(f"the controller does not read {where.channel} messages")
+    if isinstance(report, t.DeviceStatus | t.DeviceEvent) and report.seq > MAX_SEQ:
+        raise MalformedMessageError(f"sequence number {report.seq} out of range")
     if report.device_id != where.device_id:
         raise MalformedMessageError(
             f"payload of device {report.device_id!r} on the topic of {where.device_id!r}"

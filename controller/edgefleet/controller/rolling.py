@@ -22,7 +22,7 @@ from edgefleet.controller.records import ROLLBACK, DeployTarget, RolloutRecord, 
 from edgefleet.controller.rollouts import engine
 from edgefleet.controller.rollouts.engine import DeviceState, RolloutPhase, SendDesired
 from edgefleet.controller.rollouts.strategy import Strategy
-from edgefleet.controller.rolloutstore import RolloutStore
+from edgefleet.controller.rolloutstore import Current, RolloutStore
 from edgefleet.controller.sending import Order, Sender
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,14 @@ class Rollouts:
         *,
         clock: Callable[[], float],
         new_id: Callable[[], str] = new_rollout_id,
+        resend_after_s: float = 15.0,
     ) -> None:
         self._store = store
         self._sender = sender
         self._clock = clock
         self._new_id = new_id
+        self._resend_after_s = resend_after_s
+        self._lag_seen: dict[str, tuple[int, float]] = {}  # device -> (generation, last sent)
         self._lock = threading.RLock()
 
     def get(self, rollout_id: str) -> RolloutRecord:
@@ -158,6 +161,48 @@ class Rollouts:
                         issued_at_ms=i.issued_at_ms,
                     )
                     self._sender.publish(sealed)
+
+    def republish(self, *, lagging_only: bool = False, now: float | None = None) -> int:
+        """Anti-entropy: publish again every device's current desired state (after the
+        controller (re)connected to the broker, which may have kept no retained message), or,
+        with ``lagging_only``, those of devices still behind theirs for ``resend_after_s``.
+        Same generation, same bytes: a device that has it ignores it. Returns how many went out."""
+        with self._lock:
+            rows = self._store.current_desired(lagging_only=lagging_only)
+            if lagging_only:
+                rows = self._due(rows, self._clock() if now is None else now)
+            else:
+                self._lag_seen.clear()
+            for c in rows:
+                sealed, _ = self._sender.seal(
+                    [Order(c.device_id, c.release, c.generation)],
+                    rollout_id=c.rollout_id,
+                    fleet=c.fleet,
+                    issued_at_ms=c.issued_at_ms,
+                )
+                self._sender.publish(sealed)
+        if rows:
+            log.info(
+                "re-published the desired state of %d device(s)%s",
+                len(rows),
+                " that lag behind it" if lagging_only else "",
+            )
+        return len(rows)
+
+    def _due(self, rows: Sequence[Current], now: float) -> list[Current]:
+        """The lagging devices whose last (re)send of this generation is ``resend_after_s`` old;
+        a lag first seen now starts its timer."""
+        due, seen = [], {}
+        for c in rows:
+            generation, since = self._lag_seen.get(c.device_id, (c.generation, now))
+            if generation != c.generation:
+                since = now
+            if now - since >= self._resend_after_s:
+                due.append(c)
+                since = now
+            seen[c.device_id] = (c.generation, since)
+        self._lag_seen = seen
+        return due
 
     def pause(self, rollout_id: str) -> RolloutRecord:
         with self._lock:

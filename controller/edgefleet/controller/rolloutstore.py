@@ -19,10 +19,12 @@ from edgefleet.controller.db import (
     Database,
     DesiredRow,
     DeviceRow,
+    EnrolledDeviceRow,
     RolloutRow,
     RolloutTargetRow,
     TelemetryRow,
 )
+from edgefleet.controller.enrollment import SKIPPED_BY_ROLLOUTS
 from edgefleet.controller.records import ROLLBACK, RolloutRecord
 from edgefleet.controller.rollouts.engine import Report, RolloutPhase, SendDesired
 
@@ -39,9 +41,44 @@ class Issued:
     issued_at_ms: int
 
 
+@dataclass(frozen=True)
+class Current:
+    """A device's current desired state as the database holds it, and how far the device is."""
+
+    device_id: str
+    fleet: str
+    rollout_id: str
+    release: str
+    generation: int
+    issued_at_ms: int
+    generation_applied: int
+
+
 class RolloutStore:
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    def current_desired(self, *, lagging_only: bool = False) -> list[Current]:
+        """Every device's last issued desired state (only the devices that have not applied it
+        yet, with ``lagging_only``), for re-publishing."""
+        stmt = select(DesiredRow, DeviceRow.fleet, DeviceRow.generation_applied).join(
+            DeviceRow, DeviceRow.device_id == DesiredRow.device_id
+        )
+        if lagging_only:
+            stmt = stmt.where(DeviceRow.generation_applied < DesiredRow.generation)
+        with self._db.read() as session:
+            return [
+                Current(
+                    w.device_id,
+                    fleet,
+                    w.rollout_id,
+                    w.release,
+                    w.generation,
+                    w.issued_at_ms,
+                    applied or 0,
+                )
+                for w, fleet, applied in session.execute(stmt.order_by(DesiredRow.device_id))
+            ]
 
     def load(self, rollout_id: str) -> RolloutRecord:
         with self._db.read() as session:
@@ -72,7 +109,13 @@ class RolloutStore:
         return [self.load(i) for i in ids]
 
     def fleet_devices(self, fleet: str) -> list[str]:
-        stmt = select(DeviceRow.device_id).where(DeviceRow.fleet == fleet)
+        """The fleet's devices a rollout may target: not revoked or quarantined."""
+        held = select(EnrolledDeviceRow.device_id).where(
+            EnrolledDeviceRow.state.in_(SKIPPED_BY_ROLLOUTS)
+        )
+        stmt = select(DeviceRow.device_id).where(
+            DeviceRow.fleet == fleet, DeviceRow.device_id.not_in(held)
+        )
         with self._db.read() as session:
             return sorted(session.scalars(stmt))
 
