@@ -57,7 +57,9 @@ class Sink(Protocol):
     @property
     def connected(self) -> bool: ...
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> Acked: ...
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> Acked: ...
 
 
 @dataclass(frozen=True)
@@ -102,11 +104,7 @@ class Outbox:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                seq = int(
-                    cur.execute(
-                        "SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox"
-                    ).fetchone()[0]
-                )
+                seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox").fetchone()[0])
                 seen = cur.execute(
                     "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"
                 ).fetchone()

@@ -3,10 +3,10 @@ and what the controller last asked of them (desired generation), joined for List
 
 A device is registered by its first status; a status whose ``seq`` is not above the one held is
 a stale copy and changes nothing; an outbox event already stored (same device, seq, time) is
-dropped, so at-least-once delivery shows each event once; presence, telemetry and events that come before it
-are kept under its id and show once it registers. Retained messages (replayed by the broker when
-the controller connects) say nothing about when a device was last seen, so they do not move
-``last_seen``.
+dropped, so at-least-once delivery shows each event once. Presence, telemetry and events that
+come before the first status are kept under its id and show once it registers. Retained
+messages (replayed by the broker when the controller connects) say nothing about when a
+device was last seen, so they do not move ``last_seen``.
 """
 
 from __future__ import annotations
