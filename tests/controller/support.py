@@ -20,6 +20,7 @@ from edgefleet.common import desired, rpc, topics, wire
 from edgefleet.common import types as t
 from edgefleet.common.signing import TrustStore, load_public_keys
 from edgefleet.controller.config import (
+    ApiSettings,
     GrpcSettings,
     MqttSettings,
     RegistrySettings,
@@ -27,6 +28,7 @@ from edgefleet.controller.config import (
     Settings,
 )
 from edgefleet.controller.server import Controller
+from edgefleet.edgectl.client import authorized
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import controller_pb2_grpc
 
@@ -44,6 +46,7 @@ def settings(
     return Settings(
         data_dir=data_dir,
         grpc=GrpcSettings(bind="127.0.0.1:0", grace_s=0.5),
+        api=ApiSettings(bind="127.0.0.1:0"),
         mqtt=MqttSettings(url=broker_url, client_id=unique("ctl")),
         registry=RegistrySettings(max_model_bytes=max_model_bytes),
         rollouts=RolloutSettings(tick_s=tick_s),
@@ -58,7 +61,18 @@ class Running:
 
     @property
     def address(self) -> str:
+        """Where devices reach it (ArtifactService)."""
         return self.controller.address
+
+    @property
+    def api(self) -> str:
+        """The operator API (ControllerService)."""
+        return self.controller.api_address
+
+    @property
+    def token(self) -> str:
+        """The admin token the controller made on its first start."""
+        return self.controller.settings.admin_token_file.read_text().strip()
 
     def stop(self) -> None:
         self.channel.close()
@@ -67,9 +81,10 @@ class Running:
 
 def start(s: Settings, *, clock: Callable[[], float] = time.time) -> Running:
     controller = Controller(s, clock=clock)
-    port = controller.start()
+    controller.start()
     assert controller.mqtt.wait_connected(10), "controller did not reach the broker"
-    channel = rpc.channel(f"127.0.0.1:{port}")
+    token = s.admin_token_file.read_text().strip()
+    channel = authorized(rpc.channel(controller.api_address), token)
     return Running(controller, channel, controller_pb2_grpc.ControllerServiceStub(channel))
 
 

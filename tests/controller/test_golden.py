@@ -235,11 +235,12 @@ def test_edgectl_release_create_with_golden_data(
     path = tmp_path / "golden.npz"
     path.write_bytes(npz(pixels=digits_data.x_test[:8], expected__label=digits_data.y_test[:8]))
     args = [
-        "--controller", ctl.address, "release", "create", "digits", "--version", "2.0.0",
+        "--controller", ctl.api, "release", "create", "digits", "--version", "2.0.0",
         "--golden", str(path), "--health-window", "45s", "--max-load-failures", "2",
         "--golden-max-abs-error", "0.001", "--golden-min-agreement", "0.75", "--json",
     ]  # fmt: skip
-    result = CliRunner().invoke(app, args)
+    runner = CliRunner(env={"EDGECTL_TOKEN": ctl.token})
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["golden_digest"].startswith("sha256:") and info["golden_size"] > 0
@@ -248,5 +249,5 @@ def test_edgectl_release_create_with_golden_data(
     h = release.manifest.health
     assert (h.golden_max_abs_error, h.golden_min_agreement) == (0.001, 0.75)
 
-    bad = CliRunner().invoke(app, [*args[:6], "2.0.1", "--health-window", "soon"])
+    bad = runner.invoke(app, [*args[:6], "2.0.1", "--health-window", "soon"])
     assert bad.exit_code != 0 and "--health-window" in bad.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from edgefleet.common import rpc
 from edgefleet.controller.config import MetricsSettings
 from edgefleet.demo.digits import TrainedModel
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
@@ -25,14 +26,15 @@ def test_artifact_fetch_from_an_offset_returns_the_tail(
     ctl: support.Running, digits_model: TrainedModel
 ) -> None:
     model = support.upload(ctl.stub, "digits", digits_model.onnx_bytes)
-    artifacts = artifact_pb2_grpc.ArtifactServiceStub(ctl.channel)
-
-    info = artifacts.Stat(artifact_pb2.StatRequest(digest=model.digest), timeout=5)
-    chunks = list(
-        artifacts.Fetch(
-            artifact_pb2.FetchRequest(digest=model.digest, offset=1000, chunk_size=512), timeout=5
+    with rpc.channel(ctl.address) as channel:  # where devices reach it, no operator token
+        artifacts = artifact_pb2_grpc.ArtifactServiceStub(channel)
+        info = artifacts.Stat(artifact_pb2.StatRequest(digest=model.digest), timeout=5)
+        chunks = list(
+            artifacts.Fetch(
+                artifact_pb2.FetchRequest(digest=model.digest, offset=1000, chunk_size=512),
+                timeout=5,
+            )
         )
-    )
 
     assert info.size == len(digits_model.onnx_bytes)
     assert chunks[0].offset == 1000
@@ -41,10 +43,15 @@ def test_artifact_fetch_from_an_offset_returns_the_tail(
 
 
 def test_health_says_serving(ctl: support.Running) -> None:
-    stub = health_pb2_grpc.HealthStub(ctl.channel)
+    api = health_pb2_grpc.HealthStub(ctl.channel)
     for service in ("", "edgefleet.v1.ControllerService"):
-        answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        answer = api.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    with rpc.channel(ctl.address) as channel:  # devices' port: health without a token
+        devices = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "edgefleet.v1.ArtifactService"):
+            answer = devices.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_metrics_endpoint_counts_devices_by_fleet(tmp_path: Path, broker: Broker) -> None:
@@ -71,7 +78,7 @@ def test_cli_runs_writes_its_state_file_and_stops_on_sigterm(
     tmp_path: Path, broker: Broker
 ) -> None:
     data = tmp_path / "data"
-    port = free_port()
+    port, api = free_port(), free_port()
     env = {**os.environ, "EDGEFLEET_LOG_JSON": "0"}
     cmd = [
         sys.executable,
@@ -82,6 +89,8 @@ def test_cli_runs_writes_its_state_file_and_stops_on_sigterm(
         str(data),
         "--grpc",
         f"127.0.0.1:{port}",
+        "--api",
+        f"127.0.0.1:{api}",
         "--mqtt",
         broker.url,
         "--mqtt-client-id",
@@ -103,8 +112,13 @@ def test_cli_runs_writes_its_state_file_and_stops_on_sigterm(
             proc.kill()
             proc.wait()
 
-    assert state == {"grpc": f"127.0.0.1:{port}", "pid": proc.pid}
+    assert state == {"grpc": f"127.0.0.1:{port}", "api": f"127.0.0.1:{api}", "pid": proc.pid}
     assert proc.returncode == 0, output.decode()
-    assert f"controller ready on 127.0.0.1:{port}" in output.decode()
+    ready = f"controller ready: devices on 127.0.0.1:{port}, operator API on 127.0.0.1:{api}"
+    assert ready in output.decode()
     assert (data / "controller.db").exists()
+    token_file = data / "admin.token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert str(token_file) in output.decode()
+    assert token_file.read_text().strip() not in output.decode()
     assert not state_file.exists()

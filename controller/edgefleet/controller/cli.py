@@ -1,6 +1,8 @@
 """``edge-controller run``: parse flags into ``Settings``, start the controller, wait for a signal.
 
 SIGTERM or SIGINT stops it gracefully (calls in flight finish) and the process exits 0.
+``edge-controller operator add|list|revoke`` manage operators straight on the data dir's database
+(for a lost admin token; over the API, admins use ``edgectl operator``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -19,6 +22,7 @@ import typer
 from edgefleet.common import logs, oci
 from edgefleet.common.errors import EdgeFleetError
 from edgefleet.controller.config import (
+    ApiSettings,
     GrpcSettings,
     MetricsSettings,
     MqttSettings,
@@ -26,6 +30,8 @@ from edgefleet.controller.config import (
     Settings,
     split_address,
 )
+from edgefleet.controller.db import Database
+from edgefleet.controller.operators import OperatorStore, Role, write_token
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +54,15 @@ def run(
         Path, typer.Option(help="Keys, blobs, the SQLite database and controller.json.")
     ] = Path("edgefleet-data"),
     grpc: Annotated[
-        str, typer.Option(help="HOST:PORT the gRPC API listens on.")
+        str, typer.Option(help="HOST:PORT devices reach: ArtifactService (blobs) and health.")
     ] = "127.0.0.1:50051",
+    api: Annotated[
+        str,
+        typer.Option(
+            help="HOST:PORT of the operator API (ControllerService, for edgectl; bearer tokens "
+            "required). Keep it off the device network."
+        ),
+    ] = "127.0.0.1:50052",
     mqtt: Annotated[str, typer.Option(help="MQTT broker URL.")] = "mqtt://127.0.0.1:1883",
     db: Annotated[
         str, typer.Option(help="SQLAlchemy URL (default: sqlite:///DATA_DIR/controller.db).")
@@ -86,6 +99,7 @@ def run(
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
     try:
         split_address(grpc)
+        split_address(api)
         if advertise:
             split_address(advertise)
         sources = tuple(artifact_source or ())
@@ -100,6 +114,7 @@ def run(
         data_dir=data_dir,
         db_url=db,
         grpc=GrpcSettings(bind=grpc, advertise=advertise, extra_sources=sources),
+        api=ApiSettings(bind=api),
         mqtt=MqttSettings(url=mqtt, client_id=mqtt_client_id),
         metrics=MetricsSettings(port=metrics_port, host=metrics_host),
         rollouts=RolloutSettings(tick_s=rollout_tick),
@@ -122,6 +137,80 @@ def run(
         stop.wait()
     finally:
         controller.stop()
+
+
+operator_app = typer.Typer(
+    help="Operators of the API and their tokens, on this controller's database (local).",
+    no_args_is_help=True,
+)
+app.add_typer(operator_app, name="operator")
+
+DataDir = Annotated[Path, typer.Option(help="The controller's data dir (its database is there).")]
+DbUrl = Annotated[
+    str, typer.Option(help="SQLAlchemy URL (default: sqlite:///DATA_DIR/controller.db).")
+]
+
+
+def _operator_store(data_dir: Path, db: str) -> OperatorStore:
+    settings = Settings(data_dir=data_dir, db_url=db)
+    if not db and not (data_dir / "controller.db").is_file():
+        raise typer.BadParameter(f"no controller database in {data_dir}", param_hint="--data-dir")
+    database = Database(settings.database_url)
+    database.create_schema()
+    return OperatorStore(database, clock=lambda: time.time_ns() // 1_000_000)
+
+
+@operator_app.command("add")
+def operator_add(
+    name: Annotated[str, typer.Argument(help="Operator name (a-z 0-9 . _ -).")],
+    *,
+    role: Annotated[str, typer.Option(help="viewer, releaser, deployer or admin.")],
+    fleet: Annotated[
+        list[str] | None, typer.Option(help="Limit the operator to this fleet (repeatable).")
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="Write the token to this file (0600), not to stdout.")
+    ] = None,
+    data_dir: DataDir = Path("edgefleet-data"),
+    db: DbUrl = "",
+) -> None:
+    """Make an operator and print its token, once (the controller keeps only its hash)."""
+    try:
+        store = _operator_store(data_dir, db)
+        made, token = store.add(name, Role.parse(role), fleets=fleet or ())
+    except EdgeFleetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    scope = ",".join(made.fleets) or "all fleets"
+    if token_file is not None:
+        write_token(token_file, token)
+        typer.echo(f"operator {made.name} ({made.role}, {scope}); token in {token_file}")
+    else:
+        typer.echo(f"operator {made.name} ({made.role}, {scope}); its token, shown once:", err=True)
+        typer.echo(token)
+
+
+@operator_app.command("list")
+def operator_list(data_dir: DataDir = Path("edgefleet-data"), db: DbUrl = "") -> None:
+    """List operators: name, role, fleets, whether revoked."""
+    for o in _operator_store(data_dir, db).list_operators():
+        state = "revoked" if o.revoked_at_ms is not None else "active"
+        typer.echo(f"{o.name}\t{o.role}\t{','.join(o.fleets) or '*'}\t{state}")
+
+
+@operator_app.command("revoke")
+def operator_revoke(
+    name: Annotated[str, typer.Argument(help="Operator to revoke.")],
+    data_dir: DataDir = Path("edgefleet-data"),
+    db: DbUrl = "",
+) -> None:
+    """Revoke an operator's token; its next call is refused (UNAUTHENTICATED)."""
+    try:
+        _operator_store(data_dir, db).revoke(name)
+    except EdgeFleetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"operator {name} revoked")
 
 
 def main() -> None:

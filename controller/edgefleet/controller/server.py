@@ -1,8 +1,9 @@
 """Wiring: build the controller's parts from ``Settings``, start them in order, stop them in
 reverse. The one place that knows every part; none of the parts knows this one.
 
-``Controller(settings).start()`` returns the bound gRPC port, so tests run it in-process on
-port 0; the CLI does the same and then waits for a signal.
+``Controller(settings).start()`` returns the bound gRPC port devices reach (ArtifactService),
+so tests run it in-process on port 0; the operator API (ControllerService, behind ``auth``)
+listens on its own port, ``api_address``. The CLI does the same and then waits for a signal.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from edgefleet.common.artifacts import ArtifactServicer, BlobStore, atomic_write
 from edgefleet.common.errors import TransientError
 from edgefleet.common.mqttclient import MqttSession
-from edgefleet.controller import benchmarking
+from edgefleet.controller import auth, benchmarking
 from edgefleet.controller import ingest as ingesting
+from edgefleet.controller.audit import AuditLog
 from edgefleet.controller.compressing import Compressor
 from edgefleet.controller.config import Settings, join_address, split_address
 from edgefleet.controller.db import Database
@@ -33,6 +35,7 @@ from edgefleet.controller.driving import RolloutDriver
 from edgefleet.controller.fleetmetrics import FleetCollector
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.metrics import Metrics
+from edgefleet.controller.operators import OperatorStore
 from edgefleet.controller.registry import Registry
 from edgefleet.controller.releases import Releases
 from edgefleet.controller.rolling import Rollouts
@@ -44,6 +47,7 @@ from edgefleet.v1 import artifact_pb2_grpc, controller_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE = "edgefleet.v1.ControllerService"
+ARTIFACTS = "edgefleet.v1.ArtifactService"
 _WILDCARDS = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
 
 
@@ -57,11 +61,14 @@ class Controller:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
-        self.address = ""  # the bound HOST:PORT, once started
+        self.address = ""  # the bound HOST:PORT devices reach, once started
+        self.api_address = ""  # the bound HOST:PORT of the operator API
         self.metrics = Metrics()
         self._stopped = threading.Event()
         self._server: grpc.Server | None = None
+        self._api: grpc.Server | None = None
         self._health = health.HealthServicer()
+        self._api_health = health.HealthServicer()
         self._db: Database | None = None
         self._mqtt: MqttSession | None = None
         self._ingest: ingesting.Ingest | None = None
@@ -96,6 +103,9 @@ class Controller:
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self._db = db = Database(s.database_url)
         db.create_schema()
+        operators = OperatorStore(db, clock=now_ms)
+        operators.bootstrap(s.admin_token_file)
+        audit_log = AuditLog(db, clock=now_ms)
         blobs = BlobStore(s.blobs_dir)
         keys = KeyRing(db, s.keys_dir, clock=now_ms)
         registry = Registry(db, blobs, clock=now_ms)
@@ -128,6 +138,21 @@ class Controller:
         except RuntimeError as exc:
             raise TransientError(f"cannot listen on {s.grpc.bind}: {exc}") from exc
         self.address = join_address(host, port)
+        self._api = api_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=s.grpc.workers, thread_name_prefix="api"),
+            interceptors=[auth.OperatorAuth(operators, audit_log, auth.Resolver(db))],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ],
+        )
+        api_host, _ = split_address(s.api.bind)
+        try:
+            api_port = api_server.add_insecure_port(s.api.bind)
+        except RuntimeError as exc:
+            raise TransientError(f"cannot listen on {s.api.bind}: {exc}") from exc
+        self.api_address = join_address(api_host, api_port)
         sender = Sender(
             releases,
             keys=keys,
@@ -158,20 +183,31 @@ class Controller:
                 registry,
                 device_timer=lambda device_id: benchmarking.device_timer(devices, keys, device_id),
             ),
+            operators=operators,
+            audit=audit_log,
         )
-        controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, server)
+        controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, api_server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._api_health, api_server)
         artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(blobs), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         server.start()
-        for name in ("", SERVICE):
+        api_server.start()
+        for name in ("", ARTIFACTS):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for name in ("", SERVICE):
+            self._api_health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
         self._driver = RolloutDriver(rollouts, tick_s=s.rollouts.tick_s)
         self._driver.start()
         if s.metrics.port is not None:
             self.metrics.serve(host=s.metrics.host, port=s.metrics.port)
-        self._write_state(host, port)
-        log.info("controller ready on %s (data %s)", self.address, s.data_dir)
+        self._write_state(host, port, api_host, api_port)
+        log.info(
+            "controller ready: devices on %s, operator API on %s (data %s)",
+            self.address,
+            self.api_address,
+            s.data_dir,
+        )
         return port
 
     def _advertised(self, host: str, port: int) -> str:
@@ -187,9 +223,10 @@ class Controller:
             return join_address(name, port)
         return join_address(host, port)
 
-    def _write_state(self, host: str, port: int) -> None:
+    def _write_state(self, host: str, port: int, api_host: str, api_port: int) -> None:
         local = join_address(_WILDCARDS.get(host, host), port)
-        state = {"grpc": local, "pid": os.getpid()}
+        api = join_address(_WILDCARDS.get(api_host, api_host), api_port)
+        state = {"grpc": local, "api": api, "pid": os.getpid()}
         atomic_write(self.settings.state_file, json.dumps(state).encode() + b"\n")
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -202,6 +239,9 @@ class Controller:
         if self._stopped.is_set():
             return
         self._health.enter_graceful_shutdown()
+        self._api_health.enter_graceful_shutdown()
+        if self._api is not None:
+            self._api.stop(self.settings.grpc.grace_s).wait()
         if self._server is not None:
             self._server.stop(self.settings.grpc.grace_s).wait()
         if self._driver is not None:

@@ -17,11 +17,13 @@ import grpc
 from edgefleet.common import rpc, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
-from edgefleet.controller import api
+from edgefleet.controller import api, auth
+from edgefleet.controller.audit import AuditEntry, AuditLog
 from edgefleet.controller.compressing import Compressor
 from edgefleet.controller.deploying import Deployer
 from edgefleet.controller.devices import DeviceStore
 from edgefleet.controller.keys import KeyRing
+from edgefleet.controller.operators import Operator, OperatorStore, Role
 from edgefleet.controller.registry import Registry, collect
 from edgefleet.controller.releases import Releases
 from edgefleet.controller.rolling import Rollouts
@@ -35,6 +37,8 @@ DEFAULT_EVENTS = 100
 MAX_EVENTS = 1000
 DEFAULT_ROLLOUTS = 20
 MAX_ROLLOUTS = 500
+DEFAULT_AUDIT = 50
+MAX_AUDIT = 5000
 
 
 def fail(context: grpc.ServicerContext, exc: EdgeFleetError) -> NoReturn:
@@ -73,6 +77,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         rollouts: Rollouts,
         max_model_bytes: int,
         compressor: Compressor | None = None,
+        operators: OperatorStore | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._keys = keys
         self._registry = registry
@@ -82,6 +88,8 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         self._rollouts = rollouts
         self._max_model_bytes = max_model_bytes
         self._compressor = compressor or Compressor(registry)
+        self._operators = operators
+        self._audit = audit
 
     def InitKey(self, request: pb.InitKeyRequest, context: grpc.ServicerContext) -> pb.KeyInfo:
         return serve(
@@ -262,3 +270,86 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                 ]
             ),
         )
+
+    # --- operators and the audit log (``auth`` has admitted the caller already) -------------
+
+    def AddOperator(
+        self, request: pb.AddOperatorRequest, context: grpc.ServicerContext
+    ) -> pb.AddOperatorResponse:
+        def add() -> pb.AddOperatorResponse:
+            made, token = self._operator_store().add(
+                request.name, Role.parse(request.role), fleets=request.fleets
+            )
+            return pb.AddOperatorResponse(operator=operator_info(made), token=token)
+
+        return serve(context, "AddOperator", add)
+
+    def ListOperators(
+        self, request: pb.ListOperatorsRequest, context: grpc.ServicerContext
+    ) -> pb.ListOperatorsResponse:
+        return serve(
+            context,
+            "ListOperators",
+            lambda: pb.ListOperatorsResponse(
+                operators=[operator_info(o) for o in self._operator_store().list_operators()]
+            ),
+        )
+
+    def RevokeOperator(
+        self, request: pb.RevokeOperatorRequest, context: grpc.ServicerContext
+    ) -> pb.OperatorInfo:
+        return serve(
+            context,
+            "RevokeOperator",
+            lambda: operator_info(self._operator_store().revoke(request.name)),
+        )
+
+    def WhoAmI(self, request: pb.WhoAmIRequest, context: grpc.ServicerContext) -> pb.OperatorInfo:
+        me = auth.caller()
+        if me is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no operator for this call")
+        return operator_info(me)
+
+    def ListAudit(
+        self, request: pb.ListAuditRequest, context: grpc.ServicerContext
+    ) -> pb.ListAuditResponse:
+        limit = min(request.limit or DEFAULT_AUDIT, MAX_AUDIT)
+        me = auth.caller()
+        fleets = me.fleets if me is not None else ()
+
+        def entries() -> pb.ListAuditResponse:
+            if self._audit is None:
+                raise InvalidInputError("this controller keeps no audit log")
+            found = self._audit.list_entries(limit=limit, fleets=fleets)
+            return pb.ListAuditResponse(entries=[audit_entry(e) for e in found])
+
+        return serve(context, "ListAudit", entries)
+
+    def _operator_store(self) -> OperatorStore:
+        if self._operators is None:
+            raise InvalidInputError("this controller has no operator store")
+        return self._operators
+
+
+def operator_info(o: Operator) -> pb.OperatorInfo:
+    return pb.OperatorInfo(
+        name=o.name,
+        role=o.role.value,
+        fleets=list(o.fleets),
+        created_at_ms=o.created_at_ms,
+        revoked_at_ms=o.revoked_at_ms or 0,
+    )
+
+
+def audit_entry(e: AuditEntry) -> pb.AuditEntry:
+    return pb.AuditEntry(
+        at_ms=e.at_ms,
+        operator=e.operator,
+        role=e.role,
+        method=e.method,
+        target=e.target,
+        fleet=e.fleet,
+        outcome=e.outcome.value,
+        detail=e.detail,
+        peer=e.peer,
+    )

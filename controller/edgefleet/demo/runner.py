@@ -129,8 +129,9 @@ def _run(
     console.print(f"  {broker.kind} on {broker.url}")
     with step(console, "starting edge-controller"):
         controller = start_controller(procs, workdir / "controller", mqtt_url=broker.url)
-    console.print(f"  gRPC API on {controller.address}")
-    with ControllerClient(controller.address) as client:
+    console.print(f"  operator API on {controller.api}, devices on {controller.address}")
+    console.print(f"  admin token in {controller.token_file}")
+    with ControllerClient(controller.api, token=controller.admin_token()) as client:
         with step(console, "creating the release-signing key"):
             key = client.init_key()
             trusted = workdir / "trusted-key.pem"

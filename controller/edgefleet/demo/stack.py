@@ -36,9 +36,18 @@ class Broker:
 
 @dataclass(frozen=True)
 class Controller:
-    address: str  # gRPC HOST:PORT
+    address: str  # gRPC HOST:PORT devices reach (ArtifactService)
+    api: str  # the operator API's HOST:PORT (ControllerService), for edgectl
     data_dir: Path
     process: Managed
+
+    @property
+    def token_file(self) -> Path:
+        """The admin token the controller made on its first start (0600)."""
+        return self.data_dir / "admin.token"
+
+    def admin_token(self) -> str:
+        return self.token_file.read_text().strip()
 
 
 @dataclass(frozen=True)
@@ -102,23 +111,31 @@ def start_controller(
     extra_args: Sequence[str] = (),
     timeout_s: float = START_TIMEOUT_S,
 ) -> Controller:
-    """Start ``edge-controller run`` on a free loopback port; ``extra_args`` go last."""
+    """Start ``edge-controller run`` on free loopback ports (devices, operator API);
+    ``extra_args`` go last."""
     data_dir.mkdir(parents=True, exist_ok=True)
     ready = data_dir / "controller.json"
     ready.unlink(missing_ok=True)
     address = f"127.0.0.1:{free_port()}"
+    api = f"127.0.0.1:{free_port()}"
     argv = [
         *script("edge-controller", "edgefleet.controller.cli"),
         "run",
         "--data-dir", str(data_dir),
         "--grpc", address,
+        "--api", api,
         "--mqtt", mqtt_url,
         "--metrics-port", str(free_port()),
         *extra_args,
     ]  # fmt: skip
     proc = procs.spawn("controller", argv, tier=1)
     info = wait_for_json(ready, proc, timeout_s=timeout_s)
-    return Controller(address=str(info.get("grpc") or address), data_dir=data_dir, process=proc)
+    return Controller(
+        address=str(info.get("grpc") or address),
+        api=str(info.get("api") or api),
+        data_dir=data_dir,
+        process=proc,
+    )
 
 
 def start_agents(

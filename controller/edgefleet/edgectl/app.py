@@ -14,12 +14,14 @@ import typer
 
 from edgefleet.common import rpc
 from edgefleet.edgectl import (
+    audit,
     demo_cmd,
     deploying,
     devices,
     events,
     keys,
     models,
+    operators,
     predicting,
     releases,
     rollouts,
@@ -54,6 +56,8 @@ app.command("rollback")(deploying.rollback)
 app.command("top")(top.top)
 app.command("events")(events.events)
 app.command("predict")(predicting.predict)
+app.add_typer(operators.app, name="operator")
+app.command("audit")(audit.audit)
 app.command("demo")(demo_cmd.demo)
 
 
@@ -66,10 +70,13 @@ def root(
             "--controller",
             "-c",
             envvar="EDGECTL_CONTROLLER",
-            help="Controller gRPC address HOST:PORT.",
+            help="The controller's operator API, HOST:PORT (edge-controller run --api; default: "
+            f"`controller` in the config file, else {shell.DEFAULT_CONTROLLER}). The token comes "
+            "from EDGECTL_TOKEN, EDGECTL_TOKEN_FILE or `token_file` in the config file "
+            "(EDGECTL_CONFIG, default ~/.config/edgefleet/edgectl.toml).",
             metavar="ADDR",
         ),
-    ] = shell.DEFAULT_CONTROLLER,
+    ] = "",
     deadline: Annotated[
         float,
         typer.Option(
@@ -80,7 +87,7 @@ def root(
         ),
     ] = rpc.DEFAULT_DEADLINE_S,
 ) -> None:
-    ctx.obj = shell.Settings(controller=controller, deadline_s=deadline)
+    ctx.obj = shell.load_settings(controller=controller, deadline_s=deadline)
 
 
 def main() -> None:

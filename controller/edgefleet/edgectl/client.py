@@ -2,7 +2,8 @@
 
 Every ``grpc.RpcError`` leaves here as ``RpcFailed`` whose text is one line for a person
 (``cannot reach controller at HOST:PORT: ...``, ``unknown fleet: factory-z``). Used by the
-CLI commands, ``edgectl demo`` and the end-to-end tests alike.
+CLI commands, ``edgectl demo`` and the end-to-end tests alike. Each call carries the
+operator's bearer token (``authorized``), which the controller's ``auth`` checks.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
@@ -26,13 +27,72 @@ R = TypeVar("R")
 UPLOAD_CHUNK = 256 * 1024
 UPLOAD_MIN_RATE = 1 << 20  # bytes/s the upload deadline allows for, on top of the base deadline
 COMPRESS_DEADLINE_S = 1800.0  # a compression search runs for minutes, not seconds
+MISSING_CREDENTIALS = (
+    "set EDGECTL_TOKEN or EDGECTL_TOKEN_FILE, or token_file in ~/.config/edgefleet/edgectl.toml"
+)
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[type-arg]
+):
+    """Adds ``authorization: Bearer <token>`` to every call's metadata."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        metadata = (*(details.metadata or ()), self._header)
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+class _CallDetails(NamedTuple):
+    """What ``grpc.ClientCallDetails`` holds; grpc reads these attributes only."""
+
+    method: str
+    timeout: float | None
+    metadata: tuple[tuple[str, str | bytes], ...]
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+def authorized(channel: grpc.Channel, token: str) -> grpc.Channel:
+    """``channel`` with the operator's bearer token on every call (unchanged if no token)."""
+    return grpc.intercept_channel(channel, _Bearer(token)) if token else channel
 
 
 class ControllerClient:
-    def __init__(self, target: str, *, deadline_s: float = rpc.DEFAULT_DEADLINE_S) -> None:
+    """``target`` is the controller's operator API; ``token`` the operator's bearer token."""
+
+    def __init__(
+        self, target: str, *, token: str = "", deadline_s: float = rpc.DEFAULT_DEADLINE_S
+    ) -> None:
         self.target = target
         self.deadline_s = deadline_s
-        self._channel = rpc.channel(target)
+        self._has_token = bool(token)
+        self._channel = authorized(rpc.channel(target), token)
         self._stub = pb_grpc.ControllerServiceStub(self._channel)
 
     def close(self) -> None:
@@ -53,7 +113,15 @@ class ControllerClient:
         try:
             return fn()
         except grpc.RpcError as exc:
-            raise rpc.error_from_rpc(exc, target=f"controller at {self.target}") from None
+            raise self._error(exc) from None
+
+    def _error(self, exc: grpc.RpcError) -> rpc.RpcFailed:
+        failed = rpc.error_from_rpc(exc, target=f"controller at {self.target}")
+        if failed.code == grpc.StatusCode.UNAUTHENTICATED and not self._has_token:
+            return rpc.RpcFailed(
+                self.target, failed.code, f"{failed.detail}; {MISSING_CREDENTIALS}"
+            )
+        return failed
 
     # --- keys -------------------------------------------------------------------------------
 
@@ -113,7 +181,7 @@ class ControllerClient:
         try:
             yield from stream
         except grpc.RpcError as exc:
-            raise rpc.error_from_rpc(exc, target=f"controller at {self.target}") from None
+            raise self._error(exc) from None
         finally:
             stream.cancel()  # type: ignore[no-untyped-call]  # (no-op once the call ended)
 
@@ -193,6 +261,32 @@ class ControllerClient:
         reply = self._call(lambda: self._stub.ListEvents(request, timeout=self.deadline_s))
         return list(reply.events)
 
+    # --- operators and the audit log --------------------------------------------------------
+
+    def add_operator(
+        self, name: str, *, role: str, fleets: Iterable[str] = ()
+    ) -> pb.AddOperatorResponse:
+        request = pb.AddOperatorRequest(name=name, role=role, fleets=list(fleets))
+        return self._call(lambda: self._stub.AddOperator(request, timeout=self.deadline_s))
+
+    def list_operators(self) -> list[pb.OperatorInfo]:
+        request = pb.ListOperatorsRequest()
+        reply = self._call(lambda: self._stub.ListOperators(request, timeout=self.deadline_s))
+        return list(reply.operators)
+
+    def revoke_operator(self, name: str) -> pb.OperatorInfo:
+        request = pb.RevokeOperatorRequest(name=name)
+        return self._call(lambda: self._stub.RevokeOperator(request, timeout=self.deadline_s))
+
+    def whoami(self) -> pb.OperatorInfo:
+        request = pb.WhoAmIRequest()
+        return self._call(lambda: self._stub.WhoAmI(request, timeout=self.deadline_s))
+
+    def list_audit(self, *, limit: int = 0) -> list[pb.AuditEntry]:
+        """Newest first; ``limit`` 0 = the controller's default."""
+        request = pb.ListAuditRequest(limit=limit)
+        reply = self._call(lambda: self._stub.ListAudit(request, timeout=self.deadline_s))
+        return list(reply.entries)
 
 def file_chunks(
     path: Path, *, chunk_size: int = UPLOAD_CHUNK, on_chunk: Callable[[int], None] | None = None

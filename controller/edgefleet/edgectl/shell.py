@@ -1,30 +1,37 @@
 """The CLI's shell: global settings carried in the typer context, and one-line errors.
 
-Every command reaches the controller through ``controller(ctx)``. Errors raised on purpose
-(``EdgeFleetError``, which includes ``RpcFailed``) and click's usage errors end as one line
-``error: ...`` on stderr and a non-zero exit code, never a traceback. ``EdgectlGroup`` does
-this for the root command, so it holds under ``edgectl`` and under typer's ``CliRunner`` alike.
+Every command reaches the controller through ``controller(ctx)``, with the operator's token
+from ``EDGECTL_TOKEN``, else the file ``EDGECTL_TOKEN_FILE`` names, else ``token_file`` in
+the config file (``$EDGECTL_CONFIG``, default ``~/.config/edgefleet/edgectl.toml``, which may
+also name the ``controller``); never from the command line, where ``ps`` would show it.
+Errors raised on purpose (``EdgeFleetError``, which includes ``RpcFailed``) and click's usage
+errors end as one line ``error: ...`` on stderr and a non-zero exit code, never a traceback.
+``EdgectlGroup`` does this for the root command, so it holds under ``edgectl`` and under
+typer's ``CliRunner`` alike.
 """
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
 from edgefleet.common import rpc
-from edgefleet.common.errors import EdgeFleetError
+from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.edgectl import output
 from edgefleet.edgectl.client import ControllerClient
 
-DEFAULT_CONTROLLER = "127.0.0.1:50051"
+DEFAULT_CONTROLLER = "127.0.0.1:50052"  # the controller's operator API (--api)
 COMMAND_ORDER = (
     "keys", "model", "release", "deploy", "rollout", "rollback", "devices", "top", "events",
-    "predict", "demo",
+    "predict", "operator", "audit", "demo",
 )  # fmt: skip
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -36,9 +43,56 @@ class Settings:
     """What the root options say; stored as ``ctx.obj`` for every command."""
 
     controller: str = DEFAULT_CONTROLLER
-    """``HOST:PORT`` of the controller's gRPC API."""
+    """``HOST:PORT`` of the controller's operator API."""
     deadline_s: float = rpc.DEFAULT_DEADLINE_S
     """Deadline of each unary gRPC call, in seconds."""
+    token: str = field(default="", repr=False)
+    """The operator's bearer token (``EDGECTL_TOKEN``); empty = read ``token_file``."""
+    token_file: Path | None = None
+    """File holding the token (``EDGECTL_TOKEN_FILE``, or the config file's ``token_file``)."""
+
+    def read_token(self) -> str:
+        if self.token or self.token_file is None:
+            return self.token.strip()
+        try:
+            return self.token_file.expanduser().read_text().strip()
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read token file {self.token_file}: {exc}") from None
+
+
+def config_path(env: Mapping[str, str]) -> Path:
+    if env.get("EDGECTL_CONFIG"):
+        return Path(env["EDGECTL_CONFIG"]).expanduser()
+    base = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else Path.home() / ".config"
+    return base / "edgefleet" / "edgectl.toml"
+
+
+def load_settings(
+    *, controller: str, deadline_s: float, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Root options, then the environment, then the config file, then the defaults."""
+    env = os.environ if env is None else env
+    path = config_path(env)
+    config: dict[str, object] = {}
+    if path.is_file():
+        try:
+            config = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InvalidInputError(f"cannot read {path}: {exc}") from None
+    for key in ("controller", "token_file"):
+        if not isinstance(config.get(key, ""), str):
+            raise InvalidInputError(f"{path}: {key} must be a string")
+    token_file: Path | None = None
+    if env.get("EDGECTL_TOKEN_FILE"):
+        token_file = Path(env["EDGECTL_TOKEN_FILE"])
+    elif config.get("token_file"):
+        token_file = path.parent / Path(str(config["token_file"])).expanduser()
+    return Settings(
+        controller=controller or str(config.get("controller") or DEFAULT_CONTROLLER),
+        deadline_s=deadline_s,
+        token=env.get("EDGECTL_TOKEN", ""),
+        token_file=token_file,
+    )
 
 
 def settings(ctx: typer.Context) -> Settings:
@@ -48,7 +102,7 @@ def settings(ctx: typer.Context) -> Settings:
 
 def controller(ctx: typer.Context) -> ControllerClient:
     s = settings(ctx)
-    return ControllerClient(s.controller, deadline_s=s.deadline_s)
+    return ControllerClient(s.controller, token=s.read_token(), deadline_s=s.deadline_s)
 
 
 def one_line(text: str) -> str:
