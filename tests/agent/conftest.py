@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +47,17 @@ StartAgent = Callable[..., RunningAgent]
 def start_agent(
     broker: Broker, tmp_path: Path, signer: Signer, artifacts: ArtifactServer
 ) -> Iterator[StartAgent]:
-    """Start an in-process agent; every one started is stopped at the end of the test."""
+    """Start an in-process agent; every one started is stopped at the end of the test.
+    ``timer`` and ``telemetry_clock`` go to ``Agent`` (``helpers.Ticks`` makes them exact)."""
     running: list[Agent] = []
 
     def start(
-        *, device_id: str | None = None, data_dir: Path | None = None, **flags: Any
+        *,
+        device_id: str | None = None,
+        data_dir: Path | None = None,
+        timer: Callable[[], float] = time.perf_counter,
+        telemetry_clock: Callable[[], float] = time.monotonic,
+        **flags: Any,
     ) -> RunningAgent:
         device_id = device_id or unique_id()
         data_dir = data_dir or tmp_path / device_id
@@ -67,7 +74,7 @@ def start_agent(
             "telemetry_interval": 0.3,
         }
         values.update(flags)
-        agent = Agent(config.merge(values))
+        agent = Agent(config.merge(values), timer=timer, telemetry_clock=telemetry_clock)
         running.append(agent)
         endpoints = agent.start()
         return RunningAgent(agent, endpoints, data_dir, device_id)

@@ -15,8 +15,6 @@ that each one really misbehaves the way its name says:
 from __future__ import annotations
 
 import io
-import statistics
-import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -147,15 +145,27 @@ def run(model: bytes, pixels: Array) -> dict[str, Array]:
     return dict(zip(names, s.run(names, {"pixels": pixels}), strict=True))
 
 
-def median_ms(model: bytes, pixels: Array, *, runs: int = 15) -> float:
-    s = session(model)
-    s.run(None, {"pixels": pixels})
-    timings = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        s.run(None, {"pixels": pixels})
-        timings.append((time.perf_counter() - started) * 1000.0)
-    return statistics.median(timings)
+def macs(model: bytes, batch: int) -> int:
+    """Multiply-accumulates of the model's Gemm/MatMul nodes for ``batch`` rows: its cost, by
+    shape inference, the same on every machine (a timing would not be)."""
+    proto = onnx.load_model_from_string(model)
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = batch
+    graph = onnx.shape_inference.infer_shapes(proto, strict_mode=True).graph
+    known = {v.name: v for v in [*graph.input, *graph.value_info, *graph.output]}
+    shapes = {n: [d.dim_value for d in v.type.tensor_type.shape.dim] for n, v in known.items()}
+    shapes |= {i.name: list(i.dims) for i in graph.initializer}
+    total = 0
+    for node in graph.node:
+        if node.op_type not in ("Gemm", "MatMul"):
+            continue
+        a = shapes[node.input[0]]
+        inner = a[0] if node.op_type == "Gemm" and helper_attr(node, "transA") else a[-1]
+        total += int(np.prod(shapes[node.output[0]])) * inner
+    return total
+
+
+def helper_attr(node: onnx.NodeProto, name: str) -> int:
+    return next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == name), 0)
 
 
 def golden_npz(inputs: dict[str, Array], expected: dict[str, Array] | None = None) -> bytes:

@@ -62,6 +62,22 @@ def wait_for(
         time.sleep(every)
 
 
+class Ticks:
+    """A clock (or timer) that moves only when read: each reading is ``step`` seconds after the
+    one before, whatever the machine's speed. Timed one at a time, every call the agent times
+    takes exactly ``step`` (change it between phases of a test); thread-safe."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+        self._now = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            self._now += self.step
+            return self._now
+
+
 # --- signing --------------------------------------------------------------------------------
 
 

@@ -2,6 +2,8 @@
 
 An ``ina226`` hwmon sensor reading a steady 2.5 W: telemetry carries ``power_w`` 2.5 and, for
 windows with inferences, the joules per inference; a root without sensors leaves both absent.
+The agent's telemetry clock is a ``Ticks``: window lengths and reading times are exact, so the
+energy is too, however loaded the machine.
 """
 
 from __future__ import annotations
@@ -15,10 +17,19 @@ import pytest
 from edgefleet.common import types as t
 from edgefleet.demo.digits import DigitsData, TrainedModel
 from tests.agent.conftest import RunningAgent, StartAgent
-from tests.agent.helpers import ArtifactServer, Signer, Watcher, install, predict, wait_for
+from tests.agent.helpers import (
+    ArtifactServer,
+    Signer,
+    Ticks,
+    Watcher,
+    install,
+    predict,
+    wait_for,
+)
 from tests.power import boards
 
 WATTS = 2.5
+TICK_S = 0.5
 
 
 def ina226(root: Path) -> Path:
@@ -43,22 +54,26 @@ def test_telemetry_carries_power_from_the_sensor(
     digits_data: DigitsData,
     tmp_path: Path,
 ) -> None:
-    a = start_agent(power_root=ina226(tmp_path / "board"))
+    a = start_agent(power_root=ina226(tmp_path / "board"), telemetry_clock=Ticks(TICK_S))
     w = watch(a.device_id)
     install(w, signer, artifacts, digits_model.onnx_bytes, version="1.0.0", generation=1)
 
+    # Each window reads the clock once for its end and once for the sensor reading that closes
+    # it, so from the second window on, window and metered time are both two ticks.
     def busy_window() -> t.Telemetry | None:
         predict(a.endpoint, {"pixels": digits_data.x_test[:2]})
-        served = [x for x in w.telemetry if x.requests > x.errors]
+        served = [
+            x
+            for x in w.telemetry
+            if x.requests > x.errors and x.window_s == pytest.approx(2 * TICK_S)
+        ]
         return served[-1] if served else None
 
     sample = wait_for("a telemetry window with inferences", busy_window, every=0.05)
     assert sample.power_w == pytest.approx(WATTS)
     assert sample.energy_per_inference_j is not None
     inferences = sample.requests - sample.errors
-    assert sample.energy_per_inference_j == pytest.approx(
-        WATTS * sample.window_s / inferences, rel=0.25
-    )
+    assert sample.energy_per_inference_j == pytest.approx(WATTS * 2 * TICK_S / inferences)
     text = metrics_text(a)
     assert "edgefleet_power_watts 2.5" in text
     assert "edgefleet_energy_per_inference_joules" in text

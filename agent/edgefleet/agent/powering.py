@@ -10,11 +10,13 @@ window is skipped; the meter goes on from its last good sample.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from edgefleet.agent.power import (
+    Clock,
     EnergyMeter,
     PowerReader,
     PowerReadError,
@@ -40,10 +42,13 @@ class PowerTap:
             self._meter = self._meter.add(first)
 
     @classmethod
-    def open(cls, root: Path, *, registry: CollectorRegistry) -> PowerTap | None:
-        """The tap on this device's sensor; None (and power figures absent) without one."""
+    def open(
+        cls, root: Path, *, registry: CollectorRegistry, clock: Clock = time.monotonic
+    ) -> PowerTap | None:
+        """The tap on this device's sensor; None (and power figures absent) without one.
+        ``clock`` stamps the readings: the telemetry loop's, so energy and windows agree."""
         try:
-            found = probe(root)
+            found = probe(root, clock=clock)
         except Exception:  # power figures are a nicety: never a reason not to start
             log.exception("power: probing the sensors under %s failed", root)
             return None

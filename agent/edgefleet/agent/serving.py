@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from concurrent import futures
 
 import grpc
@@ -68,8 +69,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         live: LiveStats | None = None,
         benchmarker: Benchmarker | None = None,
         forwarder: Forwarder | None = None,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._predictor = predictor
+        self._timer = timer  # times each Predict for the live p95 and the metrics
         self._device_id = device_id
         self._fleet = fleet
         self._metrics = metrics
@@ -85,7 +88,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> inference_pb2.PredictResponse:
-        started = time.perf_counter()
+        started = self._timer()
         key = id(request)  # unique among requests being served: each is alive till it ends
         self._enter(key)
         runtime: ModelRuntime | None = None
@@ -97,14 +100,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             )
             tensors.add_all(reply.outputs, outputs)
         except EdgeFleetError as exc:
-            self._failed(exc, runtime, time.perf_counter() - started)
+            self._failed(exc, runtime, self._timer() - started)
             if isinstance(exc, NoActiveModelError | InferenceFailedError):
                 return self._fail_over(request, context, exc)
             rpc.abort(context, exc)
             raise  # unreachable: abort raises
         finally:
             self._leave(key)
-        elapsed = time.perf_counter() - started
+        elapsed = self._timer() - started
         self._sample(elapsed)
         if len(self._pending) > FOLD_AT:  # nobody reads (metrics off): keep memory bounded
             self._window.fold()

@@ -83,8 +83,10 @@ class TelemetryLoop:
         release: Callable[[], str],
         publish: Callable[[Telemetry], None],
         power: PowerTap | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._window = window
+        self._clock = clock  # window lengths; give the power readers the same one
         self._power = power
         self._interval = interval
         self._device_id = device_id
@@ -102,9 +104,9 @@ class TelemetryLoop:
             self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        last_wall, last_cpu = time.monotonic(), time.process_time()
+        last_wall, last_cpu = self._clock(), time.process_time()
         while not self._stop.wait(self._interval):
-            wall, cpu = time.monotonic(), time.process_time()
+            wall, cpu = self._clock(), time.process_time()
             elapsed = max(wall - last_wall, 1e-9)
             stats = self._window.drain()
             power = None
