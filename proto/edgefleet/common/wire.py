@@ -338,6 +338,7 @@ def status_to_pb(s: t.DeviceStatus) -> mqtt_pb2.DeviceStatus:
         agent_version=s.agent_version,
         at_ms=s.at_ms,
         active_manifest_digest=s.active_manifest_digest,
+        seq=s.seq,
     )
 
 
@@ -360,6 +361,7 @@ def decode_status(data: bytes) -> t.DeviceStatus:
         agent_version=_text("agent version", msg.agent_version, limit=64),
         at_ms=_count("at_ms", msg.at_ms),
         active_manifest_digest=_digest("active manifest digest", msg.active_manifest_digest),
+        seq=_count("status seq", msg.seq),
     )
 
 
@@ -372,6 +374,7 @@ def event_to_pb(e: t.DeviceEvent) -> mqtt_pb2.DeviceEvent:
         phase=phase_to_pb(e.phase),
         message=clean_text(e.message),
         at_ms=e.at_ms,
+        seq=e.seq,
     )
 
 
@@ -384,6 +387,7 @@ def event_from_pb(msg: mqtt_pb2.DeviceEvent) -> t.DeviceEvent:
         generation=msg.generation,
         phase=phase_from_pb(msg.phase),
         at_ms=msg.at_ms,
+        seq=msg.seq,
     )
 
 
