@@ -69,6 +69,11 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.corrupt_blobs = Counter(
+            "edgefleet_controller_corrupt_blobs_total",
+            "Blobs found corrupt in the controller's store when asked for; moved aside, not served",
+            registry=self.registry,
+        )
         self.desired_published = Counter(
             "edgefleet_controller_desired_states_published_total",
             "Signed desired states handed to the MQTT session",

@@ -32,7 +32,9 @@ from edgefleet.controller.db import Database
 from edgefleet.controller.deploying import Deployer
 from edgefleet.controller.devices import DeviceStore
 from edgefleet.controller.driving import RolloutDriver
+from edgefleet.controller.enrollment import Enrollment, open_enrollment
 from edgefleet.controller.fleetmetrics import FleetCollector
+from edgefleet.controller.identityservice import EnrollmentServicer
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.operators import OperatorStore
@@ -40,9 +42,10 @@ from edgefleet.controller.registry import Registry
 from edgefleet.controller.releases import Releases
 from edgefleet.controller.rolling import Rollouts
 from edgefleet.controller.rolloutstore import RolloutStore
+from edgefleet.controller.sandbox import Sandbox
 from edgefleet.controller.sending import Sender
 from edgefleet.controller.service import ControllerServicer
-from edgefleet.v1 import artifact_pb2_grpc, controller_pb2_grpc
+from edgefleet.v1 import artifact_pb2_grpc, controller_pb2_grpc, enroll_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ class Controller:
         self._ingest: ingesting.Ingest | None = None
         self._releases: Releases | None = None
         self._driver: RolloutDriver | None = None
+        self.enrollment: Enrollment | None = None  # device identities, once started
+        self._reconnected = threading.Event()
 
     @property
     def ingest(self) -> ingesting.Ingest:
@@ -108,7 +113,7 @@ class Controller:
         audit_log = AuditLog(db, clock=now_ms)
         blobs = BlobStore(s.blobs_dir)
         keys = KeyRing(db, s.keys_dir, clock=now_ms)
-        registry = Registry(db, blobs, clock=now_ms)
+        registry = Registry(db, blobs, clock=now_ms, sandbox=Sandbox(s.sandbox))
         self._releases = releases = Releases(db, registry, keys=keys, clock=now_ms, blobs=blobs)
         devices = DeviceStore(db, clock=now_ms, events_per_device=s.ingest.events_per_device)
         self.metrics.watch_devices(devices.fleets)
@@ -120,7 +125,10 @@ class Controller:
             client_id=s.mqtt.client_id,
             subscriptions=ingesting.SUBSCRIPTIONS,
             on_message=self._ingest.handle,
+            on_connect=self._reconnected.set,  # the driver re-publishes every desired state
             ca_file=s.mqtt.ca_file,
+            cert_file=s.mqtt.cert_file,
+            key_file=s.mqtt.key_file,
         )
         self._mqtt.start()
 
@@ -161,7 +169,9 @@ class Controller:
             artifact_sources=[*s.grpc.extra_sources, self._advertised(host, port)],
         )
         store = RolloutStore(db)
-        rollouts = Rollouts(store, sender, clock=self.clock)
+        rollouts = Rollouts(
+            store, sender, clock=self.clock, resend_after_s=s.rollouts.resend_after_s
+        )
         self.metrics.watch(
             FleetCollector(
                 devices=devices.list_devices,
@@ -185,11 +195,11 @@ class Controller:
             ),
             operators=operators,
             audit=audit_log,
+            enrollment=self._open_identities(db),
         )
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, api_server)
         health_pb2_grpc.add_HealthServicer_to_server(self._api_health, api_server)
-        artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(blobs), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self._add_device_services(server, blobs)
         server.start()
         api_server.start()
         for name in ("", ARTIFACTS):
@@ -197,7 +207,12 @@ class Controller:
         for name in ("", SERVICE):
             self._api_health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-        self._driver = RolloutDriver(rollouts, tick_s=s.rollouts.tick_s)
+        self._driver = RolloutDriver(
+            rollouts,
+            tick_s=s.rollouts.tick_s,
+            reconnected=self._reconnected,
+            lag_check_s=s.rollouts.lag_check_s,
+        )
         self._driver.start()
         if s.metrics.port is not None:
             self.metrics.serve(host=s.metrics.host, port=s.metrics.port)
@@ -209,6 +224,24 @@ class Controller:
             s.data_dir,
         )
         return port
+
+    def _open_identities(self, db: Database) -> Enrollment:
+        """The fleet CA and the device registry (``enrollment``); writes the CRL."""
+        s = self.settings
+        self.enrollment = open_enrollment(db, s.pki, ca_dir=s.ca_dir, clock=self.clock)
+        return self.enrollment
+
+    def _add_device_services(self, server: grpc.Server, blobs: BlobStore) -> None:
+        """What devices reach: blobs, enrollment and renewal, health."""
+        assert self.enrollment is not None
+        artifacts = ArtifactServicer(
+            blobs, on_corrupt=lambda _digest, _found: self.metrics.corrupt_blobs.inc()
+        )
+        artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(artifacts, server)
+        enroll_pb2_grpc.add_EnrollmentServiceServicer_to_server(
+            EnrollmentServicer(self.enrollment), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
 
     def _advertised(self, host: str, port: int) -> str:
         if self.settings.grpc.advertise:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -89,8 +91,46 @@ class BlobStore:
 
 
 class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
-    def __init__(self, store: BlobStore) -> None:
+    """Serves ``store``; never bytes that do not match their name.
+
+    Before a blob is served its sha256 is checked against its name, once per version of the
+    file (inode, size, mtime, ctime: a change of any re-checks it). A corrupt blob is moved out
+    of the store (``<root>/corrupt/``), the call fails with DATA_LOSS, and ``on_corrupt(digest,
+    found)`` runs (the controller counts and logs it); the device tries its next source.
+    """
+
+    def __init__(
+        self, store: BlobStore, *, on_corrupt: Callable[[str, str], None] | None = None
+    ) -> None:
         self._store = store
+        self._on_corrupt = on_corrupt
+        self._verified: dict[str, tuple[int, int, int, int]] = {}
+        self._verify_lock = threading.Lock()
+
+    def _check(self, digest: str, path: Path) -> bool:
+        """True when the file at ``path`` holds ``digest``'s bytes (checked once per version)."""
+        st = path.stat()
+        version = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._verify_lock:
+            if self._verified.get(digest) == version:
+                return True
+        found = digests.of_file(path)
+        if found == digest:
+            with self._verify_lock:
+                self._verified[digest] = version
+            return True
+        quarantine = self._store.root / "corrupt"
+        quarantine.mkdir(exist_ok=True)
+        try:
+            os.replace(path, quarantine / f"{digests.hex_part(digest)}.{time.time_ns()}")
+        except OSError:
+            log.exception("could not move the corrupt blob %s aside", digest)
+        log.error(
+            "blob %s in the store is corrupt (its bytes hash to %s); not served", digest, found
+        )
+        if self._on_corrupt is not None:
+            self._on_corrupt(digest, found)
+        return False
 
     def Stat(
         self, request: artifact_pb2.StatRequest, context: grpc.ServicerContext
@@ -107,6 +147,11 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
     ) -> Iterator[artifact_pb2.BlobChunk]:
         try:
             path = self._store.path(digests.validate(request.digest))
+            if not self._check(request.digest, path):
+                context.abort(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"blob {request.digest} is corrupt in this store; try another source",
+                )
             f = path.open("rb")
         except InvalidInputError as exc:
             rpc.abort(context, exc)
