@@ -84,6 +84,8 @@ class MqttSession:
         will: Will | None = None,
         on_connect: Callable[[], None] | None = None,
         ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
         keepalive: int = 30,
     ) -> None:
         self.broker = BrokerUrl.parse(url)
@@ -103,14 +105,28 @@ class MqttSession:
         self._client.max_queued_messages_set(10_000)
         if self.broker.username:
             self._client.username_pw_set(self.broker.username, self.broker.password)
+        if cert_file and not self.broker.tls:
+            raise InvalidInputError("a client certificate needs an mqtts:// broker URL")
+        self._tls: ssl.SSLContext | None = None
         if self.broker.tls:
-            self._client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+            # Our own context, so a renewed client certificate can be loaded into it later.
+            self._tls = ssl.create_default_context(cafile=ca_file)
+            if cert_file:
+                self._tls.load_cert_chain(cert_file, key_file)
+            self._client.tls_set_context(self._tls)
         if will is not None:
             self._client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_subscribe = self._handle_subscribe
+
+    def reload_identity(self, cert_file: str, key_file: str) -> None:
+        """Use a renewed client certificate from the next (re)connect on; the connection up
+        now keeps its handshake."""
+        if self._tls is None:
+            raise InvalidInputError("not a TLS session")
+        self._tls.load_cert_chain(cert_file, key_file)
 
     @property
     def connected(self) -> bool:
