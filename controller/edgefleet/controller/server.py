@@ -70,6 +70,7 @@ class Controller:
         self._stopped = threading.Event()
         self._server: grpc.Server | None = None
         self._api: grpc.Server | None = None
+        self._pools: list[futures.ThreadPoolExecutor] = []  # grpc leaves their workers running
         self._health = health.HealthServicer()
         self._api_health = health.HealthServicer()
         self._db: Database | None = None
@@ -133,7 +134,7 @@ class Controller:
         self._mqtt.start()
 
         self._server = server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=s.grpc.workers, thread_name_prefix="grpc"),
+            self._pool(s.grpc.workers, "grpc"),
             options=[
                 ("grpc.so_reuseport", 0),  # a second controller on the same port must fail
                 ("grpc.max_receive_message_length", 64 << 20),
@@ -147,7 +148,7 @@ class Controller:
             raise TransientError(f"cannot listen on {s.grpc.bind}: {exc}") from exc
         self.address = join_address(host, port)
         self._api = api_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=s.grpc.workers, thread_name_prefix="api"),
+            self._pool(s.grpc.workers, "api"),
             interceptors=[auth.OperatorAuth(operators, audit_log, auth.Resolver(db))],
             options=[
                 ("grpc.so_reuseport", 0),
@@ -277,6 +278,8 @@ class Controller:
             self._api.stop(self.settings.grpc.grace_s).wait()
         if self._server is not None:
             self._server.stop(self.settings.grpc.grace_s).wait()
+        for pool in self._pools:
+            pool.shutdown(wait=False)
         if self._driver is not None:
             self._driver.stop()
         if self._mqtt is not None:
@@ -289,6 +292,11 @@ class Controller:
         self._remove_state()
         self._stopped.set()
         log.info("controller stopped")
+
+    def _pool(self, workers: int, prefix: str) -> futures.ThreadPoolExecutor:
+        pool = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix=prefix)
+        self._pools.append(pool)
+        return pool
 
     def _remove_state(self) -> None:
         path = self.settings.state_file
