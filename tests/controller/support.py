@@ -373,3 +373,34 @@ class Agents:
     def close(self) -> None:
         for a in self.made:
             a.close()
+
+
+def ticked(ctl: Running, agents: Agents) -> None:
+    """Return once the rollout driver has run a whole tick that began after this call: the
+    positive proof that whatever a tick would have done by now, it has done (never a sleep).
+
+    Each tick steps the rollouts unfinished at its start, one after another. A probe rollout
+    (a fleet of one simulated device of its own) succeeds in a tick that began after it was
+    made; a second probe, made once the first succeeded, succeeds in a later tick still, which
+    began only when the first probe's tick, every rollout's step included, was over."""
+    for _ in range(2):
+        fleet, _ = agents.fleet(ctl, 1)
+        answer = ctl.stub.Deploy(pb.DeployRequest(release=NEW, fleet=fleet), timeout=DEADLINE)
+        wait_phase(ctl.stub, answer.rollout_id, "succeeded")
+
+
+def reported(
+    ctl: Running, device_id: str, fleet: str, phase: t.InstallPhase, *, generation: int
+) -> None:
+    """Wait until the controller has stored ``device_id``'s report of ``phase`` at
+    ``generation``."""
+    want = wire.phase_to_pb(phase)
+    eventually(
+        lambda: any(
+            d.device_id == device_id and d.phase == want and d.generation_applied == generation
+            for d in ctl.stub.ListDevices(
+                pb.ListDevicesRequest(fleet=fleet), timeout=DEADLINE
+            ).devices
+        ),
+        what=f"the controller to store {device_id}'s {phase} report",
+    )

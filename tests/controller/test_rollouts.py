@@ -3,7 +3,6 @@ agents (paho clients that open each signed desired state and report what came of
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +164,8 @@ def test_a_device_still_checking_its_health_holds_the_canary(
     support.eventually(lambda: devs[0].held, what="the canary's desired state")
 
     devs[0].go(Outcome(t.InstallPhase.HEALTH_CHECK))
-    time.sleep(0.5)
+    support.reported(ctl, devs[0].device_id, fleet, t.InstallPhase.HEALTH_CHECK, generation=2)
+    support.ticked(ctl, agents)  # the driver has stepped the rollout since: and still holds
     info = support.get_rollout(ctl.stub, answer.rollout_id)
     assert (info.phase, support.device_states(info)[devs[0].device_id]) == ("canary", "sent")
     assert devs[1].generations == []
@@ -181,7 +181,7 @@ def test_device_timeouts_follow_the_injected_clock(
         fleet, devs = agents.fleet(ctl, 2)
         devs[0].close()  # the canary is away
         answer = deploy(ctl, fleet, kind="canary", canary="1", max_failures="1")
-        time.sleep(0.3)  # ticks, but no time passes
+        support.ticked(ctl, agents)  # ticks, but no time passes
         waiting = support.get_rollout(ctl.stub, answer.rollout_id)
         clock.advance(301)  # past the default 5 minute device timeout
         info = support.wait_phase(ctl.stub, answer.rollout_id, "succeeded")

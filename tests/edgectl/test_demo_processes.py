@@ -74,6 +74,15 @@ def test_embedded_amqtt_broker_serves_mqtt(tmp_path: Path) -> None:
     assert not broker.process.running()
 
 
+def execed(pid: int) -> bool:
+    """Whether ``pid`` runs the sleeper itself now, no longer the launcher before it."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return argv[1:3] == [b"-c", b"import time; time.sleep(60)"]
+
+
 HARNESS = """
 import sys, time
 from pathlib import Path
@@ -94,8 +103,10 @@ def test_children_stop_when_their_starter_is_killed(tmp_path: Path) -> None:
     )
     assert harness.stdout is not None
     child_pid = int(harness.stdout.readline())
-    time.sleep(0.3)  # let the launcher exec the command
-    assert alive(child_pid)
+    deadline = time.monotonic() + 10  # the launcher has set its death signal once it exec'd
+    while not execed(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert execed(child_pid)
     harness.send_signal(signal.SIGKILL)  # no finally, no atexit
     harness.wait(10)
     harness.stdout.close()
