@@ -87,6 +87,14 @@ def run(
     failover_deadline: Annotated[
         float | None, typer.Option(help="Seconds one forwarded Predict may take (default 2).")
     ] = None,
+    predict_max_concurrent: Annotated[
+        int | None,
+        typer.Option(help="Predict calls served at once; beyond: RESOURCE_EXHAUSTED (default 16)."),
+    ] = None,
+    predict_max_bytes: Annotated[
+        int | None,
+        typer.Option(help="Largest Predict request/reply in bytes (default 16 MiB)."),
+    ] = None,
     power_root: Annotated[
         Path | None,
         typer.Option(help="Root of the /sys and /proc trees power sensors are read from."),
@@ -109,6 +117,8 @@ def run(
         "predict_workers": predict_workers,
         "failover": failover,
         "failover_deadline": failover_deadline,
+        "predict_max_concurrent": predict_max_concurrent,
+        "predict_max_bytes": predict_max_bytes,
         "power_root": power_root,
         "log_level": log_level,
     }

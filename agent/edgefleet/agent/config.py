@@ -60,6 +60,10 @@ class ServingSettings:
     """Forward a Predict this agent cannot serve to a healthy neighbour of its fleet."""
     failover_deadline_s: float = 2.0
     """Deadline of one forwarded Predict; the next neighbour is tried after it."""
+    max_concurrent: int = 16
+    """Predict calls served at once; one more is answered RESOURCE_EXHAUSTED."""
+    max_message_bytes: int = 16 << 20
+    """Largest Predict request or reply in bytes; a larger one is answered RESOURCE_EXHAUSTED."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,8 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "predict_workers": ("serving", "workers", _int),
     "failover": ("serving", "failover", _bool),
     "failover_deadline": ("serving", "failover_deadline_s", _float),
+    "predict_max_concurrent": ("serving", "max_concurrent", _int),
+    "predict_max_bytes": ("serving", "max_message_bytes", _int),
     "trusted_keys": ("", "trusted_keys", _paths),
     "data_dir": ("", "data_dir", lambda v: Path(str(v))),
     "telemetry_interval": ("", "telemetry_interval", _float),
@@ -244,5 +250,11 @@ def validate(s: AgentSettings) -> None:
         raise InvalidInputError("--telemetry-interval must be positive")
     if s.fetch.deadline_s <= 0 or s.serving.workers < 1:
         raise InvalidInputError("--fetch-deadline and --predict-workers must be positive")
+    if s.serving.max_concurrent < 1:
+        raise InvalidInputError("--predict-max-concurrent must be positive")
+    if not 4096 <= s.serving.max_message_bytes <= 2**31 - 1:
+        raise InvalidInputError(
+            f"--predict-max-bytes must be 4096..2147483647, got {s.serving.max_message_bytes}"
+        )
     if s.log_level not in logging.getLevelNamesMapping():
         raise InvalidInputError(f"unknown log level {s.log_level!r}")

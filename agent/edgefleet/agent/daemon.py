@@ -134,9 +134,12 @@ class Agent:
                 benchmarker=Benchmarker(self.trust),
                 forwarder=self.forwarder,
                 timer=timer,
+                max_concurrent=s.serving.max_concurrent,
             ),
             listen=s.serving.predict_listen,
             workers=s.serving.workers,
+            max_concurrent=s.serving.max_concurrent,
+            max_message_bytes=s.serving.max_message_bytes,
         )
         self.store = DeviceStore(s.data_dir)
         self.state_file = StateFile(s.data_dir / "state.json")

@@ -9,6 +9,18 @@ them: INVALID_ARGUMENT naming the input, UNAVAILABLE while no model is active. B
 ``benchmarking.Benchmarker`` (signature refused: FAILED_PRECONDITION; one at a time:
 RESOURCE_EXHAUSTED). Health says SERVING exactly while a model is active.
 
+Limits (``ServingSettings``): a Predict arriving while ``max_concurrent`` are in flight is
+answered RESOURCE_EXHAUSTED at once (checked against the in-flight set on entry, so racing
+threads may pass it by a few, never by more than the worker threads); the server accepts at
+most ``max_concurrent + CONTROL_RPCS`` calls of any kind (running or queued for a thread), and
+no message over ``max_message_bytes`` either way (gRPC answers RESOURCE_EXHAUSTED itself).
+Memory held by requests is so bounded by (``max_concurrent + CONTROL_RPCS``) x
+``max_message_bytes``. A refusal for load is no failure of the model: it counts in
+``edgefleet_inference_errors_total{reason="overloaded"}`` only. Input errors
+(INVALID_ARGUMENT) count as failed requests in metrics and telemetry, but never as runtime
+failures in a health window (``live.LiveStats.runtime_error`` takes ``InferenceFailedError``
+only), so a caller's bad tensors cannot roll a release back.
+
 Failover (DESIGN.md section 1): when this agent cannot serve a Predict (no active model, or the
 runtime failing) and a ``neighbours.Forwarder`` is wired, the request goes to a healthy
 neighbour of the fleet, whose reply comes back with its device id and ``served_by_neighbour``.
@@ -45,6 +57,10 @@ from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "edgefleet.v1.InferenceService"
+DEFAULT_MAX_CONCURRENT = 16
+DEFAULT_MAX_MESSAGE_BYTES = 16 << 20
+CONTROL_RPCS = 4
+"""Calls the server accepts beyond ``max_concurrent``: room for health checks and ModelInfo."""
 _WILDCARDS = {"", "0.0.0.0", "::"}  # noqa: S104 - recognising, not binding
 
 
@@ -70,8 +86,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         benchmarker: Benchmarker | None = None,
         forwarder: Forwarder | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     ) -> None:
         self._predictor = predictor
+        self._max_concurrent = max_concurrent
         self._timer = timer  # times each Predict for the live p95 and the metrics
         self._device_id = device_id
         self._fleet = fleet
@@ -82,12 +100,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         # the hot path's recording: bound C methods, looked up once
         window = metrics.window
         self._window = window
+        self._in_flight = window.in_flight
         self._enter, self._leave = window.in_flight.add, window.in_flight.discard
         self._pending, self._sample = window.pending, window.pending.append
 
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> inference_pb2.PredictResponse:
+        if len(self._in_flight) >= self._max_concurrent:
+            self._metrics.errors.labels("overloaded").inc()
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"device {self._device_id} is serving its limit of {self._max_concurrent} "
+                "concurrent Predict calls (predict_max_concurrent); retry later",
+            )
+            raise AssertionError("unreachable: abort raises")
         started = self._timer()
         key = id(request)  # unique among requests being served: each is alive till it ends
         self._enter(key)
@@ -192,7 +219,15 @@ def advertised(host: str, port: int) -> str:
 
 
 class InferenceServer:
-    def __init__(self, servicer: InferenceServicer, *, listen: str, workers: int = 8) -> None:
+    def __init__(
+        self,
+        servicer: InferenceServicer,
+        *,
+        listen: str,
+        workers: int = 8,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self._listen = listen
         self._pool = futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="agent-predict"
@@ -201,9 +236,10 @@ class InferenceServer:
             self._pool,
             options=[
                 ("grpc.so_reuseport", 0),  # a fixed port taken by another agent must fail
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
             ],
+            maximum_concurrent_rpcs=max_concurrent + CONTROL_RPCS,
         )
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, self._server)
         self._health = health.HealthServicer(experimental_non_blocking=True)

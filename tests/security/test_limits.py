@@ -1,0 +1,178 @@
+"""Limits end to end, each against real parts: an in-process agent with its real gRPC Predict
+server, a real Mosquitto, real ONNX Runtime; real ArtifactService servers (and hostile ones,
+real gRPC servers too) for downloads; the shipped broker config for message sizes.
+
+Before these limits an agent served Predict calls of up to 64 MiB with no bound on how many at
+once, downloaded whatever a source streamed past the signed size, failed a generation on the
+first source whose bytes did not match, and wrote a download without asking for the space.
+"""
+
+# ruff: noqa: F811 - the agent tests' fixtures are imported by name and used as parameters
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import pytest
+
+from edgefleet.common import topics, wire
+from edgefleet.common import types as t
+from edgefleet.demo.digits import DigitsData, TrainedModel
+from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+from tests.agent import faults
+from tests.agent.conftest import (  # noqa: F401 - the agent tests' fixtures, used below
+    StartAgent,
+    artifacts,
+    signer,
+    start_agent,
+    watch,
+)
+from tests.agent.helpers import (
+    ArtifactServer,
+    Signer,
+    Watcher,
+    install,
+    offer,
+    predict,
+    unique_id,
+    wait_for,
+)
+
+P = t.InstallPhase
+
+
+# --- Predict ---------------------------------------------------------------------------------
+
+
+@dataclass
+class HeldNeighbour(inference_pb2_grpc.InferenceServiceServicer):
+    """A neighbour whose Predict holds every call until ``release`` is set."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+    arrived: int = 0
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+    def Predict(
+        self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.PredictResponse:
+        with self.lock:
+            self.arrived += 1
+            self.lock.notify_all()
+        self.release.wait(30)
+        return inference_pb2.PredictResponse(device_id="held", release="digits:1.0.0")
+
+    def wait_arrived(self, n: int) -> None:
+        with self.lock:
+            assert self.lock.wait_for(lambda: self.arrived >= n, 30), f"{self.arrived} arrived"
+
+
+@pytest.fixture
+def held() -> Iterator[tuple[HeldNeighbour, str]]:
+    servicer = HeldNeighbour()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    servicer.release.set()
+    server.stop(0).wait(5)
+
+
+def _request(rows: np.ndarray) -> inference_pb2.PredictRequest:
+    return inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", rows)])
+
+
+def test_predict_beyond_max_concurrent_is_resource_exhausted(
+    start_agent: StartAgent,
+    watch: Callable[[str], Watcher],
+    held: tuple[HeldNeighbour, str],
+    digits_data: DigitsData,
+) -> None:
+    # the agent has no model, so it forwards each call to its one neighbour, which holds it:
+    # the calls stay in flight on the agent for as long as the test wants, whatever the speed
+    neighbour, endpoint = held
+    fleet = unique_id("fleet")
+    a = start_agent(fleet=fleet, predict_max_concurrent=2, failover_deadline=30.0)
+    w = watch(a.device_id)
+    presence = t.Presence("held", fleet, online=True, predict_endpoint=endpoint,
+                          active_release="digits:1.0.0")  # fmt: skip
+    w.client.publish(
+        topics.presence(fleet, "held"), wire.presence_to_pb(presence).SerializeToString(), qos=1
+    ).wait_for_publish(5)
+    wait_for("the neighbour", lambda: any(n.online for n in a.agent.neighbours.snapshot()))
+    rows = digits_data.x_test[:1]
+
+    with grpc.insecure_channel(a.endpoint) as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        pending = [stub.Predict.future(_request(rows), timeout=30) for _ in range(2)]
+        neighbour.wait_arrived(2)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Predict(_request(rows), timeout=10)
+        neighbour.release.set()
+        replies = [p.result() for p in pending]
+        after = stub.Predict(_request(rows), timeout=30)
+
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limit of 2 concurrent Predict calls" in refused.value.details()
+    assert [r.device_id for r in replies] == ["held", "held"]
+    assert after.served_by_neighbour  # served again once the calls in flight ended
+    w.client.publish(topics.presence(fleet, "held"), b"", qos=1, retain=True).wait_for_publish(5)
+
+
+def test_predict_over_max_bytes_is_resource_exhausted(start_agent: StartAgent) -> None:
+    a = start_agent(predict_max_bytes=1 << 20, failover=False)
+    small = np.zeros((1, 64), np.float32)
+    big = np.zeros((8192, 64), np.float32)  # 2 MiB
+
+    with pytest.raises(grpc.RpcError) as too_big:
+        predict(a.endpoint, {"pixels": big})
+    with pytest.raises(grpc.RpcError) as fits:
+        predict(a.endpoint, {"pixels": small})
+
+    assert too_big.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert fits.value.code() is grpc.StatusCode.UNAVAILABLE  # no model yet: the size was fine
+
+
+def test_input_errors_never_count_as_runtime_failures_in_the_health_window(
+    start_agent: StartAgent,
+    watch: Callable[[str], Watcher],
+    signer: Signer,
+    artifacts: ArtifactServer,
+    digits_model: TrainedModel,
+    digits_data: DigitsData,
+) -> None:
+    a = start_agent()
+    w = watch(a.device_id)
+    install(w, signer, artifacts, digits_model.onnx_bytes, version="1.0.0", generation=1)
+    policy = t.HealthPolicy(health_window_s=60.0, max_load_failures=3)
+    flaky = signer.release(faults.batch_of_one(digits_model.onnx_bytes), version="1.1.0",
+                           health=policy)  # fmt: skip
+    offer(w, signer, artifacts, flaky, 2)
+    w.wait_status(
+        lambda s: s.phase is P.HEALTH_CHECK and s.active_release == "digits:1.1.0",
+        what="v1.1 in its health window",
+    )
+    bad_inputs = [
+        {"image": digits_data.x_test[:1]},  # no such input
+        {"pixels": digits_data.x_test[:1].astype(np.float64)},  # wrong dtype
+        {"pixels": digits_data.x_test[:1, :10]},  # wrong shape
+    ]
+    for inputs in bad_inputs * 3:
+        with pytest.raises(grpc.RpcError) as err:
+            predict(a.endpoint, inputs)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    for _ in range(3):  # batches of two make this model fail inside ONNX Runtime
+        with pytest.raises(grpc.RpcError) as err:
+            predict(a.endpoint, {"pixels": digits_data.x_test[:2]})
+        assert err.value.code() is grpc.StatusCode.INTERNAL
+
+    event = w.wait_event("rolled_back", generation=2)
+    # exactly the three runtime failures, the last of them ONNX Runtime's: none of the nine
+    # refused inputs counted
+    assert "the runtime failed 3 times" in event.message, event.message
+    assert "Reshape" in event.message, event.message
