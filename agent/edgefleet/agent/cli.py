@@ -53,6 +53,16 @@ def run(
     device_id: Annotated[str | None, typer.Option(help="Unique device id (a-z 0-9 . _ -).")] = None,
     fleet: Annotated[str | None, typer.Option(help="Fleet of the device.")] = None,
     mqtt: Annotated[str | None, typer.Option(help="Broker URL, mqtt://host:port.")] = None,
+    mqtt_ca: Annotated[
+        Path | None, typer.Option(help="CA bundle of an mqtts:// broker (default: enrolled).")
+    ] = None,
+    mqtt_cert: Annotated[
+        Path | None,
+        typer.Option(help="Client certificate for mqtts:// (default: the enrolled identity's)."),
+    ] = None,
+    mqtt_key: Annotated[
+        Path | None, typer.Option(help="Its private key (default: the enrolled identity's).")
+    ] = None,
     controller: Annotated[
         str | None,
         typer.Option(help="HOST:PORT of the controller's ArtifactService (fallback source)."),
@@ -106,6 +116,9 @@ def run(
         "device_id": device_id,
         "fleet": fleet,
         "mqtt": mqtt,
+        "mqtt_ca": mqtt_ca,
+        "mqtt_cert": mqtt_cert,
+        "mqtt_key": mqtt_key,
         "controller": controller,
         "data_dir": data_dir,
         "predict_listen": predict_listen,
@@ -137,6 +150,59 @@ def run(
     code = _serve(settings)
     if code:
         raise typer.Exit(code)
+
+
+@app.command()
+def enroll(
+    *,
+    controller: Annotated[
+        str,
+        typer.Option(
+            envvar="EDGEFLEET_AGENT_CONTROLLER",
+            help="HOST:PORT of the controller's device listener (where ArtifactService is).",
+        ),
+    ],
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the one-time token from `edgectl device enroll` "
+            "(or set EDGE_AGENT_ENROLL_TOKEN; never on the command line)."
+        ),
+    ] = None,
+    data_dir: Annotated[
+        Path,
+        typer.Option(envvar="EDGEFLEET_AGENT_DATA_DIR", help="The agent's data dir."),
+    ] = Path("/var/lib/edgefleet"),
+) -> None:
+    """Enroll this device: make its key here, get its certificate for a one-time token.
+
+    Writes DATA_DIR/identity/{device.key (0600), device.crt (0600), ca.pem}; nothing else
+    in the data dir changes, so a device whose certificate lapsed enrolls again with a new
+    token and keeps its models. The running agent renews the certificate by itself.
+    """
+    from edgefleet.agent.enrolling import TOKEN_ENV
+    from edgefleet.agent.enrolling import enroll as enroll_device
+    from edgefleet.agent.identity import IdentityFiles
+
+    logs.setup("WARNING", json_lines=False)
+    try:
+        token = token_file.read_text().strip() if token_file else os.environ.get(TOKEN_ENV, "")
+    except OSError as exc:
+        typer.echo(f"edge-agent: cannot read the token: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not token:
+        typer.echo(f"edge-agent: give --token-file FILE or set {TOKEN_ENV}", err=True)
+        raise typer.Exit(2)
+    try:
+        ident = enroll_device(controller, token, files=IdentityFiles.in_data_dir(data_dir))
+    except (EdgeFleetError, OSError) as exc:
+        typer.echo(f"edge-agent: enrollment failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"enrolled: device={ident.device_id} fleet={ident.fleet} "
+        f"certificate={ident.serial:x} valid until {ident.not_after:%Y-%m-%d %H:%M:%S} UTC "
+        f"({data_dir / 'identity'})"
+    )
 
 
 def _serve(settings: AgentSettings) -> int:

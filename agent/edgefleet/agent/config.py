@@ -38,6 +38,12 @@ class DeviceSettings:
 class MqttSettings:
     url: str = "mqtt://127.0.0.1:1883"
     """Broker URL: mqtt://[user:password@]host:port, or mqtts:// for TLS."""
+    ca_file: Path | None = None
+    """CA bundle of an mqtts:// broker; None = the enrolled identity's ca.pem, else the system's."""
+    cert_file: Path | None = None
+    """Client certificate for mqtts://; None = the enrolled identity's (edge-agent enroll)."""
+    key_file: Path | None = None
+    """Its private key; None = the enrolled identity's."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,9 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "fleet": ("device", "fleet", str),
     "labels": ("device", "labels", _labels),
     "mqtt": ("mqtt", "url", str),
+    "mqtt_ca": ("mqtt", "ca_file", lambda v: Path(str(v))),
+    "mqtt_cert": ("mqtt", "cert_file", lambda v: Path(str(v))),
+    "mqtt_key": ("mqtt", "key_file", lambda v: Path(str(v))),
     "controller": ("fetch", "controller", str),
     "fetch_deadline": ("fetch", "deadline_s", _float),
     "predict_listen": ("serving", "predict_listen", str),
@@ -174,7 +183,7 @@ def from_file(path: Path) -> dict[str, Any]:
         raise InvalidInputError(f"{path}: not valid TOML ({exc})") from None
     values = _convert(str(path), raw)
     base = path.parent
-    for key in ("data_dir", "power_root"):
+    for key in ("data_dir", "power_root", "mqtt_ca", "mqtt_cert", "mqtt_key"):
         if key in values:
             values[key] = base / values[key]
     if "trusted_keys" in values:

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 CA_YEARS = 10
 DEFAULT_DEVICE_DAYS = 30
 DEFAULT_CRL_DAYS = 180
-_BACKDATE = dt.timedelta(minutes=5)  # clocks of devices run a little behind
+_BACKDATE = dt.timedelta(minutes=5)  # clocks of devices run a little behind (at most this)
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ class CertificateAuthority:
     ) -> Issued:
         if lifetime <= dt.timedelta(0):
             raise InvalidInputError("a certificate lifetime must be positive")
-        not_before = now - min(_BACKDATE, lifetime)
+        not_before = now - min(_BACKDATE, lifetime / 10)
         not_after = min(now + lifetime, self.cert.not_valid_after_utc)
         builder = (
             x509.CertificateBuilder()

@@ -1,0 +1,142 @@
+"""Getting and keeping a device certificate: ``enroll`` (one-time token), ``renew`` (current
+certificate), and ``Renewer``, the agent's background check that renews before expiry.
+
+The key is made here and only the CSR leaves the device. A renewal makes a new key too; over
+plain gRPC it is proved by the current key's signature over the new CSR (``identities``).
+A certificate that lapsed (the device was away too long) cannot be renewed: the Renewer says
+so in the log and the device re-enrolls with a new token (``edge-agent enroll``), which
+touches nothing but the identity files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+
+import grpc
+
+from edgefleet.agent.identity import IdentityFiles, check_interval_s, renew_due
+from edgefleet.common import backoff, identities, rpc
+from edgefleet.common.errors import EdgeFleetError
+from edgefleet.v1 import enroll_pb2 as pb
+from edgefleet.v1 import enroll_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "EDGE_AGENT_ENROLL_TOKEN"  # noqa: S105 (the name of a variable)
+
+
+def _call(
+    controller: str, fn: Callable[[enroll_pb2_grpc.EnrollmentServiceStub], pb.EnrollResponse]
+) -> pb.EnrollResponse:
+    channel = rpc.channel(controller)
+    try:
+        return fn(enroll_pb2_grpc.EnrollmentServiceStub(channel))
+    except grpc.RpcError as exc:
+        raise rpc.error_from_rpc(exc, target=f"controller at {controller}") from None
+    finally:
+        channel.close()
+
+
+def enroll(
+    controller: str, token: str, *, files: IdentityFiles, deadline_s: float = rpc.DEFAULT_DEADLINE_S
+) -> identities.CertIdentity:
+    """Make a key, trade the token and a CSR for a certificate, store all three."""
+    key = identities.make_key()
+    request = pb.EnrollRequest(token=token.strip(), csr_der=identities.make_csr(key))
+    reply = _call(controller, lambda stub: stub.Enroll(request, timeout=deadline_s))
+    files.save(key, reply.certificate_pem, reply.ca_bundle_pem)
+    ident = files.identity()
+    log.info("enrolled as %s in fleet %s until %s", ident.device_id, ident.fleet, ident.not_after)
+    return ident
+
+
+def renew(
+    controller: str, *, files: IdentityFiles, deadline_s: float = rpc.DEFAULT_DEADLINE_S
+) -> identities.CertIdentity:
+    """A new key and certificate, proved by the current ones."""
+    current = files.load_key()
+    key = identities.make_key()
+    csr = identities.make_csr(key)
+    request = pb.RenewRequest(
+        csr_der=csr,
+        certificate_pem=files.cert.read_bytes(),
+        proof=identities.renewal_proof(current, csr),
+    )
+    reply = _call(controller, lambda stub: stub.Renew(request, timeout=deadline_s))
+    files.save(key, reply.certificate_pem, reply.ca_bundle_pem)
+    ident = files.identity()
+    log.info("certificate renewed: %x valid until %s", ident.serial, ident.not_after)
+    return ident
+
+
+class Renewer:
+    """A named thread that renews the certificate once ``renew_due`` says so.
+
+    ``clock`` is wall-clock seconds (tests move it); ``on_renewed`` runs after new files are
+    in place (the daemon reloads its MQTT client certificate there).
+    """
+
+    def __init__(
+        self,
+        controller: str,
+        *,
+        files: IdentityFiles,
+        on_renewed: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+        poll_s: float | None = None,
+    ) -> None:
+        self._controller = controller
+        self._files = files
+        self._on_renewed = on_renewed
+        self._clock = clock
+        self._poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="agent-renewer", daemon=True)
+        self.renewals = 0
+        self.last_error = ""
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def check(self) -> float:
+        """Renew if due; seconds until the next look."""
+        ident = self._files.identity()
+        now = dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC)
+        interval = self._poll_s or check_interval_s(ident.not_before, ident.not_after)
+        if not renew_due(ident.not_before, ident.not_after, now):
+            return interval
+        if now >= ident.not_after:
+            self.last_error = (
+                f"certificate {ident.serial:x} expired at {ident.not_after}: re-enroll this "
+                "device with a new token (edgectl device enroll, then edge-agent enroll)"
+            )
+            log.error("%s", self.last_error)
+            return interval
+        renew(self._controller, files=self._files)
+        self.renewals += 1
+        self.last_error = ""
+        self._on_renewed()
+        return interval
+
+    def _run(self) -> None:
+        failures = 0
+        wait = 0.0
+        while not self._stop.wait(wait):
+            try:
+                wait = self.check()
+                failures = 0
+            except (EdgeFleetError, OSError, ValueError) as exc:
+                self.last_error = str(exc)
+                wait = backoff.delay(failures, base=1.0, cap=300.0, rand=random.random)
+                failures += 1
+                log.warning("certificate renewal failed (%s); again in %.0f s", exc, wait)

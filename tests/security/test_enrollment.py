@@ -1,0 +1,459 @@
+"""Device enrollment and certificates, against a real controller over real gRPC.
+
+Tokens are good once and expire; the device's key is made on the device and only a CSR goes
+over the wire; the certificate names the device and its fleet; renewal is proved by the
+current certificate and happens by itself at 2/3 of the lifetime (clocks injected, lifetimes
+of seconds); a revoked device cannot renew; a device offline across its certificate's expiry
+enrolls again with a new token and keeps its installed model; and, opted in end to end, an
+enrolled agent and the controller talk over a Mosquitto that requires their certificates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typer.testing import CliRunner
+
+from edgefleet.agent import config as agent_config
+from edgefleet.agent.cli import app as agent_cli
+from edgefleet.agent.daemon import Agent
+from edgefleet.agent.enrolling import Renewer, renew
+from edgefleet.agent.identity import IdentityFiles, renew_due
+from edgefleet.common import identities, rpc
+from edgefleet.common.errors import EdgeFleetError
+from edgefleet.controller.cli import app as controller_cli
+from edgefleet.controller.config import MqttSettings, PkiSettings
+from edgefleet.controller.identityservice import EnrollmentServicer
+from edgefleet.edgectl.app import app as edgectl
+from edgefleet.v1 import controller_pb2, enroll_pb2_grpc
+from edgefleet.v1 import enroll_pb2 as pb
+from tests.agent.helpers import ArtifactServer, Signer, Watcher, install, wait_for
+from tests.conftest import Broker, mosquitto_available
+from tests.controller import support
+
+HOUR = 3600.0
+
+
+class Clock:
+    """Wall-clock seconds that move only when told to (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._now = time.time()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+    def at(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self(), tz=dt.UTC)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ctl(tmp_path: Path, broker: Broker, clock: Clock) -> Iterator[support.Running]:
+    s = support.settings(tmp_path / "controller", broker.url)
+    s = replace(s, pki=PkiSettings(cert_lifetime_s=HOUR, token_ttl_s=60))
+    running = support.start(s, clock=clock)
+    yield running
+    running.stop()
+
+
+def token_for(ctl: support.Running, device: str, *, fleet: str = "lab", ttl: str = "") -> str:
+    """``edgectl device enroll`` as an operator runs it (the admin token in the environment)."""
+    args = ["-c", ctl.api, "device", "enroll", device, "--fleet", fleet, "--labels", "site=t"]
+    result = CliRunner().invoke(
+        edgectl, [*args, *(["--ttl", ttl] if ttl else [])], env={"EDGECTL_TOKEN": ctl.token}
+    )
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1]
+
+
+def agent_enroll(ctl: support.Running, token: str, data_dir: Path) -> Any:
+    """``edge-agent enroll`` with the token in the environment, never in argv."""
+    return CliRunner().invoke(
+        agent_cli,
+        ["enroll", "--controller", ctl.address, "--data-dir", str(data_dir)],
+        env={"EDGE_AGENT_ENROLL_TOKEN": token},
+    )
+
+
+def enroll_stub(ctl: support.Running) -> Iterator[enroll_pb2_grpc.EnrollmentServiceStub]:
+    channel = rpc.channel(ctl.address)
+    try:
+        yield enroll_pb2_grpc.EnrollmentServiceStub(channel)
+    finally:
+        channel.close()
+
+
+def code_of(call: Callable[[], object]) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+# --- enrolling ------------------------------------------------------------------------------
+
+
+def test_enroll_makes_the_key_on_the_device_and_a_certificate_naming_device_and_fleet(
+    ctl: support.Running, tmp_path: Path
+) -> None:
+    token = token_for(ctl, "cam-1", fleet="factory-a")
+    result = agent_enroll(ctl, token, tmp_path / "agent")
+    assert result.exit_code == 0, result.output
+    assert "device=cam-1 fleet=factory-a" in result.stdout
+    files = IdentityFiles.in_data_dir(tmp_path / "agent")
+    assert files.key.stat().st_mode & 0o777 == 0o600
+    assert files.cert.stat().st_mode & 0o777 == 0o600
+    assert files.ca.stat().st_mode & 0o777 == 0o644
+    cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "cam-1"
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == (
+        "factory-a"
+    )
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.UniformResourceIdentifier)) == {
+        "urn:edgefleet:device:cam-1",
+        "urn:edgefleet:fleet:factory-a",
+    }
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    cert.verify_directly_issued_by(ca)
+    # The certificate is for the key on the device, and lives as long as configured.
+    assert cert.public_key() == files.load_key().public_key()
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert dt.timedelta(seconds=HOUR) <= lifetime <= dt.timedelta(seconds=HOUR * 1.2)
+    # The registry says so too.
+    listed = CliRunner().invoke(
+        edgectl, ["-c", ctl.api, "device", "list", "--json"], env={"EDGECTL_TOKEN": ctl.token}
+    )
+    assert '"device_id": "cam-1"' in listed.stdout and f'"{cert.serial_number:x}"' in listed.stdout
+
+
+def test_a_token_is_good_once(ctl: support.Running, tmp_path: Path) -> None:
+    token = token_for(ctl, "cam-2")
+    assert agent_enroll(ctl, token, tmp_path / "first").exit_code == 0
+    again = agent_enroll(ctl, token, tmp_path / "second")
+    assert again.exit_code == 1
+    assert "already used" in again.output
+    assert not (tmp_path / "second" / "identity" / "device.crt").exists()
+
+
+def test_an_expired_or_unknown_token_is_refused(ctl: support.Running, clock: Clock) -> None:
+    token = token_for(ctl, "cam-3", ttl="30s")
+    csr = identities.make_csr(identities.make_key())
+    clock.advance(31)
+    for stub in enroll_stub(ctl):
+        expired = code_of(lambda: stub.Enroll(pb.EnrollRequest(token=token, csr_der=csr)))
+        made_up = code_of(lambda: stub.Enroll(pb.EnrollRequest(token="ef1.nope", csr_der=csr)))
+        assert expired == made_up == grpc.StatusCode.UNAUTHENTICATED
+    # A fresh token works; the expired one stays dead.
+    fresh = token_for(ctl, "cam-3")
+    for stub in enroll_stub(ctl):
+        assert stub.Enroll(pb.EnrollRequest(token=fresh, csr_der=csr), timeout=10).certificate_pem
+        assert (
+            code_of(lambda: stub.Enroll(pb.EnrollRequest(token=token, csr_der=csr)))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+
+
+def test_only_the_csr_leaves_the_device(ctl: support.Running, tmp_path: Path) -> None:
+    """Every byte the agent sends is recorded by a server in between: the private key is not
+    among them, in PEM or as its raw scalar."""
+    assert ctl.controller.enrollment is not None
+    seen: list[bytes] = []
+
+    class Recording(EnrollmentServicer):
+        def Enroll(
+            self, request: pb.EnrollRequest, context: grpc.ServicerContext
+        ) -> pb.EnrollResponse:
+            seen.append(request.SerializeToString())
+            return super().Enroll(request, context)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    enroll_pb2_grpc.add_EnrollmentServiceServicer_to_server(
+        Recording(ctl.controller.enrollment), server
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        token = token_for(ctl, "cam-4")
+        result = CliRunner().invoke(
+            agent_cli,
+            ["enroll", "--controller", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)],
+            env={"EDGE_AGENT_ENROLL_TOKEN": token},
+        )
+        assert result.exit_code == 0, result.output
+    finally:
+        server.stop(0).wait(5)
+    key = IdentityFiles.in_data_dir(tmp_path).load_key()
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    (sent,) = seen
+    assert scalar not in sent and IdentityFiles.in_data_dir(tmp_path).key.read_bytes() not in sent
+    request = pb.EnrollRequest.FromString(sent)
+    csr = x509.load_der_x509_csr(request.csr_der)
+    assert csr.public_key() == key.public_key()
+
+
+# --- renewing -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "due"), [(0.0, False), (0.5, False), (0.66, False), (0.67, True), (1.5, True)]
+)
+def test_renew_due_at_two_thirds_of_the_lifetime(elapsed: float, due: bool) -> None:
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    end = start + dt.timedelta(days=30)
+    assert renew_due(start, end, start + (end - start) * elapsed) is due
+
+
+def test_the_agent_renews_before_expiry_without_an_operator(
+    ctl: support.Running, clock: Clock, tmp_path: Path
+) -> None:
+    assert agent_enroll(ctl, token_for(ctl, "cam-5"), tmp_path).exit_code == 0
+    files = IdentityFiles.in_data_dir(tmp_path)
+    first = files.identity()
+    renewed: list[int] = []
+    renewer = Renewer(ctl.address, files=files, clock=clock, on_renewed=lambda: renewed.append(1))
+    assert renewer.check() > 0 and not renewed  # a fresh certificate: nothing to do
+    clock.advance(0.5 * HOUR)
+    renewer.check()
+    assert not renewed
+    clock.advance(0.25 * HOUR)  # past 2/3
+    renewer.check()
+    assert renewed == [1]
+    second = files.identity()
+    assert second.serial != first.serial and second.device_id == "cam-5"
+    assert second.not_after > first.not_after
+    cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+    assert cert.public_key() == files.load_key().public_key()  # a new key came with it
+    renewer.check()  # the new certificate is fresh again
+    assert renewed == [1]
+
+
+def test_renewal_needs_a_valid_unrevoked_certificate_and_its_key(
+    ctl: support.Running, clock: Clock, tmp_path: Path
+) -> None:
+    assert agent_enroll(ctl, token_for(ctl, "cam-6"), tmp_path).exit_code == 0
+    files = IdentityFiles.in_data_dir(tmp_path)
+    cert_pem = files.cert.read_bytes()
+    new_key = identities.make_key()
+    csr = identities.make_csr(new_key)
+    for stub in enroll_stub(ctl):
+        # Someone with the certificate (it is public) but not the key cannot renew it.
+        stolen = pb.RenewRequest(
+            csr_der=csr, certificate_pem=cert_pem, proof=identities.renewal_proof(new_key, csr)
+        )
+        assert code_of(lambda: stub.Renew(stolen, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+    revoked = CliRunner().invoke(
+        edgectl, ["-c", ctl.api, "device", "revoke", "cam-6"], env={"EDGECTL_TOKEN": ctl.token}
+    )
+    assert revoked.exit_code == 0, revoked.output
+    with pytest.raises(EdgeFleetError, match="revoked"):
+        renew(ctl.address, files=files)
+    crl = x509.load_pem_x509_crl(ctl.controller.settings.ca_dir.joinpath("crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(files.identity().serial) is not None
+
+
+def test_an_expired_certificate_cannot_be_renewed(
+    ctl: support.Running, clock: Clock, tmp_path: Path
+) -> None:
+    assert agent_enroll(ctl, token_for(ctl, "cam-7"), tmp_path).exit_code == 0
+    files = IdentityFiles.in_data_dir(tmp_path)
+    clock.advance(2 * HOUR)
+    renewer = Renewer(ctl.address, files=files, clock=clock)
+    renewer.check()
+    assert "expired" in renewer.last_error and "re-enroll" in renewer.last_error
+    with pytest.raises(EdgeFleetError, match="not valid now"):
+        renew(ctl.address, files=files)  # the controller refuses it too
+
+
+def test_a_running_agent_renews_in_the_background(broker: Broker, tmp_path: Path) -> None:
+    """The daemon's wiring, on the real clock: a 6 s certificate is renewed after ~4 s."""
+    s = support.settings(tmp_path / "controller", broker.url)
+    ctl = support.start(replace(s, pki=PkiSettings(cert_lifetime_s=6.0)))
+    agent: Agent | None = None
+    try:
+        assert agent_enroll(ctl, token_for(ctl, "cam-8"), tmp_path / "agent").exit_code == 0
+        files = IdentityFiles.in_data_dir(tmp_path / "agent")
+        first = files.identity().serial
+        agent = Agent(agent_settings(broker.url, "cam-8", tmp_path / "agent", ctl.address))
+        agent.start()
+        renewer = agent.renewer
+        assert renewer is not None
+        wait_for("a renewed certificate", lambda: renewer.renewals >= 1, timeout=30)
+        assert files.identity().serial != first
+    finally:
+        if agent is not None:
+            agent.stop()
+        ctl.stop()
+
+
+# --- offline across expiry ------------------------------------------------------------------
+
+
+def agent_settings(
+    broker_url: str, device: str, data_dir: Path, controller: str, **more: Any
+) -> agent_config.AgentSettings:
+    signer_key = data_dir.parent / "trusted.pem"
+    if not signer_key.exists():
+        Signer(data_dir.parent)  # writes trusted.pem
+    values: dict[str, Any] = {
+        "device_id": device,
+        "fleet": "lab",
+        "mqtt": broker_url,
+        "controller": controller,
+        "data_dir": data_dir,
+        "predict_listen": "127.0.0.1:0",
+        "metrics_port": -1,
+        "trusted_keys": (signer_key,),
+        "telemetry_interval": 5.0,
+        **more,
+    }
+    return agent_config.merge(values)
+
+
+def tree(root: Path, *, skip: str) -> dict[str, str]:
+    """sha256 of every file under ``root`` except those under ``skip``."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).parts[0] != skip
+    }
+
+
+def test_offline_across_expiry_reenrolls_and_keeps_its_model(
+    ctl: support.Running,
+    clock: Clock,
+    broker: Broker,
+    tmp_path: Path,
+    digits_model: Any,
+) -> None:
+    device, data = "cam-9", tmp_path / "cam-9"
+    assert agent_enroll(ctl, token_for(ctl, device), data).exit_code == 0
+    files = IdentityFiles.in_data_dir(data)
+    old = files.identity()
+    signer = Signer(tmp_path)
+    artifacts = ArtifactServer(tmp_path / "blobs")
+    watcher = Watcher(broker.url, device_id=device)
+    settings = agent_settings(
+        broker.url, device, data, artifacts.address, trusted_keys=(signer.key_file,)
+    )
+    agent = Agent(settings)
+    try:
+        agent.start()
+        install(watcher, signer, artifacts, digits_model.onnx_bytes, version="1.0.0", generation=1)
+        agent.stop()
+        # Away for longer than the certificate lives: it cannot be renewed any more.
+        clock.advance(3 * HOUR)
+        with pytest.raises(EdgeFleetError, match="not valid now"):
+            renew(ctl.address, files=files)
+        before = tree(data, skip="identity")
+        assert any(name.startswith("slots") or "slot" in name for name in before), before
+        # The operator hands out a new token; the device enrolls again.
+        result = agent_enroll(ctl, token_for(ctl, device), data)
+        assert result.exit_code == 0, result.output
+        assert tree(data, skip="identity") == before  # not one byte outside identity/
+        new = files.identity()
+        assert new.serial != old.serial and new.not_after > old.not_after
+        # Back up, it serves the model it had, without fetching it again.
+        fetched = len(artifacts.fetches)
+        agent = Agent(settings)
+        agent.start()
+        wait_for(
+            "the old model active again",
+            lambda: (rt := agent.predictor.current) is not None and rt.release.endswith("1.0.0"),
+        )
+        assert len(artifacts.fetches) == fetched
+    finally:
+        agent.stop()
+        watcher.close()
+        artifacts.stop()
+
+
+# --- opted in end to end: mTLS broker -------------------------------------------------------
+
+
+def test_enrolled_agent_and_controller_meet_on_an_mtls_broker(tmp_path: Path, clock: Clock) -> None:
+    """broker-config, a Mosquitto on its config, the controller with its client certificate,
+    an agent with the identity it enrolled for: the agent's status reaches the controller."""
+    if not mosquitto_available():
+        pytest.skip("mosquitto is not installed")
+    data = tmp_path / "controller"
+    broker = Broker(tmp_path)
+    out = tmp_path / "broker"
+    mqtts = f"mqtts://127.0.0.1:{broker.port}"
+    s = support.settings(data, mqtts)
+    s = replace(
+        s,
+        mqtt=MqttSettings(
+            url=mqtts,
+            client_id="edgefleet-controller",
+            ca_file=str(out / "ca.pem"),
+            cert_file=str(data / "ca" / "controller.crt"),
+            key_file=str(data / "ca" / "controller.key"),
+        ),
+    )
+
+    def configure() -> None:
+        result = CliRunner().invoke(
+            controller_cli,
+            [
+                *("broker-config", "--data-dir", str(data), "--out", str(out)),
+                *("--host", "127.0.0.1", "--port", str(broker.port), "--bind", "127.0.0.1"),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        conf = (out / "mosquitto.conf").read_text()
+        broker.conf.write_text(
+            "persistence false\n" + ("user root\n" if os.geteuid() == 0 else "") + conf
+        )
+
+    configure()  # makes the CA and the controller's certificate before it starts
+    broker.start()
+    ctl = support.start(s, clock=clock)
+    agent: Agent | None = None
+    try:
+        assert agent_enroll(ctl, token_for(ctl, "cam-10"), tmp_path / "agent").exit_code == 0
+        configure()  # the ACL now has cam-10
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)  # Mosquitto rereads the ACL
+        agent = Agent(agent_settings(mqtts, "cam-10", tmp_path / "agent", ctl.address))
+        agent.start()
+        request = controller_pb2.ListDevicesRequest()
+        support.eventually(
+            lambda: any(
+                d.device_id == "cam-10" for d in ctl.stub.ListDevices(request, timeout=10).devices
+            ),
+            timeout=20,
+            what="cam-10's status at the controller over mTLS",
+        )
+    finally:
+        if agent is not None:
+            agent.stop()
+        ctl.stop()
+        broker.kill()
