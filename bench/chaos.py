@@ -29,26 +29,28 @@ CONVERGE_TARGET_S = 30.0
 
 def measure(*, restarts: int = RESTARTS, devices: int = 6, seed: int = 1) -> dict[str, object]:
     rng = random.Random(seed)
-    with tempfile.TemporaryDirectory(prefix="ef-chaos-") as tmp:
-        with chaosfleet.ChaosFleet(Path(tmp), devices=devices) as fleet:
-            runs = []
-            for i in range(restarts):
-                run = chaosfleet.rollout_through_a_broker_restart(fleet, rng)
-                runs.append(run)
-                print(
-                    f"  rollout {i + 1:2d}/{restarts}: {run.release} {run.phase}, broker killed "
-                    f"{run.outage_at_s:.1f}s in, done {run.converged_after_broker_s:.1f}s "
-                    "after it came back",
-                    flush=True,
-                )
-            offline_s = chaosfleet.offline_across_a_broker_restart(fleet)
-            ids = sorted(fleet.agents)
-            fleet.settled(f"before-{time.time_ns()}", ids[0])
-            before = fleet.snapshot()
-            messages = chaosfleet.malformed_messages(fleet, ids, 2000)
-            chaosfleet.flood(fleet, messages)
-            fleet.settled(f"after-{time.time_ns()}", ids[0])
-            after = fleet.snapshot()
+    with (
+        tempfile.TemporaryDirectory(prefix="ef-chaos-") as tmp,
+        chaosfleet.ChaosFleet(Path(tmp), devices=devices) as fleet,
+    ):
+        runs = []
+        for i in range(restarts):
+            run = chaosfleet.rollout_through_a_broker_restart(fleet, rng)
+            runs.append(run)
+            print(
+                f"  rollout {i + 1:2d}/{restarts}: {run.release} {run.phase}, broker killed "
+                f"{run.outage_at_s:.1f}s in, done {run.converged_after_broker_s:.1f}s "
+                "after it came back",
+                flush=True,
+            )
+        offline_s = chaosfleet.offline_across_a_broker_restart(fleet)
+        ids = sorted(fleet.agents)
+        fleet.settled(f"before-{time.time_ns()}", ids[0])
+        before = fleet.snapshot()
+        messages = chaosfleet.malformed_messages(fleet, ids, 2000)
+        chaosfleet.flood(fleet, messages)
+        fleet.settled(f"after-{time.time_ns()}", ids[0])
+        after = fleet.snapshot()
     changes = sum(1 for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     return {
         "devices": devices,
