@@ -228,10 +228,16 @@ def _judge(t: Target, r: Rollout, report: Report | None, *, now: float) -> Targe
     reached = report is not None and report.generation_applied >= t.generation
     if not reached or report is None:
         if t.state is DeviceState.SENT and now - t.sent_at > r.strategy.device_timeout_s:
+            last = (
+                "it never reported"
+                if report is None
+                else f"it last reported generation {report.generation_applied}, "
+                f"{report.phase or 'no phase'} on {report.active_release or 'nothing'}"
+            )
             return replace(
                 t,
                 state=DeviceState.FAILED,
-                reason=f"no report within {r.strategy.device_timeout_s:g}s",
+                reason=f"no report within {r.strategy.device_timeout_s:g}s: {last}",
             )
         return t
     if report.active_release != r.release or report.phase in ("failed", "rolled_back"):
