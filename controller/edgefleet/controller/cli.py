@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -26,6 +27,7 @@ from edgefleet.controller.config import (
     GrpcSettings,
     MetricsSettings,
     MqttSettings,
+    PkiSettings,
     RolloutSettings,
     Settings,
     split_address,
@@ -85,6 +87,22 @@ def run(
     mqtt_client_id: Annotated[
         str, typer.Option(help="MQTT client id (one per controller).")
     ] = "edgefleet-controller",
+    mqtt_ca: Annotated[
+        Path | None, typer.Option(help="CA bundle of an mqtts:// broker (default: system).")
+    ] = None,
+    mqtt_cert: Annotated[
+        Path | None,
+        typer.Option(help="Client certificate for an mTLS broker (broker-config makes one)."),
+    ] = None,
+    mqtt_key: Annotated[Path | None, typer.Option(help="Its private key (PEM, 0600).")] = None,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option(help="Your own fleet CA certificate (default: DATA_DIR/ca, made once)."),
+    ] = None,
+    ca_key: Annotated[Path | None, typer.Option(help="Its private key (EC, PEM).")] = None,
+    cert_lifetime: Annotated[
+        float, typer.Option(help="Days a device certificate is valid (renewed at 2/3).", min=0)
+    ] = 30.0,
     rollout_tick: Annotated[
         float, typer.Option(help="Seconds between two looks at every unfinished rollout.", min=0.01)
     ] = 1.0,
@@ -115,7 +133,14 @@ def run(
         db_url=db,
         grpc=GrpcSettings(bind=grpc, advertise=advertise, extra_sources=sources),
         api=ApiSettings(bind=api),
-        mqtt=MqttSettings(url=mqtt, client_id=mqtt_client_id),
+        mqtt=MqttSettings(
+            url=mqtt,
+            client_id=mqtt_client_id,
+            ca_file=str(mqtt_ca) if mqtt_ca else None,
+            cert_file=str(mqtt_cert) if mqtt_cert else None,
+            key_file=str(mqtt_key) if mqtt_key else None,
+        ),
+        pki=PkiSettings(ca_cert=ca_cert, ca_key=ca_key, cert_lifetime_s=cert_lifetime * 86400),
         metrics=MetricsSettings(port=metrics_port, host=metrics_host),
         rollouts=RolloutSettings(tick_s=rollout_tick),
     )
@@ -211,6 +236,59 @@ def operator_revoke(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"operator {name} revoked")
+
+
+@app.command("broker-config")
+def broker_config(
+    *,
+    out: Annotated[Path, typer.Option(help="Directory to write the broker's files to.")],
+    data_dir: DataDir = Path("edgefleet-data"),
+    db: DbUrl = "",
+    host: Annotated[
+        list[str] | None,
+        typer.Option(help="DNS name or IP devices dial the broker by (repeatable)."),
+    ] = None,
+    port: Annotated[int, typer.Option(help="The mTLS listener's port.")] = 8883,
+    bind: Annotated[str, typer.Option(help="Address the listener binds (default: all).")] = "",
+    install_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where the files will live on the broker host (default: --out)."),
+    ] = None,
+    days: Annotated[int, typer.Option(help="Days the broker's certificates are valid.")] = 365,
+    ca_cert: Annotated[Path | None, typer.Option(help="Your own CA (as for run).")] = None,
+    ca_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
+) -> None:
+    """Write Mosquitto's mTLS files: server cert/key, CA, CRL, per-device ACL, config.
+
+    Also makes the controller's own client certificate (DATA_DIR/ca/controller.crt, .key) for
+    `run --mqtt mqtts://... --mqtt-cert ... --mqtt-key ... --mqtt-ca ...`. Run it again after
+    enrolling, revoking or removing devices: SIGHUP rereads the ACL, a restart the CRL.
+    """
+    from edgefleet.controller import brokerconfig
+    from edgefleet.controller.enrollment import open_enrollment
+
+    settings = Settings(data_dir=data_dir, db_url=db)
+    try:
+        database = Database(settings.database_url)
+        database.create_schema()
+        pki = PkiSettings(ca_cert=ca_cert, ca_key=ca_key)
+        enrollment = open_enrollment(database, pki, ca_dir=settings.ca_dir, clock=time.time)
+        files = brokerconfig.write(
+            enrollment,
+            out,
+            controller_dir=settings.ca_dir,
+            hosts=host or brokerconfig.default_hosts(),
+            port=port,
+            bind=bind,
+            install_dir=install_dir,
+            days=days,
+            now=datetime.now(tz=UTC),
+        )
+    except EdgeFleetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"broker files in {files.directory} (include mosquitto.conf from there)")
+    typer.echo(f"controller: --mqtt-cert {files.controller_cert} --mqtt-key {files.controller_key}")
 
 
 def main() -> None:

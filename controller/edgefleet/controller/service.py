@@ -22,13 +22,14 @@ from edgefleet.controller.audit import AuditEntry, AuditLog
 from edgefleet.controller.compressing import Compressor
 from edgefleet.controller.deploying import Deployer
 from edgefleet.controller.devices import DeviceStore
+from edgefleet.controller.enrollment import Enrollment
+from edgefleet.controller.identityservice import IdentityApi
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.operators import Operator, OperatorStore, Role
 from edgefleet.controller.registry import Registry, collect
 from edgefleet.controller.releases import Releases
 from edgefleet.controller.rolling import Rollouts
 from edgefleet.v1 import controller_pb2 as pb
-from edgefleet.v1 import controller_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def _chunks(requests: Iterator[pb.UploadModelRequest]) -> Iterator[bytes]:
         yield msg.chunk
 
 
-class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
+class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityservice)
     def __init__(
         self,
         *,
@@ -79,6 +80,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         compressor: Compressor | None = None,
         operators: OperatorStore | None = None,
         audit: AuditLog | None = None,
+        enrollment: Enrollment | None = None,
     ) -> None:
         self._keys = keys
         self._registry = registry
@@ -90,6 +92,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         self._compressor = compressor or Compressor(registry)
         self._operators = operators
         self._audit = audit
+        self._enrollment = enrollment
 
     def InitKey(self, request: pb.InitKeyRequest, context: grpc.ServicerContext) -> pb.KeyInfo:
         return serve(

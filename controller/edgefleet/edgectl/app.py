@@ -17,6 +17,7 @@ from edgefleet.edgectl import (
     audit,
     demo_cmd,
     deploying,
+    device_cmd,
     devices,
     events,
     keys,
@@ -50,6 +51,7 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(models.app, name="model")
 app.add_typer(releases.app, name="release")
 app.add_typer(devices.app, name="devices")
+app.add_typer(device_cmd.app, name="device")
 app.command("deploy")(deploying.deploy)
 app.add_typer(rollouts.app, name="rollout")
 app.command("rollback")(deploying.rollback)

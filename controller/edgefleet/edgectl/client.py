@@ -20,7 +20,7 @@ from edgefleet.common import types as t
 from edgefleet.common.errors import NotFoundError
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import controller_pb2_grpc as pb_grpc
-from edgefleet.v1 import mqtt_pb2
+from edgefleet.v1 import enroll_pb2, mqtt_pb2
 
 R = TypeVar("R")
 
@@ -287,6 +287,34 @@ class ControllerClient:
         request = pb.ListAuditRequest(limit=limit)
         reply = self._call(lambda: self._stub.ListAudit(request, timeout=self.deadline_s))
         return list(reply.entries)
+
+    # --- device identities ------------------------------------------------------------------
+
+    def enroll_device(
+        self, device_id: str, *, fleet: str, labels: dict[str, str], token_ttl_s: float = 0
+    ) -> enroll_pb2.EnrollDeviceResponse:
+        request = enroll_pb2.EnrollDeviceRequest(
+            device_id=device_id, fleet=fleet, labels=labels, token_ttl_s=token_ttl_s
+        )
+        return self._call(lambda: self._stub.EnrollDevice(request, timeout=self.deadline_s))
+
+    def revoke_device(self, device_id: str) -> enroll_pb2.DeviceIdentity:
+        request = enroll_pb2.DeviceRef(device_id=device_id)
+        return self._call(lambda: self._stub.RevokeDevice(request, timeout=self.deadline_s))
+
+    def quarantine_device(self, device_id: str, *, lift: bool = False) -> enroll_pb2.DeviceIdentity:
+        request = enroll_pb2.QuarantineRequest(device_id=device_id, lift=lift)
+        return self._call(lambda: self._stub.QuarantineDevice(request, timeout=self.deadline_s))
+
+    def remove_device(self, device_id: str) -> enroll_pb2.DeviceIdentity:
+        request = enroll_pb2.DeviceRef(device_id=device_id)
+        return self._call(lambda: self._stub.RemoveDevice(request, timeout=self.deadline_s))
+
+    def list_identities(self, fleet: str = "") -> list[enroll_pb2.DeviceIdentity]:
+        request = enroll_pb2.ListIdentitiesRequest(fleet=fleet)
+        reply = self._call(lambda: self._stub.ListIdentities(request, timeout=self.deadline_s))
+        return list(reply.devices)
+
 
 def file_chunks(
     path: Path, *, chunk_size: int = UPLOAD_CHUNK, on_chunk: Callable[[int], None] | None = None

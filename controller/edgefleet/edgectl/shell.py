@@ -30,7 +30,8 @@ from edgefleet.edgectl.client import ControllerClient
 
 DEFAULT_CONTROLLER = "127.0.0.1:50052"  # the controller's operator API (--api)
 COMMAND_ORDER = (
-    "keys", "model", "release", "deploy", "rollout", "rollback", "devices", "top", "events",
+    "keys", "model", "release", "deploy", "rollout", "rollback", "devices", "device", "top",
+    "events",
     "predict", "operator", "audit", "demo",
 )  # fmt: skip
 EXIT_FAILED = 1
