@@ -106,6 +106,14 @@ def run(
     rollout_tick: Annotated[
         float, typer.Option(help="Seconds between two looks at every unfinished rollout.", min=0.01)
     ] = 1.0,
+    resend_after: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a device may lag its desired generation before it is sent it again "
+            "(every desired state is also re-published on each broker reconnect).",
+            min=0.1,
+        ),
+    ] = 15.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the controller until SIGTERM or SIGINT."""
@@ -142,7 +150,7 @@ def run(
         ),
         pki=PkiSettings(ca_cert=ca_cert, ca_key=ca_key, cert_lifetime_s=cert_lifetime * 86400),
         metrics=MetricsSettings(port=metrics_port, host=metrics_host),
-        rollouts=RolloutSettings(tick_s=rollout_tick),
+        rollouts=RolloutSettings(tick_s=rollout_tick, resend_after_s=resend_after),
     )
     controller = Controller(settings)
     stop = threading.Event()
