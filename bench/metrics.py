@@ -174,7 +174,7 @@ def ingest_rate(console: Console) -> dict[str, float]:
                                         active_release="digits:1.0.0")  # fmt: skip
                 data = wire.status_to_pb(status).SerializeToString()
                 client.publish(topics.status(device_id), data, qos=1, retain=False)
-            with ControllerClient(controller.address) as api:
+            with ControllerClient(controller.api, token=controller.admin_token()) as api:
                 deadline = time.monotonic() + 60
                 while len(api.list_devices("bench")) < DEVICES:
                     if time.monotonic() > deadline:

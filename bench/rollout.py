@@ -41,6 +41,7 @@ from rich.table import Table
 
 from edgefleet.common import rpc
 from edgefleet.common.signing import TrustStore, load_public_keys
+from edgefleet.edgectl.client import authorized
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import controller_pb2_grpc
 
@@ -148,6 +149,7 @@ class Stack:
         self.controller: subprocess.Popen[bytes] | None = None
         self.broker_port = 0
         self.address = ""
+        self.api = ""  # the operator API (ControllerService), with the admin token
         self.channel: grpc.Channel | None = None
         self.stub: Any = None
 
@@ -170,12 +172,14 @@ class Stack:
         data = self.workdir / "controller"
         data.mkdir()
         self.address = f"127.0.0.1:{free_port()}"
+        self.api = f"127.0.0.1:{free_port()}"
         exe = Path(sys.executable).parent / "edge-controller"
         argv = [str(exe)] if exe.is_file() else [sys.executable, "-m", "edgefleet.controller"]
         argv += [
             "run",
             "--data-dir", str(data),
             "--grpc", self.address,
+            "--api", self.api,
             "--mqtt", f"mqtt://127.0.0.1:{self.broker_port}",
             "--mqtt-client-id", "bench-controller",
             "--rollout-tick", str(self.tick_s),
@@ -187,7 +191,9 @@ class Stack:
         if info.get("pid") != self.controller.pid:
             raise BenchError(f"controller.json names pid {info.get('pid')}, not ours")
         self.address = info.get("grpc") or self.address
-        self.channel = rpc.channel(self.address)
+        self.api = info.get("api") or self.api
+        token = (data / "admin.token").read_text().strip()
+        self.channel = authorized(rpc.channel(self.api), token)
         self.stub = controller_pb2_grpc.ControllerServiceStub(self.channel)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:

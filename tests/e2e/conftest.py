@@ -27,12 +27,14 @@ EDGECTL = script("edgectl", "edgefleet.edgectl.app")
 
 @dataclass
 class Cli:
-    controller: str
+    controller: str  # the operator API
+    token_file: Path  # the admin token, given as EDGECTL_TOKEN_FILE (never in argv)
 
     def run(self, *args: str | Path, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         argv = [*EDGECTL, "--controller", self.controller, *(str(a) for a in args)]
+        env = {**child_env(), "EDGECTL_TOKEN_FILE": str(self.token_file)}
         return subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, env=child_env(), check=False
+            argv, capture_output=True, text=True, timeout=timeout, env=env, check=False
         )
 
     def ok(self, *args: str | Path, timeout: float = 120.0) -> str:
@@ -75,7 +77,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[
                 mqtt_url=broker.url,
                 extra_args=["--mqtt-client-id", f"controller-{tag}"],
             )
-            cli = Cli(controller.address)
+            cli = Cli(controller.api, controller.token_file)
             trusted = workdir / "trusted.pem"
             cli.ok("keys", "init", "--out", trusted)
             start_agents(

@@ -37,11 +37,13 @@ def controller(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iter
 
 
 class Edgectl:
-    """``edgectl`` in-process through typer's ``CliRunner``, pointed at one controller."""
+    """``edgectl`` in-process through typer's ``CliRunner``, pointed at one controller's
+    operator API, as its admin (the token in ``EDGECTL_TOKEN``)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, token: str) -> None:
         self.address = address
-        self.runner = CliRunner()
+        self.token = token
+        self.runner = CliRunner(env={"EDGECTL_TOKEN": token})
 
     def __call__(self, *args: str | Path) -> Result:
         argv = ["--controller", self.address, *(str(a) for a in args)]
@@ -50,7 +52,7 @@ class Edgectl:
 
 @pytest.fixture
 def edgectl(controller: Controller) -> Edgectl:
-    return Edgectl(controller.address)
+    return Edgectl(controller.api, token=controller.admin_token())
 
 
 def one_error_line(result: Result) -> str:

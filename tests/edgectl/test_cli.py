@@ -14,7 +14,10 @@ from edgefleet.edgectl.app import app
 from tests.conftest import free_port
 from tests.edgectl.conftest import Edgectl, one_error_line
 
-COMMANDS = ("keys", "model", "release", "deploy", "devices", "events", "predict", "demo")
+COMMANDS = (
+    "keys", "model", "release", "deploy", "devices", "events", "predict", "operator", "audit",
+    "demo",
+)  # fmt: skip
 
 
 def unique(prefix: str) -> str:
@@ -32,7 +35,7 @@ def test_help_lists_every_command() -> None:
 @pytest.mark.parametrize(
     ("group", "subcommands"),
     [("keys", ["init", "list"]), ("model", ["add", "list"]), ("release", ["create", "list"]),
-     ("devices", ["list"])],
+     ("devices", ["list"]), ("operator", ["add", "list", "revoke", "whoami"])],
 )  # fmt: skip
 def test_group_help_lists_its_commands(group: str, subcommands: list[str]) -> None:
     result = CliRunner().invoke(app, [group, "--help"])
@@ -41,7 +44,7 @@ def test_group_help_lists_its_commands(group: str, subcommands: list[str]) -> No
         assert f"  {sub} " in result.stdout
 
 
-@pytest.mark.parametrize("command", ["deploy", "events", "predict", "demo"])
+@pytest.mark.parametrize("command", ["deploy", "events", "predict", "audit", "demo"])
 def test_command_help(command: str) -> None:
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0
@@ -57,7 +60,7 @@ def test_unreachable_controller_is_one_line() -> None:
 
 
 def test_controller_from_environment(edgectl: Edgectl) -> None:
-    result = CliRunner().invoke(
+    result = edgectl.runner.invoke(
         app, ["keys", "list", "--json"], env={"EDGECTL_CONTROLLER": edgectl.address}
     )
     assert result.exit_code == 0, result.stderr

@@ -43,7 +43,7 @@ class Setup:
         self.trust = TrustStore(k for pem in pems for k in load_public_keys(pem))
 
     def client(self) -> ControllerClient:
-        return ControllerClient(self.edgectl.address)
+        return ControllerClient(self.edgectl.address, token=self.edgectl.token)
 
     def ok(self, *args: str | Path) -> str:
         result = self.edgectl(*args)

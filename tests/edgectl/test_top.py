@@ -49,7 +49,7 @@ def fleet(broker: Broker, controller: Controller) -> Iterator[str]:
                 (topics.presence(name, device_id), wire.presence_to_pb(presence)),
             ):
                 session.publish(topic, payload.SerializeToString()).wait_for_publish(5)
-        with ControllerClient(controller.address) as client:
+        with ControllerClient(controller.api, token=controller.admin_token()) as client:
             deadline = time.monotonic() + 15
             while len(client.list_devices(name)) < 2:  # telemetry of unknown devices is dropped
                 assert time.monotonic() < deadline, "devices never registered"

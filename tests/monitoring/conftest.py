@@ -28,7 +28,7 @@ from edgefleet.demo import digits
 from edgefleet.demo.errors import StartError
 from edgefleet.demo.processes import Processes, free_port
 from edgefleet.demo.stack import Agent, AgentSpec, start_agents, start_controller
-from edgefleet.edgectl.client import ControllerClient
+from edgefleet.edgectl.client import ControllerClient, authorized
 from edgefleet.edgectl.inference import InferenceClient
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import controller_pb2_grpc as pb_grpc
@@ -89,7 +89,7 @@ class Traffic:
                 self.sent += 1
 
 
-def deploy_canary(address: str, release: str, fleet: str) -> None:
+def deploy_canary(address: str, release: str, fleet: str, *, token: str) -> None:
     """Deploy as a canary that bakes far longer than the test: the rollout stays in its
     canary step, so the rollout panels and rules see a rollout in progress."""
     strategy = pb.RolloutStrategy(
@@ -99,7 +99,7 @@ def deploy_canary(address: str, release: str, fleet: str) -> None:
         bake="1h",
         max_error_rate=0.5,  # the wrong inputs we send on purpose must not abort it
     )
-    with rpc.channel(address) as channel:
+    with authorized(rpc.channel(address), token) as channel:
         stub = pb_grpc.ControllerServiceStub(channel)
         stub.Deploy(
             pb.DeployRequest(release=release, fleet=fleet, strategy=strategy),
@@ -143,7 +143,8 @@ def monitoring_targets(
                     str(metrics_port),
                 ],
             )
-            with ControllerClient(controller.address) as client:
+            token = controller.admin_token()
+            with ControllerClient(controller.api, token=token) as client:
                 trusted = workdir / "trusted.pem"
                 trusted.write_text(client.init_key().public_key_pem)
                 [agent] = start_agents(
@@ -164,7 +165,7 @@ def monitoring_targets(
                 model = digits_model.onnx_bytes
                 client.upload_model(iter([model]), name="digits", size=len(model))
                 client.create_release("digits", "1.0.0")
-                deploy_canary(controller.address, RELEASE, fleet)
+                deploy_canary(controller.api, RELEASE, fleet, token=token)
 
                 def active() -> bool:
                     [d] = client.list_devices(fleet)

@@ -147,21 +147,9 @@ class Controller:
         except RuntimeError as exc:
             raise TransientError(f"cannot listen on {s.grpc.bind}: {exc}") from exc
         self.address = join_address(host, port)
-        self._api = api_server = grpc.server(
-            self._pool(s.grpc.workers, "api"),
-            interceptors=[auth.OperatorAuth(operators, audit_log, auth.Resolver(db))],
-            options=[
-                ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 64 << 20),
-            ],
+        api_server, api_host, api_port = self._listen_api(
+            auth.OperatorAuth(operators, audit_log, auth.Resolver(db))
         )
-        api_host, _ = split_address(s.api.bind)
-        try:
-            api_port = api_server.add_insecure_port(s.api.bind)
-        except RuntimeError as exc:
-            raise TransientError(f"cannot listen on {s.api.bind}: {exc}") from exc
-        self.api_address = join_address(api_host, api_port)
         sender = Sender(
             releases,
             keys=keys,
@@ -200,6 +188,8 @@ class Controller:
         )
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, api_server)
         health_pb2_grpc.add_HealthServicer_to_server(self._api_health, api_server)
+        # Release blobs, read-only, for `edgectl release export/push` (what devices fetch too).
+        artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(blobs), api_server)
         self._add_device_services(server, blobs)
         server.start()
         api_server.start()
@@ -225,6 +215,26 @@ class Controller:
             s.data_dir,
         )
         return port
+
+    def _listen_api(self, gate: auth.OperatorAuth) -> tuple[grpc.Server, str, int]:
+        """The operator API's own server, every call through ``gate``; bound, not started."""
+        s = self.settings
+        self._api = api_server = grpc.server(
+            self._pool(s.grpc.workers, "api"),
+            interceptors=[gate],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ],
+        )
+        api_host, _ = split_address(s.api.bind)
+        try:
+            api_port = api_server.add_insecure_port(s.api.bind)
+        except RuntimeError as exc:
+            raise TransientError(f"cannot listen on {s.api.bind}: {exc}") from exc
+        self.api_address = join_address(api_host, api_port)
+        return api_server, api_host, api_port
 
     def _open_identities(self, db: Database) -> Enrollment:
         """The fleet CA and the device registry (``enrollment``); writes the CRL."""
