@@ -23,7 +23,7 @@ import onnxruntime as ort
 
 from edgefleet.agent import tensors
 from edgefleet.agent.runtime import Array, spec_of
-from edgefleet.common import packing, signing, wire
+from edgefleet.common import externaldata, packing, signing, wire
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.common.signing import TrustStore
 from edgefleet.v1 import inference_pb2
@@ -107,6 +107,7 @@ def _session(model: bytes, threads: int) -> Any:
             model = packing.decode(model)
         except packing.PackingError as exc:
             raise InvalidInputError(f"benchmark model: {exc}") from exc
+    externaldata.refuse_external(model)  # ORT would read any file the model names
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:

@@ -22,8 +22,8 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from edgefleet.agent.errors import InferenceFailedError
+from edgefleet.common import externaldata, wire
 from edgefleet.common import types as t
-from edgefleet.common import wire
 from edgefleet.common.errors import InvalidInputError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,10 @@ class ModelRuntime:
         """Load ``path`` on the CPU provider; ``ModelLoadError`` when ORT refuses it."""
         if model.manifest.runtime != "onnxruntime":
             raise ModelLoadError(f"runtime {model.manifest.runtime!r} is not supported")
+        try:
+            externaldata.refuse_external(path)  # ORT would read any file the model names
+        except InvalidInputError as exc:
+            raise ModelLoadError(f"refusing {model.release}: {exc}") from exc
         options = ort.SessionOptions()
         options.log_severity_level = 3
         started = time.perf_counter()

@@ -2,16 +2,21 @@
 
 The shell around ``compress.searching``: load the source version from the registry, check the
 request (recipe, objective, eval data, the device to time on) before any work starts, run the
-accuracy-gated search on a worker thread so that its per-candidate progress can be streamed,
-and register the winner as the next version of the same name, with its parent version, report,
-golden data and packed transfer container. When no candidate passes, nothing is registered and
-the report still comes back. No protobuf here: ``api`` converts.
+accuracy-gated search, streaming its per-candidate progress, and register the winner as the
+next version of the same name, with its parent version, report, golden data and packed
+transfer container. When no candidate passes, nothing is registered and the report still comes
+back. No protobuf here: ``api`` converts.
+
+The user's model runs only in sandbox processes (``sandbox``, the registry's): the eval set is
+checked against it in one, and the whole search runs in another, which sends each candidate
+back as it is measured. Timing on a device (``--profile-on``) needs the signing key, so the
+search asks the controller to time each candidate (``_AskingTimer``); the key never enters the
+sandbox. A search that crashes, runs out of memory or time fails with ``SandboxError``.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ from edgefleet.common import packing
 from edgefleet.common.errors import InvalidInputError, NotFoundError
 from edgefleet.controller.compress import evaluating, recipes
 from edgefleet.controller.compress.evaluating import EvalSet
+from edgefleet.controller.compress.graphs import Feed
 from edgefleet.controller.compress.searching import (
     CandidateRecord,
     Objective,
@@ -27,9 +33,11 @@ from edgefleet.controller.compress.searching import (
     SearchSettings,
     search,
 )
-from edgefleet.controller.compress.timing import LocalTimer, Timer
+from edgefleet.controller.compress.timing import Latency, LocalTimer, Timer
+from edgefleet.controller.errors import SandboxError
 from edgefleet.controller.records import ModelVersion
 from edgefleet.controller.registry import Registry
+from edgefleet.controller.sandbox import Channel
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +79,6 @@ class Outcome:
 
 
 Event = Progress | Outcome
-
-
-class Cancelled(Exception):
-    """The caller went away; raised from the search's progress hook to stop it."""
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,9 @@ class Compressor:
         if not job.eval_data:
             raise InvalidInputError("no eval data: send an .npz with the model's inputs by name")
         model = self._registry.model_bytes(source)
-        eval_set = evaluating.load_eval_set(job.eval_data, model=model)
+        eval_set = self._registry.sandbox.call(
+            evaluating.load_eval_set, job.eval_data, model=model, what="eval data check"
+        )
         timer: Timer = LocalTimer()
         if job.profile_on:
             if self._device_timer is None:
@@ -136,7 +142,7 @@ class Compressor:
     def run(self, job: Job, *, cancelled: threading.Event | None = None) -> Iterator[Event]:
         """Progress events, then one ``Outcome``. Checks the request before the first event;
         errors of the search itself are raised from the iterator. Closing the iterator early
-        (or setting ``cancelled``) stops the search after the candidate it is running."""
+        (or setting ``cancelled``) stops the search at once (its process is killed)."""
         prepared = self.prepare(job)
         cancelled = cancelled or threading.Event()
         if not self._slot.acquire(blocking=False):
@@ -154,51 +160,37 @@ class Compressor:
             self._slot.release()
 
     def _stream(self, job: Job, prepared: _Prepared, cancelled: threading.Event) -> Iterator[Event]:
-        events: queue.Queue[Event | BaseException | None] = queue.Queue()
-
-        def on_candidate(done: int, total: int, record: CandidateRecord) -> None:
-            if cancelled.is_set():
-                raise Cancelled
-            events.put(Progress(done, total, candidate=record))
-
-        def work() -> None:
-            try:
-                events.put(self._search(job, prepared, on_candidate))
-            except BaseException as exc:  # handed to the caller's thread, raised there
-                events.put(exc)
-            finally:
-                events.put(None)
-
-        worker = threading.Thread(target=work, name=f"compress-{job.name}", daemon=True)
-        worker.start()
-        try:
-            while (event := events.get()) is not None:
-                if isinstance(event, BaseException):
-                    if isinstance(event, Cancelled):
-                        return
-                    raise event
-                yield event
-        finally:
-            cancelled.set()
-            worker.join()
-
-    def _search(
-        self,
-        job: Job,
-        prepared: _Prepared,
-        on_candidate: Callable[[int, int, CandidateRecord], None],
-    ) -> Outcome:
-        source = prepared.source
-        result = search(
+        timer = prepared.timer
+        events = self._registry.sandbox.stream(
+            _search,
             prepared.model,
             prepared.eval_set,
             recipe=job.recipe or "auto",
             max_drop=job.max_drop,
             objective=prepared.objective,
-            timer=prepared.timer,
+            timer=timer if isinstance(timer, LocalTimer) else None,
+            where=timer.where,
             settings=self._settings,
-            on_candidate=on_candidate,
+            what="compression search",
+            answer=lambda question: timer.measure(*question[:2], threads=question[2]),
+            cancelled=cancelled,
         )
+        try:
+            for event in events:
+                if isinstance(event, SearchResult):
+                    yield self._register(prepared.source, event)
+                    return
+                assert isinstance(event, Progress), event
+                yield event
+        except SandboxError:
+            if cancelled.is_set():
+                return  # the caller went away: nobody to tell
+            raise
+        finally:
+            cancelled.set()
+            events.close()
+
+    def _register(self, source: ModelVersion, result: SearchResult) -> Outcome:
         report_json, report_markdown = result.report_json(), result.report_markdown()
         if result.winner is None or result.model is None:
             log.info("compress %s v%d: no candidate passed", source.name, source.version)
@@ -223,3 +215,45 @@ class Compressor:
             model.version,
         )
         return Outcome(source, result, model, report_json, report_markdown)
+
+
+@dataclass(frozen=True)
+class _AskingTimer:
+    """The search's Timer inside the sandbox when timing happens elsewhere: each measurement
+    is asked of the controller, which times it with the real Timer (a device's, signed)."""
+
+    channel: Channel
+    where: str
+
+    def measure(self, model: bytes, feed: Feed, *, threads: int) -> Latency:
+        latency: Latency = self.channel.ask((model, feed, threads))
+        return latency
+
+
+def _search(
+    channel: Channel,
+    model: bytes,
+    eval_set: EvalSet,
+    *,
+    recipe: str,
+    max_drop: float,
+    objective: Objective,
+    timer: LocalTimer | None,
+    where: str,
+    settings: SearchSettings,
+) -> SearchResult:
+    """The search, in the sandbox process: progress goes out over ``channel`` as it comes."""
+
+    def on_candidate(done: int, total: int, record: CandidateRecord) -> None:
+        channel.emit(Progress(done, total, candidate=record))
+
+    return search(
+        model,
+        eval_set,
+        recipe=recipe,
+        max_drop=max_drop,
+        objective=objective,
+        timer=timer or _AskingTimer(channel, where),
+        settings=settings,
+        on_candidate=on_candidate,
+    )

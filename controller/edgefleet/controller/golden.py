@@ -8,7 +8,9 @@ computes the missing expected outputs by running the model in ONNX Runtime, and 
 normalized ``.npz`` (``input/<name>`` and ``expected/<output>``, sorted, fixed timestamps, so the
 same data gives the same digest) that devices check the release against.
 
-Pure apart from ONNX Runtime, which runs in this process on the CPU.
+Pure apart from ONNX Runtime, which runs in this process on the CPU. The controller calls
+``normalize_isolated``: the whole normalization in a sandbox process (``sandbox``), so that a
+user's model never runs in the controller itself.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import onnxruntime as ort
 from edgefleet.common import wire
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.common.types import TensorSpec
+from edgefleet.controller.sandbox import Sandbox
 
 Array = npt.NDArray[Any]
 INPUT, EXPECTED = "input/", "expected/"
@@ -168,6 +171,25 @@ def normalize(
     arrays = {f"{INPUT}{k}": v for k, v in given.items()}
     arrays |= {f"{EXPECTED}{k}": v for k, v in (expected | computed).items()}
     return to_npz(arrays)
+
+
+def normalize_isolated(
+    sandbox: Sandbox,
+    data: bytes,
+    *,
+    model: bytes,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+) -> bytes:
+    """``normalize`` in a sandbox process: the model runs there, never in the controller."""
+    return sandbox.call(
+        normalize,
+        data,
+        model=model,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        what="golden outputs",
+    )
 
 
 def to_npz(arrays: Mapping[str, Array]) -> bytes:

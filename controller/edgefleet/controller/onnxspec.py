@@ -1,7 +1,9 @@
 """Read what the registry records about an ONNX file: its tensor signature and opset.
 
 Pure (bytes in, dataclass out). ``onnx.checker`` decides whether the bytes are a model at all;
-a refusal becomes ``InvalidInputError("not an ONNX model: ...")``.
+a refusal becomes ``InvalidInputError("not an ONNX model: ...")``. A model that keeps a tensor
+in an external file is refused first (``externaldata``). The registry runs ``inspect`` in a
+sandbox process (``sandbox``), since parsing is the first thing a user's bytes meet.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper
 
 from edgefleet.common.errors import InvalidInputError
+from edgefleet.common.externaldata import check_embedded
 from edgefleet.common.types import TensorSpec
 
 
@@ -26,10 +29,13 @@ class OnnxInfo:
 def inspect(data: bytes) -> OnnxInfo:
     try:
         model = onnx.load_model_from_string(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise InvalidInputError(f"not an ONNX model: {_first_line(exc)}") from exc
+    check_embedded(model)
+    try:
         onnx.checker.check_model(model)
     except (DecodeError, onnx.checker.ValidationError, ValueError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidInputError(f"not an ONNX model: {reason}") from exc
+        raise InvalidInputError(f"not an ONNX model: {_first_line(exc)}") from exc
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     # Models from before IR 4 list their weights as inputs too; those are not fed by callers.
@@ -39,6 +45,10 @@ def inspect(data: bytes) -> OnnxInfo:
     outputs = tuple(_spec(v, where="output") for v in graph.output)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     return OnnxInfo(inputs=inputs, outputs=outputs, opset=int(opset))
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _spec(value: onnx.ValueInfoProto, *, where: str) -> TensorSpec:

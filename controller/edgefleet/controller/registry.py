@@ -7,6 +7,10 @@ of making a new one, so a retried upload is harmless.
 A compressed version (``register_compressed``) names its parent version and carries the
 search's report, golden data and packed transfer container as blobs; ``compression_artifacts``
 hands them to a release.
+
+Every model is inspected in a sandbox process (``sandbox``): a model that keeps tensors in
+external files is refused there, and one that crashes or hangs the inspection fails its upload
+only. The registry's ``sandbox`` is the one golden outputs and compression use too.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from edgefleet.common.errors import InvalidInputError, NotFoundError, TransientE
 from edgefleet.controller import onnxspec
 from edgefleet.controller.db import Database, ModelRow
 from edgefleet.controller.records import CompressionArtifacts, ModelVersion
+from edgefleet.controller.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +64,18 @@ def collect(upload: Upload, chunks: Iterable[bytes], *, max_bytes: int) -> bytes
 
 
 class Registry:
-    def __init__(self, db: Database, blobs: BlobStore, *, clock: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        *,
+        clock: Callable[[], int],
+        sandbox: Sandbox | None = None,
+    ) -> None:
         self._db = db
         self._blobs = blobs
         self._clock = clock
+        self.sandbox = sandbox or Sandbox()
 
     def register(self, upload: Upload, data: bytes) -> ModelVersion:
         name = t.validate_name("model", upload.name)
@@ -97,7 +110,7 @@ class Registry:
     def _add(
         self, name: str, data: bytes, *, description: str, extra: dict[str, Any]
     ) -> ModelVersion:
-        info = onnxspec.inspect(data)
+        info = self.sandbox.call(onnxspec.inspect, data, what="model inspection")
         digest = self._blobs.put(data)
         for _attempt in range(3):
             try:

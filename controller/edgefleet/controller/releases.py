@@ -182,7 +182,8 @@ class Releases:
         """Normalize golden data for ``model`` and store it; (digest, size)."""
         if self._blobs is None:
             raise InvalidInputError("this controller was started without a blob store")
-        normalized = golden_data.normalize(
+        normalized = golden_data.normalize_isolated(
+            self._registry.sandbox,
             data,
             model=self._blobs.read(model.digest),
             inputs=model.inputs,
