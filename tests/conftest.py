@@ -2,17 +2,28 @@
 
 Tests that need a broker get one started on a free loopback port; they may stop, kill and
 restart it. Where Mosquitto is not installed the tests that need it skip and say why.
+
+Every test is also checked for leaked threads: one that leaves a non-daemon thread, or one of
+EdgeFleet's named threads, running after its fixtures close fails (a thread that raises fails
+its test too: ``filterwarnings = error`` turns pytest's unhandled-thread-exception warning into
+an error).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
+import weakref
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,3 +154,63 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     os.environ.setdefault("EDGEFLEET_LOG_JSON", "0")
+
+
+# The threads EdgeFleet names (agent-worker, agent-telemetry, agent-predict_N, controller-*,
+# compress-*, the controller's grpc_N and api_N pools, bench's simfleet). A test helper's own
+# daemon threads (monitoring-traffic, of a module fixture started on first use) are not checked.
+EDGEFLEET_THREAD = re.compile(r"^(agent-|controller-|compress-|grpc_|api_|simfleet)")
+THREAD_GRACE_S = 2.0  # paho, gRPC and executor threads wind down shortly after a stop
+
+# A thread pool starts its workers lazily, so a pool of a module- or session-scoped fixture
+# (a gRPC server's) may start one during a test: such a worker is its fixture's, not a leak.
+# Pools are numbered as they are made to tell them from the test's own.
+_pools_made = itertools.count(1)
+_pool_number: weakref.WeakKeyDictionary[futures.ThreadPoolExecutor, int] = (
+    weakref.WeakKeyDictionary()
+)
+_pool_init = futures.ThreadPoolExecutor.__init__
+
+
+def _numbered_pool_init(self: futures.ThreadPoolExecutor, *args: Any, **kwargs: Any) -> None:
+    _pool_init(self, *args, **kwargs)
+    _pool_number[self] = next(_pools_made)
+
+
+futures.ThreadPoolExecutor.__init__ = _numbered_pool_init  # type: ignore[method-assign]
+
+
+def _pool_of(thread: threading.Thread) -> futures.ThreadPoolExecutor | None:
+    """The pool whose worker ``thread`` is (CPython starts each with a weakref to its pool)."""
+    args = getattr(thread, "_args", ())
+    pool = args[0]() if args and isinstance(args[0], weakref.ref) else None
+    return pool if isinstance(pool, futures.ThreadPoolExecutor) else None
+
+
+def _checked(thread: threading.Thread, first_pool: int) -> bool:
+    pool = _pool_of(thread)
+    if pool is not None and _pool_number.get(pool, first_pool) < first_pool:
+        return False  # a worker of a pool made before the test, by a wider fixture
+    return not thread.daemon or EDGEFLEET_THREAD.match(thread.name) is not None
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves new non-daemon or EdgeFleet threads running once its own
+    fixtures have closed (autouse in the root conftest: set up first, so torn down last)."""
+    before = set(threading.enumerate())
+    first_pool = next(_pools_made)  # pools numbered from here on are the test's
+    yield
+    deadline = time.monotonic() + THREAD_GRACE_S
+    leaked = []
+    for thread in threading.enumerate():
+        if thread in before or thread is threading.current_thread():
+            continue
+        if not _checked(thread, first_pool):
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            leaked.append(thread)
+    if leaked:
+        names = ", ".join(f"{t.name} (daemon={t.daemon})" for t in leaked)
+        pytest.fail(f"the test left threads running: {names}", pytrace=False)
