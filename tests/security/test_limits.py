@@ -11,19 +11,23 @@ first source whose bytes did not match, and wrote a download without asking for 
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from edgefleet.common import topics, wire
+from edgefleet.agent import fetching
+from edgefleet.common import digests, topics, wire
 from edgefleet.common import types as t
+from edgefleet.common.errors import FetchError, IntegrityError, PermanentError
 from edgefleet.demo.digits import DigitsData, TrainedModel
-from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc, inference_pb2, inference_pb2_grpc
 from tests.agent import faults
 from tests.agent.conftest import (  # noqa: F401 - the agent tests' fixtures, used below
     StartAgent,
@@ -102,7 +106,10 @@ def test_predict_beyond_max_concurrent_is_resource_exhausted(
     presence = t.Presence("held", fleet, online=True, predict_endpoint=endpoint,
                           active_release="digits:1.0.0")  # fmt: skip
     w.client.publish(
-        topics.presence(fleet, "held"), wire.presence_to_pb(presence).SerializeToString(), qos=1
+        topics.presence(fleet, "held"),
+        wire.presence_to_pb(presence).SerializeToString(),
+        qos=1,
+        retain=True,  # the agent may subscribe after this
     ).wait_for_publish(5)
     wait_for("the neighbour", lambda: any(n.online for n in a.agent.neighbours.snapshot()))
     rows = digits_data.x_test[:1]
@@ -176,3 +183,185 @@ def test_input_errors_never_count_as_runtime_failures_in_the_health_window(
     # refused inputs counted
     assert "the runtime failed 3 times" in event.message, event.message
     assert "Reshape" in event.message, event.message
+
+
+# --- downloads -------------------------------------------------------------------------------
+
+
+class HostileBlobs(artifact_pb2_grpc.ArtifactServiceServicer):
+    """An ArtifactService that states the signed size and then serves ``body`` instead."""
+
+    def __init__(self, size: int, body: bytes) -> None:
+        self.size, self.body = size, body
+        self.fetches = 0
+
+    def Stat(
+        self, request: artifact_pb2.StatRequest, context: grpc.ServicerContext
+    ) -> artifact_pb2.BlobInfo:
+        return artifact_pb2.BlobInfo(digest=request.digest, size=self.size)
+
+    def Fetch(
+        self, request: artifact_pb2.FetchRequest, context: grpc.ServicerContext
+    ) -> Iterator[artifact_pb2.BlobChunk]:
+        self.fetches += 1
+        step = 64 * 1024
+        for offset in range(request.offset, len(self.body), step):
+            data = self.body[offset : offset + step]
+            yield artifact_pb2.BlobChunk(offset=offset, data=data, total_size=self.size)
+
+
+@dataclass
+class Hostile:
+    servicer: HostileBlobs
+    address: str
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[[int, bytes], Hostile]]:
+    servers: list[grpc.Server] = []
+
+    def make(size: int, body: bytes) -> Hostile:
+        servicer = HostileBlobs(size, body)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return Hostile(servicer, f"127.0.0.1:{port}")
+
+    yield make
+    for server in servers:
+        server.stop(0).wait(5)
+
+
+def _download(sources: list[str], digest: str, partial: Path, *, size: int) -> list[int]:
+    seen: list[int] = []
+    fetching.download(
+        sources, digest, partial, size=size, deadline_s=30.0, stopping=threading.Event(),
+        on_bytes=seen.append,
+    )  # fmt: skip
+    return seen
+
+
+def test_a_source_streaming_past_the_signed_size_is_cut_off(
+    tmp_path: Path, hostile: Callable[[int, bytes], Hostile], digits_model: TrainedModel
+) -> None:
+    model = digits_model.onnx_bytes
+    endless = hostile(len(model), model + b"\0" * (16 << 20))  # 16 MiB past the signed size
+    partial = tmp_path / "partial" / "model"
+    seen: list[int] = []
+
+    with pytest.raises(IntegrityError, match="past the blob's size") as cut:
+        fetching.download(
+            [endless.address], digests.of_bytes(model), partial, size=len(model),
+            deadline_s=30.0, stopping=threading.Event(), on_bytes=seen.append,
+        )  # fmt: skip
+
+    assert endless.address in str(cut.value)
+    assert sum(seen) <= len(model), "no byte past the signed size was written"
+    assert not partial.exists(), "the partial file is discarded"
+
+
+def test_a_source_lying_about_the_bytes_is_skipped_for_the_next(
+    tmp_path: Path,
+    hostile: Callable[[int, bytes], Hostile],
+    artifacts: ArtifactServer,
+    digits_model: TrainedModel,
+) -> None:
+    model = digits_model.onnx_bytes
+    tampered = bytearray(model)
+    tampered[-10] ^= 0xFF  # the signed size, other bytes
+    liar = hostile(len(model), bytes(tampered))
+    digest = artifacts.put(model)
+    partial = tmp_path / "partial" / "model"
+
+    _download([liar.address, artifacts.address], digest, partial, size=len(model))
+
+    assert liar.servicer.fetches == 1
+    assert [d for d, _ in artifacts.fetches] == [digest]
+    assert partial.read_bytes() == model
+
+
+def test_a_resumed_download_that_does_not_match_is_fetched_whole_again(
+    tmp_path: Path, artifacts: ArtifactServer, digits_model: TrainedModel
+) -> None:
+    model = digits_model.onnx_bytes
+    digest = artifacts.put(model)
+    partial = tmp_path / "partial" / "model"
+    partial.parent.mkdir()
+    partial.write_bytes(b"\xff" * 1000)  # left by another source, which lied
+
+    _download([artifacts.address], digest, partial, size=len(model))
+
+    assert artifacts.fetches == [(digest, 1000), (digest, 0)]
+    assert partial.read_bytes() == model
+
+
+def test_when_every_source_lies_the_install_fails_and_keeps_the_last_good_model(
+    start_agent: StartAgent,
+    watch: Callable[[str], Watcher],
+    signer: Signer,
+    artifacts: ArtifactServer,
+    hostile: Callable[[int, bytes], Hostile],
+    digits_model: TrainedModel,
+    digits_model_v2: TrainedModel,
+    digits_data: DigitsData,
+) -> None:
+    a = start_agent()
+    w = watch(a.device_id)
+    install(w, signer, artifacts, digits_model.onnx_bytes, version="1.0.0", generation=1)
+    good = digits_model_v2.onnx_bytes
+    liar = hostile(len(good), good[::-1])
+    release = signer.release(good, version="2.0.0")  # the controller does not have it either
+
+    w.publish_desired(
+        signer.desired(release, device_id=a.device_id, generation=2, sources=[liar.address])
+    )
+
+    failed = w.wait_event("install_failed", generation=2)
+    assert "IntegrityError" in failed.message and liar.address in failed.message
+    assert predict(a.endpoint, {"pixels": digits_data.x_test[:1]}).release == "digits:1.0.0"
+
+
+def test_a_lying_first_source_does_not_burn_the_generation(
+    start_agent: StartAgent,
+    watch: Callable[[str], Watcher],
+    signer: Signer,
+    artifacts: ArtifactServer,
+    hostile: Callable[[int, bytes], Hostile],
+    digits_model: TrainedModel,
+    digits_data: DigitsData,
+) -> None:
+    a = start_agent()  # its controller (``artifacts``) is the source after the desired state's
+    w = watch(a.device_id)
+    model = digits_model.onnx_bytes
+    liar = hostile(len(model), model[::-1])
+    release = signer.release(model, version="1.0.0")
+    artifacts.publish(release)
+
+    w.publish_desired(
+        signer.desired(release, device_id=a.device_id, generation=1, sources=[liar.address])
+    )
+
+    w.wait_status(
+        lambda s: s.phase is P.ACTIVE and s.active_release == "digits:1.0.0", what="active"
+    )
+    assert liar.servicer.fetches == 1
+    assert predict(a.endpoint, {"pixels": digits_data.x_test[:1]}).release == "digits:1.0.0"
+
+
+def test_a_download_that_does_not_fit_on_disk_says_so_before_fetching(
+    tmp_path: Path, artifacts: ArtifactServer
+) -> None:
+    digest = artifacts.put(b"x" * 1000)
+    partial = tmp_path / "partial" / "model"
+    partial.parent.mkdir()
+    usage = shutil.disk_usage(partial.parent)
+
+    with pytest.raises(FetchError) as no_room:
+        _download([artifacts.address], digest, partial, size=usage.free + (1 << 20))
+    with pytest.raises(PermanentError, match="more than the whole file system"):
+        _download([artifacts.address], digest, partial, size=usage.total + 1)
+
+    assert "bytes needed" in no_room.value.reason and "free" in no_room.value.reason
+    assert artifacts.fetches == [], "nothing was fetched"

@@ -2,25 +2,51 @@
 
 ``artifacts.fetch`` appends from the partial file's size, so every attempt (a crash, a cut
 stream, the next source) resumes where the bytes on disk end; so does ``oci.fetch`` for
-an ``oci://HOST[:PORT]/REPO`` source (an OCI registry, ``Range`` requests). What a failure
-means: every source lacks the blob -> ``NotFoundError`` (permanent); a source serves a blob
-of the wrong size -> ``IntegrityError`` (permanent, the partial is deleted); anything else ->
-``FetchError`` (transient: retry later). Verification of the digest is the next step's job.
+an ``oci://HOST[:PORT]/REPO`` source (an OCI registry, ``Range`` requests).
+
+Nothing a source says is taken on trust: the download is hard-capped at the signed size (a
+source that claims another size or streams past it is cut off before the excess is written),
+and the finished file's sha256 is checked against the signed digest before the next step sees
+it. A source that fails either way has its bytes discarded and the next source is tried; a
+resumed download that fails is first fetched again whole from the same source, since the
+earlier bytes may have come from another one. Before each attempt the free space of the
+partial's file system must hold what is left to fetch.
+
+What a failure means: every source lacks the blob -> ``NotFoundError`` (permanent); every
+source served bad bytes (or lacked the blob) -> ``IntegrityError`` (permanent); a blob larger
+than the whole disk -> ``PermanentError``; anything else, not enough free space included ->
+``FetchError`` (transient: retry later).
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from edgefleet.agent import failpoints
 from edgefleet.agent.errors import StopRequestedError
-from edgefleet.common import artifacts, oci
-from edgefleet.common.errors import FetchError, IntegrityError, NotFoundError
+from edgefleet.common import artifacts, digests, oci
+from edgefleet.common.errors import FetchError, IntegrityError, NotFoundError, PermanentError
 
 log = logging.getLogger(__name__)
+
+
+def check_space(directory: Path, *, digest: str, needed: int, size: int) -> None:
+    """Raise unless ``directory``'s file system has ``needed`` bytes free (of a ``size`` blob)."""
+    usage = shutil.disk_usage(directory)
+    if size > usage.total:
+        raise PermanentError(
+            f"cannot fetch {digest}: its {size} bytes are more than the whole file system of "
+            f"{directory} holds ({usage.total} bytes)"
+        )
+    if needed > usage.free:
+        raise FetchError(
+            digest,
+            f"not enough free space in {directory}: {needed} bytes needed, {usage.free} free",
+        )
 
 
 def download(
@@ -34,7 +60,8 @@ def download(
     on_bytes: Callable[[int], None],
 ) -> None:
     """Fill ``partial`` with the ``size`` bytes of ``digest``; ``on_bytes(n)`` per chunk."""
-    done_before = partial.stat().st_size if partial.exists() else 0
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    done_before = 0
 
     def on_chunk(done: int, total: int) -> None:
         nonlocal done_before
@@ -47,26 +74,41 @@ def download(
             raise StopRequestedError()
 
     problems: list[str] = []
-    missing = 0
-    for source in sources:
+    missing = bad = 0
+    queue = list(sources)
+    again: set[str] = set()  # sources already retried whole after a failed resume
+    while queue:
+        source = queue.pop(0)
+        done_before = resumed_at = partial.stat().st_size if partial.exists() else 0
+        check_space(partial.parent, digest=digest, needed=size - resumed_at, size=size)
         try:
             # an ``oci://`` source is a registry (GET .../blobs/<digest> with Range); any other
             # is an ArtifactService address (the controller's, a neighbour's)
             fetch = oci.fetch if oci.is_source(source) else artifacts.fetch
-            fetch(source, digest, partial, deadline_s=deadline_s, on_chunk=on_chunk)
+            fetch(source, digest, partial, size=size, deadline_s=deadline_s, on_chunk=on_chunk)
+            digests.verify_file(partial, digest)
         except FetchError as exc:
             log.warning("fetch from %s failed: %s", source, exc.reason)
             problems.append(f"{source}: {exc.reason}")
         except NotFoundError:
             missing += 1
             problems.append(f"{source}: not found")
-        except IntegrityError:
+        except IntegrityError as exc:
             partial.unlink(missing_ok=True)
-            raise
+            if resumed_at and source not in again:
+                # the bytes before the resume point may be another source's: fetch it whole
+                log.warning("%s: %s after resuming; fetching it whole from there", source, exc)
+                again.add(source)
+                queue.insert(0, source)
+                continue
+            log.warning("%s served bad bytes (%s); trying the next source", source, exc)
+            bad += 1
+            problems.append(f"{source}: {exc}")
         else:
             failpoints.hit("after_fetch")
             return
-        done_before = partial.stat().st_size if partial.exists() else 0
     if missing == len(sources):
         raise NotFoundError("blob", f"{digest} (at none of {', '.join(sources)})")
+    if bad and bad + missing == len(sources):
+        raise IntegrityError(digest, f"no source served the signed bytes: {'; '.join(problems)}")
     raise FetchError(digest, "; ".join(problems))

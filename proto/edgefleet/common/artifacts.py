@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from edgefleet.common import digests, rpc
-from edgefleet.common.errors import FetchError, InvalidInputError, NotFoundError
+from edgefleet.common.errors import FetchError, IntegrityError, InvalidInputError, NotFoundError
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,7 @@ def fetch(
     digest: str,
     partial: Path,
     *,
+    size: int | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     deadline_s: float = 300.0,
     on_chunk: Callable[[int, int], None] | None = None,
@@ -186,7 +187,8 @@ def fetch(
 
     Returns the total size. ``on_chunk(done, total)`` runs after each chunk is on disk.
     Raises ``FetchError`` (transient) when the source fails; ``NotFoundError`` when it lacks
-    the blob.
+    the blob; ``IntegrityError`` when the source says the blob has another size than ``size``
+    (what a signed manifest promises) or streams past its size: not a byte past it is written.
     """
     partial.parent.mkdir(parents=True, exist_ok=True)
     offset = partial.stat().st_size if partial.exists() else 0
@@ -197,6 +199,10 @@ def fetch(
                 artifact_pb2.StatRequest(digest=digest), timeout=rpc.DEFAULT_DEADLINE_S
             )
             total = info.size
+            if size is not None and total != size:
+                raise IntegrityError(
+                    digest, f"a blob of {total} bytes at {target} where the manifest says {size}"
+                )
             if offset > total:
                 log.warning("partial %s longer than the blob; starting over", partial)
                 partial.unlink()
@@ -211,6 +217,12 @@ def fetch(
                     if msg.offset != offset:
                         raise FetchError(
                             digest, f"{target} sent offset {msg.offset}, wanted {offset}"
+                        )
+                    if offset + len(msg.data) > total:
+                        raise IntegrityError(
+                            digest,
+                            f"{offset + len(msg.data)} bytes or more from {target}, "
+                            f"past the blob's size of {total}: the download is cut off",
                         )
                     f.write(msg.data)
                     f.flush()

@@ -33,6 +33,7 @@ from edgefleet.common import digests
 from edgefleet.common.errors import (
     EdgeFleetError,
     FetchError,
+    IntegrityError,
     InvalidInputError,
     NotFoundError,
     PermanentError,
@@ -309,13 +310,15 @@ class Registry:
         digest: str,
         partial: Path,
         *,
+        size: int | None = None,
         deadline_s: float = 300.0,
         on_chunk: Callable[[int, int], None] | None = None,
     ) -> int:
         """Append ``digest``'s bytes to ``partial`` from its current size; returns the size.
 
         Same contract as ``artifacts.fetch``: ``on_chunk(done, total)`` after each chunk is on
-        disk; ``FetchError`` when the registry fails, ``NotFoundError`` when it lacks the blob.
+        disk; ``FetchError`` when the registry fails, ``NotFoundError`` when it lacks the blob,
+        ``IntegrityError`` when its size is not ``size`` or its body runs past the size.
         """
         partial.parent.mkdir(parents=True, exist_ok=True)
         offset = partial.stat().st_size if partial.exists() else 0
@@ -325,6 +328,10 @@ class Registry:
             raise NotFoundError("blob", f"{digest} at {self.ref}") from exc
         except EdgeFleetError as exc:
             raise FetchError(digest, str(exc)) from exc
+        if size is not None and total != size:
+            raise IntegrityError(
+                digest, f"a blob of {total} bytes at {self.ref} where the manifest says {size}"
+            )
         if offset > total:
             log.warning("partial %s longer than the blob; starting over", partial)
             partial.unlink()
@@ -382,6 +389,12 @@ class Registry:
                 raise FetchError(digest, f"{self.ref}: {exc}") from exc
             if not data:
                 return offset
+            if offset + len(data) > total:
+                raise IntegrityError(
+                    digest,
+                    f"{offset + len(data)} bytes or more from {self.ref}, past the blob's size "
+                    f"of {total}: the download is cut off",
+                )
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -398,6 +411,7 @@ def fetch(
     digest: str,
     partial: Path,
     *,
+    size: int | None = None,
     deadline_s: float = 300.0,
     on_chunk: Callable[[int, int], None] | None = None,
 ) -> int:
@@ -407,4 +421,4 @@ def fetch(
     except InvalidInputError as exc:  # a bad source in a desired state: try the next one
         raise FetchError(digest, str(exc)) from exc
     registry = Registry(ref, auth=credentials())
-    return registry.fetch(digest, partial, deadline_s=deadline_s, on_chunk=on_chunk)
+    return registry.fetch(digest, partial, size=size, deadline_s=deadline_s, on_chunk=on_chunk)
