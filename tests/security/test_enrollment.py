@@ -25,6 +25,8 @@ from typing import Any
 import grpc
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
@@ -457,3 +459,186 @@ def test_enrolled_agent_and_controller_meet_on_an_mtls_broker(tmp_path: Path, cl
             agent.stop()
         ctl.stop()
         broker.kill()
+
+
+# --- registry: rollouts, remove, re-enroll --------------------------------------------------
+
+
+def edgectl_ok(ctl: support.Running, *args: str) -> str:
+    result = CliRunner().invoke(edgectl, ["-c", ctl.api, *args], env={"EDGECTL_TOKEN": ctl.token})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_rollouts_skip_quarantined_and_revoked_devices(
+    ctl: support.Running, broker: Broker, digits_model: Any
+) -> None:
+    support.releases(ctl.stub, digits_model.onnx_bytes, "1.1.0")
+    agents = support.Agents(broker.url)
+    try:
+        fleet, devices = agents.fleet(ctl, 4)
+        for d in devices:
+            token_for(ctl, d.device_id, fleet=fleet)
+        edgectl_ok(ctl, "device", "quarantine", devices[1].device_id)
+        edgectl_ok(ctl, "device", "revoke", devices[2].device_id)
+        edgectl_ok(ctl, "device", "quarantine", devices[3].device_id)
+        edgectl_ok(ctl, "device", "quarantine", devices[3].device_id, "--lift")
+        answer = ctl.stub.Deploy(
+            controller_pb2.DeployRequest(release=support.NEW, fleet=fleet), timeout=10
+        )
+        info = support.wait_phase(ctl.stub, answer.rollout_id, "succeeded")
+        assert set(support.device_states(info)) == {devices[0].device_id, devices[3].device_id}
+        registry = ctl.controller.enrollment
+        assert registry is not None
+        states = {d.device_id: d.state for d in registry.list_identities(fleet)}
+        assert states == {
+            devices[0].device_id: "enrolled",
+            devices[1].device_id: "quarantined",
+            devices[2].device_id: "revoked",
+            devices[3].device_id: "enrolled",
+        }
+    finally:
+        agents.close()
+
+
+def test_remove_forgets_the_device_and_a_move_needs_it(
+    ctl: support.Running, broker: Broker, tmp_path: Path
+) -> None:
+    device = support.Device(broker.url)
+    try:
+        device.status("cam-11", "lab")
+        support.eventually(
+            lambda: any(
+                d.device_id == "cam-11"
+                for d in ctl.stub.ListDevices(controller_pb2.ListDevicesRequest()).devices
+            ),
+            what="cam-11 registered by its status",
+        )
+        assert agent_enroll(ctl, token_for(ctl, "cam-11"), tmp_path).exit_code == 0
+        moved = CliRunner().invoke(
+            edgectl,
+            ["-c", ctl.api, "device", "enroll", "cam-11", "--fleet", "elsewhere"],
+            env={"EDGECTL_TOKEN": ctl.token},
+        )
+        assert moved.exit_code == 1 and "remove" in moved.output
+        serial = IdentityFiles.in_data_dir(tmp_path).identity().serial
+        assert '"state": "removed"' in edgectl_ok(ctl, "device", "remove", "cam-11", "--json")
+        listed = ctl.stub.ListDevices(controller_pb2.ListDevicesRequest()).devices
+        assert "cam-11" not in {d.device_id for d in listed}
+        assert "cam-11" not in edgectl_ok(ctl, "device", "list")
+        crl = x509.load_pem_x509_crl((ctl.controller.settings.ca_dir / "crl.pem").read_bytes())
+        assert crl.get_revoked_certificate_by_serial_number(serial) is not None
+        token_for(ctl, "cam-11", fleet="elsewhere")  # now it may go to another fleet
+    finally:
+        device.close()
+
+
+def test_enrolling_again_revokes_the_certificates_before(
+    ctl: support.Running, tmp_path: Path
+) -> None:
+    """A factory reset (or a stolen old key): the new enrollment supersedes the old identity."""
+    assert agent_enroll(ctl, token_for(ctl, "cam-12"), tmp_path / "a").exit_code == 0
+    old = IdentityFiles.in_data_dir(tmp_path / "a")
+    assert agent_enroll(ctl, token_for(ctl, "cam-12"), tmp_path / "b").exit_code == 0
+    crl = x509.load_pem_x509_crl((ctl.controller.settings.ca_dir / "crl.pem").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(old.identity().serial) is not None
+    with pytest.raises(EdgeFleetError, match="revoked"):
+        renew(ctl.address, files=old)
+    renew(ctl.address, files=IdentityFiles.in_data_dir(tmp_path / "b"))  # the new one renews
+
+
+# --- bring your own CA ----------------------------------------------------------------------
+
+
+def _ca_cert(
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+) -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_name, issuer_key = issuer or (subject, key)
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(
+            x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0), critical=True
+        )
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+def test_bring_your_own_ca_an_intermediate_with_its_chain(tmp_path: Path, broker: Broker) -> None:
+    root_key, mid_key = identities.make_key(), identities.make_key()
+    root = _ca_cert("Example Root", root_key, None)
+    mid = _ca_cert("Example Fleet CA", mid_key, (root.subject, root_key))
+    pem = serialization.Encoding.PEM
+    (tmp_path / "ca.pem").write_bytes(mid.public_bytes(pem) + root.public_bytes(pem))
+    (tmp_path / "ca.key").write_bytes(identities.key_pem(mid_key))
+    (tmp_path / "ca.key").chmod(0o600)
+    s = support.settings(tmp_path / "controller", broker.url)
+    s = replace(s, pki=PkiSettings(ca_cert=tmp_path / "ca.pem", ca_key=tmp_path / "ca.key"))
+    ctl = support.start(s)
+    try:
+        assert agent_enroll(ctl, token_for(ctl, "cam-13"), tmp_path / "agent").exit_code == 0
+        files = IdentityFiles.in_data_dir(tmp_path / "agent")
+        cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        cert.verify_directly_issued_by(mid)
+        assert files.ca.read_bytes() == (tmp_path / "ca.pem").read_bytes()  # the whole chain
+        assert not (ctl.controller.settings.ca_dir / "ca.key").exists()  # used in place
+    finally:
+        ctl.stop()
+    # A key that is not the certificate's is refused at start.
+    (tmp_path / "ca.key").write_bytes(identities.key_pem(root_key))
+    with pytest.raises(EdgeFleetError, match="not the key"):
+        support.start(s)
+
+
+# --- identity files -------------------------------------------------------------------------
+
+
+def test_an_interrupted_certificate_update_is_finished_or_undone(tmp_path: Path) -> None:
+    files = IdentityFiles(tmp_path / "identity")
+    ca = CertificateAuthorityForTests(tmp_path / "ca")
+    key1, key2 = identities.make_key(), identities.make_key()
+    files.save(key1, ca.cert_for(key1), ca.pem)
+    # Cut after the key moved, before the certificate did: the new pair is completed.
+    cert2 = ca.cert_for(key2)
+    files.save(key2, cert2, ca.pem)
+    os.replace(files.cert, files.cert.with_name("device.crt.next"))
+    files.cert.write_bytes(ca.cert_for(key1))  # the old certificate still in place
+    assert files.exists()
+    assert files.cert.read_bytes() == cert2
+    assert files.load_key().public_key() == key2.public_key()
+    # Cut before anything moved: the *.next files go, the pair in place stands.
+    (tmp_path / "identity" / "device.key.next").write_bytes(identities.key_pem(key1))
+    (tmp_path / "identity" / "device.crt.next").write_bytes(ca.cert_for(key1))
+    assert files.exists()
+    assert files.cert.read_bytes() == cert2
+    assert sorted(p.name for p in files.directory.iterdir()) == [
+        "ca.pem",
+        "device.crt",
+        "device.key",
+    ]
+
+
+class CertificateAuthorityForTests:
+    def __init__(self, directory: Path) -> None:
+        from edgefleet.controller.pki import CertificateAuthority
+
+        self.ca = CertificateAuthority.open(directory, now=dt.datetime.now(dt.UTC))
+        self.pem = self.ca.bundle_pem
+
+    def cert_for(self, key: ec.EllipticCurvePrivateKey) -> bytes:
+        return self.ca.issue_device(
+            identities.make_csr(key),
+            device_id="d",
+            fleet="f",
+            lifetime=dt.timedelta(days=1),
+            now=dt.datetime.now(dt.UTC),
+        ).pem
