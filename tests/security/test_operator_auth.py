@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from edgefleet.common import rpc
 from edgefleet.controller import auth
 from edgefleet.controller.cli import app as controller_cli
+from edgefleet.controller.operators import Operator, Role
 from edgefleet.demo.processes import Processes
 from edgefleet.demo.stack import AgentSpec, start_agents, start_controller
 from edgefleet.edgectl.app import app as edgectl
@@ -82,6 +83,41 @@ def code_of(fn: Any) -> tuple[grpc.StatusCode, str]:
 
 def test_every_method_has_a_rule() -> None:
     assert set(auth.RULES) == set(METHODS)
+
+
+A, B = "factory-a", "factory-b"
+
+
+@pytest.mark.parametrize(
+    ("role", "fleets", "method", "fleet", "allowed"),
+    [
+        ("viewer", (), "ListDevices", "", True),
+        ("viewer", (), "GetRollout", B, True),
+        ("viewer", (), "UploadModel", "", False),
+        ("viewer", (), "Deploy", A, False),
+        ("releaser", (), "CreateRelease", "", True),
+        ("releaser", (), "Rollback", A, False),
+        ("deployer", (), "Deploy", B, True),
+        ("deployer", (), "InitKey", "", False),
+        ("deployer", (A,), "Deploy", A, True),
+        ("deployer", (A,), "Deploy", B, False),
+        ("deployer", (A,), "Deploy", "", False),  # must name its own fleet
+        ("deployer", (A,), "AbortRollout", B, False),
+        ("deployer", (A,), "ListDevices", "", True),  # narrowed to its fleets
+        ("deployer", (A,), "ListDevices", B, False),
+        ("deployer", (A,), "UploadModel", "", True),  # models are not per fleet
+        ("admin", (), "InitKey", "", True),
+        ("admin", (), "AddOperator", "", True),
+        ("admin", (A,), "InitKey", "", False),  # every fleet's key: no scoped admin
+        ("admin", (A,), "AddOperator", "", False),
+        ("admin", (), "NoSuchMethod", "", False),
+    ],
+)
+def test_decide(role: str, fleets: tuple[str, ...], method: str, fleet: str, allowed: bool) -> None:
+    operator = Operator("op", Role(role), fleets)
+    reason = auth.decide(operator, method, auth.Target("x", fleet))
+    assert (reason is None) == allowed, reason
+    assert reason is None or "\n" not in reason
 
 
 @pytest.mark.parametrize("method", METHODS)
