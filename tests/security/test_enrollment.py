@@ -642,3 +642,54 @@ class CertificateAuthorityForTests:
             lifetime=dt.timedelta(days=1),
             now=dt.datetime.now(dt.UTC),
         ).pem
+
+
+def test_renew_over_mtls_takes_the_handshake_certificate(
+    ctl: support.Running, tmp_path: Path
+) -> None:
+    """When the device listener runs TLS with client certificates, Renew needs no proof: the
+    handshake showed the key; naming another certificate in the request is refused."""
+    registry = ctl.controller.enrollment
+    assert registry is not None
+    assert agent_enroll(ctl, token_for(ctl, "cam-14"), tmp_path / "a").exit_code == 0
+    assert agent_enroll(ctl, token_for(ctl, "cam-15"), tmp_path / "b").exit_code == 0
+    mine, other = (
+        IdentityFiles.in_data_dir(tmp_path / "a"),
+        IdentityFiles.in_data_dir(tmp_path / "b"),
+    )
+    tls = registry.ca.issue_server(
+        ["localhost"], lifetime=dt.timedelta(days=1), now=dt.datetime.now(dt.UTC)
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    enroll_pb2_grpc.add_EnrollmentServiceServicer_to_server(EnrollmentServicer(registry), server)
+    port = server.add_secure_port(
+        "127.0.0.1:0",
+        grpc.ssl_server_credentials(
+            [(tls.key_pem, tls.cert_pem)],
+            root_certificates=registry.ca.bundle_pem,
+            require_client_auth=True,
+        ),
+    )
+    server.start()
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{port}",
+        grpc.ssl_channel_credentials(
+            root_certificates=mine.ca.read_bytes(),
+            private_key=mine.key.read_bytes(),
+            certificate_chain=mine.cert.read_bytes(),
+        ),
+        options=[("grpc.ssl_target_name_override", "localhost")],
+    )
+    try:
+        stub = enroll_pb2_grpc.EnrollmentServiceStub(channel)
+        csr = identities.make_csr(identities.make_key())
+        reply = stub.Renew(pb.RenewRequest(csr_der=csr), timeout=10)
+        assert (
+            identities.identity_of(x509.load_pem_x509_certificate(reply.certificate_pem)).device_id
+            == "cam-14"
+        )
+        not_mine = pb.RenewRequest(csr_der=csr, certificate_pem=other.cert.read_bytes())
+        assert code_of(lambda: stub.Renew(not_mine, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        channel.close()
+        server.stop(0).wait(5)
