@@ -37,9 +37,10 @@ def measure(*, restarts: int = RESTARTS, devices: int = 6, seed: int = 1) -> dic
         for i in range(restarts):
             run = chaosfleet.rollout_through_a_broker_restart(fleet, rng)
             runs.append(run)
+            mid = " (mid-rollout)" if run.mid_rollout else ""
             print(
                 f"  rollout {i + 1:2d}/{restarts}: {run.release} {run.phase}, broker killed "
-                f"{run.outage_at_s:.1f}s in, done {run.converged_after_broker_s:.1f}s "
+                f"{run.outage_at_s:.1f}s in{mid}, done {run.converged_after_broker_s:.1f}s "
                 "after it came back",
                 flush=True,
             )
@@ -56,6 +57,7 @@ def measure(*, restarts: int = RESTARTS, devices: int = 6, seed: int = 1) -> dic
         "devices": devices,
         "broker_restarts": restarts,
         "rollouts_succeeded": sum(1 for r in runs if r.phase == "succeeded"),
+        "restarts_mid_rollout": sum(1 for r in runs if r.mid_rollout),
         "max_converge_after_broker_s": round(max(r.converged_after_broker_s for r in runs), 2),
         "offline_device_converge_s": round(offline_s, 2),
         "malformed_sent": len(messages),

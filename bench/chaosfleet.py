@@ -24,6 +24,7 @@ import grpc
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgefleet.agent import failpoints
 from edgefleet.common import topics, wire
 from edgefleet.common import types as t
 from edgefleet.common.rpc import RpcFailed
@@ -34,6 +35,7 @@ from edgefleet.edgectl.client import ControllerClient
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
 FINISHED = ("succeeded", "rolled_back", "aborted")
+INSTALL_S = 1.5  # each agent's download stalls this long: installs take a while, as on a device
 
 
 def free_port() -> int:
@@ -137,14 +139,25 @@ class ChaosFleet:
         self.broker.kill()
 
     def start_agents(self, ids: list[str]) -> None:
-        for agent in start_agents(
-            self.procs,
-            [AgentSpec(d, self.fleet) for d in ids],
-            workdir=self.workdir,
-            mqtt_url=self.broker.url,
-            controller=self.controller.address,
-            trusted_key=self.trusted,
-        ):
+        """Start agents whose every download takes ``INSTALL_S`` (a failpoint), so that a broker
+        killed at a random point lands inside installs, not after them."""
+        before = os.environ.get(failpoints.ENV)
+        os.environ[failpoints.ENV] = f"fetch_chunk=sleep:{INSTALL_S:g}"
+        try:
+            started = start_agents(
+                self.procs,
+                [AgentSpec(d, self.fleet) for d in ids],
+                workdir=self.workdir,
+                mqtt_url=self.broker.url,
+                controller=self.controller.address,
+                trusted_key=self.trusted,
+            )
+        finally:
+            if before is None:
+                os.environ.pop(failpoints.ENV, None)
+            else:
+                os.environ[failpoints.ENV] = before
+        for agent in started:
             self.agents[agent.device_id] = agent
 
     def kill_agent(self, device_id: str) -> None:
@@ -235,6 +248,7 @@ class RestartRun:
     release: str
     phase: str
     outage_at_s: float  # after the deploy
+    mid_rollout: bool  # the rollout had not finished when the broker died
     converged_after_broker_s: float  # from the broker's return to the rollout's end
 
 
@@ -245,14 +259,15 @@ def rollout_through_a_broker_restart(
     back ``outage_s`` later, and time the rollout's end from the broker's return."""
     release = fleet.next_release()
     rollout_id = fleet.deploy(release)
-    at = rng.uniform(0.0, 1.5)
+    at = rng.uniform(0.0, INSTALL_S + 0.5)
     time.sleep(at)
+    mid = fleet.phase(rollout_id) not in FINISHED
     fleet.broker.kill()
     time.sleep(outage_s)
     fleet.broker.start()
     back = time.monotonic()
     phase = fleet.wait_finished(rollout_id, timeout_s)
-    return RestartRun(release, phase, at, time.monotonic() - back)
+    return RestartRun(release, phase, at, mid, time.monotonic() - back)
 
 
 def offline_across_a_broker_restart(fleet: ChaosFleet, *, timeout_s: float = 60.0) -> float:
