@@ -29,6 +29,7 @@ from edgefleet.controller.config import (
     MqttSettings,
     PkiSettings,
     RolloutSettings,
+    SandboxSettings,
     Settings,
     split_address,
 )
@@ -103,6 +104,23 @@ def run(
     cert_lifetime: Annotated[
         float, typer.Option(help="Days a device certificate is valid (renewed at 2/3).", min=0)
     ] = 30.0,
+    sandbox_memory: Annotated[
+        int,
+        typer.Option(
+            help="MiB of address space a process running a user's model (inspection, golden "
+            "outputs, compression) may use; 0: no limit.",
+            min=0,
+        ),
+    ] = 4096,
+    sandbox_cpu: Annotated[
+        int, typer.Option(help="CPU seconds one model inspection or golden run may use.", min=0)
+    ] = 600,
+    sandbox_timeout: Annotated[
+        float, typer.Option(help="Seconds before an inspection or golden run is killed.", min=0)
+    ] = 600.0,
+    search_timeout: Annotated[
+        float, typer.Option(help="CPU and wall-clock seconds of one compression search.", min=0)
+    ] = 7200.0,
     rollout_tick: Annotated[
         float, typer.Option(help="Seconds between two looks at every unfinished rollout.", min=0.01)
     ] = 1.0,
@@ -150,6 +168,12 @@ def run(
         ),
         pki=PkiSettings(ca_cert=ca_cert, ca_key=ca_key, cert_lifetime_s=cert_lifetime * 86400),
         metrics=MetricsSettings(port=metrics_port, host=metrics_host),
+        sandbox=SandboxSettings(
+            memory_bytes=sandbox_memory << 20,
+            cpu_s=sandbox_cpu,
+            timeout_s=sandbox_timeout,
+            search_s=search_timeout,
+        ),
         rollouts=RolloutSettings(tick_s=rollout_tick, resend_after_s=resend_after),
     )
     controller = Controller(settings)
