@@ -1,4 +1,4 @@
-# EdgeFleet controller: gRPC API (50051), Prometheus /metrics (9465).
+# EdgeFleet controller: devices' gRPC (50051), operator API (50052), Prometheus /metrics (9465).
 # Build from the repository root:
 #   docker build -f deploy/docker/controller.Dockerfile -t edgefleet/controller .
 # The wheel is built from this checkout in a first stage; the runtime image holds only it.
@@ -20,10 +20,10 @@ RUN pip install /tmp/*.whl && rm /tmp/*.whl \
     && install -d -o edgefleet /keys  # keys init writes trusted.pem here (a shared volume)
 USER edgefleet
 WORKDIR /var/lib/edgefleet
-EXPOSE 50051 9465
+EXPOSE 50051 50052 9465
 # Alive = /metrics answers (it is served by the controller process itself).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9465/metrics', timeout=2)"]
 ENTRYPOINT ["edge-controller", "run"]
-CMD ["--data-dir", "/var/lib/edgefleet", "--grpc", "0.0.0.0:50051", \
+CMD ["--data-dir", "/var/lib/edgefleet", "--grpc", "0.0.0.0:50051", "--api", "0.0.0.0:50052", \
      "--metrics-port", "9465", "--metrics-host", "0.0.0.0"]
