@@ -49,12 +49,21 @@ class KeyInfo(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
     ACTIVE_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
+    RETIRED_AT_MS_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_MS_FIELD_NUMBER: _builtins.int
+    TRUSTED_UNTIL_MS_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     public_key_pem: _builtins.str
     created_at_ms: _builtins.int
     active: _builtins.bool
     created: _builtins.bool
     """false when InitKey returned the existing key"""
+    retired_at_ms: _builtins.int
+    """when a rotation replaced it (0: never active-then-replaced)"""
+    revoked_at_ms: _builtins.int
+    """0: trusted"""
+    trusted_until_ms: _builtins.int
+    """end of its overlap window in the trust bundle (0: open)"""
     def __init__(
         self,
         *,
@@ -63,14 +72,40 @@ class KeyInfo(_message.Message):
         created_at_ms: _builtins.int = ...,
         active: _builtins.bool = ...,
         created: _builtins.bool = ...,
+        retired_at_ms: _builtins.int = ...,
+        revoked_at_ms: _builtins.int = ...,
+        trusted_until_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created", b"created", "created_at_ms", b"created_at_ms", "key_id", b"key_id", "public_key_pem", b"public_key_pem"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "created", b"created", "created_at_ms", b"created_at_ms", "key_id", b"key_id", "public_key_pem", b"public_key_pem", "retired_at_ms", b"retired_at_ms", "revoked_at_ms", b"revoked_at_ms", "trusted_until_ms", b"trusted_until_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___KeyInfo: _TypeAlias = KeyInfo  # noqa: Y015
+
+@_typing.final
+class RevokeKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    force: _builtins.bool
+    """even when a device still runs a release signed by it"""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        force: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeKeyRequest: _TypeAlias = RevokeKeyRequest  # noqa: Y015
 
 @_typing.final
 class ListKeysRequest(_message.Message):

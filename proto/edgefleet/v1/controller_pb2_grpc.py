@@ -45,6 +45,11 @@ class ControllerServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_controller__pb2.ListKeysRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListKeysResponse.FromString,
                 _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/edgefleet.v1.ControllerService/RevokeKey',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.KeyInfo.FromString,
+                _registered_method=True)
         self.UploadModel = channel.stream_unary(
                 '/edgefleet.v1.ControllerService/UploadModel',
                 request_serializer=edgefleet_dot_v1_dot_controller__pb2.UploadModelRequest.SerializeToString,
@@ -178,6 +183,14 @@ class ControllerServiceServicer:
 
     def ListKeys(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Take a key out of the agents' trust bundle (refused for the active key, the last one, or
+        one a device still runs a release signed by, unless forced).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -344,6 +357,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListKeys,
                     request_deserializer=edgefleet_dot_v1_dot_controller__pb2.ListKeysRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_controller__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.KeyInfo.SerializeToString,
             ),
             'UploadModel': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadModel,
@@ -520,6 +538,33 @@ class ControllerService:
             '/edgefleet.v1.ControllerService/ListKeys',
             edgefleet_dot_v1_dot_controller__pb2.ListKeysRequest.SerializeToString,
             edgefleet_dot_v1_dot_controller__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.ControllerService/RevokeKey',
+            edgefleet_dot_v1_dot_controller__pb2.RevokeKeyRequest.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.KeyInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,10 @@ class ControllerServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ControllerServiceAsyncStub: ...
     InitKey: _grpc.UnaryUnaryMultiCallable[_controller_pb2.InitKeyRequest, _controller_pb2.KeyInfo]
     ListKeys: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListKeysRequest, _controller_pb2.ListKeysResponse]
+    RevokeKey: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RevokeKeyRequest, _controller_pb2.KeyInfo]
+    """Take a key out of the agents' trust bundle (refused for the active key, the last one, or
+    one a device still runs a release signed by, unless forced).
+    """
     UploadModel: _grpc.StreamUnaryMultiCallable[_controller_pb2.UploadModelRequest, _controller_pb2.RegisteredModel]
     ListModels: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListModelsRequest, _controller_pb2.ListModelsResponse]
     CreateRelease: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreateReleaseRequest, _controller_pb2.ReleaseInfo]
@@ -72,6 +76,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     InitKey: _aio.UnaryUnaryMultiCallable[_controller_pb2.InitKeyRequest, _controller_pb2.KeyInfo]  # type: ignore[assignment]
     ListKeys: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListKeysRequest, _controller_pb2.ListKeysResponse]  # type: ignore[assignment]
+    RevokeKey: _aio.UnaryUnaryMultiCallable[_controller_pb2.RevokeKeyRequest, _controller_pb2.KeyInfo]  # type: ignore[assignment]
+    """Take a key out of the agents' trust bundle (refused for the active key, the last one, or
+    one a device still runs a release signed by, unless forced).
+    """
     UploadModel: _aio.StreamUnaryMultiCallable[_controller_pb2.UploadModelRequest, _controller_pb2.RegisteredModel]  # type: ignore[assignment]
     ListModels: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListModelsRequest, _controller_pb2.ListModelsResponse]  # type: ignore[assignment]
     CreateRelease: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreateReleaseRequest, _controller_pb2.ReleaseInfo]  # type: ignore[assignment]
@@ -119,6 +127,16 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ListKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ListKeysResponse, _abc.Awaitable[_controller_pb2.ListKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeKey(
+        self,
+        request: _controller_pb2.RevokeKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.KeyInfo, _abc.Awaitable[_controller_pb2.KeyInfo]]:
+        """Take a key out of the agents' trust bundle (refused for the active key, the last one, or
+        one a device still runs a release signed by, unless forced).
+        """
 
     @_abc_1.abstractmethod
     def UploadModel(

@@ -64,6 +64,7 @@ class DesiredState(_message.Message):
     ROLLOUT_ID_FIELD_NUMBER: _builtins.int
     ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
     ARTIFACT_SOURCES_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_MS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     generation: _builtins.int
@@ -73,6 +74,10 @@ class DesiredState(_message.Message):
     manifest_digest: _builtins.str
     rollout_id: _builtins.str
     issued_at_ms: _builtins.int
+    expires_at_ms: _builtins.int
+    """The agent refuses the message from then on (0: no expiry). Re-sealed with a fresh one
+    when the controller re-publishes the same generation.
+    """
     @_builtins.property
     def manifest(self) -> _common_pb2.Signed:
         """the release manifest, signed on its own"""
@@ -93,10 +98,11 @@ class DesiredState(_message.Message):
         rollout_id: _builtins.str = ...,
         issued_at_ms: _builtins.int = ...,
         artifact_sources: _abc.Iterable[_builtins.str] | None = ...,
+        expires_at_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_sources", b"artifact_sources", "device_id", b"device_id", "fleet", b"fleet", "generation", b"generation", "issued_at_ms", b"issued_at_ms", "manifest", b"manifest", "manifest_digest", b"manifest_digest", "release", b"release", "rollout_id", b"rollout_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_sources", b"artifact_sources", "device_id", b"device_id", "expires_at_ms", b"expires_at_ms", "fleet", b"fleet", "generation", b"generation", "issued_at_ms", b"issued_at_ms", "manifest", b"manifest", "manifest_digest", b"manifest_digest", "release", b"release", "rollout_id", b"rollout_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
