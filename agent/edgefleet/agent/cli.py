@@ -174,11 +174,12 @@ def enroll(
         typer.Option(envvar="EDGEFLEET_AGENT_DATA_DIR", help="The agent's data dir."),
     ] = Path("/var/lib/edgefleet"),
 ) -> None:
-    """Enroll this device: make its key here, get its certificate for a one-time token.
+    """Enroll this device: make its key here, get its certificate for a token.
 
-    Writes DATA_DIR/identity/{device.key (0600), device.crt (0600), ca.pem}; nothing else
-    in the data dir changes, so a device whose certificate lapsed enrolls again with a new
-    token and keeps its models. The running agent renews the certificate by itself.
+    Writes DATA_DIR/identity/: device.key (0600), device.crt (0600), ca.pem.
+    Nothing else in the data dir changes, so a device whose certificate
+    lapsed enrolls again with a new token and keeps its models. The running
+    agent renews the certificate by itself (run --controller HOST:PORT).
     """
     from edgefleet.agent.enrolling import TOKEN_ENV
     from edgefleet.agent.enrolling import enroll as enroll_device

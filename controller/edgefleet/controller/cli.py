@@ -290,11 +290,12 @@ def broker_config(
     ca_cert: Annotated[Path | None, typer.Option(help="Your own CA (as for run).")] = None,
     ca_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
 ) -> None:
-    """Write Mosquitto's mTLS files: server cert/key, CA, CRL, per-device ACL, config.
+    """Write Mosquitto's mTLS files: certs, CA, CRL, per-device ACL, config.
 
-    Also makes the controller's own client certificate (DATA_DIR/ca/controller.crt, .key) for
-    `run --mqtt mqtts://... --mqtt-cert ... --mqtt-key ... --mqtt-ca ...`. Run it again after
-    enrolling, revoking or removing devices: SIGHUP rereads the ACL, a restart the CRL.
+    Also makes the controller's own client certificate, DATA_DIR/ca/
+    controller.crt and .key, for run --mqtt mqtts://... --mqtt-cert ...
+    --mqtt-key ... --mqtt-ca OUT/ca.pem. Run it again after enrolling,
+    revoking or removing devices: SIGHUP rereads the ACL, a restart the CRL.
     """
     from edgefleet.controller import brokerconfig
     from edgefleet.controller.enrollment import open_enrollment
