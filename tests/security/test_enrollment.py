@@ -693,3 +693,30 @@ def test_renew_over_mtls_takes_the_handshake_certificate(
     finally:
         channel.close()
         server.stop(0).wait(5)
+
+
+def test_the_controller_no_longer_hears_a_revoked_device(
+    ctl: support.Running, broker: Broker
+) -> None:
+    """Even on a plain broker (no CRL in the way), a revoked device's reports are dropped."""
+    device = support.Device(broker.url)
+
+    def last_error(device_id: str) -> str | None:
+        for d in ctl.stub.ListDevices(controller_pb2.ListDevicesRequest(), timeout=10).devices:
+            if d.device_id == device_id:
+                return d.last_error or "-"
+        return None
+
+    try:
+        token_for(ctl, "cam-16")
+        device.status("cam-16", "lab", last_error="before")
+        support.eventually(lambda: last_error("cam-16") == "before", what="cam-16 heard")
+        edgectl_ok(ctl, "device", "revoke", "cam-16")
+        # Revoked first, a witness last, on one connection: once the witness is stored, the
+        # revoked device's report was handled before it.
+        device.status("cam-16", "lab", last_error="after")
+        device.status("cam-17", "lab", last_error="witness")
+        support.eventually(lambda: last_error("cam-17") == "witness", what="the witness")
+        assert last_error("cam-16") == "before"
+    finally:
+        device.close()

@@ -6,7 +6,8 @@ a stale copy and changes nothing; an outbox event already stored (same device, s
 dropped, so at-least-once delivery shows each event once. Presence, telemetry and events that
 come before the first status are kept under its id and show once it registers. Retained
 messages (replayed by the broker when the controller connects) say nothing about when a
-device was last seen, so they do not move ``last_seen``.
+device was last seen, so they do not move ``last_seen``. Reports of a revoked device
+(``enrollment``) are dropped.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from edgefleet.controller.db import (
     Database,
     DesiredRow,
     DeviceRow,
+    EnrolledDeviceRow,
     EventRow,
     PresenceRow,
     TelemetryRow,
 )
+from edgefleet.controller.enrollment import IdentityState
 from edgefleet.controller.records import DeviceView
 
 Report = t.DeviceStatus | t.Presence | t.Telemetry | t.DeviceEvent
@@ -57,10 +60,14 @@ class DeviceStore:
         """
         now = self._clock()
         with self._db.write() as session, session.no_autoflush:
-            rows = _BatchRows(session, {item.report.device_id for item in batch})
+            ids = {item.report.device_id for item in batch}
+            rows = _BatchRows(session, ids)
             rows.load_event_keys([i.report for i in batch if isinstance(i.report, t.DeviceEvent)])
             event_devices: set[str] = set()
+            revoked = _revoked(session, ids)  # (``edgectl device revoke``): not heard any more
             for item in batch:
+                if item.report.device_id in revoked:
+                    continue
                 _apply(session, rows, item, now_ms=now)
                 if isinstance(item.report, t.DeviceEvent):
                     event_devices.add(item.report.device_id)
@@ -103,6 +110,14 @@ class DeviceStore:
         with self._db.read() as session:
             rows = list(session.scalars(stmt))
         return [devicerows.event(r) for r in reversed(rows)]
+
+
+def _revoked(session: Session, device_ids: set[str]) -> set[str]:
+    stmt = select(EnrolledDeviceRow.device_id).where(
+        EnrolledDeviceRow.device_id.in_(sorted(device_ids)),
+        EnrolledDeviceRow.state == IdentityState.REVOKED.value,
+    )
+    return set(session.scalars(stmt))
 
 
 class _BatchRows:
