@@ -720,3 +720,26 @@ def test_the_controller_no_longer_hears_a_revoked_device(
         assert last_error("cam-16") == "before"
     finally:
         device.close()
+
+
+def test_operators_need_the_role_and_the_fleet(ctl: support.Running) -> None:
+    """Enrolling and quarantining are a deployer's, in its own fleets; revoking and removing
+    an admin's; without a token nothing."""
+    made = ctl.stub.AddOperator(
+        controller_pb2.AddOperatorRequest(name="lab-deployer", role="deployer", fleets=["lab"]),
+        timeout=10,
+    )
+    env = {"EDGECTL_TOKEN": made.token}
+
+    def run(*args: str, token: dict[str, str] = env) -> Any:
+        return CliRunner().invoke(edgectl, ["-c", ctl.api, "device", *args], env=token)
+
+    assert run("enroll", "cam-18", "--fleet", "lab").exit_code == 0
+    assert run("quarantine", "cam-18").exit_code == 0
+    elsewhere = run("enroll", "cam-19", "--fleet", "other")
+    assert elsewhere.exit_code != 0 and "limited to fleets lab" in elsewhere.output
+    revoke = run("revoke", "cam-18")
+    assert revoke.exit_code != 0 and "needs role admin" in revoke.output
+    anonymous = run("enroll", "cam-20", "--fleet", "lab", token={"EDGECTL_TOKEN": "x"})
+    assert anonymous.exit_code != 0 and "invalid operator token" in anonymous.output
+    assert "cam-20" not in edgectl_ok(ctl, "device", "list")
