@@ -38,7 +38,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[broker,dev,compress]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[broker,dev,compress,postgres]"
 # A real pretrained model for `make bench` (PaddleOCR's text-direction classifier, shipped in
 # the wheel); only its .onnx file is used, so none of its dependencies.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "rapidocr-onnxruntime==1.4.4"

@@ -1,6 +1,7 @@
 """``edge-controller run``: parse flags into ``Settings``, start the controller, wait for a signal.
 
 SIGTERM or SIGINT stops it gracefully (calls in flight finish) and the process exits 0.
+``edge-controller migrate`` upgrades the database's schema (Alembic; ``run`` does it at start).
 ``edge-controller operator add|list|revoke`` manage operators straight on the data dir's database
 (for a lost admin token; over the API, admins use ``edgectl operator``).
 """
@@ -121,6 +122,9 @@ def run(
     search_timeout: Annotated[
         float, typer.Option(help="CPU and wall-clock seconds of one compression search.", min=0)
     ] = 7200.0,
+    sandbox_processes: Annotated[
+        int, typer.Option(help="Sandbox processes at a time; more calls wait a turn.", min=1)
+    ] = 4,
     rollout_tick: Annotated[
         float, typer.Option(help="Seconds between two looks at every unfinished rollout.", min=0.01)
     ] = 1.0,
@@ -173,6 +177,7 @@ def run(
             cpu_s=sandbox_cpu,
             timeout_s=sandbox_timeout,
             search_s=search_timeout,
+            processes=sandbox_processes,
         ),
         rollouts=RolloutSettings(tick_s=rollout_tick, resend_after_s=resend_after),
     )
@@ -322,6 +327,35 @@ def broker_config(
         raise typer.Exit(1) from None
     typer.echo(f"broker files in {files.directory} (include mosquitto.conf from there)")
     typer.echo(f"controller: --mqtt-cert {files.controller_cert} --mqtt-key {files.controller_key}")
+
+
+@app.command()
+def migrate(data_dir: DataDir = Path("edgefleet-data"), db: DbUrl = "") -> None:
+    """Upgrade the controller's database to this version's schema, keeping its data.
+
+    `run` does the same at every start; run this on its own to upgrade before
+    starting several controllers on one PostgreSQL, or to see what it does.
+    """
+    from edgefleet.controller import migrating
+
+    settings = Settings(data_dir=data_dir, db_url=db)
+    if not db:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    logs.setup("INFO")
+    database = Database(settings.database_url)
+    try:
+        with database.engine.connect() as conn:
+            before = migrating.current(conn)
+        after = migrating.upgrade(database)
+    except Exception as exc:  # a database error: one line, no traceback
+        typer.echo(f"error: migration failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        database.dispose()
+    if before == after:
+        typer.echo(f"schema at {after} (newest); nothing to do")
+    else:
+        typer.echo(f"schema migrated from {before or 'nothing'} to {after}")
 
 
 def main() -> None:

@@ -319,21 +319,26 @@ def _add_missing_columns(engine: Engine) -> None:
     Each such column has a server default (or is nullable), so ``ADD COLUMN`` fills old rows;
     its indexes follow. Both SQLite and PostgreSQL take this DDL.
     """
-    inspector = inspect(engine)
-    tables = set(inspector.get_table_names())
     with engine.execution_options(edgefleet_write=True).begin() as conn:
-        for table in Base.metadata.sorted_tables:
-            if table.name not in tables:
-                continue
-            have = {c["name"] for c in inspector.get_columns(table.name)}
-            missing = [c for c in table.columns if c.name not in have]
-            for column in missing:
-                ddl = CreateColumn(column).compile(dialect=engine.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
-                log.info("schema: added column %s.%s", table.name, column.name)
-            if missing:
-                for index in table.indexes:
-                    index.create(conn, checkfirst=True)
+        add_missing_columns(conn)
+
+
+def add_missing_columns(conn: Connection) -> None:
+    """Add to existing tables the columns the models have and they lack (with their indexes)."""
+    inspector = inspect(conn)
+    tables = set(inspector.get_table_names())
+    for table in Base.metadata.sorted_tables:
+        if table.name not in tables:
+            continue
+        have = {c["name"] for c in inspector.get_columns(table.name)}
+        missing = [c for c in table.columns if c.name not in have]
+        for column in missing:
+            ddl = CreateColumn(column).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")
+            log.info("schema: added column %s.%s", table.name, column.name)
+        if missing:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
 
 
 def _tune_sqlite(engine: Engine) -> None:
