@@ -11,8 +11,14 @@ first source whose bytes did not match, and wrote a download without asking for 
 
 from __future__ import annotations
 
+import io
+import json
+import lzma
 import shutil
+import struct
 import threading
+import tracemalloc
+import zipfile
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -20,10 +26,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import numpy.lib.format as npy
 import pytest
 
-from edgefleet.agent import fetching
-from edgefleet.common import digests, topics, wire
+from edgefleet.agent import fetching, golden
+from edgefleet.common import digests, packing, topics, wire
+from edgefleet.common import npz as npz_reader
 from edgefleet.common import types as t
 from edgefleet.common.errors import FetchError, IntegrityError, PermanentError
 from edgefleet.demo.digits import DigitsData, TrainedModel
@@ -365,3 +373,94 @@ def test_a_download_that_does_not_fit_on_disk_says_so_before_fetching(
 
     assert "bytes needed" in no_room.value.reason and "free" in no_room.value.reason
     assert artifacts.fetches == [], "nothing was fetched"
+
+
+# --- decoding packed models and golden data ---------------------------------------------------
+
+
+def _container(header: dict[str, object], payload: bytes) -> bytes:
+    head = json.dumps(header).encode()
+    return packing.MAGIC + bytes([packing.VERSION]) + struct.pack("<I", len(head)) + head + payload
+
+
+def _bomb(size: int) -> bytes:
+    """LZMA data that decompresses to ``size`` zero bytes (a few hundred KiB of it)."""
+    compressor = lzma.LZMACompressor()
+    zeros = bytes(1 << 20)
+    parts = [compressor.compress(zeros) for _ in range(size >> 20)]
+    return b"".join([*parts, compressor.flush()])
+
+
+def test_a_packed_model_whose_skeleton_inflates_past_its_size_is_refused_early() -> None:
+    bomb = _bomb(256 << 20)
+    container = _container(
+        {"size": 1000, "sha256": "0" * 64, "skeleton": len(bomb), "tensors": []}, bomb
+    )
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(packing.PackingError, match="does not decompress to the 1000 bytes"):
+            packing.decode(container)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 16 << 20, f"{peak} bytes allocated to refuse it"
+
+
+@pytest.mark.parametrize(
+    ("header", "match"),
+    [
+        ({"size": 1 << 40, "skeleton": 0, "tensors": []}, "over the limit"),
+        ({"size": 100, "skeleton": 1 << 30, "tensors": []}, "skeleton of 1073741824 bytes"),
+        (
+            {"size": 100, "skeleton": 0, "tensors": [
+                {"offset": 0, "dtype": "<f4", "count": 10**12, "symbols": 2, "bits": 10**12}
+            ]},
+            "do not fit the model",
+        ),
+        (
+            {"size": 10**9, "skeleton": 0, "tensors": [
+                {"offset": 0, "dtype": "<f4", "count": 10**6, "symbols": 2, "bits": 10**6}
+            ]},
+            "past the end of the container",
+        ),
+    ],
+)  # fmt: skip
+def test_a_packed_model_declaring_what_it_cannot_hold_is_refused(
+    header: dict[str, object], match: str
+) -> None:
+    with pytest.raises(packing.PackingError, match=match):
+        packing.decode(_container({"sha256": "0" * 64, **header}, b"\0" * 64))
+
+
+def _npz_with_header(shape: tuple[int, ...], body: bytes) -> bytes:
+    """An .npz whose one member's .npy header declares ``shape`` float64 before ``body``."""
+    npy_file = io.BytesIO()
+    npy.write_array_header_1_0(
+        npy_file, {"descr": "<f8", "fortran_order": False, "shape": shape}
+    )  # fmt: skip
+    npy_file.write(body)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("input/pixels.npy", npy_file.getvalue())
+    return out.getvalue()
+
+
+def test_golden_data_declaring_a_huge_array_is_refused_before_allocating() -> None:
+    data = _npz_with_header((1 << 40,), b"\0" * 64)  # 8 TiB declared, 64 bytes held
+
+    with pytest.raises(golden.GoldenDataError, match="declares") as refused:
+        golden.parse(data)
+
+    assert "[1099511627776]" in str(refused.value)
+
+
+def test_golden_data_over_the_size_bound_is_refused() -> None:
+    rows = np.zeros((1024, 64), np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **{"input/pixels": rows})
+
+    with pytest.raises(npz_reader.NpzError, match="at most 65536"):
+        npz_reader.read(buf.getvalue(), max_bytes=65536)
+    assert npz_reader.read(buf.getvalue())["input/pixels"].shape == (1024, 64)

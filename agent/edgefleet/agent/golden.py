@@ -17,7 +17,6 @@ How an output is judged (``HealthPolicy`` gives the tolerances):
 
 from __future__ import annotations
 
-import io
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from edgefleet.common import npz
 
 Array = npt.NDArray[Any]
 INPUT = "input/"
@@ -53,8 +54,7 @@ class GoldenSet:
 def parse(data: bytes) -> GoldenSet:
     """Read a golden ``.npz``; ``GoldenDataError`` naming what is missing or malformed."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
+        arrays = npz.read(data)  # sizes checked against the archive before anything is made
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise GoldenDataError(f"golden data is not a readable .npz file: {exc}") from exc
     inputs = {k.removeprefix(INPUT): v for k, v in arrays.items() if k.startswith(INPUT)}

@@ -17,6 +17,12 @@ bytes go back in (``offset`` into the decoded model), its numpy ``dtype``, value
 ``codebook`` (distinct values, in the tensor's dtype), canonical Huffman code ``lengths`` (one
 byte per codebook entry) and the ``bits`` of the coded value stream. Blobs follow the header
 in that order: skeleton, then per tensor codebook, lengths, stream (bits packed MSB first).
+
+``decode`` trusts no number in the header: before anything is allocated it checks that the
+decoded size is at most ``max_size`` (default ``MAX_DECODED_SIZE``, protobuf's 2 GiB limit for
+a model without external data), that every blob lies inside the container, that each coded
+tensor's values fit the decoded size and its stream holds at least one bit a value, and the
+skeleton is decompressed no further than the bytes the decoded model leaves for it.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ __all__ = [
     "ENCODING",
     "MAGIC",
     "MAX_CODE_LENGTH",
+    "MAX_DECODED_SIZE",
     "MAX_SYMBOLS",
     "VERSION",
     "PackingError",
@@ -50,6 +57,7 @@ MAGIC = b"EFPK"
 VERSION = 1
 MAX_CODE_LENGTH = 16  # decode tables have 2**16 entries at most
 MAX_SYMBOLS = 256  # tensors with more distinct values are left to LZMA
+MAX_DECODED_SIZE = (2 << 30) - 1  # protobuf's limit: an ONNX model without external data
 
 
 class PackingError(ValueError):
@@ -82,43 +90,91 @@ def encode(model: bytes, *, min_values: int = 64) -> bytes:
     return _container(data, coded)
 
 
-def decode(container: bytes) -> bytes:
+def decode(container: bytes, *, max_size: int = MAX_DECODED_SIZE) -> bytes:
     """The model bytes back from a container; raises ``PackingError`` on any inconsistency."""
     if not is_packed(container) or len(container) < 9:
         raise PackingError("not a packed model (no EFPK magic)")
     version, header_len = container[4], struct.unpack_from("<I", container, 5)[0]
     if version != VERSION:
         raise PackingError(f"unsupported packing version {version}")
+    if header_len > len(container) - 9:
+        raise PackingError(f"header of {header_len} bytes in a container of {len(container)}")
     try:
         header = json.loads(container[9 : 9 + header_len])
+        size, entries = _checked_header(header, payload=len(container) - 9 - header_len)
+        if size > max_size:
+            raise PackingError(f"decoded size {size} is over the limit of {max_size} bytes")
         pos = 9 + header_len
         skeleton_len = header["skeleton"]
-        skeleton = lzma.decompress(container[pos : pos + skeleton_len])
+        coded = sum(count * np.dtype(entry["dtype"]).itemsize for entry, count, _ in entries)
+        if coded > size:
+            raise PackingError(f"coded tensors of {coded} bytes in a model of {size}")
+        skeleton = _decompress(container[pos : pos + skeleton_len], size - coded)
         pos += skeleton_len
         pieces: list[bytes] = []
         cursor = 0
-        for entry in header["tensors"]:
+        for entry, count, n_bits in entries:
             dtype = np.dtype(entry["dtype"])
             n_sym = entry["symbols"]
             codebook = np.frombuffer(container, dtype, n_sym, pos)
             pos += n_sym * dtype.itemsize
             lengths = np.frombuffer(container, np.uint8, n_sym, pos)
             pos += n_sym
-            n_bytes = (entry["bits"] + 7) // 8
+            n_bytes = (n_bits + 7) // 8
             stream = np.frombuffer(container, np.uint8, n_bytes, pos)
             pos += n_bytes
-            indices = _huffman_decode(stream, entry["bits"], lengths, entry["count"])
             gap = entry["offset"] - (sum(map(len, pieces)))
+            if gap < 0 or cursor + gap > len(skeleton):
+                raise PackingError(f"tensor offset {entry['offset']} is out of order or range")
+            indices = _huffman_decode(stream, n_bits, lengths, count)
             pieces.append(skeleton[cursor : cursor + gap])
             cursor += gap
             pieces.append(codebook[indices].astype(dtype.newbyteorder("<")).tobytes())
         pieces.append(skeleton[cursor:])
     except (KeyError, TypeError, ValueError, IndexError, lzma.LZMAError) as exc:
+        if isinstance(exc, PackingError):
+            raise
         raise PackingError(f"malformed packed model: {exc}") from exc
     model = b"".join(pieces)
     if len(model) != header["size"] or hashlib.sha256(model).hexdigest() != header["sha256"]:
         raise PackingError("decoded model does not match its recorded size and sha256")
     return model
+
+
+def _checked_header(header: Any, *, payload: int) -> tuple[int, list[tuple[Any, int, int]]]:
+    """The decoded size and ``(entry, count, bits)`` per tensor, each checked for sense."""
+    size, skeleton, tensors = header["size"], header["skeleton"], header["tensors"]
+    if not all(isinstance(v, int) and v >= 0 for v in (size, skeleton)):
+        raise PackingError("size and skeleton length must be non-negative integers")
+    if not isinstance(tensors, list):
+        raise PackingError("tensors must be a list")
+    left = payload - skeleton
+    if left < 0:
+        raise PackingError(f"skeleton of {skeleton} bytes in a payload of {payload}")
+    entries = []
+    for entry in tensors:
+        dtype = np.dtype(entry["dtype"])
+        count, n_sym, n_bits = entry["count"], entry["symbols"], entry["bits"]
+        if not all(isinstance(v, int) and v >= 0 for v in (count, n_sym, n_bits, entry["offset"])):
+            raise PackingError("tensor count, symbols, bits and offset must be integers >= 0")
+        if dtype.kind not in "fiub" or dtype.itemsize > 8 or not 0 < n_sym <= MAX_SYMBOLS:
+            raise PackingError(f"tensor of dtype {dtype} with {n_sym} symbols")
+        if count * dtype.itemsize > size or not count <= n_bits <= count * MAX_CODE_LENGTH:
+            raise PackingError(f"{count} values in {n_bits} bits do not fit the model")
+        left -= n_sym * (dtype.itemsize + 1) + (n_bits + 7) // 8
+        if left < 0:
+            raise PackingError("tensor data past the end of the container")
+        entries.append((entry, count, n_bits))
+    return size, entries
+
+
+def _decompress(data: bytes, expected: int) -> bytes:
+    """LZMA-decompress ``data`` to exactly ``expected`` bytes, never producing more."""
+    decompressor = lzma.LZMADecompressor()
+    out = decompressor.decompress(data, max_length=expected + 1)
+    if len(out) != expected or not decompressor.eof:
+        raise PackingError(f"the skeleton does not decompress to the {expected} bytes it must")
+    return out
 
 
 def decoded_sha256(container: bytes) -> str:
