@@ -34,13 +34,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgefleet.common.errors import InvalidInputError
+from edgefleet.common.errors import InvalidInputError, NotFoundError
 from edgefleet.common.externaldata import check_embedded, external_tensors
 from edgefleet.common.types import TensorSpec
 from edgefleet.controller import golden
 from edgefleet.controller.config import SandboxSettings
 from edgefleet.controller.errors import SandboxError
-from edgefleet.controller.sandbox import Sandbox
+from edgefleet.controller.sandbox import Channel, Sandbox
 from edgefleet.demo import digits
 from edgefleet.v1 import controller_pb2 as pb
 from tests.agent.conftest import (  # noqa: F401 - the agent tests' fixtures, used below
@@ -395,6 +395,30 @@ def test_errors_the_task_raises_come_back_as_raised_and_a_crash_as_sandbox_error
         )
     with pytest.raises(SandboxError, match=r"^probe crashed \(signal 6, SIGABRT\)$"):
         sandbox.call(os.abort, what="probe")
+
+
+def _conversation(channel: Channel, count: int) -> tuple[int, str, str]:
+    for i in range(count):
+        channel.emit(i)
+    answer = channel.ask(21)
+    try:
+        channel.ask(-1)
+    except NotFoundError as exc:  # raised here as the controller raised it, attributes too
+        return answer, exc.kind, exc.name
+    raise AssertionError("the controller's error did not come back")
+
+
+def test_a_streamed_call_emits_asks_and_returns_with_one_process_at_a_time() -> None:
+    sandbox = Sandbox(SandboxSettings(processes=1, search_s=DEADLINE, timeout_s=DEADLINE))
+
+    def answer(question: int) -> int:
+        if question < 0:
+            raise NotFoundError("device", "d9")
+        return question * 2
+
+    events = sandbox.stream(_conversation, 3, what="probe", answer=answer)
+    assert list(events) == [0, 1, 2, (42, "device", "d9")]
+    assert sandbox.call(os.getpid, what="probe") != os.getpid()  # its turn was given back
 
 
 # --- where external tensors hide -----------------------------------------------------------

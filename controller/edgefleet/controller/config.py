@@ -74,6 +74,8 @@ class SandboxSettings:
     """Wall-clock seconds before an inspection or golden run is killed; 0 = no limit."""
     search_s: float = 7200.0
     """CPU and wall-clock seconds for one whole compression search; 0 = no limit."""
+    processes: int = 4
+    """Sandbox processes at a time; a call past that waits for a turn."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ any of this (``externaldata``).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -76,6 +78,7 @@ _KEEP_ENV = frozenset(
     {"PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"}
 )
 _POLL_S = 0.2  # how often a waiting parent looks at ``cancelled``
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
 
 
 @dataclass(frozen=True)
@@ -106,10 +109,12 @@ class Channel:
 
 
 class Sandbox:
-    """Runs module-level functions in a confined child process, one child per call."""
+    """Runs module-level functions in a confined child process, one child per call, at most
+    ``settings.processes`` at a time (a call past that waits for a turn, untimed)."""
 
     def __init__(self, settings: SandboxSettings | None = None) -> None:
         self.settings = settings or SandboxSettings()
+        self._turns = threading.BoundedSemaphore(max(1, self.settings.processes))
 
     @property
     def limits(self) -> Limits:
@@ -126,12 +131,12 @@ class Sandbox:
 
         ``fn`` must be importable by name (a module-level function) and its arguments and
         result picklable."""
-        with _Child(what, self.limits) as child:
+        with self._turns, _Child(what, self.limits) as child:
             child.send(("task", fn, args, kwargs, False))
             kind, value = child.receive()
             assert kind == "done", kind
             result: T = value
-            return result
+        return result
 
     def stream(
         self,
@@ -144,15 +149,15 @@ class Sandbox:
         **kwargs: Any,
     ) -> Generator[object, None, None]:
         """Run ``fn(channel, *args, **kwargs)`` in a child under the search limits; yield what
-        it emits, then its result. ``answer(question)`` runs here for each ``channel.ask``.
-        Closing the iterator, or setting ``cancelled``, kills the child."""
-        with _Child(what, self.search_limits) as child:
+        it emits, then its result (once the child is gone and its turn given back, so that the
+        caller may use the sandbox with it). ``answer(question)`` runs here for each
+        ``channel.ask``. Closing the iterator, or setting ``cancelled``, kills the child."""
+        with self._turns, _Child(what, self.search_limits) as child:
             child.send(("task", fn, args, kwargs, True))
             while True:
                 kind, value = child.receive(cancelled)
                 if kind == "done":
-                    yield value
-                    return
+                    break
                 if kind == "event":
                     yield value
                     continue
@@ -161,6 +166,7 @@ class Sandbox:
                 except Exception as exc:  # handed to the child, raised from its ``ask``
                     reply = (False, _portable(exc))
                 child.send(reply)
+        yield value
 
 
 class _Child:
@@ -179,6 +185,10 @@ class _Child:
         )
         try:
             self._process.start()
+        except BaseException:
+            self._conn.close()
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            raise
         finally:
             child_conn.close()
         self._deadline = time.monotonic() + limits.timeout_s if limits.timeout_s else None
@@ -291,11 +301,20 @@ def _confine(workdir: str, limits: Limits) -> None:
     os.environ["TMPDIR"] = workdir
     tempfile.tempdir = workdir
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    _fewer_arenas()
     if limits.memory_bytes:
         _lower(resource.RLIMIT_AS, limits.memory_bytes, limits.memory_bytes)
     if limits.cpu_s:
         # SIGXCPU at the soft limit; SIGKILL a second later should anything catch that.
         _lower(resource.RLIMIT_CPU, limits.cpu_s, limits.cpu_s + 1)
+
+
+def _fewer_arenas() -> None:
+    """glibc reserves 64 MiB of address space per malloc arena, up to 8 arenas per core: on a
+    machine with many cores the threads of ONNX Runtime and torch would use up RLIMIT_AS with
+    reservations alone. Two arenas are plenty for one model."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: no such reservations
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 2)
 
 
 def _lower(which: int, soft: int, hard: int) -> None:
