@@ -14,6 +14,8 @@ import datetime as dt
 import hashlib
 import os
 import signal
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -401,8 +403,10 @@ def test_offline_across_expiry_reenrolls_and_keeps_its_model(
 
 
 def test_enrolled_agent_and_controller_meet_on_an_mtls_broker(tmp_path: Path, clock: Clock) -> None:
-    """broker-config, a Mosquitto on its config, the controller with its client certificate,
-    an agent with the identity it enrolled for: the agent's status reaches the controller."""
+    """broker-config, a Mosquitto on its config, the controller with its client certificate
+    keeping the broker's ACL and CRL current (--broker-dir), an agent with the identity it
+    enrolled for: the agent's status reaches the controller; once revoked, the restarted
+    broker refuses the device's certificate at the handshake."""
     if not mosquitto_available():
         pytest.skip("mosquitto is not installed")
     data = tmp_path / "controller"
@@ -419,6 +423,7 @@ def test_enrolled_agent_and_controller_meet_on_an_mtls_broker(tmp_path: Path, cl
             cert_file=str(data / "ca" / "controller.crt"),
             key_file=str(data / "ca" / "controller.key"),
         ),
+        pki=PkiSettings(broker_dir=out),
     )
 
     def configure() -> None:
@@ -441,7 +446,7 @@ def test_enrolled_agent_and_controller_meet_on_an_mtls_broker(tmp_path: Path, cl
     agent: Agent | None = None
     try:
         assert agent_enroll(ctl, token_for(ctl, "cam-10"), tmp_path / "agent").exit_code == 0
-        configure()  # the ACL now has cam-10
+        assert "user cam-10" in (out / "edgefleet.acl").read_text()  # the controller wrote it
         assert broker.proc is not None
         broker.proc.send_signal(signal.SIGHUP)  # Mosquitto rereads the ACL
         agent = Agent(agent_settings(mqtts, "cam-10", tmp_path / "agent", ctl.address))
@@ -454,11 +459,33 @@ def test_enrolled_agent_and_controller_meet_on_an_mtls_broker(tmp_path: Path, cl
             timeout=20,
             what="cam-10's status at the controller over mTLS",
         )
+        identity = IdentityFiles.in_data_dir(tmp_path / "agent")
+        assert handshake(broker.port, out / "ca.pem", identity.cert, identity.key)
+        edgectl_ok(ctl, "device", "revoke", "cam-10")
+        assert "user cam-10" not in (out / "edgefleet.acl").read_text()
+        broker.stop()
+        broker.start()  # Mosquitto reads the CRL at start
+        assert not handshake(broker.port, out / "ca.pem", identity.cert, identity.key)
+        ctl_cert = data / "ca" / "controller.crt", data / "ca" / "controller.key"
+        assert handshake(broker.port, out / "ca.pem", *ctl_cert)
     finally:
         if agent is not None:
             agent.stop()
         ctl.stop()
         broker.kill()
+
+
+def handshake(port: int, ca: Path, cert: Path, key: Path) -> bool:
+    """Whether the broker completes a TLS 1.2 handshake with this client certificate."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.maximum_version = ssl.TLSVersion.TLSv1_2  # the verdict comes inside the handshake
+    context.load_cert_chain(str(cert), str(key))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1"):
+                return True
+        except ssl.SSLError:
+            return False
 
 
 # --- registry: rollouts, remove, re-enroll --------------------------------------------------

@@ -10,9 +10,13 @@ device's client id and kick it off). The controller's own client certificate (CN
 
 The ACL gives each enrolled device (not revoked) exactly: read its ``dev/{d}/desired``; write
 its status, events and telemetry; write its own presence in its own fleet; read its own
-fleet's presence. The controller may write desired states and read the reports, nothing
-else. Mosquitto rereads the ACL on SIGHUP; the CRL only when it restarts, so after a revoke
-run this again and restart the broker (the ACL alone already shuts the device out).
+fleet's presence and roster and the trust bundle. The controller may write desired states,
+the trust bundle and rosters, and read the reports, nothing else.
+
+Mosquitto rereads the ACL on SIGHUP and the CRL only when it restarts. ``refresh`` rewrites
+just those two files; the controller runs it after every enroll, revoke and remove when given
+``--broker-dir`` (otherwise run broker-config again), so a revoked device is out of the ACL at
+the broker's next SIGHUP and refused at the handshake after its next restart.
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgefleet.common import identities, topics
 from edgefleet.common.artifacts import atomic_write
-from edgefleet.controller.enrollment import Enrollment, IdentityState
+
+if TYPE_CHECKING:
+    from edgefleet.controller.enrollment import Enrollment
 
 R = topics.ROOT
 
@@ -46,6 +53,8 @@ def acl_text(devices: Sequence[tuple[str, str]], *, controller: str) -> str:
         "",
         f"user {controller}",
         f"topic write {R}/dev/+/desired",
+        f"topic write {R}/trust",
+        f"topic write {R}/fleet/+/roster",
         f"topic read {R}/dev/+/status",
         f"topic read {R}/dev/+/events",
         f"topic read {R}/dev/+/telemetry",
@@ -61,6 +70,8 @@ def acl_text(devices: Sequence[tuple[str, str]], *, controller: str) -> str:
             f"topic write {topics.telemetry(device_id)}",
             f"topic write {topics.presence(fleet, device_id)}",
             f"topic read {topics.fleet_presence(fleet)}",
+            f"topic read {R}/trust",
+            f"topic read {R}/fleet/{fleet}/roster",
         ]
     return "\n".join(lines) + "\n"
 
@@ -112,30 +123,30 @@ def write(
     ca = enrollment.ca
     lifetime = dt.timedelta(days=days)
     server = ca.issue_server(hosts, lifetime=lifetime, now=now)
-    atomic_write(out / "ca.pem", ca.bundle_pem)
-    (out / "ca.pem").chmod(0o644)
+    _public(out / "ca.pem", ca.bundle_pem)
     _secret(out / "server.key", server.key_pem)
-    atomic_write(out / "server.crt", server.cert_pem)
-    (out / "server.crt").chmod(0o644)
-    atomic_write(out / "crl.pem", ca.crl(enrollment.revoked(), now=now))
-    (out / "crl.pem").chmod(0o644)
-    devices = [
-        (i.device_id, i.fleet)
-        for i in enrollment.list_identities()
-        if i.state != IdentityState.REVOKED
-    ]
-    atomic_write(
-        out / "edgefleet.acl",
-        acl_text(devices, controller=identities.CONTROLLER_IDENTITY).encode(),
-    )
+    _public(out / "server.crt", server.cert_pem)
+    refresh(enrollment, out, now=now)
     where = (install_dir or out).resolve()
-    atomic_write(out / "mosquitto.conf", mosquitto_conf(where, port=port, bind=bind).encode())
+    _public(out / "mosquitto.conf", mosquitto_conf(where, port=port, bind=bind).encode())
     client = ca.issue_client(identities.CONTROLLER_IDENTITY, lifetime=lifetime, now=now)
     controller_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     files = BrokerFiles(out, controller_dir / "controller.crt", controller_dir / "controller.key")
     _secret(files.controller_key, client.key_pem)
     atomic_write(files.controller_cert, client.cert_pem)
     return files
+
+
+def refresh(enrollment: Enrollment, out: Path, *, now: dt.datetime) -> None:
+    """Rewrite ``out``'s CRL and ACL from the registry (what changes as devices come and go)."""
+    _public(out / "crl.pem", enrollment.ca.crl(enrollment.revoked(), now=now))
+    acl = acl_text(enrollment.acl_devices(), controller=identities.CONTROLLER_IDENTITY)
+    _public(out / "edgefleet.acl", acl.encode())
+
+
+def _public(path: Path, data: bytes) -> None:
+    atomic_write(path, data)
+    path.chmod(0o644)
 
 
 def _secret(path: Path, data: bytes) -> None:

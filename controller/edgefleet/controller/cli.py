@@ -105,6 +105,13 @@ def run(
     cert_lifetime: Annotated[
         float, typer.Option(help="Days a device certificate is valid (renewed at 2/3).", min=0)
     ] = 30.0,
+    broker_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="A broker-config --out dir: rewrite its crl.pem and edgefleet.acl whenever "
+            "devices are enrolled, revoked or removed (then SIGHUP Mosquitto)."
+        ),
+    ] = None,
     sandbox_memory: Annotated[
         int,
         typer.Option(
@@ -136,6 +143,15 @@ def run(
             min=0.1,
         ),
     ] = 15.0,
+    desired_ttl: Annotated[
+        float,
+        typer.Option(
+            help="Days a desired state stays valid after it is sealed (agents refuse it later; "
+            "re-published ones are re-sealed). Also how long a rotated-out signing key stays "
+            "trusted for new messages.",
+            min=0.0001,
+        ),
+    ] = 30.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Run the controller until SIGTERM or SIGINT."""
@@ -170,7 +186,12 @@ def run(
             cert_file=str(mqtt_cert) if mqtt_cert else None,
             key_file=str(mqtt_key) if mqtt_key else None,
         ),
-        pki=PkiSettings(ca_cert=ca_cert, ca_key=ca_key, cert_lifetime_s=cert_lifetime * 86400),
+        pki=PkiSettings(
+            ca_cert=ca_cert,
+            ca_key=ca_key,
+            cert_lifetime_s=cert_lifetime * 86400,
+            broker_dir=broker_dir,
+        ),
         metrics=MetricsSettings(port=metrics_port, host=metrics_host),
         sandbox=SandboxSettings(
             memory_bytes=sandbox_memory << 20,
@@ -179,7 +200,9 @@ def run(
             search_s=search_timeout,
             processes=sandbox_processes,
         ),
-        rollouts=RolloutSettings(tick_s=rollout_tick, resend_after_s=resend_after),
+        rollouts=RolloutSettings(
+            tick_s=rollout_tick, resend_after_s=resend_after, desired_ttl_s=desired_ttl * 86400
+        ),
     )
     controller = Controller(settings)
     stop = threading.Event()

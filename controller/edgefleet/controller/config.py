@@ -55,6 +55,8 @@ class PkiSettings:
     """Lifetime of a device certificate; agents renew at 2/3 of it."""
     token_ttl_s: float = 15 * 60.0
     """Default lifetime of an enrollment token."""
+    broker_dir: Path | None = None
+    """A ``broker-config`` output dir whose CRL and ACL are rewritten as devices change."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,11 @@ class RolloutSettings:
     """A device behind its desired generation this long is sent its desired state again."""
     lag_check_s: float = 5.0
     """How often the driver looks for devices behind their desired generation."""
+    desired_ttl_s: float = 30 * 86400.0
+    """A desired state expires this long after it is sealed (re-published ones are re-sealed);
+    also the overlap window a rotated-out signing key stays trusted for fresh messages."""
+    trust_interval_s: float = 1.0
+    """How often the trust bundle and the fleet rosters are looked at (sent when changed)."""
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from edgefleet.common import identities
 from edgefleet.common.errors import InvalidInputError, NotFoundError
 from edgefleet.common.types import validate_name
+from edgefleet.controller import brokerconfig
 from edgefleet.controller.config import PkiSettings
 from edgefleet.controller.db import (
     Database,
@@ -116,8 +117,10 @@ class Enrollment:
         self._lifetime = dt.timedelta(seconds=cert_lifetime_s)
         self._token_ttl_s = token_ttl_s
         self._crl_lock = threading.Lock()
+        self.on_change: Callable[[], None] = lambda: None
+        """Runs after the set of devices or the CRL changed (``--broker-dir`` refreshes)."""
 
-    def _now(self) -> dt.datetime:
+    def now(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self._clock(), tz=dt.UTC)
 
     # operator side
@@ -133,7 +136,7 @@ class Enrollment:
         ttl = token_ttl_s or self._token_ttl_s
         if not 0 < ttl <= MAX_TOKEN_TTL_S:
             raise InvalidInputError(f"token lifetime must be 1 s to 7 days, got {ttl:g} s")
-        now_ms = _ms(self._now())
+        now_ms = _ms(self.now())
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         expires = now_ms + int(ttl * 1000)
         with self._db.write() as session:
@@ -173,6 +176,7 @@ class Enrollment:
             session.flush()
             identity = _identity(session, row)
         log.info("device %s enrolled in fleet %s; token valid %.0f s", device_id, fleet, ttl)
+        self._changed()
         return Token(identity, token, expires)
 
     def revoke(self, device_id: str) -> Identity:
@@ -180,7 +184,7 @@ class Enrollment:
         with self._db.write() as session:
             row = _get(session, device_id)
             row.state = IdentityState.REVOKED.value
-            row.updated_at_ms = now_ms = _ms(self._now())
+            row.updated_at_ms = now_ms = _ms(self.now())
             _revoke_certs(session, device_id, now_ms=now_ms, reason="revoked")
             session.execute(delete(EnrollTokenRow).where(EnrollTokenRow.device_id == device_id))
             identity = _identity(session, row)
@@ -195,7 +199,7 @@ class Enrollment:
             if row.state == IdentityState.REVOKED.value:
                 raise InvalidInputError(f"device {device_id} is revoked")
             row.state = (IdentityState.ENROLLED if lift else IdentityState.QUARANTINED).value
-            row.updated_at_ms = _ms(self._now())
+            row.updated_at_ms = _ms(self.now())
             identity = _identity(session, row)
         log.warning("device %s %s", device_id, "back in rollouts" if lift else "quarantined")
         return identity
@@ -206,7 +210,7 @@ class Enrollment:
         with self._db.write() as session:
             row = _get(session, device_id)
             identity = _identity(session, row)
-            _revoke_certs(session, device_id, now_ms=_ms(self._now()), reason="removed")
+            _revoke_certs(session, device_id, now_ms=_ms(self.now()), reason="removed")
             session.execute(delete(EnrollTokenRow).where(EnrollTokenRow.device_id == device_id))
             for table in (PresenceRow, TelemetryRow, DeviceRow):
                 session.execute(delete(table).where(table.device_id == device_id))
@@ -214,6 +218,14 @@ class Enrollment:
         self.write_crl()
         log.warning("device %s removed", device_id)
         return replace(identity, state=IdentityState.REMOVED)
+
+    def acl_devices(self) -> list[tuple[str, str]]:
+        """(device, fleet) of every device the broker should let in: all but the revoked."""
+        return [
+            (i.device_id, i.fleet)
+            for i in self.list_identities()
+            if i.state != IdentityState.REVOKED
+        ]
 
     def list_identities(self, fleet: str = "") -> list[Identity]:
         stmt = select(EnrolledDeviceRow).order_by(
@@ -228,7 +240,7 @@ class Enrollment:
 
     def enroll(self, token: str, csr_der: bytes) -> Certificate:
         """A certificate for the holder of a valid, unused token; the token is spent."""
-        now = self._now()
+        now = self.now()
         now_ms = _ms(now)
         with self._db.write() as session:
             tok = session.get(EnrollTokenRow, token_hash(token))
@@ -260,7 +272,7 @@ class Enrollment:
         ``proof`` is the current key's signature over the CSR; ``None`` when the caller has
         already seen the certificate's key in an mTLS handshake.
         """
-        now = self._now()
+        now = self.now()
         cert = identities.load_cert(cert_pem)
         ident = self.ca.check(cert, now=now)
         if proof is not None and not identities.check_renewal_proof(cert, csr_der, proof):
@@ -285,7 +297,7 @@ class Enrollment:
 
     def check_certificate(self, cert_pem: bytes) -> identities.CertIdentity:
         """The identity of a current, unrevoked certificate of an enrolled device."""
-        ident = self.ca.check(identities.load_cert(cert_pem), now=self._now())
+        ident = self.ca.check(identities.load_cert(cert_pem), now=self.now())
         with self._db.read() as session:
             known = session.get(DeviceCertRow, format(ident.serial, "x"))
             row = session.get(EnrolledDeviceRow, ident.device_id)
@@ -299,7 +311,7 @@ class Enrollment:
 
     def revoked(self) -> list[tuple[int, dt.datetime]]:
         """(serial, revoked at) of every revoked certificate not yet expired."""
-        now_ms = _ms(self._now())
+        now_ms = _ms(self.now())
         stmt = select(DeviceCertRow.serial, DeviceCertRow.revoked_at_ms).where(
             DeviceCertRow.revoked_at_ms.is_not(None), DeviceCertRow.not_after_ms > now_ms
         )
@@ -311,7 +323,14 @@ class Enrollment:
 
     def write_crl(self) -> None:
         with self._crl_lock:
-            self.ca.write_crl(self.crl_path, self.revoked(), now=self._now())
+            self.ca.write_crl(self.crl_path, self.revoked(), now=self.now())
+        self._changed()
+
+    def _changed(self) -> None:
+        try:
+            self.on_change()
+        except Exception:  # the registry changed all the same; the files catch up next time
+            log.exception("could not refresh the broker's files")
 
     def _certificate(self, row: EnrolledDeviceRow, issued: Issued) -> Certificate:
         return Certificate(
@@ -391,5 +410,8 @@ def open_enrollment(
         cert_lifetime_s=settings.cert_lifetime_s,
         token_ttl_s=settings.token_ttl_s,
     )
+    if settings.broker_dir is not None:
+        where = settings.broker_dir
+        enrollment.on_change = lambda: brokerconfig.refresh(enrollment, where, now=enrollment.now())
     enrollment.write_crl()
     return enrollment
