@@ -61,6 +61,9 @@ class Reporter:
         self._outbox = outbox
         self._publisher: Publisher | None = None
         self._lock = threading.Lock()
+        # Held from reading the snapshot to queueing it: statuses leave in seq order, and a
+        # reconnect can never send an older snapshot with a newer seq than the worker's.
+        self._send_lock = threading.Lock()
         self._status = t.DeviceStatus(
             device_id=device_id,
             fleet=fleet,
@@ -80,6 +83,11 @@ class Reporter:
         with self._lock:
             self._status = replace(self._status, predict_endpoint=endpoint)
 
+    def set_runtimes(self, runtimes: tuple[str, ...]) -> None:
+        """What this device can run ("onnxruntime", "container"), in every status from now."""
+        with self._lock:
+            self._status = replace(self._status, runtimes=runtimes)
+
     # status and presence
 
     def update(self, state: DeviceState) -> None:
@@ -98,7 +106,7 @@ class Reporter:
             )
             new = self._status
         if self._connected():
-            self._publish_status(new)
+            self._publish_status()
             if new.active_release != old.active_release:
                 self._publish(*self.presence_message(online=True))
         self.flush()
@@ -107,7 +115,7 @@ class Reporter:
         """Runs on paho's thread after every (re)connect: presence first, then the status,
         then whatever the outbox holds."""
         self._publish(*self.presence_message(online=True))
-        self._publish_status(self._status)
+        self._publish_status()
         self.flush()
 
     def flush(self) -> None:
@@ -128,10 +136,15 @@ class Reporter:
         payload = wire.presence_to_pb(presence).SerializeToString()
         return topics.presence(self.fleet, self.device_id), payload, True
 
-    def _publish_status(self, status: t.DeviceStatus) -> None:
-        seq = self._outbox.next_status_seq() if self._outbox is not None else 0
-        payload = wire.status_to_pb(replace(status, at_ms=_now_ms(), seq=seq)).SerializeToString()
-        self._publish(topics.status(self.device_id), payload, True)
+    def _publish_status(self) -> None:
+        """Send the newest snapshot (whichever thread asks: worker or a reconnect)."""
+        with self._send_lock:
+            status = self._status
+            seq = self._outbox.next_status_seq() if self._outbox is not None else 0
+            stamped = replace(status, at_ms=_now_ms(), seq=seq)
+            self._publish(
+                topics.status(self.device_id), wire.status_to_pb(stamped).SerializeToString(), True
+            )
 
     # events and telemetry
 
