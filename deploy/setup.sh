@@ -26,6 +26,8 @@ if [ "$system" = 1 ]; then
     command -v git >/dev/null || need+=(git)
     command -v promtool >/dev/null || need+=(prometheus)  # promtool + a real server for tests
     [ -x /usr/bin/docker-registry ] || need+=(docker-registry)  # a real OCI registry for tests
+    command -v dockerd >/dev/null || need+=(docker.io)  # the container runtime's tests
+    command -v debootstrap >/dev/null || need+=(debootstrap)  # its base image, from Debian
   fi
   if [ "${#need[@]}" -gt 0 ]; then
     sudo=""
@@ -43,4 +45,20 @@ fi
 # the wheel); only its .onnx file is used, so none of its dependencies.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "rapidocr-onnxruntime==1.4.4"
 touch .venv/.installed
+if [ "$dev" = 1 ] && [ "$system" = 1 ]; then
+  # Docker for container releases: dockerd started when it is not running (no systemd needed),
+  # then the runtime images built from local files (deploy/docker/runtime-image.sh; cached).
+  if ! docker info >/dev/null 2>&1; then
+    echo "setup: starting dockerd (log: /var/log/dockerd.log)"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  fi
+  if docker info >/dev/null 2>&1; then
+    bash deploy/docker/runtime-image.sh .venv/bin/python
+  else
+    echo "setup: dockerd does not answer; container tests will skip (see /var/log/dockerd.log)"
+  fi
+fi
 echo "setup: .venv ready ($(.venv/bin/python --version))"
