@@ -26,8 +26,13 @@ lint: setup
 	$(PY) -m mypy agent/edgefleet controller/edgefleet proto/edgefleet/common
 	$(VENV)/bin/lint-imports
 
+# The controller's tests run twice: on SQLite, then on PostgreSQL (a fresh database per
+# controller on TEST_PG; they skip with the reason when no PostgreSQL answers there).
+TEST_PG ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+
 test: lint
 	$(PY) -m pytest
+	EDGEFLEET_TEST_DB=$(TEST_PG) $(PY) -m pytest tests/controller -q
 
 # The suite while STRESS_CPUS busy-loop processes keep other cores busy, STRESS_RUNS times in a
 # row: no test may depend on this machine's speed. STRESS_ARGS picks tests (default: all).

@@ -28,6 +28,7 @@ if [ "$system" = 1 ]; then
     [ -x /usr/bin/docker-registry ] || need+=(docker-registry)  # a real OCI registry for tests
     command -v dockerd >/dev/null || need+=(docker.io)  # the container runtime's tests
     command -v debootstrap >/dev/null || need+=(debootstrap)  # its base image, from Debian
+    command -v pg_ctlcluster >/dev/null || need+=(postgresql)  # the controller on PostgreSQL
   fi
   if [ "${#need[@]}" -gt 0 ]; then
     sudo=""
@@ -46,6 +47,13 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "rapidocr-onnxruntime==1.4.4"
 touch .venv/.installed
 if [ "$dev" = 1 ] && [ "$system" = 1 ]; then
+  # PostgreSQL for the controller's second test pass (make test): started when it is down.
+  if command -v pg_ctlcluster >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    echo "setup: starting PostgreSQL"
+    for version in /etc/postgresql/*; do
+      pg_ctlcluster --skip-systemctl-redirect "$(basename "$version")" main start || true
+    done
+  fi
   # Docker for container releases: dockerd started when it is not running (no systemd needed),
   # then the runtime images built from local files (deploy/docker/runtime-image.sh; cached).
   if ! docker info >/dev/null 2>&1; then

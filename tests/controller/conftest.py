@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Broker
-from tests.controller import support
+from tests.controller import databases, support
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_databases() -> Iterator[None]:
+    """Drop the PostgreSQL databases the session made (``EDGEFLEET_TEST_DB``)."""
+    yield
+    databases.drop_all()
 
 
 @pytest.fixture

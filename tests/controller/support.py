@@ -31,6 +31,7 @@ from edgefleet.controller.server import Controller
 from edgefleet.edgectl.client import authorized
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import controller_pb2_grpc
+from tests.controller import databases
 
 T = TypeVar("T")
 DEADLINE = 10.0
@@ -45,6 +46,7 @@ def settings(
 ) -> Settings:
     return Settings(
         data_dir=data_dir,
+        db_url=databases.fresh_url(),  # EDGEFLEET_TEST_DB: a fresh PostgreSQL database
         grpc=GrpcSettings(bind="127.0.0.1:0", grace_s=0.5),
         api=ApiSettings(bind="127.0.0.1:0"),
         mqtt=MqttSettings(url=broker_url, client_id=unique("ctl")),
