@@ -40,6 +40,7 @@ from edgefleet.agent.serving import InferenceServer, InferenceServicer
 from edgefleet.agent.state import DeviceState, StateFile
 from edgefleet.agent.store import DeviceStore
 from edgefleet.agent.telemetry import TelemetryLoop
+from edgefleet.agent.trusting import TrustKeeper
 from edgefleet.agent.watching import HealthWatch
 from edgefleet.common import topics
 from edgefleet.common.artifacts import atomic_write
@@ -94,7 +95,13 @@ class Agent:
             agent_version=agent_version(),
             outbox=self.outbox,
         )
-        self.neighbours = NeighbourTable(device_id=self.device_id, fleet=s.device.fleet)
+        self.trust_keeper = TrustKeeper(self.trust, data_dir=s.data_dir, reporter=self.reporter)
+        self.neighbours = NeighbourTable(
+            device_id=self.device_id,
+            fleet=s.device.fleet,
+            trust=self.trust,
+            roster_file=s.data_dir / "roster.signed",
+        )
         self.forwarder = (
             Forwarder(self.neighbours, own=self._own_state, deadline=s.serving.failover_deadline_s)
             if s.serving.failover
@@ -114,6 +121,8 @@ class Agent:
             subscriptions=[
                 (topics.desired(self.device_id), 1),
                 (self.neighbours.topic_filter, 1),
+                (topics.trust(), 1),  # the signed trust bundle (rotation, revocation)
+                (self.neighbours.roster_topic, 1),  # who failover may forward to
             ],
             on_message=self._on_message,
             will=Will(*self.reporter.presence_message(online=False)[:2]),
@@ -188,6 +197,8 @@ class Agent:
 
     def _start(self) -> Endpoints:
         failpoints.configure_from_env()
+        self.trust_keeper.load()  # the newest bundle first: its revocations apply to the slots
+        self.neighbours.load_roster()
         restored = restore(
             device_id=self.device_id,
             state_file=self.state_file,
@@ -318,6 +329,9 @@ class Agent:
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         """paho's thread: hand the payload to the worker (presence: to the neighbour table)."""
+        if topic == topics.trust():
+            self.trust_keeper.offer(payload)
+            return
         if topic != topics.desired(self.device_id):
             self.neighbours.observe(topic, payload)
             return

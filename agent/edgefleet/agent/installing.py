@@ -353,6 +353,7 @@ class Installer:
             digest=action.digest,
             golden_digest=action.golden_digest,
             signed_manifest=signed_manifest_of(install.desired),
+            signed_desired=install.desired,  # proves the slot's generation if state.json is lost
             encoding=manifest.model_encoding,
             decoded_digest=manifest.annotations.get(DECODED_DIGEST, ""),
         )

@@ -9,6 +9,14 @@ slot that failed to load ``max_load_failures`` times in a row (each attempt is c
 ``state.json`` before it is made, so a crash while loading counts) is rolled back too. A
 pending install is re-verified from the signed desired state it kept, with today's trusted
 keys, then resumes from its phase.
+
+``state.json`` missing or unreadable: the state is rebuilt from the slots on disk instead of
+starting empty (which would prune every slot): each slot is re-verified end to end, and its
+generation proven by the signed desired state kept with it (``desired.signed``; a slot staged
+before that file existed counts by its name, ``g<generation>``). The highest proven generation
+becomes the active slot and ``generation_applied``, the next one the previous slot; the
+unreadable file is kept as ``state.json.corrupt`` and event ``state_rebuilt`` says what came
+back.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import logging
 from dataclasses import dataclass, replace
 
 from edgefleet.agent import failpoints, health
+from edgefleet.agent.errors import StateFileError
 from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime
@@ -72,7 +81,7 @@ def restore(
     metrics: AgentMetrics,
     reporter: Reporter,
 ) -> Restored:
-    state = state_file.load()
+    state = _load_or_rebuild(state_file, store, trust, device_id=device_id, reporter=reporter)
     starting = _Start(
         state_file=state_file, store=store, trust=trust, metrics=metrics, reporter=reporter
     )
@@ -101,6 +110,95 @@ def restore(
             )
     state_file.save(state)
     return Restored(state, runtime, pending)
+
+
+def _load_or_rebuild(
+    state_file: StateFile,
+    store: DeviceStore,
+    trust: TrustStore,
+    *,
+    device_id: str,
+    reporter: Reporter,
+) -> DeviceState:
+    problem = ""
+    if state_file.exists():
+        try:
+            return state_file.load()
+        except StateFileError as exc:
+            aside = state_file.set_aside()
+            problem = f"{exc}; set aside as {aside.name}"
+            log.error("%s", problem)
+    else:
+        problem = f"{state_file.path.name} is missing"
+    if not store.slot_names():
+        return DeviceState()
+    state, notes = rebuild(store, trust, device_id=device_id)
+    kept = ", ".join(f"{s.slot} ({s.release})" for s in (state.active, state.previous) if s)
+    message = f"{problem}: rebuilt from the signed slots: {kept or 'none verifies'}"
+    if notes:
+        message += "; " + "; ".join(notes)
+    reporter.event(
+        "state_rebuilt",
+        message,
+        release=state.active.release if state.active else "",
+        generation=state.generation_applied,
+        phase=state.phase,
+    )
+    state_file.save(state)
+    return state
+
+
+def rebuild(
+    store: DeviceStore, trust: TrustStore, *, device_id: str
+) -> tuple[DeviceState, list[str]]:
+    """The state the verified slots on disk prove, and a note per slot that did not verify."""
+    proven: list[tuple[int, SlotInfo]] = []
+    notes: list[str] = []
+    for slot in store.slot_names():
+        try:
+            manifest, manifest_digest = store.open_slot(slot, trust)
+            generation = _slot_generation(
+                store, trust, slot, device_id=device_id, manifest_digest=manifest_digest
+            )
+        except (EdgeFleetError, OSError) as exc:
+            notes.append(f"slot {slot} left out: {exc}")
+            continue
+        info = SlotInfo(
+            slot=slot,
+            release=str(manifest.ref),
+            manifest_digest=manifest_digest,
+            model_digest=manifest.model_digest,
+            golden_digest=manifest.golden_digest,
+        )
+        proven.append((generation, info))
+    proven.sort(key=lambda p: p[0], reverse=True)
+    if not proven:
+        return DeviceState(), notes
+    (generation, active), *older = proven
+    return (
+        DeviceState(
+            generation_applied=generation,
+            phase=InstallPhase.ACTIVE,
+            target_release=active.release,
+            active=active,
+            previous=older[0][1] if older else None,
+        ),
+        notes,
+    )
+
+
+def _slot_generation(
+    store: DeviceStore, trust: TrustStore, slot: str, *, device_id: str, manifest_digest: str
+) -> int:
+    """The generation the slot's signed desired state proves (its name's, without one)."""
+    named = int(slot[1:])
+    raw = store.slot_desired(slot)
+    if raw is None:
+        return named
+    desired = open_desired(raw, trust, device_id=device_id, at_any_time=True)
+    if desired.manifest_digest != manifest_digest or desired.generation != named:
+        raise IntegrityError(desired.manifest_digest, manifest_digest)
+    return desired.generation
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ swapped) and cleared when the window passes or the release is rolled back: a sta
 it set knows the release never passed. ``load_failures`` is counted up *before* each load of
 the active slot at start and reset after it loaded, so a crash while loading counts too. Keys
 added after the first agents shipped are optional when read.
+
+A missing or unreadable ``state.json`` is not the end of the installed models: ``restoring``
+sets an unreadable one aside (``state.json.corrupt``) and rebuilds the state from the signed
+slots on disk.
 """
 
 from __future__ import annotations
@@ -227,6 +231,15 @@ def from_json(data: bytes) -> DeviceState:
 class StateFile:
     def __init__(self, path: Path) -> None:
         self.path = path
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def set_aside(self) -> Path:
+        """Move an unreadable state file out of the way (kept for a post-mortem); its new path."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt")
+        self.path.replace(aside)
+        return aside
 
     def load(self) -> DeviceState:
         """The saved state; a fresh one when there is none; ``StateFileError`` when unreadable."""

@@ -9,6 +9,8 @@ Layout under the data dir::
                                  (a link); ``model.onnx`` is then what it decodes to
     slots/<slot>/golden.npz      its golden data, when the manifest names some (also a link)
     slots/<slot>/manifest.signed its signed manifest (protobuf ``Signed``), re-verified on start
+    slots/<slot>/desired.signed  the signed desired state that installed it: proves the slot's
+                                 generation when ``state.json`` is lost (``restoring.rebuild``)
 
 A slot is staged in a temporary dir and renamed into place, so ``slots/<slot>`` is either
 absent or complete. Only the active and the previous slot (and the install under way) are kept.
@@ -44,6 +46,7 @@ PACKED_FILE = "model.efpk"
 SUPPORTED_ENCODINGS = frozenset({"", packing.ENCODING})
 GOLDEN_FILE = "golden.npz"
 MANIFEST_FILE = "manifest.signed"
+DESIRED_FILE = "desired.signed"
 _SLOT = re.compile(r"^g[0-9]{1,20}$")
 
 
@@ -100,6 +103,7 @@ class DeviceStore:
         golden_digest: str = "",
         encoding: str = "",
         decoded_digest: str = "",
+        signed_desired: bytes = b"",
     ) -> Path:
         """Make ``slots/<slot>`` afresh from the stored blobs ``digest`` (and ``golden_digest``).
 
@@ -128,11 +132,25 @@ class DeviceStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
         atomic_write(tmp / MANIFEST_FILE, signed_manifest)
+        if signed_desired:
+            atomic_write(tmp / DESIRED_FILE, signed_desired)
         fsync_dir(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         fsync_dir(self._slots)
         return final
+
+    def slot_names(self) -> list[str]:
+        """The complete slots on disk, newest generation first."""
+        names = [d.name for d in self._slots.iterdir() if _SLOT.match(d.name) and d.is_dir()]
+        return sorted(names, key=lambda n: int(n[1:]), reverse=True)
+
+    def slot_desired(self, slot: str) -> bytes | None:
+        """The signed desired state kept with a slot (None for slots staged before it was)."""
+        try:
+            return (self.slot_dir(slot) / DESIRED_FILE).read_bytes()
+        except FileNotFoundError:
+            return None
 
     def open_slot(self, slot: str, trust: TrustStore) -> tuple[t.Manifest, str]:
         """Verify a slot's signed manifest, its model's and golden data's digests; return

@@ -32,6 +32,9 @@ def key_info(k: SigningKey) -> controller_pb2.KeyInfo:
         created_at_ms=k.created_at_ms,
         active=k.active,
         created=k.created,
+        retired_at_ms=k.retired_at_ms,
+        revoked_at_ms=k.revoked_at_ms,
+        trusted_until_ms=k.trusted_until_ms,
     )
 
 

@@ -81,6 +81,7 @@ RULES: dict[str, Rule] = {
     "ResumeRollout": Rule(_D, mutating=True),
     "AbortRollout": Rule(_D, mutating=True),
     "InitKey": Rule(_A, mutating=True, everywhere=True),
+    "RevokeKey": Rule(_A, mutating=True, everywhere=True),
     "AddOperator": Rule(_A, mutating=True, everywhere=True),
     "RevokeOperator": Rule(_A, mutating=True, everywhere=True),
     "ListOperators": Rule(_A, everywhere=True),
@@ -172,8 +173,9 @@ def target_of(method: str, request: Any, resolve: Resolver) -> Target:
         return Target(f"{request.name}:{request.version}")
     if method in ("AddOperator", "RevokeOperator"):
         return Target(request.name)
-    if method == "InitKey":
-        return Target("rotate" if request.rotate else "init")
+    if method in ("InitKey", "RevokeKey"):  # RevokeKey: the key; InitKey: what it does
+        init = "rotate" if getattr(request, "rotate", False) else "init"
+        return Target(request.key_id if method == "RevokeKey" else init)
     if method in _IDENTITY_METHODS:
         return _identity_target(method, request, resolve)
     return Target()

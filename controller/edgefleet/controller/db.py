@@ -57,6 +57,10 @@ class KeyRow(Base):
     public_key_pem: Mapped[str] = mapped_column(Text)
     created_at_ms: Mapped[int] = mapped_column(BigInteger)
     active: Mapped[bool] = mapped_column(Boolean, index=True)
+    retired_at_ms: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    """When a rotation made another key active (0: never); its overlap window starts here."""
+    revoked_at_ms: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    """When ``edgectl keys revoke`` took it out of the trust bundle (0: trusted)."""
 
 
 class ModelRow(Base):
@@ -277,6 +281,17 @@ class DeviceCertRow(Base):
     issued_at_ms: Mapped[int] = mapped_column(BigInteger)
     revoked_at_ms: Mapped[int | None] = mapped_column(BigInteger, index=True)
     reason: Mapped[str] = mapped_column(String(32), default="")
+
+
+class LeaseRow(Base):
+    """Who holds a lease (``leasing``: the replica that drives rollouts), until when, and how
+    many times it changed hands (the epoch)."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(_NAME, primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at_ms: Mapped[int] = mapped_column(BigInteger)
+    epoch: Mapped[int] = mapped_column(BigInteger)
 
 
 class Database:

@@ -21,6 +21,9 @@ class SigningKey:
     created_at_ms: int
     active: bool
     created: bool = False  # True only in the answer to the InitKey that made it
+    retired_at_ms: int = 0  # when a rotation replaced it
+    revoked_at_ms: int = 0  # when it was revoked (0: trusted)
+    trusted_until_ms: int = 0  # end of its overlap window in the trust bundle (0: open)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,10 @@
 """Desired states out: seal each engine command with the active key and the signed manifest of
 the release it names, then publish it retained at QoS 1 on the device's desired topic.
 
+Each desired state expires ``desired_ttl_ms`` after it is *sealed*: a re-published one (same
+generation, ``rolling.republish``) gets a fresh expiry, and the agent, which has that generation
+already, ignores it as a redelivery.
+
 Sealing is separate from publishing so that the caller can seal (and fail: no key, unknown
 release) before it writes anything, and publish only after the write. A message paho refuses
 to queue is kept and tried again on the next ``retry``, unless a newer one for the same device
@@ -11,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,8 +67,13 @@ class Sender:
         publisher: Publisher,
         metrics: Metrics,
         artifact_sources: Sequence[str],
+        desired_ttl_ms: int = 30 * 86400 * 1000,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ) -> None:
+        """``desired_ttl_ms`` 0: desired states never expire."""
         self._releases = releases
+        self._ttl_ms = desired_ttl_ms
+        self._clock_ms = clock_ms
         self._keys = keys
         self._publisher = publisher
         self._metrics = metrics
@@ -83,6 +93,7 @@ class Sender:
         if not orders:
             return [], {}
         _, key = self._keys.active()
+        expires_at_ms = self._clock_ms() + self._ttl_ms if self._ttl_ms > 0 else 0
         manifests: dict[str, Release | None] = {}
         sealed: list[Sealed] = []
         missing: dict[str, str] = {}
@@ -102,6 +113,7 @@ class Sender:
                 issued_at_ms=issued_at_ms,
                 artifact_sources=self._sources,
                 key=key,
+                expires_at_ms=expires_at_ms,
             )
             sealed.append(Sealed(o.device_id, o.generation, payload))
         return sealed, missing

@@ -14,6 +14,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent import futures
 
@@ -36,6 +37,7 @@ from edgefleet.controller.enrollment import Enrollment, open_enrollment
 from edgefleet.controller.fleetmetrics import FleetCollector
 from edgefleet.controller.identityservice import EnrollmentServicer
 from edgefleet.controller.keys import KeyRing
+from edgefleet.controller.leasing import DbMutex, Lease
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.operators import OperatorStore
 from edgefleet.controller.registry import Registry
@@ -45,6 +47,7 @@ from edgefleet.controller.rolloutstore import RolloutStore
 from edgefleet.controller.sandbox import Sandbox
 from edgefleet.controller.sending import Sender
 from edgefleet.controller.service import ControllerServicer
+from edgefleet.controller.trustpub import TrustPublisher
 from edgefleet.v1 import artifact_pb2_grpc, controller_pb2_grpc, enroll_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,7 @@ class Controller:
         self._ingest: ingesting.Ingest | None = None
         self._releases: Releases | None = None
         self._driver: RolloutDriver | None = None
+        self._trustpub: TrustPublisher | None = None
         self.enrollment: Enrollment | None = None  # device identities, once started
         self._reconnected = threading.Event()
 
@@ -113,7 +117,8 @@ class Controller:
         operators.bootstrap(s.admin_token_file)
         audit_log = AuditLog(db, clock=now_ms)
         blobs = BlobStore(s.blobs_dir)
-        keys = KeyRing(db, s.keys_dir, clock=now_ms)
+        ttl_ms = int(s.rollouts.desired_ttl_s * 1000)
+        keys = KeyRing(db, s.keys_dir, clock=now_ms, overlap_ms=ttl_ms)
         registry = Registry(db, blobs, clock=now_ms, sandbox=Sandbox(s.sandbox))
         self._releases = releases = Releases(db, registry, keys=keys, clock=now_ms, blobs=blobs)
         devices = DeviceStore(db, clock=now_ms, events_per_device=s.ingest.events_per_device)
@@ -126,10 +131,13 @@ class Controller:
             client_id=s.mqtt.client_id,
             subscriptions=ingesting.SUBSCRIPTIONS,
             on_message=self._ingest.handle,
-            on_connect=self._reconnected.set,  # the driver re-publishes every desired state
+            on_connect=self._on_connect,  # re-publish desired states, trust bundle, rosters
             ca_file=s.mqtt.ca_file,
             cert_file=s.mqtt.cert_file,
             key_file=s.mqtt.key_file,
+        )
+        self._trustpub = TrustPublisher(
+            keys, db, self._mqtt, interval_s=s.rollouts.trust_interval_s, clock_ms=now_ms
         )
         self._mqtt.start()
 
@@ -156,10 +164,24 @@ class Controller:
             publisher=self._mqtt,
             metrics=self.metrics,
             artifact_sources=[*s.grpc.extra_sources, self._advertised(host, port)],
+            desired_ttl_ms=ttl_ms,
+            clock_ms=now_ms,
         )
         store = RolloutStore(db)
+        # Several replicas may share this database: changes serialise on a lock they share,
+        # and only the holder of the rollouts lease drives (leasing).
         rollouts = Rollouts(
-            store, sender, clock=self.clock, resend_after_s=s.rollouts.resend_after_s
+            store,
+            sender,
+            clock=self.clock,
+            resend_after_s=s.rollouts.resend_after_s,
+            lock=DbMutex(db, lock_file=s.data_dir / "rollouts.lock"),
+        )
+        self.lease = Lease(
+            db,
+            holder=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}",
+            ttl_s=s.rollouts.lease_ttl_s,
+            clock_ms=now_ms,
         )
         self.metrics.watch(
             FleetCollector(
@@ -203,8 +225,10 @@ class Controller:
             tick_s=s.rollouts.tick_s,
             reconnected=self._reconnected,
             lag_check_s=s.rollouts.lag_check_s,
+            lease=self.lease,
         )
         self._driver.start()
+        self._trustpub.start()
         if s.metrics.port is not None:
             self.metrics.serve(host=s.metrics.host, port=s.metrics.port)
         self._write_state(host, port, api_host, api_port)
@@ -215,6 +239,11 @@ class Controller:
             s.data_dir,
         )
         return port
+
+    def _on_connect(self) -> None:
+        self._reconnected.set()  # the driver re-publishes every desired state
+        if self._trustpub is not None:
+            self._trustpub.reconnected()
 
     def _listen_api(self, gate: auth.OperatorAuth) -> tuple[grpc.Server, str, int]:
         """The operator API's own server, every call through ``gate``; bound, not started."""
@@ -292,6 +321,8 @@ class Controller:
             pool.shutdown(wait=False)
         if self._driver is not None:
             self._driver.stop()
+        if self._trustpub is not None:
+            self._trustpub.stop()
         if self._mqtt is not None:
             self._mqtt.stop()
         if self._ingest is not None:

@@ -99,6 +99,13 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
             context, "InitKey", lambda: api.key_info(self._keys.init(rotate=request.rotate))
         )
 
+    def RevokeKey(self, request: pb.RevokeKeyRequest, context: grpc.ServicerContext) -> pb.KeyInfo:
+        return serve(
+            context,
+            "RevokeKey",
+            lambda: api.key_info(self._keys.revoke(request.key_id, force=request.force)),
+        )
+
     def ListKeys(
         self, request: pb.ListKeysRequest, context: grpc.ServicerContext
     ) -> pb.ListKeysResponse:
@@ -166,6 +173,8 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
                 health=api.health(request),
                 notes=request.notes,
                 golden=request.golden,
+                runtime=request.runtime,
+                image=request.image,
             )
             return api.release_info(release)
 

@@ -27,6 +27,7 @@ R = TypeVar("R")
 UPLOAD_CHUNK = 256 * 1024
 UPLOAD_MIN_RATE = 1 << 20  # bytes/s the upload deadline allows for, on top of the base deadline
 COMPRESS_DEADLINE_S = 1800.0  # a compression search runs for minutes, not seconds
+IMAGE_BUILD_DEADLINE_S = 300.0  # a container release's image is built on the controller host
 MISSING_CREDENTIALS = (
     "set EDGECTL_TOKEN or EDGECTL_TOKEN_FILE, or token_file in ~/.config/edgefleet/edgectl.toml"
 )
@@ -129,6 +130,10 @@ class ControllerClient:
         request = pb.InitKeyRequest(rotate=rotate)
         return self._call(lambda: self._stub.InitKey(request, timeout=self.deadline_s))
 
+    def revoke_key(self, key_id: str, *, force: bool = False) -> pb.KeyInfo:
+        request = pb.RevokeKeyRequest(key_id=key_id, force=force)
+        return self._call(lambda: self._stub.RevokeKey(request, timeout=self.deadline_s))
+
     def list_keys(self) -> list[pb.KeyInfo]:
         request = pb.ListKeysRequest()
         return list(self._call(lambda: self._stub.ListKeys(request, timeout=self.deadline_s)).keys)
@@ -194,13 +199,23 @@ class ControllerClient:
         health: t.HealthPolicy | None = None,
         notes: str = "",
         golden: bytes = b"",
+        runtime: str = "",
+        image: str = "",
     ) -> pb.ReleaseInfo:
         request = pb.CreateReleaseRequest(
-            name=name, version=version, model_version=model_version, notes=notes, golden=golden
+            name=name,
+            version=version,
+            model_version=model_version,
+            notes=notes,
+            golden=golden,
+            runtime=runtime,
+            image=image,
         )
         if health is not None:
             request.health.CopyFrom(wire.health_to_pb(health))
-        return self._call(lambda: self._stub.CreateRelease(request, timeout=self.deadline_s))
+        # building a container release's image takes a while on the controller's host
+        deadline = max(self.deadline_s, IMAGE_BUILD_DEADLINE_S) if runtime else self.deadline_s
+        return self._call(lambda: self._stub.CreateRelease(request, timeout=deadline))
 
     def list_releases(self, name: str = "") -> list[pb.ReleaseInfo]:
         request = pb.ListReleasesRequest(name=name)

@@ -140,6 +140,9 @@ def key_dict(k: pb.KeyInfo) -> dict[str, Any]:
         "active": k.active,
         "created": k.created,
         "created_at_ms": k.created_at_ms,
+        "retired_at_ms": k.retired_at_ms,
+        "revoked_at_ms": k.revoked_at_ms,
+        "trusted_until_ms": k.trusted_until_ms,
         "public_key_pem": k.public_key_pem,
     }
 

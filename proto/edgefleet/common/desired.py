@@ -2,12 +2,16 @@
 
 Opening checks, in order: the outer envelope's signature by a trusted key, the payload's
 shape, the inner manifest's own signature, that the manifest digest matches the manifest bytes
-and that the manifest names the release the desired state names. Generation (anti-replay) is
-checked by the agent against its persisted state, since only it knows what it applied.
+and that the manifest names the release the desired state names, and that it has not expired
+(``expires_at_ms``; its signing key must also be inside its trust-bundle window then).
+Generation (anti-replay) is checked by the agent against its persisted state, since only it
+knows what it applied. A slot rebuilt from disk opens its desired state ``at_any_time``: what
+was proven once stays proven, only a revoked key takes it away.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,7 +33,9 @@ def seal(
     issued_at_ms: int,
     artifact_sources: Sequence[str],
     key: Ed25519PrivateKey,
+    expires_at_ms: int = 0,
 ) -> bytes:
+    """The signed desired state; ``expires_at_ms`` 0: it never expires."""
     manifest = wire.decode_manifest(signed_manifest.payload)
     msg = mqtt_pb2.DesiredState(
         device_id=device_id,
@@ -41,6 +47,7 @@ def seal(
         rollout_id=rollout_id,
         issued_at_ms=issued_at_ms,
         artifact_sources=list(artifact_sources),
+        expires_at_ms=expires_at_ms,
     )
     env = sign(msg.SerializeToString(deterministic=True), DESIRED_TYPE, key)
     return wire.envelope_to_pb(env).SerializeToString(deterministic=True)
@@ -52,12 +59,35 @@ def open_manifest(env: Envelope, trust: TrustStore) -> tuple[t.Manifest, str]:
     return wire.decode_manifest(payload), digests.of_bytes(payload)
 
 
-def open_desired(data: bytes, trust: TrustStore, *, device_id: str) -> t.DesiredState:
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def open_desired(
+    data: bytes,
+    trust: TrustStore,
+    *,
+    device_id: str,
+    now: int | None = None,
+    at_any_time: bool = False,
+) -> t.DesiredState:
+    """Verify a signed desired state for ``device_id``.
+
+    ``now`` (epoch ms; default the wall clock): it must not have expired then. ``at_any_time``:
+    skip the expiry and key-window checks (a slot on disk, proven when it was installed).
+    """
+    at = None if at_any_time else (now_ms() if now is None else now)
     env = wire.decode_envelope(data)
-    payload = trust.verify(env, expected_type=DESIRED_TYPE)
+    payload = trust.verify(env, expected_type=DESIRED_TYPE, at_ms=at)
     msg = wire.parse(mqtt_pb2.DesiredState, payload, what="desired state")
     if msg.device_id != device_id:
         raise SignatureError(f"desired state addressed to {msg.device_id!r}, not {device_id!r}")
+    if at is not None and msg.expires_at_ms and at >= msg.expires_at_ms:
+        raise SignatureError(
+            f"desired state of generation {msg.generation} expired at {msg.expires_at_ms} "
+            f"(now {at})",
+            key_id=env.key_id,
+        )
     if not msg.generation or not msg.release or not msg.HasField("manifest"):
         raise MalformedMessageError("desired state without generation, release or manifest")
     manifest, manifest_digest = open_manifest(wire.envelope_from_pb(msg.manifest), trust)

@@ -3,12 +3,17 @@
 The signed bytes are a pre-authentication encoding (as in DSSE) of the payload type and the
 payload, so a signature made for a ``Manifest`` can never pass as one for a ``DesiredState``.
 Key ids are derived from the public key, so an envelope cannot claim a key it was not made with.
+
+A ``TrustStore`` starts from the keys the device was given (``--trusted-key``) and follows the
+signed trust bundle (``trustbundle``): its keys are added, with the window in which each may sign
+fresh messages, and its revoked key ids taken away, the given ones included.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,8 @@ from edgefleet.common.errors import SignatureError
 MANIFEST_TYPE = "edgefleet.v1.Manifest"
 DESIRED_TYPE = "edgefleet.v1.DesiredState"
 BENCHMARK_TYPE = "edgefleet.v1.BenchmarkSpec"
+BUNDLE_TYPE = "edgefleet.v1.TrustBundle"
+ROSTER_TYPE = "edgefleet.v1.FleetRoster"
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,30 @@ def sign(payload: bytes, payload_type: str, private_key: Ed25519PrivateKey) -> E
     )
 
 
+@dataclass(frozen=True)
+class Window:
+    """When a key may sign fresh messages (epoch ms; 0 = open on that side)."""
+
+    not_before_ms: int = 0
+    not_after_ms: int = 0
+
+    def contains(self, at_ms: int) -> bool:
+        return (not self.not_before_ms or at_ms >= self.not_before_ms) and (
+            not self.not_after_ms or at_ms < self.not_after_ms
+        )
+
+
 class TrustStore:
-    """The public keys a verifier accepts, by key id."""
+    """The public keys a verifier accepts, by key id; thread-safe, updated by ``adopt``."""
 
     def __init__(self, keys: Iterable[Ed25519PublicKey] = ()) -> None:
-        self._keys: dict[str, Ed25519PublicKey] = {key_id(k): k for k in keys}
+        self._given: dict[str, Ed25519PublicKey] = {key_id(k): k for k in keys}
+        self._lock = threading.Lock()
+        self._keys = dict(self._given)
+        self._windows: dict[str, Window] = {}
+        self._revoked: frozenset[str] = frozenset()
+        self.version = 0
+        """The version of the trust bundle adopted (0: only the given keys)."""
 
     @classmethod
     def from_pem_files(cls, paths: Iterable[Path]) -> TrustStore:
@@ -66,30 +92,81 @@ class TrustStore:
 
     @property
     def key_ids(self) -> Mapping[str, Ed25519PublicKey]:
-        return dict(self._keys)
+        with self._lock:
+            return dict(self._keys)
+
+    @property
+    def revoked(self) -> frozenset[str]:
+        with self._lock:
+            return self._revoked
 
     def __len__(self) -> int:
-        return len(self._keys)
+        with self._lock:
+            return len(self._keys)
 
-    def verify(self, envelope: Envelope, *, expected_type: str) -> bytes:
-        """Return the payload when ``envelope`` carries a valid signature by a trusted key."""
+    def adopt(
+        self,
+        keys: Mapping[str, tuple[Ed25519PublicKey, Window]],
+        *,
+        revoked: Iterable[str],
+        version: int,
+    ) -> None:
+        """Trust the given keys plus ``keys`` (each with its window), less ``revoked``."""
+        gone = frozenset(revoked)
+        merged = {**self._given, **{kid: k for kid, (k, _) in keys.items()}}
+        with self._lock:
+            self._keys = {kid: k for kid, k in merged.items() if kid not in gone}
+            self._windows = {kid: w for kid, (_, w) in keys.items() if kid not in gone}
+            self._revoked = gone
+            self.version = version
+
+    def accepts(self, kid: str, *, at_ms: int | None = None) -> bool:
+        """Whether ``kid`` is trusted (and, with ``at_ms``, inside its window then)."""
+        with self._lock:
+            if kid not in self._keys:
+                return False
+            window = self._windows.get(kid)
+        return at_ms is None or window is None or window.contains(at_ms)
+
+    def verify(self, envelope: Envelope, *, expected_type: str, at_ms: int | None = None) -> bytes:
+        """Return the payload when ``envelope`` carries a valid signature by a trusted key.
+
+        ``at_ms``: a fresh message, signed now: its key must also be inside its window then.
+        Without it (a slot's manifest installed long ago) only revocation takes a key away.
+        """
         if envelope.payload_type != expected_type:
             raise SignatureError(
                 f"payload type {envelope.payload_type!r} where {expected_type!r} was expected",
                 key_id=envelope.key_id,
             )
-        public_key = self._keys.get(envelope.key_id)
+        self.check_signature(
+            envelope.key_id,
+            envelope.signature,
+            pae(envelope.payload_type, envelope.payload),
+            what=expected_type,
+            at_ms=at_ms,
+        )
+        return envelope.payload
+
+    def check_signature(
+        self, kid: str, signature: bytes, signed: bytes, *, what: str, at_ms: int | None = None
+    ) -> None:
+        """``SignatureError`` unless ``signature`` over ``signed`` is by trusted key ``kid``."""
+        with self._lock:
+            public_key = self._keys.get(kid)
+            window = self._windows.get(kid)
+            revoked = kid in self._revoked
         if public_key is None:
+            state = "revoked" if revoked else "unknown"
+            raise SignatureError(f"signed by {state} key {kid or '(none)'}", key_id=kid)
+        if at_ms is not None and window is not None and not window.contains(at_ms):
             raise SignatureError(
-                f"signed by unknown key {envelope.key_id or '(none)'}", key_id=envelope.key_id
+                f"{what} signed by key {kid} outside its trusted window", key_id=kid
             )
         try:
-            public_key.verify(envelope.signature, pae(envelope.payload_type, envelope.payload))
+            public_key.verify(signature, signed)
         except InvalidSignature as exc:
-            raise SignatureError(
-                f"bad signature on {expected_type} (key {envelope.key_id})", key_id=envelope.key_id
-            ) from exc
-        return envelope.payload
+            raise SignatureError(f"bad signature on {what} (key {kid})", key_id=kid) from exc
 
 
 def generate() -> Ed25519PrivateKey:

@@ -32,6 +32,19 @@ def presence(fleet: str, device_id: str) -> str:
     return f"{ROOT}/fleet/{fleet}/presence/{device_id}"
 
 
+TRUST = f"{ROOT}/trust"
+"""The signed trust bundle (retained, one for every fleet: the signing keys are global)."""
+
+
+def trust() -> str:
+    return TRUST
+
+
+def roster(fleet: str) -> str:
+    """The signed fleet roster (retained): who failover may forward to."""
+    return f"{ROOT}/fleet/{fleet}/roster"
+
+
 def fleet_presence(fleet: str) -> str:
     """Subscription filter for every device's presence in one fleet."""
     return f"{ROOT}/fleet/{fleet}/presence/+"
