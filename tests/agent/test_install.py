@@ -249,7 +249,11 @@ def test_unreachable_source_retries_then_installs(
     w.publish_desired(signer.desired(release, device_id=a.device_id, generation=1))
     retry = w.wait_event("install_retry")
     assert "cannot reach" in retry.message or "UNAVAILABLE" in retry.message
-    assert w.statuses[-1].phase is t.InstallPhase.FETCHING and w.statuses[-1].last_error
+    # status and events are separate topics: wait for the status, never assume it came first
+    wait_for(
+        "a fetching status with the error",
+        lambda: [s for s in w.statuses if s.phase is t.InstallPhase.FETCHING and s.last_error],
+    )
     # the controller publishes the same release with a working source: a newer generation
     w.publish_desired(
         signer.desired(release, device_id=a.device_id, generation=2, sources=[artifacts.address])
