@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import multiprocessing.process
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +39,7 @@ from edgefleet.common.types import TensorSpec
 from edgefleet.controller import golden
 from edgefleet.controller.config import SandboxSettings
 from edgefleet.controller.errors import SandboxError
-from edgefleet.controller.sandbox import Channel, Sandbox
+from edgefleet.controller.sandbox import Sandbox
 from edgefleet.demo import digits
 from edgefleet.v1 import controller_pb2 as pb
 from tests.agent.conftest import (  # noqa: F401 - the agent tests' fixtures, used below
@@ -53,6 +52,7 @@ from tests.agent.conftest import (  # noqa: F401 - the agent tests' fixtures, us
 from tests.agent.helpers import ArtifactServer, Signer, Watcher, install, predict
 from tests.conftest import Broker
 from tests.controller import support
+from tests.security import untrusted_probes as probes
 
 OPSET = 17
 DEADLINE = 60.0
@@ -263,16 +263,11 @@ def test_golden_outputs_of_a_model_that_got_past_registration_never_hold_key_byt
 # --- crashes, limits, hangs ----------------------------------------------------------------
 
 
-def _address_space() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def test_a_model_whose_inspection_runs_out_of_memory_fails_only_its_upload(
     untrusted_ctl: StartController, digits_model: digits.TrainedModel
 ) -> None:
     # A sandbox child starts as a copy of the fork server: measure that, allow 96 MiB more.
-    baseline = Sandbox().call(_address_space, what="probe")
+    baseline = Sandbox().call(probes.address_space, what="probe")
     ctl = untrusted_ctl(memory_bytes=baseline + (96 << 20), max_model_bytes=256 << 20)
 
     failure = support.rpc_error(
@@ -350,23 +345,6 @@ def test_the_agent_refuses_an_external_data_model_before_loading_it(
 # --- the sandbox itself --------------------------------------------------------------------
 
 
-def _child_view() -> dict[str, Any]:
-    fds = {}
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue  # the listing's own descriptor, closed by now
-    return {
-        "cwd": os.getcwd(),
-        "listing": os.listdir("."),
-        "fds": fds,
-        "argv": list(sys.argv),
-        "env": dict(os.environ),
-        "start_dir": multiprocessing.process.ORIGINAL_DIR,  # type: ignore[attr-defined]
-    }
-
-
 def test_the_sandbox_knows_nothing_of_the_controller(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -377,7 +355,7 @@ def test_the_sandbox_knows_nothing_of_the_controller(
     monkeypatch.setattr(sys, "argv", ["edge-controller", "run", "--data-dir", str(data_dir)])
     with (data_dir / "keys" / "k1.pem").open("wb") as open_key:
         open_key.write(b"secret")
-        view = Sandbox().call(_child_view, what="probe")
+        view = Sandbox().call(probes.child_view, what="probe")
 
     assert view["cwd"] != str(tmp_path) and view["listing"] == []
     assert not Path(view["cwd"]).exists()  # removed once the call is over
@@ -397,17 +375,6 @@ def test_errors_the_task_raises_come_back_as_raised_and_a_crash_as_sandbox_error
         sandbox.call(os.abort, what="probe")
 
 
-def _conversation(channel: Channel, count: int) -> tuple[int, str, str]:
-    for i in range(count):
-        channel.emit(i)
-    answer = channel.ask(21)
-    try:
-        channel.ask(-1)
-    except NotFoundError as exc:  # raised here as the controller raised it, attributes too
-        return answer, exc.kind, exc.name
-    raise AssertionError("the controller's error did not come back")
-
-
 def test_a_streamed_call_emits_asks_and_returns_with_one_process_at_a_time() -> None:
     sandbox = Sandbox(SandboxSettings(processes=1, search_s=DEADLINE, timeout_s=DEADLINE))
 
@@ -416,7 +383,7 @@ def test_a_streamed_call_emits_asks_and_returns_with_one_process_at_a_time() -> 
             raise NotFoundError("device", "d9")
         return question * 2
 
-    events = sandbox.stream(_conversation, 3, what="probe", answer=answer)
+    events = sandbox.stream(probes.conversation, 3, what="probe", answer=answer)
     assert list(events) == [0, 1, 2, (42, "device", "d9")]
     assert sandbox.call(os.getpid, what="probe") != os.getpid()  # its turn was given back
 

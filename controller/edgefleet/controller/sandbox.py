@@ -266,9 +266,8 @@ class _Child:
         exc = raised.rebuild()
         if isinstance(exc, MemoryError):
             mib = self.limits.memory_bytes >> 20
-            return SandboxError(
-                f"{self.what} ran out of memory (the limit is {mib} MiB)", what=self.what
-            )
+            limit = f" (the limit is {mib} MiB)" if mib else ""
+            return SandboxError(f"{self.what} ran out of memory{limit}", what=self.what)
         if not isinstance(exc, errors.EdgeFleetError):
             log.warning("sandbox: %s failed in the child:\n%s", self.what, trace)
         return exc
