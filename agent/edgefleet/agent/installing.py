@@ -384,6 +384,7 @@ class Installer:
             raise ModelLoadError(f"health check: {problem}")
         self._checked, self._checked_golden = runtime, golden
         what = f"{golden.rows} golden rows pass" if golden is not None else "smoke inference passes"
+        what = exam.note or what  # no smoke input the model accepts: said, not hidden
         self._reporter.event(
             "health_check_passed",
             f"{what}; median latency {exam.latency.median_ms:.3f} ms, "

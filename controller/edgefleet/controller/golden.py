@@ -2,7 +2,11 @@
 
 What an operator gives ``edgectl release create --golden FILE.npz``: arrays named as the
 model's inputs (``pixels``) or ``input/<name>``, all with the same number of rows (first
-dimension), and optionally ``expected/<output>`` arrays. ``normalize`` checks names, dtypes and
+dimension), and optionally ``expected/<output>`` arrays; ``broadcast/<input>`` arrays (any
+shape the model takes: a scalar sample rate, a recurrent state) are given once and fed
+unchanged with every row (devices then run the rows one at a time), and ``tolerance/<output>``
+(a scalar) is the max abs error that output may show on a device (compressed releases carry
+the ones measured on the winner). ``normalize`` checks names, dtypes and
 shapes against the registered signature (``InvalidInputError`` naming the array and the shapes),
 computes the missing expected outputs by running the model in ONNX Runtime, and writes the
 normalized ``.npz`` (``input/<name>`` and ``expected/<output>``, sorted, fixed timestamps, so the
@@ -31,6 +35,7 @@ from edgefleet.controller.sandbox import Sandbox
 
 Array = npt.NDArray[Any]
 INPUT, EXPECTED = "input/", "expected/"
+BROADCAST, TOLERANCE = "broadcast/", "tolerance/"
 MAX_GOLDEN_BYTES = 32 << 20
 
 
@@ -49,13 +54,16 @@ def read(data: bytes) -> dict[str, Array]:
 def split(
     arrays: Mapping[str, Array], inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
 ) -> tuple[dict[str, Array], dict[str, Array]]:
-    """(inputs, expected outputs) by name; ``InvalidInputError`` for names that are neither."""
+    """(inputs, expected outputs) by name; ``InvalidInputError`` for names that are neither.
+    ``broadcast/`` and ``tolerance/`` arrays are left out (``extras`` reads them)."""
     input_names = {s.name for s in inputs}
     given: dict[str, Array] = {}
     expected: dict[str, Array] = {}
     for key, value in arrays.items():
         if key.startswith(EXPECTED):
             expected[key.removeprefix(EXPECTED)] = value
+            continue
+        if key.startswith((BROADCAST, TOLERANCE)):
             continue
         name = key.removeprefix(INPUT)
         if key == name and name not in input_names:
@@ -73,8 +81,9 @@ def split(
                 f"golden input {name!r} is not an input of the model "
                 f"({wire.describe_specs(inputs)})"
             )
+    shared = {k.removeprefix(BROADCAST) for k in arrays if k.startswith(BROADCAST)}
     for spec in inputs:
-        if spec.name not in given:
+        if spec.name not in given and spec.name not in shared:
             raise InvalidInputError(
                 f"golden data lacks input {spec.name!r} (the model takes "
                 f"{wire.describe_specs(inputs)})"
@@ -87,6 +96,46 @@ def split(
                 f"({', '.join(s.name for s in outputs)})"
             )
     return given, expected
+
+
+def extras(
+    arrays: Mapping[str, Array], inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> tuple[dict[str, Array], dict[str, float]]:
+    """(broadcast inputs, per-output tolerances), checked against the signature."""
+    by_name = {s.name: s for s in inputs}
+    output_names = {s.name for s in outputs}
+    shared: dict[str, Array] = {}
+    tolerances: dict[str, float] = {}
+    for key, value in arrays.items():
+        if key.startswith(BROADCAST):
+            name = key.removeprefix(BROADCAST)
+            spec = by_name.get(name)
+            if spec is None:
+                raise InvalidInputError(
+                    f"golden array {key!r} is not an input of the model "
+                    f"({wire.describe_specs(inputs)})"
+                )
+            fits = not spec.shape or (
+                value.ndim == len(spec.shape)
+                and all(d < 0 or n == d for n, d in zip(value.shape, spec.shape, strict=True))
+            )
+            if not fits or (_numeric(spec.dtype) and value.dtype != np.dtype(spec.dtype)):
+                raise InvalidInputError(
+                    f"golden broadcast input {name!r} is {value.dtype.name}{list(value.shape)}; "
+                    f"the model has {spec.describe()} (given once, the whole input)"
+                )
+            shared[name] = value
+        elif key.startswith(TOLERANCE):
+            name = key.removeprefix(TOLERANCE)
+            if name not in output_names or value.ndim != 0 or value.dtype.kind != "f":
+                raise InvalidInputError(
+                    f"golden {key!r} must be a float scalar named after an output "
+                    f"({', '.join(sorted(output_names))})"
+                )
+            if not (np.isfinite(value) and float(value) >= 0):
+                raise InvalidInputError(f"golden {key!r} must be finite and >= 0, got {value}")
+            tolerances[name] = float(value)
+    return shared, tolerances
 
 
 def _numeric(dtype: str) -> bool:
@@ -123,8 +172,16 @@ def check(what: str, a: Array, spec: TensorSpec, *, rows: int) -> None:
         )
 
 
-def compute(model: bytes, given: Mapping[str, Array], names: Sequence[str]) -> dict[str, Array]:
-    """Outputs ``names`` of ``model`` for ``given`` (one run, or row by row when it must)."""
+def compute(
+    model: bytes,
+    given: Mapping[str, Array],
+    names: Sequence[str],
+    shared: Mapping[str, Array] | None = None,
+) -> dict[str, Array]:
+    """Outputs ``names`` of ``model`` for ``given`` (one run, or row by row when it must: a
+    model fixed at batch 1, or ``shared`` broadcast inputs fed with every row), as devices run
+    it (``edgefleet.agent.checking.run_golden``)."""
+    shared = dict(shared or {})
     if not names:
         return {}
     options = ort.SessionOptions()
@@ -132,13 +189,14 @@ def compute(model: bytes, given: Mapping[str, Array], names: Sequence[str]) -> d
     try:
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         rows = next(iter(given.values())).shape[0]
-        one_at_a_time = rows > 1 and all(
-            isinstance(i.shape[0], int) and i.shape[0] == 1 for i in session.get_inputs() if i.shape
+        firsts = [i.shape[0] for i in session.get_inputs() if i.shape and i.name not in shared]
+        one_at_a_time = rows > 1 and (
+            bool(shared) or (bool(firsts) and all(isinstance(d, int) and d == 1 for d in firsts))
         )
         feeds = (
-            [{k: v[i : i + 1] for k, v in given.items()} for i in range(rows)]
+            [{k: v[i : i + 1] for k, v in given.items()} | shared for i in range(rows)]
             if one_at_a_time
-            else [dict(given)]
+            else [dict(given) | shared]
         )
         runs = [session.run(list(names), feed) for feed in feeds]
     except Exception as exc:  # ORT raises its own classes, all plain Exceptions
@@ -150,27 +208,42 @@ def normalize(
     data: bytes, *, model: bytes, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
 ) -> bytes:
     """Checked, completed golden data as the normalized ``.npz`` bytes devices receive."""
-    given, expected = split(read(data), inputs, outputs)
-    first = given[inputs[0].name]
+    arrays = read(data)
+    given, expected = split(arrays, inputs, outputs)
+    shared, tolerances = extras(arrays, inputs, outputs)
+    per_row = [s for s in inputs if s.name not in shared]
+    if not per_row:
+        raise InvalidInputError("golden data needs at least one input with rows (not broadcast)")
+    first = given[per_row[0].name]
     rows = int(first.shape[0]) if first.ndim else 0
     if rows < 1:
         raise InvalidInputError("golden data needs at least one row")
-    for spec in inputs:
+    for spec in per_row:
         check("input", given[spec.name], spec, rows=rows)
     by_name = {s.name: s for s in outputs}
     for name, value in expected.items():
+        if shared:  # rows run one at a time: outputs are the runs' outputs joined on axis 0
+            spec = by_name[name]
+            if spec.shape and value.ndim != len(spec.shape):
+                raise InvalidInputError(
+                    f"golden expected output {name!r} has shape {list(value.shape)}; the model "
+                    f"has {spec.describe()}"
+                )
+            continue
         check("expected output", value, by_name[name], rows=rows)
     missing = [s.name for s in outputs if s.name not in expected and _numeric(s.dtype)]
-    computed = compute(model, given, missing)
+    computed = compute(model, given, missing, shared)
     for name, value in computed.items():
         if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
             raise InvalidInputError(
                 f"the model outputs NaN or infinity in {name!r} for the golden inputs; devices "
                 "would refuse the release"
             )
-    arrays = {f"{INPUT}{k}": v for k, v in given.items()}
-    arrays |= {f"{EXPECTED}{k}": v for k, v in (expected | computed).items()}
-    return to_npz(arrays)
+    out = {f"{INPUT}{k}": v for k, v in given.items()}
+    out |= {f"{BROADCAST}{k}": v for k, v in shared.items()}
+    out |= {f"{EXPECTED}{k}": v for k, v in (expected | computed).items()}
+    out |= {f"{TOLERANCE}{k}": np.asarray(v, np.float64) for k, v in tolerances.items()}
+    return to_npz(out)
 
 
 def normalize_isolated(
@@ -200,7 +273,9 @@ def to_npz(arrays: Mapping[str, Array]) -> bytes:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             with z.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+                np.lib.format.write_array(
+                    f, np.asarray(arrays[name], order="C"), allow_pickle=False
+                )
     return buf.getvalue()
 
 
@@ -208,7 +283,7 @@ def summary(data: bytes) -> str:
     """``64 rows; inputs pixels; expected label, probabilities`` for logs."""
     arrays = read(data)
     names = sorted(arrays)
-    rows = next(iter(arrays.values())).shape[0]
+    rows = next(v for k, v in arrays.items() if k.startswith(INPUT)).shape[0]
     ins = ", ".join(n.removeprefix(INPUT) for n in names if n.startswith(INPUT))
     outs = ", ".join(n.removeprefix(EXPECTED) for n in names if n.startswith(EXPECTED))
     return f"{rows} rows; inputs {ins}; expected {outs or 'none'}"

@@ -1,6 +1,8 @@
 """fp16 conversion with ONNX Runtime's own converter (``onnxruntime.transformers.float16``).
 
 Inputs and outputs keep their fp32 types (``keep_io_types``), so callers feed the same arrays.
+The converter appends its Casts at the end of the graph; the result is topologically sorted
+(``graphs.toposort``) and must pass ``onnx.checker``, else the pass is skipped with the reason.
 Halves the weights; on CPUs without native fp16 arithmetic ORT computes through Casts and the
 model is usually slower, which the search measures rather than assumes.
 """
@@ -8,7 +10,7 @@ model is usually slower, which the search measures rather than assumes.
 from __future__ import annotations
 
 from . import graphs
-from .errors import PassSkippedError
+from .errors import InvalidInputError, PassSkippedError
 from .records import Compressed, LayerChange, PassRecord, Technique, shape_text
 
 TOOL = "onnxruntime.transformers.float16.convert_float_to_float16"
@@ -28,8 +30,12 @@ def convert_fp16(model: bytes) -> Compressed:
             raise PassSkippedError(
                 Technique.FP16, f"convert_float_to_float16 failed: {_first(exc)}"
             ) from exc
+    graphs.toposort(converted)
     data = graphs.dump(converted)
-    graphs.check_runs(data, Technique.FP16)
+    try:
+        graphs.validate_model(data)
+    except InvalidInputError as exc:
+        raise PassSkippedError(Technique.FP16, str(exc)) from exc
     return Compressed(
         data,
         PassRecord(

@@ -1,14 +1,30 @@
-"""Golden inputs and outputs for a release's device health check.
+"""Golden inputs and outputs for a compressed release's device health check, from the winner.
 
-A handful of eval samples on which the original and the compressed model agree with a clear
-margin (so a correct install cannot flip them), spread over the predicted classes, with the
-compressed model's outputs as computed here and a tolerance for the numeric outputs.
+A handful of eval samples on which the original and the compressed model agree (with a clear
+margin for class scores, so a correct install cannot flip them), spread over the predicted
+classes. The expected outputs are the compressed model's own, computed the way an agent checks
+them (``edgefleet.agent.checking.run_golden``: all rows in one run, or one row per run where
+the model is fixed at batch 1 or has broadcast inputs, on the CPU provider), never another
+model's. Each float output gets its own tolerance, derived from the spread measured by running
+the winner again in the other ways a device may run it (1, 2 and 4 threads, one row at a time:
+dynamic quantization's activation scales depend on the batch), times ``SPREAD_FACTOR``, with a
+floor (``floor``: larger for quantized graphs, whose integer kernels differ between CPUs).
+
+The tolerances *hold* when every integer output is the same in every run and each float
+tolerance is at most ``MAX_RELATIVE_TOLERANCE`` of the output's largest value (beyond that the
+check would tell little); the search attaches golden data automatically only then.
+
+The ``.npz`` (``to_npz``): ``input/<name>`` (rows first), ``broadcast/<name>`` (inputs fed
+unchanged with every row), ``output/<name>``, ``tolerance/<output>`` (max abs error that output
+may show on a device) and ``tolerance`` (the largest of them).
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -17,60 +33,176 @@ import numpy.typing as npt
 from . import graphs
 from .evaluating import EvalSet
 
+Array = npt.NDArray[Any]
+SPREAD_FACTOR = 4.0
+MAX_RELATIVE_TOLERANCE = 0.1
+_THREADS = (1, 2, 4)
+_POOL = 64  # eval samples looked at to pick the golden rows from
+_QUANTIZED_OPS = {
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "DequantizeLinear",
+    "MatMulNBits",
+}
+
+
+class GoldenMode(StrEnum):
+    AUTO = "auto"  # attach when the tolerances hold
+    ALWAYS = "always"
+    NEVER = "never"
+
 
 @dataclass(frozen=True)
 class Golden:
-    inputs: dict[str, npt.NDArray[Any]]
-    outputs: dict[str, npt.NDArray[Any]]
-    tolerance: float  # max abs difference allowed on float outputs; integer outputs must match
+    inputs: dict[str, Array]
+    outputs: dict[str, Array]
+    tolerance: float  # the largest of ``tolerances``
+    tolerances: dict[str, float] = field(default_factory=dict)  # per float output
+    broadcast: dict[str, Array] = field(default_factory=dict)
+    holds: bool = True
+    note: str = ""
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.inputs.values())))
 
     def to_npz(self) -> bytes:
-        """``input/<name>``, ``output/<name>`` and ``tolerance`` arrays, no pickles."""
+        """``input/``, ``broadcast/``, ``output/``, ``tolerance/`` arrays and ``tolerance``."""
         buf = io.BytesIO()
         arrays = {f"input/{k}": v for k, v in self.inputs.items()}
+        arrays |= {f"broadcast/{k}": v for k, v in self.broadcast.items()}
         arrays |= {f"output/{k}": v for k, v in self.outputs.items()}
+        arrays |= {f"tolerance/{k}": np.asarray(v, np.float64) for k, v in self.tolerances.items()}
         np.savez_compressed(buf, tolerance=np.float64(self.tolerance), **arrays)  # type: ignore[arg-type]
         return buf.getvalue()
 
 
-def select_golden(
-    original: bytes, compressed: bytes, eval_set: EvalSet, *, count: int = 8
-) -> Golden:
-    batch = {k: v for k, v in eval_set.batches[0].items()}
-    if any(v.dtype == object for v in batch.values()):  # pragma: no cover - npz never has these
-        raise ValueError("object arrays")
-    ref_sess, new_sess = graphs.session(original), graphs.session(compressed)
-    names = [o.name for o in new_sess.get_outputs()]
-    ref = ref_sess.run(names, batch)
-    new = new_sess.run(names, batch)
+def golden_for(original: bytes, compressed: bytes, eval_set: EvalSet, *, count: int = 8) -> Golden:
+    """Golden rows for ``compressed``, its own outputs, and tolerances that hold on devices."""
+    pool, shared = _pool(eval_set)
+    feed = pool | shared
+    names = [o.name for o in graphs.session(compressed).get_outputs()]
+    ref = _run(original, feed, names, shared=shared)
+    new = _run(compressed, feed, names, shared=shared)
+    idx = _pick(ref, new, count)
+    rows = {k: v[idx] for k, v in pool.items()}
+    batch_one = bool(shared) or _fixed_at_one(compressed)
+    expected = _run(compressed, rows | shared, names, shared=shared, one_by_one=batch_one)
+    runs = [
+        _run(compressed, rows | shared, names, shared=shared, one_by_one=one, threads=t)
+        for t in _THREADS
+        for one in ({batch_one, True} if t == 1 else {batch_one})
+    ]
+    floor_share = 1e-2 if graphs.ops(graphs.load(compressed)) & _QUANTIZED_OPS else 1e-3
+    tolerances: dict[str, float] = {}
+    problems: list[str] = []
+    for i, name in enumerate(names):
+        want = expected[i]
+        if want.dtype.kind not in "fc":
+            if any(not np.array_equal(r[i], want) for r in runs):
+                problems.append(f"integer output {name!r} differs between runs")
+            continue
+        peak = float(np.abs(want).max()) if want.size else 0.0
+        spread = max(
+            (float(np.abs(r[i].astype(np.float64) - want).max()) for r in runs if r[i].size),
+            default=0.0,
+        )
+        tolerance = max(1e-4, floor_share * peak, SPREAD_FACTOR * spread)
+        tolerances[name] = tolerance
+        if peak > 0 and tolerance > MAX_RELATIVE_TOLERANCE * peak:
+            problems.append(
+                f"{name!r} needs a tolerance of {tolerance:.3g}, over "
+                f"{MAX_RELATIVE_TOLERANCE:.0%} of its largest value {peak:.3g}"
+            )
+    spread_text = ", ".join(f"{k} {v:.3g}" for k, v in tolerances.items()) or "none"
+    note = (
+        "; ".join(problems)
+        if problems
+        else f"{len(idx)} rows from the winner itself; tolerances {spread_text}"
+    )
+    return Golden(
+        rows,
+        {k: v for k, v in zip(names, expected, strict=True)},
+        max(tolerances.values(), default=0.0),
+        tolerances,
+        dict(shared),
+        not problems,
+        note,
+    )
+
+
+def _pool(eval_set: EvalSet) -> tuple[dict[str, Array], dict[str, Array]]:
+    """Per-sample inputs of the first eval samples (joined across batches where they fit),
+    and the broadcast inputs."""
+    first = eval_set.batches[0]
+    shared = {k: v for k, v in first.items() if k in eval_set.broadcast}
+    per_sample = [k for k in first if k not in eval_set.broadcast]
+    taken: list[Mapping[str, Array]] = []
+    total = 0
+    for batch in eval_set.batches:
+        if total >= _POOL:
+            break
+        if any(batch[k].shape[1:] != first[k].shape[1:] for k in per_sample):
+            break  # ragged (sequence lengths differ between batches): keep what fits
+        taken.append(batch)
+        total += eval_set.rows(batch)
+    pool = {k: np.concatenate([b[k] for b in taken])[:_POOL] for k in per_sample}
+    return pool, shared
+
+
+def _fixed_at_one(model: bytes) -> bool:
+    firsts = [i.shape[0] for i in graphs.session(model).get_inputs() if i.shape]
+    return bool(firsts) and all(d == 1 for d in firsts)
+
+
+def _run(
+    model: bytes,
+    feed: Mapping[str, Array],
+    names: Sequence[str],
+    *,
+    shared: Mapping[str, Array],
+    one_by_one: bool | None = None,
+    threads: int = 1,
+) -> list[Array]:
+    """Outputs for every row: in one run, or one row per run (joined on the first axis)."""
+    sess = graphs.session(model, threads=threads)
+    per_sample = {k: v for k, v in feed.items() if k not in shared}
+    if one_by_one is None:
+        one_by_one = bool(shared) or _fixed_at_one(model)
+    if not one_by_one:
+        return [np.asarray(a) for a in sess.run(list(names), dict(feed))]
+    n = len(next(iter(per_sample.values())))
+    parts = [
+        sess.run(list(names), {k: v[i : i + 1] for k, v in per_sample.items()} | dict(shared))
+        for i in range(n)
+    ]
+    return [np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(len(names))]
+
+
+def _pick(ref: Sequence[Array], new: Sequence[Array], count: int) -> npt.NDArray[np.int64]:
+    """Rows where the two models agree: class scores with the clearest margin, spread over the
+    classes; else the rows closest to the original."""
+    n = len(new[0]) if new and new[0].ndim else 1
     scores_at = next(
         (i for i, o in enumerate(new) if o.ndim == 2 and o.shape[1] > 1 and o.dtype.kind == "f"),
         None,
     )
-    n = len(next(iter(batch.values())))
-    if scores_at is not None:
+    if scores_at is not None and len(new[scores_at]) == n:
         top = np.sort(new[scores_at], axis=1)
         margin = top[:, -1] - top[:, -2]
         pred = new[scores_at].argmax(axis=1)
         ok = pred == ref[scores_at].argmax(axis=1)
         order = _spread(pred, np.where(ok, margin, -np.inf), count)
-    else:
-        diff = np.abs(new[0].reshape(n, -1) - ref[0].reshape(n, -1)).max(axis=1)
-        order = np.argsort(diff, kind="stable")[:count]
-    idx = np.sort(order)
-    deviation = max(
-        (
-            float(np.abs(a[idx].astype(np.float64) - b[idx]).max())
-            for a, b in zip(new, ref, strict=True)
-            if a.dtype.kind == "f"
-        ),
-        default=0.0,
+        if len(order):
+            return np.sort(order)
+    first = next((i for i, o in enumerate(new) if o.dtype.kind == "f" and len(o) == n), 0)
+    diff = np.abs(new[first].reshape(n, -1).astype(np.float64) - ref[first].reshape(n, -1)).max(
+        axis=1
     )
-    return Golden(
-        {k: v[idx] for k, v in batch.items()},
-        {k: v[idx] for k, v in zip(names, new, strict=True)},
-        max(1e-4, 2 * deviation),
-    )
+    return np.sort(np.argsort(diff, kind="stable")[:count])
 
 
 def _spread(pred: npt.NDArray[Any], margin: npt.NDArray[Any], count: int) -> npt.NDArray[np.int64]:

@@ -230,3 +230,73 @@ def check_runs(data: bytes, technique: str, feeds: Sequence[Feed] = ()) -> None:
     except Exception as exc:  # ORT raises its own unexported exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PassSkippedError(technique, f"ONNX Runtime cannot run the result: {first}") from exc
+
+
+def toposort(model: onnx.ModelProto) -> None:
+    """Order every graph's nodes (subgraphs too) so each comes after what it reads, in place.
+
+    Converters that append nodes (ORT's fp16 tool adds its Casts at the end) leave graphs that
+    ONNX Runtime runs but ``onnx.checker`` refuses ("Nodes in a graph must be topologically
+    sorted"). Stable: nodes already in order keep it. A cycle raises ``InvalidInputError``.
+    """
+    _sort_graph(model.graph, set())
+
+
+def _sort_graph(graph: onnx.GraphProto, outer: set[str]) -> None:
+    known = set(outer) | {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    known |= {t.values.name for t in graph.sparse_initializer} | {""}
+    pending = list(graph.node)
+    done: list[onnx.NodeProto] = []
+    while pending:
+        left: list[onnx.NodeProto] = []
+        for node in pending:
+            if all(name in known for name in _reads(node)):
+                done.append(node)
+                known.update(node.output)
+            else:
+                left.append(node)
+        if len(left) == len(pending):
+            missing = sorted({n for node in left for n in _reads(node) if n not in known})
+            raise InvalidInputError(
+                f"graph {graph.name!r} cannot be ordered: {left[0].name} reads {missing[:3]}"
+            )
+        pending = left
+    for node in done:
+        for a in node.attribute:
+            subgraphs = [a.g] if a.HasField("g") else list(a.graphs)
+            for sub in subgraphs:
+                _sort_graph(sub, known)
+    del graph.node[:]
+    graph.node.extend(done)
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """What a node reads: its inputs and the outer-scope names its subgraphs use."""
+    names = set(node.input)
+    for a in node.attribute:
+        for sub in [a.g] if a.HasField("g") else list(a.graphs):
+            made = {i.name for i in sub.input} | {t.name for t in sub.initializer}
+            for n in sub.node:
+                made.update(n.output)
+            names |= {x for n in sub.node for x in _reads(n)} - made
+    return names
+
+
+def validate_model(data: bytes, feeds: Sequence[Feed] = ()) -> None:
+    """What a model must pass before it can be registered: ``onnx.checker``, a load in ONNX
+    Runtime's CPU provider and a run on the first feed. ``InvalidInputError`` says what failed."""
+    try:
+        onnx.checker.check_model(onnx.load_model_from_string(data))
+    except (onnx.checker.ValidationError, DecodeError, ValueError) as exc:
+        raise InvalidInputError(f"onnx.checker refuses it: {_first_line(exc)}") from exc
+    try:
+        sess = session(data)
+        for feed in feeds[:1]:
+            sess.run(None, dict(feed))
+    except Exception as exc:  # ORT raises its own unexported exception types
+        raise InvalidInputError(f"ONNX Runtime cannot run it: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

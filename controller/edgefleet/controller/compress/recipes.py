@@ -6,9 +6,11 @@ A pipeline is ``+``-joined steps, a recipe is ``,``-joined pipelines or ``auto``
     prune-S (global, S percent) | prune-layer-S | prune-structured-S | cluster-Bbit | huffman
     lowrank-E (energy, e.g. 0.9) | lowrank-auto (by the accuracy budget) | distill[-W]
 
-``auto`` is a list ordered by expected gain: first what makes the model faster *and* smaller
-on any CPU (structured pruning, distillation), then size for transfer (pruning, clustering and
-entropy coding), then the quantizations, whose speed depends on the CPU.
+``auto`` is a list of pipelines that the search runs cheapest first (``cost``: the expected
+duration in evaluations of the original, so that a time budget is spent on the candidates most
+likely to finish): the one-shot quantizations and fp16, then pruning, clustering and entropy
+coding, then static quantization (calibration runs), structured pruning, low-rank search and
+distillation (training) last.
 """
 
 from __future__ import annotations
@@ -51,6 +53,28 @@ AUTO: tuple[str, ...] = (
     "cluster-4bit+huffman",
     "fp16",
 )
+# Expected cost of a step, in evaluations of the original on the eval set (the pass itself plus
+# what it runs: calibration, per-layer sensitivity, a search over ranks, student training).
+_COST = {
+    Technique.INT8_DYNAMIC: 1.5,
+    Technique.FP16: 1.5,
+    Technique.INT4_WEIGHTS: 2.0,
+    Technique.PRUNE: 6.0,
+    Technique.CLUSTER: 2.5,
+    Technique.HUFFMAN: 0.5,
+    Technique.INT8_STATIC: 5.0,
+    Technique.PRUNE_STRUCTURED: 8.0,
+    Technique.LOWRANK: 10.0,
+    Technique.DISTILL: 30.0,
+}
+
+
+def cost(pipeline: Pipeline) -> float:
+    """Expected duration of a candidate, in evaluations of the original (its own evaluation
+    included); ``auto`` runs cheapest first and the time budget uses it to estimate."""
+    return 1.0 + sum(_COST.get(s.technique, 2.0) for s in pipeline.steps)
+
+
 # Techniques that must come after others in a pipeline: a step may not follow any of these.
 _LATER = {
     Technique.HUFFMAN: set(Technique) - {Technique.HUFFMAN},

@@ -44,6 +44,7 @@ def candidate_dict(c: CandidateRecord) -> dict[str, Any]:
         "verdict": c.verdict,
         "notes": list(c.notes),
         "sensitivity": [asdict(s) for s in c.sensitivity],
+        "seconds": round(c.seconds, 3),
     }
 
 
@@ -54,14 +55,21 @@ def report_json(result: SearchResult) -> str:
         "timer": result.timer,
         "passed": result.passed,
         "winner": result.winner.name if result.winner else None,
+        "metric": result.original.metric,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "time_budget_s": result.budget_s or None,
+        "stopped_by": result.stopped or None,
         "original": candidate_dict(result.original),
         "candidates": [candidate_dict(c) for c in result.candidates],
         "golden": None
         if result.golden is None
         else {
-            "count": len(next(iter(result.golden.inputs.values()))),
+            "count": result.golden.rows,
             "tolerance": result.golden.tolerance,
+            "tolerances": result.golden.tolerances,
+            "broadcast": sorted(result.golden.broadcast),
         },
+        "golden_note": result.golden_note,
     }
     return json.dumps(doc, indent=2, allow_nan=False)
 
@@ -76,15 +84,21 @@ def report_markdown(result: SearchResult) -> str:
         *(f"p50 {t}t (ms)" for t in threads),
         o.metric,
         "drop",
+        "s",
         "gate",
     ]
+    budget = f", budget {result.budget_s:.0f} s" if result.budget_s else ""
     lines = [
-        f"# Compression report ({result.objective}, max drop {result.max_drop:g} points, "
-        f"timed on {result.timer})",
+        f"# Compression report ({result.objective}, metric {o.metric}, max drop "
+        f"{result.max_drop:g} points, timed on {result.timer})",
         "",
         f"**Winner: {result.winner.name}**"
         if result.winner
         else "**No candidate passed the gate; nothing to register.**",
+        "",
+        f"Search took {result.elapsed_s:.1f} s{budget}"
+        + (f"; candidates left out by {result.stopped}." if result.stopped else "."),
+        f"Golden data: {result.golden_note or 'none'}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -102,7 +116,18 @@ def report_markdown(result: SearchResult) -> str:
         gate = "PASS" if c.passed_gate and c is not o else ("ref" if c is o else "FAIL")
         lines.append(
             "| "
-            + " | ".join([c.name, size, transfer, *lats, value, drop, f"{gate}: {c.verdict}"])
+            + " | ".join(
+                [
+                    c.name,
+                    size,
+                    transfer,
+                    *lats,
+                    value,
+                    drop,
+                    f"{c.seconds:.1f}",
+                    f"{gate}: {c.verdict}",
+                ]
+            )
             + " |"
         )
     for c in result.candidates:

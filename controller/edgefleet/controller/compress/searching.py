@@ -6,6 +6,16 @@ for timing noise). Passing candidates are ranked by the objective: ``balanced`` 
 log(latency ratio) + log(transfer ratio), ``latency`` latency then size, ``size`` transfer size
 then latency; the winner must beat the original on its objective. Every candidate, skipped and
 failed ones included, is recorded with the reason, for the report.
+
+The search keeps to a time budget (``time_budget_s``): ``auto`` runs its pipelines cheapest
+first (``recipes.cost``); each candidate's duration is estimated from the original's
+evaluation time and the candidates measured so far, and one that would not finish within the
+budget is not started (recorded with the reason), so the search ends near the budget with the
+best candidate that passed so far. A candidate that raises anything is recorded as failed with
+the reason and the search goes on. The winner must pass ``onnx.checker`` and run in ONNX
+Runtime (``graphs.validate_model``); one that does not is recorded as failed and the next best
+passing candidate wins. Golden data for the winner comes from the winner itself
+(``golden.golden_for``) and is attached per ``golden`` (``auto``: when its tolerances hold).
 """
 
 from __future__ import annotations
@@ -13,14 +23,15 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from . import evaluating, graphs, recipes
 from .errors import InvalidInputError, PassSkippedError
-from .evaluating import EvalSet, Reference
-from .golden import Golden, select_golden
+from .evaluating import EvalSet, MetricChoice, Reference
+from .golden import Golden, GoldenMode, golden_for
 from .graphs import Feed
 from .records import PassRecord, Technique
 from .sensitivity import SIMULATED, LayerSensitivity, layer_sensitivity
@@ -49,6 +60,9 @@ class SearchSettings:
     """Golden samples embedded in the release for device health checks."""
     distill_epochs: int = 40
     """Epochs of student training for ``distill`` candidates."""
+    time_budget_s: float = 600.0
+    """Wall-clock seconds for the whole search; candidates that would not fit are not run;
+    0 = no budget."""
 
 
 @dataclass(frozen=True)
@@ -66,10 +80,24 @@ class CandidateRecord:
     verdict: str  # why it passed, failed or was skipped, in one line
     notes: tuple[str, ...] = ()
     sensitivity: tuple[LayerSensitivity, ...] = ()
+    seconds: float = 0.0  # how long the candidate took (compress, evaluate, time)
 
     @property
     def p50_ms(self) -> float:
         return self.latency[0].p50_ms if self.latency else math.nan
+
+
+@dataclass(frozen=True)
+class Upcoming:
+    """The candidate about to run: ``done`` of ``total`` finished, its estimated duration, the
+    estimate for all that is left, and the budget left (inf without a budget)."""
+
+    done: int
+    total: int
+    name: str
+    estimate_s: float
+    remaining_s: float
+    budget_left_s: float
 
 
 @dataclass(frozen=True)
@@ -84,6 +112,10 @@ class SearchResult:
     max_drop: float
     timer: str
     extra: dict[str, str] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    budget_s: float = 0.0  # 0: none
+    stopped: str = ""  # why candidates were left out ("the time budget"), "" when all ran
+    golden_note: str = ""  # why golden data is (not) attached
 
     @property
     def passed(self) -> bool:
@@ -110,27 +142,127 @@ def search(
     timer: Timer | None = None,
     calibration: Sequence[Feed] | None = None,
     settings: SearchSettings = SearchSettings(),
+    metric: MetricChoice | None = None,
+    golden: GoldenMode = GoldenMode.AUTO,
     on_candidate: Callable[[int, int, CandidateRecord], None] | None = None,
+    on_start: Callable[[Upcoming], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> SearchResult:
-    """``on_candidate(done, total, record)`` runs after each candidate is recorded (progress); an
-    exception it raises stops the search and propagates (a cancelled caller)."""
+    """``on_candidate(done, total, record)`` runs after each candidate is recorded (progress),
+    ``on_start`` before each one runs; an exception either raises stops the search and
+    propagates (a cancelled caller)."""
+    started = clock()
     if max_drop < 0:
         raise InvalidInputError(f"max accuracy drop must be >= 0, got {max_drop}")
     graphs.load(model)
     pipelines = recipes.parse_recipe(recipe)
-    ref = evaluating.reference(model, eval_set)
+    if recipe.strip() == "auto":
+        pipelines = tuple(sorted(pipelines, key=recipes.cost))
+    runner, original, eval_s, time_s = _prepare(
+        model,
+        eval_set,
+        metric=metric or MetricChoice(),
+        calibration=calibration,
+        timer=timer or LocalTimer(),
+        max_drop=max_drop,
+        objective=objective,
+        settings=settings,
+        clock=clock,
+    )
+    metric_name, sens_cache, timer = original.metric, runner.sens_cache, runner.timer
+    budget = settings.time_budget_s if settings.time_budget_s > 0 else math.inf
+    estimates = [eval_s * recipes.cost(p) + 2 * time_s for p in pipelines]
+    spent_est = spent_real = 0.0  # to scale the estimates by what candidates really took
+    records: list[CandidateRecord] = []
+    outputs: dict[str, recipes.PipelineResult] = {}
+    stopped = ""
+    for i, pipeline in enumerate(pipelines):
+        scale = spent_real / spent_est if spent_est > 0 else 1.0
+        if settings.sensitivity_layers > 0 and any(
+            s.technique in SIMULATED and (s.technique, _amount(s)) not in sens_cache
+            for s in pipeline.steps
+        ):
+            estimates[i] += eval_s * settings.sensitivity_layers  # one evaluation per layer
+        estimate = estimates[i] * scale
+        left = budget - (clock() - started)
+        techniques = tuple(str(s.technique) for s in pipeline.steps)
+        if estimate > left:
+            stopped = "the time budget"
+            verdict = (
+                f"not run: about {estimate:.0f} s needed, {max(left, 0):.0f} s of the "
+                f"{budget:.0f} s time budget left"
+            )
+            records.append(_not_run(pipeline.name, techniques, metric_name, verdict))
+        else:
+            if on_start is not None:
+                remaining = sum(estimates[i:]) * scale
+                on_start(Upcoming(i, len(pipelines), pipeline.name, estimate, remaining, left))
+            t0 = clock()
+            record, out = runner.candidate(pipeline, techniques)
+            took = clock() - t0
+            records.append(replace(record, seconds=took))
+            if out is not None:
+                outputs[pipeline.name] = out
+            spent_est += estimates[i]
+            spent_real += took
+        if on_candidate is not None:
+            on_candidate(len(records), len(pipelines), records[-1])
+    winner = _validated_winner(original, records, outputs, objective, eval_set)
+    chosen = outputs[winner.name] if winner is not None else None
+    data, note = (
+        _golden(model, chosen.model, eval_set, golden, settings)
+        if chosen is not None
+        else (None, "no winner")
+    )
+    return SearchResult(
+        original,
+        tuple(records),
+        winner,
+        chosen.model if chosen is not None else None,
+        chosen.transfer if chosen is not None else None,
+        data,
+        objective,
+        max_drop,
+        timer.where,
+        elapsed_s=clock() - started,
+        budget_s=0.0 if math.isinf(budget) else budget,
+        stopped=stopped,
+        golden_note=note,
+    )
+
+
+def _prepare(
+    model: bytes,
+    eval_set: EvalSet,
+    *,
+    metric: MetricChoice,
+    calibration: Sequence[Feed] | None,
+    timer: Timer,
+    max_drop: float,
+    objective: Objective,
+    settings: SearchSettings,
+    clock: Callable[[], float],
+) -> tuple[_Runner, CandidateRecord, float, float]:
+    """The original's reference outputs and timing: (runner, original's record, seconds one
+    evaluation took, seconds timing took)."""
+    started = clock()
+    ref = evaluating.reference(model, eval_set, metric=metric)
+    eval_s = max(clock() - started, 1e-3)
     cal = tuple(calibration) if calibration is not None else eval_set.batches
     if calibration is not None:
         evaluating.validate(model, cal, what="calibration")
-    timer = timer or LocalTimer()
     first = eval_set.batches[0]
-    feed = {k: v[: settings.timing_batch] for k, v in first.items()}
+    feed = {
+        k: v if k in eval_set.broadcast else v[: settings.timing_batch] for k, v in first.items()
+    }
 
     def passes_gate(candidate: bytes) -> bool:
         return evaluating.score(candidate, eval_set, ref).drop <= max_drop
 
     ctx = recipes.Context(cal, passes_gate, settings.distill_epochs)
+    t0 = clock()
     base_latency = tuple(timer.measure(model, feed, threads=t) for t in settings.threads)
+    time_s = clock() - t0
     original = CandidateRecord(
         "original",
         ("fp32",),
@@ -144,71 +276,132 @@ def search(
         True,
         "reference",
     )
-    sens_cache: dict[tuple[Technique, float], tuple[LayerSensitivity, ...]] = {}
-    records: list[CandidateRecord] = []
-    outputs: dict[str, recipes.PipelineResult] = {}
-    for pipeline in pipelines:
-        log.info("compression candidate %s", pipeline.name)
-        sens = _sensitivity(model, eval_set, ref, pipeline, settings=settings, cache=sens_cache)
-        techniques = tuple(str(s.technique) for s in pipeline.steps)
+    runner = _Runner(
+        model, eval_set, ref, ctx, timer, feed, base_latency, max_drop, objective, settings, {}
+    )
+    return runner, original, eval_s, time_s
+
+
+def _validated_winner(
+    original: CandidateRecord,
+    records: list[CandidateRecord],
+    outputs: dict[str, recipes.PipelineResult],
+    objective: Objective,
+    eval_set: EvalSet,
+) -> CandidateRecord | None:
+    """The best passing candidate that ``onnx.checker`` accepts and ONNX Runtime runs; those
+    that fail are marked failed in ``records`` (in place), with the reason."""
+    for candidate in _ranked(original, records, objective):
         try:
-            out = recipes.run_pipeline(model, pipeline, ctx)
-        except PassSkippedError as exc:
-            records.append(
-                _skipped(
-                    pipeline.name,
-                    techniques=techniques,
-                    metric=str(ref.score.metric),
-                    exc=exc,
-                    sens=sens,
-                )
-            )
-            if on_candidate is not None:
-                on_candidate(len(records), len(pipelines), records[-1])
+            graphs.validate_model(outputs[candidate.name].model, eval_set.batches)
+        except InvalidInputError as exc:
+            at = records.index(candidate)
+            records[at] = replace(candidate, passed_gate=False, verdict=f"fails validation: {exc}")
+            log.warning("compression winner %s fails validation: %s", candidate.name, exc)
             continue
+        return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class _Runner:
+    """What every candidate of one search is run against."""
+
+    model: bytes
+    eval_set: EvalSet
+    ref: Reference
+    ctx: recipes.Context
+    timer: Timer
+    feed: Feed
+    base_latency: tuple[Latency, ...]
+    max_drop: float
+    objective: Objective
+    settings: SearchSettings
+    sens_cache: dict[tuple[Technique, float], tuple[LayerSensitivity, ...]]
+
+    def candidate(
+        self, pipeline: recipes.Pipeline, techniques: tuple[str, ...]
+    ) -> tuple[CandidateRecord, recipes.PipelineResult | None]:
+        """Compress, score and time one pipeline; whatever it raises becomes a failed record."""
+        return _candidate(self, pipeline, techniques)
+
+
+def _candidate(
+    r: _Runner, pipeline: recipes.Pipeline, techniques: tuple[str, ...]
+) -> tuple[CandidateRecord, recipes.PipelineResult | None]:
+    model, eval_set, ref, ctx, timer, feed = r.model, r.eval_set, r.ref, r.ctx, r.timer, r.feed
+    base_latency, max_drop, objective, settings = (
+        r.base_latency,
+        r.max_drop,
+        r.objective,
+        r.settings,
+    )
+    sens_cache = r.sens_cache
+    metric = str(ref.score.metric)
+    log.info("compression candidate %s", pipeline.name)
+    sens: tuple[LayerSensitivity, ...] = ()
+    try:
+        sens = _sensitivity(model, eval_set, ref, pipeline, settings=settings, cache=sens_cache)
+        out = recipes.run_pipeline(model, pipeline, ctx)
         score = evaluating.score(out.model, eval_set, ref)
         latency = tuple(timer.measure(out.model, feed, threads=t) for t in settings.threads)
-        ratio = latency[0].p50_ms / max(base_latency[0].p50_ms, 1e-9)
-        passed, verdict, notes = _gate(score.drop, ratio, max_drop, objective, settings)
-        for rec in out.records:
-            notes += rec.notes
-        records.append(
-            CandidateRecord(
-                pipeline.name,
-                techniques,
-                out.records,
-                len(out.model),
-                len(out.transfer),
-                latency,
-                str(score.metric),
-                score.value,
-                score.drop,
-                passed,
-                verdict,
-                tuple(notes),
-                sens,
-            )
-        )
-        outputs[pipeline.name] = out
-        if on_candidate is not None:
-            on_candidate(len(records), len(pipelines), records[-1])
-    winner = _choose(original, records, objective)
-    if winner is None:
-        return SearchResult(
-            original, tuple(records), None, None, None, None, objective, max_drop, timer.where
-        )
-    chosen = outputs[winner.name]
-    golden = select_golden(model, chosen.model, eval_set, count=settings.golden_count)
-    return SearchResult(
-        original,
-        tuple(records),
-        winner,
-        chosen.model,
-        chosen.transfer,
-        golden,
-        objective,
-        max_drop,
-        timer.where,
+    except PassSkippedError as exc:
+        return _skipped(
+            pipeline.name, techniques=techniques, metric=metric, exc=exc, sens=sens
+        ), None
+    except Exception as exc:  # a pass or ORT failing on a real model must not end the search
+        log.warning("compression candidate %s failed", pipeline.name, exc_info=True)
+        return _not_run(pipeline.name, techniques, metric, f"failed: {_reason(exc)}"), None
+    ratio = latency[0].p50_ms / max(base_latency[0].p50_ms, 1e-9)
+    passed, verdict, notes = _gate(score.drop, ratio, max_drop, objective, settings)
+    for rec in out.records:
+        notes += rec.notes
+    record = CandidateRecord(
+        pipeline.name,
+        techniques,
+        out.records,
+        len(out.model),
+        len(out.transfer),
+        latency,
+        str(score.metric),
+        score.value,
+        score.drop,
+        passed,
+        verdict,
+        tuple(notes),
+        sens,
+    )
+    return record, out
+
+
+def _golden(
+    original: bytes,
+    compressed: bytes,
+    eval_set: EvalSet,
+    mode: GoldenMode,
+    settings: SearchSettings,
+) -> tuple[Golden | None, str]:
+    if mode is GoldenMode.NEVER or settings.golden_count <= 0:
+        return None, "not asked for"
+    try:
+        data = golden_for(original, compressed, eval_set, count=settings.golden_count)
+    except Exception as exc:  # golden data is a convenience: a failure must not lose the winner
+        log.warning("golden data for the winner failed", exc_info=True)
+        return None, f"could not be made: {_reason(exc)}"
+    if mode is GoldenMode.ALWAYS or data.holds:
+        return data, data.note
+    return None, f"not attached: {data.note} (ask with --golden always)"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _not_run(name: str, techniques: tuple[str, ...], metric: str, verdict: str) -> CandidateRecord:
+    return CandidateRecord(
+        name, techniques, (), 0, 0, (), metric, math.nan, math.nan, False, verdict
     )
 
 
@@ -238,12 +431,13 @@ def _score(
     return (lat + size, c.drop)
 
 
-def _choose(
+def _ranked(
     original: CandidateRecord, records: list[CandidateRecord], objective: Objective
-) -> CandidateRecord | None:
+) -> list[CandidateRecord]:
+    """Passing candidates that beat the original on the objective, best first."""
     passing = [c for c in records if c.passed_gate]
     gains = [c for c in passing if _score(c, original, objective)[0] < -0.01]
-    return min(gains, key=lambda c: _score(c, original, objective)) if gains else None
+    return sorted(gains, key=lambda c: _score(c, original, objective))
 
 
 def _skipped(
@@ -286,7 +480,7 @@ def _sensitivity(
     for step in pipeline.steps:
         if step.technique not in SIMULATED:
             continue
-        amount = float(step.params.get("amount", step.params.get("sparsity", 0.0)) or 0.0)
+        amount = _amount(step)
         key = (step.technique, amount)
         if key not in cache:
             cache[key] = layer_sensitivity(
@@ -299,3 +493,7 @@ def _sensitivity(
             )
         out += cache[key]
     return tuple(out)
+
+
+def _amount(step: recipes.Step) -> float:
+    return float(step.params.get("amount", step.params.get("sparsity", 0.0)) or 0.0)
