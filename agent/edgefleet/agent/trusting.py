@@ -6,7 +6,8 @@ check per signature). A bundle is taken only when ``trustbundle.open_bundle`` ac
 atomically *before* the store follows it, so a restart comes back to it and an older bundle
 replayed later (or kept by a broker) is refused. At start the stored bundle is opened against
 the given keys plus its own (it was verified when it arrived; this catches a damaged file),
-and a damaged one is set aside with a warning: the given keys still hold.
+and a damaged one is set aside with a warning: the given keys still hold. An adopted bundle is
+reported (event ``trust_updated``); a refused one is logged and counted (``rejected``).
 """
 
 from __future__ import annotations
@@ -103,10 +104,10 @@ class TrustKeeper:
         return True
 
     def _reject(self, exc: EdgeFleetError) -> None:
+        # Logged and counted, not reported: a broker shared by several controllers (or an
+        # attacker) could otherwise fill every device's event log.
         self.rejected += 1
         log.warning("trust bundle refused: %s", exc)
-        if self._reporter is not None:
-            self._reporter.event("trust_rejected", f"{type(exc).__name__}: {exc}")
 
 
 def _open_stored(data: bytes, given: TrustStore) -> TrustBundle:

@@ -43,7 +43,7 @@ def current(db: Database) -> dict[str, tuple[RosterEntry, ...]]:
         devices = list(
             session.execute(
                 select(DeviceRow.device_id, DeviceRow.fleet, DeviceRow.predict_endpoint)
-            ).tuples()
+            )
         )
         enrolled = {
             d: (f, s)
@@ -51,6 +51,6 @@ def current(db: Database) -> dict[str, tuple[RosterEntry, ...]]:
                 select(
                     EnrolledDeviceRow.device_id, EnrolledDeviceRow.fleet, EnrolledDeviceRow.state
                 )
-            ).tuples()
+            )
         }
     return build(devices, enrolled)
