@@ -63,6 +63,10 @@ def run(
     mqtt_key: Annotated[
         Path | None, typer.Option(help="Its private key (default: the enrolled identity's).")
     ] = None,
+    mqtt_password_file: Annotated[
+        Path | None,
+        typer.Option(help="File with the broker password for the URL's user (never in argv)."),
+    ] = None,
     controller: Annotated[
         str | None,
         typer.Option(help="HOST:PORT of the controller's ArtifactService (fallback source)."),
@@ -119,6 +123,7 @@ def run(
         "mqtt_ca": mqtt_ca,
         "mqtt_cert": mqtt_cert,
         "mqtt_key": mqtt_key,
+        "mqtt_password_file": mqtt_password_file,
         "controller": controller,
         "data_dir": data_dir,
         "predict_listen": predict_listen,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.common.mqttclient import BrokerUrl
@@ -44,6 +45,9 @@ class MqttSettings:
     """Client certificate for mqtts://; None = the enrolled identity's (edge-agent enroll)."""
     key_file: Path | None = None
     """Its private key; None = the enrolled identity's."""
+    password_file: Path | None = None
+    """File holding the broker password for the URL's user (e.g. systemd ``LoadCredential``),
+    so that no password is on the command line or in the config file."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "mqtt_ca": ("mqtt", "ca_file", lambda v: Path(str(v))),
     "mqtt_cert": ("mqtt", "cert_file", lambda v: Path(str(v))),
     "mqtt_key": ("mqtt", "key_file", lambda v: Path(str(v))),
+    "mqtt_password_file": ("mqtt", "password_file", lambda v: Path(str(v))),
     "controller": ("fetch", "controller", str),
     "fetch_deadline": ("fetch", "deadline_s", _float),
     "predict_listen": ("serving", "predict_listen", str),
@@ -183,7 +188,7 @@ def from_file(path: Path) -> dict[str, Any]:
         raise InvalidInputError(f"{path}: not valid TOML ({exc})") from None
     values = _convert(str(path), raw)
     base = path.parent
-    for key in ("data_dir", "power_root", "mqtt_ca", "mqtt_cert", "mqtt_key"):
+    for key in ("data_dir", "power_root", "mqtt_ca", "mqtt_cert", "mqtt_key", "mqtt_password_file"):
         if key in values:
             values[key] = base / values[key]
     if "trusted_keys" in values:
@@ -230,6 +235,32 @@ def load(*, file: Path | None, env: Mapping[str, str], flags: Mapping[str, Any])
     return merge(from_file(file) if file else {}, from_env(env), _convert("flags", flags))
 
 
+def broker_url(s: MqttSettings) -> str:
+    """The broker URL to connect with: ``url``, with the password from ``password_file``."""
+    if s.password_file is None:
+        return s.url
+    try:
+        password = s.password_file.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the MQTT password file: {exc}") from None
+    parts = urlsplit(s.url)
+    user, host = parts.username or "", parts.netloc.rpartition("@")[2]
+    netloc = f"{quote(unquote(user), safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _check_password_file(s: MqttSettings) -> None:
+    broker = BrokerUrl.parse(s.url)
+    if s.password_file is None:
+        return
+    if not broker.username:
+        raise InvalidInputError("--mqtt-password-file needs a user in the URL: mqtt://USER@HOST")
+    if broker.password:
+        raise InvalidInputError("give the MQTT password in the URL or in a file, not both")
+    if not s.password_file.is_file():
+        raise InvalidInputError(f"MQTT password file not found: {s.password_file}")
+
+
 def _host_port(what: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -241,7 +272,7 @@ def validate(s: AgentSettings) -> None:
         raise InvalidInputError("a device id is required (--device-id or device_id)")
     validate_name("device", s.device.device_id)
     validate_name("fleet", s.device.fleet)
-    BrokerUrl.parse(s.mqtt.url)
+    _check_password_file(s.mqtt)
     if not s.trusted_keys:
         raise InvalidInputError(
             "refusing to start without a trusted key: give --trusted-key FILE (the controller's "

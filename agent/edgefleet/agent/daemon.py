@@ -21,7 +21,7 @@ from importlib import metadata
 
 from edgefleet.agent import failpoints
 from edgefleet.agent.benchmarking import Benchmarker
-from edgefleet.agent.config import AgentSettings
+from edgefleet.agent.config import AgentSettings, broker_url
 from edgefleet.agent.enrolling import Renewer
 from edgefleet.agent.failover import OwnState
 from edgefleet.agent.identity import IdentityFiles, mqtt_tls_files
@@ -116,7 +116,7 @@ class Agent:
             files=self.identity,
         )
         self.session = MqttSession(
-            s.mqtt.url,
+            broker_url(s.mqtt),  # with the password from --mqtt-password-file, if given
             client_id=self.device_id,
             subscriptions=[
                 (topics.desired(self.device_id), 1),
