@@ -770,3 +770,17 @@ def test_operators_need_the_role_and_the_fleet(ctl: support.Running) -> None:
     anonymous = run("enroll", "cam-20", "--fleet", "lab", token={"EDGECTL_TOKEN": "x"})
     assert anonymous.exit_code != 0 and "invalid operator token" in anonymous.output
     assert "cam-20" not in edgectl_ok(ctl, "device", "list")
+
+
+def test_an_enrolled_agent_takes_its_id_and_fleet_from_its_certificate(
+    ctl: support.Running, tmp_path: Path
+) -> None:
+    data = tmp_path / "agent"
+    assert agent_enroll(ctl, token_for(ctl, "cam-21", fleet="factory-b"), data).exit_code == 0
+    Signer(tmp_path)
+    base = {"data_dir": data, "trusted_keys": (tmp_path / "trusted.pem",)}
+    settings = agent_config.merge(base)
+    assert (settings.device.device_id, settings.device.fleet) == ("cam-21", "factory-b")
+    for wrong in ({"fleet": "factory-a"}, {"device_id": "cam-22"}):
+        with pytest.raises(EdgeFleetError, match="disagrees with this device's certificate"):
+            agent_config.merge(base, wrong)

@@ -3,7 +3,8 @@
 Each flat key works in all three places: ``device_id = "a1"`` in the file,
 ``EDGEFLEET_AGENT_DEVICE_ID=a1`` in the environment, ``--device-id a1`` on the command line;
 a later source wins. Lists (``trusted_keys``) are replaced by a later source, ``labels`` are
-merged key by key. Relative paths in the file are relative to the file.
+merged key by key. Relative paths in the file are relative to the file. An enrolled device
+(``edge-agent enroll``) takes its id and fleet from its certificate.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from edgefleet.agent.identity import IdentityFiles
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.common.mqttclient import BrokerUrl
 from edgefleet.common.types import validate_name
@@ -205,6 +207,22 @@ def from_env(env: Mapping[str, str]) -> dict[str, Any]:
     return _convert("environment", raw)
 
 
+def _from_identity(flat: dict[str, Any]) -> None:
+    """An enrolled device's id and fleet are its certificate's: taken from it when not given,
+    refused when given otherwise (the registry, not the device, decides its fleet)."""
+    files = IdentityFiles.in_data_dir(Path(flat.get("data_dir", AgentSettings.data_dir)))
+    if not files.cert.is_file():
+        return
+    ident = files.identity()
+    for key, theirs in (("device_id", ident.device_id), ("fleet", ident.fleet)):
+        ours = flat.setdefault(key, theirs)
+        if ours != theirs:
+            raise InvalidInputError(
+                f"{key} {ours!r} disagrees with this device's certificate ({theirs!r}, "
+                f"{files.cert}); drop the setting, or enroll the device again"
+            )
+
+
 def merge(*layers: Mapping[str, Any]) -> AgentSettings:
     """Build settings from flat layers, later ones winning; then validate."""
     flat: dict[str, Any] = {}
@@ -214,6 +232,7 @@ def merge(*layers: Mapping[str, Any]) -> AgentSettings:
                 continue
             merged = {**flat["labels"], **value} if key == "labels" and "labels" in flat else value
             flat[key] = merged
+    _from_identity(flat)
     sections: dict[str, dict[str, Any]] = {"device": {}, "mqtt": {}, "fetch": {}, "serving": {}}
     top: dict[str, Any] = {}
     for key, value in flat.items():
