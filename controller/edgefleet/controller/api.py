@@ -189,6 +189,9 @@ def compress_job(msg: controller_pb2.CompressRequest) -> compressing.Job:
         ),
         objective=msg.objective,
         profile_on=msg.profile_on,
+        time_budget_s=msg.time_budget_s if msg.HasField("time_budget_s") else None,
+        metric=msg.metric,
+        golden=msg.golden,
     )
 
 
@@ -206,6 +209,7 @@ def compress_candidate(c: CandidateRecord) -> controller_pb2.CompressCandidate:
         drop=c.drop,
         passed_gate=c.passed_gate,
         verdict=c.verdict,
+        seconds=c.seconds,
     )
 
 
@@ -226,8 +230,16 @@ def compress_progress(event: compressing.Event) -> controller_pb2.CompressProgre
         return controller_pb2.CompressProgress(done=total, total=total, result=result)
     if event.candidate is not None:
         return controller_pb2.CompressProgress(
-            done=event.done, total=event.total, candidate=compress_candidate(event.candidate)
+            done=event.done,
+            total=event.total,
+            candidate=compress_candidate(event.candidate),
+            elapsed_s=event.elapsed_s,
+            remaining_s=event.remaining_s,
         )
     return controller_pb2.CompressProgress(
-        done=event.done, total=event.total, message=event.message
+        done=event.done,
+        total=event.total,
+        message=event.message,
+        elapsed_s=event.elapsed_s,
+        remaining_s=event.remaining_s,
     )

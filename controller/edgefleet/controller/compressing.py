@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgefleet.common import packing
 from edgefleet.common.errors import InvalidInputError, NotFoundError
 from edgefleet.controller.compress import evaluating, recipes
-from edgefleet.controller.compress.evaluating import EvalSet
+from edgefleet.controller.compress.evaluating import EvalSet, MetricChoice, parse_metric
+from edgefleet.controller.compress.golden import GoldenMode
 from edgefleet.controller.compress.graphs import Feed
 from edgefleet.controller.compress.searching import (
     CandidateRecord,
     Objective,
     SearchResult,
     SearchSettings,
+    Upcoming,
     search,
 )
 from edgefleet.controller.compress.timing import Latency, LocalTimer, Timer
@@ -55,6 +58,9 @@ class Job:
     max_drop: float = DEFAULT_MAX_DROP
     objective: str = ""  # "" = balanced
     profile_on: str = ""  # device id; "" = time on the controller
+    time_budget_s: float | None = None  # None = the settings' default; 0 = no budget
+    metric: str = ""  # "" = auto; top1 | cosine | mse | max-abs, or OUTPUT=KIND
+    golden: str = ""  # "" = auto (attach when its tolerances hold) | always | never
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,8 @@ class Progress:
     total: int
     message: str = ""
     candidate: CandidateRecord | None = None
+    elapsed_s: float = 0.0  # since the search started
+    remaining_s: float = 0.0  # estimated for the candidates left, within the time budget
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,9 @@ class _Prepared:
     total: int
     objective: Objective
     timer: Timer
+    metric: MetricChoice
+    golden: GoldenMode
+    settings: SearchSettings
 
 
 def parse_objective(text: str) -> Objective:
@@ -97,6 +108,14 @@ def parse_objective(text: str) -> Objective:
     except ValueError:
         choices = ", ".join(o.value for o in Objective)
         raise InvalidInputError(f"unknown objective {text!r}: choose one of {choices}") from None
+
+
+def parse_golden(text: str) -> GoldenMode:
+    try:
+        return GoldenMode(text or GoldenMode.AUTO)
+    except ValueError:
+        choices = ", ".join(m.value for m in GoldenMode)
+        raise InvalidInputError(f"unknown golden mode {text!r}: choose one of {choices}") from None
 
 
 class Compressor:
@@ -124,8 +143,15 @@ class Compressor:
         source = self._registry.get(job.name, job.version)
         pipelines = recipes.parse_recipe(job.recipe or "auto")
         objective = parse_objective(job.objective)
+        metric = parse_metric(job.metric)
+        golden = parse_golden(job.golden)
         if job.max_drop < 0:
             raise InvalidInputError(f"max accuracy drop must be >= 0, got {job.max_drop:g}")
+        settings = self._settings
+        if job.time_budget_s is not None:
+            if job.time_budget_s < 0:
+                raise InvalidInputError(f"time budget must be >= 0, got {job.time_budget_s:g}")
+            settings = replace(settings, time_budget_s=job.time_budget_s)
         if not job.eval_data:
             raise InvalidInputError("no eval data: send an .npz with the model's inputs by name")
         model = self._registry.model_bytes(source)
@@ -137,7 +163,9 @@ class Compressor:
             if self._device_timer is None:
                 raise NotFoundError("device", job.profile_on)
             timer = self._device_timer(job.profile_on)
-        return _Prepared(source, model, eval_set, len(pipelines), objective, timer)
+        return _Prepared(
+            source, model, eval_set, len(pipelines), objective, timer, metric, golden, settings
+        )
 
     def run(self, job: Job, *, cancelled: threading.Event | None = None) -> Iterator[Event]:
         """Progress events, then one ``Outcome``. Checks the request before the first event;
@@ -170,7 +198,9 @@ class Compressor:
             objective=prepared.objective,
             timer=timer if isinstance(timer, LocalTimer) else None,
             where=timer.where,
-            settings=self._settings,
+            settings=prepared.settings,
+            metric=prepared.metric,
+            golden=prepared.golden,
             what="compression search",
             answer=lambda question: timer.measure(*question[:2], threads=question[2]),
             cancelled=cancelled,
@@ -241,11 +271,40 @@ def _search(
     timer: LocalTimer | None,
     where: str,
     settings: SearchSettings,
+    metric: MetricChoice,
+    golden: GoldenMode,
 ) -> SearchResult:
     """The search, in the sandbox process: progress goes out over ``channel`` as it comes."""
+    started = time.monotonic()
+    left = [0.0]  # the latest estimate for what is left
+
+    def on_start(up: Upcoming) -> None:
+        left[0] = min(up.remaining_s, up.budget_left_s)
+        budget = (
+            "" if up.budget_left_s == float("inf") else f", {up.budget_left_s:.0f} s of budget left"
+        )
+        channel.emit(
+            Progress(
+                up.done,
+                up.total,
+                f"candidate {up.done + 1}/{up.total} {up.name}: about {up.estimate_s:.0f} s; "
+                f"about {left[0]:.0f} s for the rest{budget}",
+                elapsed_s=time.monotonic() - started,
+                remaining_s=left[0],
+            )
+        )
 
     def on_candidate(done: int, total: int, record: CandidateRecord) -> None:
-        channel.emit(Progress(done, total, candidate=record))
+        left[0] = max(0.0, left[0] - record.seconds)
+        channel.emit(
+            Progress(
+                done,
+                total,
+                candidate=record,
+                elapsed_s=time.monotonic() - started,
+                remaining_s=left[0],
+            )
+        )
 
     return search(
         model,
@@ -255,5 +314,8 @@ def _search(
         objective=objective,
         timer=timer or _AskingTimer(channel, where),
         settings=settings,
+        metric=metric,
+        golden=golden,
         on_candidate=on_candidate,
+        on_start=on_start,
     )

@@ -170,6 +170,9 @@ class ControllerClient:
         objective: str = "",
         profile_on: str = "",
         deadline_s: float = COMPRESS_DEADLINE_S,
+        time_budget_s: float | None = None,
+        metric: str = "",
+        golden: str = "",
     ) -> Iterator[pb.CompressProgress]:
         """Stream ``CompressModel``: progress messages, then one carrying the result. Closing
         the iterator early cancels the call (the controller stops after its current candidate)."""
@@ -181,7 +184,11 @@ class ControllerClient:
             max_accuracy_drop=max_accuracy_drop,
             objective=objective,
             profile_on=profile_on,
+            metric=metric,
+            golden=golden,
         )
+        if time_budget_s is not None:
+            request.time_budget_s = time_budget_s
         stream = self._call(lambda: self._stub.CompressModel(request, timeout=deadline_s))
         try:
             yield from stream

@@ -2,14 +2,16 @@
 
 ``model add`` streams the file in chunks; the controller checks that it is ONNX and reads its
 input/output signature, so a bad file comes back as the controller's one-line reason.
-``model compress`` runs the controller's accuracy-gated search over compression recipes,
-shows its progress per candidate, then a table of every candidate; the winner becomes the
-next version of the model. Exit code 3 when no candidate passes the gate.
+``model compress`` runs the controller's accuracy-gated search over compression recipes
+within a time budget, shows its progress per candidate (with the controller's estimate of what
+is left), then a table of every candidate; the winner becomes the next version of the model.
+Exit code 3 when no candidate passes the gate.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -144,6 +146,23 @@ class Objective(StrEnum):
     SIZE = "size"
 
 
+class GoldenChoice(StrEnum):
+    AUTO = "auto"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``1.5h`` -> seconds; ``0`` = no budget."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m:
+        raise typer.BadParameter(f"{text!r} is not a duration such as 90s, 10m or 1h")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
 @app.command("compress")
 def compress(
     ctx: typer.Context,
@@ -177,11 +196,45 @@ def compress(
         float,
         typer.Option(
             "--max-accuracy-drop",
-            help="Most accuracy (or fidelity) points a candidate may lose.",
+            help="Most points a candidate may lose, per metric: top1/accuracy: percentage "
+            "points of samples whose class changed; cosine: 100 x (1 - mean cosine "
+            "similarity), so 1 = cosine >= 0.99; mse: MSE in percent of the original "
+            "output's mean square; max-abs: max abs error in percent of the original's "
+            "largest value.",
             min=0.0,
             metavar="POINTS",
         ),
     ] = 1.0,
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            help="auto, top1, cosine, mse or max-abs, optionally for one output "
+            "(OUTPUT=KIND). auto: top1 for class scores (Softmax/ArgMax outputs, "
+            "probabilities) and labels, max-abs for one value per sample, cosine for "
+            "embeddings and other dense outputs; with labels in --eval-data: accuracy.",
+            metavar="KIND",
+        ),
+    ] = "auto",
+    time_budget: Annotated[
+        str,
+        typer.Option(
+            "--time-budget",
+            help="Wall-clock time for the whole search (90s, 10m, 1h; 0 = none). "
+            "Candidates run cheapest first; one that would not finish in time is not "
+            "started, and the best that passed so far wins.",
+            metavar="DURATION",
+        ),
+    ] = "10m",
+    golden: Annotated[
+        GoldenChoice,
+        typer.Option(
+            "--golden",
+            help="Golden data for the winner's releases, from the winner itself with "
+            "per-output tolerances measured on it: auto = attach when the tolerances hold "
+            "(integer outputs stable, each tolerance <= 10% of the output's range).",
+        ),
+    ] = GoldenChoice.AUTO,
     objective: Annotated[
         Objective, typer.Option("--objective", help="What the winner must improve most.")
     ] = Objective.BALANCED,
@@ -201,18 +254,30 @@ def compress(
 ) -> None:
     """Compress a model version: try each recipe's candidates, keep the best that passes.
 
-    A candidate passes when its accuracy drops by at most --max-accuracy-drop points on
-    --eval-data and (unless --objective size) it is not slower than the original. The winner
-    is registered as the next version of NAME; with no winner nothing is registered, the
-    report is still printed, and the exit code is 3.
+    A candidate passes when its metric drops by at most --max-accuracy-drop points on
+    --eval-data and (unless --objective size) it is not slower than the original. The search
+    stops at --time-budget with the best candidate so far. The winner is registered as the
+    next version of NAME; with no winner nothing is registered, the report is still printed,
+    and the exit code is 3.
+
+    --eval-data: an .npz with one array per model input (samples on the first axis), or
+    'inputs' for a single-input model; 'broadcast/NAME' arrays (and 0-d arrays) are given
+    once and fed with every sample (a sample rate, a recurrent state); optional 'labels'.
     """
     if not eval_data.is_file():
         shell.fail(f"no such file: {eval_data}")
+    budget_s = parse_duration(time_budget)
     data = eval_data.read_bytes()
     root = ctx.find_root()
     source = root.get_parameter_source("deadline")  # the root's --deadline, unless given
     explicit = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-    deadline = shell.settings(ctx).deadline_s if explicit else COMPRESS_DEADLINE_S
+    deadline = (
+        shell.settings(ctx).deadline_s
+        if explicit
+        else max(COMPRESS_DEADLINE_S, 2 * budget_s + 300)
+        if budget_s
+        else 24 * 3600.0
+    )
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -234,16 +299,24 @@ def compress(
             objective=objective.value,
             profile_on=profile_on,
             deadline_s=deadline,
+            time_budget_s=budget_s,
+            metric="" if metric == "auto" else metric,
+            golden=golden.value,
         ):
             progress.update(task, total=msg.total or None, completed=msg.done)
             kind = msg.WhichOneof("update")
             if kind == "message":
-                progress.update(task, description=msg.message)
+                progress.update(task, description=escape(msg.message))
             elif kind == "candidate" and not as_json:
                 c = msg.candidate
                 mark = "[green]pass[/]" if c.passed_gate else "[red]fail[/]"
-                progress.console.print(f"{mark} {escape(c.candidate)}: {escape(c.verdict)}")
-                progress.update(task, description=f"compressing {name}")
+                progress.console.print(
+                    f"{mark} {escape(c.candidate)} ({c.seconds:.1f} s): {escape(c.verdict)}"
+                )
+                progress.update(
+                    task,
+                    description=f"compressing {name}: about {msg.remaining_s:.0f} s left",
+                )
             elif kind == "result":
                 result = msg.result
     if result is None:
@@ -328,6 +401,7 @@ def _candidate_dict(c: pb.CompressCandidate) -> dict[str, Any]:
         "drop": _finite(c.drop),
         "passed_gate": c.passed_gate,
         "verdict": c.verdict,
+        "seconds": c.seconds,
     }
 
 

@@ -873,6 +873,9 @@ class CompressRequest(_message.Message):
     MAX_ACCURACY_DROP_FIELD_NUMBER: _builtins.int
     OBJECTIVE_FIELD_NUMBER: _builtins.int
     PROFILE_ON_FIELD_NUMBER: _builtins.int
+    TIME_BUDGET_S_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    GOLDEN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """0 = the newest version"""
@@ -886,6 +889,12 @@ class CompressRequest(_message.Message):
     """balanced (default) | latency | size"""
     profile_on: _builtins.str
     """time candidates on this device, through its agent"""
+    time_budget_s: _builtins.float
+    """wall-clock seconds for the search; default 600, 0 = none"""
+    metric: _builtins.str
+    """"" / auto | top1 | cosine | mse | max-abs, or OUTPUT=KIND"""
+    golden: _builtins.str
+    """"" / auto (attach when its tolerances hold) | always | never"""
     def __init__(
         self,
         *,
@@ -896,14 +905,22 @@ class CompressRequest(_message.Message):
         max_accuracy_drop: _builtins.float | None = ...,
         objective: _builtins.str = ...,
         profile_on: _builtins.str = ...,
+        time_budget_s: _builtins.float | None = ...,
+        metric: _builtins.str = ...,
+        golden: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "max_accuracy_drop", b"max_accuracy_drop"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "max_accuracy_drop", b"max_accuracy_drop", "time_budget_s", b"time_budget_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "eval_data", b"eval_data", "max_accuracy_drop", b"max_accuracy_drop", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "eval_data", b"eval_data", "golden", b"golden", "max_accuracy_drop", b"max_accuracy_drop", "metric", b"metric", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "time_budget_s", b"time_budget_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_accuracy_drop: _TypeAlias = _typing.Literal["max_accuracy_drop"]  # noqa: Y015
     _WhichOneofArgType__max_accuracy_drop: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop"]  # noqa: Y015
+    _WhichOneofReturnType__time_budget_s: _TypeAlias = _typing.Literal["time_budget_s"]  # noqa: Y015
+    _WhichOneofArgType__time_budget_s: _TypeAlias = _typing.Literal["_time_budget_s", b"_time_budget_s"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_accuracy_drop) -> _WhichOneofReturnType__max_accuracy_drop | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__time_budget_s) -> _WhichOneofReturnType__time_budget_s | None: ...
 
 Global___CompressRequest: _TypeAlias = CompressRequest  # noqa: Y015
 
@@ -922,6 +939,7 @@ class CompressCandidate(_message.Message):
     DROP_FIELD_NUMBER: _builtins.int
     PASSED_GATE_FIELD_NUMBER: _builtins.int
     VERDICT_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
     candidate: _builtins.str
     parameters_json: _builtins.str
     size_bytes: _builtins.int
@@ -933,6 +951,8 @@ class CompressCandidate(_message.Message):
     passed_gate: _builtins.bool
     verdict: _builtins.str
     """why it passed or failed, "slower than the original", "skipped: ..." """
+    seconds: _builtins.float
+    """how long the candidate took"""
     @_builtins.property
     def techniques(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -949,10 +969,11 @@ class CompressCandidate(_message.Message):
         drop: _builtins.float = ...,
         passed_gate: _builtins.bool = ...,
         verdict: _builtins.str = ...,
+        seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "drop", b"drop", "metric", b"metric", "p50_ms", b"p50_ms", "parameters_json", b"parameters_json", "passed_gate", b"passed_gate", "size_bytes", b"size_bytes", "techniques", b"techniques", "transfer_bytes", b"transfer_bytes", "value", b"value", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "drop", b"drop", "metric", b"metric", "p50_ms", b"p50_ms", "parameters_json", b"parameters_json", "passed_gate", b"passed_gate", "seconds", b"seconds", "size_bytes", b"size_bytes", "techniques", b"techniques", "transfer_bytes", b"transfer_bytes", "value", b"value", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1006,11 +1027,17 @@ class CompressProgress(_message.Message):
 
     DONE_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    ELAPSED_S_FIELD_NUMBER: _builtins.int
+    REMAINING_S_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     CANDIDATE_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     done: _builtins.int
     total: _builtins.int
+    elapsed_s: _builtins.float
+    """since the search started"""
+    remaining_s: _builtins.float
+    """estimated, for the candidates left (within the time budget)"""
     message: _builtins.str
     @_builtins.property
     def candidate(self) -> Global___CompressCandidate: ...
@@ -1021,13 +1048,15 @@ class CompressProgress(_message.Message):
         *,
         done: _builtins.int = ...,
         total: _builtins.int = ...,
+        elapsed_s: _builtins.float = ...,
+        remaining_s: _builtins.float = ...,
         message: _builtins.str = ...,
         candidate: Global___CompressCandidate | None = ...,
         result: Global___CompressResult | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "message", b"message", "result", b"result", "update", b"update"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "done", b"done", "message", b"message", "result", b"result", "total", b"total", "update", b"update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "done", b"done", "elapsed_s", b"elapsed_s", "message", b"message", "remaining_s", b"remaining_s", "result", b"result", "total", b"total", "update", b"update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_update: _TypeAlias = _typing.Literal["message", "candidate", "result"]  # noqa: Y015
     _WhichOneofArgType_update: _TypeAlias = _typing.Literal["update", b"update"]  # noqa: Y015
