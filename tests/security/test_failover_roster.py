@@ -224,3 +224,9 @@ def test_the_roster_decides_which_presence_counts_and_catches_up_with_a_restart(
     assert not table.observe(table.roster_topic, forged)
     assert table.rosters_rejected == 2
     assert table.roster is not None and table.roster.endpoint_of("a") == "a:1"
+
+    strict = NeighbourTable(device_id="me", fleet="f1", trust=trust, require_roster=True)
+    assert not strict.observe(*presence("a", "a:1"))  # --failover-require-roster: none held yet
+    assert strict.snapshot() == []
+    assert strict.observe(strict.roster_topic, roster(10, ("a", "a:1")))
+    assert [n.device_id for n in strict.snapshot()] == ["a"]  # the kept presence now counts

@@ -101,6 +101,14 @@ def run(
     failover_deadline: Annotated[
         float | None, typer.Option(help="Seconds one forwarded Predict may take (default 2).")
     ] = None,
+    failover_require_roster: Annotated[
+        bool | None,
+        typer.Option(
+            "--failover-require-roster/--no-failover-require-roster",
+            help="Forward only to neighbours the controller's signed fleet roster lists, even "
+            "before the first roster arrives (default: enforced once one is held).",
+        ),
+    ] = None,
     predict_max_concurrent: Annotated[
         int | None,
         typer.Option(help="Predict calls served at once; beyond: RESOURCE_EXHAUSTED (default 16)."),
@@ -135,6 +143,7 @@ def run(
         "predict_workers": predict_workers,
         "failover": failover,
         "failover_deadline": failover_deadline,
+        "failover_require_roster": failover_require_roster,
         "predict_max_concurrent": predict_max_concurrent,
         "predict_max_bytes": predict_max_bytes,
         "power_root": power_root,

@@ -72,6 +72,9 @@ class ServingSettings:
     """Forward a Predict this agent cannot serve to a healthy neighbour of its fleet."""
     failover_deadline_s: float = 2.0
     """Deadline of one forwarded Predict; the next neighbour is tried after it."""
+    failover_require_roster: bool = False
+    """Forward only once a signed fleet roster is held (without: presence alone until the
+    first roster arrives; once one is held it is always enforced)."""
     max_concurrent: int = 16
     """Predict calls served at once; one more is answered RESOURCE_EXHAUSTED."""
     max_message_bytes: int = 16 << 20
@@ -157,6 +160,7 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "predict_workers": ("serving", "workers", _int),
     "failover": ("serving", "failover", _bool),
     "failover_deadline": ("serving", "failover_deadline_s", _float),
+    "failover_require_roster": ("serving", "failover_require_roster", _bool),
     "predict_max_concurrent": ("serving", "max_concurrent", _int),
     "predict_max_bytes": ("serving", "max_message_bytes", _int),
     "trusted_keys": ("", "trusted_keys", _paths),

@@ -101,6 +101,7 @@ class Agent:
             fleet=s.device.fleet,
             trust=self.trust,
             roster_file=s.data_dir / "roster.signed",
+            require_roster=s.serving.failover_require_roster,
         )
         self.forwarder = (
             Forwarder(self.neighbours, own=self._own_state, deadline=s.serving.failover_deadline_s)
