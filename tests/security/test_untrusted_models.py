@@ -317,6 +317,36 @@ def test_a_model_that_hangs_times_out_and_fails_only_its_request(
     _still_serves(ctl, digits_model)
 
 
+def test_a_cancelled_compression_stops_its_sandbox_at_once(
+    untrusted_ctl: StartController,
+    digits_model: digits.TrainedModel,
+    digits_data: digits.DigitsData,
+) -> None:
+    """Compressions run one at a time. A caller that gives up on the search of a model that
+    never finishes must not keep the next one waiting behind it."""
+    ctl = untrusted_ctl()
+    support.upload(ctl.stub, "spinner", looping())
+    spinning = ctl.stub.CompressModel(
+        pb.CompressRequest(
+            name="spinner", recipe="int8-dynamic", eval_data=_npz(x=np.zeros((1,), np.float32))
+        ),
+        timeout=DEADLINE,
+    )
+    assert "timing spinner version 1" in next(spinning).message
+    spinning.cancel()
+
+    name = support.unique("digits")
+    support.upload(ctl.stub, name, digits_model.onnx_bytes)
+    request = pb.CompressRequest(
+        name=name,
+        recipe="int8-dynamic",
+        eval_data=_npz(pixels=digits_data.x_test, labels=digits_data.y_test),
+        max_accuracy_drop=5.0,
+    )
+    stream = list(ctl.stub.CompressModel(request, timeout=DEADLINE))
+    assert stream[-1].WhichOneof("update") == "result", stream[-1]
+
+
 # --- the agent -----------------------------------------------------------------------------
 
 
