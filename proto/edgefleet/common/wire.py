@@ -399,6 +399,7 @@ def decode_event(data: bytes) -> t.DeviceEvent:
     _named("event kind", msg.kind)
     _text("event release", msg.release)
     _count("event generation", msg.generation)
+    _count("event seq", msg.seq)
     _text("event message", msg.message, limit=MAX_MESSAGE_BYTES)
     _count("at_ms", msg.at_ms)
     return event_from_pb(msg)
