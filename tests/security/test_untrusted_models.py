@@ -241,8 +241,9 @@ def test_a_model_naming_the_signing_key_as_external_data_is_refused_at_registrat
 def test_golden_outputs_of_a_model_that_got_past_registration_never_hold_key_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Belt and braces: the golden run happens in the sandbox's empty directory, so even a
-    model that names a file there (registered before the check existed) reads nothing."""
+    """Belt and braces, for a model registered before the check existed: golden outputs refuse
+    it in the sandbox too; and were it run there, the sandbox's empty directory holds nothing
+    for it to read."""
     keys = tmp_path / "edgefleet-data" / "keys"
     keys.mkdir(parents=True)
     secret = b"-----BEGIN PRIVATE KEY-----\nnot-a-key-but-a-secret\n-----END PRIVATE KEY-----\n"
@@ -253,11 +254,16 @@ def test_golden_outputs_of_a_model_that_got_past_registration_never_hold_key_byt
     out = (TensorSpec("y", "uint8", (len(secret),)),)
     data = _npz(x=np.zeros((len(secret),), np.uint8))
 
-    with pytest.raises(InvalidInputError) as refused:
+    with pytest.raises(InvalidInputError, match=r"in external file 'edgefleet-data/keys/k1\.pem'"):
         golden.normalize_isolated(Sandbox(), data, model=model, inputs=spec, outputs=out)
-    assert secret not in str(refused.value).encode()
-    assert "the model fails on the golden inputs" in str(refused.value)
-    assert "edgefleet-data/keys/k1.pem" in str(refused.value)  # not found where it runs
+
+    with pytest.raises(InvalidInputError) as unread:  # the run itself, with no check before it
+        Sandbox().call(
+            golden.normalize, data, model=model, inputs=spec, outputs=out, what="golden outputs"
+        )
+    assert secret not in str(unread.value).encode()
+    assert "the model fails on the golden inputs" in str(unread.value)
+    assert "edgefleet-data/keys/k1.pem" in str(unread.value)  # not found where it runs
 
 
 # --- crashes, limits, hangs ----------------------------------------------------------------

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from edgefleet.common import packing
+from edgefleet.common import externaldata, packing
 from edgefleet.common.errors import InvalidInputError, NotFoundError
 from edgefleet.controller.compress import evaluating, recipes
 from edgefleet.controller.compress.evaluating import EvalSet, MetricChoice, parse_metric
@@ -156,7 +156,7 @@ class Compressor:
             raise InvalidInputError("no eval data: send an .npz with the model's inputs by name")
         model = self._registry.model_bytes(source)
         eval_set = self._registry.sandbox.call(
-            evaluating.load_eval_set, job.eval_data, model=model, what="eval data check"
+            _load_eval_set, job.eval_data, model=model, what="eval data check"
         )
         timer: Timer = LocalTimer()
         if job.profile_on:
@@ -245,6 +245,13 @@ class Compressor:
             model.version,
         )
         return Outcome(source, result, model, report_json, report_markdown)
+
+
+def _load_eval_set(data: bytes, *, model: bytes) -> EvalSet:
+    """The eval set, checked against the model, in the sandbox; a model registered before
+    external data was refused is refused here."""
+    externaldata.refuse_external(model)
+    return evaluating.load_eval_set(data, model=model)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from edgefleet.common import wire
+from edgefleet.common import externaldata, wire
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.common.types import TensorSpec
 from edgefleet.controller.sandbox import Sandbox
@@ -246,6 +246,14 @@ def normalize(
     return to_npz(out)
 
 
+def _normalize_embedded(
+    data: bytes, *, model: bytes, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> bytes:
+    # A model registered before external data was refused must not run either.
+    externaldata.refuse_external(model)
+    return normalize(data, model=model, inputs=inputs, outputs=outputs)
+
+
 def normalize_isolated(
     sandbox: Sandbox,
     data: bytes,
@@ -256,7 +264,7 @@ def normalize_isolated(
 ) -> bytes:
     """``normalize`` in a sandbox process: the model runs there, never in the controller."""
     return sandbox.call(
-        normalize,
+        _normalize_embedded,
         data,
         model=model,
         inputs=tuple(inputs),
