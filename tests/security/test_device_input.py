@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from edgefleet.agent import config as agent_config
 from edgefleet.common import topics
 from edgefleet.common import types as t
+from edgefleet.common.errors import InvalidInputError
 from edgefleet.demo.digits import TrainedModel
 from edgefleet.edgectl import output, shell
 from edgefleet.edgectl.app import app
@@ -232,3 +234,22 @@ def test_what_is_already_stored_prints_without_escapes(sent: str, shown: str) ->
     assert output.plain(sent) == shown
     assert output.safe(f"[/]{sent}") == f"\\[/]{shown}"
     assert shell.one_line(f"error:\n{sent}") == " ".join(f"error: {shown}".split())
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        ({f"k{i}": "v" for i in range(33)}, "33 labels"),
+        ({"site": "s" * 300}, "300 bytes"),
+        ({"site": "a\x1b[31mb"}, "control character"),
+    ],
+)
+def test_an_agent_refuses_labels_the_controller_would_drop(
+    tmp_path: Path, labels: dict[str, str], match: str
+) -> None:
+    # else every status it sends would be dropped as malformed, and it would never register
+    key = tmp_path / "trusted.pem"
+    key.write_text("read when the agent starts")
+    flags = {"device_id": "dev-1", "trusted_keys": [key], "labels": labels}
+    with pytest.raises(InvalidInputError, match=match):
+        agent_config.load(file=None, env={}, flags=flags)

@@ -20,7 +20,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from edgefleet.agent.identity import IdentityFiles
-from edgefleet.common.errors import InvalidInputError
+from edgefleet.common import wire
+from edgefleet.common.errors import InvalidInputError, MalformedMessageError
 from edgefleet.common.mqttclient import BrokerUrl
 from edgefleet.common.types import validate_name
 
@@ -290,11 +291,19 @@ def _host_port(what: str, value: str) -> None:
         raise InvalidInputError(f"{what} must be HOST:PORT, got {value!r}")
 
 
-def validate(s: AgentSettings) -> None:
-    if not s.device.device_id:
+def _check_device(s: DeviceSettings) -> None:
+    if not s.device_id:
         raise InvalidInputError("a device id is required (--device-id or device_id)")
-    validate_name("device", s.device.device_id)
-    validate_name("fleet", s.device.fleet)
+    validate_name("device", s.device_id)
+    validate_name("fleet", s.fleet)
+    try:  # what the controller would refuse in every status: say so at start instead
+        wire.check_labels(s.labels)
+    except MalformedMessageError as exc:
+        raise InvalidInputError(f"labels: {exc}") from None
+
+
+def validate(s: AgentSettings) -> None:
+    _check_device(s.device)
     _check_password_file(s.mqtt)
     if not s.trusted_keys:
         raise InvalidInputError(

@@ -312,7 +312,8 @@ def _digest(what: str, value: str) -> str:
         raise MalformedMessageError(f"{what}: {exc}") from exc
 
 
-def _labels(labels: Mapping[str, str]) -> dict[str, str]:
+def check_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """``labels`` when a device may report them (count, sizes, no control characters)."""
     if len(labels) > MAX_LABELS:
         raise MalformedMessageError(f"{len(labels)} labels (at most {MAX_LABELS})")
     for key, value in labels.items():
@@ -351,7 +352,7 @@ def decode_status(data: bytes) -> t.DeviceStatus:
         device_id=_named("device", msg.device_id),
         fleet=_named("fleet", msg.fleet),
         phase=phase,
-        labels=_labels(msg.labels),
+        labels=check_labels(msg.labels),
         active_release=_text("active release", msg.active_release),
         previous_release=_text("previous release", msg.previous_release),
         target_release=_text("target release", msg.target_release),
