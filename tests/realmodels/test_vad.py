@@ -1,0 +1,98 @@
+"""Silero VAD (a streaming voice-activity model: ``If`` subgraphs on a scalar sample rate, a
+recurrent ``state`` [2, B, 128] input fed back from ``stateN``): eval and golden data with
+broadcast inputs, compression that finishes with a report, and deployment to a real agent with
+and without golden data (zeros with guessed dimensions never run this model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from edgefleet.controller.compress import graphs
+from edgefleet.v1 import controller_pb2 as pb
+from tests.conftest import Broker
+from tests.controller import support
+from tests.controller.test_compressed_release import real_agent
+
+from . import helpers
+
+SAMPLES = 512  # one 32 ms chunk at 16 kHz
+
+
+def audio(rows: int) -> np.ndarray:
+    """Chunks of a tone in noise: what a microphone might hand the model."""
+    rng = np.random.default_rng(0)
+    t = np.arange(rows * SAMPLES, dtype=np.float32) / 16000
+    wave = 0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.shape)
+    return wave.astype(np.float32).reshape(rows, SAMPLES)
+
+
+def shared() -> dict[str, np.ndarray]:
+    return {
+        "broadcast/state": np.zeros((2, 1, 128), np.float32),
+        "broadcast/sr": np.array(16000, np.int64),
+    }
+
+
+def test_toposort_restores_a_graph_whose_subgraphs_were_reversed(silero: bytes) -> None:
+    proto = onnx.load_model_from_string(silero)
+
+    def reverse(graph: onnx.GraphProto) -> None:
+        nodes = list(graph.node)
+        for node in nodes:
+            for a in node.attribute:
+                if a.HasField("g"):
+                    reverse(a.g)
+        del graph.node[:]
+        graph.node.extend(reversed(nodes))
+
+    reverse(proto.graph)
+    with pytest.raises(Exception, match="topologically sorted"):
+        onnx.checker.check_model(proto)
+    graphs.toposort(proto)
+    onnx.checker.check_model(proto)
+    feed = {"input": audio(1), "state": np.zeros((2, 1, 128), np.float32)}
+    feed["sr"] = np.array(16000, np.int64)
+    want = graphs.run(silero, [feed])[0]
+    got = graphs.run(proto.SerializeToString(), [feed])[0]
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_vad_compresses_with_broadcast_eval_data_and_deploys_with_and_without_golden_data(
+    ctl: support.Running, broker: Broker, tmp_path: Path, silero: bytes
+) -> None:
+    name = support.unique("vad")
+    helpers.upload(ctl, name, silero)
+    request = pb.CompressRequest(
+        name=name,
+        recipe="int8-dynamic,fp16",
+        eval_data=helpers.npz(input=audio(8), **shared()),
+        max_accuracy_drop=5.0,
+        objective="size",
+        time_budget_s=120.0,
+    )
+    result = list(ctl.stub.CompressModel(request, timeout=helpers.DEADLINE))[-1].result
+    report = json.loads(result.report_json)
+    assert [c["candidate"] for c in report["candidates"]] == ["int8-dynamic", "fp16"]
+    assert all(c["verdict"] for c in report["candidates"])  # passed, failed or skipped: why
+    assert report["metric"] == "max-abs-error"  # one speech probability per chunk
+    assert report["passed"] == result.passed
+
+    fleet = support.unique("fleet")
+    with real_agent(ctl, broker, tmp_path, fleet=fleet) as (agent, _endpoint):
+        helpers.release(ctl, name, "1.0.0", model_version=1)  # no golden data
+        helpers.deploy(ctl, f"{name}:1.0.0", fleet)
+        passed = helpers.event(ctl, agent.device_id, "health_check_passed", f"{name}:1.0.0")
+        assert "smoke inference skipped" in passed and "golden data" in passed
+
+        golden = helpers.npz(**{"input/input": audio(3)}, **shared())
+        helpers.release(ctl, name, "1.1.0", model_version=1, golden=golden)
+        helpers.deploy(ctl, f"{name}:1.1.0", fleet)
+        passed = helpers.event(ctl, agent.device_id, "health_check_passed", f"{name}:1.1.0")
+        assert "3 golden rows pass" in passed
