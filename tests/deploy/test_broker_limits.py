@@ -18,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.common import desired, digests, signing, topics, wire
 from edgefleet.common import types as t
+from edgefleet.controller import brokerconfig
 from tests.conftest import Broker, mosquitto_available
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,8 +30,9 @@ SHIPPED = (
 LIMIT_KEYS = ("message_size_limit", "max_packet_size")
 
 
-def limits(conf: Path) -> dict[str, int]:
-    found = re.findall(rf"^({'|'.join(LIMIT_KEYS)})\s+(\d+)\s*$", conf.read_text(), re.M)
+def limits(conf: Path | str) -> dict[str, int]:
+    text = conf.read_text() if isinstance(conf, Path) else conf
+    found = re.findall(rf"^({'|'.join(LIMIT_KEYS)})\s+(\d+)\s*$", text, re.M)
     return {key: int(value) for key, value in found}
 
 
@@ -43,6 +45,8 @@ def test_every_shipped_config_sets_the_same_limits() -> None:
     assert SITE["max_packet_size"] > SITE["message_size_limit"]
     for conf in SHIPPED[1:]:
         assert limits(conf) == SITE, conf
+    # and the fragment `edge-controller broker-config` writes for a site's mTLS broker
+    assert limits(brokerconfig.mosquitto_conf(Path("/etc/mosquitto/edgefleet"), port=8883)) == SITE
 
 
 @pytest.fixture

@@ -96,6 +96,9 @@ def mosquitto_conf(directory: Path, *, port: int, bind: str = "") -> str:
             "use_identity_as_username true",
             "use_username_as_clientid true",
             "tls_version tlsv1.2",
+            "# size limits (deploy/mosquitto/mosquitto.conf says why)",
+            "message_size_limit 1048576",
+            "max_packet_size 1114112",
             "",
         ]
     )
