@@ -43,3 +43,8 @@ def ctl(tmp_path: Path, broker: Broker) -> Iterator[support.Running]:
     )
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def ocr_cls() -> bytes:
+    return _load(corpus.ocr_cls_onnx)

@@ -62,6 +62,8 @@ def quantize_int8_static(
         raise PassSkippedError(
             Technique.INT8_STATIC, f"no Conv/Gemm/MatMul with constant weights ({_ops(proto)})"
         )
+    if per_channel:
+        proto, per_channel = _opset_for_axis(proto, notes)
     proto = pre_process(proto, notes, why="ORT's recommended step before static quantization")
     feeds = list(calibration[:max_batches])
     extra: dict[str, Any] = {}
@@ -118,6 +120,30 @@ def quantize_int8_static(
             tuple(notes),
         ),
     )
+
+
+def _opset_for_axis(proto: Any, notes: list[str]) -> tuple[Any, bool]:
+    """Per-channel QDQ needs DequantizeLinear's ``axis`` (opset 13): convert an older model's
+    opset, or fall back to per-tensor scales when the converter cannot. (model, per_channel)."""
+    import onnx
+    from onnx import version_converter
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset >= 13:
+        return proto, True
+    try:
+        with graphs.quiet():
+            converted = version_converter.convert_version(proto, 13)
+            onnx.checker.check_model(converted)
+            graphs.check_runs(converted.SerializeToString(), Technique.INT8_STATIC)
+    except Exception as exc:  # the converter lacks adapters for some ops
+        notes.append(
+            f"opset {opset} could not be converted to 13 ({_first(exc)}): per-tensor scales, "
+            "since per-channel QDQ needs opset 13"
+        )
+        return proto, False
+    notes.append(f"opset {opset} converted to 13: per-channel QDQ needs DequantizeLinear's axis")
+    return converted, True
 
 
 def depthwise_convs(model: Any) -> list[str]:
