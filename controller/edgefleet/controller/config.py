@@ -106,6 +106,8 @@ class RolloutSettings:
     """A device behind its desired generation this long is sent its desired state again."""
     lag_check_s: float = 5.0
     """How often the driver looks for devices behind their desired generation."""
+    lease_ttl_s: float = 8.0
+    """With several replicas: how long the driving one's lease lasts unrenewed (takeover time)."""
     desired_ttl_s: float = 30 * 86400.0
     """A desired state expires this long after it is sealed (re-published ones are re-sealed);
     also the overlap window a rotated-out signing key stays trusted for fresh messages."""

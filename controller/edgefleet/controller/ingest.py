@@ -13,6 +13,8 @@ import logging
 import queue
 import threading
 
+from sqlalchemy.exc import IntegrityError
+
 from edgefleet.common import topics, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import InvalidInputError, MalformedMessageError
@@ -134,7 +136,13 @@ class Ingest:
 
     def _write(self, items: list[Incoming]) -> None:
         try:
-            self._store.apply(items)
+            try:
+                self._store.apply(items)
+            except IntegrityError:
+                # Another controller replica (they all ingest every report) added the same new
+                # device or row first: read again and apply on top of it.
+                log.info("another controller wrote these devices first; applying again")
+                self._store.apply(items)
         except Exception:
             log.exception("writing %d device messages failed; retrying one by one", len(items))
             for item in items:

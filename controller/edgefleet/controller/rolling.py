@@ -14,6 +14,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 
 from edgefleet.common.errors import NotFoundError, PermanentError
@@ -47,6 +48,7 @@ class Rollouts:
         clock: Callable[[], float],
         new_id: Callable[[], str] = new_rollout_id,
         resend_after_s: float = 15.0,
+        lock: AbstractContextManager[object] | None = None,
     ) -> None:
         self._store = store
         self._sender = sender
@@ -54,7 +56,8 @@ class Rollouts:
         self._new_id = new_id
         self._resend_after_s = resend_after_s
         self._lag_seen: dict[str, tuple[int, float]] = {}  # device -> (generation, last sent)
-        self._lock = threading.RLock()
+        # Every change under one lock: this process's, or the one all replicas share.
+        self._lock: AbstractContextManager[object] = lock or threading.RLock()
 
     def get(self, rollout_id: str) -> RolloutRecord:
         return self._store.load(rollout_id)
