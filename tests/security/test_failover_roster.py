@@ -29,6 +29,7 @@ from edgefleet.common import signing, topics, trustbundle, wire
 from edgefleet.common import types as t
 from edgefleet.common.signing import TrustStore
 from edgefleet.common.trustbundle import Roster, RosterEntry
+from edgefleet.controller import roster
 from edgefleet.demo import digits
 from edgefleet.edgectl.keys import trusted_pem
 from edgefleet.v1 import controller_pb2 as pb
@@ -230,3 +231,19 @@ def test_the_roster_decides_which_presence_counts_and_catches_up_with_a_restart(
     assert strict.snapshot() == []
     assert strict.observe(strict.roster_topic, roster(10, ("a", "a:1")))
     assert [n.device_id for n in strict.snapshot()] == ["a"]  # the kept presence now counts
+
+
+def test_the_roster_lists_a_fleet_by_the_registry_not_by_what_devices_say() -> None:
+    statuses = [
+        ("a", "f1", "a:1"),  # enrolled in f1
+        ("b", "f1", "b:1"),  # enrolled in f2, says f1
+        ("c", "f1", "c:1"),  # never enrolled, says f1 (a fleet with enrolled devices)
+        ("d", "f1", "d:1"),  # enrolled in f1, revoked
+        ("e", "f1", ""),  # no endpoint reported
+        ("f", "lab", "f:1"),  # a fleet nobody enrolled in (plain MQTT): by its status
+    ]
+    enrolled = {"a": ("f1", "enrolled"), "b": ("f2", "enrolled"), "d": ("f1", "revoked")}
+    assert roster.build(statuses, enrolled) == {
+        "f1": (RosterEntry("a", "a:1"),),
+        "lab": (RosterEntry("f", "f:1"),),
+    }

@@ -13,6 +13,7 @@ corrupt one stopped the agent from starting.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,12 +22,14 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
+from typer.testing import CliRunner, Result
 
 from edgefleet.agent.state import StateFile
 from edgefleet.common import desired, signing, topics, trustbundle, wire
 from edgefleet.common import types as t
 from edgefleet.common.trustbundle import BundleKey, TrustBundle
 from edgefleet.demo import digits
+from edgefleet.edgectl.app import app
 from edgefleet.edgectl.keys import trusted_pem
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import trust_pb2
@@ -128,6 +131,12 @@ def _all_active(ctl: support.Running, fleet: str, release: str, n: int) -> None:
     support.eventually(probe, timeout=60, what=f"{n} devices of {fleet} active on {release}")
 
 
+def edgectl(ctl: support.Running, *args: str | Path) -> Result:
+    """``edgectl`` in-process against the controller's operator API, as its admin."""
+    runner = CliRunner(env={"EDGECTL_TOKEN": ctl.token})
+    return runner.invoke(app, ["--controller", ctl.api, *(str(a) for a in args)])
+
+
 def _serving(p: AgentProcess) -> str:
     info = read_agent_json(p.data_dir)
     assert info is not None
@@ -169,8 +178,13 @@ def test_rotation_with_agents_restarting_midway_keeps_every_model_and_takes_the_
         running, stopped = agents
         assert stopped.terminate() == 0  # down through the rotation
 
-        new = ctl.stub.InitKey(pb.InitKeyRequest(rotate=True), timeout=DEADLINE)
-        assert new.key_id != old.key_id
+        pem_both = tmp_path / "trusted.pem"
+        rotated = edgectl(ctl, "keys", "init", "--rotate", "--out", pem_both, "--json")
+        assert rotated.exit_code == 0, rotated.output
+        new = json.loads(rotated.stdout)
+        assert new["key_id"] != old.key_id and new["created"]
+        written = {signing.key_id(k) for k in signing.load_public_keys(pem_both.read_bytes())}
+        assert written == {old.key_id, new["key_id"]}  # --out: old and new
         wait_for(
             "the running agent to adopt the rotated bundle",
             lambda: bundle_version(running.data_dir) == 2,
@@ -198,16 +212,17 @@ def test_rotation_with_agents_restarting_midway_keeps_every_model_and_takes_the_
             assert _serving(p) == r2
 
         # Revoking the old key: refused while a device falls back to r1 it signed, then forced.
-        refused = support.rpc_error(
-            lambda: ctl.stub.RevokeKey(pb.RevokeKeyRequest(key_id=old.key_id))
-        )
-        assert r1 in refused.message
-        ctl.stub.RevokeKey(pb.RevokeKeyRequest(key_id=old.key_id, force=True), timeout=DEADLINE)
+        refused = edgectl(ctl, "keys", "revoke", old.key_id)
+        assert refused.exit_code != 0 and r1 in refused.output
+        revoked = edgectl(ctl, "keys", "revoke", old.key_id, "--force")
+        assert revoked.exit_code == 0, revoked.output
         for p in agents:
             wait_for(
                 "the revocation to reach the agent", lambda p=p: bundle_version(p.data_dir) == 3
             )
-        only = support.rpc_error(lambda: ctl.stub.RevokeKey(pb.RevokeKeyRequest(key_id=new.key_id)))
+        only = support.rpc_error(
+            lambda: ctl.stub.RevokeKey(pb.RevokeKeyRequest(key_id=new["key_id"]))
+        )
         assert "active signing key" in only.message
         for p in agents:  # and a restart still serves r2, signed by the key that stays
             assert p.terminate() == 0

@@ -3,8 +3,9 @@
 ``build`` is pure: each device with a Predict endpoint in its own last status (a device can
 publish only its own ``dev/{d}/status``, where presence is a fleet-wide, self-asserted topic) is
 listed in the fleet it reported, unless the enrollment registry puts it in another fleet or has
-revoked it: the registry, not the device, owns membership. ``current`` reads both from the
-database. ``trustpub`` signs and publishes the result.
+revoked it; and a fleet that has enrolled devices lists only those (a device that never
+enrolled cannot join it by saying so): the registry, not the device, owns membership.
+``current`` reads both from the database. ``trustpub`` signs and publishes the result.
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ def build(
     ``enrolled``: device id -> (fleet, state) from the registry.
     """
     fleets: dict[str, list[RosterEntry]] = {}
+    registry_fleets = {f for f, _ in enrolled.values()}
     for device_id, fleet, endpoint in devices:
         if not endpoint or not fleet:
             continue
         registered = enrolled.get(device_id)
-        if registered is not None and (registered[0] != fleet or registered[1] == REVOKED):
+        if registered is None:
+            if fleet in registry_fleets:
+                continue
+        elif registered[0] != fleet or registered[1] == REVOKED:
             continue
         fleets.setdefault(fleet, []).append(RosterEntry(device_id, endpoint))
     return {f: tuple(sorted(e, key=lambda r: r.device_id)) for f, e in fleets.items()}
