@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import onnx
 import pytest
+import typer
 
 from edgefleet.controller.compress import graphs, recipes
 from edgefleet.controller.compress.errors import InvalidInputError
@@ -22,6 +23,7 @@ from edgefleet.controller.compress.searching import (
 )
 from edgefleet.controller.compress.timing import Latency
 from edgefleet.demo import digits
+from edgefleet.edgectl.models import parse_duration
 
 FAST = SearchSettings(threads=(1,), sensitivity_layers=0, golden_count=4)
 
@@ -138,3 +140,15 @@ def test_fp16_output_passes_the_checker(digits_model: digits.TrainedModel) -> No
     out = convert_fp16(digits_model.onnx_bytes)
     onnx.checker.check_model(onnx.load_model_from_string(out.model))
     graphs.validate_model(out.model, [{"pixels": np.zeros((2, 64), np.float32)}])
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("10m", 600.0), ("1.5h", 5400.0), ("0", 0.0)]
+)
+def test_time_budgets_read_as_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_a_time_budget_that_is_no_duration_is_refused() -> None:
+    with pytest.raises(typer.BadParameter, match="10m"):
+        parse_duration("ten minutes")

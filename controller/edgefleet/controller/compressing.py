@@ -225,9 +225,33 @@ class Compressor:
         if result.winner is None or result.model is None:
             log.info("compress %s v%d: no candidate passed", source.name, source.version)
             return Outcome(source, result, None, report_json, report_markdown)
-        transfer = result.transfer
         winner = result.winner
-        model = self._registry.register_compressed(
+        try:
+            model = self._register_winner(source, result, report_json, report_markdown)
+        except InvalidInputError as exc:  # the registry's own check: the report still returns
+            log.error(
+                "compress %s v%d: %s won but was refused: %s",
+                source.name,
+                source.version,
+                winner.name,
+                exc,
+            )
+            return Outcome(source, result, None, report_json, report_markdown)
+        log.info(
+            "compress %s v%d: %s won, registered as version %d",
+            source.name,
+            source.version,
+            winner.name,
+            model.version,
+        )
+        return Outcome(source, result, model, report_json, report_markdown)
+
+    def _register_winner(
+        self, source: ModelVersion, result: SearchResult, report_json: str, report_markdown: str
+    ) -> ModelVersion:
+        assert result.winner is not None and result.model is not None
+        transfer, winner = result.transfer, result.winner
+        return self._registry.register_compressed(
             source,
             result.model,
             report_json=report_json,
@@ -237,14 +261,6 @@ class Compressor:
             description=f"compressed from version {source.version}: {winner.name} "
             f"(drop {winner.drop:.2f} points)",
         )
-        log.info(
-            "compress %s v%d: %s won, registered as version %d",
-            source.name,
-            source.version,
-            winner.name,
-            model.version,
-        )
-        return Outcome(source, result, model, report_json, report_markdown)
 
 
 def _load_eval_set(data: bytes, *, model: bytes) -> EvalSet:

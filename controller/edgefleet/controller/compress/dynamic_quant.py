@@ -46,7 +46,9 @@ def quantize_int8_dynamic(model: bytes, *, per_channel: bool = False) -> Compres
     before = {w.weight: w for w in graphs.weight_layers(proto, ops=("MatMul", "Gemm"))}
     if not before:
         raise PassSkippedError(
-            Technique.INT8_DYNAMIC, f"no MatMul/Gemm with constant weights (ops: {_ops(proto)})"
+            Technique.INT8_DYNAMIC,
+            f"no MatMul/Gemm with constant weights (ops: {_ops(proto)})"
+            + graphs.subgraph_note(proto),
         )
     with tempfile.TemporaryDirectory(prefix="ef-dq-") as tmp, graphs.quiet():
         out = Path(tmp) / "q.onnx"

@@ -22,7 +22,9 @@ def convert_fp16(model: bytes) -> Compressed:
     proto = graphs.load(model)
     layers = graphs.weight_layers(proto)
     if not any(t.data_type == 1 for t in proto.graph.initializer):
-        raise PassSkippedError(Technique.FP16, "the model has no fp32 weights")
+        raise PassSkippedError(
+            Technique.FP16, "the model has no fp32 weights" + graphs.subgraph_note(proto)
+        )
     with graphs.quiet():
         try:
             converted = convert_float_to_float16(proto, keep_io_types=True)

@@ -300,3 +300,19 @@ def validate_model(data: bytes, feeds: Sequence[Feed] = ()) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def subgraph_note(model: onnx.ModelProto) -> str:
+    """ "" or why a pass found nothing: the weights live in If/Loop/Scan subgraphs, which the
+    passes leave in float (they work on the main graph)."""
+    held = sorted(
+        {
+            node.op_type
+            for node in model.graph.node
+            for a in node.attribute
+            if a.HasField("g") or len(a.graphs)
+        }
+    )
+    if not held:
+        return ""
+    return f"; its weights are inside {'/'.join(held)} subgraphs, left in float"

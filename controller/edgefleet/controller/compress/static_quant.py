@@ -60,7 +60,9 @@ def quantize_int8_static(
     layers_before = graphs.weight_layers(proto)
     if not layers_before:
         raise PassSkippedError(
-            Technique.INT8_STATIC, f"no Conv/Gemm/MatMul with constant weights ({_ops(proto)})"
+            Technique.INT8_STATIC,
+            f"no Conv/Gemm/MatMul with constant weights ({_ops(proto)})"
+            + graphs.subgraph_note(proto),
         )
     if per_channel:
         proto, per_channel = _opset_for_axis(proto, notes)
