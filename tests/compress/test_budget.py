@@ -152,3 +152,19 @@ def test_time_budgets_read_as_durations(text: str, seconds: float) -> None:
 def test_a_time_budget_that_is_no_duration_is_refused() -> None:
     with pytest.raises(typer.BadParameter, match="10m"):
         parse_duration("ten minutes")
+
+
+def test_eval_data_too_large_for_one_request_is_refused_before_sending(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from edgefleet.edgectl.app import app
+    from edgefleet.edgectl.models import MAX_EVAL_BYTES
+
+    big = tmp_path / "big.npz"
+    big.write_bytes(b"\0" * (MAX_EVAL_BYTES + 1))
+    # port 9 (discard): nothing answers there, and nothing is sent
+    result = CliRunner().invoke(
+        app, ["--controller", "127.0.0.1:9", "model", "compress", "m", "--eval-data", str(big)]
+    )
+    assert result.exit_code != 0
+    assert "at most 60 MiB of eval data" in result.stderr, result.stderr

@@ -35,6 +35,7 @@ from edgefleet.edgectl.client import COMPRESS_DEADLINE_S, file_chunks
 from edgefleet.v1 import controller_pb2 as pb
 
 EXIT_NOT_PASSED = 3
+MAX_EVAL_BYTES = 60 << 20  # a CompressModel request is one gRPC message of at most 64 MiB
 
 app = typer.Typer(
     help="Register and list ONNX models.\n\nEach upload of a name becomes its next version; "
@@ -268,6 +269,12 @@ def compress(
         shell.fail(f"no such file: {eval_data}")
     budget_s = parse_duration(time_budget)
     data = eval_data.read_bytes()
+    if len(data) > MAX_EVAL_BYTES:
+        shell.fail(
+            f"{eval_data} is {len(data) / (1 << 20):.1f} MiB; a compression request carries at "
+            f"most {MAX_EVAL_BYTES >> 20} MiB of eval data: use fewer samples (a few hundred "
+            "decide a gate) or save it with np.savez_compressed"
+        )
     root = ctx.find_root()
     source = root.get_parameter_source("deadline")  # the root's --deadline, unless given
     explicit = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
