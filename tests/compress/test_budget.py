@@ -168,3 +168,19 @@ def test_eval_data_too_large_for_one_request_is_refused_before_sending(tmp_path)
     )
     assert result.exit_code != 0
     assert "at most 60 MiB of eval data" in result.stderr, result.stderr
+
+
+def test_a_hopeless_candidate_fails_the_screen_without_the_full_evaluation(
+    digits_model: digits.TrainedModel, mlp_eval: EvalSet
+) -> None:
+    result = search(
+        digits_model.onnx_bytes,
+        mlp_eval,
+        recipe="prune-95,int8-dynamic",
+        timer=SizeTimer(),
+        settings=replace(FAST, screen_samples=64),
+    )
+    pruned, quantized = result.candidates
+    assert pruned.verdict.startswith("fails the screen") and not pruned.passed_gate
+    assert pruned.size_bytes > 0 and pruned.latency == ()  # compressed, never timed
+    assert not quantized.verdict.startswith("fails the screen")

@@ -255,6 +255,19 @@ def reference(
     return Reference(outputs, names, Score(kind, value, 0.0), primary)
 
 
+def head(eval_set: EvalSet, ref: Reference, count: int) -> tuple[EvalSet, Reference]:
+    """The first ``count`` samples and the original's outputs on them (for a quick screen)."""
+    part = eval_set.head(count)
+    outputs = []
+    for batch, full, outs in zip(part.batches, eval_set.batches, ref.outputs, strict=False):
+        rows, whole = part.rows(batch), eval_set.rows(full)
+        outputs.append(outs if rows == whole else [o[:rows] for o in outs])
+    own = ref.score
+    if own.metric is Metric.ACCURACY and part.labels is not None:  # the original's, on these
+        own = Score(own.metric, _accuracy(_predictions(outputs, ref.primary), part.labels), 0.0)
+    return part, Reference(tuple(outputs), ref.output_names, own, ref.primary)
+
+
 def score(model: bytes, eval_set: EvalSet, ref: Reference) -> Score:
     sess = graphs.session(model)
     outputs = tuple(list(sess.run(list(ref.output_names), dict(b))) for b in eval_set.batches)

@@ -58,6 +58,10 @@ class SearchSettings:
     """Largest layers measured for per-layer sensitivity; 0 turns it off."""
     golden_count: int = 8
     """Golden samples embedded in the release for device health checks."""
+    screen_samples: int = 64
+    """A candidate is first scored on this many samples (when the eval set has at least 4x
+    as many); one that drops more than max(4 x the gate, the gate + 10 points) there fails
+    without the full evaluation and timing. 0 = off."""
     distill_epochs: int = 40
     """Epochs of student training for ``distill`` candidates."""
     time_budget_s: float = 600.0
@@ -343,6 +347,30 @@ def _candidate(
     try:
         sens = _sensitivity(model, eval_set, ref, pipeline, settings=settings, cache=sens_cache)
         out = recipes.run_pipeline(model, pipeline, ctx)
+        screened = _screen(out.model, eval_set, ref, settings.screen_samples)
+        hopeless = max(4 * max_drop, max_drop + 10)  # far beyond a few samples' noise
+        if screened is not None and screened.drop > hopeless:
+            verdict = (
+                f"fails the screen: drop {screened.drop:.2f} > {hopeless:g} points on "
+                f"the first {settings.screen_samples} samples"
+            )
+            notes = tuple(n for rec in out.records for n in rec.notes)
+            screened_record = CandidateRecord(
+                pipeline.name,
+                techniques,
+                out.records,
+                len(out.model),
+                len(out.transfer),
+                (),
+                str(screened.metric),
+                screened.value,
+                screened.drop,
+                False,
+                verdict,
+                notes,
+                sens,
+            )
+            return screened_record, None
         score = evaluating.score(out.model, eval_set, ref)
         latency = tuple(timer.measure(out.model, feed, threads=t) for t in settings.threads)
     except PassSkippedError as exc:
@@ -391,6 +419,15 @@ def _golden(
     if mode is GoldenMode.ALWAYS or data.holds:
         return data, data.note
     return None, f"not attached: {data.note} (ask with --golden always)"
+
+
+def _screen(
+    candidate: bytes, eval_set: EvalSet, ref: Reference, samples: int
+) -> evaluating.Score | None:
+    """The candidate's score on the first ``samples`` samples; None when not worth it."""
+    if samples <= 0 or eval_set.size < 4 * samples:
+        return None
+    return evaluating.score(candidate, *evaluating.head(eval_set, ref, samples))
 
 
 def _reason(exc: BaseException) -> str:
