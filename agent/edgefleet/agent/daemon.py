@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 
-from edgefleet.agent import failpoints
+from edgefleet.agent import failpoints, runtime
 from edgefleet.agent.benchmarking import Benchmarker
 from edgefleet.agent.config import AgentSettings, broker_url
+from edgefleet.agent.containers import CONTAINER, ContainerRuntime, Containers
 from edgefleet.agent.enrolling import Renewer
 from edgefleet.agent.failover import OwnState
 from edgefleet.agent.identity import IdentityFiles, mqtt_tls_files
@@ -152,6 +153,13 @@ class Agent:
             max_message_bytes=s.serving.max_message_bytes,
         )
         self.store = DeviceStore(s.data_dir)
+        # Docker, where it answers: container releases load through ``runtime``'s seam
+        self.containers = Containers.probe(device_id=self.device_id)
+        if self.containers is not None:
+            runtime.register_loader(s.data_dir, CONTAINER, self.containers.load)
+        self.reporter.set_runtimes(
+            ("onnxruntime", CONTAINER) if self.containers is not None else ("onnxruntime",)
+        )
         self.state_file = StateFile(s.data_dir / "state.json")
         ledger = Ledger(state_file=self.state_file, store=self.store, reporter=self.reporter)
         self.watch = HealthWatch(
@@ -178,6 +186,7 @@ class Agent:
             fetch_deadline_s=s.fetch.deadline_s,
             stopping=self.stopping,
             timer=timer,
+            containers=self.containers,
         )
         self._queue: queue.Queue[object] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="agent-worker", daemon=True)
@@ -210,6 +219,7 @@ class Agent:
         )
         if restored.runtime is not None:
             self._serve(restored.runtime, restored.state)
+        self._sweep_containers()  # orphans of a killed agent (its adopted one stays)
         endpoint = self.server.start()
         self._serving = True
         self.reporter.set_endpoint(endpoint)
@@ -258,6 +268,7 @@ class Agent:
             self._telemetry.stop()
         if self._connecting:
             self.outbox.drain_once(self.session)  # what the last steps reported, if we can
+            self.reporter.close()
             self.session.stop(last=[self.reporter.presence_message(online=False)])
         self.outbox.stop()
         if self._serving:
@@ -267,6 +278,9 @@ class Agent:
         if self.renewer is not None:
             self.renewer.stop()
         self.metrics.stop()
+        if self.containers is not None:  # its container keeps serving; the next start adopts it
+            runtime.register_loader(self.settings.data_dir, CONTAINER, None)
+            self.containers.close()
         log.info("agent %s stopped", self.device_id)
 
     # wiring
@@ -298,6 +312,24 @@ class Agent:
             previous=state.previous.release if state.previous else "",
             manifest_digest=runtime.model.manifest_digest,
         )
+
+    def _sweep_containers(self) -> None:
+        """Remove this device's containers no runtime in use names, then stale images."""
+        if self.containers is None:
+            return
+        in_use = (
+            self.predictor.current,
+            self.watch.previous_runtime,
+            self.installer.checked_runtime,
+        )
+        keep = {r.container_id for r in in_use if isinstance(r, ContainerRuntime)}
+        try:
+            if self.containers.sweep(keep):
+                state = self.installer.state
+                digests = [s.manifest_digest for s in (state.active, state.previous) if s]
+                self.containers.prune_images(digests)
+        except Exception:  # Docker away for a moment: the next step sweeps again
+            log.exception("cannot sweep containers")
 
     def _unserve(self) -> None:
         """Serve nothing (a release rolled back with no release before it)."""
@@ -360,4 +392,5 @@ class Agent:
                 log.exception("agent worker failed; going on")
                 wait = 5.0
             finally:
+                self._sweep_containers()
                 self.reporter.flush()

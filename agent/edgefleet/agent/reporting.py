@@ -42,6 +42,9 @@ class Publisher(Protocol):
     ) -> object: ...
 
 
+REFRESH_AFTER_S = 2.0  # after a reconnect, status and presence go out once more
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -64,6 +67,7 @@ class Reporter:
         # Held from reading the snapshot to queueing it: statuses leave in seq order, and a
         # reconnect can never send an older snapshot with a newer seq than the worker's.
         self._send_lock = threading.Lock()
+        self._refresh: threading.Timer | None = None
         self._status = t.DeviceStatus(
             device_id=device_id,
             fleet=fleet,
@@ -113,10 +117,34 @@ class Reporter:
 
     def on_connect(self) -> None:
         """Runs on paho's thread after every (re)connect: presence first, then the status,
-        then whatever the outbox holds."""
+        then whatever the outbox holds; both again ``REFRESH_AFTER_S`` later.
+
+        The second time matters: right after this callback paho re-sends the QoS 1 messages it
+        queued on the connection that died, stale statuses and presence among them, and the
+        broker keeps the last one it got as the retained copy a controller reads on subscribe.
+        """
         self._publish(*self.presence_message(online=True))
         self._publish_status()
         self.flush()
+        with self._lock:
+            if self._refresh is not None:
+                self._refresh.cancel()
+            self._refresh = threading.Timer(REFRESH_AFTER_S, self._refresh_now)
+            self._refresh.name = "agent-status-refresh"
+            self._refresh.daemon = True
+            self._refresh.start()
+
+    def _refresh_now(self) -> None:
+        if self._connected():
+            self._publish(*self.presence_message(online=True))
+            self._publish_status()
+
+    def close(self) -> None:
+        """Cancel a pending refresh (the agent is stopping)."""
+        with self._lock:
+            if self._refresh is not None:
+                self._refresh.cancel()
+                self._refresh = None
 
     def flush(self) -> None:
         """Let the outbox send what it holds (events are held until their step is reported)."""
