@@ -3,8 +3,8 @@
 SQLite (WAL, busy timeout) on one machine, PostgreSQL at scale: the same models, another URL.
 Writers on SQLite open their transaction with ``BEGIN IMMEDIATE``, so two writers queue on the
 busy timeout instead of one failing when it upgrades a read lock. Private keys are never here.
-The schema is created on start (``create_all``); columns added to a model later are added to
-an existing database on start too (``_add_missing_columns``).
+The schema is made and upgraded on start by Alembic migrations (``migrating``,
+``migrations/versions``); a database from before migrations is adopted.
 """
 
 from __future__ import annotations
@@ -311,8 +311,10 @@ class Database:
         )
 
     def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        """Bring the schema to this version's (Alembic migrations, ``migrating``)."""
+        from edgefleet.controller import migrating
+
+        migrating.upgrade(self)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -326,16 +328,6 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def _add_missing_columns(engine: Engine) -> None:
-    """The one kind of migration so far: columns a model gained since its table was made.
-
-    Each such column has a server default (or is nullable), so ``ADD COLUMN`` fills old rows;
-    its indexes follow. Both SQLite and PostgreSQL take this DDL.
-    """
-    with engine.execution_options(edgefleet_write=True).begin() as conn:
-        add_missing_columns(conn)
 
 
 def add_missing_columns(conn: Connection) -> None:
