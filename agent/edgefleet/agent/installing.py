@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from edgefleet.agent import checking, failpoints, fetching, health
 from edgefleet.agent import golden as g
@@ -45,6 +46,9 @@ from edgefleet.common.errors import (
 )
 from edgefleet.common.signing import TrustStore
 from edgefleet.common.types import DesiredState, InstallPhase
+
+if TYPE_CHECKING:
+    from edgefleet.agent.containers import Containers
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +89,11 @@ class Installer:
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
         timer: Callable[[], float] = time.perf_counter,
+        containers: Containers | None = None,
     ) -> None:
         self._device_id = device_id
+        self._containers = containers  # None: Docker did not answer; container releases fail
+        self._runtimes = r.SUPPORTED_RUNTIMES | ({"container"} if containers else set())
         self._store = store
         self._ledger = ledger
         self._watch = watch
@@ -109,6 +116,11 @@ class Installer:
     @property
     def state(self) -> DeviceState:
         return self._ledger.state
+
+    @property
+    def checked_runtime(self) -> ModelRuntime | None:
+        """The candidate that passed its health check and waits for activation, if any."""
+        return self._checked
 
     def resume(self, state: DeviceState, pending: DesiredState | None) -> None:
         """Take over the state ``restoring`` produced at start-up (dropping slots it left)."""
@@ -207,6 +219,7 @@ class Installer:
             generation_applied=s.generation_applied,
             active_manifest_digest=s.active.manifest_digest if s.active else "",
             install=progress,
+            runtimes=self._runtimes,
         )
 
     # admission
@@ -348,6 +361,14 @@ class Installer:
         install, desired = self.state.install, self._pending
         assert install is not None and desired is not None
         manifest = desired.manifest
+        if manifest.runtime == "container":  # the signed image, before the slot is staged
+            if self._containers is None:
+                raise ModelLoadError(f"{install.release} needs Docker, which this device lacks")
+            self._containers.pull(
+                manifest,
+                install.manifest_digest,
+                sources=(*desired.artifact_sources, *self._fallback),
+            )
         self._store.stage(
             action.slot,
             digest=action.digest,

@@ -59,6 +59,7 @@ class Observed:
     generation_applied: int = 0
     active_manifest_digest: str = ""
     install: Progress | None = None
+    runtimes: frozenset[str] = SUPPORTED_RUNTIMES  # "container" too where Docker answered
 
 
 # --- actions -------------------------------------------------------------------------------
@@ -183,8 +184,9 @@ def admit(desired: DesiredState, observed: Observed) -> Admission | None:
             f"generation {install.generation} under way"
         )
         return Reject(gen, release, reason)
-    if desired.manifest.runtime not in SUPPORTED_RUNTIMES:
-        return Fail(gen, release, f"runtime {desired.manifest.runtime!r} is not supported")
+    if desired.manifest.runtime not in observed.runtimes:
+        runtime = desired.manifest.runtime
+        return Fail(gen, release, f"runtime {runtime!r} is not supported on this device")
     if desired.manifest.model_encoding not in SUPPORTED_ENCODINGS:
         encoding = desired.manifest.model_encoding
         return Fail(gen, release, f"unsupported model encoding {encoding!r}")

@@ -6,6 +6,11 @@ missing inputs) and calls ORT's C++ run directly (see ``_run_of``); when ORT ref
 ``_diagnose`` names the input and what was expected, in our words. The manifest and the model
 must agree on the signature; a dimension the manifest fixes where the model is dynamic is
 checked in Python (``_pinned``).
+
+A manifest naming another runtime (``container``) is loaded by the loader the agent registered
+for its data directory (``register_loader``; ``containers.Containers.load``), so whoever loads a
+slot (install, start-up, fall-back) needs to know nothing of Docker; without one the slot is
+refused as unsupported on this device.
 """
 
 from __future__ import annotations
@@ -29,6 +34,30 @@ from edgefleet.common.errors import InvalidInputError, ModelLoadError
 log = logging.getLogger(__name__)
 
 Array = npt.NDArray[Any]
+
+# (data directory, runtime) -> the loader of that agent: one process may hold several agents
+_LOADERS: dict[tuple[Path, str], Callable[[LoadedModel], ModelRuntime]] = {}
+
+
+def register_loader(
+    data_dir: Path, runtime: str, loader: Callable[[LoadedModel], ModelRuntime] | None
+) -> None:
+    """Load slots under ``data_dir`` whose manifest names ``runtime`` with ``loader`` (None:
+    no longer)."""
+    key = (data_dir.resolve(), runtime)
+    if loader is None:
+        _LOADERS.pop(key, None)
+    else:
+        _LOADERS[key] = loader
+
+
+def _loader_for(path: Path, runtime: str) -> Callable[[LoadedModel], ModelRuntime] | None:
+    resolved = path.resolve()
+    for (root, name), loader in list(_LOADERS.items()):
+        if name == runtime and resolved.is_relative_to(root):
+            return loader
+    return None
+
 
 _ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -134,7 +163,12 @@ class ModelRuntime:
     def load(cls, path: Path, model: LoadedModel) -> ModelRuntime:
         """Load ``path`` on the CPU provider; ``ModelLoadError`` when ORT refuses it."""
         if model.manifest.runtime != "onnxruntime":
-            raise ModelLoadError(f"runtime {model.manifest.runtime!r} is not supported")
+            loader = _loader_for(path, model.manifest.runtime)
+            if loader is None:
+                raise ModelLoadError(
+                    f"runtime {model.manifest.runtime!r} is not supported on this device"
+                )
+            return loader(model)
         try:
             externaldata.refuse_external(path)  # ORT would read any file the model names
         except InvalidInputError as exc:

@@ -13,6 +13,12 @@ compression report in the manifest and the compression's golden data (unless the
 golden data of its own); when compression left a packed transfer container, that container is
 the blob devices download (``model_digest``/``model_size`` are its own, ``model_encoding`` is
 ``efpk``) and ``annotations["decoded_model_digest"]`` names the model it decodes to.
+
+A container release (``runtime="container"``) also has an image: built through the controller
+host's Docker (``images.build_release_image``: the shared runtime base plus a layer with the
+model and golden data) or the user's own (``image=REF``); its digest is signed in the manifest
+(``image``), so a device runs no image but that one. The image is built before anything is
+stored: a failed build leaves no release behind.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import semver
@@ -31,6 +39,7 @@ from edgefleet.common import types as t
 from edgefleet.common.artifacts import BlobStore
 from edgefleet.common.errors import AlreadyExistsError, InvalidInputError, NotFoundError
 from edgefleet.controller import golden as golden_data
+from edgefleet.controller import images
 from edgefleet.controller.db import Database, ReleaseRow
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.records import CompressionArtifacts, ModelVersion, Release
@@ -39,6 +48,7 @@ from edgefleet.controller.registry import Registry
 log = logging.getLogger(__name__)
 
 DECODED_DIGEST = "decoded_model_digest"  # annotation of a packed release: the model's digest
+RUNTIMES = ("onnxruntime", "container")
 
 
 def validate_health(h: t.HealthPolicy) -> t.HealthPolicy:
@@ -118,7 +128,9 @@ class Releases:
         keys: KeyRing,
         clock: Callable[[], int],
         blobs: BlobStore | None = None,
+        docker_client: Callable[[], Any] = images.client,
     ) -> None:
+        self._docker = docker_client  # asked only for container releases
         self._db = db
         self._registry = registry
         self._keys = keys
@@ -133,13 +145,23 @@ class Releases:
         health: t.HealthPolicy | None = None,
         notes: str = "",
         golden: bytes = b"",
+        runtime: str = "",
+        image: str = "",
     ) -> Release:
         """Sign and store ``ref`` from model ``ref.name`` version ``model_version`` (0 = newest).
 
         ``golden``: an ``.npz`` of golden inputs (and expected outputs) to check the release
         against on devices; empty = the compression's golden data for a compressed version,
-        smoke inference on zeros only otherwise.
+        smoke inference on zeros only otherwise. ``runtime``: "onnxruntime" (default) or
+        "container", with ``image`` the user's own image (default: built here).
         """
+        runtime = runtime or "onnxruntime"
+        if runtime not in RUNTIMES:
+            raise InvalidInputError(
+                f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}"
+            )
+        if image and runtime != "container":
+            raise InvalidInputError("an image is for runtime container only")
         policy = validate_health(health or t.HealthPolicy())
         model = self._registry.get(ref.name, model_version)
         if self._find(ref) is not None:
@@ -149,6 +171,7 @@ class Releases:
         if not golden and compression is not None and compression.golden_npz:
             golden = release_golden(compression.golden_npz)
         stored = self._store_golden(model, golden) if golden else ("", 0)
+        built = self._image(ref, model, stored[0], image) if runtime == "container" else None
         now = self._clock()
         manifest = build_manifest(
             model,
@@ -159,6 +182,8 @@ class Releases:
             golden=stored,
             compression=compression,
         )
+        if built is not None:
+            manifest = replace(manifest, runtime=runtime, image=built.digest)
         envelope = signing.sign(wire.encode_manifest(manifest), signing.MANIFEST_TYPE, private_key)
         row = ReleaseRow(
             name=ref.name,
@@ -177,6 +202,20 @@ class Releases:
             raise AlreadyExistsError("release", str(ref)) from exc
         log.info("release %s from model version %d, signed by %s", ref, model.version, key_id)
         return _record(row)
+
+    def _image(
+        self, ref: t.ReleaseRef, model: ModelVersion, golden_digest: str, image: str
+    ) -> images.BuiltImage:
+        """The release's image: the user's ``image``, or the runtime base + model + golden."""
+        client = self._docker()
+        if image:
+            return images.adopt_image(client, ref, image)
+        if self._blobs is None:
+            raise InvalidInputError("this controller was started without a blob store")
+        golden = self._blobs.read(golden_digest) if golden_digest else b""
+        return images.build_release_image(
+            client, ref, model=self._blobs.read(model.digest), golden=golden
+        )
 
     def _store_golden(self, model: ModelVersion, data: bytes) -> tuple[str, int]:
         """Normalize golden data for ``model`` and store it; (digest, size)."""

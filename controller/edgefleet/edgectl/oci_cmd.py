@@ -3,7 +3,8 @@
 Both fetch the release's blobs from the controller's ``ArtifactService`` into an OCI image
 layout (see ``edgefleet.controller.oci``) and verify it; ``push`` then sends the layout to a
 registry. Registry credentials come from ``EDGEFLEET_REGISTRY_USER`` and
-``EDGEFLEET_REGISTRY_PASSWORD``.
+``EDGEFLEET_REGISTRY_PASSWORD``. A container release's image is pushed too, through this
+host's Docker (``images.push_image``), to ``REPO/container:VERSION`` of the same registry.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from edgefleet.common import oci
+from edgefleet.common import oci, wire
 from edgefleet.common.errors import NotFoundError
 from edgefleet.common.types import ReleaseRef
+from edgefleet.controller import images
 from edgefleet.controller import oci as layout
 from edgefleet.edgectl import output, shell
 from edgefleet.v1 import controller_pb2 as pb
@@ -131,7 +133,9 @@ def push(
 
     Exports the release to a temporary layout, verifies it, uploads the blobs the registry
     lacks and then the manifest under TAG. Credentials, when the registry wants them, come
-    from EDGEFLEET_REGISTRY_USER and EDGEFLEET_REGISTRY_PASSWORD.
+    from EDGEFLEET_REGISTRY_USER and EDGEFLEET_REGISTRY_PASSWORD. A container release's
+    image (built on the controller host; run this there) goes to REPO/container:VERSION,
+    where devices given oci://HOST[:PORT]/REPO pull it.
     """
     target = oci.RegistryRef.parse(to, plain_http=plain_http)
     info = _find(ctx, release)
@@ -151,6 +155,9 @@ def push(
                 on_bytes=lambda n: progress.advance(task, n),
             )
     where = f"{target.host}/{target.repo}:{tag}"
+    image = ""
+    if info.manifest.image:  # a container release: its signed image goes next to it
+        image = images.push_image(images.client(), wire.manifest_from_pb(info.manifest), target)
     if as_json:
         output.print_json(
             {
@@ -159,6 +166,7 @@ def push(
                 "manifest_digest": digest,
                 "blobs_uploaded": len(uploaded),
             }
+            | ({"image": image, "image_digest": info.manifest.image} if image else {})
         )
         return
     output.console.print(f"pushed {release} to {where}", markup=False)
@@ -166,3 +174,5 @@ def push(
         f"  manifest: {digest} ({len(uploaded)} of {len(back.layers) + 1} blobs uploaded)",
         markup=False,
     )
+    if image:
+        output.console.print(f"  image:    {image} ({info.manifest.image})", markup=False)

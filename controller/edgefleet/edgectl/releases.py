@@ -105,12 +105,34 @@ def create(
     notes: Annotated[
         str, typer.Option("--notes", help="Free text kept with the release.", metavar="TEXT")
     ] = "",
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="Where devices run it: onnxruntime (in the agent's process) or container "
+            "(in Docker, from an image built on the controller host: the runtime base "
+            "edgefleet/runtime:latest plus a layer with the model and golden data; its "
+            "digest is signed in the manifest).",
+            metavar="onnxruntime|container",
+        ),
+    ] = "onnxruntime",
+    image: Annotated[
+        str,
+        typer.Option(
+            "--image",
+            help="With --runtime container: your own image (in the controller host's Docker) "
+            "instead of a built one; it must serve the agent's InferenceService and "
+            "grpc.health.v1 on port 50051.",
+            metavar="REF",
+        ),
+    ] = "",
     as_json: Json = False,
 ) -> None:
     """Create release NAME:VERSION from a registered model version.
 
     Packs the newest version of model NAME (or --model-version) into a signed, immutable
-    release that deploy can roll out.
+    release that deploy can roll out. With --runtime container, devices with Docker run it as
+    a container; `release push` puts its image in a registry next to the release.
     """
     validate_name("release", name)
     validate_version(version)
@@ -126,6 +148,10 @@ def create(
     given = {k: v for k, v in given.items() if v is not None}
     health = HealthPolicy(**given) if given else None
     golden_bytes = golden.read_bytes() if golden is not None else b""
+    if runtime not in ("onnxruntime", "container"):
+        raise typer.BadParameter("onnxruntime or container", param_hint="--runtime")
+    if image and runtime != "container":
+        raise typer.BadParameter("needs --runtime container", param_hint="--image")
     with shell.controller(ctx) as client:
         release = client.create_release(
             name,
@@ -134,6 +160,8 @@ def create(
             health=health,
             notes=notes,
             golden=golden_bytes,
+            runtime="" if runtime == "onnxruntime" else runtime,
+            image=image,
         )
     m = release.manifest
     if as_json:
@@ -143,6 +171,8 @@ def create(
             "golden_size": m.golden_size,
             "health_window_s": m.health.health_window_s,
             "max_load_failures": m.health.max_load_failures,
+            "runtime": m.runtime or "onnxruntime",
+            "image": m.image,
         }
         output.print_json(info)
         return
@@ -155,6 +185,8 @@ def create(
         output.console.print(f"  golden:   {m.golden_digest} ({m.golden_size} bytes)", markup=False)
     if m.health.health_window_s:
         output.console.print(f"  health window: {m.health.health_window_s:g}s", markup=False)
+    if m.image:
+        output.console.print(f"  image:    {m.image} (runtime {m.runtime})", markup=False)
 
 
 @app.command("list")

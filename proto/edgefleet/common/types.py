@@ -129,6 +129,8 @@ class Manifest:
     golden_digest: str = ""
     golden_size: int = 0
     model_encoding: str = ""  # "" = plain .onnx; "efpk" = packed container
+    image: str = ""
+    """runtime "container": the image's content digest (its config's sha256, Docker's id)."""
 
     @property
     def ref(self) -> ReleaseRef:
@@ -167,6 +169,8 @@ class DeviceStatus:
     active_manifest_digest: str = ""
     seq: int = 0
     """Grows with every status the device sends (0: an agent that does not count)."""
+    runtimes: tuple[str, ...] = ()
+    """What the device can run: "onnxruntime", and "container" where Docker answered."""
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,7 @@ def manifest_to_pb(m: t.Manifest) -> common_pb2.Manifest:
         golden_digest=m.golden_digest,
         golden_size=m.golden_size,
         model_encoding=m.model_encoding,
+        image=m.image,
     )
 
 
@@ -240,6 +241,7 @@ def manifest_from_pb(msg: common_pb2.Manifest) -> t.Manifest:
         golden_digest=msg.golden_digest,
         golden_size=msg.golden_size,
         model_encoding=msg.model_encoding,
+        image=msg.image,
     )
 
 
@@ -340,6 +342,7 @@ def status_to_pb(s: t.DeviceStatus) -> mqtt_pb2.DeviceStatus:
         at_ms=s.at_ms,
         active_manifest_digest=s.active_manifest_digest,
         seq=s.seq,
+        runtimes=list(s.runtimes),
     )
 
 
@@ -363,6 +366,7 @@ def decode_status(data: bytes) -> t.DeviceStatus:
         at_ms=_count("at_ms", msg.at_ms),
         active_manifest_digest=_digest("active manifest digest", msg.active_manifest_digest),
         seq=_count("status seq", msg.seq),
+        runtimes=tuple(_named("runtime", r) for r in msg.runtimes[:8]),
     )
 
 

@@ -199,6 +199,7 @@ class Manifest(_message.Message):
     GOLDEN_DIGEST_FIELD_NUMBER: _builtins.int
     GOLDEN_SIZE_FIELD_NUMBER: _builtins.int
     MODEL_ENCODING_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     """semver"""
@@ -206,7 +207,7 @@ class Manifest(_message.Message):
     """sha256:<hex>"""
     model_size: _builtins.int
     runtime: _builtins.str
-    """"onnxruntime" """
+    """"onnxruntime" (in the agent's process) or "container" """
     created_at_ms: _builtins.int
     compression_report_json: _builtins.str
     model_version: _builtins.int
@@ -220,6 +221,12 @@ class Manifest(_message.Message):
     model_encoding: _builtins.str
     """How the model blob is encoded: "" = a plain .onnx file; "efpk" = the packed container
     (clustered weights Huffman-coded), which the agent decodes and checks before loading.
+    """
+    image: _builtins.str
+    """runtime "container": the image that serves the model, as its content digest (sha256:<hex>
+    of the image config, which names every layer's digest: Docker's image id). The agent pulls
+    it from the registry its desired state names and refuses it unless the pulled image's id
+    is this one.
     """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TensorSpec]: ...
@@ -247,10 +254,11 @@ class Manifest(_message.Message):
         golden_digest: _builtins.str = ...,
         golden_size: _builtins.int = ...,
         model_encoding: _builtins.str = ...,
+        image: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "golden_digest", b"golden_digest", "golden_size", b"golden_size", "health", b"health", "inputs", b"inputs", "model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "golden_digest", b"golden_digest", "golden_size", b"golden_size", "health", b"health", "image", b"image", "inputs", b"inputs", "model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -301,6 +301,8 @@ class CreateReleaseRequest(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
     GOLDEN_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     model_version: _builtins.int
@@ -310,6 +312,14 @@ class CreateReleaseRequest(_message.Message):
     """Optional .npz of golden inputs named as the model's inputs ("pixels" or "input/pixels"),
     with optional expected outputs ("expected/<output>"); missing expectations are computed by
     the controller with ONNX Runtime from the released model.
+    """
+    runtime: _builtins.str
+    """"" or "onnxruntime": devices run the model in their agent; "container": in Docker, from an
+    image the controller builds (the runtime base + the model), or `image` when given.
+    """
+    image: _builtins.str
+    """runtime "container": the user's own image (in the controller host's Docker) serving the
+    agent's InferenceService on port 50051; empty = build one.
     """
     @_builtins.property
     def health(self) -> _common_pb2.HealthPolicy:
@@ -324,10 +334,12 @@ class CreateReleaseRequest(_message.Message):
         health: _common_pb2.HealthPolicy | None = ...,
         notes: _builtins.str = ...,
         golden: _builtins.bytes = ...,
+        runtime: _builtins.str = ...,
+        image: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["golden", b"golden", "health", b"health", "model_version", b"model_version", "name", b"name", "notes", b"notes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["golden", b"golden", "health", b"health", "image", b"image", "model_version", b"model_version", "name", b"name", "notes", b"notes", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -148,6 +148,7 @@ class DeviceStatus(_message.Message):
     AT_MS_FIELD_NUMBER: _builtins.int
     ACTIVE_MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    RUNTIMES_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     phase: Global___InstallPhase.ValueType
@@ -166,6 +167,12 @@ class DeviceStatus(_message.Message):
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def runtimes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The runtimes this device can run ("onnxruntime", and "container" where Docker answered at
+        start), so a release is sent only where it can run.
+        """
+
     def __init__(
         self,
         *,
@@ -183,10 +190,11 @@ class DeviceStatus(_message.Message):
         at_ms: _builtins.int = ...,
         active_manifest_digest: _builtins.str = ...,
         seq: _builtins.int = ...,
+        runtimes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_release", b"active_release", "agent_version", b"agent_version", "at_ms", b"at_ms", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "seq", b"seq", "target_release", b"target_release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_release", b"active_release", "agent_version", b"agent_version", "at_ms", b"at_ms", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "runtimes", b"runtimes", "seq", b"seq", "target_release", b"target_release"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
