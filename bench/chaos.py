@@ -46,6 +46,7 @@ def measure(*, restarts: int = RESTARTS, devices: int = 6, seed: int = 1) -> dic
             )
         offline_s = chaosfleet.offline_across_a_broker_restart(fleet)
         ids = sorted(fleet.agents)
+        fleet.neighbours_agree()
         fleet.settled(f"before-{time.time_ns()}", ids[0])
         before = fleet.snapshot()
         messages = chaosfleet.malformed_messages(fleet, ids, 2000)

@@ -219,6 +219,21 @@ class ChaosFleet:
             )
         return seen
 
+    def neighbours_agree(self, timeout: float = 60.0) -> None:
+        """Wait until every agent's neighbour table shows every other agent online at the
+        endpoint it serves on now (after restarts, presence and the signed roster catch up)."""
+        want = {d: a.predict_endpoint for d, a in self.agents.items()}
+
+        def agree() -> bool:
+            snap = self.snapshot()
+            for device_id in self.agents:
+                seen = {n[0]: n[1] for n in snap[f"neighbours/{device_id}"] if n[3]}  # type: ignore[index]
+                if seen != {d: e for d, e in want.items() if d != device_id}:
+                    return False
+            return True
+
+        wait(agree, timeout, "every neighbour table to show the fleet as it is")
+
     def settled(self, marker: str, device_id: str, timeout: float = 30.0) -> None:
         """Publish one well-formed event after whatever was sent before it and wait until the
         controller lists it: the controller has taken everything sent before (one connection

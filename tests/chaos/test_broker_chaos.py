@@ -71,6 +71,7 @@ def test_a_device_offline_across_a_broker_restart_converges_when_it_returns(
 def test_malformed_and_forged_messages_change_nothing(chaos: ModuleType, fleet: object) -> None:
     ids = sorted(fleet.agents)  # type: ignore[attr-defined]
     marker = f"before-{uuid.uuid4().hex[:6]}"
+    fleet.neighbours_agree()  # type: ignore[attr-defined]
     fleet.settled(marker, ids[0])  # type: ignore[attr-defined]
     before = fleet.snapshot()  # type: ignore[attr-defined]
     messages = chaos.malformed_messages(fleet, ids, 2000)
