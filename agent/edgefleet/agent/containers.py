@@ -171,13 +171,18 @@ class Containers:
     ) -> Containers | None:
         """The local dockerd (``DOCKER_HOST`` or the default socket), or None saying why."""
         settings = settings or ContainerSettings()
+        client = None
         try:
             client = docker.from_env(timeout=int(settings.docker_timeout_s))
             client.ping()
+            version = client.version().get("Version", "?")
         except docker.errors.DockerException as exc:
             log.info("no container runtime: Docker does not answer (%s)", exc)
+            if client is not None:
+                client.close()
             return None
-        log.info("container runtime: Docker %s", client.version().get("Version", "?"))
+        client.close()  # no idle socket kept open; the next call connects again
+        log.info("container runtime: Docker %s", version)
         return cls(client, device_id=device_id, settings=settings)
 
     def close(self) -> None:
