@@ -96,7 +96,9 @@ def test_prometheus_scrapes_the_services_compose_starts() -> None:
 
 def test_dockerfiles_copy_files_that_exist() -> None:
     assert {p.name for p in DOCKERFILES} >= {"controller.Dockerfile", "agent.Dockerfile"}
-    for dockerfile in DOCKERFILES:
+    # The compose stack's images; the container runtime's (runtime*.Dockerfile) build on a base
+    # made from local files by deploy/docker/runtime-image.sh and are tested in tests/containers.
+    for dockerfile in [p for p in DOCKERFILES if not p.name.startswith("runtime")]:
         text = dockerfile.read_text()
         assert re.search(r"^FROM python:3\.11-slim", text, re.M), dockerfile.name
         assert re.search(r"^USER (?!root)\S+", text, re.M), f"{dockerfile.name} runs as root"
