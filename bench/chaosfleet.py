@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,8 +28,15 @@ from edgefleet.common import topics, wire
 from edgefleet.common import types as t
 from edgefleet.common.rpc import RpcFailed
 from edgefleet.demo import digits
-from edgefleet.demo.processes import Processes
-from edgefleet.demo.stack import Agent, AgentSpec, Controller, start_agents, start_controller
+from edgefleet.demo.processes import Processes, free_port
+from edgefleet.demo.stack import (
+    Agent,
+    AgentSpec,
+    Controller,
+    mosquitto_binary,
+    start_agents,
+    start_controller,
+)
 from edgefleet.edgectl.client import ControllerClient
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
@@ -38,23 +44,11 @@ FINISHED = ("succeeded", "rolled_back", "aborted")
 INSTALL_S = 1.5  # each agent's download stalls this long: installs take a while, as on a device
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def mosquitto() -> str | None:
-    return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto",) if Path(p).is_file()), None
-    )
-
-
 class Broker:
     """Mosquitto on a fixed port, persistence off; ``kill`` is SIGKILL, ``start`` brings it back."""
 
     def __init__(self, workdir: Path) -> None:
-        binary = mosquitto()
+        binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         self.binary = binary
