@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import multiprocessing.process
@@ -123,8 +124,12 @@ class Sandbox:
 
     @property
     def search_limits(self) -> Limits:
+        """A search's budget is wall-clock time. Its CPU limit is only a backstop past it: ONNX
+        Runtime's threads burn CPU seconds faster than the clock on a machine with several
+        cores, so a CPU limit of the same seconds would fire first (and by chance)."""
         s = self.settings
-        return Limits(s.memory_bytes, int(s.search_s), s.search_s)
+        cpus = os.cpu_count() or 1
+        return Limits(s.memory_bytes, math.ceil(s.search_s * cpus) + 2, s.search_s)
 
     def call(self, fn: Callable[..., T], /, *args: Any, what: str, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` in a child; ``what`` names it in errors ("model inspection").
