@@ -123,6 +123,7 @@ class PredictRequest(_message.Message):
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUT_NAMES_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
+    SHARED_INPUTS_FIELD_NUMBER: _builtins.int
     release: _builtins.str
     """The release the caller expects; empty = no preference. Used to pick a neighbour when this
     agent cannot serve (failover); the local model serves whatever release is active.
@@ -133,20 +134,71 @@ class PredictRequest(_message.Message):
     def output_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """empty = all outputs"""
 
+    @_builtins.property
+    def shared_inputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___SharedTensor]:
+        """Inputs a caller on the same device left in POSIX shared memory instead of sending them
+        (``inputs`` and ``shared_inputs`` together name each input once). Accepted only over the
+        agent's Unix socket (--predict-socket); a request naming a region over TCP is
+        INVALID_ARGUMENT. Outputs always come back inline.
+        """
+
     def __init__(
         self,
         *,
         inputs: _abc.Iterable[_common_pb2.Tensor] | None = ...,
         output_names: _abc.Iterable[_builtins.str] | None = ...,
         release: _builtins.str = ...,
+        shared_inputs: _abc.Iterable[Global___SharedTensor] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "output_names", b"output_names", "release", b"release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "output_names", b"output_names", "release", b"release", "shared_inputs", b"shared_inputs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PredictRequest: _TypeAlias = PredictRequest  # noqa: Y015
+
+@_typing.final
+class SharedTensor(_message.Message):
+    """A tensor in a POSIX shared-memory object (/dev/shm/REGION): raw little-endian C-order bytes
+    at [offset, offset + byte_size). The agent copies them out before it runs the model, so the
+    caller may reuse the region as soon as the reply arrives.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    BYTE_SIZE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    dtype: _builtins.str
+    region: _builtins.str
+    """the object's name (A-Z a-z 0-9 . _ -, a leading "/" allowed): no path"""
+    offset: _builtins.int
+    byte_size: _builtins.int
+    """must be what dtype and shape need"""
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dtype: _builtins.str = ...,
+        shape: _abc.Iterable[_builtins.int] | None = ...,
+        region: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        byte_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["byte_size", b"byte_size", "dtype", b"dtype", "name", b"name", "offset", b"offset", "region", b"region", "shape", b"shape"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SharedTensor: _TypeAlias = SharedTensor  # noqa: Y015
 
 @_typing.final
 class PredictResponse(_message.Message):
