@@ -93,7 +93,11 @@ def test_a_slow_release_stops_at_the_canary_on_the_p95_gate(
     answer = deploy(ctl, fleet, kind="canary", canary="1", bake="500ms")
     info = support.wait_phase(ctl.stub, answer.rollout_id, "rolled_back")
 
-    assert "p95 6.00 ms above 1.5x the previous release's 2.00 ms" in info.reason
+    line = (
+        f"canary {devs[0].device_id} failed the latency gate: p95 6.00 ms > 1.5x baseline 2.00 ms"
+    )
+    assert info.reason.startswith(line), info.reason
+    assert info.devices[0].reason.startswith("latency gate: p95 6.00 ms > 1.5x baseline 2.00 ms")
     assert devs[0].generations == [(2, NEW), (3, OLD)]
     assert [a.generations for a in devs[1:]] == [[], []]
 

@@ -84,7 +84,7 @@ def test_canary_then_waves_to_success() -> None:
     [
         ("failed", 2.0, "model failed to load: bad opset", "failed to load"),
         ("rolled_back", 2.0, "golden output mismatch", "golden output"),
-        ("active", 9.0, "", "p95 9.00 ms above 1.5x"),
+        ("active", 9.0, "", "canary d1 failed the latency gate: p95 9.00 ms > 1.5x baseline"),
     ],
     ids=["load-failure", "device-rolled-back", "latency-gate"],
 )

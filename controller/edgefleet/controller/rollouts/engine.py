@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from edgefleet.controller.rollouts import explaining
 from edgefleet.controller.rollouts.strategy import Kind, Strategy
 
 
@@ -91,6 +92,12 @@ class Rollout:
     def count(self, *states: DeviceState) -> int:
         return sum(1 for t in self.targets if t.state in states)
 
+    def explain(self, device_id: str) -> str:
+        """One line: who the device was, which gate it failed, the figure and its threshold."""
+        i, t = next((i, t) for i, t in enumerate(self.targets) if t.device_id == device_id)
+        who = explaining.role(i, self.steps, canary=self.strategy.kind is Kind.CANARY)
+        return explaining.line(who, device_id, t.reason)
+
 
 @dataclass(frozen=True)
 class SendDesired:
@@ -162,8 +169,8 @@ def step(
         return abort(
             r,
             reports,
-            reason=f"{failed} of {sent} devices failed (limit {r.strategy.max_failures}); "
-            f"first: {worst.device_id}: {worst.reason}",
+            reason=f"{r.explain(worst.device_id)}; {failed} of {sent} devices failed "
+            f"(limit {r.strategy.max_failures})",
         )
     steps = r.steps
     if not steps:
@@ -237,7 +244,7 @@ def _judge(t: Target, r: Rollout, report: Report | None, *, now: float) -> Targe
             return replace(
                 t,
                 state=DeviceState.FAILED,
-                reason=f"no report within {r.strategy.device_timeout_s:g}s: {last}",
+                reason=explaining.timed_out(r.strategy.device_timeout_s, last),
             )
         return t
     if report.active_release != r.release or report.phase in ("failed", "rolled_back"):
@@ -257,13 +264,12 @@ def _gate(t: Target, s: Strategy, report: Report, *, release: str) -> str:
     if report.metrics_release != release:
         return ""
     if report.error_rate is not None and report.error_rate > s.max_error_rate:
-        return f"error rate {report.error_rate:.1%} above {s.max_error_rate:.1%}"
+        return explaining.error_rate_gate(report.error_rate, limit=s.max_error_rate)
     if report.p95_ms is not None and t.baseline_p95_ms:
         limit = t.baseline_p95_ms * s.max_latency_ratio
         if report.p95_ms > limit:
-            return (
-                f"p95 {report.p95_ms:.2f} ms above {s.max_latency_ratio:g}x the previous "
-                f"release's {t.baseline_p95_ms:.2f} ms"
+            return explaining.latency_gate(
+                report.p95_ms, baseline_ms=t.baseline_p95_ms, ratio=s.max_latency_ratio
             )
     return ""
 
