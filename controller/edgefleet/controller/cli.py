@@ -26,6 +26,7 @@ from edgefleet.common.errors import EdgeFleetError
 from edgefleet.controller.config import (
     ApiSettings,
     GrpcSettings,
+    IngestSettings,
     MetricsSettings,
     MqttSettings,
     PkiSettings,
@@ -97,6 +98,16 @@ def run(
         typer.Option(help="Client certificate for an mTLS broker (broker-config makes one)."),
     ] = None,
     mqtt_key: Annotated[Path | None, typer.Option(help="Its private key (PEM, 0600).")] = None,
+    enrolled_only: Annotated[
+        bool | None,
+        typer.Option(
+            "--enrolled-only/--any-device",
+            help="Hear only devices the registry knows (edgectl device enroll): reports of any "
+            "other device id are dropped and counted, so nothing on the broker can register a "
+            "device. Default: on with an mTLS broker (--mqtt-cert), off otherwise.",
+            show_default=False,
+        ),
+    ] = None,
     ca_cert: Annotated[
         Path | None,
         typer.Option(help="Your own fleet CA certificate (default: DATA_DIR/ca, made once)."),
@@ -185,6 +196,9 @@ def run(
             ca_file=str(mqtt_ca) if mqtt_ca else None,
             cert_file=str(mqtt_cert) if mqtt_cert else None,
             key_file=str(mqtt_key) if mqtt_key else None,
+        ),
+        ingest=IngestSettings(
+            enrolled_only=mqtt_cert is not None if enrolled_only is None else enrolled_only
         ),
         pki=PkiSettings(
             ca_cert=ca_cert,

@@ -88,6 +88,8 @@ class IngestSettings:
     """Messages waiting for the database; telemetry beyond it is dropped, the rest waits."""
     batch_size: int = 256
     """Messages written in one transaction."""
+    enrolled_only: bool = False
+    """Drop the reports of devices the registry does not know (they never register)."""
 
 
 @dataclass(frozen=True)

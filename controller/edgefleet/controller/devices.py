@@ -6,8 +6,13 @@ a stale copy and changes nothing; an outbox event already stored (same device, s
 dropped, so at-least-once delivery shows each event once. Presence, telemetry and events that
 come before the first status are kept under its id and show once it registers. Retained
 messages (replayed by the broker when the controller connects) say nothing about when a
-device was last seen, so they do not move ``last_seen``. Reports of a revoked device
-(``enrollment``) are dropped.
+device was last seen, so they do not move ``last_seen``.
+
+The registry (``enrollment``), not the device, owns fleet membership: a status or presence of
+an enrolled device that names another fleet is refused with a ``fleet_refused`` event, so a
+device cannot join another fleet's rollout or failover. Reports of a revoked device are
+dropped; with ``enrolled_only`` so are those of devices the registry does not know, so garbage
+on the broker cannot register a device. Refusals are counted by reason (``refused``).
 """
 
 from __future__ import annotations
@@ -45,11 +50,20 @@ class Incoming:
 
 class DeviceStore:
     def __init__(
-        self, db: Database, *, clock: Callable[[], int], events_per_device: int = 1000
+        self,
+        db: Database,
+        *,
+        clock: Callable[[], int],
+        events_per_device: int = 1000,
+        enrolled_only: bool = False,
+        refused: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self._db = db
         self._clock = clock
         self._keep = max(1, events_per_device)
+        self._enrolled_only = enrolled_only
+        self._refused = refused
+        """Called with the reason of each refused report: revoked, not_enrolled, wrong_fleet."""
 
     def apply(self, batch: Sequence[Incoming]) -> None:
         """Write a batch of reports in one transaction.
@@ -64,15 +78,35 @@ class DeviceStore:
             rows = _BatchRows(session, ids)
             rows.load_event_keys([i.report for i in batch if isinstance(i.report, t.DeviceEvent)])
             event_devices: set[str] = set()
-            revoked = _revoked(session, ids)  # (``edgectl device revoke``): not heard any more
+            registry = _registered(session, ids)
+            told: set[str] = set()  # devices refused for their fleet in this batch (one event)
             for item in batch:
-                if item.report.device_id in revoked:
+                reason = self._refusal(item.report, registry)
+                if reason == _WRONG_FLEET and item.report.device_id not in told:
+                    told.add(item.report.device_id)
+                    session.add(_fleet_refused(item.report, registry, now_ms=now))
+                    event_devices.add(item.report.device_id)
+                if reason:
+                    self._refused(reason)
                     continue
                 _apply(session, rows, item, now_ms=now)
                 if isinstance(item.report, t.DeviceEvent):
                     event_devices.add(item.report.device_id)
             for device_id in event_devices:
                 devicerows.trim_events(session, device_id, keep=self._keep)
+
+    def _refusal(self, report: Report, registry: dict[str, tuple[str, str]]) -> str:
+        """Why ``report`` must change nothing ("" = it may): the registry's word beats the
+        device's."""
+        entry = registry.get(report.device_id)
+        if entry is None:
+            return _NOT_ENROLLED if self._enrolled_only else ""
+        fleet, state = entry
+        if state == IdentityState.REVOKED.value:
+            return _REVOKED
+        if isinstance(report, t.DeviceStatus | t.Presence) and report.fleet != fleet:
+            return _WRONG_FLEET
+        return ""
 
     def list_devices(self, fleet: str = "") -> list[DeviceView]:
         stmt = (
@@ -112,12 +146,34 @@ class DeviceStore:
         return [devicerows.event(r) for r in reversed(rows)]
 
 
-def _revoked(session: Session, device_ids: set[str]) -> set[str]:
-    stmt = select(EnrolledDeviceRow.device_id).where(
-        EnrolledDeviceRow.device_id.in_(sorted(device_ids)),
-        EnrolledDeviceRow.state == IdentityState.REVOKED.value,
+_REVOKED = "revoked"
+_NOT_ENROLLED = "not_enrolled"
+_WRONG_FLEET = "wrong_fleet"
+FLEET_REFUSED = "fleet_refused"
+"""The event kind the controller writes when a device names a fleet it is not enrolled in."""
+
+
+def _registered(session: Session, device_ids: set[str]) -> dict[str, tuple[str, str]]:
+    """The batch's enrolled devices: device id -> (fleet, state)."""
+    stmt = select(EnrolledDeviceRow.device_id, EnrolledDeviceRow.fleet, EnrolledDeviceRow.state)
+    stmt = stmt.where(EnrolledDeviceRow.device_id.in_(sorted(device_ids)))
+    return {d: (f, st) for d, f, st in session.execute(stmt)}
+
+
+def _fleet_refused(
+    report: Report, registry: dict[str, tuple[str, str]], *, now_ms: int
+) -> EventRow:
+    assert isinstance(report, t.DeviceStatus | t.Presence)
+    enrolled = registry[report.device_id][0]
+    return devicerows.event_row(
+        t.DeviceEvent(
+            device_id=report.device_id,
+            kind=FLEET_REFUSED,
+            message=f"reported fleet {report.fleet!r} but is enrolled in {enrolled!r}; refused",
+            at_ms=now_ms,
+        ),
+        now_ms=now_ms,
     )
-    return set(session.scalars(stmt))
 
 
 class _BatchRows:

@@ -63,6 +63,13 @@ class Metrics:
             ["channel"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "edgefleet_controller_refused_reports_total",
+            "Device reports that changed nothing because the registry says otherwise: "
+            "revoked, not_enrolled (with --enrolled-only), wrong_fleet",
+            ["reason"],
+            registry=self.registry,
+        )
         self.deploys = Counter(
             "edgefleet_controller_deploys_total",
             "Deploy requests, by result",

@@ -121,7 +121,13 @@ class Controller:
         keys = KeyRing(db, s.keys_dir, clock=now_ms, overlap_ms=ttl_ms)
         registry = Registry(db, blobs, clock=now_ms, sandbox=Sandbox(s.sandbox))
         self._releases = releases = Releases(db, registry, keys=keys, clock=now_ms, blobs=blobs)
-        devices = DeviceStore(db, clock=now_ms, events_per_device=s.ingest.events_per_device)
+        devices = DeviceStore(
+            db,
+            clock=now_ms,
+            events_per_device=s.ingest.events_per_device,
+            enrolled_only=s.ingest.enrolled_only,
+            refused=lambda reason: self.metrics.refused.labels(reason).inc(),
+        )
         self.metrics.watch_devices(devices.fleets)
 
         self._ingest = ingesting.Ingest(devices, self.metrics, settings=s.ingest)
