@@ -19,6 +19,7 @@ from edgefleet.common import types as t
 from edgefleet.controller.config import IngestSettings
 from edgefleet.controller.devices import FLEET_REFUSED
 from edgefleet.v1 import controller_pb2 as pb
+from edgefleet.v1 import mqtt_pb2
 from tests.conftest import Broker
 from tests.controller import support
 
@@ -60,7 +61,7 @@ def _refused(ctl: support.Running, reason: str) -> float:
     return value or 0.0
 
 
-def _events(ctl: support.Running, device_id: str) -> list[pb.DeviceEvent]:
+def _events(ctl: support.Running, device_id: str) -> list[mqtt_pb2.DeviceEvent]:
     reply = ctl.stub.ListEvents(pb.ListEventsRequest(device_id=device_id), timeout=5)
     return list(reply.events)
 
