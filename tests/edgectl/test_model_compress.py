@@ -1,10 +1,12 @@
 """``edgectl model compress`` against a real controller: the candidate table, the registered
-winner, the Markdown report, exit code 3 when nothing passes, and one-line errors."""
+winner, the Markdown report, the chart (``--plot``), exit code 3 when nothing passes, and
+one-line errors."""
 
 from __future__ import annotations
 
 import json
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +109,28 @@ def test_bad_eval_data_is_one_error_line(edgectl: Edgectl, model_name: str, tmp_
     missing = tmp_path / "missing.npz"
     line = one_error_line(edgectl("model", "compress", model_name, "--eval-data", missing))
     assert "no such file" in line
+
+
+def test_plot_writes_the_chart_of_every_candidate(
+    edgectl: Edgectl, model_name: str, eval_npz: Path, tmp_path: Path
+) -> None:
+    chart = tmp_path / "charts" / "compress.svg"
+    result = edgectl(
+        "model", "compress", model_name, "--recipe", f"{RECIPE},prune-structured-50",
+        "--eval-data", eval_npz, "--max-accuracy-drop", "1.0", "--objective", "size",
+        "--plot", chart,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    png = chart.with_suffix(".png")
+    assert f"chart: {chart}, {png}" in result.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = "\n".join(t for el in ET.parse(chart).getroot().iter() for t in (el.text, el.tail) if t)
+    assert f"winner: {RECIPE}" in text
+    assert f"Compression of {model_name} v1 -> v2" in text
+    assert "prune-structured-50" in text and "accuracy (%)" in text
+
+    refused = edgectl(
+        "model", "compress", model_name, "--eval-data", eval_npz, "--plot", tmp_path / "c.pdf"
+    )
+    assert refused.exit_code == 2  # a usage error, before any search
+    assert ".png or .svg" in one_error_line(refused)

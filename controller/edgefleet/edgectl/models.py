@@ -32,6 +32,7 @@ from rich.progress import (
 from edgefleet.common.types import validate_name
 from edgefleet.edgectl import output, shell
 from edgefleet.edgectl.client import COMPRESS_DEADLINE_S, file_chunks
+from edgefleet.edgectl.compress_plot import plot_paths, write_compress_plot
 from edgefleet.v1 import controller_pb2 as pb
 
 EXIT_NOT_PASSED = 3
@@ -164,6 +165,16 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+def _check_plot(path: Path | None) -> Path | None:
+    """Refuse a --plot suffix before the search, not after it."""
+    if path is not None:
+        try:
+            plot_paths(path)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    return path
+
+
 @app.command("compress")
 def compress(
     ctx: typer.Context,
@@ -251,6 +262,17 @@ def compress(
         Path | None,
         typer.Option("--report-out", help="Write the Markdown report here.", metavar="FILE.md"),
     ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Write a chart of every candidate here (.png or .svg; the other format is "
+            "written beside it): size against accuracy, latency as marker size, the gate "
+            "drawn and the winner marked.",
+            metavar="FILE.png",
+            callback=_check_plot,
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Compress a model version: try each recipe's candidates, keep the best that passes.
@@ -334,8 +356,22 @@ def compress(
         output.print_json(_result_dict(result))
     else:
         _print_result(result, max_drop=max_drop)
+    if plot is not None:
+        _write_plot(result, plot, max_drop=max_drop, as_json=as_json)
     if not result.passed:
         raise typer.Exit(EXIT_NOT_PASSED)
+
+
+def _write_plot(result: pb.CompressResult, path: Path, *, max_drop: float, as_json: bool) -> None:
+    try:
+        written = write_compress_plot(result, path, max_drop=max_drop)
+    except OSError as exc:
+        shell.fail(f"could not write the chart: {exc}")
+    text = "chart: " + ", ".join(str(p) for p in written)
+    if as_json:
+        output.note(text)  # stdout is the JSON
+    else:
+        output.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print_result(result: pb.CompressResult, *, max_drop: float) -> None:
