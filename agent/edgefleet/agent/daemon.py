@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 from edgefleet.agent import failpoints, runtime
 from edgefleet.agent.benchmarking import Benchmarker
-from edgefleet.agent.config import AgentSettings, broker_url
+from edgefleet.agent.config import UNIX_PATH_MAX, AgentSettings, broker_url, predict_socket_path
 from edgefleet.agent.containers import CONTAINER, ContainerRuntime, Containers
 from edgefleet.agent.enrolling import Renewer
 from edgefleet.agent.failover import OwnState
@@ -54,6 +55,16 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
+def _socket_path(s: AgentSettings) -> Path | None:
+    """The Predict socket's path; the default one is skipped, with a warning, where the data
+    dir's path is too long for a Unix socket (a given one too long is refused by ``validate``)."""
+    path = predict_socket_path(s)
+    if path is not None and len(str(path).encode()) > UNIX_PATH_MAX:
+        log.warning("no Predict socket: %s is too long for a Unix socket path", path)
+        return None
+    return path
+
+
 def agent_version() -> str:
     try:
         return metadata.version("edgefleet")
@@ -65,6 +76,7 @@ def agent_version() -> str:
 class Endpoints:
     predict: str
     metrics_port: int | None  # None: metrics are off
+    socket: str | None = None  # ``unix:PATH`` of the local Predict socket; None: off
 
 
 class Agent:
@@ -151,6 +163,7 @@ class Agent:
             workers=s.serving.workers,
             max_concurrent=s.serving.max_concurrent,
             max_message_bytes=s.serving.max_message_bytes,
+            socket_path=_socket_path(s),
         )
         self.store = DeviceStore(s.data_dir)
         # Docker, where it answers: container releases load through ``runtime``'s seam
@@ -228,7 +241,7 @@ class Agent:
         if self.settings.serving.metrics_port >= 0:
             host = self.settings.serving.predict_listen.rpartition(":")[0].strip("[]")
             metrics_port = self.metrics.serve(host=host, port=self.settings.serving.metrics_port)
-        endpoints = Endpoints(endpoint, metrics_port)
+        endpoints = Endpoints(endpoint, metrics_port, self.server.socket_endpoint)
         self._write_info(endpoints)
         self.session.start()
         self._start_renewer()
@@ -349,12 +362,14 @@ class Agent:
     def _write_info(self, endpoints: Endpoints) -> None:
         """``<data-dir>/agent.json``, written atomically once serving: how tools find this agent.
 
-        ``{"device_id", "fleet", "predict_endpoint", "metrics_port" (-1: off), "pid"}``
+        ``{"device_id", "fleet", "predict_endpoint", "predict_socket" (``unix:PATH``, "": off),
+        "metrics_port" (-1: off), "pid"}``
         """
         info = {
             "device_id": self.device_id,
             "fleet": self.settings.device.fleet,
             "predict_endpoint": endpoints.predict,
+            "predict_socket": endpoints.socket or "",
             "metrics_port": -1 if endpoints.metrics_port is None else endpoints.metrics_port,
             "pid": os.getpid(),
         }

@@ -3,9 +3,12 @@
 ``ModelRuntime.predict`` is the hot path. ONNX Runtime itself refuses unknown inputs, wrong
 dtypes, ranks and fixed dimensions, so the happy path adds one length check in Python (for
 missing inputs) and calls ORT's C++ run directly (see ``_run_of``); when ORT refuses,
-``_diagnose`` names the input and what was expected, in our words. The manifest and the model
-must agree on the signature; a dimension the manifest fixes where the model is dynamic is
-checked in Python (``_pinned``).
+``_diagnose`` names the input and what was expected, in our words. When the inputs fit the
+signature and ORT still fails, ``blame`` decides whose fault it is: the inputs'
+(``RefusedInputError``, INVALID_ARGUMENT with ORT's message) or the release's
+(``InferenceFailedError``, a runtime failure). The manifest and the model must agree on the
+signature; a dimension the manifest fixes where the model is dynamic is checked in Python
+(``_pinned``).
 
 A manifest naming another runtime (``container``) is loaded by the loader the agent registered
 for its data directory (``register_loader``; ``containers.Containers.load``), so whoever loads a
@@ -26,7 +29,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from edgefleet.agent.errors import InferenceFailedError
+from edgefleet.agent import blame
+from edgefleet.agent.errors import InferenceFailedError, RefusedInputError
 from edgefleet.common import externaldata, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import InvalidInputError, ModelLoadError
@@ -141,6 +145,11 @@ class ModelRuntime:
         self.load_seconds = load_seconds
         m = model.manifest
         model_inputs = {s.name: s for s in map(spec_of, session.get_inputs())}
+        # the model's own dimension names (``input_ids`` and ``attention_mask``: "sequence"),
+        # for ``blame`` to tell a caller's inconsistent inputs from a failing release
+        self._dims: dict[str, blame.Dims] = {
+            a.name: tuple(a.shape or ()) for a in session.get_inputs()
+        }
         self.inputs = check_signature(list(model_inputs.values()), m.inputs, what="inputs")
         model_outputs = tuple(spec_of(a) for a in session.get_outputs())
         self.outputs = (
@@ -211,9 +220,14 @@ class ModelRuntime:
         problem = self._diagnose(arrays)
         if problem is not None:
             return problem
-        if isinstance(exc, ValueError) or type(exc).__name__ == "InvalidArgument":
-            return InvalidInputError(f"the model refused the inputs: {exc}")
-        return InferenceFailedError(f"inference failed: {exc}")
+        got = {name: tuple(np.shape(a)) for name, a in arrays.items()}
+        why = blame.blame(exc, declared=self._dims, got=got)
+        message = blame.runtime_message(exc)
+        if why is None:
+            return InferenceFailedError(f"inference failed: {message}")
+        return RefusedInputError(
+            f"the model refused the inputs{f' ({why})' if why else ''}: {message}"
+        )
 
     def _pick_outputs(self, output_names: Sequence[str]) -> list[str]:
         known = set(self.output_names)

@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import stat
 import time
 from collections.abc import Callable
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,7 +52,7 @@ from edgefleet.agent.neighbours import Forwarder
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.sampling import FOLD_AT
-from edgefleet.common import rpc, wire
+from edgefleet.common import rpc, sharedmem, wire
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
@@ -61,6 +63,8 @@ DEFAULT_MAX_CONCURRENT = 16
 DEFAULT_MAX_MESSAGE_BYTES = 16 << 20
 CONTROL_RPCS = 4
 """Calls the server accepts beyond ``max_concurrent``: room for health checks and ModelInfo."""
+SOCKET_MODE = 0o660
+"""The Unix socket's mode: the agent's user and group may call Predict through it."""
 _WILDCARDS = {"", "0.0.0.0", "::"}  # noqa: S104 - recognising, not binding
 
 
@@ -72,6 +76,16 @@ def _reason(exc: EdgeFleetError) -> str:
     if isinstance(exc, InferenceFailedError):
         return "runtime"
     return "other"
+
+
+def _check_local(context: grpc.ServicerContext) -> None:
+    """Shared memory is this device's: a request naming a region must come over the socket."""
+    peer = context.peer()
+    if not peer.startswith("unix:"):
+        raise InvalidInputError(
+            f"shared_inputs are accepted only over the agent's Unix socket, not from {peer}: "
+            "send the tensors inline"
+        )
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -121,7 +135,11 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         runtime: ModelRuntime | None = None
         try:
             runtime = self._predictor.require()
-            outputs = runtime.predict(tensors.decode_all(request.inputs), request.output_names)
+            arrays = tensors.decode_all(request.inputs)
+            if request.shared_inputs:  # a local caller's tensors in shared memory
+                _check_local(context)
+                sharedmem.read_all(request.shared_inputs, into=arrays)
+            outputs = runtime.predict(arrays, request.output_names)
             reply = inference_pb2.PredictResponse(
                 release=runtime.release, device_id=self._device_id
             )
@@ -152,6 +170,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if self._forwarder is None or forwarded_by is not None:
             rpc.abort(context, exc)
             raise exc  # unreachable: abort raises
+        if request.shared_inputs:  # a neighbour cannot read this device's shared memory
+            try:
+                _check_local(context)
+                request = sharedmem.inlined(request)
+            except InvalidInputError as bad:
+                rpc.abort(context, bad)
+                raise  # unreachable: abort raises
         reply, tried = self._forwarder.forward(request, remaining=context.time_remaining())
         if reply is not None:
             log.debug("Predict served by neighbour %s (%s)", reply.device_id, exc)
@@ -218,6 +243,43 @@ def advertised(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _clear_stale(path: Path) -> None:
+    """Remove a socket file a killed agent left; refuse a live one and anything else."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise InvalidInputError(f"--predict-socket {path}: exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        path.unlink(missing_ok=True)  # nobody listens: stale
+        return
+    except OSError:
+        return  # gone meanwhile, or not ours to judge: the bind says
+    finally:
+        probe.close()
+    raise InvalidInputError(f"--predict-socket {path}: another process serves on it")
+
+
+def _bind_socket(server: grpc.Server, path: Path) -> str:
+    """Add the Unix socket to ``server`` (not started yet, so nothing is served before the
+    mode is set); return its ``unix:PATH`` endpoint."""
+    _clear_stale(path)
+    endpoint = f"unix:{path}"
+    try:
+        bound = server.add_insecure_port(endpoint)
+    except RuntimeError as exc:
+        raise InvalidInputError(f"cannot listen on {endpoint}: {exc}") from exc
+    if bound == 0:
+        raise InvalidInputError(f"cannot listen on {endpoint}")
+    path.chmod(SOCKET_MODE)
+    log.info("Predict listening on %s", endpoint)
+    return endpoint
+
+
 class InferenceServer:
     def __init__(
         self,
@@ -227,8 +289,12 @@ class InferenceServer:
         workers: int = 8,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        socket_path: Path | None = None,
     ) -> None:
         self._listen = listen
+        self._socket_path = socket_path
+        self.socket_endpoint: str | None = None
+        """``unix:PATH`` once serving on the Unix socket; None without one."""
         self._pool = futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="agent-predict"
         )
@@ -255,6 +321,8 @@ class InferenceServer:
             raise InvalidInputError(f"cannot listen on {self._listen}: {exc}") from exc
         if bound == 0 and port != "0":
             raise InvalidInputError(f"cannot listen on {self._listen}")
+        if self._socket_path is not None:
+            self.socket_endpoint = _bind_socket(self._server, self._socket_path)
         self._server.start()
         endpoint = advertised(host, bound)
         log.info("Predict listening on %s (advertised as %s)", self._listen, endpoint)
