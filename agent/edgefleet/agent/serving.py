@@ -19,7 +19,9 @@ Memory held by requests is so bounded by (``max_concurrent + CONTROL_RPCS``) x
 ``edgefleet_inference_errors_total{reason="overloaded"}`` only. Input errors
 (INVALID_ARGUMENT) count as failed requests in metrics and telemetry, but never as runtime
 failures in a health window (``live.LiveStats.runtime_error`` takes ``InferenceFailedError``
-only), so a caller's bad tensors cannot roll a release back.
+only), so a caller's bad tensors cannot roll a release back: those the signature checks refuse
+(``reason="invalid_argument"``) and those ONNX Runtime refuses at run time that ``blame`` puts
+on the inputs (``RefusedInputError``, ``reason="invalid_input"``, ORT's message).
 
 Failover (DESIGN.md section 1): when this agent cannot serve a Predict (no active model, or the
 runtime failing) and a ``neighbours.Forwarder`` is wired, the request goes to a healthy
@@ -44,7 +46,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edgefleet.agent import tensors
 from edgefleet.agent.benchmarking import BenchmarkBusyError, Benchmarker
-from edgefleet.agent.errors import InferenceFailedError, NoActiveModelError
+from edgefleet.agent.errors import InferenceFailedError, NoActiveModelError, RefusedInputError
 from edgefleet.agent.failover import FORWARDED_HEADER
 from edgefleet.agent.live import LiveStats
 from edgefleet.agent.metrics import AgentMetrics
@@ -69,6 +71,8 @@ _WILDCARDS = {"", "0.0.0.0", "::"}  # noqa: S104 - recognising, not binding
 
 
 def _reason(exc: EdgeFleetError) -> str:
+    if isinstance(exc, RefusedInputError):
+        return "invalid_input"
     if isinstance(exc, InvalidInputError):
         return "invalid_argument"
     if isinstance(exc, NoActiveModelError):
