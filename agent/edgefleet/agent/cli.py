@@ -75,6 +75,13 @@ def run(
     predict_listen: Annotated[
         str | None, typer.Option(help="HOST:PORT for Predict (port 0: any free port).")
     ] = None,
+    predict_socket: Annotated[
+        str | None,
+        typer.Option(
+            help="Unix socket for local apps' Predict, with shared-memory inputs (default "
+            "DATA_DIR/predict.sock, mode 0660; relative: under --data-dir; '' to disable)."
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Prometheus /metrics port (0: any free port, -1: off).")
     ] = None,
@@ -135,6 +142,7 @@ def run(
         "controller": controller,
         "data_dir": data_dir,
         "predict_listen": predict_listen,
+        "predict_socket": predict_socket,
         "metrics_port": metrics_port,
         "trusted_keys": trusted_key or None,
         "labels": label or None,
@@ -240,6 +248,7 @@ def _serve(settings: AgentSettings) -> int:
         return 2
     typer.echo(
         f"edge-agent ready: device={agent.device_id} predict={endpoints.predict} "
+        f"socket={endpoints.socket or 'off'} "
         f"metrics={endpoints.metrics_port if endpoints.metrics_port is not None else 'off'}"
     )
     sys.stdout.flush()

@@ -7,6 +7,11 @@ the local agent does not answer (UNAVAILABLE, DEADLINE_EXCEEDED) it tries those 
 a neighbour that cannot serve either answers UNAVAILABLE at once instead of forwarding again.
 When the agent is up but cannot serve, the agent itself forwards (server-side failover).
 
+On the device itself, give the agent's Unix socket (``local_socket=DATA_DIR/predict.sock``, or
+an ``endpoint`` of ``unix:PATH``): the local agent is called through it, and inputs of at least
+``shm_threshold`` bytes travel through POSIX shared memory (``sharedmem.Stager``) instead of
+inside the message; neighbours are always called over TCP, with every input inline.
+
 ``Channels`` (one gRPC channel per endpoint, kept open) is shared with the agent's forwarder.
 """
 
@@ -15,13 +20,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 
 import grpc
 import numpy as np
 
 from edgefleet.agent import failover
-from edgefleet.common import wire
+from edgefleet.common import sharedmem, wire
 from edgefleet.common.errors import TransientError
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
@@ -99,12 +105,18 @@ class FailoverClient:
         self,
         endpoint: str,
         *,
+        local_socket: str | Path | None = None,
+        shm_threshold: int | None = sharedmem.DEFAULT_THRESHOLD,
         neighbours_refresh: float = 30.0,
         deadline: float = 5.0,
         failover_deadline: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.endpoint = endpoint
+        """``local_socket``: the local agent's Unix socket, used instead of ``endpoint``;
+        ``shm_threshold``: inputs of at least this many bytes go through shared memory on a
+        Unix socket (None: never)."""
+        self.endpoint = f"unix:{Path(local_socket).absolute()}" if local_socket else endpoint
+        self._stager = sharedmem.stager_for(self.endpoint, threshold=shm_threshold)
         self._refresh_every = neighbours_refresh
         self._deadline = deadline
         self._failover_deadline = failover_deadline
@@ -128,6 +140,8 @@ class FailoverClient:
 
     def close(self) -> None:
         self._channels.close()
+        if self._stager is not None:
+            self._stager.close()
 
     @property
     def neighbours(self) -> list[failover.Neighbour]:
@@ -155,22 +169,33 @@ class FailoverClient:
         release: str = "",
     ) -> inference_pb2.PredictResponse:
         """One Predict; ``NoDeviceAvailableError`` when no device of the fleet could serve it."""
-        request = (
-            inputs
-            if isinstance(inputs, inference_pb2.PredictRequest)
-            else request_for(inputs, output_names=output_names, release=release)
-        )
         self._maybe_refresh()
+        stub = self._channels.stub(self.endpoint)
+        reply: inference_pb2.PredictResponse
         try:
-            reply: inference_pb2.PredictResponse = self._channels.stub(self.endpoint).Predict(
-                request, timeout=self._deadline
-            )
+            if isinstance(inputs, inference_pb2.PredictRequest):
+                reply = stub.Predict(inputs, timeout=self._deadline)
+            elif self._stager is not None:  # the large inputs through shared memory
+                with self._stager.request(
+                    inputs, output_names=output_names, release=release
+                ) as staged:
+                    reply = stub.Predict(staged, timeout=self._deadline)
+            else:
+                reply = stub.Predict(
+                    request_for(inputs, output_names=output_names, release=release),
+                    timeout=self._deadline,
+                )
         except grpc.RpcError as exc:
             if code_of(exc) not in FAILOVER_CODES:
                 raise
             first = f"{self.endpoint}: {code_of(exc).name}"
         else:
             return reply
+        request = (
+            sharedmem.inlined(inputs)  # a neighbour cannot read this device's shared memory
+            if isinstance(inputs, inference_pb2.PredictRequest)
+            else request_for(inputs, output_names=output_names, release=release)
+        )
         return self._fail_over(request, tried=[first])
 
     def _maybe_refresh(self) -> None:

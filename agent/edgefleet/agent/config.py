@@ -61,10 +61,18 @@ class FetchSettings:
     """Deadline of one download attempt; a cut download resumes where it stopped."""
 
 
+DEFAULT_PREDICT_SOCKET = "predict.sock"
+UNIX_PATH_MAX = 107
+"""Longest Unix socket path Linux binds (``sun_path`` less its NUL)."""
+
+
 @dataclass(frozen=True)
 class ServingSettings:
     predict_listen: str = "127.0.0.1:0"
     """HOST:PORT Predict binds (port 0: any free port; the bound address is advertised)."""
+    predict_socket: str = DEFAULT_PREDICT_SOCKET
+    """Unix socket for local apps' Predict (and shared-memory inputs); relative to the data
+    dir, "" for none."""
     metrics_port: int = 0
     """Port of the Prometheus /metrics endpoint (0: any free port, -1: off)."""
     workers: int = 8
@@ -157,6 +165,7 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "controller": ("fetch", "controller", str),
     "fetch_deadline": ("fetch", "deadline_s", _float),
     "predict_listen": ("serving", "predict_listen", str),
+    "predict_socket": ("serving", "predict_socket", str),
     "metrics_port": ("serving", "metrics_port", _int),
     "predict_workers": ("serving", "workers", _int),
     "failover": ("serving", "failover", _bool),
@@ -302,6 +311,13 @@ def _check_device(s: DeviceSettings) -> None:
         raise InvalidInputError(f"labels: {exc}") from None
 
 
+def predict_socket_path(s: AgentSettings) -> Path | None:
+    """Where the Predict Unix socket goes (absolute), or None when it is off."""
+    if not s.serving.predict_socket:
+        return None
+    return (s.data_dir / s.serving.predict_socket).absolute()
+
+
 def validate(s: AgentSettings) -> None:
     _check_device(s.device)
     _check_password_file(s.mqtt)
@@ -314,6 +330,16 @@ def validate(s: AgentSettings) -> None:
         if not path.is_file():
             raise InvalidInputError(f"trusted key file not found: {path}")
     _host_port("--predict-listen", s.serving.predict_listen)
+    socket_path = predict_socket_path(s)
+    if (
+        socket_path is not None
+        and len(str(socket_path).encode()) > UNIX_PATH_MAX
+        and s.serving.predict_socket != DEFAULT_PREDICT_SOCKET  # the default: warned, skipped
+    ):
+        raise InvalidInputError(
+            f"--predict-socket {socket_path}: longer than the {UNIX_PATH_MAX} bytes a Unix "
+            "socket path may have"
+        )
     if s.fetch.controller:
         _host_port("--controller", s.fetch.controller)
     if s.serving.metrics_port < -1 or s.serving.metrics_port > 65535:

@@ -3,6 +3,8 @@
 ``InferenceClient`` is what ``edgectl predict`` and ``edgectl demo`` use; tensors travel as
 ``common_pb2.Tensor`` through ``edgefleet.common.wire``. Errors leave as ``RpcFailed`` (one
 line; an agent's INVALID_ARGUMENT names the tensor) or ``InvalidInputError`` for a bad file.
+An endpoint of ``unix:PATH`` (the agent's ``--predict-socket``) is the local path: inputs of at
+least ``shm_threshold`` bytes then travel through POSIX shared memory (``sharedmem``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from edgefleet.common import rpc, wire
+from edgefleet.common import rpc, sharedmem, wire
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
@@ -33,9 +35,15 @@ class Prediction:
 
 class InferenceClient:
     def __init__(
-        self, endpoint: str, *, name: str = "", deadline_s: float = rpc.DEFAULT_DEADLINE_S
+        self,
+        endpoint: str,
+        *,
+        name: str = "",
+        deadline_s: float = rpc.DEFAULT_DEADLINE_S,
+        shm_threshold: int | None = sharedmem.DEFAULT_THRESHOLD,
     ) -> None:
         self.endpoint = endpoint
+        self._stager = sharedmem.stager_for(endpoint, threshold=shm_threshold)
         self.deadline_s = deadline_s
         self._what = f"{name} at {endpoint}" if name else f"agent at {endpoint}"
         self._channel = rpc.channel(endpoint)
@@ -43,6 +51,8 @@ class InferenceClient:
 
     def close(self) -> None:
         self._channel.close()
+        if self._stager is not None:
+            self._stager.close()
 
     def __enter__(self) -> InferenceClient:
         return self
@@ -58,12 +68,16 @@ class InferenceClient:
     def predict(
         self, inputs: Mapping[str, Array], *, output_names: Sequence[str] = ()
     ) -> Prediction:
-        request = inference_pb2.PredictRequest(
-            inputs=[wire.array_to_pb(name, a) for name, a in inputs.items()],
-            output_names=list(output_names),
-        )
         try:
-            reply = self._stub.Predict(request, timeout=self.deadline_s)
+            if self._stager is not None:
+                with self._stager.request(inputs, output_names=output_names) as staged:
+                    reply = self._stub.Predict(staged, timeout=self.deadline_s)
+            else:
+                request = inference_pb2.PredictRequest(
+                    inputs=[wire.array_to_pb(name, a) for name, a in inputs.items()],
+                    output_names=list(output_names),
+                )
+                reply = self._stub.Predict(request, timeout=self.deadline_s)
         except grpc.RpcError as exc:
             raise rpc.error_from_rpc(exc, target=self._what) from None
         return Prediction(

@@ -1,0 +1,306 @@
+"""Predict inputs in POSIX shared memory: the agent's fast local path for large tensors.
+
+An app on the same device as the agent writes a large input into a shared-memory object it
+created (``/dev/shm/NAME``) and sends, over the agent's Unix socket, a ``PredictRequest``
+whose ``shared_inputs`` name the object, the offset, the byte size, the dtype and the shape
+(``SharedTensor``), as Triton's system shared-memory extension does. Outputs come back inline.
+
+The agent side (``read``) refuses, as INVALID_ARGUMENT like any bad input: a region name that
+is not a plain name (no ``/`` inside, no ``..``, no symlink: ``O_NOFOLLOW``), a region that is
+missing or not a regular file, ``offset + byte_size`` beyond the region's size, a byte size
+that is not what the dtype and shape need, more than ``MAX_SHARED_BYTES`` in one request. It
+copies the bytes out with one ``preadv`` (never an ``mmap``: a client that shrinks its region
+during the read gets a short read and an error, not the agent's death by ``SIGBUS``), so the
+client may rewrite its region as soon as the reply arrives. The Unix-socket-only rule is the
+servicer's (``serving``): it knows the peer.
+
+The client side (``Stager``) keeps a few regions of its own (mode 0600 by default, unlinked on
+close), writes each input at or above its threshold into one and inlines the rest. A region
+whose call failed is retired, never reused: the agent may still be reading it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import re
+import secrets
+import stat
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgefleet.common import wire
+from edgefleet.common.errors import InvalidInputError
+from edgefleet.v1 import inference_pb2
+
+Array = npt.NDArray[Any]
+
+SHM_ROOT = Path("/dev/shm")  # noqa: S108 - the shm_open namespace, O_EXCL names
+"""Where Linux keeps POSIX shared-memory objects (``shm_open`` names)."""
+MAX_SHARED_BYTES = 1 << 30
+"""Most bytes one request may take from shared memory (the agent copies them)."""
+DEFAULT_THRESHOLD = 64 << 10
+"""Inputs of at least this many bytes go through shared memory by default."""
+ALIGN = 64
+_NAME = re.compile(r"/?([A-Za-z0-9_][A-Za-z0-9._-]{0,254})")
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def region_name(name: str) -> str:
+    """The object's file name in ``SHM_ROOT``; ``InvalidInputError`` unless a plain name."""
+    match = _NAME.fullmatch(name)
+    if match is None or ".." in name:
+        raise InvalidInputError(
+            f"shared-memory region {name[:64]!r}: not a region name "
+            "(1-255 of A-Z a-z 0-9 . _ -, a leading '/' allowed, no path)"
+        )
+    return match.group(1)
+
+
+def _dtype(msg: inference_pb2.SharedTensor) -> np.dtype[Any]:
+    try:
+        dtype = np.dtype(msg.dtype).newbyteorder("<")
+    except TypeError as exc:
+        raise InvalidInputError(f"tensor {msg.name!r}: unknown dtype {msg.dtype!r}") from exc
+    if dtype.hasobject or dtype.kind in "OUSV":
+        raise InvalidInputError(f"tensor {msg.name!r}: dtype {msg.dtype!r} is not numeric")
+    return dtype
+
+
+def _count(msg: inference_pb2.SharedTensor) -> int:
+    count = 1
+    for d in msg.shape:
+        if d < 0:
+            raise InvalidInputError(
+                f"tensor {msg.name!r}: negative dimension in shape {list(msg.shape)}"
+            )
+        count *= d
+    return count
+
+
+def read(msg: inference_pb2.SharedTensor, *, root: Path = SHM_ROOT) -> Array:
+    """Copy one shared tensor out of its region; every mismatch is an ``InvalidInputError``."""
+    name = region_name(msg.region)
+    dtype = _dtype(msg)
+    count = _count(msg)
+    size = count * dtype.itemsize
+    if size != msg.byte_size:
+        raise InvalidInputError(
+            f"tensor {msg.name!r}: shape {list(msg.shape)} of {msg.dtype} needs {size} bytes, "
+            f"the request says {msg.byte_size}"
+        )
+    if size > MAX_SHARED_BYTES:
+        raise InvalidInputError(
+            f"tensor {msg.name!r}: {size} bytes in shared memory, over {MAX_SHARED_BYTES}"
+        )
+    where = f"tensor {msg.name!r}: shared-memory region {name!r}"
+    try:
+        fd = os.open(root / name, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise InvalidInputError(f"{where} does not exist") from None
+    except OSError as exc:  # ELOOP: a symlink; EACCES: not readable by the agent's user
+        raise InvalidInputError(f"{where} cannot be opened: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidInputError(f"{where} is not a shared-memory object")
+        if msg.offset + size > info.st_size:
+            raise InvalidInputError(
+                f"{where}: bytes {msg.offset}..{msg.offset + size} are beyond its "
+                f"{info.st_size} bytes"
+            )
+        array = np.empty(count, dtype)
+        got = os.preadv(fd, [array.data], msg.offset) if size else 0
+    finally:
+        os.close(fd)
+    if got != size:
+        raise InvalidInputError(f"{where} shrank while it was read ({got} of {size} bytes)")
+    return array.reshape(tuple(msg.shape))
+
+
+def read_all(
+    msgs: Sequence[inference_pb2.SharedTensor], *, into: dict[str, Array], root: Path = SHM_ROOT
+) -> None:
+    """Add each shared tensor to ``into`` (the request's inline inputs), each name once."""
+    total = 0
+    for msg in msgs:
+        if msg.name in into:
+            raise InvalidInputError(f"input {msg.name!r} given more than once")
+        total += msg.byte_size
+        if total > MAX_SHARED_BYTES:
+            raise InvalidInputError(
+                f"the request takes over {MAX_SHARED_BYTES} bytes from shared memory"
+            )
+        into[msg.name] = read(msg, root=root)
+
+
+def inlined(
+    request: inference_pb2.PredictRequest, *, root: Path = SHM_ROOT
+) -> inference_pb2.PredictRequest:
+    """``request`` with its shared inputs copied in: what may travel to another device."""
+    if not request.shared_inputs:
+        return request
+    arrays: dict[str, Array] = {t.name: np.empty(0) for t in request.inputs}
+    read_all(request.shared_inputs, into=arrays, root=root)
+    out = inference_pb2.PredictRequest()
+    out.CopyFrom(request)
+    del out.shared_inputs[:]
+    for msg in request.shared_inputs:
+        out.inputs.append(wire.array_to_pb(msg.name, arrays[msg.name]))
+    return out
+
+
+# --- the client's side ------------------------------------------------------------------------
+
+
+class Region:
+    """A shared-memory object this process created: ``/dev/shm/edgefleet-PID-RANDOM``."""
+
+    def __init__(self, size: int, *, root: Path = SHM_ROOT, group: int | None = None) -> None:
+        """Mode 0600, or 0640 with ``group`` as its group where this process may give it that
+        group (the agent's socket's group: who may call Predict may read the region)."""
+        self.name = f"edgefleet-{os.getpid()}-{secrets.token_hex(8)}"
+        self.path = root / self.name
+        self.size = max(size, ALIGN)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            if group is not None:
+                with contextlib.suppress(PermissionError):  # not a member: the owner reads it
+                    os.fchown(fd, -1, group)
+                    os.fchmod(fd, 0o640)
+            os.ftruncate(fd, self.size)
+            self._map = mmap.mmap(fd, self.size)
+        except BaseException:
+            os.close(fd)
+            self.path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+
+    def put(self, name: str, array: Array, *, offset: int = 0) -> inference_pb2.SharedTensor:
+        """Write ``array`` at ``offset``; return the ``SharedTensor`` naming it."""
+        a = np.asarray(array)
+        dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+        view: Array = np.ndarray(a.shape, dtype, buffer=self._map, offset=offset)
+        view[...] = a
+        return inference_pb2.SharedTensor(
+            name=name,
+            dtype=dtype.name,
+            shape=list(a.shape),
+            region=self.name,
+            offset=offset,
+            byte_size=a.nbytes,
+        )
+
+    def close(self) -> None:
+        """Unmap and unlink (idempotent)."""
+        with contextlib.suppress(BufferError, ValueError):
+            self._map.close()
+        self.path.unlink(missing_ok=True)
+
+
+def available(root: Path = SHM_ROOT) -> bool:
+    """Whether this machine has a writable POSIX shared-memory directory."""
+    return root.is_dir() and os.access(root, os.W_OK | os.X_OK)
+
+
+def socket_path(target: str) -> Path | None:
+    """The path of a ``unix:PATH`` (or ``unix://PATH``) gRPC target; None for any other."""
+    if not target.startswith("unix:") or target.startswith("unix-abstract:"):
+        return None
+    path = target.removeprefix("unix:")
+    return Path(path.removeprefix("//")) if path.startswith("//") else Path(path)
+
+
+def stager_for(target: str, *, threshold: int | None = DEFAULT_THRESHOLD) -> Stager | None:
+    """A ``Stager`` for calls to ``target`` when it is an agent's Unix socket, shared memory
+    is here and ``threshold`` is not None; its regions take the socket's group."""
+    path = socket_path(target)
+    if path is None or threshold is None or not available():
+        return None
+    try:
+        group: int | None = path.stat().st_gid
+    except OSError:
+        group = None
+    return Stager(threshold=threshold, group=group)
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+class Stager:
+    """Builds Predict requests with the large inputs in regions of its own (thread-safe).
+
+    ``with stager.request(inputs) as request: stub.Predict(request)``: a region is taken from
+    a small pool for the call and given back after it, or retired when the call raised.
+    """
+
+    POOL = 4
+
+    def __init__(
+        self, *, threshold: int = DEFAULT_THRESHOLD, root: Path = SHM_ROOT, group: int | None = None
+    ) -> None:
+        self.threshold = threshold
+        self._root, self._group = root, group
+        self._lock = threading.Lock()
+        self._free: list[Region] = []
+        self._closed = False
+
+    @contextlib.contextmanager
+    def request(
+        self,
+        inputs: Mapping[str, Array],
+        *,
+        output_names: Sequence[str] = (),
+        release: str = "",
+    ) -> Iterator[inference_pb2.PredictRequest]:
+        arrays = {name: np.ascontiguousarray(a) for name, a in inputs.items()}
+        large = [n for n, a in arrays.items() if a.nbytes >= self.threshold]
+        request = inference_pb2.PredictRequest(
+            inputs=[wire.array_to_pb(n, a) for n, a in arrays.items() if n not in large],
+            output_names=list(output_names),
+            release=release,
+        )
+        if not large:
+            yield request
+            return
+        need = sum(_aligned(arrays[n].nbytes) for n in large)
+        region = self._take(need)
+        try:
+            offset = 0
+            for n in large:
+                request.shared_inputs.append(region.put(n, arrays[n], offset=offset))
+                offset += _aligned(arrays[n].nbytes)
+            yield request
+        except BaseException:
+            region.close()  # the agent may still read it: never write it again
+            raise
+        self._give_back(region)
+
+    def _take(self, size: int) -> Region:
+        with self._lock:
+            for i, region in enumerate(self._free):
+                if region.size >= size:
+                    return self._free.pop(i)
+        return Region(size, root=self._root, group=self._group)
+
+    def _give_back(self, region: Region) -> None:
+        with self._lock:
+            if not self._closed and len(self._free) < self.POOL:
+                self._free.append(region)
+                return
+        region.close()
+
+    def close(self) -> None:
+        """Unlink every pooled region (those in use are unlinked when their call ends)."""
+        with self._lock:
+            self._closed = True
+            free, self._free = self._free, []
+        for region in free:
+            region.close()
