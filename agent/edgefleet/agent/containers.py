@@ -28,9 +28,10 @@ An adapter at the edge (DESIGN.md section 7), the Docker twin of ``runtime.Model
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import docker
@@ -61,6 +62,7 @@ LABEL_MANIFEST = "dev.edgefleet.manifest"
 LABEL_SLOT = "dev.edgefleet.slot"
 IMAGE_REPO_SUFFIX = "container"
 LOG_LINES = 20
+LOG_BYTES = 1024  # an event message is at most 2 KiB: room for the reason before it
 
 
 def image_repository(source: str) -> str:
@@ -112,6 +114,7 @@ class ContainerRuntime(ModelRuntime):
         load_seconds: float,
         deadline_s: float,
         adopted: bool = False,
+        logs: Callable[[], str] | None = None,
     ) -> None:
         # no super().__init__: there is no ORT session in this process
         self.session = None
@@ -123,6 +126,7 @@ class ContainerRuntime(ModelRuntime):
         self.container_id = container_id
         self.endpoint = endpoint
         self.adopted = adopted
+        self._logs = logs
         self._deadline_s = deadline_s
         self._channel = grpc.insecure_channel(endpoint)
         self._stub = inference_pb2_grpc.InferenceServiceStub(self._channel)
@@ -144,17 +148,35 @@ class ContainerRuntime(ModelRuntime):
             ) from exc
         return tensors.decode_all(reply.outputs)
 
+    def last_lines(self) -> str:
+        """The end of the container's log (``log_tail``), for the failure it explains."""
+        return self._logs() if self._logs is not None else ""
+
     def close(self) -> None:
         self._channel.close()
 
 
-def _tail(container: Any) -> str:
+def log_tail(container: Any) -> str:
+    """The last ``LOG_LINES`` lines of a container's log, at most ``LOG_BYTES`` (the end kept).
+
+    Escaped for an event message: control characters as ``\\xNN``, lines joined by a literal
+    ``\\n``, so a log can neither forge a line of its own nor push the event past its size.
+    """
     try:
         raw = container.logs(tail=LOG_LINES)
     except docker.errors.DockerException:
         return ""
     text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-    return text.strip()[-2000:]
+    lines = [wire.CONTROL_CHARS.sub(_escape, line.rstrip()) for line in text.splitlines()]
+    tail = "\\n".join(line for line in lines[-LOG_LINES:] if line)
+    data = tail.encode()
+    if len(data) > LOG_BYTES:
+        tail = "..." + data[len(data) - LOG_BYTES + 3 :].decode(errors="ignore")
+    return tail
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}" if ord(match.group()) < 0x100 else "?"
 
 
 class Containers:
@@ -331,7 +353,7 @@ class Containers:
                 code = container.attrs.get("State", {}).get("ExitCode")
                 raise ModelLoadError(
                     f"the container of {model.release} exited with status {code} before "
-                    f"serving; its last lines:\n{_tail(container)}"
+                    f"serving; its last lines: {log_tail(container)}"
                 )
             endpoint = endpoint or _published(container)
             if endpoint and _serving(endpoint):
@@ -339,7 +361,7 @@ class Containers:
             if time.monotonic() > deadline:
                 raise ModelLoadError(
                     f"the container of {model.release} did not serve within "
-                    f"{self._settings.start_timeout_s:g}s; its last lines:\n{_tail(container)}"
+                    f"{self._settings.start_timeout_s:g}s; its last lines: {log_tail(container)}"
                 )
             time.sleep(0.1)
         info = _model_info(endpoint)
@@ -362,6 +384,7 @@ class Containers:
             load_seconds=time.monotonic() - started,
             deadline_s=self._settings.predict_deadline_s,
             adopted=adopted,
+            logs=lambda: self.last_lines(container.id),
         )
         log.info(
             "container %s serves %s on %s (%s in %.2fs)",
@@ -383,19 +406,46 @@ class Containers:
                 removed.append(c.id)
         return removed
 
-    def describe(self, container_id: str) -> dict[str, Any]:
-        """State, image, restarts, CPU and memory of one container (for status and metrics)."""
+    def sample(self, container_id: str, *, release: str) -> t.ContainerStatus:
+        """State, image, restarts, CPU and memory of one container (for status and metrics).
+
+        Memory is counted as ``docker stats`` does: usage less the inactive page cache. A
+        container dockerd no longer has is ``missing``; one not running has no figures.
+        """
         try:
             c = self._client.containers.get(container_id)
         except docker.errors.NotFound:
-            return {"state": "missing"}
-        state = c.attrs.get("State", {})
-        return {
-            "state": c.status,
-            "image": c.image.id,
-            "restarts": int(c.attrs.get("RestartCount", 0)),
-            "started_at": state.get("StartedAt", ""),
-        }
+            return t.ContainerStatus(release=release, container_id=container_id, state="missing")
+        status = t.ContainerStatus(
+            release=release,
+            container_id=c.id,
+            state=str(c.status),
+            image=str(c.attrs.get("Image", "")),
+            restarts=int(c.attrs.get("RestartCount", 0)),
+        )
+        if c.status != "running":
+            return status
+        try:
+            stats = c.stats(stream=False, one_shot=True)  # one sample, no second one to diff
+        except (docker.errors.DockerException, ValueError):  # it stopped as we asked: no JSON
+            return status
+        memory = stats.get("memory_stats") or {}
+        detail = memory.get("stats") or {}
+        cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+        cpu_ns = ((stats.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage", 0)
+        return replace(
+            status,
+            cpu_seconds=float(cpu_ns) / 1e9,
+            memory_bytes=max(0, int(memory.get("usage", 0)) - int(cache)),
+            memory_limit_bytes=int(memory.get("limit", 0)),
+        )
+
+    def last_lines(self, container_id: str) -> str:
+        """The end of a container's log, bounded and escaped (``log_tail``); "" when gone."""
+        try:
+            return log_tail(self._client.containers.get(container_id))
+        except docker.errors.DockerException:
+            return ""
 
     def _remove(self, container: Any) -> None:
         try:

@@ -24,6 +24,7 @@ from edgefleet.agent import failpoints, runtime
 from edgefleet.agent.benchmarking import Benchmarker
 from edgefleet.agent.config import UNIX_PATH_MAX, AgentSettings, broker_url, predict_socket_path
 from edgefleet.agent.containers import CONTAINER, ContainerRuntime, Containers
+from edgefleet.agent.containerwatch import ContainerWatch
 from edgefleet.agent.enrolling import Renewer
 from edgefleet.agent.failover import OwnState
 from edgefleet.agent.identity import IdentityFiles, mqtt_tls_files
@@ -201,6 +202,17 @@ class Agent:
             timer=timer,
             containers=self.containers,
         )
+        self.container_watch = (
+            ContainerWatch(
+                self.containers,
+                in_use=self._runtimes_in_use,
+                reporter=self.reporter,
+                metrics=self.metrics,
+                interval=s.telemetry_interval,
+            )
+            if self.containers is not None
+            else None
+        )
         self._queue: queue.Queue[object] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="agent-worker", daemon=True)
         self._power_root = s.power_root
@@ -260,6 +272,8 @@ class Agent:
             clock=self._telemetry_clock,
         )
         self._telemetry.start()
+        if self.container_watch is not None:
+            self.container_watch.start()
         log.info(
             "agent %s ready: Predict on %s, metrics %s, broker %s",
             self.device_id,
@@ -279,6 +293,8 @@ class Agent:
             self._worker.join(timeout=30)
         if self._telemetry is not None:
             self._telemetry.stop()
+        if self.container_watch is not None:
+            self.container_watch.stop()
         if self._connecting:
             self.outbox.drain_once(self.session)  # what the last steps reported, if we can
             self.reporter.close()
@@ -326,15 +342,15 @@ class Agent:
             manifest_digest=runtime.model.manifest_digest,
         )
 
+    def _runtimes_in_use(self) -> tuple[ModelRuntime | None, ...]:
+        """The runtimes whose containers must stay: serving (first), previous, checked."""
+        return (self.predictor.current, self.watch.previous_runtime, self.installer.checked_runtime)
+
     def _sweep_containers(self) -> None:
         """Remove this device's containers no runtime in use names, then stale images."""
         if self.containers is None:
             return
-        in_use = (
-            self.predictor.current,
-            self.watch.previous_runtime,
-            self.installer.checked_runtime,
-        )
+        in_use = self._runtimes_in_use()
         keep = {r.container_id for r in in_use if isinstance(r, ContainerRuntime)}
         try:
             if self.containers.sweep(keep):

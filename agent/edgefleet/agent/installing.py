@@ -402,7 +402,10 @@ class Installer:
             action.policy, output_problems=exam.output_problems, latency=exam.latency
         )
         if problem:
-            raise ModelLoadError(f"health check: {problem}")
+            lines = runtime.last_lines()  # a container's: read before the sweep removes it
+            raise ModelLoadError(
+                f"health check: {problem}" + (f"; its last log lines: {lines}" if lines else "")
+            )
         self._checked, self._checked_golden = runtime, golden
         what = f"{golden.rows} golden rows pass" if golden is not None else "smoke inference passes"
         what = exam.note or what  # no smoke input the model accepts: said, not hidden

@@ -2,8 +2,9 @@
 
 Names (all prefixed ``edgefleet_``): inference latency histogram, requests, errors by reason,
 requests in flight, model load time, time per install phase, bytes downloaded, and an info
-metric naming the active and previous release; plus the standard ``process_*`` CPU and memory
-metrics of the agent process.
+metric naming the active and previous release; the release containers in use (info, restarts,
+CPU seconds, memory and its limit, labelled by release); plus the standard ``process_*`` CPU
+and memory metrics of the agent process.
 
 The Predict figures (latency histogram, requests, in flight) are not prometheus_client
 metrics updated per request: the servicer records into ``window`` (``sampling.Window``, a few
@@ -38,6 +39,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from edgefleet.agent.sampling import Window
+from edgefleet.common.types import ContainerStatus
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,48 @@ class _PredictCollector(Collector):
         )
 
 
+class _ContainerCollector(Collector):
+    """The release containers' families, as ``containerwatch`` last sampled them."""
+
+    def __init__(self) -> None:
+        self.samples: tuple[ContainerStatus, ...] = ()
+
+    def collect(self) -> Iterator[Metric]:
+        samples = self.samples  # one tuple, swapped whole by the sampler: no lock
+        info = GaugeMetricFamily(
+            "edgefleet_container_info",
+            "A release container in use (1), with its state and image.",
+            labels=["release", "container", "state", "image"],
+        )
+        restarts = GaugeMetricFamily(
+            "edgefleet_container_restarts",
+            "Times dockerd restarted the release's container.",
+            labels=["release"],
+        )
+        cpu = GaugeMetricFamily(
+            "edgefleet_container_cpu_seconds",
+            "CPU time the release's container has used since it started.",
+            labels=["release"],
+        )
+        memory = GaugeMetricFamily(
+            "edgefleet_container_memory_bytes",
+            "Memory the release's container uses now (inactive page cache excluded).",
+            labels=["release"],
+        )
+        limit = GaugeMetricFamily(
+            "edgefleet_container_memory_limit_bytes",
+            "Memory limit of the release's container.",
+            labels=["release"],
+        )
+        for c in samples:
+            info.add_metric([c.release, c.container_id[:12], c.state, c.image], 1)
+            restarts.add_metric([c.release], c.restarts)
+            cpu.add_metric([c.release], c.cpu_seconds)
+            memory.add_metric([c.release], c.memory_bytes)
+            limit.add_metric([c.release], c.memory_limit_bytes)
+        yield from (info, restarts, cpu, memory, limit)
+
+
 class AgentMetrics:
     def __init__(self, window: Window | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -79,6 +123,8 @@ class AgentMetrics:
         PlatformCollector(registry=r)
         self.window = window or Window()
         r.register(_PredictCollector(self.window))
+        self._containers = _ContainerCollector()
+        r.register(self._containers)
         self.errors = Counter(
             "edgefleet_inference_errors",
             "Predict requests that failed, by reason.",
@@ -112,6 +158,10 @@ class AgentMetrics:
         self.active_release.info(
             {"release": release, "previous": previous, "manifest_digest": manifest_digest}
         )
+
+    def set_containers(self, samples: tuple[ContainerStatus, ...]) -> None:
+        """The release containers in use, as just sampled (empty: none)."""
+        self._containers.samples = samples
 
     def serve(self, *, host: str, port: int) -> int:
         """Serve ``/metrics`` on ``host:port`` (0 = any free port); return the bound port."""

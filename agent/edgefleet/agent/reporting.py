@@ -92,6 +92,14 @@ class Reporter:
         with self._lock:
             self._status = replace(self._status, runtimes=runtimes)
 
+    def set_container(self, container: t.ContainerStatus | None, *, publish: bool) -> None:
+        """The serving release's container as last sampled (None: none serves); ``publish``:
+        send a status now (when connected), else it rides along with the next one."""
+        with self._lock:
+            self._status = replace(self._status, container=container)
+        if publish and self._connected():
+            self._publish_status()
+
     # status and presence
 
     def update(self, state: DeviceState) -> None:

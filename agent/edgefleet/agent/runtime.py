@@ -191,6 +191,11 @@ class ModelRuntime:
             raise ModelLoadError(f"ONNX Runtime cannot load {model.release}: {exc}") from exc
         return cls(session, model, load_seconds=time.perf_counter() - started)
 
+    def last_lines(self) -> str:
+        """What the runtime last logged, to explain a failure ("" in-process: that is the
+        agent's own log; a container release's runtime returns the end of its container's)."""
+        return ""
+
     # the hot path: ONNX Runtime checks names, dtypes, ranks and the model's fixed dimensions
     # itself, so Python only checks what the manifest pins beyond the model (usually nothing)
     # and explains a refusal after the fact.

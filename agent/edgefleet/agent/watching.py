@@ -177,9 +177,11 @@ class HealthWatch:
         reason = f"{window.release} failed its health window, back on {back_on}: {why}"
         new = state.rolled_back(reason)
         log.warning("rolled back: %s", reason)
+        # a container's last words go in the event only, not in last_error (a table cell)
+        lines = self._candidate.last_lines() if self._candidate is not None else ""
         self._reporter.event(
             "rolled_back",
-            reason,
+            f"{reason}; its last log lines: {lines}" if lines else reason,
             release=new.active.release if new.active else "",
             generation=window.generation,
             phase=InstallPhase.ROLLED_BACK,

@@ -170,6 +170,8 @@ def device_info(d: DeviceView) -> controller_pb2.DeviceInfo:
     )
     if d.telemetry is not None:
         msg.telemetry.CopyFrom(wire.telemetry_to_pb(d.telemetry))
+    if d.container is not None:
+        msg.container.CopyFrom(wire.container_to_pb(d.container))
     return msg
 
 

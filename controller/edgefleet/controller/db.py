@@ -119,6 +119,9 @@ class DeviceRow(Base):
     status_at_ms: Mapped[int] = mapped_column(BigInteger, default=0)
     status_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
     """The ``seq`` of the status these columns hold: an older one changes nothing."""
+    container: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The active release's container as the status named it (``t.ContainerStatus`` fields);
+    None when the device serves in-process or nothing."""
     first_seen_ms: Mapped[int] = mapped_column(BigInteger)
     last_seen_ms: Mapped[int] = mapped_column(BigInteger)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -29,6 +31,7 @@ def set_status(row: DeviceRow, s: t.DeviceStatus) -> None:
     row.predict_endpoint = s.predict_endpoint
     row.agent_version = s.agent_version
     row.active_manifest_digest = s.active_manifest_digest
+    row.container = asdict(s.container) if s.container is not None else None
     row.status_at_ms = s.at_ms
 
 
@@ -117,6 +120,16 @@ def telemetry(row: TelemetryRow) -> t.Telemetry:
     )
 
 
+def container(row: DeviceRow) -> t.ContainerStatus | None:
+    """The stored container of a device's last status (None: none, or unreadable)."""
+    if not row.container:
+        return None
+    try:
+        return t.ContainerStatus(**row.container)
+    except TypeError:  # stored by a controller with other fields: not worth failing a listing
+        return None
+
+
 def view(
     d: DeviceRow,
     p: PresenceRow | None,
@@ -140,4 +153,5 @@ def view(
         last_seen_ms=d.last_seen_ms,
         telemetry=telemetry(x) if x is not None else None,
         telemetry_received_ms=x.received_ms if x is not None else 0,
+        container=container(d),
     )

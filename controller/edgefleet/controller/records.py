@@ -102,6 +102,7 @@ class DeviceView:
     last_seen_ms: int = 0
     telemetry: t.Telemetry | None = None
     telemetry_received_ms: int = 0  # by the controller's clock, whatever the device's says
+    container: t.ContainerStatus | None = None  # the active release's, as last reported
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 import typer
 
 from edgefleet.edgectl import output, shell
+from edgefleet.v1 import controller_pb2 as pb
 
 app = typer.Typer(
     help="List devices and what they run.\n\nDevices register themselves when their agent "
@@ -23,19 +25,40 @@ def list_devices(
         str, typer.Option("--fleet", "-f", help="Only this fleet.", metavar="FLEET")
     ] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    containers: Annotated[
+        bool,
+        typer.Option(
+            "--containers",
+            help="Show the release containers instead: state, image, restarts, CPU, memory.",
+        ),
+    ] = False,
 ) -> None:
     """List devices and their state.
 
     Online, install phase, active release, generation applied/desired, p50 latency from
-    telemetry, Predict endpoint and last error of each device.
+    telemetry, the container of a container release (state and memory; "-": in-process),
+    Predict endpoint and last error of each device. ``--containers``: one row per device
+    serving a container release, with its container's figures as of its last status.
     """
     with shell.controller(ctx) as client:
         devices = client.list_devices(fleet)
     if as_json:
         output.print_json([output.device_dict(d) for d in devices])
         return
+    if containers:
+        _print_containers(devices)
+        return
     t = output.table(
-        "DEVICE", "FLEET", "ONLINE", "PHASE", "RELEASE", "GEN", "P50", "ENDPOINT", "LAST ERROR"
+        "DEVICE",
+        "FLEET",
+        "ONLINE",
+        "PHASE",
+        "RELEASE",
+        "GEN",
+        "P50",
+        "CONTAINER",
+        "ENDPOINT",
+        "LAST ERROR",
     )
     for d in devices:
         served = d.HasField("telemetry") and d.telemetry.requests > 0
@@ -48,7 +71,30 @@ def list_devices(
             output.safe(d.active_release) or "-",
             f"{d.generation_applied}/{d.generation_desired}",
             p50,
+            output.container_cell(d.container) if d.HasField("container") else "-",
             output.safe(d.predict_endpoint) or "-",
             output.safe(d.last_error),
         )
     output.print_table(t, empty="no devices")
+
+
+def _print_containers(devices: Sequence[pb.DeviceInfo]) -> None:
+    t = output.table(
+        "DEVICE", "RELEASE", "STATE", "IMAGE", "RESTARTS", "CPU", "MEMORY", "CONTAINER"
+    )
+    for d in devices:
+        if not d.HasField("container"):
+            continue
+        c = d.container
+        limit = f" / {output.size_text(c.memory_limit_bytes)}" if c.memory_limit_bytes else ""
+        t.add_row(
+            output.safe(d.device_id),
+            output.safe(c.release),
+            output.container_state(c),
+            output.safe(c.image.removeprefix("sha256:")[:12]) or "-",
+            str(c.restarts),
+            f"{c.cpu_seconds:.1f} s",
+            output.size_text(c.memory_bytes) + limit,
+            output.safe(c.container_id[:12]),
+        )
+    output.print_table(t, empty="no device serves a container release")

@@ -196,6 +196,34 @@ def telemetry_dict(x: mqtt_pb2.Telemetry) -> dict[str, Any]:
     }
 
 
+def container_dict(c: mqtt_pb2.ContainerStatus) -> dict[str, Any]:
+    return {
+        "release": c.release,
+        "container_id": c.container_id,
+        "state": c.state,
+        "image": c.image,
+        "restarts": c.restarts,
+        "cpu_seconds": c.cpu_seconds,
+        "memory_bytes": c.memory_bytes,
+        "memory_limit_bytes": c.memory_limit_bytes,
+    }
+
+
+def container_state(c: mqtt_pb2.ContainerStatus) -> str:
+    style = "green" if c.state == "running" else "red"
+    return f"[{style}]{safe(c.state) or '?'}[/]"
+
+
+def container_cell(c: mqtt_pb2.ContainerStatus) -> str:
+    """One short table cell: state, memory in use, restarts when there were any."""
+    cell = container_state(c)
+    if c.state == "running":
+        cell += f" {size_text(c.memory_bytes)}"
+    if c.restarts:
+        cell += f" [yellow]{c.restarts} restarts[/]"
+    return cell
+
+
 def device_dict(d: pb.DeviceInfo) -> dict[str, Any]:
     return {
         "device_id": d.device_id,
@@ -212,6 +240,7 @@ def device_dict(d: pb.DeviceInfo) -> dict[str, Any]:
         "predict_endpoint": d.predict_endpoint,
         "last_seen_ms": d.last_seen_ms,
         "telemetry": telemetry_dict(d.telemetry) if d.HasField("telemetry") else None,
+        "container": container_dict(d.container) if d.HasField("container") else None,
     }
 
 

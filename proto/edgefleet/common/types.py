@@ -153,6 +153,24 @@ class DesiredState:
 
 
 @dataclass(frozen=True)
+class ContainerStatus:
+    """The container serving a container release, as the agent last sampled it."""
+
+    release: str
+    container_id: str
+    state: str
+    """dockerd's state (created, running, restarting, exited, dead), or "missing"."""
+    image: str = ""
+    """The image id (``sha256:...``) the container runs."""
+    restarts: int = 0
+    cpu_seconds: float = 0.0
+    """CPU time the container has used since it started."""
+    memory_bytes: int = 0
+    """Memory in use now, page cache excluded."""
+    memory_limit_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class DeviceStatus:
     device_id: str
     fleet: str
@@ -171,6 +189,8 @@ class DeviceStatus:
     """Grows with every status the device sends (0: an agent that does not count)."""
     runtimes: tuple[str, ...] = ()
     """What the device can run: "onnxruntime", and "container" where Docker answered."""
+    container: ContainerStatus | None = None
+    """The active release's container (None: in-process, or nothing served)."""
 
 
 @dataclass(frozen=True)

@@ -343,6 +343,7 @@ def status_to_pb(s: t.DeviceStatus) -> mqtt_pb2.DeviceStatus:
         active_manifest_digest=s.active_manifest_digest,
         seq=s.seq,
         runtimes=list(s.runtimes),
+        container=container_to_pb(s.container) if s.container is not None else None,
     )
 
 
@@ -367,6 +368,34 @@ def decode_status(data: bytes) -> t.DeviceStatus:
         active_manifest_digest=_digest("active manifest digest", msg.active_manifest_digest),
         seq=_count("status seq", msg.seq),
         runtimes=tuple(_named("runtime", r) for r in msg.runtimes[:8]),
+        container=container_from_pb(msg.container) if msg.HasField("container") else None,
+    )
+
+
+def container_to_pb(c: t.ContainerStatus) -> mqtt_pb2.ContainerStatus:
+    return mqtt_pb2.ContainerStatus(
+        release=c.release,
+        container_id=c.container_id,
+        state=c.state,
+        image=c.image,
+        restarts=min(c.restarts, 2**32 - 1),
+        cpu_seconds=c.cpu_seconds,
+        memory_bytes=c.memory_bytes,
+        memory_limit_bytes=c.memory_limit_bytes,
+    )
+
+
+def container_from_pb(msg: mqtt_pb2.ContainerStatus) -> t.ContainerStatus:
+    """A device's container figures, checked like the rest of its status."""
+    return t.ContainerStatus(
+        release=_text("container release", msg.release),
+        container_id=_text("container id", msg.container_id, limit=80),
+        state=_named("container state", msg.state) if msg.state else "",
+        image=_digest("container image", msg.image),
+        restarts=msg.restarts,
+        cpu_seconds=_figure("container cpu_seconds", msg.cpu_seconds),
+        memory_bytes=_count("container memory_bytes", msg.memory_bytes),
+        memory_limit_bytes=_count("container memory_limit_bytes", msg.memory_limit_bytes),
     )
 
 

@@ -613,6 +613,7 @@ class DeviceInfo(_message.Message):
     PREDICT_ENDPOINT_FIELD_NUMBER: _builtins.int
     LAST_SEEN_MS_FIELD_NUMBER: _builtins.int
     TELEMETRY_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     phase: _mqtt_pb2.InstallPhase.ValueType
@@ -629,6 +630,10 @@ class DeviceInfo(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def telemetry(self) -> _mqtt_pb2.Telemetry: ...
+    @_builtins.property
+    def container(self) -> _mqtt_pb2.ContainerStatus:
+        """as of the device's last status; absent: in-process"""
+
     def __init__(
         self,
         *,
@@ -646,10 +651,11 @@ class DeviceInfo(_message.Message):
         predict_endpoint: _builtins.str = ...,
         last_seen_ms: _builtins.int = ...,
         telemetry: _mqtt_pb2.Telemetry | None = ...,
+        container: _mqtt_pb2.ContainerStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["telemetry", b"telemetry"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "telemetry", b"telemetry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_release", b"active_release", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "generation_desired", b"generation_desired", "labels", b"labels", "last_error", b"last_error", "last_seen_ms", b"last_seen_ms", "online", b"online", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "target_release", b"target_release", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_release", b"active_release", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "generation_desired", b"generation_desired", "labels", b"labels", "last_error", b"last_error", "last_seen_ms", b"last_seen_ms", "online", b"online", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "target_release", b"target_release", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -790,6 +796,7 @@ class RolloutInfo(_message.Message):
     CREATED_AT_MS_FIELD_NUMBER: _builtins.int
     UPDATED_AT_MS_FIELD_NUMBER: _builtins.int
     DEVICES_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     fleet: _builtins.str
     release: _builtins.str
@@ -808,6 +815,12 @@ class RolloutInfo(_message.Message):
     def strategy(self) -> Global___RolloutStrategy: ...
     @_builtins.property
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutDevice]: ...
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutTransition]:
+        """What happened, oldest first (GetRollout only; ListRollouts leaves it empty): phase
+        changes, gate decisions and device state changes, at most a few thousand per rollout.
+        """
+
     def __init__(
         self,
         *,
@@ -822,14 +835,54 @@ class RolloutInfo(_message.Message):
         created_at_ms: _builtins.int = ...,
         updated_at_ms: _builtins.int = ...,
         devices: _abc.Iterable[Global___RolloutDevice] | None = ...,
+        history: _abc.Iterable[Global___RolloutTransition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["strategy", b"strategy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "devices", b"devices", "fleet", b"fleet", "phase", b"phase", "reason", b"reason", "release", b"release", "rollout_id", b"rollout_id", "step", b"step", "step_sizes", b"step_sizes", "strategy", b"strategy", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "devices", b"devices", "fleet", b"fleet", "history", b"history", "phase", b"phase", "reason", b"reason", "release", b"release", "rollout_id", b"rollout_id", "step", b"step", "step_sizes", b"step_sizes", "strategy", b"strategy", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RolloutInfo: _TypeAlias = RolloutInfo  # noqa: Y015
+
+@_typing.final
+class RolloutTransition(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_MS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    OLD_FIELD_NUMBER: _builtins.int
+    NEW_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    at_ms: _builtins.int
+    kind: _builtins.str
+    """phase | gate | device"""
+    device_id: _builtins.str
+    """device changes, and gate decisions about one device"""
+    old: _builtins.str
+    """the phase or device state before ("" at the start)"""
+    new: _builtins.str
+    """... and after; a gate decision: passed | failed"""
+    message: _builtins.str
+    """a gate decision's one-line reason; why a device failed"""
+    def __init__(
+        self,
+        *,
+        at_ms: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        old: _builtins.str = ...,
+        new: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_ms", b"at_ms", "device_id", b"device_id", "kind", b"kind", "message", b"message", "new", b"new", "old", b"old"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutTransition: _TypeAlias = RolloutTransition  # noqa: Y015
 
 @_typing.final
 class ListRolloutsRequest(_message.Message):

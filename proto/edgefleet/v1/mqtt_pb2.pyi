@@ -149,6 +149,7 @@ class DeviceStatus(_message.Message):
     ACTIVE_MANIFEST_DIGEST_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
     RUNTIMES_FIELD_NUMBER: _builtins.int
+    CONTAINER_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     phase: Global___InstallPhase.ValueType
@@ -173,6 +174,10 @@ class DeviceStatus(_message.Message):
         start), so a release is sent only where it can run.
         """
 
+    @_builtins.property
+    def container(self) -> Global___ContainerStatus:
+        """The container serving the active release (absent: it runs in-process, or no model)."""
+
     def __init__(
         self,
         *,
@@ -191,14 +196,61 @@ class DeviceStatus(_message.Message):
         active_manifest_digest: _builtins.str = ...,
         seq: _builtins.int = ...,
         runtimes: _abc.Iterable[_builtins.str] | None = ...,
+        container: Global___ContainerStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_release", b"active_release", "agent_version", b"agent_version", "at_ms", b"at_ms", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "runtimes", b"runtimes", "seq", b"seq", "target_release", b"target_release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_release", b"active_release", "agent_version", b"agent_version", "at_ms", b"at_ms", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "runtimes", b"runtimes", "seq", b"seq", "target_release", b"target_release"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeviceStatus: _TypeAlias = DeviceStatus  # noqa: Y015
+
+@_typing.final
+class ContainerStatus(_message.Message):
+    """A release container as the agent last sampled it from dockerd."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RELEASE_FIELD_NUMBER: _builtins.int
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    IMAGE_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_LIMIT_BYTES_FIELD_NUMBER: _builtins.int
+    release: _builtins.str
+    container_id: _builtins.str
+    state: _builtins.str
+    """created, running, restarting, exited, dead, missing"""
+    image: _builtins.str
+    """the image id (sha256:...) it runs"""
+    restarts: _builtins.int
+    cpu_seconds: _builtins.float
+    """CPU time it has used since it started"""
+    memory_bytes: _builtins.int
+    """memory in use now (page cache excluded)"""
+    memory_limit_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        release: _builtins.str = ...,
+        container_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        image: _builtins.str = ...,
+        restarts: _builtins.int = ...,
+        cpu_seconds: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        memory_limit_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "cpu_seconds", b"cpu_seconds", "image", b"image", "memory_bytes", b"memory_bytes", "memory_limit_bytes", b"memory_limit_bytes", "release", b"release", "restarts", b"restarts", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerStatus: _TypeAlias = ContainerStatus  # noqa: Y015
 
 @_typing.final
 class DeviceEvent(_message.Message):
