@@ -1,10 +1,16 @@
 """The accuracy-gated search: try candidate pipelines, keep the best one that passes the gate.
 
 A candidate passes when its metric drops by at most ``max_drop`` points and, unless the
-objective is ``size``, it is not slower than the original (measured, with ``speed_tolerance``
-for timing noise). Passing candidates are ranked by the objective: ``balanced`` minimises
-log(latency ratio) + log(transfer ratio), ``latency`` latency then size, ``size`` transfer size
-then latency; the winner must beat the original on its objective. Every candidate, skipped and
+objective is ``size``, it is not slower than the original. Speed is a ratio measured with the
+original and the candidate timed in interleaved rounds (``speedstats``, ``timing.compare``),
+with a 95% confidence interval, at 1 thread and at the timing host's core count (``threads``;
+``--cores``): ``latency`` needs the candidate faster beyond the noise (the interval's upper
+bound below 1) at every thread count; ``balanced`` fails a candidate slower beyond the noise
+(and by more than ``speed_tolerance``) at any of them, and credits a speed ratio only where
+it is beyond the noise (otherwise the two count as the same speed). Passing candidates are
+ranked by the objective: ``balanced`` minimises log(speed ratio) + log(transfer ratio),
+``latency`` speed then size, ``size`` transfer size then speed; the winner must beat the
+original on its objective. Every candidate, skipped and
 failed ones included, is recorded with the reason, for the report.
 
 The search keeps to a time budget (``time_budget_s``): ``auto`` runs its pipelines cheapest
@@ -22,20 +28,20 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from . import evaluating, graphs, recipes
+from . import evaluating, graphs, recipes, timing
 from .errors import InvalidInputError, PassSkippedError
 from .evaluating import EvalSet, MetricChoice, Reference
 from .golden import Golden, GoldenMode, golden_for
 from .graphs import Feed
 from .records import PassRecord, Technique
 from .sensitivity import SIMULATED, LayerSensitivity, layer_sensitivity
-from .timing import Latency, LocalTimer, Timer
+from .speedstats import Plan, SpeedRatio
+from .timing import Latency, LocalTimer, Timer, host_cores
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +54,17 @@ class Objective(StrEnum):
 
 @dataclass(frozen=True)
 class SearchSettings:
-    threads: tuple[int, ...] = (1, max(2, os.cpu_count() or 1))
-    """Intra-op thread counts to time; the first one ranks the candidates."""
+    threads: tuple[int, ...] = (1, 0)
+    """Intra-op thread counts to time; the first one ranks the candidates. 0 (not first): the
+    timing host's cores (this machine's, or what the ``--profile-on`` device reports)."""
     timing_batch: int = 1
     """Samples per timed run (1: an edge device answering one request)."""
     speed_tolerance: float = 0.05
-    """A candidate up to this much slower than the original counts as 'not slower' (noise)."""
+    """For ``balanced``: a candidate up to this much slower than the original (beyond the
+    noise) still counts as 'not slower'."""
+    speed: Plan = field(default_factory=Plan)
+    """The speed gate's interleaved timing, per candidate and thread count: rounds until the
+    ratio's confidence interval is within +-``target``, or ``max_rounds``, or ``budget_s``."""
     sensitivity_layers: int = 12
     """Largest layers measured for per-layer sensitivity; 0 turns it off."""
     golden_count: int = 8
@@ -85,10 +96,21 @@ class CandidateRecord:
     notes: tuple[str, ...] = ()
     sensitivity: tuple[LayerSensitivity, ...] = ()
     seconds: float = 0.0  # how long the candidate took (compress, evaluate, time)
+    speed: tuple[SpeedRatio, ...] = ()  # vs the original, per thread count (interleaved)
 
     @property
     def p50_ms(self) -> float:
         return self.latency[0].p50_ms if self.latency else math.nan
+
+    @property
+    def speed_ratio(self) -> SpeedRatio | None:
+        """At the first thread count (1)."""
+        return self.speed[0] if self.speed else None
+
+    @property
+    def speed_ratio_nt(self) -> SpeedRatio | None:
+        """At the last thread count (the device class's cores), when more than one is timed."""
+        return self.speed[-1] if len(self.speed) > 1 else None
 
 
 @dataclass(frozen=True)
@@ -265,7 +287,13 @@ def _prepare(
 
     ctx = recipes.Context(cal, passes_gate, settings.distill_epochs)
     t0 = clock()
-    base_latency = tuple(timer.measure(model, feed, threads=t) for t in settings.threads)
+    first_latency = timer.measure(model, feed, threads=settings.threads[0] or 1)
+    cores = first_latency.cores or host_cores()  # the device's, from its Benchmark reply
+    threads = tuple(dict.fromkeys(t if t > 0 else cores for t in settings.threads))
+    base_latency = (
+        first_latency,
+        *(timer.measure(model, feed, threads=t) for t in threads[1:]),
+    )
     time_s = clock() - t0
     original = CandidateRecord(
         "original",
@@ -281,7 +309,18 @@ def _prepare(
         "reference",
     )
     runner = _Runner(
-        model, eval_set, ref, ctx, timer, feed, base_latency, max_drop, objective, settings, {}
+        model,
+        eval_set,
+        ref,
+        ctx,
+        timer,
+        feed,
+        base_latency,
+        max_drop,
+        objective,
+        settings,
+        {},
+        threads,
     )
     return runner, original, eval_s, time_s
 
@@ -322,6 +361,17 @@ class _Runner:
     objective: Objective
     settings: SearchSettings
     sens_cache: dict[tuple[Technique, float], tuple[LayerSensitivity, ...]]
+    threads: tuple[int, ...]  # resolved: the first measured, 0 replaced by the host's cores
+
+    def speed(self, candidate: bytes) -> tuple[tuple[SpeedRatio, ...], tuple[Latency, ...]]:
+        """The candidate against the original, interleaved, at each thread count."""
+        pairs = [
+            timing.compare(
+                self.timer, self.model, candidate, self.feed, threads=t, plan=self.settings.speed
+            )
+            for t in self.threads
+        ]
+        return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
 
     def candidate(
         self, pipeline: recipes.Pipeline, techniques: tuple[str, ...]
@@ -333,13 +383,8 @@ class _Runner:
 def _candidate(
     r: _Runner, pipeline: recipes.Pipeline, techniques: tuple[str, ...]
 ) -> tuple[CandidateRecord, recipes.PipelineResult | None]:
-    model, eval_set, ref, ctx, timer, feed = r.model, r.eval_set, r.ref, r.ctx, r.timer, r.feed
-    base_latency, max_drop, objective, settings = (
-        r.base_latency,
-        r.max_drop,
-        r.objective,
-        r.settings,
-    )
+    model, eval_set, ref, ctx, timer = r.model, r.eval_set, r.ref, r.ctx, r.timer
+    max_drop, objective, settings = r.max_drop, r.objective, r.settings
     sens_cache = r.sens_cache
     metric = str(ref.score.metric)
     log.info("compression candidate %s", pipeline.name)
@@ -372,7 +417,7 @@ def _candidate(
             )
             return screened_record, None
         score = evaluating.score(out.model, eval_set, ref)
-        latency = tuple(timer.measure(out.model, feed, threads=t) for t in settings.threads)
+        speed, latency = r.speed(out.model)
     except PassSkippedError as exc:
         return _skipped(
             pipeline.name, techniques=techniques, metric=metric, exc=exc, sens=sens
@@ -380,8 +425,9 @@ def _candidate(
     except Exception as exc:  # a pass or ORT failing on a real model must not end the search
         log.warning("compression candidate %s failed", pipeline.name, exc_info=True)
         return _not_run(pipeline.name, techniques, metric, f"failed: {_reason(exc)}"), None
-    ratio = latency[0].p50_ms / max(base_latency[0].p50_ms, 1e-9)
-    passed, verdict, notes = _gate(score.drop, ratio, max_drop, objective, settings)
+    passed, verdict, notes = _gate(
+        score.drop, speed, max_drop, objective, settings, where=timer.where
+    )
     for rec in out.records:
         notes += rec.notes
     record = CandidateRecord(
@@ -398,6 +444,7 @@ def _candidate(
         verdict,
         tuple(notes),
         sens,
+        speed=speed,
     )
     return record, out
 
@@ -443,23 +490,44 @@ def _not_run(name: str, techniques: tuple[str, ...], metric: str, verdict: str) 
 
 
 def _gate(
-    drop: float, ratio: float, max_drop: float, objective: Objective, settings: SearchSettings
+    drop: float,
+    speed: Sequence[SpeedRatio],
+    max_drop: float,
+    objective: Objective,
+    settings: SearchSettings,
+    *,
+    where: str = "this CPU",
 ) -> tuple[bool, str, tuple[str, ...]]:
     notes: tuple[str, ...] = ()
-    slower = ratio > 1 + settings.speed_tolerance
+    slower = [s for s in speed if s.slower and s.ratio > 1 + settings.speed_tolerance]
     if slower:
-        notes = (f"did not pay off in speed: {ratio:.2f}x the original's latency on this CPU",)
+        notes = (
+            f"did not pay off in speed: {slower[-1].describe()} the original's latency on {where}",
+        )
     if drop > max_drop:
         return False, f"fails: drop {drop:.2f} > {max_drop:g} points", notes
-    if slower and objective is not Objective.SIZE:
-        return False, f"fails: {ratio:.2f}x slower than the original", notes
+    if objective is Objective.SIZE:
+        return True, "passes", notes
+    if slower:
+        return False, f"fails: slower than the original: {slower[-1].describe()}", notes
+    not_faster = [s for s in speed if not s.faster]
+    if objective is Objective.LATENCY and not_faster:
+        return False, f"fails: not faster beyond the noise: {not_faster[0].describe()}", notes
     return True, "passes", notes
+
+
+def _speed_gain(c: CandidateRecord, original: CandidateRecord) -> float:
+    """log(speed ratio), worst over the thread counts, counting a ratio only where it is
+    beyond the noise (0 where the interval contains 1); without interleaved timing, the p50s."""
+    if c.speed:
+        return max(math.log(s.ratio) if s.faster or s.slower else 0.0 for s in c.speed)
+    return math.log(max(c.p50_ms, 1e-9) / max(original.p50_ms, 1e-9))
 
 
 def _score(
     c: CandidateRecord, original: CandidateRecord, objective: Objective
 ) -> tuple[float, ...]:
-    lat = math.log(max(c.p50_ms, 1e-9) / max(original.p50_ms, 1e-9))
+    lat = _speed_gain(c, original)
     size = math.log(c.transfer_bytes / original.transfer_bytes)
     if objective is Objective.LATENCY:
         return (round(lat, 2), size, c.drop)
