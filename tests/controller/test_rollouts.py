@@ -98,6 +98,18 @@ def test_a_slow_release_stops_at_the_canary_on_the_p95_gate(
     )
     assert info.reason.startswith(line), info.reason
     assert info.devices[0].reason.startswith("latency gate: p95 6.00 ms > 1.5x baseline 2.00 ms")
+    history = [(h.kind, h.device_id, h.old, h.new) for h in info.history]
+    assert history[0] == ("device", devs[0].device_id, "waiting", "sent")
+    assert ("device", devs[0].device_id, "sent", "failed") in history
+    assert history[-2:] == [("device", devs[0].device_id, "rolling_back", "reverted"),
+                            ("phase", "", "rolling_back", "rolled_back")]  # fmt: skip
+    gates = [h.message for h in info.history if h.kind == "gate" and h.device_id]
+    assert len(gates) == 1 and gates[0].startswith(line)
+    assert [h.at_ms for h in info.history] == sorted(h.at_ms for h in info.history)
+    events = ctl.stub.ListEvents(pb.ListEventsRequest(device_id=devs[0].device_id)).events
+    assert any(e.kind == "rollout_gate_failed" and e.message.startswith(line) for e in events)
+    (listed,) = ctl.stub.ListRollouts(pb.ListRolloutsRequest(fleet=fleet)).rollouts
+    assert not listed.history, "only GetRollout carries the history"
     assert devs[0].generations == [(2, NEW), (3, OLD)]
     assert [a.generations for a in devs[1:]] == [[], []]
 

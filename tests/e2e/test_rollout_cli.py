@@ -4,11 +4,15 @@ three ``edge-agent`` processes; ``edgectl`` in subprocesses.
 Deploys digits:1.0.0 to the fleet, then a release whose latency budget no model can meet with
 ``--strategy canary --canary 1``: ``deploy`` exits 1 with the reason, the rollout ends
 ``rolled_back``, only the canary ever saw the bad release, and every device still serves
-1.0.0 through ``edgectl predict``.
+1.0.0 through ``edgectl predict``. ``rollout status`` and ``events`` explain the rollback in
+one line (the canary, the latency gate, the median against the budget), and ``rollout status
+--plot`` draws its history.
 """
 
 from __future__ import annotations
 
+import re
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -56,6 +60,23 @@ def test_a_failing_canary_rolls_back_and_the_rest_of_the_fleet_never_sees_it(
     assert states == {canary: "reverted", rest[0]: "waiting", rest[1]: "waiting"}
     status = fleet.cli.json("rollout", "status", rollout["rollout_id"])
     assert status["phase"] == "rolled_back" and status["reason"]
+    # one line says who failed which gate, with the figure and the threshold
+    why = re.compile(
+        rf"canary {canary} failed the latency gate on the device: median latency "
+        r"[0-9.]+ ms \(p95 [0-9.]+ ms, \d+ runs\) is over the budget of 1e-06 ms"
+    )
+    assert why.match(status["reason"]), status["reason"]
+    human = " ".join(fleet.cli.ok("rollout", "status", rollout["rollout_id"]).split())
+    assert re.search("why it rolled back: " + why.pattern, human), human
+    listed = " ".join(fleet.cli.ok("events", "--fleet", fleet.name, "--limit", "1000").split())
+    assert re.search("rollback: " + why.pattern, listed), listed
+    kinds = [(h["kind"], h["device_id"], h["new"]) for h in status["history"]]
+    assert ("gate", canary, "failed") in kinds and kinds[-1] == ("phase", "", "rolled_back")
+    assert not {d for _, d, _ in kinds} - {"", canary}, "no other device in the history"
+    plotted = fleet.cli.ok("rollout", "status", rollout["rollout_id"], "--plot", tmp_path / "t.png")
+    assert f"timeline: {tmp_path / 't.png'}, {tmp_path / 't.svg'}" in plotted
+    assert (tmp_path / "t.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert ET.parse(tmp_path / "t.svg").getroot().tag.endswith("svg")
 
     events = fleet.cli.json("events", "--fleet", fleet.name, "--limit", "1000")
     saw_bad = {e["device_id"] for e in events if e["release"] == BAD}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from edgefleet.common import types as t
@@ -21,6 +22,7 @@ from edgefleet.controller.records import (
 )
 from edgefleet.controller.registry import Upload
 from edgefleet.controller.rollouts import strategy as rollout_strategy
+from edgefleet.controller.rollouts.history import Transition
 from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.v1 import controller_pb2
 
@@ -125,7 +127,9 @@ def strategy_to_pb(kind: str, s: Strategy) -> controller_pb2.RolloutStrategy:
     )
 
 
-def rollout_info(rec: RolloutRecord) -> controller_pb2.RolloutInfo:
+def rollout_info(
+    rec: RolloutRecord, history: Sequence[Transition] = ()
+) -> controller_pb2.RolloutInfo:
     r = rec.rollout
     return controller_pb2.RolloutInfo(
         rollout_id=r.id,
@@ -148,6 +152,17 @@ def rollout_info(rec: RolloutRecord) -> controller_pb2.RolloutInfo:
                 sent_at_ms=int(x.sent_at * 1000),
             )
             for x in r.targets
+        ],
+        history=[
+            controller_pb2.RolloutTransition(
+                at_ms=h.at_ms,
+                kind=h.kind.value,
+                device_id=h.device_id,
+                old=h.old,
+                new=h.new,
+                message=h.message,
+            )
+            for h in history
         ],
     )
 

@@ -221,6 +221,23 @@ class RolloutTargetRow(Base):
     reason: Mapped[str] = mapped_column(Text, server_default="")
 
 
+class RolloutHistoryRow(Base):
+    """One timestamped change of a rollout (``rollouts.history.Transition``): its phase, a gate
+    decision, or a device's state. Only changes are written, at most ``history.LIMIT`` device
+    changes per rollout."""
+
+    __tablename__ = "rollout_history"
+    __table_args__ = (Index("ix_rollout_history_rollout_id_id", "rollout_id", "id"),)
+    id: Mapped[int] = mapped_column(_ROW_ID, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.rollout_id"))
+    at_ms: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))  # phase | gate | device
+    device_id: Mapped[str] = mapped_column(_NAME, default="")
+    old: Mapped[str] = mapped_column(String(16), default="")
+    new: Mapped[str] = mapped_column(String(16), default="")
+    message: Mapped[str] = mapped_column(Text, default="")
+
+
 class OperatorRow(Base):
     """An operator of the API. Only the sha256 of its bearer token is kept; revoked rows stay."""
 

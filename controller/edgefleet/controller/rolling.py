@@ -22,6 +22,7 @@ from edgefleet.controller.errors import FleetBusyError, RolloutStateError
 from edgefleet.controller.records import ROLLBACK, DeployTarget, RolloutRecord, Started
 from edgefleet.controller.rollouts import engine
 from edgefleet.controller.rollouts.engine import DeviceState, RolloutPhase, SendDesired
+from edgefleet.controller.rollouts.history import Transition, transitions
 from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.controller.rolloutstore import Current, RolloutStore
 from edgefleet.controller.sending import Order, Sender
@@ -61,6 +62,10 @@ class Rollouts:
 
     def get(self, rollout_id: str) -> RolloutRecord:
         return self._store.load(rollout_id)
+
+    def history(self, rollout_id: str) -> tuple[Transition, ...]:
+        """What happened to the rollout, oldest first (``rollouts.history``)."""
+        return self._store.history(rollout_id)
 
     def list_rollouts(self, fleet: str = "", *, limit: int = 20) -> list[RolloutRecord]:
         return self._store.list_rollouts(fleet, limit=limit)
@@ -305,7 +310,10 @@ class Rollouts:
         )
         if missing:
             after, commands = _drop(after, commands, missing)
-        self._store.save(before, after, commands, issued_at_ms=issued_at)
+        changes = transitions(
+            before.rollout if before is not None else None, after.rollout, at_ms=issued_at
+        )
+        self._store.save(before, after, commands, issued_at_ms=issued_at, transitions=changes)
         self._sender.publish(sealed)
         r = after.rollout
         if before is None or before.rollout.phase is not r.phase:

@@ -4,10 +4,12 @@ copying that ``rolloutstore`` would drown in."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from edgefleet.controller.db import (
     DesiredRow,
     DeviceRow,
+    RolloutHistoryRow,
     RolloutRow,
     RolloutTargetRow,
     TelemetryRow,
@@ -21,6 +23,7 @@ from edgefleet.controller.rollouts.engine import (
     RolloutPhase,
     Target,
 )
+from edgefleet.controller.rollouts.history import Kind, Transition
 
 _LEGACY_KINDS = {"all_at_once": "all-at-once"}  # rows written before staged rollouts
 
@@ -61,6 +64,24 @@ def target(row: RolloutTargetRow) -> Target:
         baseline_p95_ms=row.baseline_p95_ms,
         reason=row.reason,
     )
+
+
+def history_row(rollout_id: str, t: Transition) -> RolloutHistoryRow:
+    return RolloutHistoryRow(
+        rollout_id=rollout_id,
+        at_ms=t.at_ms,
+        kind=t.kind.value,
+        device_id=t.device_id,
+        old=t.old,
+        new=t.new,
+        message=t.message,
+    )
+
+
+def transition(row: Sequence[Any]) -> Transition:
+    """One ``rollout_history`` row's columns: at_ms, kind, device_id, old, new, message."""
+    at_ms, kind, device_id, old, new, message = row
+    return Transition(int(at_ms), Kind(kind), device_id, old, new, message)
 
 
 def record(row: RolloutRow, targets: Sequence[RolloutTargetRow]) -> RolloutRecord:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from edgefleet.common.errors import NotFoundError
 from edgefleet.controller import rolloutrows
@@ -20,13 +21,21 @@ from edgefleet.controller.db import (
     DesiredRow,
     DeviceRow,
     EnrolledDeviceRow,
+    EventRow,
+    RolloutHistoryRow,
     RolloutRow,
     RolloutTargetRow,
     TelemetryRow,
 )
 from edgefleet.controller.enrollment import SKIPPED_BY_ROLLOUTS
 from edgefleet.controller.records import ROLLBACK, RolloutRecord
+from edgefleet.controller.rollouts import history
 from edgefleet.controller.rollouts.engine import Report, RolloutPhase, SendDesired
+from edgefleet.controller.rollouts.history import Transition
+
+GATE_FAILED = "rollout_gate_failed"
+"""The event kind the controller writes on a device that failed its rollout's gate: the
+message is the one-line explanation, so ``edgectl events`` shows it beside the device's own."""
 
 _ABORTED = (RolloutPhase.ROLLING_BACK.value, RolloutPhase.ROLLED_BACK.value)
 
@@ -89,6 +98,18 @@ class RolloutStore:
                 select(RolloutTargetRow).where(RolloutTargetRow.rollout_id == rollout_id)
             ).all()
             return rolloutrows.record(row, targets)
+
+    def history(self, rollout_id: str) -> tuple[Transition, ...]:
+        """The rollout's transitions, oldest first (plain rows, not ORM objects: a rollout of
+        1,000 devices has thousands, and followers poll it)."""
+        h = RolloutHistoryRow
+        stmt = (
+            select(h.at_ms, h.kind, h.device_id, h.old, h.new, h.message)
+            .where(h.rollout_id == rollout_id)
+            .order_by(h.id)
+        )
+        with self._db.read() as session:
+            return tuple(rolloutrows.transition(row) for row in session.execute(stmt))
 
     def unfinished_ids(self, fleet: str = "") -> list[str]:
         stmt = select(RolloutRow.rollout_id).where(~RolloutRow.finished)
@@ -155,7 +176,9 @@ class RolloutStore:
         commands: Sequence[SendDesired],
         *,
         issued_at_ms: int,
+        transitions: Sequence[Transition] = (),
     ) -> None:
+        """``transitions``: what changed (``history.transitions``), kept within the bound."""
         rid = after.id
         old = {t.device_id: t for t in before.rollout.targets} if before is not None else {}
         with self._db.write() as session:
@@ -187,6 +210,33 @@ class RolloutStore:
                 desired.release = c.release
                 desired.rollout_id = rid
                 desired.issued_at_ms = issued_at_ms
+            if transitions:
+                self._record(session, after, transitions, new=before is None)
+
+    def _record(
+        self, session: Session, rec: RolloutRecord, transitions: Sequence[Transition], *, new: bool
+    ) -> None:
+        """Append the transitions within the bound, and an event on each device that failed a
+        gate (its one-line reason)."""
+        have = 0
+        if not new:
+            count = select(func.count()).select_from(RolloutHistoryRow)
+            have = session.scalar(count.where(RolloutHistoryRow.rollout_id == rec.id)) or 0
+        generations = {t.device_id: t.generation for t in rec.rollout.targets}
+        for t in history.bounded(transitions, have=have):
+            session.add(rolloutrows.history_row(rec.id, t))
+            if t.kind is history.Kind.GATE and t.device_id and t.new == "failed":
+                session.add(
+                    EventRow(
+                        device_id=t.device_id,
+                        kind=GATE_FAILED,
+                        release=rec.rollout.release,
+                        generation=generations.get(t.device_id, 0),
+                        message=f"{t.message} (rollout {rec.id})",
+                        at_ms=t.at_ms,
+                        received_ms=t.at_ms,
+                    )
+                )
 
     def phases(self) -> list[tuple[str, str, str, str]]:
         """(rollout, fleet, release, phase) of every unfinished rollout and each fleet's newest."""

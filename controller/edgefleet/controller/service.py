@@ -229,7 +229,10 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
         return serve(
             context,
             "GetRollout",
-            lambda: api.rollout_info(self._rollouts.get(request.rollout_id)),
+            lambda: api.rollout_info(
+                self._rollouts.get(request.rollout_id),
+                self._rollouts.history(request.rollout_id),
+            ),
         )
 
     def PauseRollout(self, request: pb.RolloutRef, context: grpc.ServicerContext) -> pb.RolloutInfo:

@@ -8,6 +8,9 @@ import typer
 
 from edgefleet.edgectl import output, shell
 
+GATE_FAILED = "rollout_gate_failed"
+"""The event the controller writes on a device that failed its rollout's gate."""
+
 
 def events(
     ctx: typer.Context,
@@ -26,7 +29,9 @@ def events(
     """Show recent device events.
 
     Install steps, health checks, roll-backs and rejected desired states, as devices
-    reported them, newest last. --device or --fleet narrows them.
+    reported them, newest last, and the controller's rollout_gate_failed events: below the
+    table, each rollback explained in one line (which device failed which gate, the figure
+    against its threshold). --device or --fleet narrows them.
     """
     if device and fleet:
         shell.fail("give --device or --fleet, not both", code=shell.EXIT_USAGE)
@@ -48,3 +53,6 @@ def events(
             output.safe(e.message),
         )
     output.print_table(t, empty="no events")
+    for e in found:  # the controller's one-line explanation of each rollback, below the table
+        if e.kind == GATE_FAILED:
+            output.console.print(f"[bold red]rollback:[/] [bold]{output.safe(e.message)}[/]")

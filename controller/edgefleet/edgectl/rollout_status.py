@@ -153,12 +153,36 @@ def device_table(snap: Snapshot) -> Table:
     return t
 
 
+BACK_PHASES = ("aborted", "rolling_back", "rolled_back")
+
+
+def reason_line(info: pb.RolloutInfo) -> str:
+    """The rollout's reason, prominent when it explains a rollback (which gate, which figure
+    against which threshold, on which device: the controller writes it so)."""
+    if not info.reason:
+        return ""
+    if info.phase in BACK_PHASES and not following.is_rollback(info):
+        return f"[bold red]why it rolled back:[/] [bold]{output.safe(info.reason)}[/]"
+    return f"reason: {output.safe(info.reason)}"
+
+
+def decision_lines(info: pb.RolloutInfo, *, limit: int = 8) -> list[str]:
+    """The newest gate decisions of the rollout's history, one line each."""
+    gates = [h for h in info.history if h.kind == "gate"][-limit:]
+    lines = []
+    for h in gates:
+        mark = "[green]passed[/]" if h.new == "passed" else "[red]failed[/]"
+        lines.append(f"  {output.when(h.at_ms)[-8:]}  {mark}  {output.safe(h.message)}")
+    return ["gate decisions:", *lines] if lines else []
+
+
 def status_view(snap: Snapshot) -> Group:
     lines: list[RenderableType] = [Text.from_markup(header(snap.info))]
     if steps := steps_line(snap.info):
         lines.append(Text.from_markup(steps))
-    if snap.info.reason:
-        lines.append(Text.from_markup(f"reason: {output.safe(snap.info.reason)}"))
+    if reason := reason_line(snap.info):
+        lines.append(Text.from_markup(reason))
+    lines.extend(Text.from_markup(line) for line in decision_lines(snap.info))
     lines.append(device_table(snap))
     return Group(*lines)
 
@@ -231,5 +255,16 @@ def rollout_dict(info: pb.RolloutInfo) -> dict[str, Any]:
                 "sent_at_ms": d.sent_at_ms,
             }
             for d in info.devices
+        ],
+        "history": [
+            {
+                "at_ms": h.at_ms,
+                "kind": h.kind,
+                "device_id": h.device_id,
+                "old": h.old,
+                "new": h.new,
+                "message": h.message,
+            }
+            for h in info.history
         ],
     }

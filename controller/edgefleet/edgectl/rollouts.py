@@ -6,6 +6,7 @@ course. ``status --watch`` follows a rollout the same way ``deploy --wait`` does
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -13,6 +14,7 @@ import typer
 from edgefleet.edgectl import following, output, shell
 from edgefleet.edgectl.deploying import JsonOption
 from edgefleet.edgectl.following import Snapshot
+from edgefleet.edgectl.rollout_plot import plot_paths, write_rollout_plot
 from edgefleet.edgectl.rollout_status import (
     RolloutLive,
     list_table,
@@ -63,6 +65,16 @@ def list_rollouts(
     output.print_table(list_table(rollouts), empty="no rollouts")
 
 
+def _check_plot(path: Path | None) -> Path | None:
+    """Refuse a --plot suffix before asking the controller."""
+    if path is not None:
+        try:
+            plot_paths(path)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    return path
+
+
 @app.command("status")
 def status(
     ctx: typer.Context,
@@ -74,15 +86,28 @@ def status(
             "--watch", "-w", help="Redraw live until the rollout finished; exit 1 if it failed."
         ),
     ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Write a timeline of the rollout here (.png or .svg; the other format is "
+            "written beside it): devices per state over time, gate decisions marked, the "
+            "rollout's phases as bands. With --watch, once the rollout finished.",
+            metavar="FILE.png",
+            callback=_check_plot,
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show one rollout: its phase, steps, and each device's rollout state.
 
-    For each device: the step it belongs to, its STATE in the rollout (waiting, sent,
-    healthy, failed, rolling_back, reverted), its INSTALL phase, active release and
-    generation applied/desired as it last reported, and why it failed. --watch redraws
-    until the rollout succeeded or rolled back and then exits 0 or 1 (Ctrl-C stops
-    watching, not the rollout).
+    A rollout that rolled back says why in one line first: which device failed which gate,
+    the figure against its threshold. Then its newest gate decisions and, for each device:
+    the step it belongs to, its STATE in the rollout (waiting, sent, healthy, failed,
+    rolling_back, reverted), its INSTALL phase, active release and generation
+    applied/desired as it last reported, and why it failed. --watch redraws until the
+    rollout succeeded or rolled back and then exits 0 or 1 (Ctrl-C stops watching, not the
+    rollout). --plot draws the rollout's history as a timeline.
     """
     with shell.controller(ctx) as client:
         if watch:
@@ -97,11 +122,27 @@ def status(
             snap = result.snapshot
         else:
             snap = following.snapshot(client, rollout_id)
+        if watch and plot is not None:  # the history as it ended, not the last poll's
+            snap = following.snapshot(client, rollout_id)
     _print(snap, as_json=as_json)
+    if plot is not None:
+        _write_plot(snap.info, plot, as_json=as_json)
     if watch and not following.ok(snap.info):
         shell.fail(
             f"rollout {rollout_id} {snap.info.phase}: {snap.info.reason or 'no reason given'}"
         )
+
+
+def _write_plot(info: pb.RolloutInfo, path: Path, *, as_json: bool) -> None:
+    try:
+        written = write_rollout_plot(info, path)
+    except OSError as exc:
+        shell.fail(f"could not write the timeline: {exc}")
+    text = "timeline: " + ", ".join(str(p) for p in written)
+    if as_json:
+        output.note(text)  # stdout is the JSON
+    else:
+        output.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _print(snap: Snapshot, *, as_json: bool) -> None:

@@ -44,6 +44,7 @@ class DeviceState(StrEnum):
 
 
 TOUCHED = (DeviceState.SENT, DeviceState.HEALTHY, DeviceState.FAILED)
+NO_PREVIOUS = "no previous release"
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class Rollout:
         """One line: who the device was, which gate it failed, the figure and its threshold."""
         i, t = next((i, t) for i, t in enumerate(self.targets) if t.device_id == device_id)
         who = explaining.role(i, self.steps, canary=self.strategy.kind is Kind.CANARY)
-        return explaining.line(who, device_id, t.reason)
+        return explaining.line(who, device_id, t.reason.removesuffix(NO_PREVIOUS).strip("; "))
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,7 @@ def abort(
             targets.append(t)
         elif not t.previous_release:
             targets.append(
-                replace(
-                    t, state=DeviceState.REVERTED, reason=_join(t.reason, "no previous release")
-                )
+                replace(t, state=DeviceState.REVERTED, reason=_join(t.reason, NO_PREVIOUS))
             )
         else:
             gen = _next_generation(t, reports.get(t.device_id))
