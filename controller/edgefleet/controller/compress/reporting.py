@@ -1,8 +1,10 @@
 """The compression report, as JSON (stored with the release) and Markdown (for people).
 
 Both list every candidate with its techniques and parameters, size, transfer size, p50
-latency per thread count, metric and drop, pass/fail with the reason, the passes' notes (traps
-handled, techniques that did not pay off) and per-layer sensitivity.
+latency per thread count, the speed ratio to the original per thread count (interleaved
+timing, with its 95% confidence interval and rounds), metric and drop, pass/fail with the
+reason, the passes' notes (traps handled, techniques that did not pay off) and per-layer
+sensitivity.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .searching import CandidateRecord, SearchResult
+    from .speedstats import SpeedRatio
 
 
 def candidate_dict(c: CandidateRecord) -> dict[str, Any]:
@@ -37,6 +40,9 @@ def candidate_dict(c: CandidateRecord) -> dict[str, Any]:
             {"threads": lat.threads, "p50_ms": lat.p50_ms, "p90_ms": lat.p90_ms, "runs": lat.runs}
             for lat in c.latency
         ],
+        "speed": [_speed_dict(s) for s in c.speed],
+        "speed_ratio": _num(c.speed_ratio.ratio) if c.speed_ratio else None,
+        "speed_ratio_nt": _num(c.speed_ratio_nt.ratio) if c.speed_ratio_nt else None,
         "metric": c.metric,
         "value": _num(c.value),
         "drop": _num(c.drop),
@@ -45,6 +51,21 @@ def candidate_dict(c: CandidateRecord) -> dict[str, Any]:
         "notes": list(c.notes),
         "sensitivity": [asdict(s) for s in c.sensitivity],
         "seconds": round(c.seconds, 3),
+    }
+
+
+def _speed_dict(s: SpeedRatio) -> dict[str, Any]:
+    return {
+        "threads": s.threads,
+        "ratio": _num(s.ratio),
+        "low": _num(s.low),
+        "high": _num(s.high),
+        "rounds": s.rounds,
+        "confidence": s.confidence,
+        "coverage": round(s.coverage, 4),
+        "faster": s.faster,
+        "slower": s.slower,
+        "seconds": round(s.seconds, 3),
     }
 
 
@@ -82,6 +103,7 @@ def report_markdown(result: SearchResult) -> str:
         "size",
         "transfer",
         *(f"p50 {t}t (ms)" for t in threads),
+        *(f"speed {t}t" for t in threads),
         o.metric,
         "drop",
         "s",
@@ -105,6 +127,8 @@ def report_markdown(result: SearchResult) -> str:
     ]
     for c in (o, *result.candidates):
         lats = [f"{lat.p50_ms:.3f}" for lat in c.latency] or ["-"] * len(threads)
+        by_threads = {s.threads: s for s in c.speed}
+        speeds = ["1x (ref)" if c is o else _speed_cell(by_threads.get(t)) for t in threads]
         size = f"{c.size_bytes:,} ({o.size_bytes / c.size_bytes:.1f}x)" if c.size_bytes else "-"
         transfer = (
             f"{c.transfer_bytes:,} ({o.size_bytes / c.transfer_bytes:.1f}x)"
@@ -122,6 +146,7 @@ def report_markdown(result: SearchResult) -> str:
                     size,
                     transfer,
                     *lats,
+                    *speeds,
                     value,
                     drop,
                     f"{c.seconds:.1f}",
@@ -146,6 +171,14 @@ def report_markdown(result: SearchResult) -> str:
                 for s in c.sensitivity
             ]
     return "\n".join(lines) + "\n"
+
+
+def _speed_cell(s: SpeedRatio | None) -> str:
+    """``0.62x [0.60, 0.65] faster``: the ratio (< 1 faster), its interval, the verdict."""
+    if s is None or s.rounds == 0:
+        return "-"
+    verdict = "faster" if s.faster else "slower" if s.slower else "same"
+    return f"{s.ratio:.2f}x [{s.low:.2f}, {s.high:.2f}] {verdict}"
 
 
 def _num(x: float) -> float | None:
