@@ -941,6 +941,7 @@ class CompressRequest(_message.Message):
     TIME_BUDGET_S_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
     GOLDEN_FIELD_NUMBER: _builtins.int
+    CORES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """0 = the newest version"""
@@ -960,6 +961,8 @@ class CompressRequest(_message.Message):
     """"" / auto | top1 | cosine | mse | max-abs, or OUTPUT=KIND"""
     golden: _builtins.str
     """"" / auto (attach when its tolerances hold) | always | never"""
+    cores: _builtins.int
+    """threads for the speed gate's second timing; 0 = the timing"""
     def __init__(
         self,
         *,
@@ -973,10 +976,11 @@ class CompressRequest(_message.Message):
         time_budget_s: _builtins.float | None = ...,
         metric: _builtins.str = ...,
         golden: _builtins.str = ...,
+        cores: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "max_accuracy_drop", b"max_accuracy_drop", "time_budget_s", b"time_budget_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "eval_data", b"eval_data", "golden", b"golden", "max_accuracy_drop", b"max_accuracy_drop", "metric", b"metric", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "time_budget_s", b"time_budget_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "cores", b"cores", "eval_data", b"eval_data", "golden", b"golden", "max_accuracy_drop", b"max_accuracy_drop", "metric", b"metric", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "time_budget_s", b"time_budget_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_accuracy_drop: _TypeAlias = _typing.Literal["max_accuracy_drop"]  # noqa: Y015
     _WhichOneofArgType__max_accuracy_drop: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop"]  # noqa: Y015
@@ -1005,6 +1009,15 @@ class CompressCandidate(_message.Message):
     PASSED_GATE_FIELD_NUMBER: _builtins.int
     VERDICT_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    SPEED_RATIO_FIELD_NUMBER: _builtins.int
+    SPEED_RATIO_LOW_FIELD_NUMBER: _builtins.int
+    SPEED_RATIO_HIGH_FIELD_NUMBER: _builtins.int
+    SPEED_ROUNDS_FIELD_NUMBER: _builtins.int
+    SPEED_RATIO_NT_FIELD_NUMBER: _builtins.int
+    SPEED_RATIO_NT_LOW_FIELD_NUMBER: _builtins.int
+    SPEED_RATIO_NT_HIGH_FIELD_NUMBER: _builtins.int
+    SPEED_ROUNDS_NT_FIELD_NUMBER: _builtins.int
+    SPEED_THREADS_NT_FIELD_NUMBER: _builtins.int
     candidate: _builtins.str
     parameters_json: _builtins.str
     size_bytes: _builtins.int
@@ -1018,6 +1031,20 @@ class CompressCandidate(_message.Message):
     """why it passed or failed, "slower than the original", "skipped: ..." """
     seconds: _builtins.float
     """how long the candidate took"""
+    speed_ratio: _builtins.float
+    """Speed vs the original, timed in interleaved rounds: candidate / original latency (< 1 is
+    faster; 0 = not timed), the median of the rounds' ratios, with its 95% interval.
+    at 1 thread
+    """
+    speed_ratio_low: _builtins.float
+    speed_ratio_high: _builtins.float
+    speed_rounds: _builtins.int
+    speed_ratio_nt: _builtins.float
+    """at speed_threads_nt threads (the device class's cores)"""
+    speed_ratio_nt_low: _builtins.float
+    speed_ratio_nt_high: _builtins.float
+    speed_rounds_nt: _builtins.int
+    speed_threads_nt: _builtins.int
     @_builtins.property
     def techniques(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -1035,10 +1062,19 @@ class CompressCandidate(_message.Message):
         passed_gate: _builtins.bool = ...,
         verdict: _builtins.str = ...,
         seconds: _builtins.float = ...,
+        speed_ratio: _builtins.float = ...,
+        speed_ratio_low: _builtins.float = ...,
+        speed_ratio_high: _builtins.float = ...,
+        speed_rounds: _builtins.int = ...,
+        speed_ratio_nt: _builtins.float = ...,
+        speed_ratio_nt_low: _builtins.float = ...,
+        speed_ratio_nt_high: _builtins.float = ...,
+        speed_rounds_nt: _builtins.int = ...,
+        speed_threads_nt: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "drop", b"drop", "metric", b"metric", "p50_ms", b"p50_ms", "parameters_json", b"parameters_json", "passed_gate", b"passed_gate", "seconds", b"seconds", "size_bytes", b"size_bytes", "techniques", b"techniques", "transfer_bytes", b"transfer_bytes", "value", b"value", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "drop", b"drop", "metric", b"metric", "p50_ms", b"p50_ms", "parameters_json", b"parameters_json", "passed_gate", b"passed_gate", "seconds", b"seconds", "size_bytes", b"size_bytes", "speed_ratio", b"speed_ratio", "speed_ratio_high", b"speed_ratio_high", "speed_ratio_low", b"speed_ratio_low", "speed_ratio_nt", b"speed_ratio_nt", "speed_ratio_nt_high", b"speed_ratio_nt_high", "speed_ratio_nt_low", b"speed_ratio_nt_low", "speed_rounds", b"speed_rounds", "speed_rounds_nt", b"speed_rounds_nt", "speed_threads_nt", b"speed_threads_nt", "techniques", b"techniques", "transfer_bytes", b"transfer_bytes", "value", b"value", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -91,6 +91,7 @@ class BenchmarkResponse(_message.Message):
     RUNS_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     PROVIDERS_FIELD_NUMBER: _builtins.int
+    CPU_COUNT_FIELD_NUMBER: _builtins.int
     p50_ms: _builtins.float
     p95_ms: _builtins.float
     p99_ms: _builtins.float
@@ -98,6 +99,8 @@ class BenchmarkResponse(_message.Message):
     device_id: _builtins.str
     providers: _builtins.str
     """ONNX Runtime execution providers used"""
+    cpu_count: _builtins.int
+    """CPUs the agent may run on (the speed gate's default thread count)"""
     def __init__(
         self,
         *,
@@ -107,10 +110,11 @@ class BenchmarkResponse(_message.Message):
         runs: _builtins.int = ...,
         device_id: _builtins.str = ...,
         providers: _builtins.str = ...,
+        cpu_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms", "providers", b"providers", "runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_count", b"cpu_count", "device_id", b"device_id", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms", "providers", b"providers", "runs", b"runs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
