@@ -364,11 +364,12 @@ class Installer:
         if manifest.runtime == "container":  # the signed image, before the slot is staged
             if self._containers is None:
                 raise ModelLoadError(f"{install.release} needs Docker, which this device lacks")
-            self._containers.pull(
+            pulled = self._containers.pull(
                 manifest,
                 install.manifest_digest,
                 sources=(*desired.artifact_sources, *self._fallback),
             )
+            self._metrics.image_pull_bytes.inc(pulled)
         self._store.stage(
             action.slot,
             digest=action.digest,

@@ -1,10 +1,11 @@
 """Prometheus metrics of one agent, in a registry of its own, served on ``/metrics``.
 
 Names (all prefixed ``edgefleet_``): inference latency histogram, requests, errors by reason,
-requests in flight, model load time, time per install phase, bytes downloaded, and an info
-metric naming the active and previous release; the release containers in use (info, restarts,
-CPU seconds, memory and its limit, labelled by release); plus the standard ``process_*`` CPU
-and memory metrics of the agent process.
+requests in flight, model load time, time per install phase, bytes downloaded (artifacts, and
+the layers of release images pulled), and an info metric naming the active and previous
+release; the release containers in use (info, restarts, CPU seconds, memory and its limit,
+labelled by release); plus the standard ``process_*`` CPU and memory metrics of the agent
+process.
 
 The Predict figures (latency histogram, requests, in flight) are not prometheus_client
 metrics updated per request: the servicer records into ``window`` (``sampling.Window``, a few
@@ -146,6 +147,11 @@ class AgentMetrics:
         )
         self.download_bytes = Counter(
             "edgefleet_download_bytes", "Artifact bytes downloaded.", registry=r
+        )
+        self.image_pull_bytes = Counter(
+            "edgefleet_image_pull_bytes",
+            "Bytes of container release images pulled (the layers this device lacked).",
+            registry=r,
         )
         self.active_release = Info(
             "edgefleet_active_release", "The release this device serves.", registry=r

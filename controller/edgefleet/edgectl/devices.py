@@ -79,22 +79,22 @@ def list_devices(
 
 
 def _print_containers(devices: Sequence[pb.DeviceInfo]) -> None:
-    t = output.table(
-        "DEVICE", "RELEASE", "STATE", "IMAGE", "RESTARTS", "CPU", "MEMORY", "CONTAINER"
-    )
+    """One row per device serving a container release: its container as last reported."""
+    t = output.table("DEVICE", "RELEASE", "STATE", "RESTARTS", "CPU", "MEMORY", "IMAGE")
     for d in devices:
         if not d.HasField("container"):
             continue
         c = d.container
-        limit = f" / {output.size_text(c.memory_limit_bytes)}" if c.memory_limit_bytes else ""
+        memory = output.size_text(c.memory_bytes)
+        if c.memory_limit_bytes:
+            memory += f" ({100 * c.memory_bytes / c.memory_limit_bytes:.0f}%)"
         t.add_row(
             output.safe(d.device_id),
             output.safe(c.release),
             output.container_state(c),
-            output.safe(c.image.removeprefix("sha256:")[:12]) or "-",
             str(c.restarts),
-            f"{c.cpu_seconds:.1f} s",
-            output.size_text(c.memory_bytes) + limit,
-            output.safe(c.container_id[:12]),
+            f"{c.cpu_seconds:.1f}s",
+            memory,
+            output.safe(c.image.removeprefix("sha256:")[:12]) or "-",
         )
     output.print_table(t, empty="no device serves a container release")
