@@ -54,13 +54,14 @@ def rolled_back() -> pb.RolloutInfo:
 def test_the_timeline_replays_the_history() -> None:
     line = timeline(rolled_back())
 
-    assert line.times == [0.0, 3.0, 5.0, 6.0]
+    assert line.times == pytest.approx([0.0, 3.0, 5.0, 6.5]), "room after the last change"
     assert line.counts["waiting"] == [2, 2, 2, 2]
     assert line.counts["sent"] == [1, 0, 0, 0]
     assert line.counts["rolling_back"] == [0, 1, 0, 0]
     assert line.counts["reverted"] == [0, 0, 1, 1]
-    assert line.phases == [(0.0, 3.0, "canary"), (3.0, 5.0, "rolling_back"),
-                           (5.0, 6.0, "rolled_back")]  # fmt: skip
+    assert [p for _, _, p in line.phases] == ["canary", "rolling_back", "rolled_back"]
+    assert [s for s, _, _ in line.phases] == [0.0, 3.0, 5.0]
+    assert [e for _, e, _ in line.phases] == pytest.approx([3.0, 5.0, 6.5])
     assert [(at, verdict) for at, verdict, _ in line.gates] == [(3.0, "failed")] * 2
 
 

@@ -14,6 +14,7 @@ it; the figure is drawn on an Agg canvas, never through pyplot (no global state)
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,7 +45,7 @@ PHASE_COLOURS = {
     "rolled_back": "#f8d7d7",
 }
 MAX_LABELS = 10  # gate decisions labelled; the rest are lines only
-LABEL_CHARS = 80
+LABEL_CHARS = 60  # per label line; three lines at most
 
 
 def plot_paths(path: Path) -> tuple[Path, Path]:
@@ -71,7 +72,8 @@ def timeline(info: pb.RolloutInfo) -> Timeline:
     """Replay ``info.history``: devices per state at each change, phase spans, gate times."""
     start = info.created_at_ms or min((h.at_ms for h in info.history), default=0)
     last = max([info.updated_at_ms, *(h.at_ms for h in info.history)], default=start)
-    end = max((last - start) / 1000.0, 1.0)
+    span = (last - start) / 1000.0
+    end = max(span * 1.08, span + 0.5, 1.0)  # room to see the state the last change left
     state = {d.device_id: "waiting" for d in info.devices}
     times, counts = [0.0], {s: [0] for s in STATES}
     counts["waiting"][0] = len(state)
@@ -164,18 +166,20 @@ def _gates(ax: Axes, line: Timeline) -> None:
     for at, verdict, message in line.gates:
         colour = "#2a9d3f" if verdict == "passed" else "#d62728"
         ax.axvline(at, color=colour, lw=1.2, ls="--", zorder=3)
-        text = message if len(message) <= LABEL_CHARS else message[: LABEL_CHARS - 3] + "..."
         if len(labelled) >= MAX_LABELS or any(message.startswith(m) for m in labelled):
             continue  # the abort a device's failure caused starts with the same line
+        lines = textwrap.wrap(message, LABEL_CHARS) or [verdict]
+        text = "\n".join(lines[:3]) + (" ..." if len(lines) > 3 else "")
         ax.text(
             at,
-            0.93 - 0.05 * (len(labelled) % 5),
-            f" {text} ",
+            0.93 - 0.15 * (len(labelled) % 4),
+            text,
             transform=ax.get_xaxis_transform(),
             fontsize=7,
             color=colour,
             va="top",
             ha="left" if at < line.end * 0.6 else "right",
+            bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 1.5},
             zorder=4,
         )
         labelled.append(message)

@@ -168,9 +168,15 @@ def reason_line(info: pb.RolloutInfo) -> str:
 
 def decision_lines(info: pb.RolloutInfo, *, limit: int = 8) -> list[str]:
     """The newest gate decisions of the rollout's history, one line each."""
-    gates = [h for h in info.history if h.kind == "gate"][-limit:]
+    gates: list[pb.RolloutTransition] = []
+    for h in info.history:
+        if h.kind != "gate":
+            continue
+        if gates and h.message.startswith(gates[-1].message):
+            gates.pop()  # the abort a device's failure caused: one line says both
+        gates.append(h)
     lines = []
-    for h in gates:
+    for h in gates[-limit:]:
         mark = "[green]passed[/]" if h.new == "passed" else "[red]failed[/]"
         lines.append(f"  {output.when(h.at_ms)[-8:]}  {mark}  {output.safe(h.message)}")
     return ["gate decisions:", *lines] if lines else []
