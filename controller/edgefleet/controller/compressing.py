@@ -12,6 +12,10 @@ checked against it in one, and the whole search runs in another, which sends eac
 back as it is measured. Timing on a device (``--profile-on``) needs the signing key, so the
 search asks the controller to time each candidate (``_AskingTimer``); the key never enters the
 sandbox. A search that crashes, runs out of memory or time fails with ``SandboxError``.
+
+A user's metric (``--metric-module``) arrives as source text and stays text in this process:
+it is checked for size and a function name only, handed to the search's sandbox child, and
+compiled only in a seccomp-confined process that child starts (``compress.metric_hook``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from dataclasses import dataclass, replace
 
 from edgefleet.common import externaldata, packing
 from edgefleet.common.errors import InvalidInputError, NotFoundError
-from edgefleet.controller.compress import evaluating, recipes
-from edgefleet.controller.compress.evaluating import EvalSet, MetricChoice, parse_metric
+from edgefleet.controller.compress import evaluating, metric_hook, recipes
+from edgefleet.controller.compress.evaluating import EvalSet, MetricChoice, parse_metrics
 from edgefleet.controller.compress.golden import GoldenMode
 from edgefleet.controller.compress.graphs import Feed
+from edgefleet.controller.compress.metric_hook import MetricModule
 from edgefleet.controller.compress.searching import (
     CandidateRecord,
     Objective,
@@ -59,8 +64,10 @@ class Job:
     objective: str = ""  # "" = balanced
     profile_on: str = ""  # device id; "" = time on the controller
     time_budget_s: float | None = None  # None = the settings' default; 0 = no budget
-    metric: str = ""  # "" = auto; top1 | cosine | mse | max-abs, or OUTPUT=KIND
+    metric: str = ""  # "" = auto; KIND[:ARG] or OUTPUT=KIND[:ARG], comma-separated
+    metric_module: MetricModule | None = None  # a user's metric: source text, never imported
     golden: str = ""  # "" = auto (attach when its tolerances hold) | always | never
+    cores: int = 0  # the speed gate's second thread count; 0 = the timing host's cores
 
 
 @dataclass(frozen=True)
@@ -97,7 +104,7 @@ class _Prepared:
     total: int
     objective: Objective
     timer: Timer
-    metric: MetricChoice
+    metric: tuple[MetricChoice, ...]
     golden: GoldenMode
     settings: SearchSettings
 
@@ -143,7 +150,9 @@ class Compressor:
         source = self._registry.get(job.name, job.version)
         pipelines = recipes.parse_recipe(job.recipe or "auto")
         objective = parse_objective(job.objective)
-        metric = parse_metric(job.metric)
+        metric = parse_metrics(job.metric)
+        if job.metric_module is not None:
+            metric_hook.check(job.metric_module)
         golden = parse_golden(job.golden)
         if job.max_drop < 0:
             raise InvalidInputError(f"max accuracy drop must be >= 0, got {job.max_drop:g}")
@@ -152,6 +161,10 @@ class Compressor:
             if job.time_budget_s < 0:
                 raise InvalidInputError(f"time budget must be >= 0, got {job.time_budget_s:g}")
             settings = replace(settings, time_budget_s=job.time_budget_s)
+        if job.cores < 0:
+            raise InvalidInputError(f"cores must be >= 0, got {job.cores}")
+        if job.cores:
+            settings = replace(settings, threads=(1, job.cores))
         if not job.eval_data:
             raise InvalidInputError("no eval data: send an .npz with the model's inputs by name")
         model = self._registry.model_bytes(source)
@@ -200,6 +213,7 @@ class Compressor:
             where=timer.where,
             settings=prepared.settings,
             metric=prepared.metric,
+            metric_module=job.metric_module,
             golden=prepared.golden,
             what="compression search",
             answer=lambda question: timer.measure(*question[:2], threads=question[2]),
@@ -294,10 +308,49 @@ def _search(
     timer: LocalTimer | None,
     where: str,
     settings: SearchSettings,
-    metric: MetricChoice,
+    metric: tuple[MetricChoice, ...],
     golden: GoldenMode,
+    metric_module: MetricModule | None = None,
 ) -> SearchResult:
-    """The search, in the sandbox process: progress goes out over ``channel`` as it comes."""
+    """The search, in the sandbox process: progress goes out over ``channel`` as it comes. A
+    user's metric module runs in a confined process of its own, started here (``metric_hook``);
+    this process only ever sees the JSON float it answers."""
+    hook = metric_hook.MetricProcess(metric_module) if metric_module is not None else None
+    try:
+        return _searching(
+            channel,
+            model,
+            eval_set,
+            recipe=recipe,
+            max_drop=max_drop,
+            objective=objective,
+            timer=timer,
+            where=where,
+            settings=settings,
+            metric=metric,
+            golden=golden,
+            hook=hook,
+        )
+    finally:
+        if hook is not None:
+            hook.close()
+
+
+def _searching(
+    channel: Channel,
+    model: bytes,
+    eval_set: EvalSet,
+    *,
+    recipe: str,
+    max_drop: float,
+    objective: Objective,
+    timer: LocalTimer | None,
+    where: str,
+    settings: SearchSettings,
+    metric: tuple[MetricChoice, ...],
+    golden: GoldenMode,
+    hook: metric_hook.MetricProcess | None,
+) -> SearchResult:
     started = time.monotonic()
     left = [0.0]  # the latest estimate for what is left
 
@@ -338,6 +391,7 @@ def _search(
         timer=timer or _AskingTimer(channel, where),
         settings=settings,
         metric=metric,
+        hook=hook,
         golden=golden,
         on_candidate=on_candidate,
         on_start=on_start,

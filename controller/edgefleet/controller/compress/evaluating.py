@@ -2,18 +2,33 @@
 
 With labels (``.npz`` with the model's input names plus ``labels``) the metric is top-1
 accuracy. Without them the compressed model is compared with the original on the same inputs.
-The metric is chosen (``metric``: ``top1``, ``cosine``, ``mse``, ``max-abs``, optionally for one
-output, ``OUTPUT=KIND``) or follows the output (``auto``): class scores (a 2-D float output made
-by Softmax/LogSoftmax, read by an ArgMax, or whose rows are probabilities) and integer labels ->
-top-1 agreement; one value per sample -> max abs error; anything else (embeddings, feature
-maps) -> mean cosine similarity. Every metric becomes a ``drop`` in points (0..100, lower is
-better) so one ``max_drop`` gates them all:
+The metric is chosen per output (``metric``: ``KIND[:ARG]`` for the primary output, or
+``OUTPUT=KIND[:ARG]``, several separated by commas) or follows the output (``auto``):
+
+* class scores (a 2-D float [N, C] output made by Softmax/LogSoftmax, read by an ArgMax, or
+  whose rows are probabilities) and integer labels -> top-1 agreement (accuracy with labels);
+* a probability map (4-D float [N, 1, H, W], every value in [0, 1]) -> IoU above 0.5;
+* sequences of class scores (3-D float [N, T, C] or [T, N, C] with class-score semantics on
+  the last axis: Softmax/LogSoftmax, an ArgMax, probability or log-probability rows) ->
+  sequence agreement;
+* one value per sample -> max abs error;
+* anything else (embeddings, hidden states, feature maps) -> mean cosine similarity.
+
+The primary output (``OUTPUT`` not given) is the first with class scores, else a label vector,
+else the first float one. Each judged output's metric becomes a ``drop`` in points (0..100,
+lower is better); a candidate's drop is the worst of them, so one ``max_drop`` gates them all:
 
 ==========  =========================================================================
 top1        100 x (share of samples whose top-1 class changed); accuracy: points lost
 cosine      100 x (1 - mean cosine similarity per sample): drop 1 = cosine >= 0.99
 mse         100 x MSE / mean square of the original's output (normalised MSE, percent)
 max-abs     100 x max abs error / max abs value of the original's output
+iou[:T]     100 x (1 - IoU): both outputs binarised at ``> T`` (default 0.5), intersection
+            over union over every element of the eval set (1 when both are empty)
+seq[:ctc]   100 x (share of sequences whose argmax sequence differs), argmax over the last
+            axis; ``ctc``: repeats collapsed and blank (class 0) dropped before comparing
+module      a user's ``score(reference, candidate) -> [0, 1]`` (``metric_hook``, run
+            confined): 100 x (its score of the original against itself - its score)
 ==========  =========================================================================
 
 Eval data is an ``.npz``: one array per model input, samples along the first axis, all with
@@ -25,11 +40,12 @@ A model with broadcast inputs is run one sample per feed.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +75,9 @@ class Metric(StrEnum):
     COSINE = "cosine-similarity"
     MSE = "mse"
     MAX_ABS_ERROR = "max-abs-error"
+    IOU = "iou"
+    SEQUENCE = "sequence-agreement"
+    MODULE = "metric-module"
 
 
 METRIC_NAMES = {
@@ -66,31 +85,104 @@ METRIC_NAMES = {
     "cosine": Metric.COSINE,
     "mse": Metric.MSE,
     "max-abs": Metric.MAX_ABS_ERROR,
+    "iou": Metric.IOU,
+    "seq": Metric.SEQUENCE,
 }
+DEFAULT_IOU_THRESHOLD = 0.5
+CTC_BLANK = 0
+
+
+class MetricHook(Protocol):
+    """A user's metric over all outputs: a score in [0, 1], higher is better."""
+
+    def __call__(
+        self, reference: Mapping[str, npt.NDArray[Any]], candidate: Mapping[str, npt.NDArray[Any]]
+    ) -> float: ...
 
 
 @dataclass(frozen=True)
 class MetricChoice:
-    """``--metric``: a kind (None = auto) and the output it reads ("" = the primary one)."""
+    """``--metric``: a kind (None = auto), the output it reads ("" = the primary one) and the
+    kind's argument ("" = its default: IoU's threshold, ``ctc`` for sequences)."""
 
     kind: Metric | None = None
     output: str = ""
+    arg: str = ""
 
     def __str__(self) -> str:
         kind = next((k for k, v in METRIC_NAMES.items() if v is self.kind), "auto")
+        kind += f":{self.arg}" if self.arg else ""
         return f"{self.output}={kind}" if self.output else kind
 
 
 def parse_metric(text: str) -> MetricChoice:
-    """``auto`` (or ""), ``top1|cosine|mse|max-abs``, or ``OUTPUT=KIND``."""
-    output, _, kind = text.strip().rpartition("=")
-    kind = kind.strip() or "auto"
+    """``auto`` (or ""), ``KIND[:ARG]`` (``top1|cosine|mse|max-abs|iou[:T]|seq[:ctc]``), or
+    ``OUTPUT=KIND[:ARG]`` (an output name may itself hold ``:``, not ``=``)."""
+    output, _, spec = text.strip().rpartition("=")
+    kind, _, arg = spec.strip().partition(":")
+    kind, arg, output = kind.strip() or "auto", arg.strip(), output.strip()
     if kind == "auto":
-        return MetricChoice(None, output.strip())
+        if arg:
+            raise InvalidInputError(f"metric auto takes no argument, got {arg!r}")
+        return MetricChoice(None, output)
     if kind not in METRIC_NAMES:
         choices = ", ".join(["auto", *METRIC_NAMES])
         raise InvalidInputError(f"unknown metric {kind!r}: choose one of {choices}")
-    return MetricChoice(METRIC_NAMES[kind], output.strip())
+    metric = METRIC_NAMES[kind]
+    if metric is Metric.IOU and arg:
+        try:
+            threshold = float(arg)
+        except ValueError:
+            threshold = math.nan
+        if not math.isfinite(threshold):
+            raise InvalidInputError(f"iou threshold must be a number, got {arg!r} (iou:0.5)")
+    elif metric is Metric.SEQUENCE and arg not in ("", "ctc"):
+        raise InvalidInputError(f"seq takes only 'ctc' (seq:ctc), got {arg!r}")
+    elif arg and metric not in (Metric.IOU, Metric.SEQUENCE):
+        raise InvalidInputError(f"metric {kind} takes no argument, got {arg!r}")
+    return MetricChoice(metric, output, arg)
+
+
+def parse_metrics(text: str) -> tuple[MetricChoice, ...]:
+    """Comma-separated choices, at most one per output; "" = none given (auto)."""
+    choices = tuple(parse_metric(part) for part in text.split(",") if part.strip())
+    outputs = [c.output for c in choices]
+    twice = sorted({o or "(primary)" for o in outputs if outputs.count(o) > 1})
+    if twice:
+        raise InvalidInputError(f"--metric names output(s) {', '.join(twice)} more than once")
+    return choices
+
+
+@dataclass(frozen=True)
+class Judge:
+    """One metric on one output (``output`` -1: the user's module, over all of them)."""
+
+    output: int
+    name: str
+    kind: Metric
+    arg: str = ""
+    baseline: float = 1.0  # the original's own value (accuracy, the module's self-score)
+
+    @property
+    def label(self) -> str:
+        """The metric as a report names it: ``iou>0.5``, ``sequence-agreement (ctc)``."""
+        if self.kind is Metric.IOU:
+            return f"iou>{_threshold(self.arg):g}"
+        if self.kind is Metric.SEQUENCE and self.arg:
+            return f"{self.kind} ({self.arg})"
+        if self.kind is Metric.MODULE:
+            return f"{self.kind} {self.arg}"
+        return str(self.kind)
+
+
+@dataclass(frozen=True)
+class OutputScore:
+    """One judged output's metric (its label), value and drop."""
+
+    output: str
+    metric: str
+    value: float
+    drop: float
 
 
 @dataclass(frozen=True)
@@ -163,9 +255,17 @@ class EvalSet:
 
 @dataclass(frozen=True)
 class Score:
+    """The worst judged output's metric, value and drop, and every judged output's."""
+
     metric: Metric
-    value: float  # accuracy/agreement/cosine in 0..1; max-abs-error in output units
+    value: float  # accuracy/agreement/cosine/IoU in 0..1; max-abs-error in output units
     drop: float  # points lost against the original, 0..100; <= max_drop passes
+    outputs: tuple[OutputScore, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """``metric`` as the report names it: one output's label, or the worst one's."""
+        return self.outputs[0].metric if len(self.outputs) == 1 else str(self.metric)
 
 
 @dataclass(frozen=True)
@@ -175,7 +275,9 @@ class Reference:
     outputs: tuple[list[npt.NDArray[Any]], ...]
     output_names: tuple[str, ...]
     score: Score
-    primary: int  # index of the output the metric reads
+    primary: int  # index of the first output a metric reads (-1: only the user's module)
+    judges: tuple[Judge, ...] = ()
+    hook: MetricHook | None = None
 
 
 def load_eval_set(source: bytes | Path, *, model: bytes, batch_size: int = 256) -> EvalSet:
@@ -229,30 +331,57 @@ def validate(model: bytes, feeds: Sequence[Feed], *, what: str) -> None:
 
 
 def reference(
-    model: bytes, eval_set: EvalSet, *, metric: MetricChoice = MetricChoice()
+    model: bytes,
+    eval_set: EvalSet,
+    *,
+    metric: MetricChoice | Sequence[MetricChoice] = (),
+    hook: MetricHook | None = None,
 ) -> Reference:
-    """The original's outputs and score; ``metric`` picks the kind and output (default: auto,
-    accuracy when there are labels and the kind is auto or top1)."""
+    """The original's outputs and score. ``metric`` picks the kind per output (default: auto;
+    accuracy when there are labels and the primary output's kind is auto or top1); ``hook``, a
+    user's metric over all outputs, judges too. No choice and no hook: auto on the primary."""
     validate(model, eval_set.batches, what="eval")
     sess = graphs.session(model)
     names = tuple(o.name for o in sess.get_outputs())
     outputs = tuple(list(sess.run(None, dict(b))) for b in eval_set.batches)
     proto = graphs.load(model)
-    if metric.output:
-        if metric.output not in names:
+    choices = (metric,) if isinstance(metric, MetricChoice) else tuple(metric)
+    if not choices and hook is None:
+        choices = (MetricChoice(),)
+    judges: list[Judge] = []
+    for choice in choices:
+        if choice.output and choice.output not in names:
             raise InvalidInputError(
-                f"--metric names output {metric.output!r}; the model's outputs are {list(names)}"
+                f"--metric names output {choice.output!r}; the model's outputs are {list(names)}"
             )
-        primary = names.index(metric.output)
-    else:
-        primary = _primary(outputs[0], names, proto)
-    kind = metric.kind
-    if eval_set.labels is not None and kind in (None, Metric.TOP1_AGREEMENT):
-        acc = _accuracy(_predictions(outputs, primary), eval_set.labels)
-        return Reference(outputs, names, Score(Metric.ACCURACY, acc, 0.0), primary)
-    kind = kind or _fidelity_metric(outputs[0][primary], names[primary], proto)
-    value = 0.0 if kind in (Metric.MAX_ABS_ERROR, Metric.MSE) else 1.0
-    return Reference(outputs, names, Score(kind, value, 0.0), primary)
+        index = names.index(choice.output) if choice.output else _primary(outputs[0], names, proto)
+        kind, arg = choice.kind, choice.arg
+        if (
+            eval_set.labels is not None
+            and kind in (None, Metric.TOP1_AGREEMENT)
+            and not choice.output
+        ):
+            baseline = _accuracy(_predictions(outputs, index), eval_set.labels)
+            judges.append(Judge(index, names[index], Metric.ACCURACY, "", baseline))
+            continue
+        if kind is None:
+            kind, arg = _fidelity_metric(outputs[0][index], names[index], proto)
+        baseline = 0.0 if kind in (Metric.MAX_ABS_ERROR, Metric.MSE) else 1.0
+        judges.append(Judge(index, names[index], kind, arg, baseline))
+    if hook is not None:
+        joined = _joined(outputs, names)
+        own = hook(joined, joined)
+        judges.append(Judge(-1, "*", Metric.MODULE, str(getattr(hook, "module", "")), own))
+    first = judges[0]
+    own_scores = tuple(OutputScore(j.name, j.label, j.baseline, 0.0) for j in judges)
+    return Reference(
+        outputs,
+        names,
+        Score(first.kind, first.baseline, 0.0, own_scores),
+        first.output,
+        tuple(judges),
+        hook,
+    )
 
 
 def head(eval_set: EvalSet, ref: Reference, count: int) -> tuple[EvalSet, Reference]:
@@ -262,44 +391,171 @@ def head(eval_set: EvalSet, ref: Reference, count: int) -> tuple[EvalSet, Refere
     for batch, full, outs in zip(part.batches, eval_set.batches, ref.outputs, strict=False):
         rows, whole = part.rows(batch), eval_set.rows(full)
         outputs.append(outs if rows == whole else [o[:rows] for o in outs])
-    own = ref.score
-    if own.metric is Metric.ACCURACY and part.labels is not None:  # the original's, on these
-        own = Score(own.metric, _accuracy(_predictions(outputs, ref.primary), part.labels), 0.0)
-    return part, Reference(tuple(outputs), ref.output_names, own, ref.primary)
+    judges = list(ref.judges)
+    for i, j in enumerate(judges):  # the original's own score, on these samples
+        if j.kind is Metric.ACCURACY and part.labels is not None:
+            own = _accuracy(_predictions(outputs, j.output), part.labels)
+            judges[i] = replace(j, baseline=own)
+        elif j.kind is Metric.MODULE and ref.hook is not None:
+            joined = _joined(outputs, ref.output_names)
+            judges[i] = replace(j, baseline=ref.hook(joined, joined))
+    own_scores = tuple(OutputScore(j.name, j.label, j.baseline, 0.0) for j in judges)
+    score = Score(judges[0].kind, judges[0].baseline, 0.0, own_scores)
+    return part, replace(ref, outputs=tuple(outputs), score=score, judges=tuple(judges))
 
 
 def score(model: bytes, eval_set: EvalSet, ref: Reference) -> Score:
+    """The candidate's score: each judge's, and the worst (highest drop) as the whole."""
     sess = graphs.session(model)
     outputs = tuple(list(sess.run(list(ref.output_names), dict(b))) for b in eval_set.batches)
-    metric = ref.score.metric
-    if metric is Metric.ACCURACY:
-        assert eval_set.labels is not None
-        acc = _accuracy(_predictions(outputs, ref.primary), eval_set.labels)
-        return Score(metric, acc, max(0.0, (ref.score.value - acc) * 100))
+    rows = [eval_set.rows(b) for b in eval_set.batches]
+    parts = [_judge(j, outputs, ref, eval_set.labels, rows) for j in ref.judges]
+    worst = max(range(len(parts)), key=lambda i: parts[i].drop)
+    value, drop = parts[worst].value, parts[worst].drop
+    return Score(ref.judges[worst].kind, value, drop, tuple(parts))
+
+
+def _judge(
+    j: Judge,
+    outputs: Sequence[list[npt.NDArray[Any]]],
+    ref: Reference,
+    labels: npt.NDArray[np.int64] | None,
+    rows: Sequence[int],
+) -> OutputScore:
+    if j.kind is Metric.MODULE:
+        assert ref.hook is not None
+        value = ref.hook(_joined(ref.outputs, ref.output_names), _joined(outputs, ref.output_names))
+        return OutputScore(j.name, j.label, value, max(0.0, (j.baseline - value) * 100))
+    if j.kind is Metric.ACCURACY:
+        assert labels is not None
+        acc = _accuracy(_predictions(outputs, j.output), labels)
+        return OutputScore(j.name, j.label, acc, max(0.0, (j.baseline - acc) * 100))
     # Batches may differ in shape (sequences of varying length): compare batch by batch.
-    pairs = [
-        (g[ref.primary].astype(np.float64), w[ref.primary].astype(np.float64))
-        for g, w in zip(outputs, ref.outputs, strict=True)
-    ]
-    if metric is Metric.TOP1_AGREEMENT:
-        agree = float(np.concatenate([_top1(g) == _top1(w) for g, w in pairs]).mean())
-        return Score(metric, agree, (1 - agree) * 100)
-    if metric is Metric.MSE:
-        err2 = sum(float(np.square(g - w).sum()) for g, w in pairs)
-        power = sum(float(np.square(w).sum()) for _, w in pairs)
-        count = sum(w.size for _, w in pairs)
-        return Score(metric, err2 / max(count, 1), 100 * err2 / max(power, 1e-24))
-    if metric is Metric.MAX_ABS_ERROR:
-        err = max(float(np.abs(g - w).max()) for g, w in pairs)
-        peak = max(float(np.abs(w).max()) for _, w in pairs)
-        return Score(metric, err, 100 * err / max(peak, 1e-12))
+    pairs = [(w[j.output], g[j.output]) for g, w in zip(outputs, ref.outputs, strict=True)]
+    value, drop = metric_value(j.kind, pairs, arg=j.arg, rows=rows)
+    return OutputScore(j.name, j.label, value, drop)
+
+
+def metric_value(
+    kind: Metric,
+    pairs: Sequence[tuple[npt.NDArray[Any], npt.NDArray[Any]]],
+    *,
+    arg: str = "",
+    rows: Sequence[int] | None = None,
+) -> tuple[float, float]:
+    """(value, drop in points) of one fidelity metric over (reference, candidate) output pairs,
+    one pair per batch; ``rows`` are the batches' sample counts (to tell [N, T, C] from
+    [T, N, C]; default: the first axis is the sample axis)."""
+    if kind is Metric.IOU:
+        value = iou(pairs, _threshold(arg))
+        return value, (1 - value) * 100
+    if kind is Metric.SEQUENCE:
+        counts = rows if rows is not None else [len(w) for w, _ in pairs]
+        value = sequence_agreement(pairs, counts, ctc=arg == "ctc")
+        return value, (1 - value) * 100
+    fpairs = [(w.astype(np.float64), g.astype(np.float64)) for w, g in pairs]
+    if kind is Metric.TOP1_AGREEMENT:
+        agree = float(np.concatenate([_top1(g) == _top1(w) for w, g in fpairs]).mean())
+        return agree, (1 - agree) * 100
+    if kind is Metric.MSE:
+        err2 = sum(float(np.square(g - w).sum()) for w, g in fpairs)
+        power = sum(float(np.square(w).sum()) for w, _ in fpairs)
+        count = sum(w.size for w, _ in fpairs)
+        return err2 / max(count, 1), 100 * err2 / max(power, 1e-24)
+    if kind is Metric.MAX_ABS_ERROR:
+        err = max(float(np.abs(g - w).max()) for w, g in fpairs)
+        peak = max(float(np.abs(w).max()) for w, _ in fpairs)
+        return err, 100 * err / max(peak, 1e-12)
+    cos = cosine(fpairs)
+    return cos, max(0.0, (1 - cos) * 100)
+
+
+def cosine(pairs: Sequence[tuple[npt.NDArray[Any], npt.NDArray[Any]]]) -> float:
+    """Mean cosine similarity per sample (each sample's values flattened)."""
     cosines = []
-    for g, w in pairs:
-        g2, w2 = g.reshape(len(g), -1), w.reshape(len(w), -1)
+    for w, g in pairs:
+        g2 = np.asarray(g, np.float64).reshape(len(g), -1)
+        w2 = np.asarray(w, np.float64).reshape(len(w), -1)
         norms = np.linalg.norm(g2, axis=1) * np.linalg.norm(w2, axis=1)
         cosines.append((g2 * w2).sum(axis=1) / np.maximum(norms, 1e-12))
-    cos = float(np.concatenate(cosines).mean())
-    return Score(metric, cos, max(0.0, (1 - cos) * 100))
+    return float(np.concatenate(cosines).mean())
+
+
+def iou(
+    pairs: Sequence[tuple[npt.NDArray[Any], npt.NDArray[Any]]],
+    threshold: float = DEFAULT_IOU_THRESHOLD,
+) -> float:
+    """Intersection over union of ``value > threshold`` in reference and candidate, summed
+    over every element of every pair; 1.0 when neither has any element above it."""
+    inter = union = 0
+    for w, g in pairs:
+        a, b = np.asarray(w) > threshold, np.asarray(g) > threshold
+        inter += int(np.logical_and(a, b).sum())
+        union += int(np.logical_or(a, b).sum())
+    return 1.0 if union == 0 else inter / union
+
+
+def sequence_agreement(
+    pairs: Sequence[tuple[npt.NDArray[Any], npt.NDArray[Any]]],
+    rows: Sequence[int],
+    *,
+    ctc: bool = False,
+) -> float:
+    """The share of sequences whose decoded sequences are equal: argmax over the last axis of
+    float [N, T, C] (or [T, N, C] when the second axis is the batch's ``rows``), or integer ids
+    [N, T] as they are; ``ctc``: repeats collapsed, blanks (class 0) dropped."""
+    same = total = 0
+    for (w, g), n in zip(pairs, rows, strict=True):
+        a, b = decode(w, n, ctc=ctc), decode(g, n, ctc=ctc)
+        same += sum(x == y for x, y in zip(a, b, strict=True))
+        total += len(a)
+    return 1.0 if total == 0 else same / total
+
+
+def decode(values: npt.NDArray[Any], rows: int, *, ctc: bool = False) -> list[tuple[int, ...]]:
+    """One batch's sequences of class ids (see ``sequence_agreement``)."""
+    arr = np.asarray(values)
+    ids = arr.argmax(axis=-1) if np.issubdtype(arr.dtype, np.floating) else arr
+    if ids.ndim != 2:
+        raise InvalidInputError(
+            f"seq needs [N, T, C] class scores or [N, T] ids, got {list(arr.shape)}"
+        )
+    if ids.shape[0] != rows and ids.shape[1] == rows:
+        ids = ids.T  # [T, N]: time first
+    out = []
+    for row in ids.tolist():
+        kept = [
+            c
+            for i, c in enumerate(row)
+            if not ctc or (c != CTC_BLANK and (i == 0 or row[i - 1] != c))
+        ]
+        out.append(tuple(int(c) for c in kept))
+    return out
+
+
+def _joined(
+    outputs: Sequence[list[npt.NDArray[Any]]], names: Sequence[str]
+) -> dict[str, npt.NDArray[Any]]:
+    """Every output's batches joined on the first axis (kept per batch when they cannot be:
+    then the value is the first batch's, and the module sees only whole outputs that fit)."""
+    joined: dict[str, npt.NDArray[Any]] = {}
+    for i, name in enumerate(names):
+        parts = [o[i] for o in outputs]
+        if len(parts) == 1:
+            joined[name] = parts[0]
+            continue
+        if any(p.ndim == 0 for p in parts) or len({p.shape[1:] for p in parts}) > 1:
+            raise InvalidInputError(
+                f"--metric-module: output {name!r} does not join across batches "
+                f"({sorted({p.shape for p in parts})}); its batches must share all but the "
+                "first dimension"
+            )
+        joined[name] = np.concatenate(parts)
+    return joined
+
+
+def _threshold(arg: str) -> float:
+    return float(arg) if arg else DEFAULT_IOU_THRESHOLD
 
 
 def _primary(outputs: Sequence[npt.NDArray[Any]], names: Sequence[str], proto: Any) -> int:
@@ -316,10 +572,11 @@ def _primary(outputs: Sequence[npt.NDArray[Any]], names: Sequence[str], proto: A
     return 0
 
 
-def _class_scores(out: npt.NDArray[Any], name: str, proto: Any) -> bool:
-    """A 2-D float [N, K>1] output with class-score semantics: made by Softmax/LogSoftmax, read
-    by an ArgMax (itself or the tensor it was computed from), or rows that are probabilities."""
-    if not (out.ndim == 2 and out.shape[1] > 1 and np.issubdtype(out.dtype, np.floating)):
+def _class_scores(out: npt.NDArray[Any], name: str, proto: Any, *, ndim: int = 2) -> bool:
+    """A float output of ``ndim`` dimensions, K>1 on the last, with class-score semantics: made
+    by Softmax/LogSoftmax, read by an ArgMax (itself or the tensor it was computed from), or
+    rows on the last axis that are probabilities (3-D: or log-probabilities)."""
+    if not (out.ndim == ndim and out.shape[-1] > 1 and np.issubdtype(out.dtype, np.floating)):
         return False
     producer = next((n for n in proto.graph.node if name in n.output), None)
     if producer is not None and producer.op_type in ("Softmax", "LogSoftmax"):
@@ -328,14 +585,31 @@ def _class_scores(out: npt.NDArray[Any], name: str, proto: Any) -> bool:
     if any(n.op_type == "ArgMax" and set(n.input) & sources for n in proto.graph.node):
         return True
     rows = out.astype(np.float64)
-    return bool(np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
+    if np.all(rows >= 0) and np.allclose(rows.sum(axis=-1), 1.0, atol=1e-3):
+        return True
+    if ndim == 3 and np.all(rows <= 0):  # log-probabilities (a CTC head's LogSoftmax)
+        return bool(np.allclose(np.exp(rows).sum(axis=-1), 1.0, atol=1e-3))
+    return False
 
 
-def _fidelity_metric(out: npt.NDArray[Any], name: str, proto: Any) -> Metric:
+def _fidelity_metric(out: npt.NDArray[Any], name: str, proto: Any) -> tuple[Metric, str]:
+    """The auto metric for an output (and its argument), from its first batch."""
     if np.issubdtype(out.dtype, np.integer) or _class_scores(out, name, proto):
-        return Metric.TOP1_AGREEMENT
+        return Metric.TOP1_AGREEMENT, ""
+    floating = np.issubdtype(out.dtype, np.floating)
+    if (
+        floating
+        and out.ndim == 4
+        and out.shape[1] == 1
+        and out.size
+        and float(out.min()) >= 0
+        and float(out.max()) <= 1
+    ):
+        return Metric.IOU, ""
+    if _class_scores(out, name, proto, ndim=3):
+        return Metric.SEQUENCE, ""
     per_sample = int(np.prod(out.shape[1:])) if out.ndim > 1 else 1
-    return Metric.MAX_ABS_ERROR if per_sample == 1 else Metric.COSINE
+    return (Metric.MAX_ABS_ERROR if per_sample == 1 else Metric.COSINE), ""
 
 
 def _top1(values: npt.NDArray[Any]) -> npt.NDArray[Any]:

@@ -4,7 +4,9 @@ Both list every candidate with its techniques and parameters, size, transfer siz
 latency per thread count, the speed ratio to the original per thread count (interleaved
 timing, with its 95% confidence interval and rounds), metric and drop, pass/fail with the
 reason, the passes' notes (traps handled, techniques that did not pay off) and per-layer
-sensitivity.
+sensitivity. Both name the metric used for each judged output (JSON ``metrics``, and per
+candidate ``outputs`` with value and drop; the Markdown a line, and a drop column per output
+when there are several).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ def candidate_dict(c: CandidateRecord) -> dict[str, Any]:
         "metric": c.metric,
         "value": _num(c.value),
         "drop": _num(c.drop),
+        "outputs": [
+            {"output": o.output, "metric": o.metric, "value": _num(o.value), "drop": _num(o.drop)}
+            for o in c.outputs
+        ],
         "passed_gate": c.passed_gate,
         "verdict": c.verdict,
         "notes": list(c.notes),
@@ -77,6 +83,7 @@ def report_json(result: SearchResult) -> str:
         "passed": result.passed,
         "winner": result.winner.name if result.winner else None,
         "metric": result.original.metric,
+        "metrics": {o.output: o.metric for o in result.original.outputs},
         "elapsed_s": round(result.elapsed_s, 3),
         "time_budget_s": result.budget_s or None,
         "stopped_by": result.stopped or None,
@@ -98,6 +105,7 @@ def report_json(result: SearchResult) -> str:
 def report_markdown(result: SearchResult) -> str:
     o = result.original
     threads = [lat.threads for lat in o.latency]
+    judged = o.outputs if len(o.outputs) > 1 else ()
     head = [
         "candidate",
         "size",
@@ -106,6 +114,7 @@ def report_markdown(result: SearchResult) -> str:
         *(f"speed {t}t" for t in threads),
         o.metric,
         "drop",
+        *(f"drop {j.output} ({j.metric})" for j in judged),
         "s",
         "gate",
     ]
@@ -121,6 +130,9 @@ def report_markdown(result: SearchResult) -> str:
         f"Search took {result.elapsed_s:.1f} s{budget}"
         + (f"; candidates left out by {result.stopped}." if result.stopped else "."),
         f"Golden data: {result.golden_note or 'none'}.",
+        "Metric per output: "
+        + ("; ".join(f"`{j.output}`: {j.metric}" for j in o.outputs) or o.metric)
+        + (" (a candidate's drop is the worst of them)." if judged else "."),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -138,6 +150,11 @@ def report_markdown(result: SearchResult) -> str:
         value = "-" if math.isnan(c.value) else f"{c.value:.4f}"
         drop = "-" if math.isnan(c.drop) else f"{c.drop:.2f}"
         gate = "PASS" if c.passed_gate and c is not o else ("ref" if c is o else "FAIL")
+        per_output = {p.output: p.drop for p in c.outputs}
+        drops = [
+            "-" if math.isnan(per_output.get(j.output, math.nan)) else f"{per_output[j.output]:.2f}"
+            for j in judged
+        ]
         lines.append(
             "| "
             + " | ".join(
@@ -149,6 +166,7 @@ def report_markdown(result: SearchResult) -> str:
                     *speeds,
                     value,
                     drop,
+                    *drops,
                     f"{c.seconds:.1f}",
                     f"{gate}: {c.verdict}",
                 ]

@@ -35,7 +35,7 @@ from enum import StrEnum
 
 from . import evaluating, graphs, recipes, timing
 from .errors import InvalidInputError, PassSkippedError
-from .evaluating import EvalSet, MetricChoice, Reference
+from .evaluating import EvalSet, MetricChoice, MetricHook, OutputScore, Reference
 from .golden import Golden, GoldenMode, golden_for
 from .graphs import Feed
 from .records import PassRecord, Technique
@@ -97,6 +97,7 @@ class CandidateRecord:
     sensitivity: tuple[LayerSensitivity, ...] = ()
     seconds: float = 0.0  # how long the candidate took (compress, evaluate, time)
     speed: tuple[SpeedRatio, ...] = ()  # vs the original, per thread count (interleaved)
+    outputs: tuple[OutputScore, ...] = ()  # each judged output's metric, value and drop
 
     @property
     def p50_ms(self) -> float:
@@ -168,7 +169,8 @@ def search(
     timer: Timer | None = None,
     calibration: Sequence[Feed] | None = None,
     settings: SearchSettings = SearchSettings(),
-    metric: MetricChoice | None = None,
+    metric: MetricChoice | Sequence[MetricChoice] | None = None,
+    hook: MetricHook | None = None,
     golden: GoldenMode = GoldenMode.AUTO,
     on_candidate: Callable[[int, int, CandidateRecord], None] | None = None,
     on_start: Callable[[Upcoming], None] | None = None,
@@ -187,7 +189,8 @@ def search(
     runner, original, eval_s, time_s = _prepare(
         model,
         eval_set,
-        metric=metric or MetricChoice(),
+        metric=() if metric is None else metric,
+        hook=hook,
         calibration=calibration,
         timer=timer or LocalTimer(),
         max_drop=max_drop,
@@ -261,7 +264,8 @@ def _prepare(
     model: bytes,
     eval_set: EvalSet,
     *,
-    metric: MetricChoice,
+    metric: MetricChoice | Sequence[MetricChoice],
+    hook: MetricHook | None,
     calibration: Sequence[Feed] | None,
     timer: Timer,
     max_drop: float,
@@ -272,7 +276,7 @@ def _prepare(
     """The original's reference outputs and timing: (runner, original's record, seconds one
     evaluation took, seconds timing took)."""
     started = clock()
-    ref = evaluating.reference(model, eval_set, metric=metric)
+    ref = evaluating.reference(model, eval_set, metric=metric, hook=hook)
     eval_s = max(clock() - started, 1e-3)
     cal = tuple(calibration) if calibration is not None else eval_set.batches
     if calibration is not None:
@@ -302,11 +306,12 @@ def _prepare(
         len(model),
         len(model),
         base_latency,
-        str(ref.score.metric),
+        ref.score.label,
         ref.score.value,
         0.0,
         True,
         "reference",
+        outputs=ref.score.outputs,
     )
     runner = _Runner(
         model,
@@ -386,7 +391,7 @@ def _candidate(
     model, eval_set, ref, ctx, timer = r.model, r.eval_set, r.ref, r.ctx, r.timer
     max_drop, objective, settings = r.max_drop, r.objective, r.settings
     sens_cache = r.sens_cache
-    metric = str(ref.score.metric)
+    metric = ref.score.label
     log.info("compression candidate %s", pipeline.name)
     sens: tuple[LayerSensitivity, ...] = ()
     try:
@@ -407,13 +412,14 @@ def _candidate(
                 len(out.model),
                 len(out.transfer),
                 (),
-                str(screened.metric),
+                screened.label,
                 screened.value,
                 screened.drop,
                 False,
                 verdict,
                 notes,
                 sens,
+                outputs=screened.outputs,
             )
             return screened_record, None
         score = evaluating.score(out.model, eval_set, ref)
@@ -437,7 +443,7 @@ def _candidate(
         len(out.model),
         len(out.transfer),
         latency,
-        str(score.metric),
+        score.label,
         score.value,
         score.drop,
         passed,
@@ -445,6 +451,7 @@ def _candidate(
         tuple(notes),
         sens,
         speed=speed,
+        outputs=score.outputs,
     )
     return record, out
 
