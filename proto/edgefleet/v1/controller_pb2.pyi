@@ -942,6 +942,9 @@ class CompressRequest(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     GOLDEN_FIELD_NUMBER: _builtins.int
     CORES_FIELD_NUMBER: _builtins.int
+    METRIC_MODULE_SOURCE_FIELD_NUMBER: _builtins.int
+    METRIC_MODULE_FUNCTION_FIELD_NUMBER: _builtins.int
+    METRIC_MODULE_ORIGIN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """0 = the newest version"""
@@ -958,11 +961,22 @@ class CompressRequest(_message.Message):
     time_budget_s: _builtins.float
     """wall-clock seconds for the search; default 600, 0 = none"""
     metric: _builtins.str
-    """"" / auto | top1 | cosine | mse | max-abs, or OUTPUT=KIND"""
+    """"" / auto | KIND[:ARG] | OUTPUT=KIND[:ARG], comma-separated;"""
     golden: _builtins.str
-    """"" / auto (attach when its tolerances hold) | always | never"""
+    """KIND: top1 | cosine | mse | max-abs | iou[:T] | seq[:ctc]
+    "" / auto (attach when its tolerances hold) | always | never
+    """
     cores: _builtins.int
     """threads for the speed gate's second timing; 0 = the timing"""
+    metric_module_source: _builtins.str
+    """host's cores (the controller's, or the profile_on device's)
+    A user's metric: the Python source of one module (text; the controller never imports it,
+    it runs only in a seccomp-confined process of the compression sandbox), the function
+    score(reference, candidate) -> [0, 1] in it, and its file name for messages.
+    """
+    metric_module_function: _builtins.str
+    """"" = "score" """
+    metric_module_origin: _builtins.str
     def __init__(
         self,
         *,
@@ -977,10 +991,13 @@ class CompressRequest(_message.Message):
         metric: _builtins.str = ...,
         golden: _builtins.str = ...,
         cores: _builtins.int = ...,
+        metric_module_source: _builtins.str = ...,
+        metric_module_function: _builtins.str = ...,
+        metric_module_origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "max_accuracy_drop", b"max_accuracy_drop", "time_budget_s", b"time_budget_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "cores", b"cores", "eval_data", b"eval_data", "golden", b"golden", "max_accuracy_drop", b"max_accuracy_drop", "metric", b"metric", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "time_budget_s", b"time_budget_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "cores", b"cores", "eval_data", b"eval_data", "golden", b"golden", "max_accuracy_drop", b"max_accuracy_drop", "metric", b"metric", "metric_module_function", b"metric_module_function", "metric_module_origin", b"metric_module_origin", "metric_module_source", b"metric_module_source", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "time_budget_s", b"time_budget_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_accuracy_drop: _TypeAlias = _typing.Literal["max_accuracy_drop"]  # noqa: Y015
     _WhichOneofArgType__max_accuracy_drop: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop"]  # noqa: Y015
@@ -992,6 +1009,37 @@ class CompressRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__time_budget_s) -> _WhichOneofReturnType__time_budget_s | None: ...
 
 Global___CompressRequest: _TypeAlias = CompressRequest  # noqa: Y015
+
+@_typing.final
+class CompressOutputScore(_message.Message):
+    """one judged output's metric ("*": the user's metric module)"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    DROP_FIELD_NUMBER: _builtins.int
+    output: _builtins.str
+    metric: _builtins.str
+    """e.g. "iou>0.5", "sequence-agreement (ctc)", "top1-agreement" """
+    value: _builtins.float
+    drop: _builtins.float
+    def __init__(
+        self,
+        *,
+        output: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        value: _builtins.float = ...,
+        drop: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drop", b"drop", "metric", b"metric", "output", b"output", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompressOutputScore: _TypeAlias = CompressOutputScore  # noqa: Y015
 
 @_typing.final
 class CompressCandidate(_message.Message):
@@ -1018,6 +1066,7 @@ class CompressCandidate(_message.Message):
     SPEED_RATIO_NT_HIGH_FIELD_NUMBER: _builtins.int
     SPEED_ROUNDS_NT_FIELD_NUMBER: _builtins.int
     SPEED_THREADS_NT_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     candidate: _builtins.str
     parameters_json: _builtins.str
     size_bytes: _builtins.int
@@ -1047,6 +1096,10 @@ class CompressCandidate(_message.Message):
     speed_threads_nt: _builtins.int
     @_builtins.property
     def techniques(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompressOutputScore]:
+        """each judged output's metric, value and drop"""
+
     def __init__(
         self,
         *,
@@ -1071,10 +1124,11 @@ class CompressCandidate(_message.Message):
         speed_ratio_nt_high: _builtins.float = ...,
         speed_rounds_nt: _builtins.int = ...,
         speed_threads_nt: _builtins.int = ...,
+        outputs: _abc.Iterable[Global___CompressOutputScore] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "drop", b"drop", "metric", b"metric", "p50_ms", b"p50_ms", "parameters_json", b"parameters_json", "passed_gate", b"passed_gate", "seconds", b"seconds", "size_bytes", b"size_bytes", "speed_ratio", b"speed_ratio", "speed_ratio_high", b"speed_ratio_high", "speed_ratio_low", b"speed_ratio_low", "speed_ratio_nt", b"speed_ratio_nt", "speed_ratio_nt_high", b"speed_ratio_nt_high", "speed_ratio_nt_low", b"speed_ratio_nt_low", "speed_rounds", b"speed_rounds", "speed_rounds_nt", b"speed_rounds_nt", "speed_threads_nt", b"speed_threads_nt", "techniques", b"techniques", "transfer_bytes", b"transfer_bytes", "value", b"value", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "drop", b"drop", "metric", b"metric", "outputs", b"outputs", "p50_ms", b"p50_ms", "parameters_json", b"parameters_json", "passed_gate", b"passed_gate", "seconds", b"seconds", "size_bytes", b"size_bytes", "speed_ratio", b"speed_ratio", "speed_ratio_high", b"speed_ratio_high", "speed_ratio_low", b"speed_ratio_low", "speed_ratio_nt", b"speed_ratio_nt", "speed_ratio_nt_high", b"speed_ratio_nt_high", "speed_ratio_nt_low", b"speed_ratio_nt_low", "speed_rounds", b"speed_rounds", "speed_rounds_nt", b"speed_rounds_nt", "speed_threads_nt", b"speed_threads_nt", "techniques", b"techniques", "transfer_bytes", b"transfer_bytes", "value", b"value", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
