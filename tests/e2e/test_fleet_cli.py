@@ -116,9 +116,9 @@ def test_a_release_that_fails_its_health_check_is_reported(
 
 
 @pytest.mark.slow
-def test_demo_runs_to_completion() -> None:
-    result = subprocess.run([*EDGECTL, "demo"], capture_output=True, text=True, timeout=180,
-                            env=child_env(), check=False)  # fmt: skip
+def test_quick_demo_runs_to_completion() -> None:
+    result = subprocess.run([*EDGECTL, "demo", "--quick"], capture_output=True, text=True,
+                            timeout=180, env=child_env(), check=False)  # fmt: skip
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     assert "demo finished" in result.stdout
     assert "digits:1.1.0" in result.stdout

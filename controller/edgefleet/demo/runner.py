@@ -9,6 +9,7 @@ run ends (error, Ctrl-C, SIGTERM); the directory goes too unless ``keep``.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import signal
 import tempfile
@@ -22,45 +23,35 @@ from types import FrameType
 from rich.console import Console
 from rich.rule import Rule
 
-from edgefleet.common.artifacts import atomic_write
 from edgefleet.common.errors import EdgeFleetError
-from edgefleet.demo import digits
+from edgefleet.demo import digits, story
 from edgefleet.demo.errors import DemoFailed, StartError
 from edgefleet.demo.evaluation import Score
+from edgefleet.demo.fleet import DemoOptions, start_fleet, step
 from edgefleet.demo.processes import Processes
-from edgefleet.demo.rounds import Round, wait_registered
-from edgefleet.demo.stack import AgentSpec, start_agents, start_broker, start_controller
+from edgefleet.demo.rounds import Round
 from edgefleet.edgectl.client import ControllerClient
 from edgefleet.edgectl.output import table
+
+__all__ = ["DemoOptions", "DemoResult", "run"]
 
 MODEL = "digits"
 LOG_LINES_ON_FAILURE = 15
 
 
 @dataclass(frozen=True)
-class DemoOptions:
-    devices: int = 3
-    """How many agents to start."""
-    fleet: str = "factory-a"
-    """Their fleet; devices are named ``edge-<last part of the fleet><n>`` (edge-a1, ...)."""
-    keep: bool = False
-    """Leave the temporary directory (logs, data dirs, models) behind."""
-    broker: str = "auto"
-    """``auto`` (Mosquitto when installed, else amqtt), ``mosquitto`` or ``amqtt``."""
-    rollout_timeout_s: float = 60.0
-    """How long each rollout may take to converge."""
-
-
-@dataclass(frozen=True)
 class DemoResult:
     workdir: Path
-    scores: tuple[Score, ...]  # of the last round
+    scores: tuple[Score, ...]  # of the last round (the quick path)
     elapsed_s: float
+    run_dir: Path | None = None  # the full demo's artifacts (summary.json, events, charts)
+    steps: tuple[str, ...] = ()  # the full demo's steps, each one checked
 
 
-def device_ids(fleet: str, n: int) -> list[str]:
-    suffix = fleet.rsplit("-", 1)[-1] if "-" in fleet else ""
-    return [f"edge-{suffix}{i}" for i in range(1, n + 1)]
+def default_run_dir() -> Path:
+    """A new directory per run under the system's temporary directory."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(tempfile.gettempdir()) / f"edgefleet-demo-run-{stamp}"
 
 
 @contextlib.contextmanager
@@ -80,14 +71,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def step(console: Console, text: str) -> Iterator[None]:
-    start = time.monotonic()
-    with console.status(text):
-        yield
-    console.print(f"[green]✓[/] {text} [dim]({time.monotonic() - start:.1f}s)[/]")
-
-
 def show_logs(console: Console, logs: Path, exc: BaseException) -> None:
     if isinstance(exc, StartError):
         console.print(Rule(f"last lines of {exc.name}'s log"))
@@ -100,54 +83,69 @@ def show_logs(console: Console, logs: Path, exc: BaseException) -> None:
 
 
 def run(options: DemoOptions, console: Console) -> DemoResult:
+    """The quick path (``options.quick``) or the full story; ``DemoFailed`` when a check fails."""
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
+    run_dir = None if options.quick else (options.out or default_run_dir()).resolve()
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        console.print(f"run directory: {run_dir}")
     try:
         try:
             with sigterm_as_interrupt(), Processes(workdir / "logs") as procs:
-                scores = _run(options, console, workdir, procs)
+                if run_dir is None:
+                    scores = _run(options, console, workdir, procs)
+                    return DemoResult(workdir, scores, time.monotonic() - started)
+                told = story.play(
+                    options, console, workdir=workdir, run_dir=run_dir, procs=procs,
+                    started=started,
+                )  # fmt: skip
+                elapsed = time.monotonic() - started
+                if options.hold:
+                    _hold(console, workdir, options.fleet)
+                return DemoResult(
+                    workdir, (), elapsed, run_dir, tuple(s["step"] for s in told.steps)
+                )
         except EdgeFleetError as exc:
             show_logs(console, workdir / "logs", exc)
             raise
         except KeyboardInterrupt:
             console.print("[yellow]interrupted: stopped every process the demo started[/]")
             raise
-        return DemoResult(workdir, scores, time.monotonic() - started)
     finally:
+        if run_dir is not None:
+            shutil.copytree(workdir / "logs", run_dir / "logs", dirs_exist_ok=True)
+            console.print(f"artifacts and logs of this run: {run_dir}")
         if options.keep:
             console.print(f"kept {workdir} (logs in {workdir / 'logs'})")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _hold(console: Console, workdir: Path, fleet: str) -> None:
+    """Keep the fleet up until Ctrl-C (or SIGTERM), saying how to reach it."""
+    state = workdir / "controller" / "controller.json"
+    api = json.loads(state.read_text()).get("api", "")
+    console.print(
+        "[bold]the fleet keeps running; Ctrl-C stops it.[/] In another shell:\n"
+        f"  export EDGECTL_CONTROLLER={api}\n"
+        f"  export EDGECTL_TOKEN_FILE={workdir / 'controller' / 'admin.token'}\n"
+        f"  edgectl devices list --fleet {fleet}; edgectl events --fleet {fleet}; "
+        "edgectl rollout list"
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(3600)
+    console.print("stopping the fleet")
+
+
 def _run(
     options: DemoOptions, console: Console, workdir: Path, procs: Processes
 ) -> tuple[Score, ...]:
-    ids = device_ids(options.fleet, options.devices)
-    with step(console, "starting an MQTT broker"):
-        broker = start_broker(procs, workdir, kind=options.broker)
-    console.print(f"  {broker.kind} on {broker.url}")
-    with step(console, "starting edge-controller"):
-        controller = start_controller(procs, workdir / "controller", mqtt_url=broker.url)
-    console.print(f"  operator API on {controller.api}, devices on {controller.address}")
-    console.print(f"  admin token in {controller.token_file}")
-    with ControllerClient(controller.api, token=controller.admin_token()) as client:
-        with step(console, "creating the release-signing key"):
-            key = client.init_key()
-            trusted = workdir / "trusted-key.pem"
-            atomic_write(trusted, key.public_key_pem.encode())
-        console.print(f"  {key.key_id}; agents trust {trusted.name}")
-        with step(console, f"starting {len(ids)} edge-agents in fleet {options.fleet}"):
-            start_agents(
-                procs,
-                [AgentSpec(d, options.fleet, {"site": "demo"}) for d in ids],
-                workdir=workdir,
-                mqtt_url=broker.url,
-                controller=controller.address,
-                trusted_key=trusted,
-                telemetry_interval_s=2.0,
-            )
-            wait_registered(client, options.fleet, ids, timeout_s=30.0)
+    fleet = start_fleet(options, console, workdir, procs)
+    ids = fleet.ids
+    token = fleet.controller.admin_token()
+    with ControllerClient(fleet.controller.api, token=token) as client:
         with step(console, "training the digits model, v1 (32 hidden) and v2 (64 hidden)"):
             data = digits.load_data()
             v1 = digits.train(data, hidden=32, seed=0)

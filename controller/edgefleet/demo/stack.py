@@ -40,6 +40,7 @@ class Controller:
     api: str  # the operator API's HOST:PORT (ControllerService), for edgectl
     data_dir: Path
     process: Managed
+    metrics_port: int = 0  # its Prometheus /metrics port on 127.0.0.1; 0 = not known
 
     @property
     def token_file(self) -> Path:
@@ -118,6 +119,7 @@ def start_controller(
     ready.unlink(missing_ok=True)
     address = f"127.0.0.1:{free_port()}"
     api = f"127.0.0.1:{free_port()}"
+    metrics_port = free_port()
     argv = [
         *script("edge-controller", "edgefleet.controller.cli"),
         "run",
@@ -125,9 +127,12 @@ def start_controller(
         "--grpc", address,
         "--api", api,
         "--mqtt", mqtt_url,
-        "--metrics-port", str(free_port()),
+        "--metrics-port", str(metrics_port),
         *extra_args,
     ]  # fmt: skip
+    if "--metrics-port" in extra_args:  # the last one given wins
+        at = len(extra_args) - 1 - list(reversed(extra_args)).index("--metrics-port")
+        metrics_port = int(extra_args[at + 1]) if at + 1 < len(extra_args) else 0
     proc = procs.spawn("controller", argv, tier=1)
     info = wait_for_json(ready, proc, timeout_s=timeout_s)
     return Controller(
@@ -135,6 +140,7 @@ def start_controller(
         api=str(info.get("api") or api),
         data_dir=data_dir,
         process=proc,
+        metrics_port=metrics_port,
     )
 
 

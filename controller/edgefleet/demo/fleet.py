@@ -1,0 +1,117 @@
+"""The fleet every demo runs on: options, the narrated start of broker, controller and agents.
+
+Shared by the quick path (``runner``) and the full story (``story``). ``step`` is the
+narration: a spinner while a step runs, then one ``✓`` line with how long it took.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from edgefleet.common.artifacts import atomic_write
+from edgefleet.demo.processes import Processes
+from edgefleet.demo.rounds import wait_registered
+from edgefleet.demo.stack import (
+    Agent,
+    AgentSpec,
+    Broker,
+    Controller,
+    start_agents,
+    start_broker,
+    start_controller,
+)
+from edgefleet.edgectl.client import ControllerClient
+
+TELEMETRY_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    devices: int = 3
+    """How many agents to start."""
+    fleet: str = "factory-a"
+    """Their fleet; devices are named ``edge-<last part of the fleet><n>`` (edge-a1, ...)."""
+    keep: bool = False
+    """Leave the temporary directory (logs, data dirs, models) behind."""
+    broker: str = "auto"
+    """``auto`` (Mosquitto when installed, else amqtt), ``mosquitto`` or ``amqtt``."""
+    rollout_timeout_s: float = 60.0
+    """How long each rollout may take to converge."""
+    quick: bool = False
+    """Only the short path: two plain releases rolled out and scored (no compression,
+    canary, failover)."""
+    out: Path | None = None
+    """The run directory for the full demo's artifacts; ``None``: a new one under the
+    system's temporary directory."""
+    hold: bool = False
+    """After the full demo's summary, keep the fleet running until Ctrl-C."""
+    compress_budget_s: float = 15.0
+    """The compression search's time budget (``model compress --time-budget``)."""
+
+
+def device_ids(fleet: str, n: int) -> list[str]:
+    suffix = fleet.rsplit("-", 1)[-1] if "-" in fleet else ""
+    return [f"edge-{suffix}{i}" for i in range(1, n + 1)]
+
+
+@contextlib.contextmanager
+def step(console: Console, text: str) -> Iterator[None]:
+    start = time.monotonic()
+    with console.status(text):
+        yield
+    console.print(f"[green]✓[/] {text} [dim]({time.monotonic() - start:.1f}s)[/]")
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """What ``start_fleet`` started: the broker, the controller, the agents by device id."""
+
+    broker: Broker
+    controller: Controller
+    trusted_key: Path
+    agents: dict[str, Agent]
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.agents)
+
+
+def start_fleet(options: DemoOptions, console: Console, workdir: Path, procs: Processes) -> Fleet:
+    """Broker, controller, signing key and the agents, each step narrated; every device
+    registered with the controller when it returns."""
+    ids = device_ids(options.fleet, options.devices)
+    with step(console, "starting an MQTT broker"):
+        broker = start_broker(procs, workdir, kind=options.broker)
+    console.print(f"  {broker.kind} on {broker.url}")
+    with step(console, "starting edge-controller"):
+        controller = start_controller(procs, workdir / "controller", mqtt_url=broker.url)
+    console.print(f"  operator API on {controller.api}, devices on {controller.address}")
+    console.print(f"  admin token in {controller.token_file}")
+    with ControllerClient(controller.api, token=controller.admin_token()) as client:
+        with step(console, "creating the release-signing key"):
+            key = client.init_key()
+            trusted = workdir / "trusted-key.pem"
+            atomic_write(trusted, key.public_key_pem.encode())
+        console.print(f"  {key.key_id}; agents trust {trusted.name}")
+        with step(console, f"starting {len(ids)} edge-agents in fleet {options.fleet}"):
+            agents = start_agents(
+                procs,
+                [agent_spec(options.fleet, d) for d in ids],
+                workdir=workdir,
+                mqtt_url=broker.url,
+                controller=controller.address,
+                trusted_key=trusted,
+                telemetry_interval_s=TELEMETRY_INTERVAL_S,
+            )
+            wait_registered(client, options.fleet, ids, timeout_s=30.0)
+    return Fleet(broker, controller, trusted, {a.device_id: a for a in agents})
+
+
+def agent_spec(fleet: str, device_id: str) -> AgentSpec:
+    return AgentSpec(device_id, fleet, {"site": "demo"})
