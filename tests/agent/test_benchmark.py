@@ -97,6 +97,7 @@ def test_benchmark_times_a_signed_model_beside_the_serving_one(
         assert reply.runs == 20 and reply.device_id == a.device_id
         assert 0 < reply.p50_ms <= reply.p95_ms <= reply.p99_ms
         assert "CPUExecutionProvider" in reply.providers
+        assert reply.cpu_count >= 1  # the speed gate's default thread count
     # the serving runtime was never touched
     after = predict(a.endpoint, {"pixels": x})
     assert after.release == before.release == "digits:1.0.0"

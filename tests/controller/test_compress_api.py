@@ -178,7 +178,9 @@ class _Benchmarking(inference_pb2_grpc.InferenceServiceServicer):
             wire.envelope_from_pb(request.spec), expected_type=signing.BENCHMARK_TYPE
         )
         self.specs.append(inference_pb2.BenchmarkSpec.FromString(payload))
-        return inference_pb2.BenchmarkResponse(p50_ms=1.5, p95_ms=2.5, runs=50, device_id="d1")
+        return inference_pb2.BenchmarkResponse(
+            p50_ms=1.5, p95_ms=2.5, runs=50, device_id="d1", cpu_count=4
+        )
 
 
 def _agent(servicer: inference_pb2_grpc.InferenceServiceServicer) -> Iterator[str]:
@@ -211,6 +213,7 @@ def test_device_timer_signs_its_spec(digits_model: digits.TrainedModel) -> None:
         )
         latency = timer.measure(digits_model.onnx_bytes, feed, threads=2)
         assert (latency.p50_ms, latency.p90_ms, latency.threads) == (1.5, 2.5, 2)
+        assert latency.cores == 4  # the device's CPUs: the speed gate's default threads
         assert timer.where == "device:d1"
     (spec,) = agent.specs
     assert spec.model == digits_model.onnx_bytes and spec.threads == 2
@@ -251,6 +254,8 @@ def test_profile_on_a_device_times_candidates_on_its_agent(
         )
         result = stream[-1].result
         assert result.original.p50_ms > 0 and all(c.p50_ms > 0 for c in result.candidates)
+        for c in result.candidates:  # timed interleaved with the original, on the device
+            assert c.speed_rounds > 0 and c.speed_ratio_low <= c.speed_ratio <= c.speed_ratio_high
         assert f"device:{agent.device_id}" in result.report_json
 
         # the agent runs only specs signed by a key it trusts

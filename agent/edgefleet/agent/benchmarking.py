@@ -6,12 +6,15 @@ order: the signature (the agent's ``TrustStore``, payload type ``BENCHMARK_TYPE`
 runs no unsigned model), the age (``check_age``: older than 5 minutes or more than a minute
 ahead is a replay), the limits, then a separate ONNX Runtime session (never the serving one),
 the inputs (the Predict tensor helpers; names and dtypes checked against the model), warm-up,
-and single timed runs. One benchmark at a time (``BenchmarkBusyError`` for a second one), on
-one gRPC worker thread, so Predict keeps the others.
+and single timed runs; the reply names the CPUs the agent may run on (the controller's speed
+gate times at that many threads unless told otherwise). One benchmark at a time
+(``BenchmarkBusyError`` for a second one), on one gRPC worker thread, so Predict keeps the
+others.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -57,6 +60,15 @@ class Timing:
     p99_ms: float
     runs: int
     providers: str
+    cpu_count: int = 0
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (a container's or a cpuset's limit, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _now_ms() -> int:
@@ -146,4 +158,4 @@ def _time(session: Any, feed: Mapping[str, Array], *, runs: int, warmup: int) ->
     except Exception as exc:  # ORT refused the feed (a shape) or failed on it
         raise InvalidInputError(f"the benchmark model refused the inputs: {exc}") from exc
     p50, p95, p99 = (float(v) / 1e6 for v in np.percentile(took, [50, 95, 99]))
-    return Timing(p50, p95, p99, runs, ",".join(session.get_providers()))
+    return Timing(p50, p95, p99, runs, ",".join(session.get_providers()), cpu_count())

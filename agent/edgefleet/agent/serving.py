@@ -222,6 +222,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             runs=timing.runs,
             device_id=self._device_id,
             providers=timing.providers,
+            cpu_count=timing.cpu_count,
         )
 
     def ModelInfo(

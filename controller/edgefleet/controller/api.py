@@ -209,12 +209,13 @@ def compress_job(msg: controller_pb2.CompressRequest) -> compressing.Job:
         time_budget_s=msg.time_budget_s if msg.HasField("time_budget_s") else None,
         metric=msg.metric,
         golden=msg.golden,
+        cores=msg.cores,
     )
 
 
 def compress_candidate(c: CandidateRecord) -> controller_pb2.CompressCandidate:
     steps = [{"technique": str(s.technique), **s.params} for s in c.steps]
-    return controller_pb2.CompressCandidate(
+    msg = controller_pb2.CompressCandidate(
         candidate=c.name,
         techniques=list(c.techniques),
         parameters_json=json.dumps(steps, default=str),
@@ -228,6 +229,18 @@ def compress_candidate(c: CandidateRecord) -> controller_pb2.CompressCandidate:
         verdict=c.verdict,
         seconds=c.seconds,
     )
+    # speed_ratio*: 0 when not timed against the original (the original itself, skipped ones)
+    if (one := c.speed_ratio) is not None:
+        msg.speed_ratio, msg.speed_ratio_low, msg.speed_ratio_high = one.ratio, one.low, one.high
+        msg.speed_rounds = one.rounds
+    if (nt := c.speed_ratio_nt) is not None:
+        msg.speed_ratio_nt, msg.speed_ratio_nt_low, msg.speed_ratio_nt_high = (
+            nt.ratio,
+            nt.low,
+            nt.high,
+        )
+        msg.speed_rounds_nt, msg.speed_threads_nt = nt.rounds, nt.threads
+    return msg
 
 
 def compress_progress(event: compressing.Event) -> controller_pb2.CompressProgress:

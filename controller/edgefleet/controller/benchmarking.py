@@ -70,8 +70,9 @@ class DeviceTimer:
                 reply = stub.Benchmark(request, timeout=self.deadline_s)
             except grpc.RpcError as exc:
                 raise self._error(exc) from None
-        # The agent reports p95 where the local timer keeps p90: the report's second percentile.
-        return Latency(reply.p50_ms, reply.p95_ms, threads, reply.runs)
+        # The agent reports p95 where the local timer keeps p90: the report's second percentile;
+        # and its CPUs (0 from an agent before cpu_count), the speed gate's default threads.
+        return Latency(reply.p50_ms, reply.p95_ms, threads, reply.runs, reply.cpu_count)
 
     def _error(self, exc: grpc.RpcError) -> Exception:
         failed = rpc.error_from_rpc(exc, target=f"device {self.device_id} at {self.endpoint}")

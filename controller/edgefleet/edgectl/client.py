@@ -173,6 +173,7 @@ class ControllerClient:
         time_budget_s: float | None = None,
         metric: str = "",
         golden: str = "",
+        cores: int = 0,
     ) -> Iterator[pb.CompressProgress]:
         """Stream ``CompressModel``: progress messages, then one carrying the result. Closing
         the iterator early cancels the call (the controller stops after its current candidate)."""
@@ -186,6 +187,7 @@ class ControllerClient:
             profile_on=profile_on,
             metric=metric,
             golden=golden,
+            cores=cores,
         )
         if time_budget_s is not None:
             request.time_budget_s = time_budget_s

@@ -258,6 +258,17 @@ def compress(
             metavar="DEVICE",
         ),
     ] = "",
+    cores: Annotated[
+        int,
+        typer.Option(
+            "--cores",
+            help="The speed gate's second thread count: the cores of the device class the "
+            "model is for (0 = the timing host's: the controller's CPUs, or the --profile-on "
+            "device's). Candidates are timed against the original at 1 thread and at this.",
+            min=0,
+            metavar="N",
+        ),
+    ] = 0,
     report_out: Annotated[
         Path | None,
         typer.Option("--report-out", help="Write the Markdown report here.", metavar="FILE.md"),
@@ -278,7 +289,9 @@ def compress(
     """Compress a model version: try each recipe's candidates, keep the best that passes.
 
     A candidate passes when its metric drops by at most --max-accuracy-drop points on
-    --eval-data and (unless --objective size) it is not slower than the original. The search
+    --eval-data and (unless --objective size) it is not slower than the original beyond the
+    noise (--objective latency: faster beyond it), timed interleaved with the original at 1
+    thread and at --cores threads. The search
     stops at --time-budget with the best candidate so far. The winner is registered as the
     next version of NAME; with no winner nothing is registered, the report is still printed,
     and the exit code is 3.
@@ -331,6 +344,7 @@ def compress(
             time_budget_s=budget_s,
             metric="" if metric == "auto" else metric,
             golden=golden.value,
+            cores=cores,
         ):
             progress.update(task, total=msg.total or None, completed=msg.done)
             kind = msg.WhichOneof("update")
@@ -375,8 +389,19 @@ def _write_plot(result: pb.CompressResult, path: Path, *, max_drop: float, as_js
 
 
 def _print_result(result: pb.CompressResult, *, max_drop: float) -> None:
+    nt = max((c.speed_threads_nt for c in result.candidates), default=0)
     t = output.table(
-        "CANDIDATE", "TECHNIQUES", "SIZE", "TRANSFER", "P50 MS", "METRIC", "DROP", "GATE", "VERDICT"
+        "CANDIDATE",
+        "TECHNIQUES",
+        "SIZE",
+        "TRANSFER",
+        "P50 MS",
+        "SPEED 1T",
+        f"SPEED {nt or 'N'}T",
+        "METRIC",
+        "DROP",
+        "GATE",
+        "VERDICT",
     )
     for c in (result.original, *result.candidates):
         skipped = c.size_bytes == 0
@@ -393,6 +418,8 @@ def _print_result(result: pb.CompressResult, *, max_drop: float) -> None:
             output.size_text(c.size_bytes) if not skipped else "-",
             output.size_text(c.transfer_bytes) if not skipped else "-",
             _num(c.p50_ms, "{:.3f}"),
+            _speed(c.speed_ratio, c.speed_ratio_low, c.speed_ratio_high),
+            _speed(c.speed_ratio_nt, c.speed_ratio_nt_low, c.speed_ratio_nt_high),
             f"{c.metric} {_num(c.value, '{:.4f}')}",
             _num(c.drop, "{:.2f}"),
             gate,
@@ -413,6 +440,11 @@ def _print_result(result: pb.CompressResult, *, max_drop: float) -> None:
             f"no candidate passed the gate (max drop {max_drop:g} points, not slower): "
             "nothing registered"
         )
+
+
+def _speed(ratio: float, low: float, high: float) -> str:
+    """``0.62x [0.60-0.65]``: candidate/original latency (< 1 faster) and its 95% interval."""
+    return f"{ratio:.2f}x [{low:.2f}-{high:.2f}]" if ratio > 0 else "-"
 
 
 def _num(x: float, fmt: str) -> str:
@@ -445,6 +477,15 @@ def _candidate_dict(c: pb.CompressCandidate) -> dict[str, Any]:
         "passed_gate": c.passed_gate,
         "verdict": c.verdict,
         "seconds": c.seconds,
+        "speed_ratio": c.speed_ratio or None,
+        "speed_ratio_ci": [c.speed_ratio_low, c.speed_ratio_high] if c.speed_ratio else None,
+        "speed_rounds": c.speed_rounds,
+        "speed_ratio_nt": c.speed_ratio_nt or None,
+        "speed_ratio_nt_ci": (
+            [c.speed_ratio_nt_low, c.speed_ratio_nt_high] if c.speed_ratio_nt else None
+        ),
+        "speed_rounds_nt": c.speed_rounds_nt,
+        "speed_threads_nt": c.speed_threads_nt or None,
     }
 
 
