@@ -20,7 +20,7 @@ from edgefleet.agent import config
 from edgefleet.agent.client import FailoverClient, NoDeviceAvailableError
 from edgefleet.agent.daemon import Agent
 from edgefleet.agent.failover import FORWARDED_HEADER
-from edgefleet.common import wire
+from edgefleet.common import sharedmem, wire
 from edgefleet.demo.digits import DigitsData, TrainedModel
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 from tests.agent.helpers import (
@@ -165,6 +165,30 @@ def test_agent_without_a_model_forwards_to_a_neighbour(
     assert fleet.agents["bare"].forwarder.forwarded >= 1
 
 
+def test_shared_memory_inputs_reach_a_neighbour_inline(
+    fleet: Fleet, digits_data: DigitsData
+) -> None:
+    """A local app's request on bare's Unix socket, its input in shared memory: bare forwards
+    it with the bytes inline, since a neighbour cannot read this device's shared memory."""
+    bare = fleet.agents["bare"]
+    wait_for("bare sees 3 serving", lambda: len(healthy_neighbours(bare)) == 3)
+    assert bare.server.socket_endpoint is not None
+    x = np.ascontiguousarray(digits_data.x_test[:16])
+    stager = sharedmem.Stager(threshold=0)
+    try:
+        with (
+            stager.request({"pixels": x}) as request,
+            grpc.insecure_channel(bare.server.socket_endpoint) as channel,
+        ):
+            assert request.shared_inputs and not request.inputs
+            reply = inference_pb2_grpc.InferenceServiceStub(channel).Predict(request, timeout=10)
+    finally:
+        stager.close()
+    assert reply.served_by_neighbour and reply.release == fleet.release
+    direct = predict(fleet.endpoints["b"], {"pixels": x})
+    assert {o.name: o.data for o in reply.outputs} == {o.name: o.data for o in direct.outputs}
+
+
 def test_forwarded_requests_are_not_forwarded_again(fleet: Fleet) -> None:
     bare = fleet.agents["bare"]
     assert bare.forwarder is not None
@@ -225,7 +249,12 @@ def test_killed_agent_goes_offline_and_the_client_fails_over(
     victim = fleet.victim.device_id
     b, c = fleet.agents["b"], fleet.agents["c"]
     x, y = digits_data.x_test[:64], digits_data.y_test[:64]
-    with FailoverClient(fleet.victim_endpoint, neighbours_refresh=60.0) as client:
+    # a local app on the victim's Unix socket, its input in shared memory; neighbours over TCP
+    socket = fleet.victim.data_dir / "predict.sock"
+    with FailoverClient(
+        fleet.victim_endpoint, local_socket=socket, shm_threshold=0, neighbours_refresh=60.0
+    ) as client:
+        assert client.endpoint == f"unix:{socket}"
         wait_for(
             "the client to cache 2 serving neighbours",
             lambda: (
