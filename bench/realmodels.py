@@ -4,9 +4,11 @@ all-MiniLM-L6-v2 (text encoder, cosine gate), Silero VAD (If subgraphs, recurren
 scalar sample rate given as broadcast inputs) and PaddleOCR's text-direction classifier, each
 searched with a time budget. A model whose package is missing is skipped, and said so. Writes
 ``bench/results/realmodels.json``: per model ``search_s``, ``budget_s``, ``winner``,
-``metric``, ``size_ratio``, ``speed_ratio`` (winner over original p50, 1 thread) and
-``speed_ratio_2t``, ``fidelity`` (the winner's metric value), ``golden`` (attached or why not),
-and per candidate its size, p50 per thread count, metric value, drop, seconds and verdict.
+``metric``, ``size_ratio``, ``speed_ratio`` (winner / original latency, timed interleaved
+with the original, 1 thread: the median of the rounds' ratios) and ``speed_ratio_2t`` (2
+threads), each with its 95% interval (``*_ci``) and rounds, ``fidelity`` (the winner's metric
+value), ``golden`` (attached or why not), and per candidate its size, p50 and speed ratio per
+thread count, metric value, drop, seconds and verdict.
 Deployment to devices is what ``tests/realmodels`` proves; this measures.
 
 Targets: every search ends within its budget plus one candidate's estimate, always with a
@@ -34,6 +36,7 @@ from edgefleet.controller.compress.searching import (
     SearchSettings,
     search,
 )
+from edgefleet.controller.compress.speedstats import SpeedRatio
 
 RESULTS = Path(__file__).parent / "results" / "realmodels.json"
 SETTINGS = SearchSettings(threads=(1, 2), sensitivity_layers=0, golden_count=4)
@@ -112,6 +115,21 @@ def _num(x: float) -> float | None:
     return None if math.isnan(x) else round(x, 6)
 
 
+def _speed(c: CandidateRecord | None, threads: int) -> SpeedRatio | None:
+    """The interleaved speed ratio at ``threads`` (None: not timed against the original)."""
+    return next((s for s in c.speed if s.threads == threads), None) if c else None
+
+
+def _speed_keys(c: CandidateRecord | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for threads, key in ((1, "speed_ratio"), (2, "speed_ratio_2t")):
+        s = _speed(c, threads)
+        out[key] = _num(s.ratio) if s else None
+        out[f"{key}_ci"] = [_num(s.low), _num(s.high)] if s else None
+        out[f"{key}_rounds"] = s.rounds if s else 0
+    return out
+
+
 def record(case: Case, result: SearchResult) -> dict[str, Any]:
     o, w = result.original, result.winner
     return {
@@ -122,8 +140,7 @@ def record(case: Case, result: SearchResult) -> dict[str, Any]:
         "winner": w.name if w else None,
         "metric": o.metric,
         "size_ratio": _num(w.size_bytes / o.size_bytes) if w else None,
-        "speed_ratio": _num(_p50(w, 1) / _p50(o, 1)) if w else None,
-        "speed_ratio_2t": _num(_p50(w, 2) / _p50(o, 2)) if w else None,
+        **_speed_keys(w),
         "fidelity": _num(w.value) if w else None,
         "golden": result.golden_note,
         "deployed": None,  # tests/realmodels deploys to real agents; not timed here
@@ -133,6 +150,7 @@ def record(case: Case, result: SearchResult) -> dict[str, Any]:
                 "size_bytes": c.size_bytes,
                 "p50_ms_1t": _num(_p50(c, 1)),
                 "p50_ms_2t": _num(_p50(c, 2)),
+                **_speed_keys(c),
                 "value": _num(c.value),
                 "drop": _num(c.drop),
                 "seconds": round(c.seconds, 2),

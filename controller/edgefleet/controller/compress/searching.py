@@ -509,7 +509,8 @@ def _gate(
     slower = [s for s in speed if s.slower and s.ratio > 1 + settings.speed_tolerance]
     if slower:
         notes = (
-            f"did not pay off in speed: {slower[-1].describe()} the original's latency on {where}",
+            f"did not pay off in speed on {where}: {slower[-1].describe()} "
+            "(candidate / original latency)",
         )
     if drop > max_drop:
         return False, f"fails: drop {drop:.2f} > {max_drop:g} points", notes
