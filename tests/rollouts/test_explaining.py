@@ -51,8 +51,24 @@ from edgefleet.controller.rollouts import explaining
             "FetchError: digest mismatch (still serving: d:1.0.0)",
             "canary a1 failed on the device: digest mismatch",
         ),
+        (
+            "ModelLoadError: health check: output 'y': max abs error 0.5 is over 0.0001; "
+            "its last log lines: loading\\nready",
+            "canary a1 failed the golden check on the device: "
+            "output 'y': max abs error 0.5 is over 0.0001",
+        ),
     ],
-    ids=["latency", "error-rate", "timeout", "golden", "budget", "live-p95", "crash", "other"],
+    ids=[
+        "latency",
+        "error-rate",
+        "timeout",
+        "golden",
+        "budget",
+        "live-p95",
+        "crash",
+        "other",
+        "container-log",
+    ],
 )
 def test_each_failure_is_one_line_naming_gate_figure_and_threshold(reason: str, line: str) -> None:
     assert explaining.line("canary", "a1", reason) == line

@@ -34,6 +34,7 @@ _WRAPPERS = (
     re.compile(r"^golden check failed: "),
 )
 _STILL_SERVING = re.compile(r" \(still serving: [^)]*\)$")
+_LOG_LINES = "; its last log lines: "  # a container's log: in the device's event, not the line
 
 
 def latency_gate(p95_ms: float, *, baseline_ms: float, ratio: float) -> str:
@@ -72,7 +73,8 @@ def gate_of(reason: str) -> str:
 
 def core(reason: str) -> str:
     """The problem itself, without the agent's wrappers (the release, what it went back to)."""
-    text = _STILL_SERVING.sub("", reason.strip())
+    text = _STILL_SERVING.sub("", reason.strip()).split(_LOG_LINES, 1)[0]
+    text = text.splitlines()[0] if text else text
     for wrapper in _WRAPPERS:
         text = wrapper.sub("", text, count=1)
     return text
