@@ -10,6 +10,7 @@ from typing import Any
 from edgefleet.common import types as t
 from edgefleet.common import wire
 from edgefleet.controller import compressing
+from edgefleet.controller.compress.metric_hook import MetricModule
 from edgefleet.controller.compress.searching import CandidateRecord
 from edgefleet.controller.records import (
     ROLLBACK,
@@ -208,6 +209,15 @@ def compress_job(msg: controller_pb2.CompressRequest) -> compressing.Job:
         profile_on=msg.profile_on,
         time_budget_s=msg.time_budget_s if msg.HasField("time_budget_s") else None,
         metric=msg.metric,
+        metric_module=(
+            MetricModule(
+                msg.metric_module_source,
+                msg.metric_module_function or "score",
+                msg.metric_module_origin or "<metric-module>",
+            )
+            if msg.metric_module_source
+            else None
+        ),
         golden=msg.golden,
         cores=msg.cores,
     )
@@ -228,6 +238,12 @@ def compress_candidate(c: CandidateRecord) -> controller_pb2.CompressCandidate:
         passed_gate=c.passed_gate,
         verdict=c.verdict,
         seconds=c.seconds,
+        outputs=[
+            controller_pb2.CompressOutputScore(
+                output=o.output, metric=o.metric, value=o.value, drop=o.drop
+            )
+            for o in c.outputs
+        ],
     )
     # speed_ratio*: 0 when not timed against the original (the original itself, skipped ones)
     if (one := c.speed_ratio) is not None:

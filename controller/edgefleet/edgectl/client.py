@@ -174,6 +174,7 @@ class ControllerClient:
         metric: str = "",
         golden: str = "",
         cores: int = 0,
+        metric_module: tuple[str, str, str] | None = None,
     ) -> Iterator[pb.CompressProgress]:
         """Stream ``CompressModel``: progress messages, then one carrying the result. Closing
         the iterator early cancels the call (the controller stops after its current candidate)."""
@@ -189,6 +190,12 @@ class ControllerClient:
             golden=golden,
             cores=cores,
         )
+        if metric_module is not None:  # (source, function, origin): text, run confined there
+            (
+                request.metric_module_source,
+                request.metric_module_function,
+                request.metric_module_origin,
+            ) = metric_module
         if time_budget_s is not None:
             request.time_budget_s = time_budget_s
         stream = self._call(lambda: self._stub.CompressModel(request, timeout=deadline_s))

@@ -33,6 +33,7 @@ from edgefleet.common.types import validate_name
 from edgefleet.edgectl import output, shell
 from edgefleet.edgectl.client import COMPRESS_DEADLINE_S, file_chunks
 from edgefleet.edgectl.compress_plot import plot_paths, write_compress_plot
+from edgefleet.edgectl.metric_source import MetricSourceError, read_metric_module
 from edgefleet.v1 import controller_pb2 as pb
 
 EXIT_NOT_PASSED = 3
@@ -218,16 +219,31 @@ def compress(
         ),
     ] = 1.0,
     metric: Annotated[
-        str,
+        list[str] | None,
         typer.Option(
             "--metric",
-            help="auto, top1, cosine, mse or max-abs, optionally for one output "
-            "(OUTPUT=KIND). auto: top1 for class scores (Softmax/ArgMax outputs, "
-            "probabilities) and labels, max-abs for one value per sample, cosine for "
-            "embeddings and other dense outputs; with labels in --eval-data: accuracy.",
-            metavar="KIND",
+            help="KIND[:ARG] for the primary output or OUTPUT=KIND[:ARG] (repeat, or "
+            "separate by commas, to judge several outputs: the worst drop counts). KIND: "
+            "auto, top1, cosine, mse, max-abs, iou[:THRESHOLD] (binarised at > THRESHOLD, "
+            "default 0.5), seq[:ctc] (argmax sequences equal; ctc: repeats collapsed, blank "
+            "0 dropped). auto: top1 for [N,C] class scores (accuracy with labels), iou for "
+            "[N,1,H,W] maps in [0,1], seq for [N,T,C]/[T,N,C] class scores, max-abs for "
+            "one value per sample, else cosine.",
+            metavar="[OUTPUT=]KIND[:ARG]",
         ),
-    ] = "auto",
+    ] = None,
+    metric_module: Annotated[
+        str,
+        typer.Option(
+            "--metric-module",
+            help="Your own metric: a .py file or importable module and its function "
+            "score(reference, candidate) -> [0, 1] (dicts of output name -> array over the "
+            "eval set; higher is better; FUNCTION default 'score'). Its source is sent as "
+            "text and runs on the controller only in a seccomp-confined sandbox process (no "
+            "files, network or processes); it may import numpy and a few standard modules.",
+            metavar="PATH_OR_MODULE[:FUNCTION]",
+        ),
+    ] = "",
     time_budget: Annotated[
         str,
         typer.Option(
@@ -302,6 +318,7 @@ def compress(
     """
     if not eval_data.is_file():
         shell.fail(f"no such file: {eval_data}")
+    metrics, hook = _metric_request(metric or [], metric_module)
     budget_s = parse_duration(time_budget)
     data = eval_data.read_bytes()
     if len(data) > MAX_EVAL_BYTES:
@@ -342,7 +359,8 @@ def compress(
             profile_on=profile_on,
             deadline_s=deadline,
             time_budget_s=budget_s,
-            metric="" if metric == "auto" else metric,
+            metric=metrics,
+            metric_module=hook,
             golden=golden.value,
             cores=cores,
         ):
@@ -374,6 +392,20 @@ def compress(
         _write_plot(result, plot, max_drop=max_drop, as_json=as_json)
     if not result.passed:
         raise typer.Exit(EXIT_NOT_PASSED)
+
+
+def _metric_request(
+    metric: list[str], metric_module: str
+) -> tuple[str, tuple[str, str, str] | None]:
+    """--metric joined by commas ("" = auto), and --metric-module's (source, function, file)."""
+    metrics = ",".join(m.strip() for m in metric if m.strip() and m.strip() != "auto")
+    if not metric_module:
+        return metrics, None
+    try:
+        hook = read_metric_module(metric_module)
+    except (MetricSourceError, OSError) as exc:
+        shell.fail(f"--metric-module: {exc}")
+    return metrics, (hook.source, hook.function, hook.origin)
 
 
 def _write_plot(result: pb.CompressResult, path: Path, *, max_drop: float, as_json: bool) -> None:
@@ -420,13 +452,21 @@ def _print_result(result: pb.CompressResult, *, max_drop: float) -> None:
             _num(c.p50_ms, "{:.3f}"),
             _speed(c.speed_ratio, c.speed_ratio_low, c.speed_ratio_high),
             _speed(c.speed_ratio_nt, c.speed_ratio_nt_low, c.speed_ratio_nt_high),
-            f"{c.metric} {_num(c.value, '{:.4f}')}",
+            _metric_cell(c),
             _num(c.drop, "{:.2f}"),
             gate,
             escape(c.verdict),
             style="bold green" if won else ("dim" if skipped else None),
         )
     output.console.print(t)
+    judged = result.original.outputs
+    if judged:
+        output.console.print(
+            "metric per output: "
+            + "; ".join(f"{escape(o.output)}: {escape(o.metric)}" for o in judged)
+            + (" (a candidate's drop is the worst of them)" if len(judged) > 1 else ""),
+            highlight=False,
+        )
     if result.passed:
         m = result.model
         transfer = f", transfer {output.size_text(m.transfer_size)}" if m.transfer_size else ""
@@ -440,6 +480,16 @@ def _print_result(result: pb.CompressResult, *, max_drop: float) -> None:
             f"no candidate passed the gate (max drop {max_drop:g} points, not slower): "
             "nothing registered"
         )
+
+
+def _metric_cell(c: pb.CompressCandidate) -> str:
+    """``iou>0.5 0.9731``; several judged outputs: one line each, with its drop."""
+    if len(c.outputs) <= 1:
+        return escape(f"{c.metric} {_num(c.value, '{:.4f}')}")
+    return "\n".join(
+        escape(f"{o.output}: {o.metric} {_num(o.value, '{:.4f}')} ({_num(o.drop, '{:.2f}')})")
+        for o in c.outputs
+    )
 
 
 def _speed(ratio: float, low: float, high: float) -> str:
@@ -474,6 +524,15 @@ def _candidate_dict(c: pb.CompressCandidate) -> dict[str, Any]:
         "metric": c.metric,
         "value": _finite(c.value),
         "drop": _finite(c.drop),
+        "outputs": [
+            {
+                "output": o.output,
+                "metric": o.metric,
+                "value": _finite(o.value),
+                "drop": _finite(o.drop),
+            }
+            for o in c.outputs
+        ],
         "passed_gate": c.passed_gate,
         "verdict": c.verdict,
         "seconds": c.seconds,
