@@ -117,3 +117,29 @@ def test_a_real_search_reports_speed_ratios_with_their_intervals(
     assert report["original"]["speed"] == []
     markdown = result.report_markdown()
     assert "| speed 1t | speed 2t |" in markdown and "1x (ref)" in markdown
+
+
+def test_the_api_carries_cores_and_the_speed_fields() -> None:
+    from edgefleet.controller import api
+    from edgefleet.v1 import controller_pb2
+
+    assert api.compress_job(controller_pb2.CompressRequest(name="m", cores=6)).cores == 6
+    record = searching.CandidateRecord(
+        "int8-dynamic",
+        ("int8-dynamic",),
+        (),
+        10,
+        10,
+        (Latency(1.0, 1.2, 1, 30), Latency(0.6, 0.7, 6, 30)),
+        "top1",
+        0.99,
+        0.5,
+        True,
+        "passes",
+        speed=(_ratio(0.6, 0.55, 0.65), _ratio(0.8, 0.7, 0.9, threads=6)),
+    )
+    msg = api.compress_candidate(record)
+    assert (msg.speed_ratio, msg.speed_ratio_low, msg.speed_ratio_high) == (0.6, 0.55, 0.65)
+    assert (msg.speed_ratio_nt, msg.speed_threads_nt, msg.speed_rounds_nt) == (0.8, 6, 10)
+    original = api.compress_candidate(replace(record, speed=()))
+    assert original.speed_ratio == 0 and original.speed_rounds == 0  # not timed against itself
