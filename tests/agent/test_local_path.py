@@ -257,3 +257,23 @@ def test_a_failover_client_inlines_shared_inputs_for_neighbours(
     finally:
         stager.close()
     assert leftover_regions() == []
+
+
+def test_a_region_whose_call_failed_is_never_written_again() -> None:
+    x = np.arange(64 * 300, dtype=np.float32).reshape(300, 64)
+    stager = sharedmem.Stager(threshold=0)
+    try:
+        with stager.request({"pixels": x}) as first:
+            used = first.shared_inputs[0].region
+        with stager.request({"pixels": x}) as again:  # given back after success: reused
+            assert again.shared_inputs[0].region == used
+        with pytest.raises(grpc.RpcError), stager.request({"pixels": x}) as failed:
+            assert failed.shared_inputs[0].region == used
+            raise grpc.RpcError("the call failed: the agent may still read the region")
+        assert not (sharedmem.SHM_ROOT / used).exists()  # retired: unlinked
+        with stager.request({"pixels": x}) as fresh:
+            assert fresh.shared_inputs[0].region != used
+            assert np.array_equal(sharedmem.read(fresh.shared_inputs[0]), x)
+    finally:
+        stager.close()
+    assert leftover_regions() == []
