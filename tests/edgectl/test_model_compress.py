@@ -77,12 +77,16 @@ def test_no_winner_exits_3_and_still_reports(
     result = edgectl(
         "model", "compress", model_name, "--recipe", "prune-structured-50",
         "--eval-data", eval_npz, "--max-accuracy-drop", "0", "--objective", "size",
-        "--report-out", report, "--json",
+        "--report-out", report, "--json", "--cores", "3",
     )  # fmt: skip
     assert result.exit_code == 3, result.stderr
     payload = json.loads(result.stdout)
     assert payload["passed"] is False and payload["model"] is None
-    assert payload["candidates"][0]["verdict"].startswith("fails: drop")
+    (candidate,) = payload["candidates"]
+    assert candidate["verdict"].startswith("fails: drop")
+    assert candidate["speed_threads_nt"] == 3 and candidate["speed_rounds_nt"] > 0  # --cores 3
+    low, high = candidate["speed_ratio_ci"]
+    assert low <= candidate["speed_ratio"] <= high
     assert report.read_text()
     listed = json.loads(edgectl("model", "list", "--name", model_name, "--json").stdout)
     assert [m["version"] for m in listed] == [1]
