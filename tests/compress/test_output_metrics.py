@@ -147,6 +147,10 @@ def starts_processes(reference, candidate):
 
 def out_of_range(reference, candidate):
     return 2.0
+
+def spins(reference, candidate):
+    while True:
+        pass
 '''
 
 
@@ -171,6 +175,11 @@ def test_a_metric_module_runs_confined_and_scores(tmp_path: Path) -> None:
     assert not marker.exists()
     with MetricProcess(MetricModule(source, "starts_processes", "m.py")) as fn:
         assert fn(one, one) == 0.0  # os.system could not fork
+    with (
+        MetricProcess(MetricModule(source, "spins", "m.py"), timeout_s=1) as fn,
+        pytest.raises(InvalidInputError, match="no answer within 1 s"),
+    ):
+        fn(one, one)
     with pytest.raises(InvalidInputError, match="defines no function 'nope'"):
         MetricProcess(MetricModule(source, "nope", "m.py"))
     with pytest.raises(InvalidInputError, match="SyntaxError"):

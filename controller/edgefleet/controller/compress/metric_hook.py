@@ -21,10 +21,12 @@ import io
 import json
 import math
 import os
+import select
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ from edgefleet.common.errors import InvalidInputError
 _WORKER = Path(__file__).with_name("_metric_worker.py")
 _ENV_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ")
 MAX_SOURCE_BYTES = 256 * 1024
+CALL_TIMEOUT_S = 300.0  # one call of the user's function (and the module's start)
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,10 @@ def check(module: MetricModule) -> None:
 class MetricProcess:
     """The confined worker running one user metric; call it, ``close`` it when done."""
 
-    def __init__(self, module: MetricModule) -> None:
+    def __init__(self, module: MetricModule, *, timeout_s: float = CALL_TIMEOUT_S) -> None:
         check(module)
         self.module = module
+        self.timeout_s = timeout_s
         env = {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
         env |= {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
@@ -133,17 +137,18 @@ class MetricProcess:
     def _ask(self, payload: bytes) -> dict[str, Any]:
         stdin, stdout = self._proc.stdin, self._proc.stdout
         assert stdin is not None and stdout is not None
+        deadline = time.monotonic() + self.timeout_s
         try:
             stdin.write(struct.pack(">Q", len(payload)) + payload)
             stdin.flush()
-            head = stdout.read(8)
-            if len(head) < 8:
-                raise EOFError
-            (size,) = struct.unpack(">Q", head)
-            body = stdout.read(size)
-            if len(body) < size:
-                raise EOFError
-            reply = json.loads(body)
+            fd = stdout.fileno()
+            (size,) = struct.unpack(">Q", _read(fd, 8, deadline))
+            reply = json.loads(_read(fd, size, deadline))
+        except TimeoutError:
+            self.close()
+            raise InvalidInputError(
+                f"--metric-module {self.module}: no answer within {self.timeout_s:g} s"
+            ) from None
         except (BrokenPipeError, EOFError, ValueError):
             raise InvalidInputError(
                 f"--metric-module {self.module}: the metric process died ({self._death()})"
@@ -153,6 +158,8 @@ class MetricProcess:
         return reply
 
     def _death(self) -> str:
+        if self._stderr.closed:
+            return "stopped"
         try:
             code = self._proc.wait(5)
         except subprocess.TimeoutExpired:
@@ -162,3 +169,20 @@ class MetricProcess:
         tail = self._stderr.read()[-2000:].decode(errors="replace").strip()
         status = f"signal {-code}" if code < 0 else f"status {code}"
         return f"{status}: {tail.splitlines()[-1]}" if tail else status
+
+
+def _read(fd: int, count: int, deadline: float) -> bytes:
+    """Exactly ``count`` bytes from the raw pipe ``fd``; ``TimeoutError`` past ``deadline``,
+    ``EOFError`` when the worker closed it first."""
+    chunks: list[bytes] = []
+    left = count
+    while left:
+        wait = deadline - time.monotonic()
+        if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+            raise TimeoutError
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
