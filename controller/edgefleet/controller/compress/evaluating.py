@@ -536,8 +536,8 @@ def decode(values: npt.NDArray[Any], rows: int, *, ctc: bool = False) -> list[tu
 def _joined(
     outputs: Sequence[list[npt.NDArray[Any]]], names: Sequence[str]
 ) -> dict[str, npt.NDArray[Any]]:
-    """Every output's batches joined on the first axis (kept per batch when they cannot be:
-    then the value is the first batch's, and the module sees only whole outputs that fit)."""
+    """Every output's batches joined on the first axis, for a metric module; outputs whose
+    batches differ past the first axis (sequences of varying length) are refused."""
     joined: dict[str, npt.NDArray[Any]] = {}
     for i, name in enumerate(names):
         parts = [o[i] for o in outputs]
