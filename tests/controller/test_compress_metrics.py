@@ -8,7 +8,9 @@ import io
 import json
 from typing import Any
 
+import grpc
 import numpy as np
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.demo import digits
@@ -119,9 +121,7 @@ def test_a_metric_module_judges_the_search_in_the_sandbox(
     assert json.loads(result.report_json)["metrics"] == {"*": "metric-module labels.py:same_label"}
 
     # the user's code cannot read the controller's files: the search fails, saying why
-    try:
+    with pytest.raises(grpc.RpcError) as raised:
         _compress(ctl, **fields, metric_module_function="snoop")
-    except Exception as exc:  # grpc.RpcError
-        assert "PermissionError" in str(exc) and "labels.py" in str(exc)
-    else:
-        raise AssertionError("a metric module that opens a file must fail")
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "PermissionError" in str(raised.value.details()) and "labels.py" in str(raised.value)
