@@ -4,12 +4,13 @@ its confined process (it can compute, but can read no file and start no process)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.controller.compress.errors import InvalidInputError
 from edgefleet.controller.compress.evaluating import (
@@ -26,6 +27,7 @@ from edgefleet.controller.compress.evaluating import (
     sequence_agreement,
 )
 from edgefleet.controller.compress.metric_hook import MetricModule, MetricProcess
+from edgefleet.controller.compress.searching import Objective, search
 
 
 def _identity(shape: list[str | int], *, op: str = "Identity", **attrs: Any) -> bytes:
@@ -202,3 +204,51 @@ def test_a_metric_module_judges_with_the_outputs_metrics() -> None:
             "cosine-similarity",
             "metric-module m.py:exact",
         ]
+
+
+def _two_outputs() -> bytes:
+    """x [N, 64] -> emb = x @ W [N, 16] and probs = Softmax(emb @ V) [N, 10]."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((64, 16)) / 8).astype(np.float32)
+    v = (rng.standard_normal((16, 10)) / 4).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["emb"]),
+            helper.make_node("MatMul", ["emb", "v"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        ],
+        "two",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["n", 10]),
+            helper.make_tensor_value_info("emb", TensorProto.FLOAT, ["n", 16]),
+        ],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(v, "v")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_a_search_judging_two_outputs_reports_each() -> None:
+    x = np.random.default_rng(4).standard_normal((64, 64)).astype(np.float32)
+    result = search(
+        _two_outputs(),
+        EvalSet.from_arrays({"x": x}),
+        recipe="int8-dynamic",
+        max_drop=50.0,
+        objective=Objective.SIZE,
+        metric=parse_metrics("probs=top1,emb=cosine"),
+    )
+    assert [(o.output, o.metric) for o in result.original.outputs] == [
+        ("probs", "top1-agreement"),
+        ("emb", "cosine-similarity"),
+    ]
+    (int8,) = result.candidates
+    assert int8.drop == max(o.drop for o in int8.outputs)
+    markdown = result.report_markdown()
+    assert "Metric per output: `probs`: top1-agreement; `emb`: cosine-similarity" in markdown
+    assert "| drop probs (top1-agreement) | drop emb (cosine-similarity) |" in markdown
+    doc = json.loads(result.report_json())
+    assert doc["metrics"] == {"probs": "top1-agreement", "emb": "cosine-similarity"}
+    assert [o["output"] for o in doc["candidates"][0]["outputs"]] == ["probs", "emb"]
