@@ -107,6 +107,9 @@ def play(
         story.fail(str(exc))
         console.print(f"[bold red]✗ {story.current}: {exc}[/]")
         raise
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        story.fail("interrupted")
+        raise
     finally:
         story.write(elapsed_s=time.monotonic() - started)
     return story
