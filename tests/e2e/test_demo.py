@@ -69,7 +69,8 @@ def test_the_full_demo_shows_every_step_checked(tmp_path: Path) -> None:
     events = json.loads((out / "events.json").read_text())
     bad = [e for e in events if e["release"] == "digits:1.1.0"]
     assert bad and {e["device_id"] for e in bad} == set(canary["canary"])
-    for name in ("compress.png", "compress.svg", "logs/controller.log", "metrics/controller.prom"):
+    charts = ["compress.png", "compress.svg", "rollout-canary.png", "rollout-canary.svg"]
+    for name in [*charts, "logs/controller.log", "metrics/controller.prom", "metrics/edge-a1.prom"]:
         assert (out / name).is_file(), name
     assert set(summary["artifacts"]) >= {str(out.resolve() / "summary.json")}
 

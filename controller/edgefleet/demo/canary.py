@@ -8,8 +8,8 @@ it before activating, the controller aborts the rollout and rolls back what it t
 
 What is checked, from the controller's records, not assumed: the rollout did not succeed; the
 canary is the only device it sent anything and that device failed; every other device's desired
-generation and active release are what they were before, and none reported an event about the
-bad release; the canary runs the good release again.
+generation and active release are what they were before, none reported an event about the bad
+release and the rollout's history moves none of them; the canary runs the good release again.
 """
 
 from __future__ import annotations
@@ -121,8 +121,13 @@ def deploy_bad(
         )
     untouched = _check_untouched(client, fleet, ref, before=before, touched=touched)
     _wait_back(client, fleet, touched, good=good, timeout_s=BACK_TIMEOUT_S)
-    # as GetRollout returns it once the canary is back: its whole history
-    return CanaryOutcome(ref, bad.accuracy, client.get_rollout(info.rollout_id), touched, untouched)
+    # as GetRollout returns it once the canary is back, with its whole history
+    final = client.get_rollout(info.rollout_id)
+    sent = {t.device_id for t in final.history if t.kind == "device" and t.new != "waiting"}
+    moved = sorted(sent - set(touched))
+    if moved:
+        raise DemoFailed(f"the rollout's history moves devices outside the canary: {moved}")
+    return CanaryOutcome(ref, bad.accuracy, final, touched, untouched)
 
 
 def _check_untouched(

@@ -238,7 +238,8 @@ class _Steps:
             f"rolled {bad_ref} back by itself: {bad.reason or bad.info.phase}"
         )
         self.console.print(
-            f"  never sent {bad_ref}: {', '.join(bad.untouched)}; {stopped_at} runs {good} again"
+            f"  never sent {bad_ref}: {', '.join(bad.untouched)} (desired generation unchanged, "
+            f"no event of it, no move in the rollout's history); {stopped_at} runs {good} again"
         )
         self.story.artifacts += _rollout_plot(self.console, bad.info, self.story.run_dir)
         self.story.record(

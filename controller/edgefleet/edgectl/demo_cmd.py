@@ -88,7 +88,8 @@ def demo(
     requests through FailoverClient and checks none failed, then restarts it and checks it
     rejoins; ends with a summary and where to look next. A check that does not hold ends
     the demo with the reason and exit code 1. The run directory (--out) keeps
-    summary.json, events.json, a copy of every /metrics and the logs.
+    summary.json, events.json, the charts of the compression and of the canary's rollout,
+    a copy of every /metrics and the logs.
 
     --quick keeps the short path: two releases deployed and scored. Everything started is
     stopped however the demo ends (also on error or Ctrl-C). Needs no running controller:
