@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from edgefleet.agent import containers
+from edgefleet.agent import config, containers
+from edgefleet.agent.daemon import Agent
 from edgefleet.common import types as t
 from edgefleet.demo.digits import DigitsData, TrainedModel
 from tests.agent.conftest import StartAgent
@@ -170,3 +172,24 @@ def test_a_container_that_dies_in_its_health_window_leaves_its_log_in_rolled_bac
         "only the old container",
         lambda: [c.id for c in release_images.ours(a.device_id)] == [old.id],
     )
+
+
+def test_no_containers_keeps_the_agent_in_process_where_docker_answers(
+    docker_client: object, signer: Signer, tmp_path: Path
+) -> None:
+    flags = {
+        "device_id": "no-docker",
+        "trusted_keys": (signer.key_file,),
+        "data_dir": tmp_path,
+        "containers": False,  # --no-containers (EDGEFLEET_AGENT_CONTAINERS=0)
+    }
+    agent = Agent(config.load(file=None, env={}, flags=flags))
+    try:
+        assert agent.containers is None and agent.container_watch is None
+        assert agent.reporter.status.runtimes == ("onnxruntime",)
+    finally:
+        agent.stop()
+    env = {"EDGEFLEET_AGENT_CONTAINERS": "0"}
+    others = {k: v for k, v in flags.items() if k != "containers"}
+    assert not config.load(file=None, env=env, flags=others).containers
+    assert config.load(file=None, env={}, flags=others).containers  # on unless told

@@ -124,6 +124,14 @@ def run(
         int | None,
         typer.Option(help="Largest Predict request/reply in bytes (default 16 MiB)."),
     ] = None,
+    containers: Annotated[
+        bool | None,
+        typer.Option(
+            "--containers/--no-containers",
+            help="Run container releases where the local Docker answers at start (default "
+            "on; off: in-process releases only, Docker is never asked).",
+        ),
+    ] = None,
     power_root: Annotated[
         Path | None,
         typer.Option(help="Root of the /sys and /proc trees power sensors are read from."),
@@ -154,6 +162,7 @@ def run(
         "failover_require_roster": failover_require_roster,
         "predict_max_concurrent": predict_max_concurrent,
         "predict_max_bytes": predict_max_bytes,
+        "containers": containers,
         "power_root": power_root,
         "log_level": log_level,
     }

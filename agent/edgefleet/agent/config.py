@@ -106,6 +106,9 @@ class AgentSettings:
     """State, blobs, partial downloads and install slots."""
     telemetry_interval: float = 10.0
     """Seconds between telemetry reports."""
+    containers: bool = True
+    """Run container releases where the local dockerd answers at start (off: in-process
+    releases only; Docker is never asked and ``container`` is not among the runtimes)."""
     power_root: Path = Path("/")
     """Where ``/sys`` and ``/proc`` of the power sensors are found (a fixture tree in tests)."""
     log_level: str = "INFO"
@@ -176,6 +179,7 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "trusted_keys": ("", "trusted_keys", _paths),
     "data_dir": ("", "data_dir", lambda v: Path(str(v))),
     "telemetry_interval": ("", "telemetry_interval", _float),
+    "containers": ("", "containers", _bool),
     "power_root": ("", "power_root", lambda v: Path(str(v))),
     "log_level": ("", "log_level", lambda v: str(v).upper()),
 }

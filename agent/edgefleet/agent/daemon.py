@@ -168,7 +168,7 @@ class Agent:
         )
         self.store = DeviceStore(s.data_dir)
         # Docker, where it answers: container releases load through ``runtime``'s seam
-        self.containers = Containers.probe(device_id=self.device_id)
+        self.containers = Containers.probe(device_id=self.device_id) if s.containers else None
         if self.containers is not None:
             runtime.register_loader(s.data_dir, CONTAINER, self.containers.load)
         self.reporter.set_runtimes(
