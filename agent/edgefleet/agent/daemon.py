@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from edgefleet.agent import failpoints, runtime
+from edgefleet.agent import failpoints, hardware, runtime
 from edgefleet.agent.benchmarking import Benchmarker
 from edgefleet.agent.config import UNIX_PATH_MAX, AgentSettings, broker_url, predict_socket_path
 from edgefleet.agent.containers import CONTAINER, ContainerRuntime, Containers
@@ -174,6 +174,7 @@ class Agent:
         self.reporter.set_runtimes(
             ("onnxruntime", CONTAINER) if self.containers is not None else ("onnxruntime",)
         )
+        self.reporter.set_hardware(hardware.probe())
         self.state_file = StateFile(s.data_dir / "state.json")
         ledger = Ledger(state_file=self.state_file, store=self.store, reporter=self.reporter)
         self.watch = HealthWatch(

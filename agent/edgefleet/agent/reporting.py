@@ -92,6 +92,20 @@ class Reporter:
         with self._lock:
             self._status = replace(self._status, runtimes=runtimes)
 
+    def set_hardware(self, hardware: t.Hardware) -> None:
+        """What this device is (probed once at start), in every status from now."""
+        with self._lock:
+            self._status = replace(self._status, hardware=hardware)
+
+    def set_provider(self, provider: str, *, publish: bool) -> None:
+        """The execution provider the active release runs on ("": none in-process);
+        ``publish``: send a status now (when connected), else with the next one."""
+        with self._lock:
+            changed = self._status.active_provider != provider
+            self._status = replace(self._status, active_provider=provider)
+        if publish and changed and self._connected():
+            self._publish_status()
+
     def set_container(self, container: t.ContainerStatus | None, *, publish: bool) -> None:
         """The serving release's container as last sampled (None: none serves); ``publish``:
         send a status now (when connected), else it rides along with the next one."""

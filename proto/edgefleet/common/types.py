@@ -113,6 +113,15 @@ class HealthPolicy:
 
 
 @dataclass(frozen=True)
+class ExecutionProvider:
+    """One ONNX Runtime execution provider of a release's preference, with its options."""
+
+    name: str
+    """ONNX Runtime's name: "TensorrtExecutionProvider", "CUDAExecutionProvider", ..."""
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -131,6 +140,8 @@ class Manifest:
     model_encoding: str = ""  # "" = plain .onnx; "efpk" = packed container
     image: str = ""
     """runtime "container": the image's content digest (its config's sha256, Docker's id)."""
+    providers: tuple[ExecutionProvider, ...] = ()
+    """ONNX Runtime execution providers in order of preference (empty: CPU only)."""
 
     @property
     def ref(self) -> ReleaseRef:
@@ -171,6 +182,31 @@ class ContainerStatus:
 
 
 @dataclass(frozen=True)
+class Gpu:
+    name: str
+    memory_bytes: int = 0
+    """0: not known (a Jetson's GPU shares the CPU's memory)."""
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """A device's hardware as its agent probed it at start."""
+
+    arch: str
+    """``platform.machine()``: x86_64, aarch64, armv7l."""
+    cpu_features: tuple[str, ...] = ()
+    """Those that matter for int8/fp16 kernels: avx2, avx512, vnni, dotprod, fp16."""
+    cores: int = 0
+    memory_bytes: int = 0
+    gpus: tuple[Gpu, ...] = ()
+    providers: tuple[str, ...] = ()
+    """ONNX Runtime's available execution providers, in its order."""
+    board: str = ""
+    """The board's model where the device tree names it (Jetson, Raspberry Pi)."""
+    onnxruntime_version: str = ""
+
+
+@dataclass(frozen=True)
 class DeviceStatus:
     device_id: str
     fleet: str
@@ -191,6 +227,10 @@ class DeviceStatus:
     """What the device can run: "onnxruntime", and "container" where Docker answered."""
     container: ContainerStatus | None = None
     """The active release's container (None: in-process, or nothing served)."""
+    hardware: Hardware | None = None
+    """What the device is (None: an agent that does not say)."""
+    active_provider: str = ""
+    """The execution provider the active release's session runs on ("": none in-process)."""
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,9 @@ def manifest_to_pb(m: t.Manifest) -> common_pb2.Manifest:
         golden_size=m.golden_size,
         model_encoding=m.model_encoding,
         image=m.image,
+        providers=[
+            common_pb2.ExecutionProvider(name=p.name, options=dict(p.options)) for p in m.providers
+        ],
     )
 
 
@@ -242,7 +245,38 @@ def manifest_from_pb(msg: common_pb2.Manifest) -> t.Manifest:
         golden_size=msg.golden_size,
         model_encoding=msg.model_encoding,
         image=msg.image,
+        providers=providers_from_pb(msg.providers),
     )
+
+
+MAX_PROVIDERS = 8
+"""Execution providers one release may name, and options one provider may carry (x4)."""
+_PROVIDER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
+
+
+def provider_name(value: str) -> str:
+    """``value`` when it may name an ONNX Runtime execution provider (letters and digits)."""
+    if not _PROVIDER_NAME.match(value):
+        raise MalformedMessageError(f"execution provider {value[:80]!r} is not a provider name")
+    return value
+
+
+def providers_from_pb(
+    msgs: Sequence[common_pb2.ExecutionProvider],
+) -> tuple[t.ExecutionProvider, ...]:
+    """A manifest's provider preference, bounded (count, names, options' sizes)."""
+    if len(msgs) > MAX_PROVIDERS:
+        raise MalformedMessageError(f"{len(msgs)} execution providers (at most {MAX_PROVIDERS})")
+    out = []
+    for msg in msgs:
+        name = provider_name(msg.name)
+        if len(msg.options) > 4 * MAX_PROVIDERS:
+            raise MalformedMessageError(f"{name}: {len(msg.options)} options (at most 32)")
+        for key, value in msg.options.items():
+            _text(f"{name} option", key, limit=64)
+            _text(f"{name} option {key!r}", value)
+        out.append(t.ExecutionProvider(name, dict(msg.options)))
+    return tuple(out)
 
 
 def encode_manifest(m: t.Manifest) -> bytes:
@@ -344,6 +378,8 @@ def status_to_pb(s: t.DeviceStatus) -> mqtt_pb2.DeviceStatus:
         seq=s.seq,
         runtimes=list(s.runtimes),
         container=container_to_pb(s.container) if s.container is not None else None,
+        hardware=hardware_to_pb(s.hardware) if s.hardware is not None else None,
+        active_provider=s.active_provider,
     )
 
 
@@ -369,6 +405,55 @@ def decode_status(data: bytes) -> t.DeviceStatus:
         seq=_count("status seq", msg.seq),
         runtimes=tuple(_named("runtime", r) for r in msg.runtimes[:8]),
         container=container_from_pb(msg.container) if msg.HasField("container") else None,
+        hardware=hardware_from_pb(msg.hardware) if msg.HasField("hardware") else None,
+        active_provider=provider_name(msg.active_provider) if msg.active_provider else "",
+    )
+
+
+MAX_HARDWARE_ITEMS = 16
+"""CPU features, GPUs or providers one device may report."""
+
+
+def hardware_to_pb(h: t.Hardware) -> mqtt_pb2.Hardware:
+    """The agent's probe as sent: text cleaned and cut, lists cut, to fit ``hardware_from_pb``."""
+    cap = MAX_HARDWARE_ITEMS
+    return mqtt_pb2.Hardware(
+        arch=clean_text(h.arch, limit=32),
+        cpu_features=[clean_text(f, limit=32) for f in h.cpu_features[:cap]],
+        cores=min(h.cores, 2**32 - 1),
+        memory_bytes=min(h.memory_bytes, MAX_COUNT),
+        gpus=[
+            mqtt_pb2.Gpu(name=clean_text(g.name, limit=128), memory_bytes=g.memory_bytes)
+            for g in h.gpus[:cap]
+        ],
+        providers=list(h.providers[:cap]),
+        board=clean_text(h.board, limit=128),
+        onnxruntime_version=clean_text(h.onnxruntime_version, limit=64),
+    )
+
+
+def hardware_from_pb(msg: mqtt_pb2.Hardware) -> t.Hardware:
+    """A device's hardware report, bounded like the rest of its status."""
+    cap = MAX_HARDWARE_ITEMS
+    for what, items in (
+        ("CPU features", msg.cpu_features),
+        ("GPUs", msg.gpus),
+        ("providers", msg.providers),
+    ):
+        if len(items) > cap:
+            raise MalformedMessageError(f"hardware with {len(items)} {what} (at most {cap})")
+    return t.Hardware(
+        arch=_text("hardware arch", msg.arch, limit=32),
+        cpu_features=tuple(_text("CPU feature", f, limit=32) for f in msg.cpu_features),
+        cores=msg.cores,
+        memory_bytes=_count("hardware memory_bytes", msg.memory_bytes),
+        gpus=tuple(
+            t.Gpu(_text("GPU name", g.name, limit=128), _count("GPU memory_bytes", g.memory_bytes))
+            for g in msg.gpus
+        ),
+        providers=tuple(provider_name(p) for p in msg.providers),
+        board=_text("board", msg.board, limit=128),
+        onnxruntime_version=_text("onnxruntime version", msg.onnxruntime_version, limit=64),
     )
 
 

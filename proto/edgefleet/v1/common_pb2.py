@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gefleet/v1/common.proto\x12\x0c\x65\x64gefleet.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"R\n\x06Signed\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\xb2\x01\n\x0cHealthPolicy\x12\x17\n\x0fsmoke_inference\x18\x01 \x01(\x08\x12\x19\n\x11latency_budget_ms\x18\x02 \x01(\x01\x12\x19\n\x11max_load_failures\x18\x03 \x01(\r\x12\x17\n\x0fhealth_window_s\x18\x04 \x01(\x01\x12\x1c\n\x14golden_max_abs_error\x18\x05 \x01(\x01\x12\x1c\n\x14golden_min_agreement\x18\x06 \x01(\x01\"\xf9\x03\n\x08Manifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\x12\n\nmodel_size\x18\x04 \x01(\x04\x12(\n\x06inputs\x18\x05 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12)\n\x07outputs\x18\x06 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12\x0f\n\x07runtime\x18\x07 \x01(\t\x12*\n\x06health\x18\x08 \x01(\x0b\x32\x1a.edgefleet.v1.HealthPolicy\x12\x15\n\rcreated_at_ms\x18\t \x01(\x03\x12\x1f\n\x17\x63ompression_report_json\x18\n \x01(\t\x12<\n\x0b\x61nnotations\x18\x0b \x03(\x0b\x32\'.edgefleet.v1.Manifest.AnnotationsEntry\x12\x15\n\rmodel_version\x18\x0c \x01(\r\x12\x15\n\rgolden_digest\x18\r \x01(\t\x12\x13\n\x0bgolden_size\x18\x0e \x01(\x04\x12\x16\n\x0emodel_encoding\x18\x0f \x01(\t\x12\r\n\x05image\x18\x10 \x01(\t\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gefleet/v1/common.proto\x12\x0c\x65\x64gefleet.v1\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"B\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"R\n\x06Signed\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\xb2\x01\n\x0cHealthPolicy\x12\x17\n\x0fsmoke_inference\x18\x01 \x01(\x08\x12\x19\n\x11latency_budget_ms\x18\x02 \x01(\x01\x12\x19\n\x11max_load_failures\x18\x03 \x01(\r\x12\x17\n\x0fhealth_window_s\x18\x04 \x01(\x01\x12\x1c\n\x14golden_max_abs_error\x18\x05 \x01(\x01\x12\x1c\n\x14golden_min_agreement\x18\x06 \x01(\x01\"\xad\x04\n\x08Manifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x14\n\x0cmodel_digest\x18\x03 \x01(\t\x12\x12\n\nmodel_size\x18\x04 \x01(\x04\x12(\n\x06inputs\x18\x05 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12)\n\x07outputs\x18\x06 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12\x0f\n\x07runtime\x18\x07 \x01(\t\x12*\n\x06health\x18\x08 \x01(\x0b\x32\x1a.edgefleet.v1.HealthPolicy\x12\x15\n\rcreated_at_ms\x18\t \x01(\x03\x12\x1f\n\x17\x63ompression_report_json\x18\n \x01(\t\x12<\n\x0b\x61nnotations\x18\x0b \x03(\x0b\x32\'.edgefleet.v1.Manifest.AnnotationsEntry\x12\x15\n\rmodel_version\x18\x0c \x01(\r\x12\x15\n\rgolden_digest\x18\r \x01(\t\x12\x13\n\x0bgolden_size\x18\x0e \x01(\x04\x12\x16\n\x0emodel_encoding\x18\x0f \x01(\t\x12\r\n\x05image\x18\x10 \x01(\t\x12\x32\n\tproviders\x18\x11 \x03(\x0b\x32\x1f.edgefleet.v1.ExecutionProvider\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x90\x01\n\x11\x45xecutionProvider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12=\n\x07options\x18\x02 \x03(\x0b\x32,.edgefleet.v1.ExecutionProvider.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,6 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MANIFEST_ANNOTATIONSENTRY']._loaded_options = None
   _globals['_MANIFEST_ANNOTATIONSENTRY']._serialized_options = b'8\001'
+  _globals['_EXECUTIONPROVIDER_OPTIONSENTRY']._loaded_options = None
+  _globals['_EXECUTIONPROVIDER_OPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_TENSORSPEC']._serialized_start=43
   _globals['_TENSORSPEC']._serialized_end=99
   _globals['_TENSOR']._serialized_start=101
@@ -42,7 +44,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEALTHPOLICY']._serialized_start=254
   _globals['_HEALTHPOLICY']._serialized_end=432
   _globals['_MANIFEST']._serialized_start=435
-  _globals['_MANIFEST']._serialized_end=940
-  _globals['_MANIFEST_ANNOTATIONSENTRY']._serialized_start=890
-  _globals['_MANIFEST_ANNOTATIONSENTRY']._serialized_end=940
+  _globals['_MANIFEST']._serialized_end=992
+  _globals['_MANIFEST_ANNOTATIONSENTRY']._serialized_start=942
+  _globals['_MANIFEST_ANNOTATIONSENTRY']._serialized_end=992
+  _globals['_EXECUTIONPROVIDER']._serialized_start=995
+  _globals['_EXECUTIONPROVIDER']._serialized_end=1139
+  _globals['_EXECUTIONPROVIDER_OPTIONSENTRY']._serialized_start=1093
+  _globals['_EXECUTIONPROVIDER_OPTIONSENTRY']._serialized_end=1139
 # @@protoc_insertion_point(module_scope)

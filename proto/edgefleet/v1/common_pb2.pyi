@@ -200,6 +200,7 @@ class Manifest(_message.Message):
     GOLDEN_SIZE_FIELD_NUMBER: _builtins.int
     MODEL_ENCODING_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     """semver"""
@@ -236,6 +237,12 @@ class Manifest(_message.Message):
     def health(self) -> Global___HealthPolicy: ...
     @_builtins.property
     def annotations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutionProvider]:
+        """runtime "onnxruntime": the execution providers in order of preference, with their options;
+        the agent opens the session on the first one that initialises (empty: CPU only).
+        """
+
     def __init__(
         self,
         *,
@@ -255,11 +262,60 @@ class Manifest(_message.Message):
         golden_size: _builtins.int = ...,
         model_encoding: _builtins.str = ...,
         image: _builtins.str = ...,
+        providers: _abc.Iterable[Global___ExecutionProvider] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "golden_digest", b"golden_digest", "golden_size", b"golden_size", "health", b"health", "image", b"image", "inputs", b"inputs", "model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "golden_digest", b"golden_digest", "golden_size", b"golden_size", "health", b"health", "image", b"image", "inputs", b"inputs", "model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "providers", b"providers", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Manifest: _TypeAlias = Manifest  # noqa: Y015
+
+@_typing.final
+class ExecutionProvider(_message.Message):
+    """One ONNX Runtime execution provider a release may run on ("CUDAExecutionProvider") and the
+    provider options it is given (trt_fp16_enable=1; the agent sets a TensorRT engine cache path
+    inside the release's slot itself).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class OptionsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    @_builtins.property
+    def options(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        options: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "options", b"options"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecutionProvider: _TypeAlias = ExecutionProvider  # noqa: Y015

@@ -614,6 +614,8 @@ class DeviceInfo(_message.Message):
     LAST_SEEN_MS_FIELD_NUMBER: _builtins.int
     TELEMETRY_FIELD_NUMBER: _builtins.int
     CONTAINER_FIELD_NUMBER: _builtins.int
+    HARDWARE_FIELD_NUMBER: _builtins.int
+    ACTIVE_PROVIDER_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     phase: _mqtt_pb2.InstallPhase.ValueType
@@ -626,6 +628,8 @@ class DeviceInfo(_message.Message):
     online: _builtins.bool
     predict_endpoint: _builtins.str
     last_seen_ms: _builtins.int
+    active_provider: _builtins.str
+    """the execution provider its active release runs on"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -633,6 +637,10 @@ class DeviceInfo(_message.Message):
     @_builtins.property
     def container(self) -> _mqtt_pb2.ContainerStatus:
         """as of the device's last status; absent: in-process"""
+
+    @_builtins.property
+    def hardware(self) -> _mqtt_pb2.Hardware:
+        """as the device's agent probed it at start; absent: not reported"""
 
     def __init__(
         self,
@@ -652,10 +660,12 @@ class DeviceInfo(_message.Message):
         last_seen_ms: _builtins.int = ...,
         telemetry: _mqtt_pb2.Telemetry | None = ...,
         container: _mqtt_pb2.ContainerStatus | None = ...,
+        hardware: _mqtt_pb2.Hardware | None = ...,
+        active_provider: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "telemetry", b"telemetry"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "hardware", b"hardware", "telemetry", b"telemetry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_release", b"active_release", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "generation_desired", b"generation_desired", "labels", b"labels", "last_error", b"last_error", "last_seen_ms", b"last_seen_ms", "online", b"online", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "target_release", b"target_release", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_provider", b"active_provider", "active_release", b"active_release", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "generation_desired", b"generation_desired", "hardware", b"hardware", "labels", b"labels", "last_error", b"last_error", "last_seen_ms", b"last_seen_ms", "online", b"online", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "target_release", b"target_release", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -150,6 +150,8 @@ class DeviceStatus(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     RUNTIMES_FIELD_NUMBER: _builtins.int
     CONTAINER_FIELD_NUMBER: _builtins.int
+    HARDWARE_FIELD_NUMBER: _builtins.int
+    ACTIVE_PROVIDER_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     phase: Global___InstallPhase.ValueType
@@ -166,6 +168,10 @@ class DeviceStatus(_message.Message):
     """Grows with every status this device sends, across restarts: the controller keeps the
     status with the highest seq, so a stale copy redelivered after a reconnect changes nothing.
     """
+    active_provider: _builtins.str
+    """The execution provider the active release's session runs on ("CPUExecutionProvider"; ""
+    when nothing is served in-process).
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -177,6 +183,10 @@ class DeviceStatus(_message.Message):
     @_builtins.property
     def container(self) -> Global___ContainerStatus:
         """The container serving the active release (absent: it runs in-process, or no model)."""
+
+    @_builtins.property
+    def hardware(self) -> Global___Hardware:
+        """What the device is (probed once at start): CPU, memory, GPUs, ONNX Runtime's providers."""
 
     def __init__(
         self,
@@ -197,14 +207,94 @@ class DeviceStatus(_message.Message):
         seq: _builtins.int = ...,
         runtimes: _abc.Iterable[_builtins.str] | None = ...,
         container: Global___ContainerStatus | None = ...,
+        hardware: Global___Hardware | None = ...,
+        active_provider: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "hardware", b"hardware"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_release", b"active_release", "agent_version", b"agent_version", "at_ms", b"at_ms", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "runtimes", b"runtimes", "seq", b"seq", "target_release", b"target_release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_provider", b"active_provider", "active_release", b"active_release", "agent_version", b"agent_version", "at_ms", b"at_ms", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "hardware", b"hardware", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "runtimes", b"runtimes", "seq", b"seq", "target_release", b"target_release"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeviceStatus: _TypeAlias = DeviceStatus  # noqa: Y015
+
+@_typing.final
+class Hardware(_message.Message):
+    """A device's hardware as its agent probed it at start."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARCH_FIELD_NUMBER: _builtins.int
+    CPU_FEATURES_FIELD_NUMBER: _builtins.int
+    CORES_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    BOARD_FIELD_NUMBER: _builtins.int
+    ONNXRUNTIME_VERSION_FIELD_NUMBER: _builtins.int
+    arch: _builtins.str
+    """platform.machine(): x86_64, aarch64, armv7l"""
+    cores: _builtins.int
+    """logical CPUs this process may use"""
+    memory_bytes: _builtins.int
+    """MemTotal"""
+    board: _builtins.str
+    """the board's model (/proc/device-tree/model: "NVIDIA Jetson Orin Nano ...")"""
+    onnxruntime_version: _builtins.str
+    @_builtins.property
+    def cpu_features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """CPU features that matter for int8 and fp16 kernels, as named by /proc/cpuinfo: "avx2",
+        "avx512", "vnni" (avx512_vnni or avx_vnni), "dotprod" (Arm asimddp), "fp16" (Arm asimdhp)
+        """
+
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___Gpu]: ...
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ONNX Runtime's available providers (onnxruntime.get_available_providers()), in its order"""
+
+    def __init__(
+        self,
+        *,
+        arch: _builtins.str = ...,
+        cpu_features: _abc.Iterable[_builtins.str] | None = ...,
+        cores: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        gpus: _abc.Iterable[Global___Gpu] | None = ...,
+        providers: _abc.Iterable[_builtins.str] | None = ...,
+        board: _builtins.str = ...,
+        onnxruntime_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "board", b"board", "cores", b"cores", "cpu_features", b"cpu_features", "gpus", b"gpus", "memory_bytes", b"memory_bytes", "onnxruntime_version", b"onnxruntime_version", "providers", b"providers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Hardware: _TypeAlias = Hardware  # noqa: Y015
+
+@_typing.final
+class Gpu(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    memory_bytes: _builtins.int
+    """0: not known (Jetson: shared with the CPU)"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_bytes", b"memory_bytes", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Gpu: _TypeAlias = Gpu  # noqa: Y015
 
 @_typing.final
 class ContainerStatus(_message.Message):
