@@ -244,6 +244,10 @@ class Agent:
             reporter=self.reporter,
         )
         if restored.runtime is not None:
+            if restored.runtime.fallback:
+                self.reporter.event(
+                    "provider_fallback", restored.runtime.fallback, release=restored.runtime.release
+                )
             self._serve(restored.runtime, restored.state)
         self._sweep_containers()  # orphans of a killed agent (its adopted one stays)
         endpoint = self.server.start()
@@ -337,10 +341,12 @@ class Agent:
         """Make ``runtime`` the one Predict uses (state naming it is already on disk)."""
         self.predictor.swap(runtime)
         self.server.set_serving(True)
+        self.reporter.set_provider(runtime.provider, publish=False)  # the next status says it
         self.metrics.set_active(
             release=runtime.release,
             previous=state.previous.release if state.previous else "",
             manifest_digest=runtime.model.manifest_digest,
+            provider=runtime.provider,
         )
 
     def _runtimes_in_use(self) -> tuple[ModelRuntime | None, ...]:
@@ -365,7 +371,8 @@ class Agent:
         """Serve nothing (a release rolled back with no release before it)."""
         self.predictor.swap(None)
         self.server.set_serving(False)
-        self.metrics.set_active(release="", previous="", manifest_digest="")
+        self.reporter.set_provider("", publish=False)
+        self.metrics.set_active(release="", previous="", manifest_digest="", provider="")
 
     def _own_state(self) -> OwnState:
         """What failover needs of this device: the release it should serve."""

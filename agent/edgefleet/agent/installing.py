@@ -392,6 +392,14 @@ class Installer:
             install.golden_digest,
         )
         runtime = load_slot(self._store, self._trust, slot, metrics=self._metrics)
+        if runtime.fallback:  # the check below runs on the provider the release will serve on
+            self._reporter.event(
+                "provider_fallback",
+                runtime.fallback,
+                release=install.release,
+                generation=install.generation,
+                phase=InstallPhase.HEALTH_CHECK,
+            )
         golden = None
         if runtime.model.manifest.golden_digest:
             try:

@@ -154,15 +154,27 @@ class AgentMetrics:
             registry=r,
         )
         self.active_release = Info(
-            "edgefleet_active_release", "The release this device serves.", registry=r
+            "edgefleet_active_release",
+            "The release this device serves and the execution provider it runs on.",
+            registry=r,
         )
-        self.active_release.info({"release": "", "previous": "", "manifest_digest": ""})
+        self.active_release.info(
+            {"release": "", "previous": "", "manifest_digest": "", "provider": ""}
+        )
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-    def set_active(self, *, release: str, previous: str, manifest_digest: str) -> None:
+    def set_active(
+        self, *, release: str, previous: str, manifest_digest: str, provider: str = ""
+    ) -> None:
+        """The release served now, and the execution provider its session runs on."""
         self.active_release.info(
-            {"release": release, "previous": previous, "manifest_digest": manifest_digest}
+            {
+                "release": release,
+                "previous": previous,
+                "manifest_digest": manifest_digest,
+                "provider": provider,
+            }
         )
 
     def set_containers(self, samples: tuple[ContainerStatus, ...]) -> None:

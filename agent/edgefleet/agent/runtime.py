@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from edgefleet.agent import blame
+from edgefleet.agent import blame, providers
 from edgefleet.agent.errors import InferenceFailedError, RefusedInputError
 from edgefleet.common import externaldata, wire
 from edgefleet.common import types as t
@@ -91,13 +91,19 @@ def _run_of(session: Any) -> Callable[[list[str], Mapping[str, Any], None], list
 
     The Python wrapper spends about 1.5 us a call (a fifth of the digits model's whole run) on
     checks that do not apply here (graph capture, ``OrtValue`` ownership, provider fallback:
-    CPU only) or that ``predict`` does itself (missing inputs); the C++ run still refuses
+    done at load) or that ``predict`` does itself (missing inputs); the C++ run still refuses
     unknown names, wrong dtypes, ranks and dimensions. The wrapper is the fallback should a
     future ORT rename the attribute; ``test_runtime_uses_orts_own_run`` notices that.
     """
     inner = getattr(session, "_sess", None)
     run = getattr(inner, "run", None)
     return run if callable(run) else session.run  # type: ignore[no-any-return]
+
+
+def _options() -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return options
 
 
 def _merge(model: t.TensorSpec, declared: t.TensorSpec) -> t.TensorSpec:
@@ -138,8 +144,23 @@ class LoadedModel:
 
 
 class ModelRuntime:
-    def __init__(self, session: Any, model: LoadedModel, *, load_seconds: float) -> None:
+    provider: str = ""
+    """The execution provider the session runs on ("": not an ONNX Runtime session here)."""
+    fallback: str = ""
+    """Why the release's first provider preference is not the one used ("": it is)."""
+
+    def __init__(
+        self,
+        session: Any,
+        model: LoadedModel,
+        *,
+        load_seconds: float,
+        provider: str = providers.CPU,
+        fallback: str = "",
+    ) -> None:
         self.session = session
+        self.provider = provider
+        self.fallback = fallback
         self.model = model
         self.release = model.release
         self.load_seconds = load_seconds
@@ -170,7 +191,9 @@ class ModelRuntime:
 
     @classmethod
     def load(cls, path: Path, model: LoadedModel) -> ModelRuntime:
-        """Load ``path`` on the CPU provider; ``ModelLoadError`` when ORT refuses it."""
+        """Load ``path`` on the first execution provider of the manifest's preference that
+        runs here (``providers.open_session``; CPU at the last); ``ModelLoadError`` when ORT
+        refuses it."""
         if model.manifest.runtime != "onnxruntime":
             loader = _loader_for(path, model.manifest.runtime)
             if loader is None:
@@ -182,14 +205,20 @@ class ModelRuntime:
             externaldata.refuse_external(path)  # ORT would read any file the model names
         except InvalidInputError as exc:
             raise ModelLoadError(f"refusing {model.release}: {exc}") from exc
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
         started = time.perf_counter()
         try:
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            opened = providers.open_session(
+                path, model.manifest.providers, slot_dir=path.parent, make_options=_options
+            )
         except Exception as exc:  # ORT raises its own classes, all plain Exceptions
             raise ModelLoadError(f"ONNX Runtime cannot load {model.release}: {exc}") from exc
-        return cls(session, model, load_seconds=time.perf_counter() - started)
+        return cls(
+            opened.session,
+            model,
+            load_seconds=time.perf_counter() - started,
+            provider=opened.provider,
+            fallback=opened.fallback,
+        )
 
     def last_lines(self) -> str:
         """What the runtime last logged, to explain a failure ("" in-process: that is the

@@ -173,6 +173,11 @@ class HealthWatch:
             except EdgeFleetError as exc:
                 why += f"; the previous release {target.release} cannot be loaded either: {exc}"
                 state, target, runtime = replace(state, previous=None), None, None
+            else:
+                if runtime.fallback:
+                    self._reporter.event(
+                        "provider_fallback", runtime.fallback, release=target.release
+                    )
         back_on = target.release if target is not None else "no model"
         reason = f"{window.release} failed its health window, back on {back_on}: {why}"
         new = state.rolled_back(reason)
