@@ -33,6 +33,7 @@ BY_NEIGHBOUR = 60  # answers from neighbours before the stream stops
 AFTER_RESTART = 20  # answers from the restarted agent
 STREAM_TIMEOUT_S = 30.0
 REJOIN_TIMEOUT_S = 30.0
+DEADLINE_S = 5.0  # per request, local and to a neighbour: a dead agent is refused at once
 
 
 @dataclass
@@ -119,7 +120,10 @@ def kill_and_failover(
     """Stream through the victim's FailoverClient, SIGKILL it midway; (counts, kill time)."""
     counts = Counts()
     with FailoverClient(
-        victim.predict_endpoint, deadline=2.0, failover_deadline=2.0, neighbours_refresh=3600.0
+        victim.predict_endpoint,
+        deadline=DEADLINE_S,
+        failover_deadline=DEADLINE_S,
+        neighbours_refresh=3600.0,  # the neighbours it learnt before the kill
     ) as client:
         known = wait_for_neighbours(client, release=release, timeout_s=20.0)
         console.print(f"  {victim.device_id}'s agent knows {known} neighbour(s) serving {release}")
@@ -189,7 +193,7 @@ def check_stream(counts: Counts, *, release: str, what: str) -> None:
 
 def after_restart(agent: Agent, x: npt.NDArray[np.float32], *, release: str) -> Counts:
     counts = Counts()
-    with FailoverClient(agent.predict_endpoint, deadline=5.0) as client:
+    with FailoverClient(agent.predict_endpoint, deadline=DEADLINE_S) as client:
         stream(client, x, counts, until=lambda c: c.answered >= AFTER_RESTART, timeout_s=20.0)
     check_stream(counts, release=release, what=f"{agent.device_id} after its restart")
     if counts.local < AFTER_RESTART:

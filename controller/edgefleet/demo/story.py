@@ -235,7 +235,7 @@ class _Steps:
         stopped_at = ", ".join(bad.canary)
         self.console.print(
             f"[green]✓[/] the canary {stopped_at} failed its gate and the controller "
-            f"rolled {bad_ref} back by itself: {bad.reason or bad.info.phase}"
+            f"rolled {bad_ref} back by itself (rollout {bad.info.phase})"
         )
         self.console.print(
             f"  never sent {bad_ref}: {', '.join(bad.untouched)} (desired generation unchanged, "
