@@ -102,3 +102,15 @@ def test_power_root_defaults_to_the_real_root_and_is_relative_to_the_file(
     assert s.power_root == tmp_path / "fixture"
     s = config.load(file=conf, env={"EDGEFLEET_AGENT_POWER_ROOT": "/srv/sys"}, flags=base)
     assert s.power_root == Path("/srv/sys")
+
+
+def test_the_password_file_goes_into_every_node_of_a_cluster(tmp_path: Path) -> None:
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("p@ss\n")
+    s = config.MqttSettings(url="mqtt://dev@a:1883, mqtt://dev@b:1884", password_file=secret)
+    config._check_password_file(s)
+    assert config.broker_url(s) == "mqtt://dev:p%40ss@a:1883,mqtt://dev:p%40ss@b:1884"
+    with pytest.raises(InvalidInputError, match="needs a user"):
+        config._check_password_file(
+            config.MqttSettings(url="mqtt://dev@a,mqtt://b", password_file=secret)
+        )

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from edgefleet.common.errors import InvalidInputError
-from edgefleet.common.mqttclient import BrokerUrl
+from edgefleet.common.mqttclient import BrokerUrl, parse_urls
 
 
 @pytest.mark.parametrize(
@@ -29,3 +29,14 @@ def test_errors_never_show_the_password(url: str) -> None:
 
 def test_redacted() -> None:
     assert BrokerUrl.parse("mqtts://dev:hunter2@h").redacted() == "mqtts://dev:***@h:8883"
+
+
+def test_a_list_of_nodes() -> None:
+    assert parse_urls("mqtt://a:1, mqtt://b:2,") == (BrokerUrl("a", 1), BrokerUrl("b", 2))
+    assert parse_urls("mqtt://a") == (BrokerUrl("a", 1883),)
+
+
+@pytest.mark.parametrize("urls", ["", " , ", "mqtt://a:1,mqtts://b:2"])
+def test_a_bad_list_of_nodes(urls: str) -> None:
+    with pytest.raises(InvalidInputError):
+        parse_urls(urls)

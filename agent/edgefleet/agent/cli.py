@@ -52,7 +52,13 @@ def run(
     ] = None,
     device_id: Annotated[str | None, typer.Option(help="Unique device id (a-z 0-9 . _ -).")] = None,
     fleet: Annotated[str | None, typer.Option(help="Fleet of the device.")] = None,
-    mqtt: Annotated[str | None, typer.Option(help="Broker URL, mqtt://host:port.")] = None,
+    mqtt: Annotated[
+        str | None,
+        typer.Option(
+            help="Broker URL, mqtt://host:port; a clustered broker's nodes comma-separated "
+            "(reconnects go to the next in turn)."
+        ),
+    ] = None,
     mqtt_ca: Annotated[
         Path | None, typer.Option(help="CA bundle of an mqtts:// broker (default: enrolled).")
     ] = None,

@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from edgefleet.agent.identity import IdentityFiles
 from edgefleet.common import wire
 from edgefleet.common.errors import InvalidInputError, MalformedMessageError
-from edgefleet.common.mqttclient import BrokerUrl
+from edgefleet.common.mqttclient import parse_urls
 from edgefleet.common.types import validate_name
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
@@ -41,7 +41,8 @@ class DeviceSettings:
 @dataclass(frozen=True)
 class MqttSettings:
     url: str = "mqtt://127.0.0.1:1883"
-    """Broker URL: mqtt://[user:password@]host:port, or mqtts:// for TLS."""
+    """Broker URL: mqtt://[user:password@]host:port, or mqtts:// for TLS; the nodes of a
+    clustered broker comma-separated (the agent fails over to the next one in turn)."""
     ca_file: Path | None = None
     """CA bundle of an mqtts:// broker; None = the enrolled identity's ca.pem, else the system's."""
     cert_file: Path | None = None
@@ -273,26 +274,30 @@ def load(*, file: Path | None, env: Mapping[str, str], flags: Mapping[str, Any])
 
 
 def broker_url(s: MqttSettings) -> str:
-    """The broker URL to connect with: ``url``, with the password from ``password_file``."""
+    """The broker URL to connect with: ``url``, with the password from ``password_file``
+    (in every node's URL, when it lists several)."""
     if s.password_file is None:
         return s.url
     try:
         password = s.password_file.read_text().rstrip("\r\n")
     except OSError as exc:
         raise InvalidInputError(f"cannot read the MQTT password file: {exc}") from None
-    parts = urlsplit(s.url)
-    user, host = parts.username or "", parts.netloc.rpartition("@")[2]
-    netloc = f"{quote(unquote(user), safe='')}:{quote(password, safe='')}@{host}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    urls = []
+    for url in (u.strip() for u in s.url.split(",") if u.strip()):
+        parts = urlsplit(url)
+        user, host = parts.username or "", parts.netloc.rpartition("@")[2]
+        netloc = f"{quote(unquote(user), safe='')}:{quote(password, safe='')}@{host}"
+        urls.append(urlunsplit(parts._replace(netloc=netloc)))
+    return ",".join(urls)
 
 
 def _check_password_file(s: MqttSettings) -> None:
-    broker = BrokerUrl.parse(s.url)
+    brokers = parse_urls(s.url)
     if s.password_file is None:
         return
-    if not broker.username:
+    if not all(b.username for b in brokers):
         raise InvalidInputError("--mqtt-password-file needs a user in the URL: mqtt://USER@HOST")
-    if broker.password:
+    if any(b.password for b in brokers):
         raise InvalidInputError("give the MQTT password in the URL or in a file, not both")
     if not s.password_file.is_file():
         raise InvalidInputError(f"MQTT password file not found: {s.password_file}")

@@ -68,7 +68,13 @@ def run(
             "required). Keep it off the device network."
         ),
     ] = "127.0.0.1:50052",
-    mqtt: Annotated[str, typer.Option(help="MQTT broker URL.")] = "mqtt://127.0.0.1:1883",
+    mqtt: Annotated[
+        str,
+        typer.Option(
+            help="MQTT broker URL; a clustered broker's nodes comma-separated (reconnects go "
+            "to the next in turn)."
+        ),
+    ] = "mqtt://127.0.0.1:1883",
     db: Annotated[
         str, typer.Option(help="SQLAlchemy URL (default: sqlite:///DATA_DIR/controller.db).")
     ] = "",

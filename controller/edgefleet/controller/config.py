@@ -34,7 +34,8 @@ class ApiSettings:
 @dataclass(frozen=True)
 class MqttSettings:
     url: str = "mqtt://127.0.0.1:1883"
-    """Broker URL (mqtt:// or mqtts://, credentials in the URL)."""
+    """Broker URL (mqtt:// or mqtts://, credentials in the URL); the nodes of a clustered
+    broker comma-separated (reconnects go to the next in turn)."""
     client_id: str = "edgefleet-controller"
     """MQTT client id; the persistent session is keyed by it."""
     ca_file: str | None = None

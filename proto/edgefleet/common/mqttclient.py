@@ -4,6 +4,12 @@ A persistent session (MQTT 3.1.1, ``clean_session=False``) so QoS 1 messages pub
 client was away are delivered when it returns; subscriptions are renewed on every connect; paho
 reconnects by itself with a capped exponential delay, including when the broker is down at start.
 Handlers run on paho's network thread: they must be quick and hand real work to a queue.
+
+The URL may list several nodes of one clustered broker, comma-separated
+(``mqtt://a:1883,mqtt://b:1883``): the session connects to the first, and after each lost
+connection or failed attempt tries the next one in turn, with the same capped delay. A
+subscription the broker refuses (an ACL, or a cluster still electing its stream leaders) is
+asked for again with a capped delay until it is granted.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from edgefleet.common.errors import InvalidInputError, TransientError
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str, bytes, bool], None]
+
+RESUBSCRIBE_MIN_S = 2.0
+RESUBSCRIBE_MAX_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,17 @@ class BrokerUrl:
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
 
+def parse_urls(urls: str) -> tuple[BrokerUrl, ...]:
+    """A comma-separated list of broker URLs, the nodes of one broker: one scheme for all
+    (one TLS setup serves every node)."""
+    brokers = tuple(BrokerUrl.parse(u.strip()) for u in urls.split(",") if u.strip())
+    if not brokers:
+        raise InvalidInputError("no MQTT broker URL given")
+    if len({b.tls for b in brokers}) > 1:
+        raise InvalidInputError("MQTT broker URLs mix mqtt:// and mqtts://: use one for all")
+    return brokers
+
+
 @dataclass(frozen=True)
 class Will:
     topic: str
@@ -88,7 +108,8 @@ class MqttSession:
         key_file: str | None = None,
         keepalive: int = 30,
     ) -> None:
-        self.broker = BrokerUrl.parse(url)
+        self.brokers = parse_urls(url)
+        self._at = 0  # the node of ``brokers`` connected or tried now
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
         self._on_connect_hook = on_connect
@@ -103,6 +124,11 @@ class MqttSession:
         )
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.max_queued_messages_set(10_000)
+        self._resubscribe: threading.Timer | None = None
+        self._resubscribe_delay = RESUBSCRIBE_MIN_S
+        self._asked: dict[int, list[tuple[str, int]]] = {}  # SUBSCRIBE mid -> what it asked
+        self._asked_lock = threading.Lock()  # a retry subscribes from a timer thread
+        self._stopping = False
         if self.broker.username:
             self._client.username_pw_set(self.broker.username, self.broker.password)
         if cert_file and not self.broker.tls:
@@ -120,6 +146,7 @@ class MqttSession:
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
         self._client.on_subscribe = self._handle_subscribe
+        self._client.on_connect_fail = self._handle_connect_fail
 
     def reload_identity(self, cert_file: str, key_file: str) -> None:
         """Use a renewed client certificate from the next (re)connect on; the connection up
@@ -129,11 +156,17 @@ class MqttSession:
         self._tls.load_cert_chain(cert_file, key_file)
 
     @property
+    def broker(self) -> BrokerUrl:
+        """The node connected or being tried now."""
+        return self.brokers[self._at]
+
+    @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
     def start(self) -> None:
         """Connect in the background; returns at once even when the broker is down."""
+        self._stopping = False
         log.info("connecting to MQTT broker %s", self.broker.redacted())
         self._client.connect_async(self.broker.host, self.broker.port, keepalive=self._keepalive)
         self._client.loop_start()
@@ -156,6 +189,8 @@ class MqttSession:
 
     def stop(self, *, last: Iterable[tuple[str, bytes, bool]] = ()) -> None:
         """Publish ``last`` messages (topic, payload, retain) if connected, then disconnect."""
+        self._stopping = True
+        self._cancel_resubscribe()
         if self.connected:
             for topic, payload, retain in last:
                 info = self._client.publish(topic, payload, qos=1, retain=retain)
@@ -179,7 +214,7 @@ class MqttSession:
         log.info("connected to MQTT broker %s", self.broker.redacted())
         self._subscribed.clear()
         if self._subscriptions:
-            client.subscribe(self._subscriptions)
+            self._subscribe(self._subscriptions)
         else:
             self._subscribed.set()
         self._connected.set()
@@ -189,17 +224,71 @@ class MqttSession:
     def _handle_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
     ) -> None:
-        if refused := [str(r) for r in reasons if r.is_failure]:
-            log.error("MQTT broker refused subscriptions: %s (check the broker ACL)", refused)
+        with self._asked_lock:
+            asked = self._asked.pop(mid, self._subscriptions)
+        refused = [sub for sub, r in zip(asked, reasons, strict=False) if r.is_failure]
+        if refused:
+            log.error(
+                "MQTT broker %s refused subscriptions %s (check the broker ACL); asking again "
+                "in %ss",
+                self.broker.redacted(),
+                [f for f, _ in refused],
+                self._resubscribe_delay,
+            )
+            self._schedule_resubscribe(refused)
+        else:
+            self._resubscribe_delay = RESUBSCRIBE_MIN_S
         self._subscribed.set()
+
+    def _subscribe(self, subscriptions: list[tuple[str, int]]) -> None:
+        with self._asked_lock:  # recorded before its SUBACK can be handled
+            rc, mid = self._client.subscribe(subscriptions)
+            if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._asked[mid] = subscriptions
+
+    def _schedule_resubscribe(self, refused: list[tuple[str, int]]) -> None:
+        def again() -> None:
+            if self._stopping or not self._connected.is_set():
+                return  # the next connect subscribes to everything anyway
+            self._subscribe(refused)
+
+        self._cancel_resubscribe()
+        timer = threading.Timer(self._resubscribe_delay, again)
+        timer.daemon = True
+        self._resubscribe = timer
+        self._resubscribe_delay = min(self._resubscribe_delay * 2, RESUBSCRIBE_MAX_S)
+        timer.start()
+
+    def _cancel_resubscribe(self) -> None:
+        if self._resubscribe is not None:
+            self._resubscribe.cancel()
+            self._resubscribe = None
+
+    def _next_node(self) -> None:
+        """Point paho at the next node for its next reconnect attempt. paho keeps the host in
+        ``_host``/``_port``; its public setters refuse while a lost connection is being torn
+        down, which is exactly when this runs (on paho's network thread, before it waits)."""
+        if len(self.brokers) < 2 or self._stopping:
+            return
+        self._at = (self._at + 1) % len(self.brokers)
+        b = self.broker
+        self._client._host, self._client._port = b.host, b.port
+        self._client.username_pw_set(b.username, b.password)
+        log.info("next MQTT broker node to try: %s", b.redacted())
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._next_node()
 
     def _handle_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
+        self._subscribed.clear()  # the next connection subscribes again
+        self._cancel_resubscribe()
         if was and reason.is_failure:
             log.warning("lost MQTT broker %s (%s); reconnecting", self.broker.redacted(), reason)
+        self._next_node()
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self._on_message is None:
