@@ -38,6 +38,12 @@ AGENT = (
     Metric("edgefleet_active_release_info", "info", ("release", "previous", "manifest_digest")),
     Metric("edgefleet_power_watts", "gauge"),
     Metric("edgefleet_energy_per_inference_joules", "gauge"),
+    Metric("edgefleet_image_pull_bytes_total", "counter"),
+    Metric("edgefleet_container_info", "gauge", ("release", "container", "state", "image")),
+    Metric("edgefleet_container_restarts", "gauge", ("release",)),
+    Metric("edgefleet_container_cpu_seconds", "gauge", ("release",)),
+    Metric("edgefleet_container_memory_bytes", "gauge", ("release",)),
+    Metric("edgefleet_container_memory_limit_bytes", "gauge", ("release",)),
 )
 
 CONTROLLER = (
@@ -52,6 +58,9 @@ CONTROLLER = (
     Metric("edgefleet_rollouts_aborted_total", "counter", ("fleet",)),
     Metric("edgefleet_controller_malformed_messages_total", "counter", ("channel",)),
 )
+
+CONTAINERS = frozenset(m.name for m in AGENT if m.name.startswith("edgefleet_container_"))
+"""Absent by design on devices that serve no container release."""
 
 BUILTIN = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
 """Series Prometheus makes itself: scrape health and alert state."""

@@ -31,11 +31,16 @@ LABEL_VALUES = {
     "fleet": "f1",
     "release": "r2",
     "channel": "telemetry",
+    "container": "0123456789ab",
+    "state": "running",
+    "image": "sha256:00",
 }
 
 
 def _family(metric: Metric, registry: CollectorRegistry) -> object:
-    base = metric.name.removesuffix("_total").removesuffix("_info")
+    base = metric.name.removesuffix("_total")
+    if metric.kind == "info":  # a gauge may end in _info too (edgefleet_container_info)
+        base = base.removesuffix("_info")
     labels = [] if metric.kind == "info" else list(metric.labels)
     kind = {"gauge": Gauge, "counter": Counter, "histogram": Histogram, "info": Info}
     return kind[metric.kind](base, f"stand-in for {metric.name}", labels, registry=registry)
@@ -73,7 +78,7 @@ def agent_registry() -> CollectorRegistry:
             (family.labels(*values) if values else family).inc(3)
         else:
             assert isinstance(family, Gauge)
-            family.set(2.5)
+            (family.labels(*values) if values else family).set(2.5)
     return registry
 
 
