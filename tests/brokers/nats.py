@@ -56,6 +56,21 @@ class Node:
             f"routes: [{route_urls}] }}\n"
         )
 
+    def configure_alone(self, extra: str = "") -> None:
+        """One node, no cluster; ``extra`` goes last (an ``authorization`` block)."""
+        self.conf.write_text(
+            f'server_name: "{self.name}"\n'
+            f"listen: 127.0.0.1:{self.client_port}\n"
+            f"http: 127.0.0.1:{self.http_port}\n"
+            f'jetstream {{ store_dir: "{self.store}" }}\n'
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n{extra}\n"
+        )
+
+    def reload(self) -> None:
+        """SIGHUP: the node reads its config file again (permissions, users)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
     def start(self, binary: str) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -123,10 +138,12 @@ class NatsCluster:
         return [n.name for n in self.nodes if n.proc is not None and client_id in n.mqtt_clients()]
 
 
-def probe(port: int, timeout: float = 10.0) -> bool:
+def probe(port: int, timeout: float = 10.0, *, user: tuple[str, str] | None = None) -> bool:
     """One MQTT connect and subscribe answered by the node on ``port``."""
     done: list[bool] = []
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"probe-{port}", clean_session=True)
+    if user is not None:
+        c.username_pw_set(*user)
     c.on_connect = lambda cl, _u, _f, rc, _p: (
         cl.subscribe("ef/v1/probe", 1) if not rc.is_failure else None
     )
