@@ -341,7 +341,8 @@ class Agent:
         """Make ``runtime`` the one Predict uses (state naming it is already on disk)."""
         self.predictor.swap(runtime)
         self.server.set_serving(True)
-        self.reporter.set_provider(runtime.provider, publish=False)  # the next status says it
+        # the next status says it
+        self.reporter.set_provider(runtime.provider, fallback=runtime.fallback, publish=False)
         self.metrics.set_active(
             release=runtime.release,
             previous=state.previous.release if state.previous else "",

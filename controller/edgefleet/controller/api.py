@@ -72,6 +72,11 @@ def health(msg: controller_pb2.CreateReleaseRequest) -> t.HealthPolicy | None:
     return given
 
 
+def providers(msg: controller_pb2.CreateReleaseRequest) -> tuple[t.ExecutionProvider, ...]:
+    """The request's execution provider preference, in its order (checked by ``releases``)."""
+    return tuple(t.ExecutionProvider(p.name, dict(p.options)) for p in msg.providers)
+
+
 def release_info(r: Release) -> controller_pb2.ReleaseInfo:
     return controller_pb2.ReleaseInfo(
         name=r.ref.name,
@@ -188,6 +193,10 @@ def device_info(d: DeviceView) -> controller_pb2.DeviceInfo:
         msg.telemetry.CopyFrom(wire.telemetry_to_pb(d.telemetry))
     if d.container is not None:
         msg.container.CopyFrom(wire.container_to_pb(d.container))
+    if d.hardware is not None:
+        msg.hardware.CopyFrom(wire.hardware_to_pb(d.hardware))
+    msg.active_provider = d.active_provider
+    msg.provider_fallback = d.provider_fallback
     return msg
 
 

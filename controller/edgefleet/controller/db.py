@@ -122,6 +122,13 @@ class DeviceRow(Base):
     container: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     """The active release's container as the status named it (``t.ContainerStatus`` fields);
     None when the device serves in-process or nothing."""
+    hardware: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """The device's hardware as its status named it (``t.Hardware`` fields, GPUs as lists);
+    None until an agent that reports it."""
+    active_provider: Mapped[str] = mapped_column(String(64), server_default="")
+    """The execution provider the active release runs on ("": none in-process)."""
+    provider_fallback: Mapped[str] = mapped_column(Text, server_default="")
+    """Why not the release's first provider preference ("": it is)."""
     first_seen_ms: Mapped[int] = mapped_column(BigInteger)
     last_seen_ms: Mapped[int] = mapped_column(BigInteger)
 

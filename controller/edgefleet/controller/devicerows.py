@@ -32,6 +32,10 @@ def set_status(row: DeviceRow, s: t.DeviceStatus) -> None:
     row.agent_version = s.agent_version
     row.active_manifest_digest = s.active_manifest_digest
     row.container = asdict(s.container) if s.container is not None else None
+    if s.hardware is not None:  # an older agent's status says nothing: keep what is known
+        row.hardware = asdict(s.hardware)
+    row.active_provider = s.active_provider
+    row.provider_fallback = s.provider_fallback
     row.status_at_ms = s.at_ms
 
 
@@ -130,6 +134,24 @@ def container(row: DeviceRow) -> t.ContainerStatus | None:
         return None
 
 
+def hardware(row: DeviceRow) -> t.Hardware | None:
+    """The stored hardware of a device (None: not reported, or unreadable)."""
+    if not row.hardware:
+        return None
+    h = dict(row.hardware)
+    try:
+        return t.Hardware(
+            **{
+                **h,
+                "cpu_features": tuple(h.get("cpu_features", ())),
+                "gpus": tuple(t.Gpu(**g) for g in h.get("gpus", ())),
+                "providers": tuple(h.get("providers", ())),
+            }
+        )
+    except TypeError:  # stored by a controller with other fields: not worth failing a listing
+        return None
+
+
 def view(
     d: DeviceRow,
     p: PresenceRow | None,
@@ -154,4 +176,7 @@ def view(
         telemetry=telemetry(x) if x is not None else None,
         telemetry_received_ms=x.received_ms if x is not None else 0,
         container=container(d),
+        hardware=hardware(d),
+        active_provider=d.active_provider or "",
+        provider_fallback=d.provider_fallback or "",
     )

@@ -103,6 +103,9 @@ class DeviceView:
     telemetry: t.Telemetry | None = None
     telemetry_received_ms: int = 0  # by the controller's clock, whatever the device's says
     container: t.ContainerStatus | None = None  # the active release's, as last reported
+    hardware: t.Hardware | None = None  # as the device's agent probed it at start
+    active_provider: str = ""  # the execution provider its active release runs on
+    provider_fallback: str = ""  # why not the release's first preference ("": it is)
 
 
 @dataclass(frozen=True)

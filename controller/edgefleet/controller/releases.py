@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -37,7 +37,12 @@ from sqlalchemy.exc import IntegrityError
 from edgefleet.common import digests, signing, wire
 from edgefleet.common import types as t
 from edgefleet.common.artifacts import BlobStore
-from edgefleet.common.errors import AlreadyExistsError, InvalidInputError, NotFoundError
+from edgefleet.common.errors import (
+    AlreadyExistsError,
+    InvalidInputError,
+    MalformedMessageError,
+    NotFoundError,
+)
 from edgefleet.controller import golden as golden_data
 from edgefleet.controller import images
 from edgefleet.controller.db import Database, ReleaseRow
@@ -104,6 +109,21 @@ def build_manifest(
     )
 
 
+def validate_providers(
+    providers: Sequence[t.ExecutionProvider],
+) -> tuple[t.ExecutionProvider, ...]:
+    """An operator's provider preference as a device will accept it (``wire``'s bounds: at
+    most 8, ONNX Runtime names, options of bounded size), each provider named once."""
+    try:
+        checked = wire.check_providers(providers)
+    except MalformedMessageError as exc:
+        raise InvalidInputError(str(exc)) from exc
+    names = [p.name for p in checked]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"an execution provider is named twice: {', '.join(names)}")
+    return checked
+
+
 def release_golden(compression_npz: bytes) -> bytes:
     """The compression's golden data (``input/<name>``, ``output/<name>``, ``tolerance``) as
     release golden data: the outputs become expectations; the tolerance (compressed against
@@ -147,13 +167,15 @@ class Releases:
         golden: bytes = b"",
         runtime: str = "",
         image: str = "",
+        providers: Sequence[t.ExecutionProvider] = (),
     ) -> Release:
         """Sign and store ``ref`` from model ``ref.name`` version ``model_version`` (0 = newest).
 
         ``golden``: an ``.npz`` of golden inputs (and expected outputs) to check the release
         against on devices; empty = the compression's golden data for a compressed version,
         smoke inference on zeros only otherwise. ``runtime``: "onnxruntime" (default) or
-        "container", with ``image`` the user's own image (default: built here).
+        "container", with ``image`` the user's own image (default: built here). ``providers``:
+        runtime "onnxruntime"'s execution providers in order of preference (empty: the CPU).
         """
         runtime = runtime or "onnxruntime"
         if runtime not in RUNTIMES:
@@ -162,6 +184,9 @@ class Releases:
             )
         if image and runtime != "container":
             raise InvalidInputError("an image is for runtime container only")
+        if providers and runtime != "onnxruntime":
+            raise InvalidInputError("execution providers are for runtime onnxruntime only")
+        preference = validate_providers(providers)
         policy = validate_health(health or t.HealthPolicy())
         model = self._registry.get(ref.name, model_version)
         if self._find(ref) is not None:
@@ -184,6 +209,8 @@ class Releases:
         )
         if built is not None:
             manifest = replace(manifest, runtime=runtime, image=built.digest)
+        if preference:  # signed with the rest: a device runs the release only on these
+            manifest = replace(manifest, providers=preference)
         envelope = signing.sign(wire.encode_manifest(manifest), signing.MANIFEST_TYPE, private_key)
         row = ReleaseRow(
             name=ref.name,

@@ -175,6 +175,7 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
                 golden=request.golden,
                 runtime=request.runtime,
                 image=request.image,
+                providers=api.providers(request),
             )
             return api.release_info(release)
 

@@ -8,7 +8,7 @@ operator's bearer token (``authorized``), which the controller's ``auth`` checks
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
@@ -18,9 +18,9 @@ import grpc
 from edgefleet.common import rpc, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import NotFoundError
+from edgefleet.v1 import common_pb2, enroll_pb2, mqtt_pb2
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import controller_pb2_grpc as pb_grpc
-from edgefleet.v1 import enroll_pb2, mqtt_pb2
 
 R = TypeVar("R")
 
@@ -217,6 +217,7 @@ class ControllerClient:
         golden: bytes = b"",
         runtime: str = "",
         image: str = "",
+        providers: Sequence[t.ExecutionProvider] = (),
     ) -> pb.ReleaseInfo:
         request = pb.CreateReleaseRequest(
             name=name,
@@ -226,6 +227,10 @@ class ControllerClient:
             golden=golden,
             runtime=runtime,
             image=image,
+            providers=[
+                common_pb2.ExecutionProvider(name=p.name, options=dict(p.options))
+                for p in providers
+            ],
         )
         if health is not None:
             request.health.CopyFrom(wire.health_to_pb(health))

@@ -32,13 +32,25 @@ def list_devices(
             help="Show the release containers instead: state, image, restarts, CPU, memory.",
         ),
     ] = False,
+    hardware: Annotated[
+        bool,
+        typer.Option(
+            "--hardware",
+            help="Show the devices' hardware instead: arch, cores, memory, CPU features, GPUs, "
+            "ONNX Runtime providers, and the provider the active release runs on (and why, "
+            "when it fell back).",
+        ),
+    ] = False,
 ) -> None:
     """List devices and their state.
 
     Online, install phase, active release, generation applied/desired, p50 latency from
     telemetry, the container of a container release (state and memory; "-": in-process),
-    Predict endpoint and last error of each device. ``--containers``: one row per device
-    serving a container release, with its container's figures as of its last status.
+    Predict endpoint and last error of each device; HW is arch, cores, memory and the int8
+    CPU features (vnni, dotprod), PROVIDER the execution provider the active release runs on,
+    "(fallback)" when it is not the release's first preference (``--hardware`` says why).
+    ``--containers``: one row per device serving a container release, with its container's
+    figures as of its last status.
     """
     with shell.controller(ctx) as client:
         devices = client.list_devices(fleet)
@@ -47,6 +59,9 @@ def list_devices(
         return
     if containers:
         _print_containers(devices)
+        return
+    if hardware:
+        _print_hardware(devices)
         return
     t = output.table(
         "DEVICE",
@@ -57,6 +72,8 @@ def list_devices(
         "GEN",
         "P50",
         "CONTAINER",
+        "HW",
+        "PROVIDER",
         "ENDPOINT",
         "LAST ERROR",
     )
@@ -72,6 +89,8 @@ def list_devices(
             f"{d.generation_applied}/{d.generation_desired}",
             p50,
             output.container_cell(d.container) if d.HasField("container") else "-",
+            output.hardware_cell(d.hardware) if d.HasField("hardware") else "-",
+            output.provider_cell(d),
             output.safe(d.predict_endpoint) or "-",
             output.safe(d.last_error),
         )
@@ -98,3 +117,32 @@ def _print_containers(devices: Sequence[pb.DeviceInfo]) -> None:
             output.safe(c.image.removeprefix("sha256:")[:12]) or "-",
         )
     output.print_table(t, empty="no device serves a container release")
+
+
+def _print_hardware(devices: Sequence[pb.DeviceInfo]) -> None:
+    """One row per device: its hardware as its agent probed it, and its active provider."""
+    t = output.table(
+        "DEVICE", "ARCH", "CORES", "MEMORY", "CPU", "GPU", "BOARD", "ORT", "PROVIDERS", "ACTIVE"
+    )
+    for d in devices:
+        h = d.hardware
+        gpus = ", ".join(
+            g.name + (f" ({output.size_text(g.memory_bytes)})" if g.memory_bytes else "")
+            for g in h.gpus
+        )
+        active = output.provider_cell(d)
+        if d.provider_fallback:
+            active += f": {output.safe(d.provider_fallback)}"
+        t.add_row(
+            output.safe(d.device_id),
+            output.safe(h.arch) or "-",
+            str(h.cores) if h.cores else "-",
+            output.size_text(h.memory_bytes) if h.memory_bytes else "-",
+            output.safe(",".join(h.cpu_features)) or "-",
+            output.safe(gpus) or "-",
+            output.safe(h.board) or "-",
+            output.safe(h.onnxruntime_version) or "-",
+            output.safe(",".join(output.short_provider(p) for p in h.providers)) or "-",
+            active,
+        )
+    output.print_table(t, empty="no devices")

@@ -177,6 +177,7 @@ def release_dict(r: pb.ReleaseInfo) -> dict[str, Any]:
         "latency_budget_ms": m.health.latency_budget_ms,
         "inputs": [spec_dict(s) for s in m.inputs],
         "outputs": [spec_dict(s) for s in m.outputs],
+        "providers": [{"name": p.name, "options": dict(p.options)} for p in m.providers],
     }
 
 
@@ -224,6 +225,47 @@ def container_cell(c: mqtt_pb2.ContainerStatus) -> str:
     return cell
 
 
+def hardware_dict(h: mqtt_pb2.Hardware) -> dict[str, Any]:
+    return {
+        "arch": h.arch,
+        "cpu_features": list(h.cpu_features),
+        "cores": h.cores,
+        "memory_bytes": h.memory_bytes,
+        "gpus": [{"name": g.name, "memory_bytes": g.memory_bytes} for g in h.gpus],
+        "providers": list(h.providers),
+        "board": h.board,
+        "onnxruntime_version": h.onnxruntime_version,
+    }
+
+
+def short_provider(name: str) -> str:
+    """``CUDAExecutionProvider`` as ``CUDA``."""
+    return name.removesuffix("ExecutionProvider")
+
+
+def hardware_cell(h: mqtt_pb2.Hardware) -> str:
+    """One short table cell: arch, cores, memory, int8 features, GPUs (``x86_64 8c 16G vnni``)."""
+    parts = [safe(h.arch) or "?"]
+    if h.cores:
+        parts.append(f"{h.cores}c")
+    if h.memory_bytes:
+        parts.append(f"{h.memory_bytes / 2**30:.0f}G")
+    int8 = [f for f in h.cpu_features if f in ("vnni", "dotprod", "amx", "i8mm")]
+    if int8:
+        parts.append(safe(",".join(int8)))
+    if h.gpus:
+        parts.append(f"{len(h.gpus)} GPU" if len(h.gpus) == 1 else f"{len(h.gpus)} GPUs")
+    return " ".join(parts)
+
+
+def provider_cell(d: pb.DeviceInfo) -> str:
+    """The active release's provider; yellow "(fallback)" when not its first preference."""
+    if not d.active_provider:
+        return "-"
+    cell = safe(short_provider(d.active_provider))
+    return f"[yellow]{cell} (fallback)[/]" if d.provider_fallback else cell
+
+
 def device_dict(d: pb.DeviceInfo) -> dict[str, Any]:
     return {
         "device_id": d.device_id,
@@ -241,6 +283,9 @@ def device_dict(d: pb.DeviceInfo) -> dict[str, Any]:
         "last_seen_ms": d.last_seen_ms,
         "telemetry": telemetry_dict(d.telemetry) if d.HasField("telemetry") else None,
         "container": container_dict(d.container) if d.HasField("container") else None,
+        "hardware": hardware_dict(d.hardware) if d.HasField("hardware") else None,
+        "active_provider": d.active_provider,
+        "provider_fallback": d.provider_fallback,
     }
 
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from edgefleet.common.types import HealthPolicy, validate_name, validate_version
+from edgefleet.common.types import (
+    ExecutionProvider,
+    HealthPolicy,
+    validate_name,
+    validate_version,
+)
 from edgefleet.controller.rollouts.strategy import parse_duration
 from edgefleet.edgectl import oci_cmd, output, shell
+from edgefleet.v1 import common_pb2
 
 app = typer.Typer(
     help="Create and list signed releases.\n\nA release NAME:VERSION (semver) packs one "
@@ -18,6 +25,46 @@ app = typer.Typer(
 )
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+SHORT_PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "acl": "ACLExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def parse_providers(text: str) -> tuple[ExecutionProvider, ...]:
+    """``--providers``: ``NAME[:KEY=VALUE...]`` comma-separated, in order of preference."""
+    out = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, *pairs = item.split(":")
+        name = SHORT_PROVIDERS.get(name.strip().lower(), name.strip())
+        options = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise typer.BadParameter(
+                    f"{pair!r} in {item!r} is not KEY=VALUE", param_hint="--providers"
+                )
+            options[key.strip()] = value.strip()
+        out.append(ExecutionProvider(name, options))
+    return tuple(out)
+
+
+def providers_text(providers: Iterable[common_pb2.ExecutionProvider]) -> str:
+    """``TensorrtExecutionProvider(trt_fp16_enable=1) > CPUExecutionProvider``."""
+    return " > ".join(
+        p.name
+        + (f"({','.join(f'{k}={v}' for k, v in sorted(p.options.items()))})" if p.options else "")
+        for p in providers
+    )
 
 
 @app.command("create")
@@ -126,6 +173,21 @@ def create(
             metavar="REF",
         ),
     ] = "",
+    providers: Annotated[
+        str,
+        typer.Option(
+            "--providers",
+            help="ONNX Runtime execution providers in order of preference, comma-separated, "
+            "each NAME[:KEY=VALUE...] with its provider options, e.g. "
+            '"TensorrtExecutionProvider:trt_fp16_enable=1,CUDAExecutionProvider,'
+            'CPUExecutionProvider" (short names: tensorrt, cuda, openvino, xnnpack, acl, '
+            "cpu). Signed in the manifest; a device opens the model on the first one its "
+            "ONNX Runtime offers and that initialises, else on the CPU, and reports a "
+            "provider_fallback event when that is not the first. TensorRT's engine cache "
+            "is kept in the release's slot on the device. Default: the CPU only.",
+            metavar="PROVIDERS",
+        ),
+    ] = "",
     as_json: Json = False,
 ) -> None:
     """Create release NAME:VERSION from a registered model version.
@@ -152,6 +214,9 @@ def create(
         raise typer.BadParameter("onnxruntime or container", param_hint="--runtime")
     if image and runtime != "container":
         raise typer.BadParameter("needs --runtime container", param_hint="--image")
+    preference = parse_providers(providers)
+    if preference and runtime != "onnxruntime":
+        raise typer.BadParameter("for --runtime onnxruntime only", param_hint="--providers")
     with shell.controller(ctx) as client:
         release = client.create_release(
             name,
@@ -162,6 +227,7 @@ def create(
             golden=golden_bytes,
             runtime="" if runtime == "onnxruntime" else runtime,
             image=image,
+            providers=preference,
         )
     m = release.manifest
     if as_json:
@@ -187,6 +253,8 @@ def create(
         output.console.print(f"  health window: {m.health.health_window_s:g}s", markup=False)
     if m.image:
         output.console.print(f"  image:    {m.image} (runtime {m.runtime})", markup=False)
+    if m.providers:
+        output.console.print(f"  providers: {providers_text(m.providers)}", markup=False)
 
 
 @app.command("list")

@@ -231,6 +231,8 @@ class DeviceStatus:
     """What the device is (None: an agent that does not say)."""
     active_provider: str = ""
     """The execution provider the active release's session runs on ("": none in-process)."""
+    provider_fallback: str = ""
+    """Why that is not the release's first preference ("": it is)."""
 
 
 @dataclass(frozen=True)

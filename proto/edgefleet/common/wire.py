@@ -264,19 +264,27 @@ def provider_name(value: str) -> str:
 def providers_from_pb(
     msgs: Sequence[common_pb2.ExecutionProvider],
 ) -> tuple[t.ExecutionProvider, ...]:
-    """A manifest's provider preference, bounded (count, names, options' sizes)."""
-    if len(msgs) > MAX_PROVIDERS:
-        raise MalformedMessageError(f"{len(msgs)} execution providers (at most {MAX_PROVIDERS})")
-    out = []
-    for msg in msgs:
-        name = provider_name(msg.name)
-        if len(msg.options) > 4 * MAX_PROVIDERS:
-            raise MalformedMessageError(f"{name}: {len(msg.options)} options (at most 32)")
-        for key, value in msg.options.items():
+    """A manifest's provider preference, bounded (``check_providers``)."""
+    return check_providers([t.ExecutionProvider(m.name, dict(m.options)) for m in msgs])
+
+
+def check_providers(
+    providers: Sequence[t.ExecutionProvider],
+) -> tuple[t.ExecutionProvider, ...]:
+    """``providers`` when a manifest may carry them: at most ``MAX_PROVIDERS``, ONNX Runtime
+    names, at most 32 options each of bounded size; ``MalformedMessageError`` otherwise."""
+    if len(providers) > MAX_PROVIDERS:
+        raise MalformedMessageError(
+            f"{len(providers)} execution providers (at most {MAX_PROVIDERS})"
+        )
+    for p in providers:
+        name = provider_name(p.name)
+        if len(p.options) > 4 * MAX_PROVIDERS:
+            raise MalformedMessageError(f"{name}: {len(p.options)} options (at most 32)")
+        for key, value in p.options.items():
             _text(f"{name} option", key, limit=64)
             _text(f"{name} option {key!r}", value)
-        out.append(t.ExecutionProvider(name, dict(msg.options)))
-    return tuple(out)
+    return tuple(t.ExecutionProvider(p.name, dict(p.options)) for p in providers)
 
 
 def encode_manifest(m: t.Manifest) -> bytes:
@@ -380,6 +388,7 @@ def status_to_pb(s: t.DeviceStatus) -> mqtt_pb2.DeviceStatus:
         container=container_to_pb(s.container) if s.container is not None else None,
         hardware=hardware_to_pb(s.hardware) if s.hardware is not None else None,
         active_provider=s.active_provider,
+        provider_fallback=clean_text(s.provider_fallback, limit=MAX_FALLBACK_BYTES),
     )
 
 
@@ -407,9 +416,14 @@ def decode_status(data: bytes) -> t.DeviceStatus:
         container=container_from_pb(msg.container) if msg.HasField("container") else None,
         hardware=hardware_from_pb(msg.hardware) if msg.HasField("hardware") else None,
         active_provider=provider_name(msg.active_provider) if msg.active_provider else "",
+        provider_fallback=_text(
+            "provider fallback", msg.provider_fallback, limit=MAX_FALLBACK_BYTES
+        ),
     )
 
 
+MAX_FALLBACK_BYTES = 1024
+"""A status's ``provider_fallback`` (UTF-8 bytes)."""
 MAX_HARDWARE_ITEMS = 16
 """CPU features, GPUs or providers one device may report."""
 

@@ -303,6 +303,7 @@ class CreateReleaseRequest(_message.Message):
     GOLDEN_FIELD_NUMBER: _builtins.int
     RUNTIME_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     model_version: _builtins.int
@@ -325,6 +326,12 @@ class CreateReleaseRequest(_message.Message):
     def health(self) -> _common_pb2.HealthPolicy:
         """unset = defaults"""
 
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ExecutionProvider]:
+        """runtime "onnxruntime": execution providers in order of preference, with their options
+        (signed into the manifest); empty = the CPU only.
+        """
+
     def __init__(
         self,
         *,
@@ -336,10 +343,11 @@ class CreateReleaseRequest(_message.Message):
         golden: _builtins.bytes = ...,
         runtime: _builtins.str = ...,
         image: _builtins.str = ...,
+        providers: _abc.Iterable[_common_pb2.ExecutionProvider] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["golden", b"golden", "health", b"health", "image", b"image", "model_version", b"model_version", "name", b"name", "notes", b"notes", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["golden", b"golden", "health", b"health", "image", b"image", "model_version", b"model_version", "name", b"name", "notes", b"notes", "providers", b"providers", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -616,6 +624,7 @@ class DeviceInfo(_message.Message):
     CONTAINER_FIELD_NUMBER: _builtins.int
     HARDWARE_FIELD_NUMBER: _builtins.int
     ACTIVE_PROVIDER_FIELD_NUMBER: _builtins.int
+    PROVIDER_FALLBACK_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     phase: _mqtt_pb2.InstallPhase.ValueType
@@ -630,6 +639,8 @@ class DeviceInfo(_message.Message):
     last_seen_ms: _builtins.int
     active_provider: _builtins.str
     """the execution provider its active release runs on"""
+    provider_fallback: _builtins.str
+    """why not the release's first preference ("": it is)"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -662,10 +673,11 @@ class DeviceInfo(_message.Message):
         container: _mqtt_pb2.ContainerStatus | None = ...,
         hardware: _mqtt_pb2.Hardware | None = ...,
         active_provider: _builtins.str = ...,
+        provider_fallback: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "hardware", b"hardware", "telemetry", b"telemetry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_provider", b"active_provider", "active_release", b"active_release", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "generation_desired", b"generation_desired", "hardware", b"hardware", "labels", b"labels", "last_error", b"last_error", "last_seen_ms", b"last_seen_ms", "online", b"online", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "target_release", b"target_release", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_provider", b"active_provider", "active_release", b"active_release", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "generation_desired", b"generation_desired", "hardware", b"hardware", "labels", b"labels", "last_error", b"last_error", "last_seen_ms", b"last_seen_ms", "online", b"online", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "provider_fallback", b"provider_fallback", "target_release", b"target_release", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

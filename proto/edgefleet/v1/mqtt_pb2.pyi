@@ -152,6 +152,7 @@ class DeviceStatus(_message.Message):
     CONTAINER_FIELD_NUMBER: _builtins.int
     HARDWARE_FIELD_NUMBER: _builtins.int
     ACTIVE_PROVIDER_FIELD_NUMBER: _builtins.int
+    PROVIDER_FALLBACK_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     phase: Global___InstallPhase.ValueType
@@ -171,6 +172,10 @@ class DeviceStatus(_message.Message):
     active_provider: _builtins.str
     """The execution provider the active release's session runs on ("CPUExecutionProvider"; ""
     when nothing is served in-process).
+    """
+    provider_fallback: _builtins.str
+    """Why the active release does not run on the first provider of its preference ("": it does,
+    or it names none): the same line as its provider_fallback event.
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -209,10 +214,11 @@ class DeviceStatus(_message.Message):
         container: Global___ContainerStatus | None = ...,
         hardware: Global___Hardware | None = ...,
         active_provider: _builtins.str = ...,
+        provider_fallback: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "hardware", b"hardware"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_provider", b"active_provider", "active_release", b"active_release", "agent_version", b"agent_version", "at_ms", b"at_ms", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "hardware", b"hardware", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "runtimes", b"runtimes", "seq", b"seq", "target_release", b"target_release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_provider", b"active_provider", "active_release", b"active_release", "agent_version", b"agent_version", "at_ms", b"at_ms", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "hardware", b"hardware", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "provider_fallback", b"provider_fallback", "runtimes", b"runtimes", "seq", b"seq", "target_release", b"target_release"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
