@@ -35,7 +35,11 @@ AGENT = (
     Metric("edgefleet_model_load_seconds", "histogram"),
     Metric("edgefleet_install_phase_seconds", "histogram", ("phase",)),
     Metric("edgefleet_download_bytes_total", "counter"),
-    Metric("edgefleet_active_release_info", "info", ("release", "previous", "manifest_digest")),
+    Metric(
+        "edgefleet_active_release_info",
+        "info",
+        ("release", "previous", "manifest_digest", "provider"),
+    ),
     Metric("edgefleet_power_watts", "gauge"),
     Metric("edgefleet_energy_per_inference_joules", "gauge"),
     Metric("edgefleet_image_pull_bytes_total", "counter"),
