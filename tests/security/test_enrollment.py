@@ -99,7 +99,7 @@ def agent_enroll(ctl: support.Running, token: str, data_dir: Path) -> Any:
     """``edge-agent enroll`` with the token in the environment, never in argv."""
     return CliRunner().invoke(
         agent_cli,
-        ["enroll", "--controller", ctl.address, "--data-dir", str(data_dir)],
+        ["enroll", "--controller", ctl.address, "--insecure", "--data-dir", str(data_dir)],
         env={"EDGE_AGENT_ENROLL_TOKEN": token},
     )
 
@@ -208,7 +208,8 @@ def test_only_the_csr_leaves_the_device(ctl: support.Running, tmp_path: Path) ->
         token = token_for(ctl, "cam-4")
         result = CliRunner().invoke(
             agent_cli,
-            ["enroll", "--controller", f"127.0.0.1:{port}", "--data-dir", str(tmp_path)],
+            ["enroll", "--controller", f"127.0.0.1:{port}", "--insecure"]
+            + ["--data-dir", str(tmp_path)],
             env={"EDGE_AGENT_ENROLL_TOKEN": token},
         )
         assert result.exit_code == 0, result.output
@@ -336,6 +337,7 @@ def agent_settings(
         "metrics_port": -1,
         "trusted_keys": (signer_key,),
         "telemetry_interval": 5.0,
+        "insecure": True,  # the controller here is plaintext (tests/security/test_grpc_mtls.py)
         **more,
     }
     return agent_config.merge(values)

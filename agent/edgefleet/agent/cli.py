@@ -73,6 +73,10 @@ def run(
         Path | None,
         typer.Option(help="File with the broker password for the URL's user (never in argv)."),
     ] = None,
+    mqtt_keepalive: Annotated[
+        int | None,
+        typer.Option(help="MQTT keepalive seconds: a silent link is dead after 1.5x (default 30)."),
+    ] = None,
     controller: Annotated[
         str | None,
         typer.Option(help="HOST:PORT of the controller's ArtifactService (fallback source)."),
@@ -88,6 +92,23 @@ def run(
             "DATA_DIR/predict.sock, mode 0660; relative: under --data-dir; '' to disable)."
         ),
     ] = None,
+    peer_listen: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of the mTLS listener neighbours forward Predict to (enrolled "
+            "agents; a client certificate of this fleet on the signed roster is required; "
+            "default: --predict-listen's host, any free port; advertised to the fleet).",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool | None,
+        typer.Option(
+            "--insecure",
+            help="Plaintext to the controller and neighbours even when enrolled (a warning "
+            "at start). An agent that never enrolled has no certificate and is plaintext "
+            "anyway (it says so at start).",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Prometheus /metrics port (0: any free port, -1: off).")
     ] = None,
@@ -98,8 +119,21 @@ def run(
     telemetry_interval: Annotated[
         float | None, typer.Option(help="Seconds between telemetry reports (default 10).")
     ] = None,
+    outbox_max: Annotated[
+        int | None,
+        typer.Option(
+            help="Events and telemetry kept while the broker is out of reach (default 10000; "
+            "beyond it the oldest are dropped and counted)."
+        ),
+    ] = None,
     fetch_deadline: Annotated[
         float | None, typer.Option(help="Seconds one download attempt may take (default 300).")
+    ] = None,
+    fetch_stall: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds without a byte after which a download is cut and resumed (default 30)."
+        ),
     ] = None,
     predict_workers: Annotated[
         int | None, typer.Option(help="gRPC serving threads (default 8).")
@@ -153,15 +187,20 @@ def run(
         "mqtt_cert": mqtt_cert,
         "mqtt_key": mqtt_key,
         "mqtt_password_file": mqtt_password_file,
+        "mqtt_keepalive": mqtt_keepalive,
         "controller": controller,
         "data_dir": data_dir,
         "predict_listen": predict_listen,
         "predict_socket": predict_socket,
         "metrics_port": metrics_port,
+        "peer_listen": peer_listen,
+        "insecure": insecure,
         "trusted_keys": trusted_key or None,
         "labels": label or None,
         "telemetry_interval": telemetry_interval,
+        "outbox_max": outbox_max,
         "fetch_deadline": fetch_deadline,
+        "fetch_stall": fetch_stall,
         "predict_workers": predict_workers,
         "failover": failover,
         "failover_deadline": failover_deadline,
@@ -196,9 +235,26 @@ def enroll(
         str,
         typer.Option(
             envvar="EDGEFLEET_AGENT_CONTROLLER",
-            help="HOST:PORT of the controller's device listener (where ArtifactService is).",
+            help="HOST:PORT of the controller's enrollment listener (edge-controller "
+            "--enroll-listen; with --insecure: its plaintext device listener).",
         ),
     ],
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The fleet CA certificate (the controller's DATA_DIR/ca/ca.pem, or its "
+            "--ca-cert), handed over with the token: the controller must prove a certificate "
+            "from it before the token is sent. Required unless --insecure.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Send the token in plaintext to a controller run with --insecure (a warning "
+            "says so); anyone on the path can read it.",
+        ),
+    ] = False,
     token_file: Annotated[
         Path | None,
         typer.Option(
@@ -231,8 +287,20 @@ def enroll(
     if not token:
         typer.echo(f"edge-agent: give --token-file FILE or set {TOKEN_ENV}", err=True)
         raise typer.Exit(2)
+    if (ca_file is None) == (not insecure):
+        typer.echo(
+            "edge-agent: give --ca-file FILE (the fleet CA, to check the controller) or "
+            "--insecure (plaintext), not both and not neither",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if insecure:
+        log.warning("--insecure: the enrollment token goes to %s in plaintext", controller)
     try:
-        ident = enroll_device(controller, token, files=IdentityFiles.in_data_dir(data_dir))
+        ca_pem = ca_file.read_bytes() if ca_file is not None else None
+        ident = enroll_device(
+            controller, token, files=IdentityFiles.in_data_dir(data_dir), ca_pem=ca_pem
+        )
     except (EdgeFleetError, OSError) as exc:
         typer.echo(f"edge-agent: enrollment failed: {exc}", err=True)
         raise typer.Exit(1) from None

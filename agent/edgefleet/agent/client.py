@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 
 from edgefleet.agent import failover
-from edgefleet.common import sharedmem, wire
+from edgefleet.common import rpc, sharedmem, wire
 from edgefleet.common.errors import TransientError
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
@@ -63,28 +63,41 @@ def neighbours_from_pb(
     ]
 
 
+_Entry = tuple[grpc.Channel, inference_pb2_grpc.InferenceServiceStub, "rpc.ClientTls | None"]
+
+
 class Channels:
-    """Open gRPC channels by endpoint, so a failover costs no connection set-up twice."""
+    """Open gRPC channels by endpoint, so a failover costs no connection set-up twice.
 
-    def __init__(self) -> None:
+    ``tls(device_id)``: how to reach that device (an enrolled agent's forwarder: mTLS with its
+    identity, the server's certificate checked for ``device_id``); None: plaintext. A channel
+    whose credentials changed (a renewal) is replaced.
+    """
+
+    def __init__(self, *, tls: Callable[[str], rpc.ClientTls | None] = lambda _d: None) -> None:
         self._lock = threading.Lock()
-        self._stubs: dict[str, tuple[grpc.Channel, inference_pb2_grpc.InferenceServiceStub]] = {}
+        self._tls = tls
+        self._stubs: dict[tuple[str, str], _Entry] = {}
 
-    def stub(self, endpoint: str) -> inference_pb2_grpc.InferenceServiceStub:
+    def stub(self, endpoint: str, device_id: str = "") -> inference_pb2_grpc.InferenceServiceStub:
+        tls = self._tls(device_id) if device_id else None
+        stale: grpc.Channel | None = None
         with self._lock:
-            entry = self._stubs.get(endpoint)
+            entry = self._stubs.get((endpoint, device_id))
+            if entry is not None and entry[2] != tls:
+                stale, entry = entry[0], None
             if entry is None:
-                channel = grpc.insecure_channel(
-                    endpoint, options=[("grpc.max_receive_message_length", 64 << 20)]
-                )
-                entry = (channel, inference_pb2_grpc.InferenceServiceStub(channel))
-                self._stubs[endpoint] = entry
-            return entry[1]
+                channel = rpc.channel(endpoint, tls=tls)
+                entry = (channel, inference_pb2_grpc.InferenceServiceStub(channel), tls)
+                self._stubs[(endpoint, device_id)] = entry
+        if stale is not None:
+            stale.close()
+        return entry[1]
 
     def close(self) -> None:
         with self._lock:
             entries, self._stubs = list(self._stubs.values()), {}
-        for channel, _ in entries:
+        for channel, _, _ in entries:
             channel.close()
 
 
@@ -111,17 +124,20 @@ class FailoverClient:
         deadline: float = 5.0,
         failover_deadline: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        peer_tls: Callable[[str], rpc.ClientTls | None] = lambda _d: None,
     ) -> None:
         """``local_socket``: the local agent's Unix socket, used instead of ``endpoint``;
         ``shm_threshold``: inputs of at least this many bytes go through shared memory on a
-        Unix socket (None: never)."""
+        Unix socket (None: never); ``peer_tls(device_id)``: credentials for neighbours whose
+        agents are enrolled (they advertise their mTLS peer listener), e.g.
+        ``IdentityFiles(...).client_tls(server_name=device_id)`` where the app may read them."""
         self.endpoint = f"unix:{Path(local_socket).absolute()}" if local_socket else endpoint
         self._stager = sharedmem.stager_for(self.endpoint, threshold=shm_threshold)
         self._refresh_every = neighbours_refresh
         self._deadline = deadline
         self._failover_deadline = failover_deadline
         self._clock = clock
-        self._channels = Channels()
+        self._channels = Channels(tls=peer_tls)
         self._lock = threading.Lock()
         self._own = failover.OwnState(device_id="")
         self._neighbours: list[failover.Neighbour] = []
@@ -218,9 +234,9 @@ class FailoverClient:
         metadata = ((failover.FORWARDED_HEADER, "client"),)
         for n in order:
             try:
-                reply: inference_pb2.PredictResponse = self._channels.stub(n.endpoint).Predict(
-                    request, timeout=self._failover_deadline, metadata=metadata
-                )
+                reply: inference_pb2.PredictResponse = self._channels.stub(
+                    n.endpoint, n.device_id
+                ).Predict(request, timeout=self._failover_deadline, metadata=metadata)
             except grpc.RpcError as exc:
                 if code_of(exc) not in FAILOVER_CODES:
                     raise

@@ -52,6 +52,9 @@ class MqttSettings:
     password_file: Path | None = None
     """File holding the broker password for the URL's user (e.g. systemd ``LoadCredential``),
     so that no password is on the command line or in the config file."""
+    keepalive_s: int = 30
+    """MQTT keepalive: a link that carries nothing for 1.5 times this long is taken for dead
+    (the agent reconnects, the broker publishes its offline will)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class FetchSettings:
     """HOST:PORT of the controller's ArtifactService, tried after the desired state's sources."""
     deadline_s: float = 300.0
     """Deadline of one download attempt; a cut download resumes where it stopped."""
+    stall_s: float = 30.0
+    """A download that brings no byte for this long is cut and resumed (a silent link)."""
 
 
 DEFAULT_PREDICT_SOCKET = "predict.sock"
@@ -74,6 +79,9 @@ class ServingSettings:
     predict_socket: str = DEFAULT_PREDICT_SOCKET
     """Unix socket for local apps' Predict (and shared-memory inputs); relative to the data
     dir, "" for none."""
+    peer_listen: str = ""
+    """HOST:PORT of the mTLS Predict listener for neighbours (enrolled agents only; "": the
+    Predict listener's host, any free port)."""
     metrics_port: int = 0
     """Port of the Prometheus /metrics endpoint (0: any free port, -1: off)."""
     workers: int = 8
@@ -107,6 +115,12 @@ class AgentSettings:
     """State, blobs, partial downloads and install slots."""
     telemetry_interval: float = 10.0
     """Seconds between telemetry reports."""
+    outbox_max: int = 10_000
+    """Events and telemetry the persisted outbox holds while the broker is out of reach;
+    beyond it the oldest are dropped (counted in ``edgefleet_outbox_dropped_total``)."""
+    insecure: bool = False
+    """Plaintext gRPC to the controller and neighbours even when enrolled (a warning at start);
+    not enrolled: plaintext regardless."""
     containers: bool = True
     """Run container releases where the local dockerd answers at start (off: in-process
     releases only; Docker is never asked and ``container`` is not among the runtimes)."""
@@ -166,10 +180,13 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "mqtt_cert": ("mqtt", "cert_file", lambda v: Path(str(v))),
     "mqtt_key": ("mqtt", "key_file", lambda v: Path(str(v))),
     "mqtt_password_file": ("mqtt", "password_file", lambda v: Path(str(v))),
+    "mqtt_keepalive": ("mqtt", "keepalive_s", _int),
     "controller": ("fetch", "controller", str),
     "fetch_deadline": ("fetch", "deadline_s", _float),
+    "fetch_stall": ("fetch", "stall_s", _float),
     "predict_listen": ("serving", "predict_listen", str),
     "predict_socket": ("serving", "predict_socket", str),
+    "peer_listen": ("serving", "peer_listen", str),
     "metrics_port": ("serving", "metrics_port", _int),
     "predict_workers": ("serving", "workers", _int),
     "failover": ("serving", "failover", _bool),
@@ -180,6 +197,8 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "trusted_keys": ("", "trusted_keys", _paths),
     "data_dir": ("", "data_dir", lambda v: Path(str(v))),
     "telemetry_interval": ("", "telemetry_interval", _float),
+    "outbox_max": ("", "outbox_max", _int),
+    "insecure": ("", "insecure", _bool),
     "containers": ("", "containers", _bool),
     "power_root": ("", "power_root", lambda v: Path(str(v))),
     "log_level": ("", "log_level", lambda v: str(v).upper()),
@@ -327,6 +346,12 @@ def predict_socket_path(s: AgentSettings) -> Path | None:
     return (s.data_dir / s.serving.predict_socket).absolute()
 
 
+def _check_listeners(s: ServingSettings) -> None:
+    _host_port("--predict-listen", s.predict_listen)
+    if s.peer_listen:
+        _host_port("--peer-listen", s.peer_listen)
+
+
 def validate(s: AgentSettings) -> None:
     _check_device(s.device)
     _check_password_file(s.mqtt)
@@ -338,7 +363,7 @@ def validate(s: AgentSettings) -> None:
     for path in s.trusted_keys:
         if not path.is_file():
             raise InvalidInputError(f"trusted key file not found: {path}")
-    _host_port("--predict-listen", s.serving.predict_listen)
+    _check_listeners(s.serving)
     socket_path = predict_socket_path(s)
     if (
         socket_path is not None
@@ -355,6 +380,10 @@ def validate(s: AgentSettings) -> None:
         raise InvalidInputError(f"--metrics-port must be -1..65535, got {s.serving.metrics_port}")
     if s.telemetry_interval <= 0:
         raise InvalidInputError("--telemetry-interval must be positive")
+    if s.fetch.stall_s <= 0 or s.mqtt.keepalive_s < 1 or s.outbox_max < 1:
+        raise InvalidInputError(
+            "--fetch-stall must be positive, --mqtt-keepalive and --outbox-max at least 1"
+        )
     if s.fetch.deadline_s <= 0 or s.serving.workers < 1:
         raise InvalidInputError("--fetch-deadline and --predict-workers must be positive")
     if s.serving.max_concurrent < 1:

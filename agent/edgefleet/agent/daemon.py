@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import queue
 import threading
 import time
@@ -39,13 +40,13 @@ from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.restoring import restore
 from edgefleet.agent.runtime import ModelRuntime
-from edgefleet.agent.serving import InferenceServer, InferenceServicer
+from edgefleet.agent.serving import InferenceServer, InferenceServicer, PeerServer, PeerServicer
 from edgefleet.agent.state import DeviceState, StateFile
 from edgefleet.agent.store import DeviceStore
 from edgefleet.agent.telemetry import TelemetryLoop
 from edgefleet.agent.trusting import TrustKeeper
 from edgefleet.agent.watching import HealthWatch
-from edgefleet.common import topics
+from edgefleet.common import rpc, topics
 from edgefleet.common.artifacts import atomic_write
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.common.mqttclient import MqttSession, Will
@@ -64,6 +65,32 @@ def _socket_path(s: AgentSettings) -> Path | None:
         log.warning("no Predict socket: %s is too long for a Unix socket path", path)
         return None
     return path
+
+
+def _grpc_tls(s: AgentSettings, files: IdentityFiles) -> bool:
+    """Whether gRPC to the controller and neighbours is mTLS: enrolled and not ``--insecure``;
+    says at start which it is."""
+    enrolled = files.exists()
+    if s.insecure:
+        log.warning(
+            "--insecure: gRPC to the controller and to neighbours is plaintext%s",
+            " although this device is enrolled" if enrolled else "",
+        )
+        return False
+    if not enrolled:
+        log.warning(
+            "not enrolled (no %s): gRPC to the controller and to neighbours is plaintext; "
+            "`edge-agent enroll` gives this device a certificate and mTLS",
+            files.cert,
+        )
+        return False
+    log.info("enrolled: gRPC to the controller and to neighbours is mTLS (%s)", files.directory)
+    return True
+
+
+def _any_port(listen: str) -> str:
+    """``listen``'s host with port 0 (the peer listener's default)."""
+    return f"{listen.rpartition(':')[0]}:0"
 
 
 def agent_version() -> str:
@@ -101,7 +128,10 @@ class Agent:
         self.window = self.metrics.window
         self.live = LiveStats()
         self.predictor = Predictor()
-        self.outbox = Outbox(s.data_dir / "outbox.db")
+        self.outbox = Outbox(s.data_dir / "outbox.db", max_messages=s.outbox_max)
+        self.metrics.watch_outbox(
+            dropped=lambda: self.outbox.dropped, pending=lambda: len(self.outbox)
+        )
         self.reporter = Reporter(
             device_id=self.device_id,
             fleet=s.device.fleet,
@@ -117,12 +147,18 @@ class Agent:
             roster_file=s.data_dir / "roster.signed",
             require_roster=s.serving.failover_require_roster,
         )
+        self.identity = IdentityFiles.in_data_dir(s.data_dir)
+        self.tls = _grpc_tls(s, self.identity)
         self.forwarder = (
-            Forwarder(self.neighbours, own=self._own_state, deadline=s.serving.failover_deadline_s)
+            Forwarder(
+                self.neighbours,
+                own=self._own_state,
+                deadline=s.serving.failover_deadline_s,
+                tls=self._peer_tls,
+            )
             if s.serving.failover
             else None
         )
-        self.identity = IdentityFiles.in_data_dir(s.data_dir)
         self._tls_files = mqtt_tls_files(
             tls=s.mqtt.url.startswith(("mqtts:", "ssl:")),
             ca=s.mqtt.ca_file,
@@ -142,24 +178,40 @@ class Agent:
             on_message=self._on_message,
             will=Will(*self.reporter.presence_message(online=False)[:2]),
             on_connect=self.reporter.on_connect,
+            keepalive=s.mqtt.keepalive_s,
             ca_file=self._tls_files[0],
             cert_file=self._tls_files[1],
             key_file=self._tls_files[2],
         )
         self.reporter.attach(self.session)
         self.renewer: Renewer | None = None  # started when the device has a certificate
-        self.server = InferenceServer(
-            InferenceServicer(
-                self.predictor,
-                device_id=self.device_id,
-                fleet=s.device.fleet,
-                metrics=self.metrics,
-                live=self.live,
-                benchmarker=Benchmarker(self.trust),
-                forwarder=self.forwarder,
-                timer=timer,
+        servicer = InferenceServicer(
+            self.predictor,
+            device_id=self.device_id,
+            fleet=s.device.fleet,
+            metrics=self.metrics,
+            live=self.live,
+            benchmarker=Benchmarker(self.trust),
+            forwarder=self.forwarder,
+            timer=timer,
+            max_concurrent=s.serving.max_concurrent,
+        )
+        self.peer_servicer: PeerServicer | None = None
+        self.peer_server: PeerServer | None = None  # enrolled agents: mTLS for neighbours
+        self.peer_endpoint = ""
+        if self.tls:
+            self.peer_servicer = PeerServicer(
+                servicer, fleet=s.device.fleet, listed=self.neighbours.listed
+            )
+            self.peer_server = PeerServer(
+                self.peer_servicer,
+                listen=s.serving.peer_listen or _any_port(s.serving.predict_listen),
+                files=self.identity,
                 max_concurrent=s.serving.max_concurrent,
-            ),
+                max_message_bytes=s.serving.max_message_bytes,
+            )
+        self.server = InferenceServer(
+            servicer,
             listen=s.serving.predict_listen,
             workers=s.serving.workers,
             max_concurrent=s.serving.max_concurrent,
@@ -199,9 +251,11 @@ class Agent:
             serve=self._serve,
             fallback_sources=(s.fetch.controller,) if s.fetch.controller else (),
             fetch_deadline_s=s.fetch.deadline_s,
+            fetch_stall_s=s.fetch.stall_s,
             stopping=self.stopping,
             timer=timer,
             containers=self.containers,
+            tls=self._controller_tls,
         )
         self.container_watch = (
             ContainerWatch(
@@ -252,7 +306,9 @@ class Agent:
         self._sweep_containers()  # orphans of a killed agent (its adopted one stays)
         endpoint = self.server.start()
         self._serving = True
-        self.reporter.set_endpoint(endpoint)
+        # the fleet is told the endpoint neighbours use: the mTLS one when enrolled
+        self.peer_endpoint = self.peer_server.start() if self.peer_server is not None else ""
+        self.reporter.set_endpoint(self.peer_endpoint or endpoint)
         self.installer.resume(restored.state, restored.pending)
         metrics_port = None
         if self.settings.serving.metrics_port >= 0:
@@ -307,6 +363,8 @@ class Agent:
         self.outbox.stop()
         if self._serving:
             self.server.stop(grace=2.0)
+            if self.peer_server is not None:
+                self.peer_server.stop(grace=2.0)
         if self.forwarder is not None:
             self.forwarder.close()
         if self.renewer is not None:
@@ -333,9 +391,17 @@ class Agent:
                 self.session.reload_identity(str(self.identity.cert), str(self.identity.key))
 
         self.renewer = Renewer(
-            self.settings.fetch.controller, files=self.identity, on_renewed=renewed
+            self.settings.fetch.controller, files=self.identity, on_renewed=renewed, tls=self.tls
         )
         self.renewer.start()
+
+    def _controller_tls(self) -> rpc.ClientTls | None:
+        """mTLS with the device identity (read now: renewals apply), or None (plaintext)."""
+        return self.identity.client_tls() if self.tls else None
+
+    def _peer_tls(self, device_id: str) -> rpc.ClientTls | None:
+        """mTLS to neighbour ``device_id``, its certificate checked for that id."""
+        return self.identity.client_tls(server_name=device_id) if self.tls else None
 
     def _serve(self, runtime: ModelRuntime, state: DeviceState) -> None:
         """Make ``runtime`` the one Predict uses (state naming it is already on disk)."""
@@ -388,15 +454,18 @@ class Agent:
         """``<data-dir>/agent.json``, written atomically once serving: how tools find this agent.
 
         ``{"device_id", "fleet", "predict_endpoint", "predict_socket" (``unix:PATH``, "": off),
-        "metrics_port" (-1: off), "pid"}``
+        "peer_endpoint" (the mTLS listener for neighbours, "": not enrolled or --insecure),
+        "metrics_port" (-1: off), "pid", "machine" (``platform.machine()``: x86_64, aarch64)}``
         """
         info = {
             "device_id": self.device_id,
             "fleet": self.settings.device.fleet,
             "predict_endpoint": endpoints.predict,
             "predict_socket": endpoints.socket or "",
+            "peer_endpoint": self.peer_endpoint,
             "metrics_port": -1 if endpoints.metrics_port is None else endpoints.metrics_port,
             "pid": os.getpid(),
+            "machine": platform.machine(),
         }
         atomic_write(self.settings.data_dir / "agent.json", json.dumps(info).encode() + b"\n")
 

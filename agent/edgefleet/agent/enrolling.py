@@ -6,6 +6,12 @@ plain gRPC it is proved by the current key's signature over the new CSR (``ident
 A certificate that lapsed (the device was away too long) cannot be renewed: the Renewer says
 so in the log and the device re-enrolls with a new token (``edge-agent enroll``), which
 touches nothing but the identity files.
+
+Transport: ``enroll`` takes the controller's enrollment listener (TLS, server certificate
+only) with the fleet CA the operator handed over (``--ca-file``) as the only root, so the token
+goes only to a server that CA vouches for; ``tls=None`` is plaintext (``--insecure``).
+``renew`` and the Renewer take the device listener over mTLS with the current identity
+(``tls``), or plaintext with the signed proof (``--insecure``).
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ import time
 from collections.abc import Callable
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from edgefleet.agent.identity import IdentityFiles, check_interval_s, renew_due
 from edgefleet.common import backoff, identities, rpc
-from edgefleet.common.errors import EdgeFleetError
+from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.v1 import enroll_pb2 as pb
 from edgefleet.v1 import enroll_pb2_grpc
 
@@ -31,9 +39,12 @@ TOKEN_ENV = "EDGE_AGENT_ENROLL_TOKEN"  # noqa: S105 (the name of a variable)
 
 
 def _call(
-    controller: str, fn: Callable[[enroll_pb2_grpc.EnrollmentServiceStub], pb.EnrollResponse]
+    controller: str,
+    fn: Callable[[enroll_pb2_grpc.EnrollmentServiceStub], pb.EnrollResponse],
+    *,
+    tls: rpc.ClientTls | None,
 ) -> pb.EnrollResponse:
-    channel = rpc.channel(controller)
+    channel = rpc.channel(controller, tls=tls)
     try:
         return fn(enroll_pb2_grpc.EnrollmentServiceStub(channel))
     except grpc.RpcError as exc:
@@ -43,22 +54,44 @@ def _call(
 
 
 def enroll(
-    controller: str, token: str, *, files: IdentityFiles, deadline_s: float = rpc.DEFAULT_DEADLINE_S
+    controller: str,
+    token: str,
+    *,
+    files: IdentityFiles,
+    ca_pem: bytes | None = None,
+    deadline_s: float = rpc.DEFAULT_DEADLINE_S,
 ) -> identities.CertIdentity:
-    """Make a key, trade the token and a CSR for a certificate, store all three."""
+    """Make a key, trade the token and a CSR for a certificate, store all three.
+
+    ``ca_pem``: the fleet CA the controller's certificate must chain to (TLS); None: plaintext.
+    A CA bundle in the answer other than ``ca_pem`` is refused (it is what the device trusts
+    from then on)."""
     key = identities.make_key()
     request = pb.EnrollRequest(token=token.strip(), csr_der=identities.make_csr(key))
-    reply = _call(controller, lambda stub: stub.Enroll(request, timeout=deadline_s))
+    tls = rpc.ClientTls(ca_pem=ca_pem) if ca_pem is not None else None
+    reply = _call(controller, lambda stub: stub.Enroll(request, timeout=deadline_s), tls=tls)
+    if ca_pem is not None and _certs(reply.ca_bundle_pem) != _certs(ca_pem):
+        raise InvalidInputError(
+            "the controller answered with another CA bundle than --ca-file: not stored"
+        )
     files.save(key, reply.certificate_pem, reply.ca_bundle_pem)
     ident = files.identity()
     log.info("enrolled as %s in fleet %s until %s", ident.device_id, ident.fleet, ident.not_after)
     return ident
 
 
+def _certs(pem: bytes) -> list[bytes]:
+    return [c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(pem)]
+
+
 def renew(
-    controller: str, *, files: IdentityFiles, deadline_s: float = rpc.DEFAULT_DEADLINE_S
+    controller: str,
+    *,
+    files: IdentityFiles,
+    tls: bool = False,
+    deadline_s: float = rpc.DEFAULT_DEADLINE_S,
 ) -> identities.CertIdentity:
-    """A new key and certificate, proved by the current ones."""
+    """A new key and certificate, proved by the current ones (``tls``: over mTLS with them)."""
     current = files.load_key()
     key = identities.make_key()
     csr = identities.make_csr(key)
@@ -67,7 +100,11 @@ def renew(
         certificate_pem=files.cert.read_bytes(),
         proof=identities.renewal_proof(current, csr),
     )
-    reply = _call(controller, lambda stub: stub.Renew(request, timeout=deadline_s))
+    reply = _call(
+        controller,
+        lambda stub: stub.Renew(request, timeout=deadline_s),
+        tls=files.client_tls() if tls else None,
+    )
     files.save(key, reply.certificate_pem, reply.ca_bundle_pem)
     ident = files.identity()
     log.info("certificate renewed: %x valid until %s", ident.serial, ident.not_after)
@@ -89,7 +126,10 @@ class Renewer:
         on_renewed: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
         poll_s: float | None = None,
+        tls: bool = False,
     ) -> None:
+        """``tls``: renew over mTLS with the current certificate (else plaintext, proved)."""
+        self._tls = tls
         self._controller = controller
         self._files = files
         self._on_renewed = on_renewed
@@ -122,7 +162,7 @@ class Renewer:
             )
             log.error("%s", self.last_error)
             return interval
-        renew(self._controller, files=self._files)
+        renew(self._controller, files=self._files, tls=self._tls)
         self.renewals += 1
         self.last_error = ""
         self._on_renewed()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from edgefleet.agent import failpoints
 from edgefleet.agent.errors import StopRequestedError
-from edgefleet.common import artifacts, digests, oci
+from edgefleet.common import artifacts, digests, oci, rpc
 from edgefleet.common.errors import FetchError, IntegrityError, NotFoundError, PermanentError
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,13 @@ def download(
     deadline_s: float,
     stopping: threading.Event,
     on_bytes: Callable[[int], None],
+    stall_s: float | None = None,
+    tls: Callable[[], rpc.ClientTls | None] = lambda: None,
 ) -> None:
-    """Fill ``partial`` with the ``size`` bytes of ``digest``; ``on_bytes(n)`` per chunk."""
+    """Fill ``partial`` with the ``size`` bytes of ``digest``; ``on_bytes(n)`` per chunk.
+
+    ``tls()``: how gRPC sources are reached (an enrolled device: mTLS with its identity, read
+    at each attempt so a renewed certificate is used at once; None: plaintext)."""
     partial.parent.mkdir(parents=True, exist_ok=True)
     done_before = 0
 
@@ -84,8 +89,21 @@ def download(
         try:
             # an ``oci://`` source is a registry (GET .../blobs/<digest> with Range); any other
             # is an ArtifactService address (the controller's, a neighbour's)
-            fetch = oci.fetch if oci.is_source(source) else artifacts.fetch
-            fetch(source, digest, partial, size=size, deadline_s=deadline_s, on_chunk=on_chunk)
+            if oci.is_source(source):
+                oci.fetch(
+                    source, digest, partial, size=size, deadline_s=deadline_s, on_chunk=on_chunk
+                )
+            else:
+                artifacts.fetch(
+                    source,
+                    digest,
+                    partial,
+                    size=size,
+                    deadline_s=deadline_s,
+                    on_chunk=on_chunk,
+                    stall_s=stall_s,
+                    tls=tls(),
+                )
             digests.verify_file(partial, digest)
         except FetchError as exc:
             log.warning("fetch from %s failed: %s", source, exc.reason)

@@ -35,7 +35,7 @@ from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.state import DeviceState, HealthWindow, PendingInstall, SlotInfo
 from edgefleet.agent.store import DeviceStore, signed_manifest_of
 from edgefleet.agent.watching import HealthWatch
-from edgefleet.common import backoff, digests
+from edgefleet.common import backoff, digests, rpc
 from edgefleet.common.desired import open_desired
 from edgefleet.common.errors import (
     EdgeFleetError,
@@ -85,12 +85,16 @@ class Installer:
         serve: Callable[[ModelRuntime, DeviceState], None],
         fallback_sources: tuple[str, ...],
         fetch_deadline_s: float,
+        fetch_stall_s: float | None = None,
         stopping: threading.Event,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
         timer: Callable[[], float] = time.perf_counter,
         containers: Containers | None = None,
+        tls: Callable[[], rpc.ClientTls | None] = lambda: None,
     ) -> None:
+        """``tls()``: how blob sources over gRPC are reached (``fetching.download``)."""
+        self._tls = tls
         self._device_id = device_id
         self._containers = containers  # None: Docker did not answer; container releases fail
         self._runtimes = r.SUPPORTED_RUNTIMES | ({"container"} if containers else set())
@@ -104,6 +108,8 @@ class Installer:
         self._serve = serve
         self._fallback = fallback_sources
         self._fetch_deadline_s = fetch_deadline_s
+        self._fetch_stall_s = fetch_stall_s
+        self._fetch_from: tuple[str, int] | None = None  # (digest, bytes) the attempt began at
         self._stopping = stopping
         self._clock = clock
         self._rand = rand
@@ -315,6 +321,7 @@ class Installer:
     def _fetch(self, action: r.Fetch) -> None:
         partial = self._store.partial(action.digest)
         release = self.state.install.release if self.state.install else ""
+        self._fetch_from = (action.digest, self._store.partial_size(action.digest))
         if action.offset:
             self._reporter.event(
                 "fetch_resumed",
@@ -329,8 +336,10 @@ class Installer:
             partial,
             size=action.size,
             deadline_s=self._fetch_deadline_s,
+            stall_s=self._fetch_stall_s,
             stopping=self._stopping,
             on_bytes=self._metrics.download_bytes.inc,
+            tls=self._tls,
         )
 
     def _verify(self, action: r.Verify) -> None:
@@ -478,6 +487,7 @@ class Installer:
         self._ledger.save(new)
         failpoints.hit("after_activate_state")
         self._serve(runtime, new)
+        failpoints.hit("after_switch")
         if window is not None:
             self._watch.begin(
                 candidate=runtime,
@@ -498,6 +508,9 @@ class Installer:
         if install is None:
             return
         attempts = install.attempts + 1
+        at, self._fetch_from = self._fetch_from, None
+        if at is not None and self._store.partial_size(at[0]) > at[1]:
+            attempts = 1  # the download moved on before it was cut: no reason to wait long
         delay = backoff.delay(attempts - 1, base=1.0, cap=60.0, rand=self._rand)
         self._retry_at = self._clock() + delay
         self._reporter.event(

@@ -31,7 +31,7 @@ import grpc
 
 from edgefleet.agent import failover
 from edgefleet.agent.client import FAILOVER_CODES, Channels, code_of
-from edgefleet.common import topics, trustbundle, wire
+from edgefleet.common import rpc, topics, trustbundle, wire
 from edgefleet.common.artifacts import atomic_write
 from edgefleet.common.errors import EdgeFleetError, MalformedMessageError
 from edgefleet.common.signing import TrustStore
@@ -209,6 +209,14 @@ class NeighbourTable:
             return False
         return True
 
+    def listed(self, device_id: str) -> bool:
+        """Whether ``device_id`` may call this agent's peer listener: on the roster once one is
+        held (or required), any device of the fleet's CA before."""
+        with self._lock:
+            if self.roster is None:
+                return not self._require_roster
+            return self.roster.endpoint_of(device_id) is not None
+
     def snapshot(self) -> list[failover.Neighbour]:
         with self._lock:
             return sorted(self._rows.values(), key=lambda n: n.device_id)
@@ -235,12 +243,15 @@ class Forwarder:
         own: Callable[[], failover.OwnState],
         deadline: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        tls: Callable[[str], rpc.ClientTls | None] = lambda _d: None,
     ) -> None:
+        """``tls(device_id)``: mTLS to that neighbour (an enrolled agent: its own identity,
+        the neighbour's certificate checked for the device id the roster lists), else None."""
         self.table = table
         self._own = own
         self._deadline = deadline
         self._clock = clock
-        self._channels = Channels()
+        self._channels = Channels(tls=tls)
         self.forwarded = 0
         """Requests a neighbour served for this agent."""
 
@@ -265,7 +276,9 @@ class Forwarder:
                     tried.append(f"{n.device_id}: no time left")
                     break
             try:
-                reply: inference_pb2.PredictResponse = self._channels.stub(n.endpoint).Predict(
+                reply: inference_pb2.PredictResponse = self._channels.stub(
+                    n.endpoint, n.device_id
+                ).Predict(
                     request,
                     timeout=timeout,
                     metadata=((failover.FORWARDED_HEADER, own.device_id),),
@@ -273,6 +286,10 @@ class Forwarder:
             except grpc.RpcError as exc:
                 code = code_of(exc)
                 tried.append(f"{n.device_id}: {code.name}")
+                if code == grpc.StatusCode.PERMISSION_DENIED:
+                    # its roster does not list this device (yet): another neighbour's may
+                    log.info("neighbour %s refused this device as a peer", n.device_id)
+                    continue
                 if code not in FAILOVER_CODES:
                     # the neighbour refused the request itself (bad input): so would the others
                     log.info("neighbour %s refused a forwarded Predict: %s", n.device_id, code)
@@ -280,7 +297,9 @@ class Forwarder:
                 continue
             self.forwarded += 1
             reply.served_by_neighbour = True
-            reply.device_id = n.device_id  # who the roster says is there, not what it claims
+            # who the roster says is there, not what it claims; over mTLS the handshake proved
+            # a certificate of the fleet CA for that device id
+            reply.device_id = n.device_id
             return reply, tried
         return None, tried
 

@@ -29,6 +29,12 @@ neighbour of the fleet, whose reply comes back with its device id and ``served_b
 A request that was itself forwarded (``x-edgefleet-forwarded`` metadata) is never forwarded
 again; when no neighbour serves, UNAVAILABLE says so. ModelInfo lists the neighbours, which is
 how ``client.FailoverClient`` learns where to go when the agent is down.
+
+Listeners: the app listener (``--predict-listen``, loopback by default, plaintext) and the Unix
+socket serve local apps. An enrolled agent also runs ``PeerServer`` (``--peer-listen``), mTLS
+with its device certificate: a neighbour must present a certificate of the fleet CA naming
+this fleet and a device on the signed roster (``PeerServicer``); that endpoint is the one it
+advertises to the fleet, so forwarding between enrolled agents is mTLS both ways.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import time
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -48,13 +55,14 @@ from edgefleet.agent import tensors
 from edgefleet.agent.benchmarking import BenchmarkBusyError, Benchmarker
 from edgefleet.agent.errors import InferenceFailedError, NoActiveModelError, RefusedInputError
 from edgefleet.agent.failover import FORWARDED_HEADER
+from edgefleet.agent.identity import IdentityFiles
 from edgefleet.agent.live import LiveStats
 from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.neighbours import Forwarder
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.sampling import FOLD_AT
-from edgefleet.common import rpc, sharedmem, wire
+from edgefleet.common import identities, rpc, sharedmem, wire
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
@@ -346,3 +354,143 @@ class InferenceServer:
         self._health.enter_graceful_shutdown()
         self._server.stop(grace).wait(grace + 1)
         self._pool.shutdown(wait=False)  # grpc leaves its workers running, one per stopped agent
+
+
+class PeerServicer(inference_pb2_grpc.InferenceServiceServicer):
+    """Predict for neighbours, on the mTLS peer listener: the handshake proved a certificate of
+    the fleet CA; this checks it names this device's fleet and a device ``listed`` (on the
+    signed roster, once one is held), then serves as the app listener does (forwarded requests
+    are never forwarded again). Everything else is refused PERMISSION_DENIED."""
+
+    def __init__(
+        self, inner: InferenceServicer, *, fleet: str, listed: Callable[[str], bool]
+    ) -> None:
+        self._inner = inner
+        self._fleet = fleet
+        self._listed = listed
+        self.refused = 0
+        """Calls refused: no certificate, another fleet's, or a device not on the roster."""
+
+    def Predict(
+        self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.PredictResponse:
+        self._check(context)
+        return self._inner.Predict(request, context)
+
+    def ModelInfo(
+        self, request: inference_pb2.ModelInfoRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.ModelInfoResponse:
+        self._check(context)
+        return self._inner.ModelInfo(request, context)
+
+    def Benchmark(
+        self, request: inference_pb2.BenchmarkRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.BenchmarkResponse:
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "Benchmark is not served to neighbours")
+        raise AssertionError("unreachable: abort raises")
+
+    def _check(self, context: grpc.ServicerContext) -> None:
+        pem = rpc.peer_certificate(context)
+        reason = ""
+        if pem is None:
+            reason = "no client certificate"
+        else:
+            try:
+                ident = identities.identity_of(identities.load_cert(pem))
+            except InvalidInputError as exc:
+                reason = str(exc)
+            else:
+                if ident.fleet != self._fleet:
+                    reason = f"{ident.device_id} is in fleet {ident.fleet!r}, not {self._fleet!r}"
+                elif not self._listed(ident.device_id):
+                    reason = f"{ident.device_id} is not on the fleet roster"
+        if reason:
+            self.refused += 1
+            log.warning("peer Predict from %s refused: %s", context.peer(), reason)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"peer refused: {reason}")
+
+
+class _ReloadingCredentials:
+    """The peer listener's certificate, re-read from the identity files when they change
+    (a renewal), for ``grpc.dynamic_ssl_server_credentials``."""
+
+    def __init__(self, files: IdentityFiles) -> None:
+        self._files = files
+        self._seen = self._stamp()
+
+    def _stamp(self) -> tuple[float, float]:
+        return (self._files.cert.stat().st_mtime, self._files.ca.stat().st_mtime)
+
+    def config(self) -> grpc.ServerCertificateConfiguration:
+        tls = self._files.client_tls()
+        assert tls.key_pem is not None and tls.cert_pem is not None
+        return grpc.ssl_server_certificate_configuration(
+            [(tls.key_pem, tls.cert_pem)], root_certificates=tls.ca_pem
+        )
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            stamp = self._stamp()
+            if stamp == self._seen:
+                return None
+            config = self.config()
+        except OSError:  # mid-rename: keep what is served
+            return None
+        self._seen = stamp
+        log.info("peer listener: serving the renewed certificate")
+        return config
+
+
+class PeerServer:
+    """The mTLS listener neighbours forward to (enrolled agents): ``PeerServicer`` only."""
+
+    def __init__(
+        self,
+        servicer: PeerServicer,
+        *,
+        listen: str,
+        files: IdentityFiles,
+        workers: int = 4,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self._listen = listen
+        self._files = files
+        self._pool = futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="agent-peer"
+        )
+        self._server = grpc.server(
+            self._pool,
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+            maximum_concurrent_rpcs=max_concurrent + CONTROL_RPCS,
+        )
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, self._server)
+
+    def start(self) -> str:
+        """Bind (mTLS, the identity's key, certificate and CA) and start; the advertised
+        ``host:port``."""
+        host, _, port = self._listen.rpartition(":")
+        reload = _ReloadingCredentials(self._files)
+        # grpcio's stub says the fetcher returns a configuration; None (no change) is allowed
+        fetcher = cast(Callable[[], grpc.ServerCertificateConfiguration], reload)
+        credentials = grpc.dynamic_ssl_server_credentials(
+            reload.config(), fetcher, require_client_authentication=True
+        )
+        try:
+            bound = self._server.add_secure_port(self._listen, credentials)
+        except RuntimeError as exc:
+            raise InvalidInputError(f"cannot listen on {self._listen}: {exc}") from exc
+        if bound == 0 and port != "0":
+            raise InvalidInputError(f"cannot listen on {self._listen}")
+        self._server.start()
+        endpoint = advertised(host, bound)
+        log.info("peer Predict (mTLS) listening on %s (advertised as %s)", self._listen, endpoint)
+        return endpoint
+
+    def stop(self, *, grace: float = 2.0) -> None:
+        self._server.stop(grace).wait(grace + 1)
+        self._pool.shutdown(wait=False)

@@ -59,8 +59,30 @@ def run(
         Path, typer.Option(help="Keys, blobs, the SQLite database and controller.json.")
     ] = Path("edgefleet-data"),
     grpc: Annotated[
-        str, typer.Option(help="HOST:PORT devices reach: ArtifactService (blobs) and health.")
+        str,
+        typer.Option(
+            help="HOST:PORT devices reach: ArtifactService (blobs), certificate renewal and "
+            "health (with --tls: mTLS, a device certificate of the fleet CA required; "
+            "without: plaintext, enrollment too)."
+        ),
     ] = "127.0.0.1:50051",
+    tls: Annotated[
+        bool | None,
+        typer.Option(
+            "--tls/--insecure",
+            help="--tls: the devices' port is mTLS (only enrolled, unrevoked devices fetch) and "
+            "enrollment is TLS on --enroll-listen. --insecure (today's default when neither "
+            "is given): all of it plaintext, with a warning at start.",
+            show_default=False,
+        ),
+    ] = None,
+    enroll_listen: Annotated[
+        str,
+        typer.Option(
+            help="HOST:PORT where devices without a certificate enroll with a token (--tls "
+            "only; TLS with the controller's certificate, no client certificate asked)."
+        ),
+    ] = "127.0.0.1:50053",
     api: Annotated[
         str,
         typer.Option(
@@ -181,6 +203,7 @@ def run(
     try:
         split_address(grpc)
         split_address(api)
+        split_address(enroll_listen)
         if advertise:
             split_address(advertise)
         sources = tuple(artifact_source or ())
@@ -194,7 +217,13 @@ def run(
     settings = Settings(
         data_dir=data_dir,
         db_url=db,
-        grpc=GrpcSettings(bind=grpc, advertise=advertise, extra_sources=sources),
+        grpc=GrpcSettings(
+            bind=grpc,
+            advertise=advertise,
+            extra_sources=sources,
+            tls=bool(tls),
+            enroll_bind=enroll_listen,
+        ),
         api=ApiSettings(bind=api),
         mqtt=MqttSettings(
             url=mqtt,

@@ -23,6 +23,13 @@ class GrpcSettings:
     """Threads serving gRPC calls."""
     grace_s: float = 3.0
     """How long calls in flight may run on after a stop is asked."""
+    tls: bool = False
+    """mTLS on ``bind`` (a device certificate of the fleet CA, checked against the registry,
+    for ArtifactService) and enrollment over TLS on ``enroll_bind``; False: both on ``bind`` in
+    plaintext (a warning at start)."""
+    enroll_bind: str = "127.0.0.1:50053"
+    """Where devices without a certificate enroll with a token when ``tls`` (TLS, server
+    certificate only)."""
 
 
 @dataclass(frozen=True)

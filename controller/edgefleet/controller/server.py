@@ -4,6 +4,8 @@ reverse. The one place that knows every part; none of the parts knows this one.
 ``Controller(settings).start()`` returns the bound gRPC port devices reach (ArtifactService),
 so tests run it in-process on port 0; the operator API (ControllerService, behind ``auth``)
 listens on its own port, ``api_address``. The CLI does the same and then waits for a signal.
+With ``grpc.tls`` the devices' port is mTLS and enrollment has its own TLS listener,
+``enroll_address`` (``devicetls``); without, both are the one plaintext port.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from edgefleet.common import rpc
 from edgefleet.common.artifacts import ArtifactServicer, BlobStore, atomic_write
 from edgefleet.common.errors import TransientError
 from edgefleet.common.mqttclient import MqttSession
-from edgefleet.controller import auth, benchmarking
+from edgefleet.controller import auth, benchmarking, devicetls
 from edgefleet.controller import ingest as ingesting
 from edgefleet.controller.audit import AuditLog
 from edgefleet.controller.compressing import Compressor
@@ -73,6 +76,8 @@ class Controller:
         self._stopped = threading.Event()
         self._server: grpc.Server | None = None
         self._api: grpc.Server | None = None
+        self._enroll: grpc.Server | None = None
+        self.enroll_address = ""  # the bound HOST:PORT of the enrollment listener (--tls)
         self._pools: list[futures.ThreadPoolExecutor] = []  # grpc leaves their workers running
         self._health = health.HealthServicer()
         self._api_health = health.HealthServicer()
@@ -147,20 +152,8 @@ class Controller:
         )
         self._mqtt.start()
 
-        self._server = server = grpc.server(
-            self._pool(s.grpc.workers, "grpc"),
-            options=[
-                ("grpc.so_reuseport", 0),  # a second controller on the same port must fail
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 64 << 20),
-            ],
-        )
-        host, _ = split_address(s.grpc.bind)
-        try:
-            port = server.add_insecure_port(s.grpc.bind)
-        except RuntimeError as exc:
-            raise TransientError(f"cannot listen on {s.grpc.bind}: {exc}") from exc
-        self.address = join_address(host, port)
+        enrollment = self._open_identities(db)
+        server, host, port, tls = self._listen_devices(enrollment)
         api_server, api_host, api_port = self._listen_api(
             auth.OperatorAuth(operators, audit_log, auth.Resolver(db))
         )
@@ -212,7 +205,7 @@ class Controller:
             ),
             operators=operators,
             audit=audit_log,
-            enrollment=self._open_identities(db),
+            enrollment=enrollment,
         )
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(servicer, api_server)
         health_pb2_grpc.add_HealthServicer_to_server(self._api_health, api_server)
@@ -220,6 +213,8 @@ class Controller:
         artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(blobs), api_server)
         self._add_device_services(server, blobs)
         server.start()
+        if self._enroll is not None:
+            self._enroll.start()
         api_server.start()
         for name in ("", ARTIFACTS):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -239,10 +234,11 @@ class Controller:
             self.metrics.serve(host=s.metrics.host, port=s.metrics.port)
         self._write_state(host, port, api_host, api_port)
         log.info(
-            "controller ready: devices on %s, operator API on %s (data %s)",
+            "controller ready: devices on %s, operator API on %s (data %s; devices: %s)",
             self.address,
             self.api_address,
             s.data_dir,
+            f"mTLS, enrollment over TLS on {self.enroll_address}" if tls else "plaintext",
         )
         return port
 
@@ -270,6 +266,73 @@ class Controller:
             raise TransientError(f"cannot listen on {s.api.bind}: {exc}") from exc
         self.api_address = join_address(api_host, api_port)
         return api_server, api_host, api_port
+
+    def _listen_devices(
+        self, enrollment: Enrollment
+    ) -> tuple[grpc.Server, str, int, tuple[bytes, bytes] | None]:
+        """The devices' server (mTLS or plaintext) and, with TLS, the enrollment listener;
+        bound, not started."""
+        s = self.settings
+        self.device_gate = devicetls.DeviceGate(enrollment.check_certificate)
+        self._server = server = grpc.server(
+            self._pool(s.grpc.workers, "grpc"),
+            interceptors=[self.device_gate] if s.grpc.tls else [],
+            options=[
+                ("grpc.so_reuseport", 0),  # a second controller on the same port must fail
+                ("grpc.max_receive_message_length", 64 << 20),
+                ("grpc.max_send_message_length", 64 << 20),
+            ],
+        )
+        host, _ = split_address(s.grpc.bind)
+        tls = self._device_tls(enrollment)
+        try:
+            if tls is None:
+                port = server.add_insecure_port(s.grpc.bind)
+            else:
+                mtls = rpc.server_credentials(*tls, client_ca_pem=enrollment.ca.bundle_pem)
+                port = server.add_secure_port(s.grpc.bind, mtls)
+        except RuntimeError as exc:
+            raise TransientError(f"cannot listen on {s.grpc.bind}: {exc}") from exc
+        self.address = join_address(host, port)
+        if tls is not None:
+            self._listen_enroll(enrollment, tls)
+        return server, host, port, tls
+
+    def _device_tls(self, enrollment: Enrollment) -> tuple[bytes, bytes] | None:
+        """(key, certificate chain) of the devices' listeners, or None (plaintext, warned)."""
+        s = self.settings
+        if not s.grpc.tls:
+            log.warning(
+                "devices' gRPC on %s is PLAINTEXT: anyone who reaches it can fetch release "
+                "blobs and enrollment tokens travel unencrypted; run with --tls (mTLS, "
+                "enrollment on --enroll-listen) once devices enroll",
+                s.grpc.bind,
+            )
+            return None
+        hosts = devicetls.server_hosts(s.grpc.advertise, s.grpc.bind, s.grpc.enroll_bind)
+        pair = devicetls.server_certificate(enrollment.ca, hosts, now=enrollment.now())
+        log.info("devices' gRPC is TLS; server certificate for %s", ", ".join(hosts))
+        return pair.key_pem, pair.cert_pem
+
+    def _listen_enroll(self, enrollment: Enrollment, tls: tuple[bytes, bytes]) -> None:
+        """The enrollment listener (TLS, no client certificate asked): bound, not started."""
+        s = self.settings
+        self._enroll = enroll = grpc.server(
+            self._pool(4, "enroll"),
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 1 << 20)],
+        )
+        enroll_pb2_grpc.add_EnrollmentServiceServicer_to_server(
+            EnrollmentServicer(enrollment), enroll
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, enroll)
+        enroll_host, _ = split_address(s.grpc.enroll_bind)
+        try:
+            bound = enroll.add_secure_port(
+                s.grpc.enroll_bind, rpc.server_credentials(*tls, client_ca_pem=None)
+            )
+        except RuntimeError as exc:
+            raise TransientError(f"cannot listen on {s.grpc.enroll_bind}: {exc}") from exc
+        self.enroll_address = join_address(enroll_host, bound)
 
     def _open_identities(self, db: Database) -> Enrollment:
         """The fleet CA and the device registry (``enrollment``); writes the CRL."""
@@ -305,7 +368,11 @@ class Controller:
     def _write_state(self, host: str, port: int, api_host: str, api_port: int) -> None:
         local = join_address(_WILDCARDS.get(host, host), port)
         api = join_address(_WILDCARDS.get(api_host, api_host), api_port)
-        state = {"grpc": local, "api": api, "pid": os.getpid()}
+        state: dict[str, object] = {"grpc": local, "api": api, "pid": os.getpid()}
+        if self.enroll_address:  # --tls: the devices' port is mTLS, enrollment is here
+            e_host, e_port = split_address(self.enroll_address)
+            state["enroll"] = join_address(_WILDCARDS.get(e_host, e_host), e_port)
+            state["tls"] = True
         atomic_write(self.settings.state_file, json.dumps(state).encode() + b"\n")
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -323,6 +390,8 @@ class Controller:
             self._api.stop(self.settings.grpc.grace_s).wait()
         if self._server is not None:
             self._server.stop(self.settings.grpc.grace_s).wait()
+        if self._enroll is not None:
+            self._enroll.stop(self.settings.grpc.grace_s).wait()
         for pool in self._pools:
             pool.shutdown(wait=False)
         if self._driver is not None:

@@ -22,7 +22,8 @@ from edgefleet.v1 import enroll_pb2 as pb
 app = typer.Typer(
     help="Device identities: enroll (one-time token), revoke (CRL), quarantine (out of "
     "rollouts), remove, list.\n\nOn the device: edge-agent enroll --controller HOST:PORT "
-    "--token-file FILE.",
+    "--ca-file CA.pem --token-file FILE (HOST:PORT: the controller's --enroll-listen; CA.pem: "
+    "its DATA_DIR/ca/ca.pem; a controller without --tls: its --grpc and --insecure).",
     no_args_is_help=True,
 )
 
@@ -104,7 +105,7 @@ def enroll(
         f"device {output.safe(made.device.device_id)} enrolled in fleet "
         f"{output.safe(made.device.fleet)}; its token is good once, until "
         f"{output.when(made.token_expires_at_ms)}. On the device: edge-agent enroll "
-        "--controller HOST:PORT --token-file FILE"
+        "--controller HOST:PORT --ca-file CA.pem --token-file FILE"
     )
     if token_file is not None:
         output.note(f"token written to {output.safe(str(token_file))}")

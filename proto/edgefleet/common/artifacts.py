@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
@@ -184,20 +185,27 @@ def fetch(
     partial: Path,
     *,
     size: int | None = None,
+    stall_s: float | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     deadline_s: float = 300.0,
     on_chunk: Callable[[int, int], None] | None = None,
+    tls: rpc.ClientTls | None = None,
 ) -> int:
     """Append ``digest``'s bytes from ``target`` to ``partial``, resuming at its current size.
+
+    ``tls``: reach ``target`` over TLS (an enrolled device: mTLS with its certificate).
 
     Returns the total size. ``on_chunk(done, total)`` runs after each chunk is on disk.
     Raises ``FetchError`` (transient) when the source fails; ``NotFoundError`` when it lacks
     the blob; ``IntegrityError`` when the source says the blob has another size than ``size``
     (what a signed manifest promises) or streams past its size: not a byte past it is written.
+    ``stall_s``: a stream that brings nothing for this long is cut (``FetchError``), so a
+    silent link (a pulled cable, a dead route) ends the attempt long before its deadline.
     """
     partial.parent.mkdir(parents=True, exist_ok=True)
     offset = partial.stat().st_size if partial.exists() else 0
-    with rpc.channel(target) as channel:
+    watch: _StallWatch | None = None
+    with rpc.channel(target, tls=tls) as channel:
         stub = artifact_pb2_grpc.ArtifactServiceStub(channel)
         try:
             info = stub.Stat(
@@ -217,8 +225,11 @@ def fetch(
             if offset:
                 log.info("resuming %s at byte %d of %d from %s", digest, offset, total, target)
             request = artifact_pb2.FetchRequest(digest=digest, offset=offset, chunk_size=chunk_size)
-            with partial.open("ab") as f:
-                for msg in stub.Fetch(request, timeout=deadline_s):
+            call = stub.Fetch(request, timeout=deadline_s)
+            watch = _StallWatch(call, stall_s)
+            with partial.open("ab") as f, watch:
+                for msg in call:
+                    watch.fed()
                     if msg.offset != offset:
                         raise FetchError(
                             digest, f"{target} sent offset {msg.offset}, wanted {offset}"
@@ -236,6 +247,10 @@ def fetch(
                     if on_chunk is not None:
                         on_chunk(offset, total)
         except grpc.RpcError as exc:
+            if watch is not None and watch.fired:  # the watch cancelled it
+                raise FetchError(
+                    digest, f"{target} sent nothing for {stall_s:g}s at byte {offset}: cut"
+                ) from exc
             err = rpc.error_from_rpc(exc, target=target)
             if err.code == grpc.StatusCode.NOT_FOUND:
                 raise NotFoundError("blob", f"{digest} at {target}") from exc
@@ -243,3 +258,41 @@ def fetch(
     if offset != total:
         raise FetchError(digest, f"{target} ended the stream at byte {offset} of {total}")
     return total
+
+
+class _Cancellable(Protocol):
+    def cancel(self) -> bool: ...
+
+
+class _StallWatch:
+    """Cancels ``call`` once ``stall_s`` passed without a ``fed()`` (a thread of its own;
+    none when ``stall_s`` is None or 0)."""
+
+    def __init__(self, call: _Cancellable, stall_s: float | None) -> None:
+        self._call = call
+        self._stall_s = stall_s
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self.fired = False
+        self._thread = threading.Thread(target=self._run, name="fetch-stall-watch", daemon=True)
+
+    def fed(self) -> None:
+        self._last = time.monotonic()
+
+    def _run(self) -> None:
+        stall_s = self._stall_s or 0.0
+        while not self._done.wait(min(0.5, stall_s / 4)):
+            if time.monotonic() - self._last > stall_s:
+                self.fired = True
+                self._call.cancel()
+                return
+
+    def __enter__(self) -> _StallWatch:
+        if self._stall_s:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()

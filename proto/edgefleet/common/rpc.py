@@ -2,9 +2,17 @@
 
 Servers call ``status_for`` to turn a ``PermanentError`` into the status code a client can act
 on; clients call ``error_from_rpc`` to get one clear line back. Every call carries a deadline.
+
+TLS: ``channel(target, tls=ClientTls(...))`` opens a TLS channel that trusts only the given CA
+(the fleet CA) and, with a key and certificate, presents them (mTLS); ``server_name`` checks
+the server's certificate for another name than the target's host (a neighbour's device id: a
+device certificate has no DNS names, so gRPC matches its CN). ``tls=None`` is plaintext.
+``peer_certificate(context)`` is the client certificate a server saw in the handshake.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import grpc
 
@@ -59,12 +67,58 @@ def error_from_rpc(exc: grpc.RpcError, *, target: str) -> RpcFailed:
     return RpcFailed(target, code, detail or code.name)
 
 
-def channel(target: str) -> grpc.Channel:
-    """An insecure channel for loopback and lab use; production configs put mTLS in front."""
-    return grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_receive_message_length", 64 << 20),
-            ("grpc.max_send_message_length", 64 << 20),
-        ],
+@dataclass(frozen=True)
+class ClientTls:
+    """What a TLS channel trusts and presents, PEM bytes."""
+
+    ca_pem: bytes
+    """The only roots the server's certificate may chain to (the fleet CA bundle)."""
+    key_pem: bytes | None = None
+    """The client's private key (mTLS); None: no client certificate."""
+    cert_pem: bytes | None = None
+    """The client's certificate (chain)."""
+    server_name: str = ""
+    """The name the server's certificate must carry ("": the target's host)."""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem,
+            private_key=self.key_pem,
+            certificate_chain=self.cert_pem,
+        )
+
+
+_LIMITS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+]
+
+
+def channel(target: str, *, tls: ClientTls | None = None) -> grpc.Channel:
+    """A channel to ``target``: TLS as ``tls`` says, plaintext when it is None (loopback, lab,
+    ``--insecure``)."""
+    if tls is None:
+        return grpc.insecure_channel(target, options=_LIMITS)
+    options = list(_LIMITS)
+    if tls.server_name:
+        options.append(("grpc.ssl_target_name_override", tls.server_name))
+    return grpc.secure_channel(target, tls.credentials(), options=options)
+
+
+def server_credentials(
+    key_pem: bytes, cert_pem: bytes, *, client_ca_pem: bytes | None
+) -> grpc.ServerCredentials:
+    """TLS for a server; with ``client_ca_pem`` every client must present a certificate that
+    chains to it (mTLS), without it none is asked for (grpcio cannot ask and not require)."""
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)],
+        root_certificates=client_ca_pem,
+        require_client_auth=client_ca_pem is not None,
     )
+
+
+def peer_certificate(context: grpc.ServicerContext) -> bytes | None:
+    """The PEM certificate the client presented in the TLS handshake (None: plaintext or none)."""
+    found: bytes | list[bytes] = context.auth_context().get("x509_pem_cert") or []
+    certs = [found] if isinstance(found, bytes) else list(found)
+    return bytes(certs[0]) if certs else None
