@@ -9,6 +9,10 @@ The CPU provider is always the last resort, named or not. Why each provider abov
 one was passed over is kept (``Opened.passed_over``): the agent reports it as a
 ``provider_fallback`` event.
 
+The session gets the chosen provider with every offered one below it in the preference behind
+it, so nodes it cannot run go to the next (TensorRT's unsupported subgraphs to CUDA), as ORT
+recommends.
+
 TensorRT builds an engine per model, which takes minutes on a Jetson: its engine cache is on
 by default and always kept inside the release's slot (``trt_engine_cache_path``), so it goes
 with the slot and a release never sees another's engines.
@@ -84,7 +88,7 @@ def open_session(
     if all(p.name != CPU for p in order):
         order.append(t.ExecutionProvider(CPU))
     passed_over: list[str] = []
-    for p in order:
+    for i, p in enumerate(order):
         if p.name == CPU:  # always there; what it raises is the model's fault
             session = ort.InferenceSession(
                 str(path), make_options(), providers=[(CPU, dict(p.options))]
@@ -95,12 +99,14 @@ def open_session(
         if p.name not in offered:
             passed_over.append(f"{p.name} is not in this ONNX Runtime ({ort.__version__})")
             continue
+        # the providers below it stay behind it: ORT gives each the nodes those above it
+        # cannot run (TensorRT's unsupported subgraphs to CUDA, the rest to the CPU)
+        below = [q for q in order[i + 1 :] if q.name in offered or q.name == CPU]
+        chain = [(q.name, options_for(q, slot_dir=slot_dir)) for q in (p, *below)]
+        if all(q.name != CPU for q in below):
+            chain.append((CPU, {}))
         try:
-            session = ort.InferenceSession(
-                str(path),
-                make_options(),
-                providers=[(p.name, options_for(p, slot_dir=slot_dir)), CPU],
-            )
+            session = ort.InferenceSession(str(path), make_options(), providers=chain)
         except Exception as exc:  # ORT raises its own classes, all plain Exceptions
             passed_over.append(f"{p.name} failed: {_short(exc)}")
             continue
