@@ -278,6 +278,15 @@ def peer_predict(endpoint: str, tls: rpc.ClientTls | None, x: Any) -> grpc.Statu
     return grpc.StatusCode.OK
 
 
+def call_code(endpoint: str, tls: rpc.ClientTls, method: str, request: Any) -> grpc.StatusCode:
+    with rpc.channel(endpoint, tls=tls) as channel:
+        try:
+            getattr(inference_pb2_grpc.InferenceServiceStub(channel), method)(request, timeout=10)
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
 @pytest.mark.slow
 def test_failover_between_enrolled_agents_is_mtls_and_forged_peers_get_nothing(
     ctl: support.Running,
@@ -358,6 +367,19 @@ def test_failover_between_enrolled_agents_is_mtls_and_forged_peers_get_nothing(
         assert serving.peer_servicer.refused == 2
         mine = IdentityFiles.in_data_dir(tmp_path / bare_id).client_tls(server_name=serving_id)
         assert peer_predict(peer, mine, x) == grpc.StatusCode.OK  # the real neighbour
+
+        # the controller (its own client certificate) may Benchmark there, a device may not
+        as_controller = ctl.controller._device_client_tls(serving_id)
+        assert as_controller is not None
+        bench = inference_pb2.BenchmarkRequest()  # unsigned: refused by the agent, not the gate
+        assert call_code(peer, as_controller, "Benchmark", bench) not in (
+            grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.OK,
+        )
+        assert call_code(peer, mine, "Benchmark", bench) == grpc.StatusCode.PERMISSION_DENIED
+        info = inference_pb2.ModelInfoRequest()
+        assert call_code(peer, as_controller, "ModelInfo", info) == grpc.StatusCode.OK
 
         # forged servers: the forwarder's channels check the server is the listed device
         bare_files = IdentityFiles.in_data_dir(tmp_path / bare_id)

@@ -380,16 +380,21 @@ class PeerServicer(inference_pb2_grpc.InferenceServiceServicer):
     def ModelInfo(
         self, request: inference_pb2.ModelInfoRequest, context: grpc.ServicerContext
     ) -> inference_pb2.ModelInfoResponse:
-        self._check(context)
+        self._check(context, controller=True)
         return self._inner.ModelInfo(request, context)
 
     def Benchmark(
         self, request: inference_pb2.BenchmarkRequest, context: grpc.ServicerContext
     ) -> inference_pb2.BenchmarkResponse:
-        context.abort(grpc.StatusCode.PERMISSION_DENIED, "Benchmark is not served to neighbours")
-        raise AssertionError("unreachable: abort raises")
+        """The controller's (``--profile-on``; the spec is signed as everywhere), not a peer's."""
+        self._check(context, controller=True, peers=False)
+        return self._inner.Benchmark(request, context)
 
-    def _check(self, context: grpc.ServicerContext) -> None:
+    def _check(
+        self, context: grpc.ServicerContext, *, controller: bool = False, peers: bool = True
+    ) -> None:
+        """Admit a fleet peer on the roster (``peers``) or the controller's own client
+        certificate (``controller``: CN ``CONTROLLER_IDENTITY``, no device may hold it)."""
         pem = rpc.peer_certificate(context)
         reason = ""
         if pem is None:
@@ -400,7 +405,12 @@ class PeerServicer(inference_pb2_grpc.InferenceServiceServicer):
             except InvalidInputError as exc:
                 reason = str(exc)
             else:
-                if ident.fleet != self._fleet:
+                if ident.device_id == identities.CONTROLLER_IDENTITY and not ident.fleet:
+                    if not controller:
+                        reason = "the controller does not call Predict here"
+                elif not peers:
+                    reason = f"{ident.device_id} is a device: only the controller may call this"
+                elif ident.fleet != self._fleet:
                     reason = f"{ident.device_id} is in fleet {ident.fleet!r}, not {self._fleet!r}"
                 elif not self._listed(ident.device_id):
                     reason = f"{ident.device_id} is not on the fleet roster"

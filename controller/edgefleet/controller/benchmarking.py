@@ -1,7 +1,8 @@
 """Timing compression candidates on a device (``--profile-on DEVICE``): a remote ``Timer``.
 
 Implements ``compress.timing.Timer`` by sending each candidate, with one timing feed, to the
-device agent's ``InferenceService.Benchmark`` at the Predict endpoint the device announced. The
+device agent's ``InferenceService.Benchmark`` at the Predict endpoint the device announced (an
+enrolled agent's mTLS peer listener, reached with the controller's client certificate). The
 spec is signed with the controller's active key (payload type ``BENCHMARK_TYPE``): an agent runs
 no unsigned model. An agent without ``Benchmark`` answers UNIMPLEMENTED, which ends the search
 with a message that says so.
@@ -40,6 +41,9 @@ class DeviceTimer:
     device_id: str
     endpoint: str
     sign: Callable[[bytes], Envelope]
+    tls: rpc.ClientTls | None = None
+    """mTLS to an enrolled agent's peer listener (the controller's client certificate, the
+    device's certificate checked for ``device_id``); None: plaintext."""
     deadline_s: float = DEADLINE_S
     runs: int = RUNS
     warmup: int = WARMUP
@@ -64,7 +68,7 @@ class DeviceTimer:
 
     def measure(self, model: bytes, feed: Feed, *, threads: int) -> Latency:
         request = self.request(model, feed, threads=threads)
-        with rpc.channel(self.endpoint) as channel:
+        with rpc.channel(self.endpoint, tls=self.tls) as channel:
             stub = inference_pb2_grpc.InferenceServiceStub(channel)
             try:
                 reply = stub.Benchmark(request, timeout=self.deadline_s)
@@ -97,9 +101,16 @@ def signer(keys: KeyRing) -> Callable[[bytes], Envelope]:
     return sign
 
 
-def device_timer(devices: DeviceStore, keys: KeyRing, device_id: str) -> DeviceTimer:
+def device_timer(
+    devices: DeviceStore,
+    keys: KeyRing,
+    device_id: str,
+    *,
+    tls: Callable[[str], rpc.ClientTls | None] = lambda _d: None,
+) -> DeviceTimer:
     """The timer for a known device that announced a Predict endpoint; checks the signing key
-    now, so a missing key fails the request before any work."""
+    now, so a missing key fails the request before any work. ``tls(device_id)``: how to reach
+    it (``server``: mTLS to an enrolled device when the controller runs ``--tls``)."""
     for device in devices.list_devices():
         if device.device_id == device_id:
             break
@@ -111,4 +122,4 @@ def device_timer(devices: DeviceStore, keys: KeyRing, device_id: str) -> DeviceT
             "(is its agent online?)"
         )
     keys.active()
-    return DeviceTimer(device_id, device.predict_endpoint, signer(keys))
+    return DeviceTimer(device_id, device.predict_endpoint, signer(keys), tls=tls(device_id))

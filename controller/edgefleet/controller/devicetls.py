@@ -74,6 +74,14 @@ def server_certificate(ca: CertificateAuthority, hosts: list[str], *, now: dt.da
     return KeyPair(pair.key_pem, pair.cert_pem + ca.bundle_pem)
 
 
+def controller_client(ca: CertificateAuthority, *, now: dt.datetime) -> KeyPair:
+    """The controller's client certificate for agents' peer listeners (Benchmark): CN
+    ``identities.CONTROLLER_IDENTITY``, valid ``SERVER_DAYS``, made at start, never stored."""
+    return ca.issue_client(
+        identities.CONTROLLER_IDENTITY, lifetime=dt.timedelta(days=SERVER_DAYS), now=now
+    )
+
+
 class DeviceGate(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Admit calls to ``GATED`` methods only with a current, unrevoked device certificate.
 

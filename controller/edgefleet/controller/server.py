@@ -36,13 +36,14 @@ from edgefleet.controller.db import Database
 from edgefleet.controller.deploying import Deployer
 from edgefleet.controller.devices import DeviceStore
 from edgefleet.controller.driving import RolloutDriver
-from edgefleet.controller.enrollment import Enrollment, open_enrollment
+from edgefleet.controller.enrollment import Enrollment, IdentityState, open_enrollment
 from edgefleet.controller.fleetmetrics import FleetCollector
 from edgefleet.controller.identityservice import EnrollmentServicer
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.leasing import DbMutex, Lease
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.operators import OperatorStore
+from edgefleet.controller.pki import KeyPair
 from edgefleet.controller.registry import Registry
 from edgefleet.controller.releases import Releases
 from edgefleet.controller.rolling import Rollouts
@@ -77,6 +78,7 @@ class Controller:
         self._server: grpc.Server | None = None
         self._api: grpc.Server | None = None
         self._enroll: grpc.Server | None = None
+        self._client_pair: KeyPair | None = None  # for agents' peer listeners (Benchmark)
         self.enroll_address = ""  # the bound HOST:PORT of the enrollment listener (--tls)
         self._pools: list[futures.ThreadPoolExecutor] = []  # grpc leaves their workers running
         self._health = health.HealthServicer()
@@ -201,7 +203,9 @@ class Controller:
             max_model_bytes=s.registry.max_model_bytes,
             compressor=Compressor(
                 registry,
-                device_timer=lambda device_id: benchmarking.device_timer(devices, keys, device_id),
+                device_timer=lambda device_id: benchmarking.device_timer(
+                    devices, keys, device_id, tls=self._device_client_tls
+                ),
             ),
             operators=operators,
             audit=audit_log,
@@ -313,6 +317,26 @@ class Controller:
         pair = devicetls.server_certificate(enrollment.ca, hosts, now=enrollment.now())
         log.info("devices' gRPC is TLS; server certificate for %s", ", ".join(hosts))
         return pair.key_pem, pair.cert_pem
+
+    def _device_client_tls(self, device_id: str) -> rpc.ClientTls | None:
+        """mTLS to an enrolled, unrevoked device's peer listener (``--tls``), else None."""
+        enrollment = self.enrollment
+        if not self.settings.grpc.tls or enrollment is None:
+            return None
+        if not any(
+            i.device_id == device_id
+            and i.state in (IdentityState.ENROLLED, IdentityState.QUARANTINED)
+            for i in enrollment.list_identities()
+        ):
+            return None
+        if self._client_pair is None:
+            self._client_pair = devicetls.controller_client(enrollment.ca, now=enrollment.now())
+        return rpc.ClientTls(
+            ca_pem=enrollment.ca.bundle_pem,
+            key_pem=self._client_pair.key_pem,
+            cert_pem=self._client_pair.cert_pem,
+            server_name=device_id,
+        )
 
     def _listen_enroll(self, enrollment: Enrollment, tls: tuple[bytes, bytes]) -> None:
         """The enrollment listener (TLS, no client certificate asked): bound, not started."""
