@@ -30,6 +30,7 @@ from tests.agent.helpers import (
     Watcher,
     active_on,
     offer,
+    wait_for,
 )
 
 CPU = t.ExecutionProvider("CPUExecutionProvider")
@@ -233,3 +234,32 @@ def test_a_release_preferring_openvino_serves_on_it(
     assert status.hardware is not None
     assert "OpenVINOExecutionProvider" in status.hardware.providers
     assert "provider_fallback" not in w.kinds()
+
+
+def test_a_restart_on_a_fallen_back_release_says_so_again(
+    start_agent: StartAgent,
+    watch: Callable[[str], Watcher],
+    signer: Signer,
+    artifacts: ArtifactServer,
+    digits_model: TrainedModel,
+) -> None:
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this ONNX Runtime offers CUDA")
+    a = start_agent()
+    w = watch(a.device_id)
+    release = _with_providers(signer, digits_model.onnx_bytes, (CUDA, CPU), version="1.0.0")
+    offer(w, signer, artifacts, release, 1)
+    w.wait_status(active_on(release.ref), what="active")
+    w.wait_event("provider_fallback")
+    a.agent.stop()
+
+    b = start_agent(device_id=a.device_id, data_dir=a.data_dir)
+    wait_for(
+        "a second provider_fallback, from the restart",
+        lambda: w.kinds().count("provider_fallback") >= 2,
+    )
+    status = w.wait_status(
+        lambda s: s.active_provider == "CPUExecutionProvider" and bool(s.provider_fallback),
+        what="the restarted agent's status naming the fallback",
+    )
+    assert status.active_release == release.ref and b.endpoint
