@@ -28,6 +28,9 @@ if [ "$system" = 1 ]; then
     [ -x /usr/bin/docker-registry ] || need+=(docker-registry)  # a real OCI registry for tests
     command -v dockerd >/dev/null || need+=(docker.io)  # the container runtime's tests
     command -v debootstrap >/dev/null || need+=(debootstrap)  # its base image, from Debian
+    # the arm64 test: an arm64 Debian tree run under emulation (qemu through binfmt_misc)
+    command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
+    command -v update-binfmts >/dev/null || need+=(binfmt-support)
     command -v pg_ctlcluster >/dev/null || need+=(postgresql)  # the controller on PostgreSQL
   fi
   if [ "${#need[@]}" -gt 0 ]; then
@@ -72,5 +75,11 @@ if [ "$dev" = 1 ] && [ "$system" = 1 ]; then
   else
     echo "setup: dockerd does not answer; container tests will skip (see /var/log/dockerd.log)"
   fi
+  # The arm64 test's root filesystem (deploy/arm64/rootfs.sh; cached): built here so the test
+  # finds it; where the kernel refuses binfmt_misc the test skips and says why.
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo bash deploy/arm64/rootfs.sh .venv/bin/python >/dev/null \
+    || echo "setup: no arm64 root filesystem (above: why); tests/arm64 will build it or skip"
 fi
 echo "setup: .venv ready ($(.venv/bin/python --version))"

@@ -49,7 +49,7 @@ from edgefleet.demo import digits
 from edgefleet.edgectl.keys import trusted_pem
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc, inference_pb2, inference_pb2_grpc
 from edgefleet.v1 import controller_pb2 as pb
-from tests.agent.helpers import predict, wait_for
+from tests.agent.helpers import AgentProcess, predict, wait_for
 from tests.conftest import Broker, free_port
 from tests.controller import support
 
@@ -402,6 +402,40 @@ def test_failover_between_enrolled_agents_is_mtls_and_forged_peers_get_nothing(
             agent.stop()
         for impostor in impostors:
             impostor.stop()
+
+
+def test_edge_agent_run_enrolled_is_mtls_and_insecure_says_so(
+    ctl: support.Running, broker: Broker, tmp_path: Path
+) -> None:
+    """The real ``edge-agent run`` process: enrolled, it opens the mTLS peer listener (in
+    ``agent.json``) and says gRPC is mTLS; with ``--insecure`` it warns and opens none."""
+    data = tmp_path / "cam-9"
+    assert enroll(ctl, "cam-9", data).exit_code == 0
+    key_file = tmp_path / "trusted.pem"
+    ctl.stub.InitKey(pb.InitKeyRequest(), timeout=DEADLINE)
+    key_file.write_text(trusted_pem(list(ctl.stub.ListKeys(pb.ListKeysRequest()).keys)))
+    agent = AgentProcess(
+        device_id="cam-9",
+        data_dir=data,
+        broker_url=broker.url,
+        controller=ctl.address,
+        key_file=key_file,
+    )
+    try:
+        info = agent.start()
+        assert info["peer_endpoint"] and info["peer_endpoint"] != info["predict_endpoint"]
+        assert agent.terminate() == 0
+        assert "gRPC to the controller and to neighbours is mTLS" in agent.output()
+        agent.args.append("--insecure")
+        info = agent.start()
+        assert info["peer_endpoint"] == ""
+        assert agent.terminate() == 0
+        assert (
+            "--insecure: gRPC to the controller and to neighbours is plaintext although this "
+            "device is enrolled" in agent.output()
+        )
+    finally:
+        agent.kill()
 
 
 def test_edge_controller_run_tls_serves_mtls_and_says_where(tmp_path: Path, broker: Broker) -> None:
