@@ -29,7 +29,9 @@ log() { echo "arm64-rootfs: $*" >&2; }
 binfmt=/proc/sys/fs/binfmt_misc
 [ -e "$binfmt/register" ] || mount -t binfmt_misc binfmt_misc "$binfmt" 2>/dev/null || {
   log "binfmt_misc cannot be mounted at $binfmt (the kernel refuses it)"; exit 3; }
-if [ ! -e "$binfmt/qemu-aarch64" ]; then
+if [ -e "$binfmt/qemu-aarch64" ]; then
+  grep -qx enabled "$binfmt/qemu-aarch64" || echo 1 >"$binfmt/qemu-aarch64" 2>/dev/null || true
+else
   command -v update-binfmts >/dev/null || { log "no update-binfmts (apt-get install binfmt-support qemu-user-static)"; exit 3; }
   update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
 fi
