@@ -51,7 +51,7 @@ class DemoOptions:
     system's temporary directory."""
     hold: bool = False
     """After the full demo's summary, keep the fleet running until Ctrl-C."""
-    compress_budget_s: float = 15.0
+    compress_budget_s: float = 10.0
     """The compression search's time budget (``model compress --time-budget``)."""
 
 

@@ -66,7 +66,7 @@ def demo(
             min=1.0,
             metavar="SECONDS",
         ),
-    ] = 15.0,
+    ] = 10.0,
     hold: Annotated[
         bool,
         typer.Option(
