@@ -77,6 +77,24 @@ def test_a_full_outbox_drops_the_oldest(tmp_path: Path) -> None:
         box.stop()
 
 
+def test_a_full_outbox_drops_telemetry_before_events_and_keeps_the_count(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db", max_messages=3)
+    try:
+        box.put("edgefleet/dev/d/events", lambda _s: b"e1")
+        for i in range(4):
+            box.put("edgefleet/dev/d/telemetry", lambda _s, i=i: f"t{i}".encode())
+        box.put("edgefleet/dev/d/events", lambda _s: b"e2")
+        assert [m.payload for m in box.pending()] == [b"e1", b"t3", b"e2"]
+        assert box.dropped == 3
+    finally:
+        box.stop()
+    again = Outbox(tmp_path / "outbox.db", max_messages=3)
+    try:
+        assert again.dropped == 3  # counted in the file: a restart does not forget it
+    finally:
+        again.stop()
+
+
 def test_events_written_while_the_broker_was_down_arrive_in_order(tmp_path: Path) -> None:
     if not mosquitto_available():
         pytest.skip("mosquitto is not installed (apt-get install mosquitto)")

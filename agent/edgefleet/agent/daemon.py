@@ -129,6 +129,9 @@ class Agent:
         self.live = LiveStats()
         self.predictor = Predictor()
         self.outbox = Outbox(s.data_dir / "outbox.db", max_messages=s.outbox_max)
+        self.metrics.watch_outbox(
+            dropped=lambda: self.outbox.dropped, pending=lambda: len(self.outbox)
+        )
         self.reporter = Reporter(
             device_id=self.device_id,
             fleet=s.device.fleet,

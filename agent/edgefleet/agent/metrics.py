@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -115,6 +115,26 @@ class _ContainerCollector(Collector):
         yield from (info, restarts, cpu, memory, limit)
 
 
+class _OutboxCollector(Collector):
+    """The outbox's families, read at scrape time: what it dropped when full, what it holds."""
+
+    def __init__(self, dropped: Callable[[], int], pending: Callable[[], int]) -> None:
+        self._dropped = dropped
+        self._pending = pending
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "edgefleet_outbox_dropped",
+            "Events and telemetry the full outbox dropped, oldest first (kept across restarts).",
+            value=self._dropped(),
+        )
+        yield GaugeMetricFamily(
+            "edgefleet_outbox_pending",
+            "Events and telemetry waiting in the outbox for the broker.",
+            value=self._pending(),
+        )
+
+
 class AgentMetrics:
     def __init__(self, window: Window | None = None) -> None:
         self.registry = CollectorRegistry()
@@ -176,6 +196,10 @@ class AgentMetrics:
                 "provider": provider,
             }
         )
+
+    def watch_outbox(self, *, dropped: Callable[[], int], pending: Callable[[], int]) -> None:
+        """Serve the outbox's dropped count and backlog (``edgefleet_outbox_*``)."""
+        self.registry.register(_OutboxCollector(dropped, pending))
 
     def set_containers(self, samples: tuple[ContainerStatus, ...]) -> None:
         """The release containers in use, as just sampled (empty: none)."""

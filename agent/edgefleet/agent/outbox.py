@@ -12,7 +12,11 @@ The same file keeps the status sequence: every status the device sends carries a
 only grows, across restarts (``max(last + 1, wall clock in µs)``, so a wiped data dir still
 counts up and a clock that went back does not), and the controller keeps the highest.
 
-Bounded: beyond ``max_messages`` the oldest are dropped (counted, logged), never the newest.
+Bounded: beyond ``max_messages`` the oldest are dropped (logged, and counted in the same file,
+so the count survives a restart: ``dropped``, the agent's ``edgefleet_outbox_dropped_total``),
+never the newest, and telemetry before events: a long outage costs old samples first, an
+event only when the box holds nothing else. Telemetry goes through it too: what a device
+measured while cut off reaches the controller once it is back, up to the bound.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PUBACK_WAIT_S = 10.0
 BATCH = 64
+EXPENDABLE = "%/telemetry"  # topics (SQL LIKE) dropped first when the box is full
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -91,7 +96,8 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.executescript(_SCHEMA)
-        self.dropped = 0
+        row = self._db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
+        self.dropped = int(row[0]) if row is not None else 0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -117,8 +123,13 @@ class Outbox:
                 over = self._count(cur) - self._max
                 if over > 0:
                     cur.execute(
-                        "DELETE FROM outbox WHERE seq IN "
-                        "(SELECT seq FROM outbox ORDER BY seq LIMIT ?)",
+                        "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
+                        "ORDER BY topic LIKE ? DESC, seq LIMIT ?)",
+                        (EXPENDABLE, over),
+                    )
+                    cur.execute(
+                        "INSERT INTO counters (name, value) VALUES ('dropped', ?) "
+                        "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
                         (over,),
                     )
                     self.dropped += over

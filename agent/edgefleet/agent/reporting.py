@@ -10,7 +10,9 @@
 * every status carries a ``seq`` that only grows (from the outbox's counter), so the controller
   can tell a stale status that paho redelivered after a reconnect from a fresh one.
 * presence (retained; the last will says offline): online, Predict endpoint, active release.
-* telemetry (QoS 0).
+* telemetry (QoS 1): through the outbox too, so what the device measured while cut off from
+  the broker arrives once it is back (up to the outbox's bound; beyond it the oldest go,
+  counted). Without an outbox: QoS 0, only while connected.
 """
 
 from __future__ import annotations
@@ -228,8 +230,10 @@ class Reporter:
         )
 
     def telemetry(self, sample: t.Telemetry) -> None:
-        if self._connected():
-            payload = wire.telemetry_to_pb(sample).SerializeToString()
+        payload = wire.telemetry_to_pb(sample).SerializeToString()
+        if self._outbox is not None:
+            self._outbox.put(topics.telemetry(self.device_id), lambda _seq: payload)
+        elif self._connected():
             self._publish(topics.telemetry(self.device_id), payload, False, qos=0)
 
     def _connected(self) -> bool:

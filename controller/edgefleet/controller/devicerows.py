@@ -49,6 +49,10 @@ def set_presence(row: PresenceRow, p: t.Presence, *, now_ms: int) -> None:
 
 
 def set_telemetry(row: TelemetryRow, x: t.Telemetry, *, now_ms: int) -> None:
+    """Keep the newest sample: an older one (a device's outbox replaying what it measured while
+    cut off, or a redelivered copy) arrives after a newer one only when redelivered."""
+    if row.at_ms is not None and x.at_ms < row.at_ms:
+        return
     row.release = x.release
     row.window_s = x.window_s
     row.requests = x.requests

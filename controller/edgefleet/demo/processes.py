@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -112,9 +113,13 @@ class Processes:
         self.logs = logs
         self.started: list[Managed] = []
 
-    def spawn(self, name: str, argv: list[str], *, tier: int = 0) -> Managed:
+    def spawn(
+        self, name: str, argv: list[str], *, tier: int = 0, prefix: Sequence[str] = ()
+    ) -> Managed:
+        """Start ``argv``; ``prefix`` goes before it (``ip netns exec NS``: run it elsewhere)."""
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
+        argv = [*prefix, *argv]
         if sys.platform == "linux":
             argv = [sys.executable, "-S", "-c", _LAUNCHER, str(os.getpid()), *argv]
         with log.open("ab") as out:
@@ -170,12 +175,12 @@ def wait_for_json(path: Path, proc: Managed, *, timeout_s: float) -> dict[str, A
     raise proc.failed_to_start(f"wrote no {path.name} within {timeout_s:g}s")
 
 
-def wait_for_port(port: int, proc: Managed, *, timeout_s: float) -> None:
+def wait_for_port(port: int, proc: Managed, *, timeout_s: float, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not proc.running():
             raise proc.failed_to_start(f"exited with code {proc.popen.returncode} while starting")
-        if port_open(port):
+        if port_open(port, host):
             return
         time.sleep(0.05)
     raise proc.failed_to_start(f"did not listen on port {port} within {timeout_s:g}s")

@@ -56,6 +56,9 @@ class AgentSpec:
     device_id: str
     fleet: str
     labels: Mapping[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"  # the address its Predict (and /metrics) binds
+    prefix: Sequence[str] = ()  # before its command: ``ip netns exec NS`` runs it elsewhere
+    extra_args: Sequence[str] = ()  # after the others
 
 
 @dataclass(frozen=True)
@@ -77,8 +80,16 @@ def mosquitto_binary() -> str | None:
     )
 
 
-def start_broker(procs: Processes, workdir: Path, *, kind: str = "auto") -> Broker:
-    """Mosquitto where installed (or asked for), else amqtt from the ``broker`` extra."""
+def start_broker(
+    procs: Processes,
+    workdir: Path,
+    *,
+    kind: str = "auto",
+    host: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
+) -> Broker:
+    """Mosquitto where installed (or asked for), else amqtt from the ``broker`` extra; it
+    listens on ``host``, started behind ``prefix`` (``ip netns exec NS``) if given."""
     port = free_port()
     binary = mosquitto_binary()
     if kind == "mosquitto" or (kind == "auto" and binary is not None):
@@ -86,10 +97,10 @@ def start_broker(procs: Processes, workdir: Path, *, kind: str = "auto") -> Brok
             raise StartError("mosquitto", "is not installed (apt-get install mosquitto)")
         conf = workdir / "mosquitto.conf"
         conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            f"listener {port} {host}\nallow_anonymous true\npersistence false\n"
             "max_queued_messages 10000\n"
         )
-        proc = procs.spawn("mosquitto", [binary, "-c", str(conf)])
+        proc = procs.spawn("mosquitto", [binary, "-c", str(conf)], prefix=prefix)
         used = "mosquitto"
     else:
         if importlib.util.find_spec("amqtt") is None:
@@ -98,10 +109,10 @@ def start_broker(procs: Processes, workdir: Path, *, kind: str = "auto") -> Brok
                 "missing: install mosquitto, or the embedded one: pip install 'edgefleet[broker]'",
             )
         argv = [sys.executable, "-m", "edgefleet.demo.mqtt_broker", "--port", str(port)]
-        proc = procs.spawn("amqtt", argv)
+        proc = procs.spawn("amqtt", argv, prefix=prefix)
         used = "amqtt"
-    wait_for_port(port, proc, timeout_s=START_TIMEOUT_S)
-    return Broker(url=f"mqtt://127.0.0.1:{port}", kind=used, process=proc)
+    wait_for_port(port, proc, timeout_s=START_TIMEOUT_S, host=host)
+    return Broker(url=f"mqtt://{host}:{port}", kind=used, process=proc)
 
 
 def start_controller(
@@ -111,14 +122,16 @@ def start_controller(
     mqtt_url: str,
     extra_args: Sequence[str] = (),
     timeout_s: float = START_TIMEOUT_S,
+    host: str = "127.0.0.1",
+    prefix: Sequence[str] = (),
 ) -> Controller:
-    """Start ``edge-controller run`` on free loopback ports (devices, operator API);
-    ``extra_args`` go last."""
+    """Start ``edge-controller run`` on free ports of ``host`` (devices, operator API; loopback
+    by default), behind ``prefix`` (``ip netns exec NS``) if given; ``extra_args`` go last."""
     data_dir.mkdir(parents=True, exist_ok=True)
     ready = data_dir / "controller.json"
     ready.unlink(missing_ok=True)
-    address = f"127.0.0.1:{free_port()}"
-    api = f"127.0.0.1:{free_port()}"
+    address = f"{host}:{free_port()}"
+    api = f"{host}:{free_port()}"
     metrics_port = free_port()
     argv = [
         *script("edge-controller", "edgefleet.controller.cli"),
@@ -133,7 +146,7 @@ def start_controller(
     if "--metrics-port" in extra_args:  # the last one given wins
         at = len(extra_args) - 1 - list(reversed(extra_args)).index("--metrics-port")
         metrics_port = int(extra_args[at + 1]) if at + 1 < len(extra_args) else 0
-    proc = procs.spawn("controller", argv, tier=1)
+    proc = procs.spawn("controller", argv, tier=1, prefix=prefix)
     info = wait_for_json(ready, proc, timeout_s=timeout_s)
     return Controller(
         address=str(info.get("grpc") or address),
@@ -169,7 +182,7 @@ def start_agents(
             "--mqtt", mqtt_url,
             "--controller", controller,
             "--data-dir", str(data_dir),
-            "--predict-listen", "127.0.0.1:0",
+            "--predict-listen", f"{spec.host}:0",
             "--metrics-port", "0",
             "--trusted-key", str(trusted_key),
         ]  # fmt: skip
@@ -177,7 +190,9 @@ def start_agents(
             argv += ["--label", f"{key}={value}"]
         if telemetry_interval_s is not None:
             argv += ["--telemetry-interval", f"{telemetry_interval_s:g}"]
-        spawned.append((spec, data_dir, procs.spawn(spec.device_id, argv, tier=2)))
+        argv += spec.extra_args
+        proc = procs.spawn(spec.device_id, argv, tier=2, prefix=spec.prefix)
+        spawned.append((spec, data_dir, proc))
     agents = []
     for spec, data_dir, proc in spawned:
         info = wait_for_json(data_dir / "agent.json", proc, timeout_s=timeout_s)

@@ -25,6 +25,7 @@ from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 256 * 1024
+WATCHED_CHUNK = 64 * 1024  # with a stall watch: half a second a chunk even at 1 Mbit/s
 MAX_CHUNK = 4 << 20
 
 
@@ -200,7 +201,9 @@ def fetch(
     the blob; ``IntegrityError`` when the source says the blob has another size than ``size``
     (what a signed manifest promises) or streams past its size: not a byte past it is written.
     ``stall_s``: a stream that brings nothing for this long is cut (``FetchError``), so a
-    silent link (a pulled cable, a dead route) ends the attempt long before its deadline.
+    silent link (a pulled cable, a dead route) ends the attempt long before its deadline; its
+    chunks are then at most ``WATCHED_CHUNK``, so a slow link still brings one in time (and a
+    cut loses less of what was under way).
     """
     partial.parent.mkdir(parents=True, exist_ok=True)
     offset = partial.stat().st_size if partial.exists() else 0
@@ -224,7 +227,8 @@ def fetch(
                 return total
             if offset:
                 log.info("resuming %s at byte %d of %d from %s", digest, offset, total, target)
-            request = artifact_pb2.FetchRequest(digest=digest, offset=offset, chunk_size=chunk_size)
+            chunk = min(chunk_size, WATCHED_CHUNK) if stall_s else chunk_size
+            request = artifact_pb2.FetchRequest(digest=digest, offset=offset, chunk_size=chunk)
             call = stub.Fetch(request, timeout=deadline_s)
             watch = _StallWatch(call, stall_s)
             with partial.open("ab") as f, watch:
