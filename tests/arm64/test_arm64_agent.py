@@ -195,11 +195,11 @@ def test_an_emulated_arm64_agent_enrolls_applies_a_release_and_answers_as_x86_do
     # the hardware each agent reports in its status (probed at start)
     for device, arch in ((mixed.arm, "aarch64"), (mixed.x86, "x86_64")):
         status = mixed.watchers[device].wait_status(
-            lambda s: s.hardware is not None, what="with its hardware", timeout=120
+            lambda s: s.hardware is not None, what="with its hardware", timeout=300
         )
         assert status.hardware is not None and status.hardware.arch == arch, status.hardware
     both = {mixed.x86, mixed.arm}
-    wait_devices(mixed, lambda d: set(d) == both, timeout=120, what="both devices registered")
+    wait_devices(mixed, lambda d: set(d) == both, timeout=300, what="both devices registered")
 
     path = tmp_path / "digits.onnx"
     path.write_bytes(digits_model.onnx_bytes)
@@ -223,7 +223,7 @@ def test_an_emulated_arm64_agent_enrolls_applies_a_release_and_answers_as_x86_do
             and x["generation_applied"] == x["generation_desired"] > 0 and x["predict_endpoint"]
             for x in d.values()
         ),
-        timeout=120, what="both devices active on digits:1.0.0",
+        timeout=300, what="both devices active on digits:1.0.0",
     )  # fmt: skip
 
     npz = tmp_path / "test-digits.npz"
