@@ -129,6 +129,18 @@ class NatsCluster:
                     raise TimeoutError(f"NATS node {node.name} never took an MQTT client")
                 time.sleep(0.5)
 
+    def restart(self, i: int, timeout: float = 90.0) -> None:
+        """Start node ``i`` again (its JetStream store kept) and wait until every node says
+        it is healthy (``/healthz``: JetStream caught up) and node ``i`` takes MQTT clients."""
+        node = self.nodes[i]
+        node.start(self.binary)
+        wait_port(node.mqtt_port, timeout)
+        deadline = time.monotonic() + timeout
+        while not (all(healthy(n) for n in self.nodes) and probe(node.mqtt_port)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"NATS node {node.name} never rejoined")
+            time.sleep(0.5)
+
     def close(self) -> None:
         for node in self.nodes:
             node.stop()
@@ -136,6 +148,13 @@ class NatsCluster:
     def where(self, client_id: str) -> list[str]:
         """The live nodes ``client_id`` is connected to."""
         return [n.name for n in self.nodes if n.proc is not None and client_id in n.mqtt_clients()]
+
+
+def healthy(node: Node) -> bool:
+    try:
+        return bool(node.monitor("/healthz").get("status") == "ok")
+    except OSError:  # not up yet, or answering 503 while it catches up
+        return False
 
 
 def probe(port: int, timeout: float = 10.0, *, user: tuple[str, str] | None = None) -> bool:

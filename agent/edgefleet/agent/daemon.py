@@ -46,9 +46,9 @@ from edgefleet.agent.store import DeviceStore
 from edgefleet.agent.telemetry import TelemetryLoop
 from edgefleet.agent.trusting import TrustKeeper
 from edgefleet.agent.watching import HealthWatch
-from edgefleet.common import rpc, topics
+from edgefleet.common import rpc, topics, wire
 from edgefleet.common.artifacts import atomic_write
-from edgefleet.common.errors import InvalidInputError
+from edgefleet.common.errors import InvalidInputError, MalformedMessageError
 from edgefleet.common.mqttclient import MqttSession, Will
 from edgefleet.common.signing import TrustStore
 
@@ -124,6 +124,7 @@ class Agent:
             raise InvalidInputError("the trusted key files hold no public key")
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.stopping = threading.Event()
+        self._reasserted = 0.0  # monotonic time presence was last said again (_own_presence)
         self.metrics = AgentMetrics()
         self.window = self.metrics.window
         self.live = LiveStats()
@@ -474,6 +475,9 @@ class Agent:
         if topic == topics.trust():
             self.trust_keeper.offer(payload)
             return
+        if topic == topics.presence(self.neighbours.fleet, self.device_id):
+            self._own_presence(payload)
+            return
         if topic != topics.desired(self.device_id):
             self.neighbours.observe(topic, payload)
             return
@@ -481,6 +485,25 @@ class Agent:
             log.info("desired state cleared on the broker; keeping the current model")
             return
         self._queue.put(payload)
+
+    def _own_presence(self, payload: bytes) -> None:
+        """paho's thread: the broker says this device is offline while it is connected: its
+        last will from a connection that died, delivered late (a clustered broker electing
+        after a lost node can reorder it after the newer "online", or lose that one), or one
+        queued while it was away. Say online again, with the status (at most once a second:
+        the refresh that ``on_connect`` schedules says it once more later)."""
+        try:
+            presence = wire.decode_presence(payload)
+        except MalformedMessageError:
+            return
+        if presence.online or presence.device_id != self.device_id or self.stopping.is_set():
+            return
+        now = time.monotonic()
+        if not self.session.connected or now - self._reasserted < 1.0:
+            return
+        self._reasserted = now
+        log.info("the broker holds %s offline while it is connected; saying online", self.device_id)
+        self.reporter.on_connect()
 
     def _work(self) -> None:
         wait: float | None = 0.0
