@@ -14,6 +14,7 @@ asked for again with a capped delay until it is granted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -200,6 +201,12 @@ class MqttSession:
                     log.warning("could not publish %s before disconnecting", topic)
         self._client.disconnect()
         self._client.loop_stop()
+        # paho's network thread ends without closing a socket whose connect was under way when
+        # ``disconnect`` ran (it had no socket to send DISCONNECT on yet): close it here.
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
         self._connected.clear()
         self._subscribed.clear()
 
