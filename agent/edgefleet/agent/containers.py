@@ -39,9 +39,9 @@ import docker.errors
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edgefleet.agent import tensors
+from edgefleet.agent import failpoints, health, tensors
 from edgefleet.agent.errors import InferenceFailedError
-from edgefleet.agent.runtime import Array, LoadedModel, ModelRuntime, check_signature
+from edgefleet.agent.runtime import Array, Faults, LoadedModel, ModelRuntime, check_signature
 from edgefleet.common import oci, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import (
@@ -63,6 +63,16 @@ LABEL_SLOT = "dev.edgefleet.slot"
 IMAGE_REPO_SUFFIX = "container"
 LOG_LINES = 20
 LOG_BYTES = 1024  # an event message is at most 2 KiB: room for the reason before it
+GONE = frozenset({"exited", "dead", "removing", "missing"})  # states a container never leaves
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """What dockerd says of a release container (``Containers.state_of``)."""
+
+    state: str  # created, running, restarting, paused, exited, dead, removing; "missing": gone
+    restarts: int = 0
+    exit_code: int = 0
 
 
 def image_repository(source: str) -> str:
@@ -115,6 +125,7 @@ class ContainerRuntime(ModelRuntime):
         deadline_s: float,
         adopted: bool = False,
         logs: Callable[[], str] | None = None,
+        state: Callable[[], ContainerState] | None = None,
     ) -> None:
         # no super().__init__: there is no ORT session in this process
         self.session = None
@@ -127,6 +138,9 @@ class ContainerRuntime(ModelRuntime):
         self.endpoint = endpoint
         self.adopted = adopted
         self._logs = logs
+        self._state = state
+        # restarts seen so far: those before the agent loaded it are not this load's faults
+        self._restarts = state().restarts if state is not None else 0
         self._deadline_s = deadline_s
         self._channel = grpc.insecure_channel(endpoint)
         self._stub = inference_pb2_grpc.InferenceServiceStub(self._channel)
@@ -151,6 +165,29 @@ class ContainerRuntime(ModelRuntime):
     def last_lines(self) -> str:
         """The end of the container's log (``log_tail``), for the failure it explains."""
         return self._logs() if self._logs is not None else ""
+
+    def faults(self) -> Faults:
+        """Restarts since the last look (dockerd's on-failure policy restarts a crash up to
+        the release's load-failure limit), and whether the container is gone for good."""
+        if self._state is None:
+            return Faults()
+        try:
+            now = self._state()
+        except docker.errors.DockerException as exc:  # dockerd away: not the release's fault
+            log.warning("cannot inspect container %s: %s", self.container_id[:12], exc)
+            return Faults()
+        new = max(0, now.restarts - self._restarts)
+        if now.state == "restarting" and new == 0:
+            new = 1  # crashed, restart pending: counted now, not again when it restarts
+            self._restarts = now.restarts + 1
+        else:
+            self._restarts = max(self._restarts, now.restarts)
+        what = f"container {self.container_id[:12]} is {now.state}"
+        if now.state not in ("running", "missing"):
+            what += f" (exit status {now.exit_code})"
+        what += f", {now.restarts} restarts"
+        final = now.state in GONE
+        return Faults(count=new, final=final, last=what if new or final else "")
 
     def close(self) -> None:
         self._channel.close()
@@ -230,6 +267,7 @@ class Containers:
         repo, tag = agent_tag(self._device_id, manifest_digest)
         if self.has_image(manifest.image):
             self._client.images.get(manifest.image).tag(repo, tag)
+            failpoints.hit("after_pull")
             return 0
         problems = []
         for source in sources:
@@ -249,6 +287,7 @@ class Containers:
             image.tag(repo, tag)  # this device's own name for it, then the pull's goes
             self._client.images.remove(f"{where}:{remote_tag}", noprune=True)
             log.info("pulled %s from %s (%d bytes)", manifest.image, where, pulled)
+            failpoints.hit("after_pull")
             return pulled
         raise TransientError(
             f"cannot pull the image of {manifest.ref}: "
@@ -259,6 +298,7 @@ class Containers:
         """Pull through dockerd's API; the bytes of the layers it had to download."""
         sizes: dict[str, int] = {}
         for line in self._client.api.pull(repository, tag=tag, stream=True, decode=True):
+            failpoints.hit("image_pull")
             if "error" in line:
                 raise docker.errors.APIError(str(line["error"]))
             detail = line.get("progressDetail") or {}
@@ -315,8 +355,9 @@ class Containers:
     def _run(self, model: LoadedModel) -> Any:
         s = self._settings
         name = f"edgefleet-{self._device_id}-{_label(model.manifest_digest)[:16]}"
+        failpoints.hit("before_container_start")
         try:
-            return self._client.containers.run(
+            container = self._client.containers.run(
                 model.manifest.image,
                 detach=True,
                 name=name,
@@ -337,9 +378,17 @@ class Containers:
                 security_opt=["no-new-privileges"],
                 cap_drop=["ALL"],
                 network_mode="bridge",
+                # a crash is restarted, as often as the release allows load failures; each
+                # restart is a fault of the health window, and the last exit ends it
+                restart_policy={
+                    "Name": "on-failure",
+                    "MaximumRetryCount": health.failure_limit(model.manifest.health),
+                },
             )
         except docker.errors.APIError as exc:
             raise ModelLoadError(f"cannot start the container of {model.release}: {exc}") from exc
+        failpoints.hit("container_started")
+        return container
 
     def _ready(
         self, model: LoadedModel, container: Any, *, started: float, adopted: bool
@@ -347,9 +396,12 @@ class Containers:
         """Wait for SERVING, then check the container serves the signed signature."""
         deadline = started + self._settings.start_timeout_s
         endpoint = ""
+        container.reload()
+        restarted = int(container.attrs.get("RestartCount", 0))  # an adopted one's, before us
         while True:
             container.reload()
-            if container.status in ("exited", "dead"):
+            restarts = int(container.attrs.get("RestartCount", 0))
+            if container.status in ("exited", "dead", "restarting") or restarts > restarted:
                 code = container.attrs.get("State", {}).get("ExitCode")
                 raise ModelLoadError(
                     f"the container of {model.release} exited with status {code} before "
@@ -385,6 +437,7 @@ class Containers:
             deadline_s=self._settings.predict_deadline_s,
             adopted=adopted,
             logs=lambda: self.last_lines(container.id),
+            state=lambda: self.state_of(container.id),
         )
         log.info(
             "container %s serves %s on %s (%s in %.2fs)",
@@ -402,6 +455,7 @@ class Containers:
         removed = []
         for c in self._ours():
             if c.id not in kept:
+                failpoints.hit("container_remove")
                 self._remove(c)
                 removed.append(c.id)
         return removed
@@ -438,6 +492,18 @@ class Containers:
             cpu_seconds=float(cpu_ns) / 1e9,
             memory_bytes=max(0, int(memory.get("usage", 0)) - int(cache)),
             memory_limit_bytes=int(memory.get("limit", 0)),
+        )
+
+    def state_of(self, container_id: str) -> ContainerState:
+        """State, restart count and last exit status of a container ("missing": gone)."""
+        try:
+            c = self._client.containers.get(container_id)
+        except docker.errors.NotFound:
+            return ContainerState("missing")
+        return ContainerState(
+            str(c.status),
+            restarts=int(c.attrs.get("RestartCount", 0)),
+            exit_code=int((c.attrs.get("State") or {}).get("ExitCode", 0)),
         )
 
     def last_lines(self, container_id: str) -> str:

@@ -11,7 +11,8 @@ and memory figures are refreshed at most every ``refresh_s``, so an idle contain
 a retained status per telemetry window.
 
 Nothing here decides a rollback: a container that dies fails the Predict calls forwarded to it,
-which the health window and the load-failure count already judge.
+and the health window asks the container itself at each checkup (``ContainerRuntime.faults``:
+restarts, an exit), so a crash counts even when no client calls.
 """
 
 from __future__ import annotations

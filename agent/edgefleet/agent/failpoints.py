@@ -19,6 +19,12 @@ first / Nth hit; ``sleep:SECONDS`` on every hit. Points the agent passes:
 ``window_checkup``          a checkup of a health window is about to measure
 ``after_rollback_state``    state.json names the previous slot again; not swapped back yet
 ``load_active``             at start, the active slot's load is counted, not yet made
+``image_pull``              a container release's pull reports progress (each line)
+``after_pull``              the signed image is local and tagged; the slot not staged
+``before_container_start``  a release container is about to be created and started
+``container_started``       dockerd started a release container; not yet serving/checked
+``after_switch``            Predict goes to the new release; the old container still runs
+``container_remove``        the sweep is about to remove a container no runtime uses
 ==========================  ===========================================================
 
 Unset (the normal case) every ``hit`` is one dict lookup.
@@ -47,6 +53,12 @@ POINTS = frozenset(
         "window_checkup",
         "after_rollback_state",
         "load_active",
+        "image_pull",
+        "after_pull",
+        "before_container_start",
+        "container_started",
+        "after_switch",
+        "container_remove",
     }
 )
 

@@ -75,6 +75,7 @@ class Checkup:
     live: Latency | None = None  # live Predict latencies of the release since activation
     runtime_failures: int = 0  # since activation (persisted across checkups)
     last_failure: str = ""
+    stopped: str = ""  # the runtime is gone for good (a container exited): why; "" running
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,8 @@ Verdict = Watch | Passed | Failed
 
 def judge_window(policy: HealthPolicy, checkup: Checkup, *, duration_s: float) -> Verdict:
     limit = failure_limit(policy)
+    if checkup.stopped:
+        return Failed(f"the runtime stopped in the health window: {checkup.stopped}")
     if checkup.runtime_failures >= limit:
         return Failed(
             f"crash loop: the runtime failed {checkup.runtime_failures} times in the health "

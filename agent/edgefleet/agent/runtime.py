@@ -134,6 +134,18 @@ def check_signature(
 
 
 @dataclass(frozen=True)
+class Faults:
+    """What a runtime's own watch saw fail (``ModelRuntime.faults``), for the health window."""
+
+    count: int = 0
+    """New failures (a container's restarts) since the last look."""
+    final: bool = False
+    """The runtime is gone for good (a container exited, dead or removed): fail at once."""
+    last: str = ""
+    """What the last failure was, for the reason of a rollback."""
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     """What identifies the release a runtime serves."""
 
@@ -224,6 +236,11 @@ class ModelRuntime:
         """What the runtime last logged, to explain a failure ("" in-process: that is the
         agent's own log; a container release's runtime returns the end of its container's)."""
         return ""
+
+    def faults(self) -> Faults:
+        """Failures of the runtime itself since the last call, seen without a Predict (an
+        in-process session has none; a container release's counts its restarts and exits)."""
+        return Faults()
 
     # the hot path: ONNX Runtime checks names, dtypes, ranks and the model's fixed dimensions
     # itself, so Python only checks what the manifest pins beyond the model (usually nothing)

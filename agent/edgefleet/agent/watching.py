@@ -2,7 +2,8 @@
 
 Runs on the worker thread, between install steps (``Installer.step`` asks ``step`` first). At
 each checkup it measures (golden or smoke outputs of the serving runtime, live Predict p95,
-runtime errors since the last checkup), and ``health.judge_window`` decides:
+runtime errors since the last checkup, and the runtime's own faults: a container that
+restarted, exited or vanished while no client was calling), and ``health.judge_window`` decides:
 
 * ``Watch``: check again later (runtime failures are persisted in the window record);
 * ``Passed``: the window is cleared and the phase becomes ``active``, event
@@ -129,11 +130,13 @@ class HealthWatch:
     def _checkup(self, window: HealthWindow, candidate: ModelRuntime, now: float) -> health.Verdict:
         failpoints.hit("window_checkup")
         sample = self._live.take()
-        if sample.runtime_errors:
+        # what the runtime's own watch saw, with no client calling (a container's restarts)
+        faults = candidate.faults()
+        if sample.runtime_errors or faults.count:
             window = replace(
                 window,
-                runtime_failures=window.runtime_failures + sample.runtime_errors,
-                last_failure=sample.last_error,
+                runtime_failures=window.runtime_failures + sample.runtime_errors + faults.count,
+                last_failure=faults.last if faults.count else sample.last_error,
             )
             self._ledger.save(replace(self._ledger.state, window=window))
         live = None
@@ -146,6 +149,7 @@ class HealthWatch:
             live=live,
             runtime_failures=window.runtime_failures,
             last_failure=window.last_failure,
+            stopped=faults.last if faults.final else "",
         )
         return health.judge_window(self._policy, checkup, duration_s=window.duration_s)
 
