@@ -2,6 +2,12 @@
 precondition first (release, fleet, broker, signing key), then hand over to ``rolling``, which
 persists each step before it publishes.
 
+A container release goes only to a fleet whose every device reported the ``container`` runtime
+in its status (Docker answered its agent at start): otherwise the deploy is refused, naming the
+devices, and nothing is sent. There is no silent in-process fallback: the signed release is an
+image (maybe the user's own, with its own pre/post-processing), not something a process
+release could stand in for.
+
 The strategy is parsed by the caller (``api.strategy``) before it gets here, so an invalid one
 fails before anything is looked up, written or sent.
 """
@@ -11,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from edgefleet.common import types as t
-from edgefleet.controller.errors import BrokerUnavailableError
+from edgefleet.controller.errors import BrokerUnavailableError, RuntimeMissingError
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.records import Started
@@ -19,6 +25,8 @@ from edgefleet.controller.releases import Releases
 from edgefleet.controller.rolling import Rollouts
 from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.controller.sending import Sender
+
+SHOWN = 10  # devices named in a refusal; the rest counted
 
 
 class Deployer:
@@ -51,13 +59,32 @@ class Deployer:
     def _check(self, release: str | None, fleet: str) -> t.ReleaseRef | None:
         ref = t.ReleaseRef.parse(release) if release is not None else None
         t.validate_name("fleet", fleet)
-        if ref is not None:
-            self._releases.get(ref)  # NotFoundError
+        runtime = self._releases.get(ref).manifest.runtime if ref is not None else ""  # NotFound
         self._rollouts.devices(fleet)  # NotFoundError
+        if runtime == "container":
+            self._check_runtime(str(ref), fleet, runtime)
         if not self._sender.connected:
             raise BrokerUnavailableError("MQTT broker not connected")
         self._keys.active()  # NoSigningKeyError, before anything is written
         return ref
+
+    def _check_runtime(self, release: str, fleet: str, runtime: str) -> None:
+        """Refuse a release that some devices of the fleet cannot run, naming them: a fleet is
+        deployed whole, so a device that cannot run it would only fail its install."""
+        lacking = self._rollouts.lacking(fleet, runtime)
+        if not lacking:
+            return
+        shown = ", ".join(lacking[:SHOWN]) + (
+            f" and {len(lacking) - SHOWN} more" if len(lacking) > SHOWN else ""
+        )
+        raise RuntimeMissingError(
+            f"{release} runs in a container, which {len(lacking)} device(s) of fleet {fleet} "
+            f"cannot run (their agent found no Docker, or runs with --no-containers): {shown}; "
+            "install Docker there (the agent probes it at start), deploy to a fleet whose "
+            "devices all run containers, or release the model to run in-process "
+            "(edgectl release create ... --runtime onnxruntime)",
+            devices=lacking,
+        )
 
     def _counted(self, run: Callable[[], Started]) -> Started:
         try:

@@ -36,6 +36,8 @@ def set_status(row: DeviceRow, s: t.DeviceStatus) -> None:
         row.hardware = asdict(s.hardware)
     row.active_provider = s.active_provider
     row.provider_fallback = s.provider_fallback
+    if s.runtimes:  # an older agent's status names none: keep what is known
+        row.runtimes = list(s.runtimes)
     row.status_at_ms = s.at_ms
 
 

@@ -7,6 +7,8 @@
     │   └── SandboxError      a user's model crashed, hung or broke a limit in its sandbox
     │                         process (.what: "model inspection", "golden outputs", ...)
     ├── NoSigningKeyError     nothing can be signed until an operator makes a key
+    ├── RuntimeMissingError   deploy of a release whose runtime some of the fleet's devices
+    │                         lack (a container release where Docker is not): .devices
     ├── RolloutStateError     pause a finished rollout, abort one that is done (.rollout_id)
     │   └── FleetBusyError    deploy to a fleet whose rollout is unfinished: wait or abort it
     └── IdentityRefusedError  a device proved no identity: bad/used/expired enrollment token,
@@ -31,6 +33,15 @@ class SandboxError(InvalidInputError):
     def __init__(self, message: str, *, what: str) -> None:
         super().__init__(message)
         self.what = what
+
+
+class RuntimeMissingError(PermanentError):
+    """A release needs a runtime (``container``) that these devices of the fleet do not
+    offer: nothing is sent to any of them (FAILED_PRECONDITION)."""
+
+    def __init__(self, message: str, *, devices: list[str]) -> None:
+        super().__init__(message)
+        self.devices = devices
 
 
 class BrokerUnavailableError(TransientError):

@@ -77,6 +77,11 @@ class Rollouts:
             raise NotFoundError("fleet", fleet)
         return ids
 
+    def lacking(self, fleet: str, runtime: str) -> list[str]:
+        """The devices of ``fleet`` whose agents do not offer ``runtime`` (sorted)."""
+        offered = self._store.runtimes(self.devices(fleet))
+        return sorted(d for d, runtimes in offered.items() if runtime not in runtimes)
+
     def start(self, *, fleet: str, release: str, strategy: Strategy) -> Started:
         """A new rollout of ``release`` to every device of ``fleet``, and its first step."""
         with self._lock:

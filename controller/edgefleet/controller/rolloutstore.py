@@ -140,6 +140,14 @@ class RolloutStore:
         with self._db.read() as session:
             return sorted(session.scalars(stmt))
 
+    def runtimes(self, device_ids: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """The release runtimes each device reported (empty: none reported yet)."""
+        stmt = select(DeviceRow.device_id, DeviceRow.runtimes).where(
+            DeviceRow.device_id.in_(list(device_ids))
+        )
+        with self._db.read() as session:
+            return {d: tuple(r or ()) for d, r in session.execute(stmt)}
+
     def previous_releases(self, device_ids: Iterable[str]) -> dict[str, str]:
         stmt = select(DeviceRow.device_id, DeviceRow.previous_release).where(
             DeviceRow.device_id.in_(list(device_ids))
