@@ -32,6 +32,9 @@ if [ "$system" = 1 ]; then
     command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
     command -v update-binfmts >/dev/null || need+=(binfmt-support)
     command -v pg_ctlcluster >/dev/null || need+=(postgresql)  # the controller on PostgreSQL
+    # the network tests: namespaces, veth and tc (iproute2), iptables' statistic match for loss
+    command -v ip >/dev/null || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
+    command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need+=(iptables)
   fi
   if [ "${#need[@]}" -gt 0 ]; then
     sudo=""

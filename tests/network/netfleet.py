@@ -125,6 +125,7 @@ def net_fleet(
     """The controller host and ``devices`` agent hosts, each agent ready and registered."""
     tag = uuid.uuid4().hex[:6]
     name = f"net-{tag}"
+    workdir.mkdir(parents=True, exist_ok=True)
     with Network(tag=tag) as network, Processes(workdir / "logs") as procs:
         ctl = network.add_host("ctl")
         hosts = [network.add_host(f"d{i}") for i in range(1, devices + 1)]

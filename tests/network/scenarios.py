@@ -19,7 +19,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.common import digests
@@ -188,7 +188,8 @@ class PartitionResult:
     dropped: dict[str, float]  # edgefleet_outbox_dropped_total
     pending: dict[str, float]  # edgefleet_outbox_pending once caught up
     outbox_max: int
-    errors: list[str] = field(default_factory=list)
+    converged_after_heal_s: float  # from the heal to the rollout's end
+    caught_up_after_heal_s: float  # from the heal to both outboxes empty
 
 
 def partition_for_an_hour(workdir: Path, *, small_outbox: int = 100) -> PartitionResult:
@@ -232,8 +233,10 @@ def partition_for_an_hour(workdir: Path, *, small_outbox: int = 100) -> Partitio
             heal_ms = int(time.time() * 1000)
             for d in fleet.devices.values():
                 fleet.network.heal(d.host)
-            cut_s = time.monotonic() - cut_at
+            healed_at = time.monotonic()
+            cut_s = healed_at - cut_at
             code, out = deploy.wait(120)
+            converged_s = time.monotonic() - healed_at
             # caught up: each outbox empty again
             fleet.wait(
                 "the outboxes drained",
@@ -244,6 +247,7 @@ def partition_for_an_hour(workdir: Path, *, small_outbox: int = 100) -> Partitio
                 90,
                 0.5,
             )
+            caught_up_s = time.monotonic() - healed_at
             windows: dict[str, bool] = {}
             for device_id in ids:
                 events = fleet.events(device_id)
@@ -271,6 +275,8 @@ def partition_for_an_hour(workdir: Path, *, small_outbox: int = 100) -> Partitio
                     for d in fleet.devices.values()
                 },
                 outbox_max=small_outbox,
+                converged_after_heal_s=converged_s,
+                caught_up_after_heal_s=caught_up_s,
             )
         finally:
             listener.close()

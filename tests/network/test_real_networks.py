@@ -60,7 +60,7 @@ def test_a_device_cut_off_for_an_hour_serves_and_catches_up(tmp_path: Path) -> N
     assert result.samples_while_cut[big] > 0
     # ... and beyond it the oldest were dropped, and counted
     assert result.dropped[small] > 0
-    assert 0 < result.samples_while_cut[small] < result.samples_while_cut[big]
+    assert result.samples_while_cut[small] < result.samples_while_cut[big]
 
 
 def test_killing_an_agent_fails_over_to_another_host_within_3_s(tmp_path: Path) -> None:
