@@ -26,6 +26,7 @@ if [ "$system" = 1 ]; then
     command -v git >/dev/null || need+=(git)
     command -v promtool >/dev/null || need+=(prometheus)  # promtool + a real server for tests
     [ -x /usr/bin/docker-registry ] || need+=(docker-registry)  # a real OCI registry for tests
+    command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)  # clustered-broker tests
     command -v dockerd >/dev/null || need+=(docker.io)  # the container runtime's tests
     command -v debootstrap >/dev/null || need+=(debootstrap)  # its base image, from Debian
     # the arm64 test: an arm64 Debian tree run under emulation (qemu through binfmt_misc)
