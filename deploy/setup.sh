@@ -28,6 +28,7 @@ if [ "$system" = 1 ]; then
     [ -x /usr/bin/docker-registry ] || need+=(docker-registry)  # a real OCI registry for tests
     command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || need+=(nats-server)  # clustered-broker tests
     command -v dockerd >/dev/null || need+=(docker.io)  # the container runtime's tests
+    command -v docker-compose >/dev/null || need+=(docker-compose)  # the compose stack's test
     command -v debootstrap >/dev/null || need+=(debootstrap)  # its base image, from Debian
     # the arm64 test: an arm64 Debian tree run under emulation (qemu through binfmt_misc)
     command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
@@ -66,7 +67,8 @@ if [ "$dev" = 1 ] && [ "$system" = 1 ]; then
     done
   fi
   # Docker for container releases: dockerd started when it is not running (no systemd needed),
-  # then the runtime images built from local files (deploy/docker/runtime-image.sh; cached).
+  # then the runtime images built from local files (deploy/docker/runtime-image.sh; cached),
+  # and the compose stack's (deploy/docker/stack-images.sh, on the same base; cached).
   if ! docker info >/dev/null 2>&1; then
     echo "setup: starting dockerd (log: /var/log/dockerd.log)"
     sudo=""
@@ -76,6 +78,7 @@ if [ "$dev" = 1 ] && [ "$system" = 1 ]; then
   fi
   if docker info >/dev/null 2>&1; then
     bash deploy/docker/runtime-image.sh .venv/bin/python
+    bash deploy/docker/stack-images.sh .venv/bin/python
   else
     echo "setup: dockerd does not answer; container tests will skip (see /var/log/dockerd.log)"
   fi

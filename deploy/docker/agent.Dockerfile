@@ -1,23 +1,24 @@
-# EdgeFleet agent (a simulated device, or a device that runs containers): Predict gRPC (50061),
-# Prometheus /metrics (9464, bound on the Predict host).
-# Build from the repository root:
-#   docker build -f deploy/docker/agent.Dockerfile -t edgefleet/agent .
-# The wheel is built from this checkout in a first stage; the runtime image holds only it.
-FROM python:3.11-slim AS wheel
-WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY agent ./agent
-COPY controller ./controller
-COPY proto ./proto
-RUN pip install --no-cache-dir build==1.2.2 && python -m build --wheel --outdir /dist
-
-FROM python:3.11-slim
+# EdgeFleet agent (a simulated device): Predict gRPC (50061), Prometheus /metrics (9464, bound
+# on the Predict host). Built from local files only, nothing pulled, by
+# deploy/docker/stack-images.sh: the context is EdgeFleet's code (src/edgefleet, copied from
+# this checkout), DEPS the dependencies' image (edgefleet/stack-deps). The first layers are the
+# controller image's own, so the two share them.
+ARG DEPS=edgefleet/stack-deps:latest
+FROM ${DEPS}
 ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
     EDGEFLEET_LOG_JSON=1 \
-    PIP_NO_CACHE_DIR=1
-COPY --from=wheel /dist/*.whl /tmp/
-RUN pip install /tmp/*.whl && rm /tmp/*.whl \
-    && useradd --system --uid 10001 --home-dir /var/lib/edgefleet --create-home edgefleet
+    PATH=/opt/edgefleet/bin:/usr/local/bin:/usr/bin:/bin
+COPY src /opt/edgefleet/src
+RUN echo /opt/edgefleet/src > /opt/edgefleet/lib/python3.11/site-packages/edgefleet.pth \
+    && for cmd in edgectl=edgefleet.edgectl.app edge-controller=edgefleet.controller.cli \
+                  edge-agent=edgefleet.agent.cli; do \
+         printf '#!/opt/edgefleet/bin/python\nimport sys\nfrom %s import main\nif __name__ == "__main__":\n    sys.exit(main())\n' \
+           "${cmd#*=}" >"/opt/edgefleet/bin/${cmd%%=*}" && chmod 755 "/opt/edgefleet/bin/${cmd%%=*}"; \
+       done \
+    && echo "edgefleet:x:10001:10001::/var/lib/edgefleet:/usr/sbin/nologin" >>/etc/passwd \
+    && echo "edgefleet:x:10001:" >>/etc/group \
+    && install -d -o 10001 -g 10001 /var/lib/edgefleet /keys
 USER edgefleet
 WORKDIR /var/lib/edgefleet
 EXPOSE 50061 9464
