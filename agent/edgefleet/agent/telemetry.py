@@ -1,7 +1,8 @@
 """Telemetry: what Predict did over the last window, plus the process's CPU and memory.
 
 ``Window`` (``sampling``) collects from the serving threads; a named background thread drains
-it every ``interval`` seconds into a ``Telemetry`` message (QoS 0: a lost sample is no loss). Power
+it every ``interval`` seconds into a ``Telemetry`` message (through the agent's outbox: what was
+measured while cut off arrives later, up to the outbox's bound). Power
 fields are filled from the device's power sensor (``powering``) and stay absent where there is
 none, or where the window gave no figure (no inferences: no joules per inference).
 """
