@@ -34,7 +34,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.common.errors import InvalidInputError, NotFoundError
-from edgefleet.common.externaldata import check_embedded, external_tensors
+from edgefleet.common.externaldata import check_embedded, external_tensors, refuse_external
 from edgefleet.common.types import TensorSpec
 from edgefleet.controller import golden
 from edgefleet.controller.config import SandboxSettings
@@ -512,9 +512,17 @@ def test_external_tensors_are_found_wherever_they_hide(
     assert list(external_tensors(model)) == found
     with pytest.raises(InvalidInputError, match="embed it"):
         check_embedded(model)
+    # the agent's walk over the serialized bytes (no onnx there) finds the first of them too
+    name, location = found[0]
+    with pytest.raises(InvalidInputError, match=f"{name!r} in external file {location!r}"):
+        refuse_external(model.SerializeToString())
 
 
 def test_an_embedded_model_passes(digits_model: digits.TrainedModel) -> None:
     model = onnx.load_model_from_string(digits_model.onnx_bytes)
     assert list(external_tensors(model)) == []
     check_embedded(model)
+    refuse_external(digits_model.onnx_bytes)
+    # bytes that are no protobuf message (cut short, garbage) pass: ONNX Runtime refuses them
+    refuse_external(digits_model.onnx_bytes[: len(digits_model.onnx_bytes) // 2])
+    refuse_external(b"\xff" * 64)
