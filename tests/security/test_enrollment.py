@@ -208,8 +208,14 @@ def test_only_the_csr_leaves_the_device(ctl: support.Running, tmp_path: Path) ->
         token = token_for(ctl, "cam-4")
         result = CliRunner().invoke(
             agent_cli,
-            ["enroll", "--controller", f"127.0.0.1:{port}", "--insecure"]
-            + ["--data-dir", str(tmp_path)],
+            [
+                "enroll",
+                "--controller",
+                f"127.0.0.1:{port}",
+                "--insecure",
+                "--data-dir",
+                str(tmp_path),
+            ],
             env={"EDGE_AGENT_ENROLL_TOKEN": token},
         )
         assert result.exit_code == 0, result.output
