@@ -4,6 +4,7 @@ it is on dies, and round again: with two real Mosquittos standing in for two nod
 from __future__ import annotations
 
 import queue
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,11 +44,11 @@ def send(broker: Broker, topic: str, payload: bytes) -> None:
 
 def wait_on(session: MqttSession, broker: Broker) -> None:
     """Until the session is connected to ``broker`` and its subscriptions are granted."""
-    deadline = TIMEOUT
-    while deadline > 0:
-        if session.wait_subscribed(0.2) and session.broker.port == broker.port:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        if session.broker.port == broker.port and session.wait_subscribed(0.2):
             return
-        deadline -= 0.2
+        time.sleep(0.05)  # still on the old node: paho has not seen it go yet
     raise AssertionError(f"session never got to {broker.url}; it is on {session.broker.redacted()}")
 
 
