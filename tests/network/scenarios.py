@@ -3,7 +3,7 @@ tests in this package assert on and what ``bench/network.py`` reports.
 
 * ``rollout_over_bad_links``: every device's link at 1 Mbit/s, 300 ms, 5 % loss each way (what
   the kernel can do of it: ``Applied``); a rollout of a ~0.5 MB model must succeed.
-* ``download_cut_ten_times``: a ~0.9 MB download over a 1 Mbit/s link, the cable pulled ten
+* ``download_cut_ten_times``: a ~1.2 MB download over a 1 Mbit/s link, the cable pulled ten
   times mid-way (each cut outlasting ``--fetch-stall``): it resumes every time and verifies.
 * ``partition_for_an_hour``: two devices cut off for the compressed hour (``netfleet.HOUR_S``)
   in the middle of a rollout's health window: they keep serving their apps, the window passes
@@ -116,7 +116,7 @@ class CutResult:
 
 
 def download_cut_ten_times(workdir: Path, *, cuts: int = 10) -> CutResult:
-    model = netfleet.big_model(3200)  # ~0.9 MB: seven seconds or so at 1 Mbit/s
+    model = netfleet.big_model(4000)  # ~1.2 MB, 18 chunks: ten cuts never outrun it
     digest = digests.of_bytes(model)
     args = ["--fetch-stall", f"{STALL_S:g}"]
     with netfleet.net_fleet(workdir, devices=1, agent_args=args) as fleet:
