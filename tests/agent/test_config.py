@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from edgefleet.agent import config
-from edgefleet.agent.cli import app
 from edgefleet.common.errors import InvalidInputError
+from tests.agent.clirun import invoke
 
 
 @pytest.fixture
@@ -83,9 +82,7 @@ def test_unknown_key_in_the_file(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_to_start_without_a_trusted_key(tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        app, ["run", "--device-id", "dev-1", "--data-dir", str(tmp_path / "d")]
-    )
+    result = invoke(["run", "--device-id", "dev-1", "--data-dir", str(tmp_path / "d")])
     assert result.exit_code == 2
     assert "refusing to start without a trusted key" in result.output
     assert not (tmp_path / "d").exists()

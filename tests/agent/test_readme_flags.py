@@ -1,22 +1,21 @@
 """The README's agent table names every flag of ``edge-agent run --help``, and its default.
 
-The flags come from the command itself (the command typer builds, which is what ``--help``
-prints), the defaults from ``AgentSettings``: a flag added, renamed or removed, or a
-default changed, without the README following fails here.
+The flags come from the command itself (the argparse parser ``--help`` prints), the defaults
+from ``AgentSettings``: a flag added, renamed or removed, or a default changed, without the
+README following fails here.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
-from typer.core import TyperGroup, TyperOption
-from typer.testing import CliRunner
 
 from edgefleet.agent import cli, config
+from tests.agent.clirun import invoke
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 HEADER = "| flag / key | default | meaning |"
@@ -38,16 +37,15 @@ def table() -> dict[str, tuple[str, str]]:
     return rows
 
 
-def run_options() -> list[TyperOption]:
-    group = typer.main.get_command(cli.app)
-    assert isinstance(group, TyperGroup)
-    command = group.commands["run"]
-    return [p for p in command.params if isinstance(p, TyperOption) and p.name != "help"]
+def run_options() -> list[argparse.Action]:
+    (commands,) = [a for a in cli.parser({})._actions if isinstance(a, argparse._SubParsersAction)]
+    command = commands.choices["run"]
+    return [a for a in command._actions if a.option_strings and a.dest != "help"]
 
 
-def default_of(option: TyperOption) -> Any:
+def default_of(option: argparse.Action) -> Any:
     """The setting's default behind ``option`` (None: the option has no setting)."""
-    flat = config.ALIASES.get(option.name or "", option.name or "")
+    flat = config.ALIASES.get(option.dest, option.dest)
     if flat not in config.KEYS:
         return None
     section, name, _ = config.KEYS[flat]
@@ -70,7 +68,7 @@ def written(value: Any) -> str | None:
 def test_every_flag_of_edge_agent_run_is_in_the_readme_with_its_default() -> None:
     rows = table()
     options = run_options()
-    flags = {flag for o in options for flag in (*o.opts, *o.secondary_opts)}
+    flags = {flag for o in options for flag in o.option_strings}
     assert {"--mqtt", "--fetch-deadline", "--predict-workers", "--log-level"} <= flags
     missing = sorted(flags - set(rows))
     assert not missing, f"README.md's agent table lacks {missing}"
@@ -80,14 +78,16 @@ def test_every_flag_of_edge_agent_run_is_in_the_readme_with_its_default() -> Non
         expected = written(default_of(option))
         if expected is None:
             continue
-        cell, row = rows[option.opts[0]]
+        cell, row = rows[option.option_strings[0]]
         alone = rf"(?<![\w./]){re.escape(expected)}(?![\w./])"  # 300 is not in 3000
-        assert re.search(alone, cell), f"{option.opts[0]}: default {expected!r} not in {row!r}"
+        assert re.search(alone, cell), (
+            f"{option.option_strings[0]}: default {expected!r} not in {row!r}"
+        )
 
 
 @pytest.mark.parametrize("flag", ["--mqtt", "--fetch-deadline", "--predict-workers", "--log-level"])
 def test_the_help_lists_the_flags_the_readme_documents(flag: str) -> None:
     """``--help`` really shows what the table is checked against (not only the definitions)."""
-    result = CliRunner().invoke(cli.app, ["run", "--help"], terminal_width=200)
+    result = invoke(["run", "--help"])
     assert result.exit_code == 0, result.output
     assert flag in result.output

@@ -33,7 +33,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
 
 from edgefleet.agent import config as agent_config
-from edgefleet.agent.cli import app as agent_cli
 from edgefleet.agent.daemon import Agent
 from edgefleet.agent.enrolling import Renewer, renew
 from edgefleet.agent.identity import IdentityFiles, renew_due
@@ -45,6 +44,7 @@ from edgefleet.controller.identityservice import EnrollmentServicer
 from edgefleet.edgectl.app import app as edgectl
 from edgefleet.v1 import controller_pb2, enroll_pb2_grpc
 from edgefleet.v1 import enroll_pb2 as pb
+from tests.agent.clirun import invoke as agent_invoke
 from tests.agent.helpers import ArtifactServer, Signer, Watcher, install, wait_for
 from tests.conftest import Broker, mosquitto_available
 from tests.controller import support
@@ -97,8 +97,7 @@ def token_for(ctl: support.Running, device: str, *, fleet: str = "lab", ttl: str
 
 def agent_enroll(ctl: support.Running, token: str, data_dir: Path) -> Any:
     """``edge-agent enroll`` with the token in the environment, never in argv."""
-    return CliRunner().invoke(
-        agent_cli,
+    return agent_invoke(
         ["enroll", "--controller", ctl.address, "--insecure", "--data-dir", str(data_dir)],
         env={"EDGE_AGENT_ENROLL_TOKEN": token},
     )
@@ -206,8 +205,7 @@ def test_only_the_csr_leaves_the_device(ctl: support.Running, tmp_path: Path) ->
     server.start()
     try:
         token = token_for(ctl, "cam-4")
-        result = CliRunner().invoke(
-            agent_cli,
+        result = agent_invoke(
             [
                 "enroll",
                 "--controller",

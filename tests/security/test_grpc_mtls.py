@@ -33,7 +33,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
 from edgefleet.agent import config
-from edgefleet.agent.cli import app as agent_cli
 from edgefleet.agent.client import Channels
 from edgefleet.agent.daemon import Agent
 from edgefleet.agent.enrolling import enroll as enroll_device
@@ -49,6 +48,7 @@ from edgefleet.demo import digits
 from edgefleet.edgectl.keys import trusted_pem
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc, inference_pb2, inference_pb2_grpc
 from edgefleet.v1 import controller_pb2 as pb
+from tests.agent.clirun import invoke as agent_invoke
 from tests.agent.helpers import AgentProcess, predict, wait_for
 from tests.conftest import Broker, free_port
 from tests.controller import support
@@ -84,8 +84,7 @@ def enroll(
 ) -> Any:
     """``edge-agent enroll`` on the enrollment port, the CA file handed over with the token."""
     token = registry(ctl).enroll_device(device, fleet=fleet, labels={}).token
-    return CliRunner().invoke(
-        agent_cli,
+    return agent_invoke(
         ["enroll", "--controller", ctl.controller.enroll_address,
          "--ca-file", str(ca or ca_file(ctl)), "--data-dir", str(data_dir)],
         env={"EDGE_AGENT_ENROLL_TOKEN": token},
@@ -164,8 +163,7 @@ def test_enrollment_checks_the_controller_against_the_ca_file(
     data = tmp_path / "cam-2"
 
     def run(*args: str) -> Any:
-        return CliRunner().invoke(
-            agent_cli,
+        return agent_invoke(
             ["enroll", "--controller", ctl.controller.enroll_address, "--data-dir", str(data),
              *args],
             env={"EDGE_AGENT_ENROLL_TOKEN": token},
@@ -210,8 +208,7 @@ def test_a_plaintext_controller_and_insecure_agent_say_so(
         finally:
             agent.stop()
         token = registry(plain).enroll_device("cam-3", fleet="lab", labels={}).token
-        result = CliRunner().invoke(
-            agent_cli,
+        result = agent_invoke(
             ["enroll", "--controller", plain.address, "--insecure",
              "--data-dir", str(tmp_path / "cam-3")],
             env={"EDGE_AGENT_ENROLL_TOKEN": token},
@@ -420,6 +417,7 @@ def test_edge_agent_run_enrolled_is_mtls_and_insecure_says_so(
         broker_url=broker.url,
         controller=ctl.address,
         key_file=key_file,
+        insecure=False,
     )
     try:
         info = agent.start()
@@ -471,7 +469,7 @@ def test_edge_controller_run_tls_serves_mtls_and_says_where(tmp_path: Path, brok
 
     result = CliRunner().invoke(controller_cli, ["run", "--help"], terminal_width=200)
     assert "--tls" in result.output and "--enroll-listen" in result.output
-    result = CliRunner().invoke(agent_cli, ["run", "--help"], terminal_width=200)
+    result = agent_invoke(["run", "--help"])
     assert "--insecure" in result.output and "--peer-listen" in result.output
     assert GrpcSettings().tls is False  # the default stays plaintext (README: Security)
 

@@ -34,8 +34,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import docker
-import docker.errors
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -51,6 +49,12 @@ from edgefleet.common.errors import (
     TransientError,
 )
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+
+try:  # docker-py comes with the ``containers`` extra; without it, in-process releases only
+    import docker
+    import docker.errors
+except ImportError:
+    docker = None
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +234,12 @@ class Containers:
     ) -> Containers | None:
         """The local dockerd (``DOCKER_HOST`` or the default socket), or None saying why."""
         settings = settings or ContainerSettings()
+        if docker is None:
+            log.info(
+                "no container runtime: the docker package is not installed "
+                "(pip install 'edgefleet[containers]')"
+            )
+            return None
         client = None
         try:
             client = docker.from_env(timeout=int(settings.docker_timeout_s))
