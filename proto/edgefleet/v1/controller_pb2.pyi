@@ -568,16 +568,26 @@ class ListDevicesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FLEET_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     fleet: _builtins.str
     """empty = all fleets"""
+    page_size: _builtins.int
+    """Paged by (fleet, device id): at most page_size devices (0 = 500; the server caps it at
+    1,000); page_token = a previous reply's next_page_token, "" = from the start. A token the
+    server did not issue is INVALID_ARGUMENT.
+    """
+    page_token: _builtins.str
     def __init__(
         self,
         *,
         fleet: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -688,16 +698,24 @@ class ListDevicesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DEVICES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """"" = this was the last page"""
+    total: _builtins.int
+    """devices matching the request, all pages together"""
     @_builtins.property
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceInfo]: ...
     def __init__(
         self,
         *,
         devices: _abc.Iterable[Global___DeviceInfo] | None = ...,
+        next_page_token: _builtins.str = ...,
+        total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "next_page_token", b"next_page_token", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -754,15 +772,21 @@ class RolloutRef(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_LIMIT_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
+    device_limit: _builtins.int
+    """GetRollout: how many of the rollout's devices RolloutInfo.devices lists (in device id
+    order); 0 = 1,000, the server caps it at 1,000. device_counts always covers them all.
+    """
     def __init__(
         self,
         *,
         rollout_id: _builtins.str = ...,
+        device_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollout_id", b"rollout_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_limit", b"device_limit", "rollout_id", b"rollout_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -807,6 +831,26 @@ Global___RolloutDevice: _TypeAlias = RolloutDevice  # noqa: Y015
 class RolloutInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class DeviceCountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ROLLOUT_ID_FIELD_NUMBER: _builtins.int
     FLEET_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
@@ -819,6 +863,8 @@ class RolloutInfo(_message.Message):
     UPDATED_AT_MS_FIELD_NUMBER: _builtins.int
     DEVICES_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    DEVICE_COUNTS_FIELD_NUMBER: _builtins.int
+    DEVICES_TOTAL_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     fleet: _builtins.str
     release: _builtins.str
@@ -829,6 +875,7 @@ class RolloutInfo(_message.Message):
     reason: _builtins.str
     created_at_ms: _builtins.int
     updated_at_ms: _builtins.int
+    devices_total: _builtins.int
     @_builtins.property
     def step_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """cumulative device counts per step"""
@@ -841,6 +888,12 @@ class RolloutInfo(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutTransition]:
         """What happened, oldest first (GetRollout only; ListRollouts leaves it empty): phase
         changes, gate decisions and device state changes, at most a few thousand per rollout.
+        """
+
+    @_builtins.property
+    def device_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Every device of the rollout by state (waiting, sent, healthy, ...), and how many it has:
+        `devices` lists at most RolloutRef.device_limit of them (GetRollout), all (ListRollouts).
         """
 
     def __init__(
@@ -858,10 +911,12 @@ class RolloutInfo(_message.Message):
         updated_at_ms: _builtins.int = ...,
         devices: _abc.Iterable[Global___RolloutDevice] | None = ...,
         history: _abc.Iterable[Global___RolloutTransition] | None = ...,
+        device_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        devices_total: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["strategy", b"strategy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "devices", b"devices", "fleet", b"fleet", "history", b"history", "phase", b"phase", "reason", b"reason", "release", b"release", "rollout_id", b"rollout_id", "step", b"step", "step_sizes", b"step_sizes", "strategy", b"strategy", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "device_counts", b"device_counts", "devices", b"devices", "devices_total", b"devices_total", "fleet", b"fleet", "history", b"history", "phase", b"phase", "reason", b"reason", "release", b"release", "rollout_id", b"rollout_id", "step", b"step", "step_sizes", b"step_sizes", "strategy", b"strategy", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
