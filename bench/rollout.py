@@ -183,6 +183,7 @@ class Stack:
             "--mqtt", f"mqtt://127.0.0.1:{self.broker_port}",
             "--mqtt-client-id", "bench-controller",
             "--rollout-tick", str(self.tick_s),
+            "--insecure",  # its devices are simulated, not enrolled
         ]  # fmt: skip
         self.controller = self._spawn("controller", argv)
         state = data / "controller.json"

@@ -346,7 +346,9 @@ def read_agent_json(data_dir: Path) -> dict[str, Any] | None:
 
 
 class AgentProcess:
-    """``python -m edgefleet.agent run`` with its output in ``<data_dir>/../<id>.log``."""
+    """``python -m edgefleet.agent run`` with its output in ``<data_dir>/../<id>.log``;
+    ``insecure`` (the default here: these agents are not enrolled): ``--insecure``, plaintext
+    gRPC; False: the data dir holds an enrolled identity (mTLS)."""
 
     def __init__(
         self,
@@ -357,6 +359,7 @@ class AgentProcess:
         controller: str,
         key_file: Path,
         fleet: str = "lab",
+        insecure: bool = True,
     ) -> None:
         self.device_id, self.data_dir = device_id, data_dir
         self.log = data_dir.parent / f"{device_id}.log"
@@ -366,6 +369,7 @@ class AgentProcess:
             "--controller", controller, "--data-dir", str(data_dir),
             "--trusted-key", str(key_file), "--metrics-port", "-1",
             "--telemetry-interval", "1", "--log-level", "INFO",
+            *(["--insecure"] if insecure else []),
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 

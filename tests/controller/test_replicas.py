@@ -59,6 +59,7 @@ def spawn(procs: Processes, name: str, data_dir: Path, *, db: str, mqtt_url: str
         "--data-dir", str(data_dir), "--db", db, "--mqtt", mqtt_url,
         "--grpc", f"127.0.0.1:{free_port()}", "--api", api,
         "--mqtt-client-id", f"controller-{name}", "--rollout-tick", "0.2",
+        "--insecure",
     ]  # fmt: skip
     ready = data_dir / "controller.json"
     ready.unlink(missing_ok=True)

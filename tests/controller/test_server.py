@@ -95,6 +95,7 @@ def test_cli_runs_writes_its_state_file_and_stops_on_sigterm(
         broker.url,
         "--mqtt-client-id",
         support.unique("cli"),
+        "--insecure",
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

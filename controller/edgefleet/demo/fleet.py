@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from edgefleet.common.artifacts import atomic_write
+from edgefleet.demo.errors import StartError
 from edgefleet.demo.processes import Processes
 from edgefleet.demo.rounds import wait_registered
 from edgefleet.demo.stack import (
@@ -22,9 +23,11 @@ from edgefleet.demo.stack import (
     AgentSpec,
     Broker,
     Controller,
+    enroll_agents,
     start_agents,
     start_broker,
     start_controller,
+    start_mtls_broker,
 )
 from edgefleet.edgectl.client import ControllerClient
 
@@ -53,6 +56,9 @@ class DemoOptions:
     """After the full demo's summary, keep the fleet running until Ctrl-C."""
     compress_budget_s: float = 10.0
     """The compression search's time budget (``model compress --time-budget``)."""
+    insecure: bool = False
+    """Plaintext everywhere (``edgectl demo --insecure``); default: every hop mTLS, on
+    certificates made for the run, each agent enrolled."""
 
 
 def device_ids(fleet: str, n: int) -> list[str]:
@@ -76,23 +82,50 @@ class Fleet:
     controller: Controller
     trusted_key: Path
     agents: dict[str, Agent]
+    insecure: bool = False  # plaintext (--insecure); else mTLS, every agent enrolled
 
     @property
     def ids(self) -> list[str]:
         return list(self.agents)
+
+    def local_endpoints(self) -> dict[str, str]:
+        """Each agent's local Predict (plaintext on loopback, what a local app calls): the
+        demo scores devices there, the peer listener the controller lists is mTLS for
+        neighbours only."""
+        return {d: a.predict_endpoint for d, a in self.agents.items()}
 
 
 def start_fleet(options: DemoOptions, console: Console, workdir: Path, procs: Processes) -> Fleet:
     """Broker, controller, signing key and the agents, each step narrated; every device
     registered with the controller when it returns."""
     ids = device_ids(options.fleet, options.devices)
-    with step(console, "starting an MQTT broker"):
-        broker = start_broker(procs, workdir, kind=options.broker)
+    specs = [agent_spec(options.fleet, d) for d in ids]
+    data_dir = workdir / "controller"
+    if options.insecure:
+        console.print("[yellow]--insecure: every hop is plaintext (no certificates)[/]")
+        with step(console, "starting an MQTT broker"):
+            broker = start_broker(procs, workdir, kind=options.broker)
+    else:
+        if options.broker == "amqtt":
+            raise StartError("amqtt", "cannot serve mTLS: use --broker mosquitto, or --insecure")
+        with step(console, "making the run's certificates, starting an mTLS MQTT broker"):
+            broker = start_mtls_broker(procs, workdir, controller_dir=data_dir)
     console.print(f"  {broker.kind} on {broker.url}")
     with step(console, "starting edge-controller"):
-        controller = start_controller(procs, workdir / "controller", mqtt_url=broker.url)
+        controller = start_controller(procs, data_dir, mqtt_url=broker.url, mtls=broker.mtls)
     console.print(f"  operator API on {controller.api}, devices on {controller.address}")
     console.print(f"  admin token in {controller.token_file}")
+    if broker.mtls is not None:
+        with step(console, f"enrolling {len(ids)} devices (edge-agent enroll, token files)"):
+            enroll_agents(
+                specs, workdir=workdir, controller=controller, ca_file=broker.mtls.ca_file
+            )
+            broker.reload_acl()
+        console.print(
+            "  [bold]every hop is mTLS[/]: agents ↔ broker, controller ↔ broker, agents → "
+            "controller, agent ↔ agent (certificates of this run's fleet CA "
+            f"{broker.mtls.ca_file}; enrollment over TLS on {controller.enroll})"
+        )
     with ControllerClient(controller.api, token=controller.admin_token()) as client:
         with step(console, "creating the release-signing key"):
             key = client.init_key()
@@ -102,15 +135,18 @@ def start_fleet(options: DemoOptions, console: Console, workdir: Path, procs: Pr
         with step(console, f"starting {len(ids)} edge-agents in fleet {options.fleet}"):
             agents = start_agents(
                 procs,
-                [agent_spec(options.fleet, d) for d in ids],
+                specs,
                 workdir=workdir,
                 mqtt_url=broker.url,
                 controller=controller.address,
                 trusted_key=trusted,
                 telemetry_interval_s=TELEMETRY_INTERVAL_S,
+                insecure=options.insecure,
             )
             wait_registered(client, options.fleet, ids, timeout_s=30.0)
-    return Fleet(broker, controller, trusted, {a.device_id: a for a in agents})
+    return Fleet(
+        broker, controller, trusted, {a.device_id: a for a in agents}, insecure=options.insecure
+    )
 
 
 def agent_spec(fleet: str, device_id: str) -> AgentSpec:

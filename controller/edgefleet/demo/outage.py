@@ -24,6 +24,8 @@ import numpy.typing as npt
 from rich.console import Console
 
 from edgefleet.agent.client import FailoverClient, NoDeviceAvailableError
+from edgefleet.agent.identity import IdentityFiles
+from edgefleet.common import rpc
 from edgefleet.demo.errors import DemoFailed
 from edgefleet.demo.stack import Agent
 from edgefleet.edgectl.client import ControllerClient
@@ -110,6 +112,15 @@ def wait_for_neighbours(client: FailoverClient, *, release: str, timeout_s: floa
         time.sleep(0.3)
 
 
+def peer_tls(agent: Agent) -> Callable[[str], rpc.ClientTls | None]:
+    """A local app's credentials for the neighbours: the device's own identity, where the
+    agent is enrolled (its neighbours then serve only their mTLS peer listener)."""
+    if not agent.peer_endpoint:
+        return lambda _device: None
+    files = IdentityFiles.in_data_dir(agent.data_dir)
+    return lambda device: files.client_tls(server_name=device)
+
+
 def kill_and_failover(
     victim: Agent,
     x: npt.NDArray[np.float32],
@@ -124,6 +135,7 @@ def kill_and_failover(
         deadline=DEADLINE_S,
         failover_deadline=DEADLINE_S,
         neighbours_refresh=3600.0,  # the neighbours it learnt before the kill
+        peer_tls=peer_tls(victim),
     ) as client:
         known = wait_for_neighbours(client, release=release, timeout_s=20.0)
         console.print(f"  {victim.device_id}'s agent knows {known} neighbour(s) serving {release}")
@@ -166,7 +178,7 @@ def wait_rejoined(
         if (
             seen is not None
             and seen.online
-            and seen.predict_endpoint == agent.predict_endpoint
+            and seen.predict_endpoint == agent.advertised
             and seen.active_release == release
         ):
             return
@@ -179,7 +191,7 @@ def wait_rejoined(
             )
             raise DemoFailed(
                 f"{agent.device_id} did not rejoin within {timeout_s:g}s serving {release} "
-                f"on {agent.predict_endpoint} ({state})"
+                f"on {agent.advertised} ({state})"
             )
         time.sleep(0.2)
 

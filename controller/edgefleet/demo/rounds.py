@@ -7,6 +7,7 @@ and ``predict``, through the same client, progress view and convergence check.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from rich.console import Console
@@ -47,13 +48,18 @@ class Round:
         fleet: str,
         ids: list[str],
         data: digits.DigitsData,
+        endpoints: Mapping[str, str] | None = None,
     ) -> None:
+        """``endpoints``: each device's Predict to score it on (its local, plaintext one, as
+        a local app's); default: the one the controller lists (with mTLS that is the peer
+        listener, which serves only neighbours)."""
         self.client = client
         self.console = console
         self.workdir = workdir
         self.fleet = fleet
         self.ids = ids
         self.data = data
+        self.endpoints = dict(endpoints or {})
 
     def play(
         self, trained: digits.TrainedModel, *, name: str, version: str, timeout_s: float
@@ -98,7 +104,9 @@ class Round:
         n = len(self.data.y_test)
         with self.console.status(f"sending the {n} test digits to each device"):
             for device_id in self.ids:
-                endpoint = devices[device_id].predict_endpoint if device_id in devices else ""
+                endpoint = self.endpoints.get(device_id) or (
+                    devices[device_id].predict_endpoint if device_id in devices else ""
+                )
                 if not endpoint:
                     raise DemoFailed(f"{device_id} has not reported a Predict endpoint")
                 with InferenceClient(endpoint, name=f"device {device_id}") as agent:

@@ -151,7 +151,10 @@ def _run(
             v1 = digits.train(data, hidden=32, seed=0)
             v2 = digits.train(data, hidden=64, seed=1)
         console.print(f"  test accuracy: v1 {v1.accuracy:.2%}, v2 {v2.accuracy:.2%}")
-        rounds = Round(client, console, workdir=workdir, fleet=options.fleet, ids=ids, data=data)
+        rounds = Round(
+            client, console, workdir=workdir, fleet=options.fleet, ids=ids, data=data,
+            endpoints=fleet.local_endpoints(),
+        )  # fmt: skip
         rounds.play(v1, name=MODEL, version="1.0.0", timeout_s=options.rollout_timeout_s)
         scores = rounds.play(v2, name=MODEL, version="1.1.0", timeout_s=options.rollout_timeout_s)
         summary = table("DEVICE", "RELEASE", "PHASE", "ACCURACY", "P50 LATENCY", title="summary")

@@ -209,7 +209,7 @@ class _Steps:
         )
         rounds = Round(
             self.client, self.console, workdir=self.workdir, fleet=self.options.fleet,
-            ids=self.fleet.ids, data=data,
+            ids=self.fleet.ids, data=data, endpoints=self.fleet.local_endpoints(),
         )  # fmt: skip
         rounds.roll_out(good, timeout_s=self.options.rollout_timeout_s)
         scores = _score_all(self.client, self.console, self.fleet, compressed, release=str(good))
@@ -311,6 +311,7 @@ def _restart(procs: Processes, fleet: Fleet, victim: Agent, *, workdir: Path) ->
         controller=fleet.controller.address,
         trusted_key=fleet.trusted_key,
         telemetry_interval_s=2.0,
+        insecure=fleet.insecure,
     )
     return agent
 
@@ -330,7 +331,9 @@ def _score_all(
     devices = {d.device_id: d for d in client.list_devices()}
     with console.status(f"sending the {len(y)} eval digits to each device"):
         for device_id in fleet.ids:
-            endpoint = devices[device_id].predict_endpoint if device_id in devices else ""
+            endpoint = fleet.agents[device_id].predict_endpoint or (
+                devices[device_id].predict_endpoint if device_id in devices else ""
+            )
             with InferenceClient(endpoint, name=f"device {device_id}") as agent:
                 s = score(agent, x, y, device_id=device_id)
             if s.release != release:

@@ -75,6 +75,15 @@ def demo(
             "it) until Ctrl-C.",
         ),
     ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Plaintext everywhere (any broker, amqtt too). Default: every hop mTLS on "
+            "certificates made for the run (Mosquitto from broker-config, the controller "
+            "with --tls, each agent enrolled).",
+        ),
+    ] = False,
 ) -> None:
     """Run a whole fleet on this machine and show what EdgeFleet does, each step checked.
 
@@ -90,6 +99,9 @@ def demo(
     the demo with the reason and exit code 1. The run directory (--out) keeps
     summary.json, events.json, the charts of the compression and of the canary's rollout,
     a copy of every /metrics and the logs.
+
+    Every hop is mTLS (--insecure: plaintext): the run's own fleet CA, an mTLS Mosquitto,
+    each agent enrolled with a token file before it starts.
 
     --quick keeps the short path: two releases deployed and scored. Everything started is
     stopped however the demo ends (also on error or Ctrl-C). Needs no running controller:
@@ -108,7 +120,7 @@ def demo(
         )
     options = DemoOptions(
         devices=devices, fleet=fleet, keep=keep, broker=broker, rollout_timeout_s=timeout,
-        quick=quick, out=out, compress_budget_s=compress_budget, hold=hold,
+        quick=quick, out=out, compress_budget_s=compress_budget, hold=hold, insecure=insecure,
     )  # fmt: skip
     result = run(options, output.console)
     if quick:
