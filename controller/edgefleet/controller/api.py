@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from edgefleet.common import types as t
 from edgefleet.common import wire
+from edgefleet.common.errors import InvalidInputError
 from edgefleet.controller import compressing
 from edgefleet.controller.compress.metric_hook import MetricModule
 from edgefleet.controller.compress.searching import CandidateRecord
@@ -134,9 +138,12 @@ def strategy_to_pb(kind: str, s: Strategy) -> controller_pb2.RolloutStrategy:
 
 
 def rollout_info(
-    rec: RolloutRecord, history: Sequence[Transition] = ()
+    rec: RolloutRecord, history: Sequence[Transition] = (), *, device_limit: int = 0
 ) -> controller_pb2.RolloutInfo:
+    """The rollout's wire form: ``device_limit`` of its devices (0 = all), in device id order,
+    and the count of each state over all of them."""
     r = rec.rollout
+    listed = r.targets[:device_limit] if device_limit > 0 else r.targets
     return controller_pb2.RolloutInfo(
         rollout_id=r.id,
         fleet=r.fleet,
@@ -157,8 +164,10 @@ def rollout_info(
                 reason=x.reason,
                 sent_at_ms=int(x.sent_at * 1000),
             )
-            for x in r.targets
+            for x in listed
         ],
+        device_counts=Counter(x.state.value for x in r.targets),
+        devices_total=len(r.targets),
         history=[
             controller_pb2.RolloutTransition(
                 at_ms=h.at_ms,
@@ -171,6 +180,35 @@ def rollout_info(
             for h in history
         ],
     )
+
+
+_PAGE_KIND = "devices/1"
+
+
+def page_token(after: tuple[str, str] | None, *, fleet: str) -> str:
+    """The opaque ``next_page_token`` of a device listing that goes on after ``after``
+    ((fleet, device id); None: no more pages, "")."""
+    if after is None:
+        return ""
+    raw = json.dumps([_PAGE_KIND, fleet, *after], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def page_after(token: str, *, fleet: str) -> tuple[str, str] | None:
+    """The (fleet, device id) a ``page_token`` goes on after (None for ""); a token this
+    server did not issue, or one issued for another fleet, is ``InvalidInputError``."""
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        kind, of, after_fleet, after_device = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidInputError(f"page_token {token[:40]!r} is not one this server gave") from exc
+    if kind != _PAGE_KIND or not all(isinstance(x, str) for x in (of, after_fleet, after_device)):
+        raise InvalidInputError(f"page_token {token[:40]!r} is not one this server gave")
+    if of != fleet:
+        raise InvalidInputError(f"page_token is for fleet {of!r}, not {fleet!r}")
+    return after_fleet, after_device
 
 
 def device_info(d: DeviceView) -> controller_pb2.DeviceInfo:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from edgefleet.common import types as t
@@ -38,6 +38,15 @@ from edgefleet.controller.enrollment import IdentityState
 from edgefleet.controller.records import DeviceView
 
 Report = t.DeviceStatus | t.Presence | t.Telemetry | t.DeviceEvent
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a device listing (``DeviceStore.page``)."""
+
+    devices: list[DeviceView]
+    next_after: tuple[str, str] | None  # (fleet, device id) of the last one; None: no more
+    total: int  # devices matching, all pages together
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,11 @@ class DeviceStore:
             return _WRONG_FLEET
         return ""
 
-    def list_devices(self, fleet: str = "") -> list[DeviceView]:
+    def list_devices(
+        self, fleet: str = "", *, limit: int = 0, after: tuple[str, str] | None = None
+    ) -> list[DeviceView]:
+        """The devices of ``fleet`` (all fleets: ""), by (fleet, device id); at most ``limit``
+        (0 = all) of those after ``after`` (a (fleet, device id) key, None = from the start)."""
         stmt = (
             select(DeviceRow, PresenceRow, TelemetryRow, DesiredRow)
             .outerjoin(PresenceRow, PresenceRow.device_id == DeviceRow.device_id)
@@ -118,8 +131,29 @@ class DeviceStore:
         )
         if fleet:
             stmt = stmt.where(DeviceRow.fleet == fleet)
+        if after is not None:
+            f, d = after
+            stmt = stmt.where(
+                or_(DeviceRow.fleet > f, and_(DeviceRow.fleet == f, DeviceRow.device_id > d))
+            )
+        if limit > 0:
+            stmt = stmt.limit(limit)
         with self._db.read() as session:
             return [devicerows.view(*row) for row in session.execute(stmt)]
+
+    def page(self, fleet: str = "", *, size: int, after: tuple[str, str] | None = None) -> Page:
+        """One page of ``list_devices``: ``size`` devices, the key to go on from (None: this
+        was the last page) and how many devices match, all pages together."""
+        views = self.list_devices(fleet, limit=size + 1, after=after)
+        more = len(views) > size
+        views = views[:size]
+        count = select(func.count()).select_from(DeviceRow)
+        if fleet:
+            count = count.where(DeviceRow.fleet == fleet)
+        with self._db.read() as session:
+            total = int(session.scalar(count) or 0)
+        last = views[-1] if more and views else None
+        return Page(views, (last.fleet, last.device_id) if last is not None else None, total)
 
     def fleets(self) -> list[tuple[str, bool, int]]:
         """(fleet, online, devices) for the metrics gauge."""

@@ -6,6 +6,7 @@ Device figures come from each device's latest telemetry window: rates are its ow
 its own ``window_s``, never derived from timestamps (a device's clock may be far off). A window
 the controller received long ago (by its own clock) is not exported, so a device that went
 quiet does not report its last throughput forever; ``edgefleet_device_online`` still lists it.
+Per-device series are bounded (``DEVICE_SERIES`` devices).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ T = TypeVar("T")
 STALE_WINDOWS = 3  # a window is exported until this many windows have passed ...
 STALE_MIN_S = 60.0  # ... and at least this long
 _DEVICE_LABELS = ["device", "fleet", "release"]
+DEVICE_SERIES = 1000
+"""Per-device series for at most this many devices (the first by fleet and id): a scrape of a
+10,000-device fleet stays small and fast; per-fleet figures (``edgefleet_controller_devices``)
+cover every device."""
 
 
 def _gauge(name: str, doc: str, labels: list[str] = _DEVICE_LABELS) -> GaugeMetricFamily:

@@ -54,15 +54,30 @@ def set_target(row: RolloutTargetRow, t: Target) -> None:
     row.reason = t.reason
 
 
-def target(row: RolloutTargetRow) -> Target:
+TARGET_COLUMNS = (
+    RolloutTargetRow.device_id,
+    RolloutTargetRow.state,
+    RolloutTargetRow.generation,
+    RolloutTargetRow.sent_at,
+    RolloutTargetRow.previous_release,
+    RolloutTargetRow.baseline_p95_ms,
+    RolloutTargetRow.reason,
+)
+"""What ``target`` reads of a ``rollout_targets`` row: selected as plain columns, so loading a
+rollout of 10,000 devices builds no ORM object per device."""
+
+
+def target(row: Sequence[Any]) -> Target:
+    """One ``rollout_targets`` row's ``TARGET_COLUMNS``."""
+    device_id, state, generation, sent_at, previous_release, baseline_p95_ms, reason = row
     return Target(
-        device_id=row.device_id,
-        state=DeviceState(row.state),
-        generation=row.generation,
-        sent_at=row.sent_at,
-        previous_release=row.previous_release,
-        baseline_p95_ms=row.baseline_p95_ms,
-        reason=row.reason,
+        device_id=device_id,
+        state=DeviceState(state),
+        generation=generation,
+        sent_at=sent_at,
+        previous_release=previous_release,
+        baseline_p95_ms=baseline_p95_ms,
+        reason=reason,
     )
 
 
@@ -84,13 +99,14 @@ def transition(row: Sequence[Any]) -> Transition:
     return Transition(int(at_ms), Kind(kind), device_id, old, new, message)
 
 
-def record(row: RolloutRow, targets: Sequence[RolloutTargetRow]) -> RolloutRecord:
+def record(row: RolloutRow, targets: Sequence[Target]) -> RolloutRecord:
+    """``targets``: the rollout's, in device id order."""
     rollout = Rollout(
         id=row.rollout_id,
         fleet=row.fleet,
         release=row.release,
         strategy=codec.strategy_from_json(row.parameters),
-        targets=tuple(target(t) for t in sorted(targets, key=lambda t: t.device_id)),
+        targets=tuple(targets),
         phase=RolloutPhase(row.phase),
         step=row.step,
         step_done_at=row.step_done_at,
@@ -105,19 +121,36 @@ def record(row: RolloutRow, targets: Sequence[RolloutTargetRow]) -> RolloutRecor
     )
 
 
-def report(d: DeviceRow, x: TelemetryRow | None, desired: DesiredRow | None) -> Report:
-    """What the engine needs of one device. Latency and error rate come from the latest
-    telemetry window's own counts (never from timestamps, which a device's clock may skew);
-    a window without requests says nothing about either."""
-    measured = x is not None and x.requests > 0
+REPORT_COLUMNS = (
+    DeviceRow.device_id,
+    DeviceRow.active_release,
+    DeviceRow.phase,
+    DeviceRow.generation_applied,
+    DeviceRow.last_error,
+    TelemetryRow.release,
+    TelemetryRow.requests,
+    TelemetryRow.errors,
+    TelemetryRow.p95_ms,
+    DesiredRow.generation,
+)
+"""What ``report`` reads of a device, its telemetry and its desired state (outer joins: None
+where a device has none): plain columns, read every rollout tick for every device."""
+
+
+def report(row: Sequence[Any]) -> Report:
+    """What the engine needs of one device (``REPORT_COLUMNS``). Latency and error rate come
+    from the latest telemetry window's own counts (never from timestamps, which a device's clock
+    may skew); a window without requests says nothing about either."""
+    device_id, active, phase, applied, last_error, x_release, requests, errors, p95, desired = row
+    measured = requests is not None and requests > 0
     return Report(
-        device_id=d.device_id,
-        active_release=d.active_release,
-        phase=d.phase or "",
-        generation_applied=d.generation_applied,
-        last_desired=desired.generation if desired is not None else 0,
-        last_error=d.last_error,
-        metrics_release=x.release if x is not None else "",
-        p95_ms=x.p95_ms if x is not None and measured else None,
-        error_rate=x.errors / x.requests if x is not None and measured else None,
+        device_id=device_id,
+        active_release=active,
+        phase=phase or "",
+        generation_applied=applied,
+        last_desired=desired if desired is not None else 0,
+        last_error=last_error,
+        metrics_release=x_release or "",
+        p95_ms=p95 if measured else None,
+        error_rate=errors / requests if measured else None,
     )

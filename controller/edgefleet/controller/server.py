@@ -37,7 +37,7 @@ from edgefleet.controller.deploying import Deployer
 from edgefleet.controller.devices import DeviceStore
 from edgefleet.controller.driving import RolloutDriver
 from edgefleet.controller.enrollment import Enrollment, IdentityState, open_enrollment
-from edgefleet.controller.fleetmetrics import FleetCollector
+from edgefleet.controller.fleetmetrics import DEVICE_SERIES, FleetCollector
 from edgefleet.controller.identityservice import EnrollmentServicer
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.leasing import DbMutex, Lease
@@ -186,7 +186,7 @@ class Controller:
         )
         self.metrics.watch(
             FleetCollector(
-                devices=devices.list_devices,
+                devices=lambda: devices.list_devices(limit=DEVICE_SERIES),
                 phases=store.phases,
                 aborted=store.aborted,
                 clock_ms=now_ms,
@@ -307,9 +307,9 @@ class Controller:
         s = self.settings
         if not s.grpc.tls:
             log.warning(
-                "devices' gRPC on %s is PLAINTEXT: anyone who reaches it can fetch release "
-                "blobs and enrollment tokens travel unencrypted; run with --tls (mTLS, "
-                "enrollment on --enroll-listen) once devices enroll",
+                "devices' gRPC on %s is PLAINTEXT (--insecure): anyone who reaches it can "
+                "fetch release blobs and enrollment tokens travel unencrypted; run without "
+                "--insecure (mTLS, enrollment on --enroll-listen)",
                 s.grpc.bind,
             )
             return None

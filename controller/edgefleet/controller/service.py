@@ -40,6 +40,9 @@ DEFAULT_ROLLOUTS = 20
 MAX_ROLLOUTS = 500
 DEFAULT_AUDIT = 50
 MAX_AUDIT = 5000
+DEFAULT_DEVICES = 500  # a ListDevices page
+MAX_DEVICES = 1000
+ROLLOUT_DEVICES = 1000  # GetRollout lists at most this many devices (counts cover all)
 
 
 def fail(context: grpc.ServicerContext, exc: EdgeFleetError) -> NoReturn:
@@ -233,6 +236,7 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
             lambda: api.rollout_info(
                 self._rollouts.get(request.rollout_id),
                 self._rollouts.history(request.rollout_id),
+                device_limit=min(request.device_limit or ROLLOUT_DEVICES, ROLLOUT_DEVICES),
             ),
         )
 
@@ -262,13 +266,18 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
     def ListDevices(
         self, request: pb.ListDevicesRequest, context: grpc.ServicerContext
     ) -> pb.ListDevicesResponse:
-        return serve(
-            context,
-            "ListDevices",
-            lambda: pb.ListDevicesResponse(
-                devices=[api.device_info(d) for d in self._devices.list_devices(request.fleet)]
-            ),
-        )
+        size = min(request.page_size or DEFAULT_DEVICES, MAX_DEVICES)
+
+        def page() -> pb.ListDevicesResponse:
+            after = api.page_after(request.page_token, fleet=request.fleet)
+            got = self._devices.page(request.fleet, size=size, after=after)
+            return pb.ListDevicesResponse(
+                devices=[api.device_info(d) for d in got.devices],
+                next_page_token=api.page_token(got.next_after, fleet=request.fleet),
+                total=got.total,
+            )
+
+        return serve(context, "ListDevices", page)
 
     def ListEvents(
         self, request: pb.ListEventsRequest, context: grpc.ServicerContext

@@ -280,9 +280,22 @@ class ControllerClient:
         return self._call(lambda: self._stub.AbortRollout(ref, timeout=self.deadline_s))
 
     def list_devices(self, fleet: str = "") -> list[pb.DeviceInfo]:
-        request = pb.ListDevicesRequest(fleet=fleet)
-        reply = self._call(lambda: self._stub.ListDevices(request, timeout=self.deadline_s))
-        return list(reply.devices)
+        """Every device of ``fleet`` (all fleets: ""), page after page."""
+        devices: list[pb.DeviceInfo] = []
+        token = ""
+        while True:
+            reply = self.devices_page(fleet, page_token=token)
+            devices.extend(reply.devices)
+            token = reply.next_page_token
+            if not token:
+                return devices
+
+    def devices_page(
+        self, fleet: str = "", *, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListDevicesResponse:
+        """One page of devices (``page_size`` 0: the server's default; it caps the size)."""
+        request = pb.ListDevicesRequest(fleet=fleet, page_size=page_size, page_token=page_token)
+        return self._call(lambda: self._stub.ListDevices(request, timeout=self.deadline_s))
 
     def find_device(self, device_id: str) -> pb.DeviceInfo:
         for device in self.list_devices():

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgefleet.edgectl import output, shell
 from edgefleet.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:
+    from edgefleet.edgectl.client import ControllerClient
+
+PAGE = 1000  # devices per ListDevices call (the server's cap)
 
 app = typer.Typer(
     help="List devices and what they run.\n\nDevices register themselves when their agent "
@@ -41,6 +46,19 @@ def list_devices(
             "when it fell back).",
         ),
     ] = False,
+    limit: Annotated[
+        int,
+        typer.Option(
+            "--limit",
+            "-n",
+            min=1,
+            help="Show the first N devices (by fleet and id); a note says how many more.",
+            metavar="N",
+        ),
+    ] = 500,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every device, however many (paged from the server).")
+    ] = False,
 ) -> None:
     """List devices and their state.
 
@@ -50,10 +68,16 @@ def list_devices(
     CPU features (vnni, dotprod), PROVIDER the execution provider the active release runs on,
     "(fallback)" when it is not the release's first preference (``--hardware`` says why).
     ``--containers``: one row per device serving a container release, with its container's
-    figures as of its last status.
+    figures as of its last status. The first ``--limit`` devices (500), fetched in pages;
+    ``--all`` lists every one.
     """
     with shell.controller(ctx) as client:
-        devices = client.list_devices(fleet)
+        devices, total = _fetch(client, fleet, limit=0 if every else limit)
+    if total > len(devices):
+        more = total - len(devices)
+        output.note(
+            f"{more:,} more device{'s' if more != 1 else ''} of {total:,}: --all lists them"
+        )
     if as_json:
         output.print_json([output.device_dict(d) for d in devices])
         return
@@ -95,6 +119,21 @@ def list_devices(
             output.safe(d.last_error),
         )
     output.print_table(t, empty="no devices")
+
+
+def _fetch(client: ControllerClient, fleet: str, *, limit: int) -> tuple[list[pb.DeviceInfo], int]:
+    """The first ``limit`` devices of ``fleet`` (0: all), page after page, and how many there
+    are in all."""
+    devices: list[pb.DeviceInfo] = []
+    token, total = "", 0
+    while True:
+        size = min(limit - len(devices), PAGE) if limit else PAGE
+        reply = client.devices_page(fleet, page_size=size, page_token=token)
+        devices.extend(reply.devices)
+        total = max(reply.total, len(devices))
+        token = reply.next_page_token
+        if not token or (limit and len(devices) >= limit):
+            return devices, total
 
 
 def _print_containers(devices: Sequence[pb.DeviceInfo]) -> None:

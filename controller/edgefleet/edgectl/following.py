@@ -12,9 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from edgefleet.edgectl.client import ControllerClient
 from edgefleet.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:  # grpc: loaded when a command calls, not for --help
+    from edgefleet.edgectl.client import ControllerClient
 
 POLL_INTERVAL_S = 0.25
 ROLLBACK_KIND = "rollback"  # the strategy kind of a rollout made by ``Rollback``
@@ -50,12 +53,28 @@ def device_failed(d: pb.RolloutDevice) -> bool:
     return d.state in BACK_STATES and bool(reason)
 
 
+def total(info: pb.RolloutInfo) -> int:
+    """The rollout's devices, listed or not (GetRollout lists the first 1,000)."""
+    return max(info.devices_total, len(info.devices))
+
+
+def partial(info: pb.RolloutInfo) -> bool:
+    """GetRollout listed only some devices: counts come from ``device_counts``."""
+    return info.devices_total > len(info.devices)
+
+
 def count(info: pb.RolloutInfo, *states: str) -> int:
+    if partial(info):
+        return sum(info.device_counts.get(s, 0) for s in states)
     return sum(1 for d in info.devices if d.state in states)
 
 
 def failed_count(info: pb.RolloutInfo) -> int:
-    return 0 if is_rollback(info) else sum(1 for d in info.devices if device_failed(d))
+    if is_rollback(info):
+        return 0
+    if partial(info):  # the unlisted ones' reasons are not known: the failed state counts
+        return info.device_counts.get("failed", 0)
+    return sum(1 for d in info.devices if device_failed(d))
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def list_table(rollouts: list[pb.RolloutInfo], *, now_ms: int | None = None) -> 
             r.strategy.kind or "-",
             styled_phase(r),
             step_text(r),
-            f"{following.count(r, 'healthy')}/{following.failed_count(r)}/{len(r.devices)}",
+            f"{following.count(r, 'healthy')}/{following.failed_count(r)}/{following.total(r)}",
             age(r.created_at_ms, now_ms=now),
         )
     return t
@@ -119,7 +119,9 @@ def steps_line(info: pb.RolloutInfo) -> str:
 
 def header(info: pb.RolloutInfo) -> str:
     healthy, failed = following.count(info, "healthy"), following.failed_count(info)
-    counts = f"{healthy} healthy, {failed} failed of {len(info.devices)}"
+    counts = f"{healthy} healthy, {failed} failed of {following.total(info)}"
+    if following.partial(info):
+        counts += f" (the first {len(info.devices)} listed)"
     kind = info.strategy.kind or "all-at-once"
     return (
         f"rollout [bold]{info.rollout_id}[/]: {release_text(info)} -> {info.fleet} ({kind}), "
@@ -239,7 +241,7 @@ def rollout_dict(info: pb.RolloutInfo) -> dict[str, Any]:
         "updated_at_ms": info.updated_at_ms,
         "healthy": following.count(info, "healthy"),
         "failed": following.failed_count(info),
-        "total": len(info.devices),
+        "total": following.total(info),
         "strategy": {
             "kind": s.kind,
             "canary": s.canary,
