@@ -54,8 +54,8 @@ def test_a_device_cut_off_for_an_hour_serves_and_catches_up(tmp_path: Path) -> N
     assert result.window_passed_offline == {big: True, small: True}, result.output
     assert result.exit_code == 0, result.output
     assert set(result.active.values()) == {"digits:1.0.0"}
-    # what the hour measured reached the broker: all of it within the outbox's bound...
-    assert result.pending == {big: 0, small: 0}
+    # what the hour measured reached the broker (both outboxes were seen empty after the
+    # heal, or the scenario raised): all of it within the outbox's bound...
     assert result.dropped[big] == 0
     assert result.samples_while_cut[big] > 0
     # ... and beyond it the oldest were dropped, and counted
