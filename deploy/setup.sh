@@ -49,7 +49,10 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[broker,dev,compress,postgres]"
+# Every extra: the agent's own dependencies are the base (pip install edgefleet); the
+# controller, edgectl, the demo, container releases and ONNX Runtime (cpu) are extras.
+.venv/bin/python -m pip install -q --disable-pip-version-check \
+  -e ".[controller,cli,containers,cpu,demo,broker,dev,compress,postgres]"
 # A real pretrained model for `make bench` (PaddleOCR's text-direction classifier, shipped in
 # the wheel); only its .onnx file is used, so none of its dependencies.
 .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps "rapidocr-onnxruntime==1.4.4"

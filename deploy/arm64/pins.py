@@ -1,6 +1,7 @@
-"""Print the pinned requirements an aarch64 agent needs: the project's dependencies (no
-extras) and everything they pull in, each at the version the given venv runs, so the arm64
-root filesystem runs the same ONNX Runtime, NumPy and gRPC as the x86 host it is compared to.
+"""Print the pinned requirements an aarch64 agent needs: the project's dependencies (what
+``pip install edgefleet`` installs) with ONNX Runtime (the ``cpu`` extra) and everything they
+pull in, each at the version the given venv runs, so the arm64 root filesystem runs the same
+ONNX Runtime, NumPy and gRPC as the x86 host it is compared to.
 
 Markers are evaluated for Linux on aarch64 with this interpreter's Python. Run by
 deploy/arm64/rootfs.sh with the venv's python; reads pyproject.toml from the working directory.
@@ -42,7 +43,8 @@ def closure(roots: list[str]) -> dict[str, str]:
 def main() -> None:
     """Print ``name==version`` lines, sorted."""
     project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
-    for name, version in sorted(closure(list(project["dependencies"])).items()):
+    roots = [*project["dependencies"], *project["optional-dependencies"]["cpu"]]
+    for name, version in sorted(closure(roots).items()):
         print(f"{name}=={version}")
 
 

@@ -95,8 +95,8 @@ chroot "$dir" /opt/edgefleet/bin/pip install -q --disable-pip-version-check --no
   --no-compile --no-index --find-links /wheels -r /wheels/requirements.txt
 # imported once here, so the byte code of what the agent imports is in the cached tree
 chroot "$dir" /opt/edgefleet/bin/python -c 'import platform
-import cryptography.x509, docker, google.protobuf, grpc, numpy, onnx, onnxruntime
-import paho.mqtt.client, prometheus_client, semver, typer
+import cryptography.x509, google.protobuf, grpc, numpy, onnxruntime
+import paho.mqtt.client, prometheus_client, semver
 assert platform.machine() == "aarch64", platform.machine()'
 umount "$dir/proc"
 touch "$dir/.complete"

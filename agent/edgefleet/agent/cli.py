@@ -330,7 +330,19 @@ def enroll(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+NO_RUNTIME = (
+    "ONNX Runtime is not installed: pip install 'edgefleet[cpu]' (onnxruntime), or the "
+    "device's own wheel (a Jetson: JetPack's onnxruntime-gpu; README: Installing the agent "
+    "on a device)"
+)
+
+
 def _serve(settings: AgentSettings) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:  # not a dependency: its flavour varies
+        print(f"edge-agent: {NO_RUNTIME}", file=sys.stderr)
+        return 2
     from edgefleet.agent.daemon import Agent
 
     stop = threading.Event()

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.common import rpc
+from edgefleet.common.deadlines import DEFAULT_DEADLINE_S
 from edgefleet.edgectl import (
     audit,
     demo_cmd,
@@ -87,7 +87,7 @@ def root(
             min=0.1,
             metavar="SECONDS",
         ),
-    ] = rpc.DEFAULT_DEADLINE_S,
+    ] = DEFAULT_DEADLINE_S,
 ) -> None:
     ctx.obj = shell.load_settings(controller=controller, deadline_s=deadline)
 

@@ -9,17 +9,19 @@ says it finished, drawing its steps and devices live.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from edgefleet.common.types import ReleaseRef
 from edgefleet.controller.rollouts import strategy as strategies
 from edgefleet.edgectl import following, output, shell
-from edgefleet.edgectl.client import ControllerClient
 from edgefleet.edgectl.following import FollowResult
 from edgefleet.edgectl.rollout_status import RolloutLive, rollout_dict, status_view
 from edgefleet.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:  # grpc: loaded when a command calls, not for --help
+    from edgefleet.edgectl.client import ControllerClient
 
 STRATEGY_PANEL = "Rollout strategy (unset = the controller's default)"
 

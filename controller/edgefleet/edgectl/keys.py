@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.common.artifacts import atomic_write
 from edgefleet.edgectl import output, shell
 from edgefleet.v1 import controller_pb2 as pb
 
@@ -67,6 +66,8 @@ def init(
         key = client.init_key(rotate=rotate)
         keys = client.list_keys() if out is not None else []
     if out is not None:
+        from edgefleet.common.artifacts import atomic_write  # grpc: not for --help
+
         atomic_write(out, trusted_pem(keys).encode())
     if as_json:
         output.print_json(output.key_dict(key))

@@ -31,7 +31,6 @@ from rich.progress import (
 
 from edgefleet.common.types import validate_name
 from edgefleet.edgectl import output, shell
-from edgefleet.edgectl.client import COMPRESS_DEADLINE_S, file_chunks
 from edgefleet.edgectl.compress_plot import plot_paths, write_compress_plot
 from edgefleet.edgectl.metric_source import MetricSourceError, read_metric_module
 from edgefleet.v1 import controller_pb2 as pb
@@ -87,6 +86,8 @@ def add(
     )
     with progress, shell.controller(ctx) as client:
         task = progress.add_task(path.name, total=size)
+        from edgefleet.edgectl.client import file_chunks  # grpc: not for --help
+
         chunks = file_chunks(path, on_chunk=lambda n: progress.advance(task, n))
         model = client.upload_model(chunks, name=name, size=size, description=description)
     if as_json:
@@ -327,6 +328,8 @@ def compress(
             f"most {MAX_EVAL_BYTES >> 20} MiB of eval data: use fewer samples (a few hundred "
             "decide a gate) or save it with np.savez_compressed"
         )
+    from edgefleet.edgectl.client import COMPRESS_DEADLINE_S  # grpc: not for --help
+
     root = ctx.find_root()
     source = root.get_parameter_source("deadline")  # the root's --deadline, unless given
     explicit = source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import (
@@ -23,13 +23,14 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from edgefleet.common import oci, wire
+from edgefleet.common import oci
 from edgefleet.common.errors import NotFoundError
 from edgefleet.common.types import ReleaseRef
-from edgefleet.controller import images
-from edgefleet.controller import oci as layout
 from edgefleet.edgectl import output, shell
 from edgefleet.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:  # docker, numpy and grpc: loaded when a command runs, not for --help
+    from edgefleet.controller import oci as layout
 
 ReleaseArg = Annotated[
     str, typer.Argument(help="The release NAME:VERSION.", metavar="NAME:VERSION")
@@ -62,6 +63,8 @@ def _find(ctx: typer.Context, text: str) -> pb.ReleaseInfo:
 def _export(
     ctx: typer.Context, info: pb.ReleaseInfo, root: Path, *, tag: str, quiet: bool
 ) -> layout.LayoutRelease:
+    from edgefleet.controller import oci as layout
+
     m = info.manifest
     total = m.model_size + m.golden_size
     with _progress(quiet=quiet) as progress:
@@ -137,6 +140,10 @@ def push(
     image (built on the controller host; run this there) goes to REPO/container:VERSION,
     where devices given oci://HOST[:PORT]/REPO pull it.
     """
+    from edgefleet.common import wire
+    from edgefleet.controller import images
+    from edgefleet.controller import oci as layout
+
     target = oci.RegistryRef.parse(to, plain_http=plain_http)
     info = _find(ctx, release)
     tag = target.tag or oci.sanitize_tag(info.version)

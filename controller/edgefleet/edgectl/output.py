@@ -22,7 +22,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgefleet.common import wire
 from edgefleet.v1 import common_pb2, mqtt_pb2
 from edgefleet.v1 import controller_pb2 as pb
 
@@ -40,6 +39,8 @@ _ANSI = re.compile(
 
 def plain(text: str) -> str:
     """``text`` safe for a terminal: ANSI escape sequences dropped, control characters spaces."""
+    from edgefleet.common import wire  # numpy and the protobuf codecs: not for --help
+
     return wire.CONTROL_CHARS.sub(" ", _ANSI.sub("", text))
 
 
@@ -65,6 +66,8 @@ def when(ms: int) -> str:
 
 
 def phase_name(value: int) -> str:
+    from edgefleet.common import wire
+
     phase = wire.phase_from_pb(value)
     return str(phase) if phase is not None else ""
 
@@ -85,6 +88,8 @@ def size_text(n: int) -> str:
 
 
 def specs_text(specs: Iterable[common_pb2.TensorSpec]) -> str:
+    from edgefleet.common import wire
+
     return wire.describe_specs(wire.specs_from_pb(specs))
 
 

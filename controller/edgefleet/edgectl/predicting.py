@@ -7,14 +7,15 @@ the ``.npz`` file is sent as a named input tensor.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 from rich.text import Text
 
 from edgefleet.edgectl import output, shell
-from edgefleet.edgectl.inference import Array, InferenceClient, load_npz
+
+if TYPE_CHECKING:  # numpy and grpc: loaded when predict runs, not for --help
+    from edgefleet.edgectl.inference import Array
 
 
 def _array_dict(a: Array) -> dict[str, Any]:
@@ -57,6 +58,10 @@ def predict(
     those named with --output). Example: python -c "import numpy as np;
     np.savez('x.npz', pixels=np.zeros((1, 64), np.float32))".
     """
+    import numpy as np
+
+    from edgefleet.edgectl.inference import InferenceClient, load_npz
+
     inputs = load_npz(input_path)
     with shell.controller(ctx) as client:
         info = client.find_device(device)

@@ -18,15 +18,17 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
-from edgefleet.common import rpc
+from edgefleet.common.deadlines import DEFAULT_DEADLINE_S
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.edgectl import output
-from edgefleet.edgectl.client import ControllerClient
+
+if TYPE_CHECKING:  # grpc is loaded by the first command that calls, not for --help
+    from edgefleet.edgectl.client import ControllerClient
 
 DEFAULT_CONTROLLER = "127.0.0.1:50052"  # the controller's operator API (--api)
 COMMAND_ORDER = (
@@ -45,7 +47,7 @@ class Settings:
 
     controller: str = DEFAULT_CONTROLLER
     """``HOST:PORT`` of the controller's operator API."""
-    deadline_s: float = rpc.DEFAULT_DEADLINE_S
+    deadline_s: float = DEFAULT_DEADLINE_S
     """Deadline of each unary gRPC call, in seconds."""
     token: str = field(default="", repr=False)
     """The operator's bearer token (``EDGECTL_TOKEN``); empty = read ``token_file``."""
@@ -103,6 +105,8 @@ def settings(ctx: typer.Context) -> Settings:
 
 def controller(ctx: typer.Context) -> ControllerClient:
     s = settings(ctx)
+    from edgefleet.edgectl.client import ControllerClient
+
     return ControllerClient(s.controller, token=s.read_token(), deadline_s=s.deadline_s)
 
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.live import Live
@@ -21,8 +21,10 @@ from rich.table import Table
 
 from edgefleet.common.errors import EdgeFleetError
 from edgefleet.edgectl import output, shell
-from edgefleet.edgectl.client import ControllerClient
 from edgefleet.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:  # grpc: loaded when a command calls, not for --help
+    from edgefleet.edgectl.client import ControllerClient
 
 ABSENT = "—"
 COLUMNS = (

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import grpc
 
-from edgefleet.common import errors
+from edgefleet.common import deadlines, errors
 
-DEFAULT_DEADLINE_S = 10.0
+DEFAULT_DEADLINE_S = deadlines.DEFAULT_DEADLINE_S
 
 _CODES: list[tuple[type[errors.EdgeFleetError], grpc.StatusCode]] = [
     (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
