@@ -154,22 +154,6 @@ def test_a_time_budget_that_is_no_duration_is_refused() -> None:
         parse_duration("ten minutes")
 
 
-def test_eval_data_too_large_for_one_request_is_refused_before_sending(tmp_path) -> None:
-    from typer.testing import CliRunner
-
-    from edgefleet.edgectl.app import app
-    from edgefleet.edgectl.models import MAX_EVAL_BYTES
-
-    big = tmp_path / "big.npz"
-    big.write_bytes(b"\0" * (MAX_EVAL_BYTES + 1))
-    # port 9 (discard): nothing answers there, and nothing is sent
-    result = CliRunner().invoke(
-        app, ["--controller", "127.0.0.1:9", "model", "compress", "m", "--eval-data", str(big)]
-    )
-    assert result.exit_code != 0
-    assert "at most 60 MiB of eval data" in result.stderr, result.stderr
-
-
 def test_a_hopeless_candidate_fails_the_screen_without_the_full_evaluation(
     digits_model: digits.TrainedModel, mlp_eval: EvalSet
 ) -> None:

@@ -74,6 +74,7 @@ RULES: dict[str, Rule] = {
     "ListAudit": Rule(_V),
     "UploadModel": Rule(_R, mutating=True),
     "CompressModel": Rule(_R, mutating=True),
+    "UploadData": Rule(_R, mutating=True),
     "CreateRelease": Rule(_R, mutating=True),
     "Deploy": Rule(_D, mutating=True, needs_fleet=True),
     "Rollback": Rule(_D, mutating=True, needs_fleet=True),
@@ -166,6 +167,8 @@ def target_of(method: str, request: Any, resolve: Resolver) -> Target:
     if method == "UploadModel":
         is_header = request.WhichOneof("part") == "header"
         return Target(request.header.name if is_header else "")
+    if method == "UploadData":
+        return Target("")
     if method == "CompressModel":
         fleet = (resolve.device_fleet(request.profile_on) or "") if request.profile_on else ""
         return Target(request.name, fleet)

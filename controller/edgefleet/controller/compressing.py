@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
-from edgefleet.common import externaldata, packing
+from edgefleet.common import externaldata, feeds, packing
 from edgefleet.common.errors import InvalidInputError, NotFoundError
 from edgefleet.controller.compress import evaluating, metric_hook, recipes
 from edgefleet.controller.compress.evaluating import EvalSet, MetricChoice, parse_metrics
@@ -68,6 +68,7 @@ class Job:
     metric_module: MetricModule | None = None  # a user's metric: source text, never imported
     golden: str = ""  # "" = auto (attach when its tolerances hold) | always | never
     cores: int = 0  # the speed gate's second thread count; 0 = the timing host's cores
+    carry: tuple[str, ...] = ()  # IN=OUT: a feed's output OUT is the next feed's input IN
 
 
 @dataclass(frozen=True)
@@ -167,9 +168,13 @@ class Compressor:
             settings = replace(settings, threads=(1, job.cores))
         if not job.eval_data:
             raise InvalidInputError("no eval data: send an .npz with the model's inputs by name")
+        try:
+            carry = feeds.parse_carry(job.carry)
+        except feeds.FeedsError as exc:
+            raise InvalidInputError(str(exc)) from exc
         model = self._registry.model_bytes(source)
         eval_set = self._registry.sandbox.call(
-            _load_eval_set, job.eval_data, model=model, what="eval data check"
+            _load_eval_set, job.eval_data, model=model, carry=carry, what="eval data check"
         )
         timer: Timer = LocalTimer()
         if job.profile_on:
@@ -277,11 +282,13 @@ class Compressor:
         )
 
 
-def _load_eval_set(data: bytes, *, model: bytes) -> EvalSet:
+def _load_eval_set(
+    data: bytes, *, model: bytes, carry: tuple[tuple[str, str], ...] = ()
+) -> EvalSet:
     """The eval set, checked against the model, in the sandbox; a model registered before
     external data was refused is refused here."""
     externaldata.refuse_external(model)
-    return evaluating.load_eval_set(data, model=model)
+    return evaluating.load_eval_set(data, model=model, carry=carry)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ class GrpcSettings:
 class ApiSettings:
     bind: str = "127.0.0.1:50052"
     """Address the operator API (ControllerService, health) listens on, apart from devices."""
+    max_message_bytes: int = 64 << 20
+    """Largest single message the operator API takes or sends (larger eval data: UploadData)."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class PkiSettings:
 class RegistrySettings:
     max_model_bytes: int = 512 << 20
     """Largest .onnx file UploadModel accepts."""
+    max_eval_bytes: int = 2 << 30
+    """Largest eval data UploadData accepts (kept in memory, four uploads at most, one hour)."""
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ from edgefleet.controller.sandbox import Sandbox
 from edgefleet.controller.sending import Sender
 from edgefleet.controller.service import ControllerServicer
 from edgefleet.controller.trustpub import TrustPublisher
+from edgefleet.controller.uploads import DataUploads
 from edgefleet.v1 import artifact_pb2_grpc, controller_pb2_grpc, enroll_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ class Controller:
             deployer=deployer,
             rollouts=rollouts,
             max_model_bytes=s.registry.max_model_bytes,
+            uploads=DataUploads(max_bytes=s.registry.max_eval_bytes),
             compressor=Compressor(
                 registry,
                 device_timer=lambda device_id: benchmarking.device_timer(
@@ -259,8 +261,8 @@ class Controller:
             interceptors=[gate],
             options=[
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", 64 << 20),
-                ("grpc.max_send_message_length", 64 << 20),
+                ("grpc.max_receive_message_length", s.api.max_message_bytes),
+                ("grpc.max_send_message_length", s.api.max_message_bytes),
             ],
         )
         api_host, _ = split_address(s.api.bind)

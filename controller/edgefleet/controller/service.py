@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -29,6 +30,7 @@ from edgefleet.controller.operators import Operator, OperatorStore, Role
 from edgefleet.controller.registry import Registry, collect
 from edgefleet.controller.releases import Releases
 from edgefleet.controller.rolling import Rollouts
+from edgefleet.controller.uploads import DataUploads
 from edgefleet.v1 import controller_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,9 @@ def serve(context: grpc.ServicerContext, method: str, call: Callable[[], R]) -> 
         )
 
 
-def _chunks(requests: Iterator[pb.UploadModelRequest]) -> Iterator[bytes]:
+def _chunks(
+    requests: Iterator[pb.UploadModelRequest] | Iterator[pb.UploadDataRequest],
+) -> Iterator[bytes]:
     for msg in requests:
         if msg.WhichOneof("part") != "chunk":
             raise InvalidInputError("an upload has one header, first; then only chunks")
@@ -81,6 +85,7 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
         rollouts: Rollouts,
         max_model_bytes: int,
         compressor: Compressor | None = None,
+        uploads: DataUploads | None = None,
         operators: OperatorStore | None = None,
         audit: AuditLog | None = None,
         enrollment: Enrollment | None = None,
@@ -93,6 +98,7 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
         self._rollouts = rollouts
         self._max_model_bytes = max_model_bytes
         self._compressor = compressor or Compressor(registry)
+        self._uploads = uploads or DataUploads(max_bytes=max_model_bytes)
         self._operators = operators
         self._audit = audit
         self._enrollment = enrollment
@@ -132,6 +138,22 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
 
         return serve(context, "UploadModel", upload)
 
+    def UploadData(
+        self, request_iterator: Iterator[pb.UploadDataRequest], context: grpc.ServicerContext
+    ) -> pb.UploadedData:
+        def upload() -> pb.UploadedData:
+            first = next(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "header":
+                raise InvalidInputError("the first message of an upload must be its header")
+            if first.header.purpose not in ("", "eval"):
+                raise InvalidInputError(f"unknown upload purpose {first.header.purpose!r}")
+            data = self._uploads.collect(_chunks(request_iterator), declared=first.header.size)
+            return pb.UploadedData(
+                data_id=self._uploads.put(data), size=len(data), max_bytes=self._uploads.max_bytes
+            )
+
+        return serve(context, "UploadData", upload)
+
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
@@ -152,6 +174,8 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
         context.add_callback(cancelled.set)
         try:
             job = api.compress_job(request)
+            if request.eval_data_id:
+                job = replace(job, eval_data=self._uploads.get(request.eval_data_id))
             for event in self._compressor.run(job, cancelled=cancelled):
                 yield api.compress_progress(event)
         except EdgeFleetError as exc:
@@ -233,10 +257,12 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
         return serve(
             context,
             "GetRollout",
-            lambda: api.rollout_info(
-                self._rollouts.get(request.rollout_id),
+            lambda: api.rollout_page_info(
+                self._rollouts.page(
+                    request.rollout_id,
+                    device_limit=min(request.device_limit or ROLLOUT_DEVICES, ROLLOUT_DEVICES),
+                ),
                 self._rollouts.history(request.rollout_id),
-                device_limit=min(request.device_limit or ROLLOUT_DEVICES, ROLLOUT_DEVICES),
             ),
         )
 

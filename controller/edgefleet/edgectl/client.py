@@ -26,6 +26,8 @@ R = TypeVar("R")
 
 UPLOAD_CHUNK = 256 * 1024
 UPLOAD_MIN_RATE = 1 << 20  # bytes/s the upload deadline allows for, on top of the base deadline
+INLINE_EVAL_BYTES = 1 << 20  # larger eval data goes over UploadData, in chunks
+DATA_CHUNK = 1 << 20
 COMPRESS_DEADLINE_S = 1800.0  # a compression search runs for minutes, not seconds
 IMAGE_BUILD_DEADLINE_S = 300.0  # a container release's image is built on the controller host
 MISSING_CREDENTIALS = (
@@ -154,6 +156,18 @@ class ControllerClient:
         deadline = self.deadline_s + size / UPLOAD_MIN_RATE
         return self._call(lambda: self._stub.UploadModel(requests(), timeout=deadline))
 
+    def upload_data(self, data: bytes, *, purpose: str = "eval") -> pb.UploadedData:
+        """Stream ``data`` in chunks of ``DATA_CHUNK`` bytes (``UploadData``); its id."""
+
+        def requests() -> Iterator[pb.UploadDataRequest]:
+            header = pb.UploadDataHeader(size=len(data), purpose=purpose)
+            yield pb.UploadDataRequest(header=header)
+            for start in range(0, len(data), DATA_CHUNK):
+                yield pb.UploadDataRequest(chunk=data[start : start + DATA_CHUNK])
+
+        deadline = self.deadline_s + len(data) / UPLOAD_MIN_RATE
+        return self._call(lambda: self._stub.UploadData(requests(), timeout=deadline))
+
     def list_models(self, name: str = "") -> list[pb.RegisteredModel]:
         request = pb.ListModelsRequest(name=name)
         reply = self._call(lambda: self._stub.ListModels(request, timeout=self.deadline_s))
@@ -175,14 +189,21 @@ class ControllerClient:
         golden: str = "",
         cores: int = 0,
         metric_module: tuple[str, str, str] | None = None,
+        carry: Sequence[str] = (),
     ) -> Iterator[pb.CompressProgress]:
         """Stream ``CompressModel``: progress messages, then one carrying the result. Closing
-        the iterator early cancels the call (the controller stops after its current candidate)."""
+        the iterator early cancels the call (the controller stops after its current candidate).
+        Eval data over ``INLINE_EVAL_BYTES`` goes first in chunks (``upload_data``)."""
+        data_id = ""
+        if len(eval_data) > INLINE_EVAL_BYTES:
+            data_id = self.upload_data(eval_data).data_id
         request = pb.CompressRequest(
             name=name,
             version=version,
             recipe=recipe,
-            eval_data=eval_data,
+            eval_data=b"" if data_id else eval_data,
+            eval_data_id=data_id,
+            carry=list(carry),
             max_accuracy_drop=max_accuracy_drop,
             objective=objective,
             profile_on=profile_on,

@@ -36,7 +36,6 @@ from edgefleet.edgectl.metric_source import MetricSourceError, read_metric_modul
 from edgefleet.v1 import controller_pb2 as pb
 
 EXIT_NOT_PASSED = 3
-MAX_EVAL_BYTES = 60 << 20  # a CompressModel request is one gRPC message of at most 64 MiB
 
 app = typer.Typer(
     help="Register and list ONNX models.\n\nEach upload of a name becomes its next version; "
@@ -201,7 +200,10 @@ def compress(
         Path,
         typer.Option(
             "--eval-data",
-            help=".npz with the model's inputs by name (or 'inputs'), optional 'labels'.",
+            help=".npz: batched (the model's inputs by name, or 'inputs', samples on the "
+            "first axis; optional 'labels') or feeds (feedK/INPUT arrays in the model's own "
+            "shapes, optional feedK/labels). Over 1 MiB it is sent in chunks (the "
+            "controller's limit: registry.max_eval_bytes, 2 GiB by default).",
             show_default=False,
             metavar="FILE.npz",
         ),
@@ -286,6 +288,16 @@ def compress(
             metavar="N",
         ),
     ] = 0,
+    carry: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--carry",
+            help="Run the eval feeds in order as one stream: output OUT of each feed is input "
+            "IN of the next (the first feed gives the initial IN); scored over every step's "
+            "outputs. Repeat for several states.",
+            metavar="IN=OUT",
+        ),
+    ] = None,
     report_out: Annotated[
         Path | None,
         typer.Option("--report-out", help="Write the Markdown report here.", metavar="FILE.md"),
@@ -316,18 +328,15 @@ def compress(
     --eval-data: an .npz with one array per model input (samples on the first axis), or
     'inputs' for a single-input model; 'broadcast/NAME' arrays (and 0-d arrays) are given
     once and fed with every sample (a sample rate, a recurrent state); optional 'labels'.
+    Or a list of feeds, each in the model's own shapes: feed0/NAME, feed1/NAME, ... (scalars
+    and a different length per feed allowed; optional feedK/labels). --carry state=stateN
+    feeds each step's stateN to the next step's state.
     """
     if not eval_data.is_file():
         shell.fail(f"no such file: {eval_data}")
     metrics, hook = _metric_request(metric or [], metric_module)
     budget_s = parse_duration(time_budget)
     data = eval_data.read_bytes()
-    if len(data) > MAX_EVAL_BYTES:
-        shell.fail(
-            f"{eval_data} is {len(data) / (1 << 20):.1f} MiB; a compression request carries at "
-            f"most {MAX_EVAL_BYTES >> 20} MiB of eval data: use fewer samples (a few hundred "
-            "decide a gate) or save it with np.savez_compressed"
-        )
     from edgefleet.edgectl.client import COMPRESS_DEADLINE_S  # grpc: not for --help
 
     root = ctx.find_root()
@@ -366,6 +375,7 @@ def compress(
             metric_module=hook,
             golden=golden.value,
             cores=cores,
+            carry=carry or [],
         ):
             progress.update(task, total=msg.total or None, completed=msg.done)
             kind = msg.WhichOneof("update")

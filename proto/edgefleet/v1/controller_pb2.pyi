@@ -195,6 +195,84 @@ class UploadModelRequest(_message.Message):
 Global___UploadModelRequest: _TypeAlias = UploadModelRequest  # noqa: Y015
 
 @_typing.final
+class UploadDataHeader(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    """bytes that follow in chunks (0 = not declared)"""
+    purpose: _builtins.str
+    """"eval" (the only one so far)"""
+    def __init__(
+        self,
+        *,
+        size: _builtins.int = ...,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadDataHeader: _TypeAlias = UploadDataHeader  # noqa: Y015
+
+@_typing.final
+class UploadDataRequest(_message.Message):
+    """The first message carries the header, every later one a chunk of the data (.npz)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    chunk: _builtins.bytes
+    @_builtins.property
+    def header(self) -> Global___UploadDataHeader: ...
+    def __init__(
+        self,
+        *,
+        header: Global___UploadDataHeader | None = ...,
+        chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "header", b"header", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___UploadDataRequest: _TypeAlias = UploadDataRequest  # noqa: Y015
+
+@_typing.final
+class UploadedData(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_ID_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    data_id: _builtins.str
+    """for CompressRequest.eval_data_id; kept a while, then forgotten"""
+    size: _builtins.int
+    max_bytes: _builtins.int
+    """the controller's limit on one upload"""
+    def __init__(
+        self,
+        *,
+        data_id: _builtins.str = ...,
+        size: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data_id", b"data_id", "max_bytes", b"max_bytes", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadedData: _TypeAlias = UploadedData  # noqa: Y015
+
+@_typing.final
 class RegisteredModel(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1019,6 +1097,8 @@ class CompressRequest(_message.Message):
     METRIC_FIELD_NUMBER: _builtins.int
     GOLDEN_FIELD_NUMBER: _builtins.int
     CORES_FIELD_NUMBER: _builtins.int
+    CARRY_FIELD_NUMBER: _builtins.int
+    EVAL_DATA_ID_FIELD_NUMBER: _builtins.int
     METRIC_MODULE_SOURCE_FIELD_NUMBER: _builtins.int
     METRIC_MODULE_FUNCTION_FIELD_NUMBER: _builtins.int
     METRIC_MODULE_ORIGIN_FIELD_NUMBER: _builtins.int
@@ -1028,7 +1108,7 @@ class CompressRequest(_message.Message):
     recipe: _builtins.str
     """"auto" (default) or pipelines: "int8-static,prune-structured-30+int8-static" """
     eval_data: _builtins.bytes
-    """.npz: the model's inputs by name, optional "labels" """
+    """.npz: batched inputs by name or feedK/<input> feeds, optional labels"""
     max_accuracy_drop: _builtins.float
     """points (accuracy) or fidelity drop; default 1.0"""
     objective: _builtins.str
@@ -1045,15 +1125,22 @@ class CompressRequest(_message.Message):
     """
     cores: _builtins.int
     """threads for the speed gate's second timing; 0 = the timing"""
+    eval_data_id: _builtins.str
+    """eval data sent with UploadData (instead of eval_data)"""
     metric_module_source: _builtins.str
-    """host's cores (the controller's, or the profile_on device's)
-    A user's metric: the Python source of one module (text; the controller never imports it,
+    """A user's metric: the Python source of one module (text; the controller never imports it,
     it runs only in a seccomp-confined process of the compression sandbox), the function
     score(reference, candidate) -> [0, 1] in it, and its file name for messages.
     """
     metric_module_function: _builtins.str
     """"" = "score" """
     metric_module_origin: _builtins.str
+    @_builtins.property
+    def carry(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """host's cores (the controller's, or the profile_on device's)
+        IN=OUT: output OUT of one feed is input IN of the next
+        """
+
     def __init__(
         self,
         *,
@@ -1068,13 +1155,15 @@ class CompressRequest(_message.Message):
         metric: _builtins.str = ...,
         golden: _builtins.str = ...,
         cores: _builtins.int = ...,
+        carry: _abc.Iterable[_builtins.str] | None = ...,
+        eval_data_id: _builtins.str = ...,
         metric_module_source: _builtins.str = ...,
         metric_module_function: _builtins.str = ...,
         metric_module_origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "max_accuracy_drop", b"max_accuracy_drop", "time_budget_s", b"time_budget_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "cores", b"cores", "eval_data", b"eval_data", "golden", b"golden", "max_accuracy_drop", b"max_accuracy_drop", "metric", b"metric", "metric_module_function", b"metric_module_function", "metric_module_origin", b"metric_module_origin", "metric_module_source", b"metric_module_source", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "time_budget_s", b"time_budget_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "carry", b"carry", "cores", b"cores", "eval_data", b"eval_data", "eval_data_id", b"eval_data_id", "golden", b"golden", "max_accuracy_drop", b"max_accuracy_drop", "metric", b"metric", "metric_module_function", b"metric_module_function", "metric_module_origin", b"metric_module_origin", "metric_module_source", b"metric_module_source", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "time_budget_s", b"time_budget_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_accuracy_drop: _TypeAlias = _typing.Literal["max_accuracy_drop"]  # noqa: Y015
     _WhichOneofArgType__max_accuracy_drop: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop"]  # noqa: Y015

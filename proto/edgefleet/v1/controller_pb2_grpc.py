@@ -120,6 +120,11 @@ class ControllerServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_controller__pb2.CompressRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_controller__pb2.CompressProgress.FromString,
                 _registered_method=True)
+        self.UploadData = channel.stream_unary(
+                '/edgefleet.v1.ControllerService/UploadData',
+                request_serializer=edgefleet_dot_v1_dot_controller__pb2.UploadDataRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_controller__pb2.UploadedData.FromString,
+                _registered_method=True)
         self.AddOperator = channel.unary_unary(
                 '/edgefleet.v1.ControllerService/AddOperator',
                 request_serializer=edgefleet_dot_v1_dot_controller__pb2.AddOperatorRequest.SerializeToString,
@@ -282,6 +287,13 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadData(self, request_iterator, context):
+        """Eval data larger than one message, in chunks; CompressRequest.eval_data_id names it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddOperator(self, request, context):
         """Operators and their bearer tokens (admin), the caller itself (any role), the audit log.
         """
@@ -432,6 +444,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.CompressModel,
                     request_deserializer=edgefleet_dot_v1_dot_controller__pb2.CompressRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_controller__pb2.CompressProgress.SerializeToString,
+            ),
+            'UploadData': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadData,
+                    request_deserializer=edgefleet_dot_v1_dot_controller__pb2.UploadDataRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_controller__pb2.UploadedData.SerializeToString,
             ),
             'AddOperator': grpc.unary_unary_rpc_method_handler(
                     servicer.AddOperator,
@@ -943,6 +960,33 @@ class ControllerService:
             '/edgefleet.v1.ControllerService/CompressModel',
             edgefleet_dot_v1_dot_controller__pb2.CompressRequest.SerializeToString,
             edgefleet_dot_v1_dot_controller__pb2.CompressProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadData(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgefleet.v1.ControllerService/UploadData',
+            edgefleet_dot_v1_dot_controller__pb2.UploadDataRequest.SerializeToString,
+            edgefleet_dot_v1_dot_controller__pb2.UploadedData.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,8 @@ class ControllerServiceStub:
     """Accuracy-gated compression search; streams each candidate as it is measured, then the
     result. A winner is registered as a new version of the model, linked to its parent.
     """
+    UploadData: _grpc.StreamUnaryMultiCallable[_controller_pb2.UploadDataRequest, _controller_pb2.UploadedData]
+    """Eval data larger than one message, in chunks; CompressRequest.eval_data_id names it."""
     AddOperator: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AddOperatorRequest, _controller_pb2.AddOperatorResponse]
     """Operators and their bearer tokens (admin), the caller itself (any role), the audit log."""
     ListOperators: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListOperatorsRequest, _controller_pb2.ListOperatorsResponse]
@@ -98,6 +100,8 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """Accuracy-gated compression search; streams each candidate as it is measured, then the
     result. A winner is registered as a new version of the model, linked to its parent.
     """
+    UploadData: _aio.StreamUnaryMultiCallable[_controller_pb2.UploadDataRequest, _controller_pb2.UploadedData]  # type: ignore[assignment]
+    """Eval data larger than one message, in chunks; CompressRequest.eval_data_id names it."""
     AddOperator: _aio.UnaryUnaryMultiCallable[_controller_pb2.AddOperatorRequest, _controller_pb2.AddOperatorResponse]  # type: ignore[assignment]
     """Operators and their bearer tokens (admin), the caller itself (any role), the audit log."""
     ListOperators: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListOperatorsRequest, _controller_pb2.ListOperatorsResponse]  # type: ignore[assignment]
@@ -239,6 +243,14 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Accuracy-gated compression search; streams each candidate as it is measured, then the
         result. A winner is registered as a new version of the model, linked to its parent.
         """
+
+    @_abc_1.abstractmethod
+    def UploadData(
+        self,
+        request_iterator: _MaybeAsyncIterator[_controller_pb2.UploadDataRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.UploadedData, _abc.Awaitable[_controller_pb2.UploadedData]]:
+        """Eval data larger than one message, in chunks; CompressRequest.eval_data_id names it."""
 
     @_abc_1.abstractmethod
     def AddOperator(

@@ -31,10 +31,14 @@ module      a user's ``score(reference, candidate) -> [0, 1]`` (``metric_hook``,
             confined): 100 x (its score of the original against itself - its score)
 ==========  =========================================================================
 
-Eval data is an ``.npz``: one array per model input, samples along the first axis, all with
-the same count; an array named ``broadcast/<input>`` (and any 0-d array, a scalar input such as
-a sample rate) is given once and fed unchanged with every sample (recurrent state, settings).
-A model with broadcast inputs is run one sample per feed.
+Eval data is an ``.npz`` in one of the two layouts ``edgefleet.common.feeds`` defines:
+batched (one array per model input, samples along the first axis, all with the same count; an
+array named ``broadcast/<input>``, and any 0-d array, is given once and fed unchanged with
+every sample; a model with broadcast inputs is run one sample per feed), or a list of feeds
+(``feedK/<input>``, optional ``feedK/labels``: each feed run as it is). ``carry`` (``--carry
+IN=OUT``) runs the feeds in order as one stream: the original's ``OUT`` of one feed is ``IN``
+of the next when the set is loaded (so calibration and timing see real states), and each
+candidate is scored on its own stream (its ``OUT`` fed back), over all the stream's outputs.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from edgefleet.common import feeds as feeds_layout
 from edgefleet.common.errors import InvalidInputError
 
 from . import graphs
@@ -189,11 +194,19 @@ class OutputScore:
 class EvalSet:
     """Inputs as a list of feeds (each with a leading batch axis), labels for all samples.
 
-    ``broadcast`` names the inputs that are the same array in every feed (not sliced)."""
+    ``broadcast`` names the inputs that are the same array in every feed (not sliced).
+    ``carry``: (input, output) pairs fed from one feed's outputs to the next feed's inputs,
+    except into the feeds in ``fresh`` (those start a new stream with their own inputs); the
+    ``batches`` hold the original model's carried values. ``per_feed``: the feeds layout (each
+    feed is one sample; ``head`` takes whole feeds)."""
 
     batches: tuple[dict[str, npt.NDArray[Any]], ...]
     labels: npt.NDArray[np.int64] | None = None
     broadcast: frozenset[str] = frozenset()
+    carry: tuple[tuple[str, str], ...] = ()
+    fresh: frozenset[int] = frozenset()
+    per_feed: bool = False
+    label_counts: tuple[int, ...] = ()  # feeds layout: labels per feed
 
     @classmethod
     def from_arrays(
@@ -232,16 +245,43 @@ class EvalSet:
         )
 
     def rows(self, batch: Mapping[str, npt.NDArray[Any]]) -> int:
-        """Samples in one of the batches (counted on an input that is not broadcast)."""
+        """Samples in one of the batches (counted on an input that is not broadcast; in the
+        feeds layout the first dimension of the first input that has one, else 1)."""
+        if self.per_feed:
+            return next((len(v) for v in batch.values() if np.ndim(v)), 1)
         name = next(k for k in batch if k not in self.broadcast)
         return len(batch[name])
 
     @property
     def size(self) -> int:
+        if self.per_feed:
+            return len(self.batches)
         return sum(self.rows(b) for b in self.batches)
 
+    def run(self, sess: Any, names: Sequence[str]) -> tuple[list[npt.NDArray[Any]], ...]:
+        """``names`` of the outputs of ``sess`` on every feed in order, carrying ``carry``'s
+        outputs into the next feed's inputs (so the outputs named must include them)."""
+        outputs: list[list[npt.NDArray[Any]]] = []
+        for i, batch in enumerate(self.batches):
+            feed = dict(batch)
+            if self.carry and i and i not in self.fresh:
+                last = dict(zip(names, outputs[-1], strict=True))
+                feed |= {inp: last[out] for inp, out in self.carry}
+            outputs.append(list(sess.run(list(names), feed)))
+        return tuple(outputs)
+
     def head(self, count: int) -> EvalSet:
-        """The first ``count`` samples (whole batches where they fit)."""
+        """The first ``count`` samples (whole batches where they fit; feeds: whole feeds)."""
+        if self.per_feed:
+            labels = None
+            if self.labels is not None:
+                labels = self.labels[: sum(self.label_counts[:count])]
+            return replace(
+                self,
+                batches=self.batches[:count],
+                labels=labels,
+                label_counts=self.label_counts[:count],
+            )
         out: list[dict[str, npt.NDArray[Any]]] = []
         left = count
         for batch in self.batches:
@@ -250,7 +290,7 @@ class EvalSet:
             out.append({k: v if k in self.broadcast else v[:left] for k, v in batch.items()})
             left -= self.rows(batch)
         labels = None if self.labels is None else self.labels[:count]
-        return EvalSet(tuple(out), labels, self.broadcast)
+        return replace(self, batches=tuple(out), labels=labels)
 
 
 @dataclass(frozen=True)
@@ -280,15 +320,93 @@ class Reference:
     hook: MetricHook | None = None
 
 
-def load_eval_set(source: bytes | Path, *, model: bytes, batch_size: int = 256) -> EvalSet:
+def load_eval_set(
+    source: bytes | Path,
+    *,
+    model: bytes,
+    batch_size: int = 256,
+    carry: Sequence[tuple[str, str]] = (),
+) -> EvalSet:
     """Read an ``.npz``: arrays named after the model's inputs (or one ``inputs`` array for a
-    single-input model), ``broadcast/<input>`` arrays given once, plus optional ``labels``."""
+    single-input model), ``broadcast/<input>`` arrays given once, plus optional ``labels``; or
+    ``feedK/<input>`` feeds (``edgefleet.common.feeds``). ``carry``: run the feeds as one
+    stream (``EvalSet.carry``)."""
     raw = source.read_bytes() if isinstance(source, Path) else source
     try:
         with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (OSError, ValueError) as exc:
         raise InvalidInputError(f"eval data is not a readable .npz: {exc}") from exc
+    if feeds_layout.is_feeds(arrays):
+        eval_set = _feeds_set(arrays, carry)
+    else:
+        eval_set = _batched_set(arrays, model, batch_size=1 if carry else batch_size)
+        eval_set = replace(eval_set, carry=tuple(carry))
+    if carry:
+        eval_set = _carried(model, eval_set)
+    validate(model, eval_set.batches, what="eval")
+    return eval_set
+
+
+def _feeds_set(arrays: Mapping[str, npt.NDArray[Any]], carry: Sequence[tuple[str, str]]) -> EvalSet:
+    try:
+        feeds, rest = feeds_layout.split(arrays)
+    except feeds_layout.FeedsError as exc:
+        raise InvalidInputError(f"eval data: {exc}") from exc
+    if rest:
+        raise InvalidInputError(
+            f"eval data in the feeds layout holds arrays outside any feed: {sorted(rest)} "
+            "(name every array feedK/<input> or feedK/labels)"
+        )
+    with_labels = [LABELS_KEY in f for f in feeds]
+    if any(with_labels) and not all(with_labels):
+        raise InvalidInputError("eval feeds: give feedK/labels in every feed or in none")
+    labels = [np.atleast_1d(f.pop(LABELS_KEY)) for f in feeds] if all(with_labels) else []
+    if any(not f for f in feeds):
+        raise InvalidInputError("eval feeds: a feed holds no input")
+    carried = {inp for inp, _ in carry}
+    fresh = frozenset(i for i, f in enumerate(feeds) if i and carried & set(f))
+    return EvalSet(
+        tuple(feeds),
+        np.concatenate(labels).astype(np.int64) if labels else None,
+        carry=tuple(carry),
+        fresh=fresh,
+        per_feed=True,
+        label_counts=tuple(len(x) for x in labels),
+    )
+
+
+def _carried(model: bytes, eval_set: EvalSet) -> EvalSet:
+    """``eval_set`` with every carried input filled in from the original model's stream."""
+    sess = graphs.session(model)
+    ins = {i.name for i in sess.get_inputs()}
+    outs = [o.name for o in sess.get_outputs()]
+    for inp, out in eval_set.carry:
+        if inp not in ins or out not in outs:
+            raise InvalidInputError(
+                f"--carry {inp}={out}: {inp!r} must be an input ({sorted(ins)}) and {out!r} an "
+                f"output ({outs}) of the model"
+            )
+    if any(inp not in eval_set.batches[0] for inp, _ in eval_set.carry):
+        raise InvalidInputError(
+            "--carry: the first feed must give the initial value of every carried input "
+            f"({', '.join(inp for inp, _ in eval_set.carry)})"
+        )
+    batches: list[dict[str, npt.NDArray[Any]]] = []
+    last: dict[str, npt.NDArray[Any]] = {}
+    try:
+        for i, batch in enumerate(eval_set.batches):
+            feed = dict(batch)
+            if i and i not in eval_set.fresh:
+                feed |= {inp: last[out] for inp, out in eval_set.carry}
+            batches.append(feed)
+            last = dict(zip(outs, sess.run(outs, feed), strict=True))
+    except Exception as exc:  # ORT raises its own classes, all plain Exceptions
+        raise InvalidInputError(f"the model fails on eval feed {len(batches) - 1}: {exc}") from exc
+    return replace(eval_set, batches=tuple(batches))
+
+
+def _batched_set(arrays: dict[str, npt.NDArray[Any]], model: bytes, *, batch_size: int) -> EvalSet:
     labels = arrays.pop(LABELS_KEY, None)
     shared = {
         k.removeprefix(BROADCAST): arrays.pop(k) for k in list(arrays) if k.startswith(BROADCAST)
@@ -300,9 +418,7 @@ def load_eval_set(source: bytes | Path, *, model: bytes, batch_size: int = 256) 
         raise InvalidInputError(
             f"empty eval set: no per-sample input (only broadcast {sorted(shared)})"
         )
-    eval_set = EvalSet.from_arrays(arrays, labels, batch_size=batch_size, broadcast=shared)
-    validate(model, eval_set.batches, what="eval")
-    return eval_set
+    return EvalSet.from_arrays(arrays, labels, batch_size=batch_size, broadcast=shared)
 
 
 def validate(model: bytes, feeds: Sequence[Feed], *, what: str) -> None:
@@ -343,7 +459,7 @@ def reference(
     validate(model, eval_set.batches, what="eval")
     sess = graphs.session(model)
     names = tuple(o.name for o in sess.get_outputs())
-    outputs = tuple(list(sess.run(None, dict(b))) for b in eval_set.batches)
+    outputs = eval_set.run(sess, names)
     proto = graphs.load(model)
     choices = (metric,) if isinstance(metric, MetricChoice) else tuple(metric)
     if not choices and hook is None:
@@ -361,7 +477,13 @@ def reference(
             and kind in (None, Metric.TOP1_AGREEMENT)
             and not choice.output
         ):
-            baseline = _accuracy(_predictions(outputs, index), eval_set.labels)
+            predictions = _predictions(outputs, index)
+            if len(predictions) != len(eval_set.labels):
+                raise InvalidInputError(
+                    f"{len(eval_set.labels)} labels for {len(predictions)} predictions of "
+                    f"output {names[index]!r}"
+                )
+            baseline = _accuracy(predictions, eval_set.labels)
             judges.append(Judge(index, names[index], Metric.ACCURACY, "", baseline))
             continue
         if kind is None:
@@ -407,7 +529,7 @@ def head(eval_set: EvalSet, ref: Reference, count: int) -> tuple[EvalSet, Refere
 def score(model: bytes, eval_set: EvalSet, ref: Reference) -> Score:
     """The candidate's score: each judge's, and the worst (highest drop) as the whole."""
     sess = graphs.session(model)
-    outputs = tuple(list(sess.run(list(ref.output_names), dict(b))) for b in eval_set.batches)
+    outputs = eval_set.run(sess, ref.output_names)
     rows = [eval_set.rows(b) for b in eval_set.batches]
     parts = [_judge(j, outputs, ref, eval_set.labels, rows) for j in ref.judges]
     worst = max(range(len(parts)), key=lambda i: parts[i].drop)
