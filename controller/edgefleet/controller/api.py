@@ -21,7 +21,6 @@ from edgefleet.controller.records import (
     DeviceView,
     ModelVersion,
     Release,
-    RolloutPage,
     RolloutRecord,
     SigningKey,
     Started,
@@ -139,10 +138,12 @@ def strategy_to_pb(kind: str, s: Strategy) -> controller_pb2.RolloutStrategy:
 
 
 def rollout_info(
-    rec: RolloutRecord, history: Sequence[Transition] = ()
+    rec: RolloutRecord, history: Sequence[Transition] = (), *, device_limit: int = 0
 ) -> controller_pb2.RolloutInfo:
-    """The rollout's wire form: its devices in device id order, counted by state."""
+    """The rollout's wire form: ``device_limit`` of its devices (0 = all), in device id order,
+    and the count of each state over all of them."""
     r = rec.rollout
+    listed = r.targets[:device_limit] if device_limit > 0 else r.targets
     return controller_pb2.RolloutInfo(
         rollout_id=r.id,
         fleet=r.fleet,
@@ -163,7 +164,7 @@ def rollout_info(
                 reason=x.reason,
                 sent_at_ms=int(x.sent_at * 1000),
             )
-            for x in r.targets
+            for x in listed
         ],
         device_counts=Counter(x.state.value for x in r.targets),
         devices_total=len(r.targets),
@@ -179,19 +180,6 @@ def rollout_info(
             for h in history
         ],
     )
-
-
-def rollout_page_info(
-    page: RolloutPage, history: Sequence[Transition] = ()
-) -> controller_pb2.RolloutInfo:
-    """GetRollout's answer: the page's devices, every device counted, steps over them all."""
-    msg = rollout_info(page.record, history)
-    if page.record.kind != ROLLBACK:
-        msg.step_sizes[:] = list(page.steps)
-    msg.device_counts.clear()
-    msg.device_counts.update(page.counts)
-    msg.devices_total = page.total
-    return msg
 
 
 _PAGE_KIND = "devices/1"

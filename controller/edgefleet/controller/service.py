@@ -257,12 +257,10 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
         return serve(
             context,
             "GetRollout",
-            lambda: api.rollout_page_info(
-                self._rollouts.page(
-                    request.rollout_id,
-                    device_limit=min(request.device_limit or ROLLOUT_DEVICES, ROLLOUT_DEVICES),
-                ),
+            lambda: api.rollout_info(
+                self._rollouts.get(request.rollout_id),
                 self._rollouts.history(request.rollout_id),
+                device_limit=min(request.device_limit or ROLLOUT_DEVICES, ROLLOUT_DEVICES),
             ),
         )
 
