@@ -15,6 +15,9 @@ No thread per client: one thread drives every client through a selector (paho's 
 event loop: ``socket()``, ``loop_read()``, ``loop_write()``, ``want_write()``,
 ``loop_misc()``). Every paho call happens on that thread; other threads only read counters
 and call ``stop``.
+
+``SimFleets`` spreads a fleet over several such processes (10,000 devices: four of 2,500), each
+with its own connections, selector and CPU, and sums their counters.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ import contextlib
 import heapq
 import itertools
 import logging
+import multiprocessing
+import os
 import selectors
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -49,6 +55,7 @@ INSTALL_STEPS = (
 CONNECT_BATCH = 50  # new connections between two turns of the loop (the broker's backlog)
 MISC_EVERY_S = 1.0  # keepalive housekeeping for every client
 AGENT_VERSION = "simfleet"
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def _now_ms() -> int:
@@ -371,3 +378,172 @@ class SimFleet:
                     if dev.fd >= 0:
                         dev.client.loop_misc()
                         self._flush(dev)
+
+
+# --- several processes ----------------------------------------------------------------------
+
+REPORT_EVERY_S = 0.1  # how often a simulator process sends its counters to the parent
+DEVICES_PER_PROCESS = 2500  # the default share of one simulator process
+
+
+def _sum_counters(parts: Sequence[Counters]) -> Counters:
+    """The counters of several fleets as one: sums, the earliest first mark, the latest last."""
+    total = Counters()
+    for c in parts:
+        for name in ("connected", "subscribed", "desired", "stale", "rejected", "activated",
+                     "disconnected", "published"):  # fmt: skip
+            setattr(total, name, getattr(total, name) + getattr(c, name))
+        if c.first_desired_at and (
+            not total.first_desired_at or c.first_desired_at < total.first_desired_at
+        ):
+            total.first_desired_at = c.first_desired_at
+        total.last_desired_at = max(total.last_desired_at, c.last_desired_at)
+        total.last_activated_at = max(total.last_activated_at, c.last_activated_at)
+        total.errors.extend(c.errors[: max(0, 20 - len(total.errors))])
+    return total
+
+
+def _snapshot(c: Counters) -> dict[str, object]:
+    return {**{k: v for k, v in vars(c).items() if k != "errors"}, "errors": list(c.errors[:20])}
+
+
+def _serve_share(
+    conn: Connection,
+    host: str,
+    port: int,
+    fleet: str,
+    device_ids: list[str],
+    keys_pem: list[bytes],
+    step_delay_s: float,
+    telemetry: bool,
+) -> None:
+    """One simulator process: a ``SimFleet`` of its share of the devices, its counters sent to
+    the parent every ``REPORT_EVERY_S`` until the parent says stop (or goes away)."""
+    from edgefleet.common.signing import load_public_keys
+
+    trust = TrustStore(k for pem in keys_pem for k in load_public_keys(pem))
+    sim = SimFleet(
+        host, port, fleet, device_ids, trust, step_delay_s=step_delay_s, telemetry=telemetry
+    ).start()
+    try:
+        while not conn.poll(REPORT_EVERY_S):
+            conn.send(_snapshot(sim.counters))
+    except (EOFError, OSError):
+        pass
+    finally:
+        sim.stop()
+        with contextlib.suppress(OSError, BrokenPipeError):
+            conn.send(_snapshot(sim.counters))
+            conn.close()
+
+
+class SimFleets:
+    """``SimFleet`` spread over ``processes`` simulator processes (multiprocessing, spawned),
+    each holding its share of the MQTT connections on its own selector loop and CPU; the same
+    interface (``start``, ``wait_ready``, ``counters``, ``stop``). The counters are each
+    process's latest report (every ``REPORT_EVERY_S``), summed; their ``time.monotonic()``
+    marks compare across processes (one system clock)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        fleet: str,
+        device_ids: Sequence[str],
+        keys_pem: Sequence[bytes],
+        *,
+        processes: int = 0,
+        step_delay_s: float = 0.0,
+        telemetry: bool = True,
+    ) -> None:
+        ids = list(device_ids)
+        n = processes or max(1, -(-len(ids) // DEVICES_PER_PROCESS))
+        self._shares = [ids[i::n] for i in range(n)]
+        self._args = (host, port, fleet)
+        self._keys = list(keys_pem)
+        self._step_delay_s, self._telemetry = step_delay_s, telemetry
+        self._n = len(ids)
+        self._procs: list[multiprocessing.process.BaseProcess] = []
+        self._conns: list[Connection] = []
+        self._latest: list[Counters] = []
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def processes(self) -> int:
+        return len(self._shares)
+
+    def start(self) -> SimFleets:
+        ctx = multiprocessing.get_context("spawn")  # not fork: the parent holds gRPC channels
+        for share in self._shares:
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(
+                target=_serve_share,
+                args=(
+                    theirs,
+                    *self._args,
+                    share,
+                    self._keys,
+                    self._step_delay_s,
+                    self._telemetry,
+                ),
+                name="simfleet",
+                daemon=True,
+            )
+            proc.start()
+            theirs.close()
+            self._procs.append(proc)
+            self._conns.append(ours)
+            self._latest.append(Counters())
+        return self
+
+    @property
+    def counters(self) -> Counters:
+        """Every process's latest counters, summed (reads what they have sent so far)."""
+        for i, conn in enumerate(self._conns):
+            try:
+                while conn.poll():
+                    got = conn.recv()
+                    self._latest[i] = Counters(**got)
+            except (EOFError, OSError):
+                continue
+        return _sum_counters(self._latest)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the simulator processes so far (from ``/proc``)."""
+        total = 0.0
+        for proc in self._procs:
+            with contextlib.suppress(OSError, TypeError):
+                with open(f"/proc/{proc.pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        return total
+
+    def wait(self, probe: Callable[[Counters], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if probe(self.counters):
+                return True
+            if not all(p.is_alive() for p in self._procs):
+                return probe(self.counters)
+            time.sleep(0.05)
+        return probe(self.counters)
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Every device of every process connected and subscribed to its desired topic."""
+        return self.wait(lambda c: c.subscribed >= self._n, timeout)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for conn in self._conns:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                conn.send("stop")
+        deadline = time.monotonic() + timeout
+        for proc in self._procs:
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        self.counters  # noqa: B018  (the final reports)
+        for conn in self._conns:
+            conn.close()

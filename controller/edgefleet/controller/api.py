@@ -21,6 +21,7 @@ from edgefleet.controller.records import (
     DeviceView,
     ModelVersion,
     Release,
+    RolloutPage,
     RolloutRecord,
     SigningKey,
     Started,
@@ -138,12 +139,10 @@ def strategy_to_pb(kind: str, s: Strategy) -> controller_pb2.RolloutStrategy:
 
 
 def rollout_info(
-    rec: RolloutRecord, history: Sequence[Transition] = (), *, device_limit: int = 0
+    rec: RolloutRecord, history: Sequence[Transition] = ()
 ) -> controller_pb2.RolloutInfo:
-    """The rollout's wire form: ``device_limit`` of its devices (0 = all), in device id order,
-    and the count of each state over all of them."""
+    """The rollout's wire form: its devices in device id order, counted by state."""
     r = rec.rollout
-    listed = r.targets[:device_limit] if device_limit > 0 else r.targets
     return controller_pb2.RolloutInfo(
         rollout_id=r.id,
         fleet=r.fleet,
@@ -164,7 +163,7 @@ def rollout_info(
                 reason=x.reason,
                 sent_at_ms=int(x.sent_at * 1000),
             )
-            for x in listed
+            for x in r.targets
         ],
         device_counts=Counter(x.state.value for x in r.targets),
         devices_total=len(r.targets),
@@ -180,6 +179,19 @@ def rollout_info(
             for h in history
         ],
     )
+
+
+def rollout_page_info(
+    page: RolloutPage, history: Sequence[Transition] = ()
+) -> controller_pb2.RolloutInfo:
+    """GetRollout's answer: the page's devices, every device counted, steps over them all."""
+    msg = rollout_info(page.record, history)
+    if page.record.kind != ROLLBACK:
+        msg.step_sizes[:] = list(page.steps)
+    msg.device_counts.clear()
+    msg.device_counts.update(page.counts)
+    msg.devices_total = page.total
+    return msg
 
 
 _PAGE_KIND = "devices/1"

@@ -101,8 +101,7 @@ class DeviceStore:
                 _apply(session, rows, item, now_ms=now)
                 if isinstance(item.report, t.DeviceEvent):
                     event_devices.add(item.report.device_id)
-            for device_id in event_devices:
-                devicerows.trim_events(session, device_id, keep=self._keep)
+            devicerows.trim_events_of(session, event_devices, keep=self._keep)
 
     def _refusal(self, report: Report, registry: dict[str, tuple[str, str]]) -> str:
         """Why ``report`` must change nothing ("" = it may): the registry's word beats the

@@ -129,6 +129,16 @@ class RolloutRecord:
 
 
 @dataclass(frozen=True)
+class RolloutPage:
+    """A rollout as GetRollout shows it: its first targets only, every target counted."""
+
+    record: RolloutRecord  # its rollout's targets: the first ``device_limit``, by device id
+    counts: Mapping[str, int]  # every target, by state
+    total: int  # targets in all
+    steps: tuple[int, ...]  # cumulative device counts per step, over all targets
+
+
+@dataclass(frozen=True)
 class Started:
     """What a deploy or a fleet rollback did at once."""
 

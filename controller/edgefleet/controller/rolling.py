@@ -19,7 +19,13 @@ from dataclasses import replace
 
 from edgefleet.common.errors import NotFoundError, PermanentError
 from edgefleet.controller.errors import FleetBusyError, RolloutStateError
-from edgefleet.controller.records import ROLLBACK, DeployTarget, RolloutRecord, Started
+from edgefleet.controller.records import (
+    ROLLBACK,
+    DeployTarget,
+    RolloutPage,
+    RolloutRecord,
+    Started,
+)
 from edgefleet.controller.rollouts import engine
 from edgefleet.controller.rollouts.engine import DeviceState, RolloutPhase, SendDesired
 from edgefleet.controller.rollouts.history import Transition, transitions
@@ -62,6 +68,10 @@ class Rollouts:
 
     def get(self, rollout_id: str) -> RolloutRecord:
         return self._store.load(rollout_id)
+
+    def page(self, rollout_id: str, *, device_limit: int) -> RolloutPage:
+        """The rollout with its first ``device_limit`` devices and all of them counted."""
+        return self._store.page(rollout_id, device_limit=device_limit)
 
     def history(self, rollout_id: str) -> tuple[Transition, ...]:
         """What happened to the rollout, oldest first (``rollouts.history``)."""

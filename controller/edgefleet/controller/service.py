@@ -257,10 +257,12 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
         return serve(
             context,
             "GetRollout",
-            lambda: api.rollout_info(
-                self._rollouts.get(request.rollout_id),
+            lambda: api.rollout_page_info(
+                self._rollouts.page(
+                    request.rollout_id,
+                    device_limit=min(request.device_limit or ROLLOUT_DEVICES, ROLLOUT_DEVICES),
+                ),
                 self._rollouts.history(request.rollout_id),
-                device_limit=min(request.device_limit or ROLLOUT_DEVICES, ROLLOUT_DEVICES),
             ),
         )
 
