@@ -23,7 +23,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from edgefleet.common import oci
 from edgefleet.common.errors import NotFoundError
 from edgefleet.common.types import ReleaseRef
 from edgefleet.edgectl import output, shell
@@ -100,6 +99,8 @@ def export(
     is verified after the download; the same release always gives the same manifest digest.
     """
     info = _find(ctx, release)
+    from edgefleet.common import oci  # urllib.request: not for --help
+
     back = _export(ctx, info, oci_dir, tag=oci.sanitize_tag(info.version), quiet=as_json)
     if as_json:
         output.print_json(
@@ -140,7 +141,7 @@ def push(
     image (built on the controller host; run this there) goes to REPO/container:VERSION,
     where devices given oci://HOST[:PORT]/REPO pull it.
     """
-    from edgefleet.common import wire
+    from edgefleet.common import oci, wire
     from edgefleet.controller import images
     from edgefleet.controller import oci as layout
 
