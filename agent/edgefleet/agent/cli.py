@@ -97,9 +97,8 @@ RUN_FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
         "--insecure",
         "flag",
         bool,
-        "Plaintext to the controller and neighbours even when enrolled (a warning at start). "
-        "An agent that never enrolled has no certificate and is plaintext anyway (it says so "
-        "at start).",
+        "Plaintext gRPC to the controller and neighbours (a warning at start). Without it the "
+        "agent must be enrolled (`edge-agent enroll`: mTLS) and refuses to start otherwise.",
     ),
     ("--metrics-port", "value", int, "Prometheus /metrics port (0: any free port, -1: off)."),
     ("--trusted-key", "append", Path, "PEM public key to trust (repeatable; at least one)."),
@@ -284,7 +283,22 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     context = _Context(device=settings.device.device_id, fleet=settings.device.fleet)
     for handler in logging.getLogger().handlers:
         handler.addFilter(context)
+    if not settings.insecure and not _enrolled(settings):
+        print(
+            f"edge-agent: not enrolled (no certificate in {settings.data_dir / 'identity'}): "
+            "run `edge-agent enroll --controller HOST:PORT --ca-file CA.pem --token-file FILE` "
+            "first (mTLS), or pass --insecure for plaintext gRPC",
+            file=sys.stderr,
+        )
+        return 2
     return _serve(settings)
+
+
+def _enrolled(settings: AgentSettings) -> bool:
+    """Whether the data dir holds a device identity (``edge-agent enroll`` made it)."""
+    from edgefleet.agent.identity import IdentityFiles
+
+    return IdentityFiles.in_data_dir(settings.data_dir).exists()
 
 
 def enroll(args: argparse.Namespace, env: Mapping[str, str]) -> int:
