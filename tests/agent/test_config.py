@@ -111,3 +111,16 @@ def test_the_password_file_goes_into_every_node_of_a_cluster(tmp_path: Path) -> 
         config._check_password_file(
             config.MqttSettings(url="mqtt://dev@a,mqtt://b", password_file=secret)
         )
+
+
+def test_cli_refuses_an_unenrolled_agent_without_insecure(tmp_path: Path, key: Path) -> None:
+    """mTLS is the default: no identity in the data dir and no --insecure, no start (exit 2,
+    saying what to do: enroll, or --insecure for plaintext)."""
+    data = tmp_path / "d"
+    args = ["run", "--device-id", "dev-1", "--fleet", "f", "--data-dir", str(data),
+            "--trusted-key", str(key), "--mqtt", "mqtt://127.0.0.1:1"]  # fmt: skip
+    result = invoke(args)
+    assert result.exit_code == 2
+    assert "not enrolled" in result.stderr and "edge-agent enroll" in result.stderr
+    assert "--insecure" in result.stderr
+    assert not (data / "agent.json").exists()

@@ -66,6 +66,14 @@ def test_no_secret_is_on_the_command_line() -> None:
     assert "EDGEFLEET_AGENT_MQTT_PASSWORD_FILE=%d/mqtt-password" in s["Environment"]
 
 
+def test_production_runs_mtls() -> None:
+    """The unit never asks for plaintext: the device is enrolled (edge-agent enroll) first."""
+    [exec_start] = service()["ExecStart"]
+    assert "--insecure" not in exec_start
+    config_file = ROOT / "deploy" / "agent.example.toml"
+    assert "insecure" not in config_file.read_text()
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")
 def test_systemd_accepts_every_setting(tmp_path: Path) -> None:
     # the real ExecStart names a path that exists on a device only

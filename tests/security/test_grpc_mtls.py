@@ -437,13 +437,13 @@ def test_edge_agent_run_enrolled_is_mtls_and_insecure_says_so(
 
 
 def test_edge_controller_run_tls_serves_mtls_and_says_where(tmp_path: Path, broker: Broker) -> None:
-    """The real ``edge-controller run --tls --enroll-listen`` process: controller.json names
-    the enrollment listener, a caller without a certificate gets no blob; the help text
-    documents the options of both commands."""
+    """The real ``edge-controller run --enroll-listen`` process, mTLS by default (no --tls
+    given): controller.json names the enrollment listener, a caller without a certificate gets
+    no blob; the help text documents the options of both commands."""
     data = tmp_path / "data"
     port, enroll_port, api = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "edgefleet.controller", "run", "--data-dir", str(data),
-           "--grpc", f"127.0.0.1:{port}", "--api", f"127.0.0.1:{api}", "--tls",
+           "--grpc", f"127.0.0.1:{port}", "--api", f"127.0.0.1:{api}",
            "--enroll-listen", f"127.0.0.1:{enroll_port}", "--mqtt", broker.url,
            "--mqtt-client-id", support.unique("cli")]  # fmt: skip
     env = {**os.environ, "EDGEFLEET_LOG_JSON": "0"}

@@ -119,8 +119,9 @@ class AgentSettings:
     """Events and telemetry the persisted outbox holds while the broker is out of reach;
     beyond it the oldest are dropped (counted in ``edgefleet_outbox_dropped_total``)."""
     insecure: bool = False
-    """Plaintext gRPC to the controller and neighbours even when enrolled (a warning at start);
-    not enrolled: plaintext regardless."""
+    """Plaintext gRPC to the controller and neighbours even when enrolled (a warning at start).
+    ``edge-agent run`` refuses an unenrolled agent without it; in-process (``Agent``) an
+    unenrolled agent is plaintext regardless."""
     containers: bool = True
     """Run container releases where the local dockerd answers at start (off: in-process
     releases only; Docker is never asked and ``container`` is not among the runtimes)."""

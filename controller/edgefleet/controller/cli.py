@@ -62,25 +62,25 @@ def run(
         str,
         typer.Option(
             help="HOST:PORT devices reach: ArtifactService (blobs), certificate renewal and "
-            "health (with --tls: mTLS, a device certificate of the fleet CA required; "
-            "without: plaintext, enrollment too)."
+            "health (mTLS: a device certificate of the fleet CA required; with --insecure: "
+            "plaintext, enrollment too)."
         ),
     ] = "127.0.0.1:50051",
     tls: Annotated[
-        bool | None,
+        bool,
         typer.Option(
             "--tls/--insecure",
-            help="--tls: the devices' port is mTLS (only enrolled, unrevoked devices fetch) and "
-            "enrollment is TLS on --enroll-listen. --insecure (today's default when neither "
-            "is given): all of it plaintext, with a warning at start.",
+            help="--tls (the default): the devices' port is mTLS (only enrolled, unrevoked "
+            "devices fetch) and enrollment is TLS on --enroll-listen. --insecure: all of it "
+            "plaintext, with a warning at start (for tests and trials only).",
             show_default=False,
         ),
-    ] = None,
+    ] = True,
     enroll_listen: Annotated[
         str,
         typer.Option(
-            help="HOST:PORT where devices without a certificate enroll with a token (--tls "
-            "only; TLS with the controller's certificate, no client certificate asked)."
+            help="HOST:PORT where devices without a certificate enroll with a token (TLS with "
+            "the controller's certificate, no client certificate asked; none with --insecure)."
         ),
     ] = "127.0.0.1:50053",
     api: Annotated[
@@ -221,7 +221,7 @@ def run(
             bind=grpc,
             advertise=advertise,
             extra_sources=sources,
-            tls=bool(tls),
+            tls=tls,
             enroll_bind=enroll_listen,
         ),
         api=ApiSettings(bind=api),
