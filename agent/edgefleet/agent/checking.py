@@ -93,6 +93,22 @@ def output_problems(
     if golden is None:
         _, smoke_outputs, _ = smoke_feed(runtime)  # none accepted: not judged (see examine)
         return list(g.nonfinite(smoke_outputs).values())
+    if golden.steps:  # the feeds layout: each feed judged on its own
+        problems: list[str] = []
+        for i, (inputs, expected) in enumerate(golden.steps):
+            try:
+                outputs = runtime.predict(dict(inputs))
+            except EdgeFleetError as exc:
+                return [f"golden inference failed on feed {i}: {exc}"]
+            found = g.compare(
+                expected,
+                outputs,
+                max_abs_error=policy.golden_max_abs_error,
+                min_agreement=policy.golden_min_agreement,
+                tolerances=golden.tolerances,
+            )
+            problems += [f"feed {i}: {p}" for p in found]
+        return problems
     try:
         outputs = run_golden(runtime, golden)
     except EdgeFleetError as exc:
@@ -112,7 +128,7 @@ def single_feeds(runtime: ModelRuntime, golden: g.GoldenSet | None) -> list[dict
         feed, _, _ = smoke_feed(runtime)
         return [feed] if feed is not None else []
     firsts = [s.shape[0] for s in runtime.inputs if s.shape]
-    if golden.broadcast or all(d in (-1, 1) for d in firsts):
+    if golden.steps or golden.broadcast or all(d in (-1, 1) for d in firsts):
         return [golden.feed(i, i + 1) for i in range(min(golden.rows, TIMED_RUNS))]
     return [golden.feed(0, golden.rows)]
 

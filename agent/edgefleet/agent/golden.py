@@ -5,7 +5,10 @@ The blob (an ``.npz`` named in the signed manifest, fetched and verified like th
 ``expected/<output>`` arrays for some or all outputs. ``broadcast/<name>`` arrays are inputs
 given once and fed unchanged with every row (a scalar sample rate, a recurrent state): the rows
 then run one at a time and the expected outputs are the runs' outputs joined on the first axis.
-``tolerance/<output>`` scalars are the max abs error the release allows that output.
+``tolerance/<output>`` scalars are the max abs error the release allows that output. Or the
+feeds layout (``edgefleet.common.feeds``): ``feedK/input/<name>`` and ``feedK/expected/<output>``
+for feeds 0, 1, ..., each in the model's own shapes (unbatched, scalars, any length), each run
+on its own and its outputs judged against its own expectations (``GoldenSet.steps``).
 ``compare`` is pure numpy: it says what is wrong with a run's outputs, in words for
 ``last_error``, and nothing when they pass.
 
@@ -33,7 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgefleet.common import npz
+from edgefleet.common import feeds, npz
 
 Array = npt.NDArray[Any]
 INPUT = "input/"
@@ -52,13 +55,20 @@ class GoldenSet:
     expected: Mapping[str, Array]
     broadcast: Mapping[str, Array] = field(default_factory=dict)
     tolerances: Mapping[str, float] = field(default_factory=dict)
+    steps: tuple[tuple[Mapping[str, Array], Mapping[str, Array]], ...] = ()
+    """The feeds layout: (inputs, expected outputs) of each feed, run one at a time."""
 
     @property
     def rows(self) -> int:
+        if self.steps:
+            return len(self.steps)
         return int(next(iter(self.inputs.values())).shape[0])
 
     def feed(self, start: int, stop: int) -> dict[str, Array]:
-        """Rows ``start:stop`` of every input, and the broadcast inputs whole."""
+        """Rows ``start:stop`` of every input, and the broadcast inputs whole (the feeds
+        layout: feed ``start``, one at a time)."""
+        if self.steps:
+            return dict(self.steps[start][0])
         return {name: a[start:stop] for name, a in self.inputs.items()} | dict(self.broadcast)
 
 
@@ -68,6 +78,8 @@ def parse(data: bytes) -> GoldenSet:
         arrays = npz.read(data)  # sizes checked against the archive before anything is made
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise GoldenDataError(f"golden data is not a readable .npz file: {exc}") from exc
+    if feeds.is_feeds(arrays):
+        return _parse_feeds(arrays)
     inputs = {k.removeprefix(INPUT): v for k, v in arrays.items() if k.startswith(INPUT)}
     expected = {k.removeprefix(EXPECTED): v for k, v in arrays.items() if k.startswith(EXPECTED)}
     shared = {k.removeprefix(BROADCAST): v for k, v in arrays.items() if k.startswith(BROADCAST)}
@@ -87,6 +99,31 @@ def parse(data: bytes) -> GoldenSet:
             + ", ".join(f"{k}{list(v.shape)}" for k, v in arrays.items())
         )
     return GoldenSet(inputs, expected, shared, tolerances)
+
+
+def _parse_feeds(arrays: Mapping[str, Array]) -> GoldenSet:
+    try:
+        steps, rest = feeds.split(arrays)
+    except feeds.FeedsError as exc:
+        raise GoldenDataError(f"golden data: {exc}") from exc
+    tolerances: dict[str, float] = {}
+    for key, value in rest.items():
+        if not key.startswith(TOLERANCE):
+            raise GoldenDataError(f"golden array {key!r} is outside any feed")
+        if value.ndim != 0 or value.dtype.kind != "f" or not float(value) >= 0:
+            raise GoldenDataError(f"golden {key!r} is not a non-negative float scalar")
+        tolerances[key.removeprefix(TOLERANCE)] = float(value)
+    parsed = []
+    for i, step in enumerate(steps):
+        ins = {k.removeprefix(INPUT): v for k, v in step.items() if k.startswith(INPUT)}
+        want = {k.removeprefix(EXPECTED): v for k, v in step.items() if k.startswith(EXPECTED)}
+        if not ins or len(ins) + len(want) != len(step):
+            raise GoldenDataError(
+                f"golden feed{i}/ must hold input/<name> (and expected/<output>) arrays, got "
+                + ", ".join(sorted(step))
+            )
+        parsed.append((ins, want))
+    return GoldenSet(parsed[0][0], {}, {}, tolerances, tuple(parsed))
 
 
 def load(path: Path) -> GoldenSet:

@@ -12,6 +12,12 @@ computes the missing expected outputs by running the model in ONNX Runtime, and 
 normalized ``.npz`` (``input/<name>`` and ``expected/<output>``, sorted, fixed timestamps, so the
 same data gives the same digest) that devices check the release against.
 
+Or the feeds layout (``edgefleet.common.feeds``): ``feedK/<input>`` (or ``feedK/input/<name>``)
+and optional ``feedK/expected/<output>`` for feeds 0, 1, ..., each in the model's own shapes
+(unbatched inputs, scalars, a different length per feed: no shared rows), ``tolerance/<output>``
+outside the feeds; normalized to ``feedK/input/<name>`` and ``feedK/expected/<output>``, every
+feed run on its own (``normalize_feeds``).
+
 Pure apart from ONNX Runtime, which runs in this process on the CPU. The controller calls
 ``normalize_isolated``: the whole normalization in a sandbox process (``sandbox``), so that a
 user's model never runs in the controller itself.
@@ -28,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from edgefleet.common import externaldata, wire
+from edgefleet.common import externaldata, feeds, wire
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.common.types import TensorSpec
 from edgefleet.controller.sandbox import Sandbox
@@ -209,6 +215,8 @@ def normalize(
 ) -> bytes:
     """Checked, completed golden data as the normalized ``.npz`` bytes devices receive."""
     arrays = read(data)
+    if feeds.is_feeds(arrays):
+        return normalize_feeds(arrays, model=model, inputs=inputs, outputs=outputs)
     given, expected = split(arrays, inputs, outputs)
     shared, tolerances = extras(arrays, inputs, outputs)
     per_row = [s for s in inputs if s.name not in shared]
@@ -244,6 +252,72 @@ def normalize(
     out |= {f"{EXPECTED}{k}": v for k, v in (expected | computed).items()}
     out |= {f"{TOLERANCE}{k}": np.asarray(v, np.float64) for k, v in tolerances.items()}
     return to_npz(out)
+
+
+def normalize_feeds(
+    arrays: Mapping[str, Array],
+    *,
+    model: bytes,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+) -> bytes:
+    """``normalize`` for the feeds layout: each feed checked against the signature whole (no
+    rows), its missing expected outputs computed by running it alone."""
+    try:
+        steps, rest = feeds.split(arrays)
+    except feeds.FeedsError as exc:
+        raise InvalidInputError(f"golden data: {exc}") from exc
+    outside = [k for k in rest if not k.startswith(TOLERANCE)]
+    if outside:
+        raise InvalidInputError(
+            f"golden data in the feeds layout holds arrays outside any feed: {sorted(outside)} "
+            "(only tolerance/<output> may be)"
+        )
+    _, tolerances = extras(rest, inputs, outputs)
+    by_name = {s.name: s for s in outputs}
+    out: dict[str, Array] = {}
+    numeric = [s.name for s in outputs if _numeric(s.dtype)]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own classes, all plain Exceptions
+        raise InvalidInputError(f"the model does not load: {exc}") from exc
+    for i, step in enumerate(steps):
+        given, expected = split(step, inputs, outputs)
+        for spec in inputs:
+            _check_whole(f"feed{i} input", given[spec.name], spec)
+        for name, value in expected.items():
+            _check_whole(f"feed{i} expected output", value, by_name[name])
+        missing = [name for name in numeric if name not in expected]
+        try:
+            runs = session.run(missing, dict(given)) if missing else []
+        except Exception as exc:  # ORT raises its own classes, all plain Exceptions
+            raise InvalidInputError(f"the model fails on golden feed{i}: {exc}") from exc
+        computed = {name: np.asarray(r) for name, r in zip(missing, runs, strict=True)}
+        for name, value in computed.items():
+            if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
+                raise InvalidInputError(
+                    f"the model outputs NaN or infinity in {name!r} for golden feed{i}; "
+                    "devices would refuse the release"
+                )
+        out |= {feeds.key(i, f"{INPUT}{k}"): v for k, v in given.items()}
+        out |= {feeds.key(i, f"{EXPECTED}{k}"): v for k, v in (expected | computed).items()}
+    out |= {f"{TOLERANCE}{k}": np.asarray(v, np.float64) for k, v in tolerances.items()}
+    return to_npz(out)
+
+
+def _check_whole(what: str, a: Array, spec: TensorSpec) -> None:
+    """``a`` must be ``spec``'s dtype and its whole shape (dynamic dimensions any size)."""
+    fits = not spec.shape or (
+        a.ndim == len(spec.shape)
+        and all(d < 0 or n == d for n, d in zip(a.shape, spec.shape, strict=True))
+    )
+    if not fits or (_numeric(spec.dtype) and a.dtype != np.dtype(spec.dtype)):
+        raise InvalidInputError(
+            f"golden {what} {spec.name!r} is {a.dtype.name}{list(a.shape)}; the model has "
+            f"{spec.describe()}"
+        )
 
 
 def _normalize_embedded(
@@ -290,6 +364,12 @@ def to_npz(arrays: Mapping[str, Array]) -> bytes:
 def summary(data: bytes) -> str:
     """``64 rows; inputs pixels; expected label, probabilities`` for logs."""
     arrays = read(data)
+    if feeds.is_feeds(arrays):
+        steps, _ = feeds.split(arrays)
+        first = steps[0]
+        ins = ", ".join(sorted(k.removeprefix(INPUT) for k in first if k.startswith(INPUT)))
+        outs = ", ".join(sorted(k.removeprefix(EXPECTED) for k in first if k.startswith(EXPECTED)))
+        return f"{len(steps)} feeds; inputs {ins}; expected {outs or 'none'}"
     names = sorted(arrays)
     rows = next(v for k, v in arrays.items() if k.startswith(INPUT)).shape[0]
     ins = ", ".join(n.removeprefix(INPUT) for n in names if n.startswith(INPUT))

@@ -18,7 +18,10 @@ check would tell little); the search attaches golden data automatically only the
 
 The ``.npz`` (``to_npz``): ``input/<name>`` (rows first), ``broadcast/<name>`` (inputs fed
 unchanged with every row), ``output/<name>``, ``tolerance/<output>`` (max abs error that output
-may show on a device) and ``tolerance`` (the largest of them).
+may show on a device) and ``tolerance`` (the largest of them). An eval set in the feeds layout
+(``edgefleet.common.feeds``) gives golden data in that layout: its first feeds as they are
+(with ``--carry``, the states the original passed along), ``feedK/input/<name>`` and
+``feedK/expected/<output>``, each feed run alone on a device.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from edgefleet.common import feeds
 
 from . import graphs
 from .evaluating import EvalSet
@@ -66,15 +71,22 @@ class Golden:
     broadcast: dict[str, Array] = field(default_factory=dict)
     holds: bool = True
     note: str = ""
+    steps: tuple[tuple[dict[str, Array], dict[str, Array]], ...] = ()  # feeds: (inputs, outputs)
 
     @property
     def rows(self) -> int:
+        if self.steps:
+            return len(self.steps)
         return len(next(iter(self.inputs.values())))
 
     def to_npz(self) -> bytes:
-        """``input/``, ``broadcast/``, ``output/``, ``tolerance/`` arrays and ``tolerance``."""
+        """``input/``, ``broadcast/``, ``output/``, ``tolerance/`` arrays and ``tolerance``;
+        feeds: ``feedK/input/``, ``feedK/expected/`` instead of the first three."""
         buf = io.BytesIO()
         arrays = {f"input/{k}": v for k, v in self.inputs.items()}
+        for i, (ins, outs) in enumerate(self.steps):
+            arrays |= {feeds.key(i, f"input/{k}"): v for k, v in ins.items()}
+            arrays |= {feeds.key(i, f"expected/{k}"): v for k, v in outs.items()}
         arrays |= {f"broadcast/{k}": v for k, v in self.broadcast.items()}
         arrays |= {f"output/{k}": v for k, v in self.outputs.items()}
         arrays |= {f"tolerance/{k}": np.asarray(v, np.float64) for k, v in self.tolerances.items()}
@@ -84,6 +96,8 @@ class Golden:
 
 def golden_for(original: bytes, compressed: bytes, eval_set: EvalSet, *, count: int = 8) -> Golden:
     """Golden rows for ``compressed``, its own outputs, and tolerances that hold on devices."""
+    if eval_set.per_feed:
+        return _golden_feeds(compressed, eval_set, count=count)
     pool, shared = _pool(eval_set)
     feed = pool | shared
     names = [o.name for o in graphs.session(compressed).get_outputs()]
@@ -133,6 +147,66 @@ def golden_for(original: bytes, compressed: bytes, eval_set: EvalSet, *, count: 
         not problems,
         note,
     )
+
+
+def _golden_feeds(compressed: bytes, eval_set: EvalSet, *, count: int) -> Golden:
+    """The first ``count`` feeds, each run alone (as a device runs them), the compressed
+    model's outputs as expectations and tolerances from the spread across thread counts."""
+    steps = [dict(b) for b in eval_set.batches[:count]]
+    names = [o.name for o in graphs.session(compressed).get_outputs()]
+    expected = [_run_alone(compressed, step, names) for step in steps]
+    runs = [[_run_alone(compressed, step, names, threads=t) for step in steps] for t in _THREADS]
+    floor_share = 1e-2 if graphs.ops(graphs.load(compressed)) & _QUANTIZED_OPS else 1e-3
+    tolerances: dict[str, float] = {}
+    problems: list[str] = []
+    for i, name in enumerate(names):
+        wants = [e[i] for e in expected]
+        if wants[0].dtype.kind not in "fc":
+            if any(not np.array_equal(r[k][i], w) for r in runs for k, w in enumerate(wants)):
+                problems.append(f"integer output {name!r} differs between runs")
+            continue
+        peak = max((float(np.abs(w).max()) for w in wants if w.size), default=0.0)
+        spread = max(
+            (
+                float(np.abs(r[k][i].astype(np.float64) - w).max())
+                for r in runs
+                for k, w in enumerate(wants)
+                if w.size
+            ),
+            default=0.0,
+        )
+        tolerance = max(1e-4, floor_share * peak, SPREAD_FACTOR * spread)
+        tolerances[name] = tolerance
+        if peak > 0 and tolerance > MAX_RELATIVE_TOLERANCE * peak:
+            problems.append(
+                f"{name!r} needs a tolerance of {tolerance:.3g}, over "
+                f"{MAX_RELATIVE_TOLERANCE:.0%} of its largest value {peak:.3g}"
+            )
+    spread_text = ", ".join(f"{k} {v:.3g}" for k, v in tolerances.items()) or "none"
+    note = (
+        "; ".join(problems)
+        if problems
+        else f"{len(steps)} feeds from the winner itself; tolerances {spread_text}"
+    )
+    return Golden(
+        {},
+        {},
+        max(tolerances.values(), default=0.0),
+        tolerances,
+        holds=not problems,
+        note=note,
+        steps=tuple(
+            (step, dict(zip(names, outs, strict=True)))
+            for step, outs in zip(steps, expected, strict=True)
+        ),
+    )
+
+
+def _run_alone(
+    model: bytes, feed: Mapping[str, Array], names: Sequence[str], *, threads: int = 1
+) -> list[Array]:
+    sess = graphs.session(model, threads=threads)
+    return [np.asarray(a) for a in sess.run(list(names), dict(feed))]
 
 
 def _pool(eval_set: EvalSet) -> tuple[dict[str, Array], dict[str, Array]]:

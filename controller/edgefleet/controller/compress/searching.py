@@ -282,8 +282,9 @@ def _prepare(
     if calibration is not None:
         evaluating.validate(model, cal, what="calibration")
     first = eval_set.batches[0]
-    feed = {
-        k: v if k in eval_set.broadcast else v[: settings.timing_batch] for k, v in first.items()
+    feed = {  # a feed of the feeds layout is timed as it is: it has no batch axis
+        k: v if k in eval_set.broadcast or eval_set.per_feed else v[: settings.timing_batch]
+        for k, v in first.items()
     }
 
     def passes_gate(candidate: bytes) -> bool:
