@@ -105,7 +105,9 @@ def create(
             "--golden",
             help="An .npz of golden inputs (named as the model's inputs, or input/NAME) and "
             "optional expected outputs (expected/OUTPUT); missing expectations are computed "
-            "from the model. Devices check the release against it before and after activation.",
+            "from the model. Or feeds in the model's own shapes (feed0/NAME, feed1/NAME, ..., "
+            "scalars allowed; optional feedK/expected/OUTPUT), each run alone. At most 32 MiB. "
+            "Devices check the release against it before and after activation.",
             exists=True,
             dir_okay=False,
             readable=True,
