@@ -155,3 +155,23 @@ def test_the_batched_layout_still_loads_and_a_carry_runs_its_samples_in_order() 
     )
     ev = load_eval_set(data, model=stateful(), carry=CARRY)
     assert len(ev.batches) == 6 and float(ev.batches[5]["state"].max()) == 5.0  # +1 a step
+
+
+def test_static_quantization_calibrates_on_feeds_of_different_lengths() -> None:
+    from edgefleet.controller.compress.golden import GoldenMode
+    from edgefleet.controller.compress.searching import Objective, search
+    from edgefleet.controller.compress.timing import LocalTimer
+
+    model = recurrent()
+    ev = load_eval_set(to_npz(feeds.join(stream(8, length=50))), model=model, carry=CARRY)
+    result = search(
+        model,
+        ev,
+        recipe="int8-static,int8-static-entropy",
+        max_drop=20,
+        objective=Objective.SIZE,
+        timer=LocalTimer(),
+        golden=GoldenMode.ALWAYS,
+    )
+    assert [c.verdict for c in result.candidates] == ["passes", "passes"], result.candidates
+    assert result.golden is not None and result.golden.rows == 8  # golden feeds, one per feed
