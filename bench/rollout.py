@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,7 @@ class Stack:
         self.broker_port = 0
         self.address = ""
         self.api = ""  # the operator API (ControllerService), with the admin token
+        self.metrics_port = 0
         self.channel: grpc.Channel | None = None
         self.stub: Any = None
 
@@ -178,6 +180,7 @@ class Stack:
         data.mkdir()
         self.address = f"127.0.0.1:{free_port()}"
         self.api = f"127.0.0.1:{free_port()}"
+        self.metrics_port = free_port()
         exe = Path(sys.executable).parent / "edge-controller"
         argv = [str(exe)] if exe.is_file() else [sys.executable, "-m", "edgefleet.controller"]
         argv += [
@@ -188,6 +191,7 @@ class Stack:
             "--mqtt", f"mqtt://127.0.0.1:{self.broker_port}",
             "--mqtt-client-id", "bench-controller",
             "--rollout-tick", str(self.tick_s),
+            "--metrics-port", str(self.metrics_port),
             "--insecure",  # its devices are simulated, not enrolled
         ]  # fmt: skip
         self.controller = self._spawn("controller", argv)
@@ -277,6 +281,27 @@ def all_devices(stub: Any) -> list[Any]:
             return out
 
 
+def timed(call: Any) -> tuple[float, Any]:
+    """Seconds one call took, and what it returned."""
+    t0 = time.perf_counter()
+    value = call()
+    return time.perf_counter() - t0, value
+
+
+def scrape(port: int) -> bytes:
+    """The controller's ``/metrics``."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxy
+    with direct.open(f"http://127.0.0.1:{port}/metrics", timeout=DEADLINE) as r:
+        return bytes(r.read())
+
+
+def dropped(metrics: bytes) -> int:
+    """Device messages the controller dropped (its ingest queue full), from ``/metrics``."""
+    name = b"edgefleet_controller_dropped_messages_total"
+    return int(sum(float(line.rsplit(b" ", 1)[1]) for line in metrics.splitlines()
+                   if line.startswith(name)))  # fmt: skip
+
+
 def measure(
     n: int,
     *,
@@ -342,6 +367,15 @@ def measure(
         for _ in range(10):
             stub.GetRollout(ref, timeout=DEADLINE)
         poll_cpu = (stack.controller_cpu() - c0) / 10
+        # What an operator's reads cost at this size: edgectl's first page, rollout status's
+        # GetRollout (1,000 devices listed, all counted) and a Prometheus scrape.
+        list_s, _ = timed(
+            lambda: stub.ListDevices(pb.ListDevicesRequest(fleet=FLEET), timeout=DEADLINE)
+        )
+        status_s, _ = timed(
+            lambda: stub.GetRollout(pb.RolloutRef(rollout_id=deployed.rollout_id), timeout=DEADLINE)
+        )
+        scrape_s, metrics = timed(lambda: scrape(stack.metrics_port))
         devices = all_devices(stub)
         active = sum(
             1
@@ -375,6 +409,11 @@ def measure(
             "disconnects": c.disconnected,
             "polls": polls,
             "poll_cpu_s_each": round(poll_cpu, 4),
+            "list_devices_page_s": round(list_s, 4),
+            "get_rollout_s": round(status_s, 4),
+            "metrics_scrape_s": round(scrape_s, 4),
+            "metrics_bytes": len(metrics),
+            "ingest_dropped": dropped(metrics),
             "broker_cpu_s": round(broker_cpu, 3),
             "simulator_cpu_s": round(own_cpu, 3),
             "simulator_processes": fleet.processes,
@@ -528,7 +567,10 @@ def main(argv: list[str] | None = None) -> bool:
                     return False
             console.log(
                 f"{n:,} devices: {record['phase']} in {record['seconds']:.2f}s, "
-                f"controller {record['controller_cpu_s']:.2f} CPU s"
+                f"controller {record['controller_cpu_s']:.2f} CPU s; after it, a ListDevices "
+                f"page {record['list_devices_page_s'] * 1000:.0f} ms, GetRollout "
+                f"{record['get_rollout_s'] * 1000:.0f} ms, /metrics "
+                f"{record['metrics_scrape_s'] * 1000:.0f} ms ({record['metrics_bytes']:,} bytes)"
             )
             records.append(record)
     base = next((r for r in records if r["devices"] == TARGET_DEVICES and r["succeeded"]), None)

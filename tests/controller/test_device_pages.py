@@ -6,7 +6,8 @@ other test's controller) registers more devices than one page holds. ``ListDevic
 for the next and the total; every device comes once, in order; a token the server did not give,
 or one given for another fleet, is INVALID_ARGUMENT. ``edgectl devices list`` shows the first
 page and says how many more there are; ``--all`` pages through every one. ``GetRollout`` lists
-``device_limit`` devices and counts every device by state.
+``device_limit`` devices and counts every device by state, and the newest device changes
+(every phase change).
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
 import grpc
 import pytest
 
+from edgefleet.controller.db import Database
+from edgefleet.controller.records import RolloutRecord
+from edgefleet.controller.rollouts import engine, strategy
+from edgefleet.controller.rollouts.engine import DeviceState, RolloutPhase
+from edgefleet.controller.rollouts.history import Kind, transitions
+from edgefleet.controller.rolloutstore import RolloutStore
 from edgefleet.demo.digits import TrainedModel
 from edgefleet.v1 import controller_pb2 as pb
 from tests.conftest import Broker, mosquitto_available
@@ -168,3 +177,39 @@ def test_get_rollout_lists_device_limit_devices_and_counts_them_all(
 
     every = ctl.stub.GetRollout(pb.RolloutRef(rollout_id=started.rollout_id))
     assert len(every.devices) == 5 and every.devices_total == 5
+
+
+def test_the_store_pages_a_rollout_and_bounds_its_device_changes(tmp_path: Path) -> None:
+    """``RolloutStore.page`` reads the first targets and counts all; ``history`` with
+    ``device_changes`` keeps every phase change but only the newest device changes."""
+    db = Database(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        db.create_schema()
+        store = RolloutStore(db)
+        ids = [f"d{i:02d}" for i in range(30)]
+        r = engine.start("ro-1", "f", "m:1", strategy.parse(), ids)
+        first = RolloutRecord(r, "all-at-once", 1, 1)
+        store.save(None, first, [], issued_at_ms=1, transitions=transitions(None, r, at_ms=1))
+        targets = tuple(
+            replace(x, state=DeviceState.SENT if i % 3 else DeviceState.HEALTHY, generation=1)
+            for i, x in enumerate(r.targets)
+        )
+        moved = replace(first, rollout=replace(r, targets=targets, phase=RolloutPhase.WAVE))
+        changes = transitions(r, moved.rollout, at_ms=2)
+        store.save(first, moved, [], issued_at_ms=2, transitions=changes)
+
+        page = store.page("ro-1", device_limit=4)
+        assert [x.device_id for x in page.record.rollout.targets] == ids[:4]
+        assert dict(page.counts) == {"healthy": 10, "sent": 20} and page.total == 30
+        assert page.steps == (30,)
+
+        every = store.history("ro-1")
+        assert sum(h.kind is Kind.DEVICE for h in every) == 30
+        bounded = store.history("ro-1", device_changes=5)
+        newest = [h.device_id for h in every if h.kind is Kind.DEVICE][-5:]
+        assert [h.device_id for h in bounded if h.kind is Kind.DEVICE] == newest
+        assert [h for h in bounded if h.kind is not Kind.DEVICE] == [
+            h for h in every if h.kind is not Kind.DEVICE
+        ]
+    finally:
+        db.dispose()

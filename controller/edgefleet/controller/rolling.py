@@ -73,9 +73,10 @@ class Rollouts:
         """The rollout with its first ``device_limit`` devices and all of them counted."""
         return self._store.page(rollout_id, device_limit=device_limit)
 
-    def history(self, rollout_id: str) -> tuple[Transition, ...]:
-        """What happened to the rollout, oldest first (``rollouts.history``)."""
-        return self._store.history(rollout_id)
+    def history(self, rollout_id: str, *, device_changes: int = 0) -> tuple[Transition, ...]:
+        """What happened to the rollout, oldest first (``rollouts.history``); ``device_changes``
+        > 0: only the newest that many device changes (phase changes and gates all)."""
+        return self._store.history(rollout_id, device_changes=device_changes)
 
     def list_rollouts(self, fleet: str = "", *, limit: int = 20) -> list[RolloutRecord]:
         return self._store.list_rollouts(fleet, limit=limit)
@@ -196,12 +197,15 @@ class Rollouts:
                 rows = self._due(rows, self._clock() if now is None else now)
             else:
                 self._lag_seen.clear()
+            # One seal per (rollout, fleet, issue time), not per device: each seal looks up
+            # the key and the release (10,000 lagging devices: a handful of lookups).
+            groups: dict[tuple[str, str, int], list[Order]] = {}
             for c in rows:
+                key = (c.rollout_id, c.fleet, c.issued_at_ms)
+                groups.setdefault(key, []).append(Order(c.device_id, c.release, c.generation))
+            for (rollout_id, fleet, issued_at_ms), orders in groups.items():
                 sealed, _ = self._sender.seal(
-                    [Order(c.device_id, c.release, c.generation)],
-                    rollout_id=c.rollout_id,
-                    fleet=c.fleet,
-                    issued_at_ms=c.issued_at_ms,
+                    orders, rollout_id=rollout_id, fleet=fleet, issued_at_ms=issued_at_ms
                 )
                 self._sender.publish(sealed)
         if rows:

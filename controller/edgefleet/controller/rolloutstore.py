@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from edgefleet.common.errors import NotFoundError
@@ -123,15 +123,22 @@ class RolloutStore:
         total = sum(counts.values())
         return RolloutPage(rec, counts, total, rec.rollout.strategy.steps(total))
 
-    def history(self, rollout_id: str) -> tuple[Transition, ...]:
+    def history(self, rollout_id: str, *, device_changes: int = 0) -> tuple[Transition, ...]:
         """The rollout's transitions, oldest first (plain rows, not ORM objects: a rollout of
-        1,000 devices has thousands, and followers poll it)."""
+        1,000 devices has thousands, and followers poll it). ``device_changes`` > 0: every
+        phase change and gate decision but only the newest that many device changes."""
         h = RolloutHistoryRow
-        stmt = (
-            select(h.at_ms, h.kind, h.device_id, h.old, h.new, h.message)
-            .where(h.rollout_id == rollout_id)
-            .order_by(h.id)
-        )
+        cols = (h.at_ms, h.kind, h.device_id, h.old, h.new, h.message)
+        stmt = select(*cols).where(h.rollout_id == rollout_id).order_by(h.id)
+        if device_changes > 0:
+            device = history.Kind.DEVICE.value
+            newest = (
+                select(h.id)
+                .where(h.rollout_id == rollout_id, h.kind == device)
+                .order_by(h.id.desc())
+                .limit(device_changes)
+            )
+            stmt = stmt.where(or_(h.kind != device, h.id.in_(newest.scalar_subquery())))
         with self._db.read() as session:
             return tuple(rolloutrows.transition(row) for row in session.execute(stmt))
 

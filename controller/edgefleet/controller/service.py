@@ -45,6 +45,7 @@ MAX_AUDIT = 5000
 DEFAULT_DEVICES = 500  # a ListDevices page
 MAX_DEVICES = 1000
 ROLLOUT_DEVICES = 1000  # GetRollout lists at most this many devices (counts cover all)
+ROLLOUT_CHANGES = 1000  # ... and the newest this many device changes (phases and gates all)
 
 
 def fail(context: grpc.ServicerContext, exc: EdgeFleetError) -> NoReturn:
@@ -262,7 +263,7 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
                     request.rollout_id,
                     device_limit=min(request.device_limit or ROLLOUT_DEVICES, ROLLOUT_DEVICES),
                 ),
-                self._rollouts.history(request.rollout_id),
+                self._rollouts.history(request.rollout_id, device_changes=ROLLOUT_CHANGES),
             ),
         )
 

@@ -965,7 +965,8 @@ class RolloutInfo(_message.Message):
     @_builtins.property
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutTransition]:
         """What happened, oldest first (GetRollout only; ListRollouts leaves it empty): phase
-        changes, gate decisions and device state changes, at most a few thousand per rollout.
+        changes, gate decisions and device state changes, at most a few thousand per rollout
+        (GetRollout: every phase change and gate decision, the newest 1,000 device changes).
         """
 
     @_builtins.property
