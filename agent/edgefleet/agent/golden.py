@@ -39,10 +39,8 @@ import numpy.typing as npt
 from edgefleet.common import feeds, npz
 
 Array = npt.NDArray[Any]
-INPUT = "input/"
-EXPECTED = "expected/"
-BROADCAST = "broadcast/"
-TOLERANCE = "tolerance/"
+INPUT, EXPECTED = feeds.INPUT, feeds.EXPECTED  # the layout: edgefleet.common.feeds
+BROADCAST, TOLERANCE = feeds.BROADCAST, feeds.TOLERANCE
 
 
 class GoldenDataError(ValueError):

@@ -40,8 +40,8 @@ from edgefleet.common.types import TensorSpec
 from edgefleet.controller.sandbox import Sandbox
 
 Array = npt.NDArray[Any]
-INPUT, EXPECTED = "input/", "expected/"
-BROADCAST, TOLERANCE = "broadcast/", "tolerance/"
+INPUT, EXPECTED = feeds.INPUT, feeds.EXPECTED  # the layout: edgefleet.common.feeds
+BROADCAST, TOLERANCE = feeds.BROADCAST, feeds.TOLERANCE
 MAX_GOLDEN_BYTES = 32 << 20
 
 

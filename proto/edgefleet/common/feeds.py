@@ -33,6 +33,15 @@ Array = npt.NDArray[Any]
 Feed = dict[str, Array]
 PREFIX = "feed"
 LABELS = "labels"
+"""Eval data: the labels (batched: ``labels``; feeds: ``feedK/labels``)."""
+INPUT = "input/"
+"""Golden data: an input (``input/<name>``; feeds: ``feedK/input/<name>``)."""
+EXPECTED = "expected/"
+"""Golden data: an output's expectation (``expected/<output>``, ``feedK/expected/<output>``)."""
+BROADCAST = "broadcast/"
+"""Batched layout: an input given once and fed with every sample (``broadcast/<name>``)."""
+TOLERANCE = "tolerance/"
+"""Golden data: an output's max abs error on devices (``tolerance/<output>``, a float scalar)."""
 _KEY = re.compile(r"^feed(0|[1-9][0-9]*)/(.+)$")
 
 

@@ -60,8 +60,8 @@ from edgefleet.common.errors import InvalidInputError
 from . import graphs
 from .graphs import Feed
 
-LABELS_KEY = "labels"
-BROADCAST = "broadcast/"
+LABELS_KEY = feeds_layout.LABELS  # the layout: edgefleet.common.feeds
+BROADCAST = feeds_layout.BROADCAST
 _NP_DTYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,

@@ -83,13 +83,15 @@ class Golden:
         """``input/``, ``broadcast/``, ``output/``, ``tolerance/`` arrays and ``tolerance``;
         feeds: ``feedK/input/``, ``feedK/expected/`` instead of the first three."""
         buf = io.BytesIO()
-        arrays = {f"input/{k}": v for k, v in self.inputs.items()}
+        arrays = {f"{feeds.INPUT}{k}": v for k, v in self.inputs.items()}
         for i, (ins, outs) in enumerate(self.steps):
-            arrays |= {feeds.key(i, f"input/{k}"): v for k, v in ins.items()}
-            arrays |= {feeds.key(i, f"expected/{k}"): v for k, v in outs.items()}
-        arrays |= {f"broadcast/{k}": v for k, v in self.broadcast.items()}
+            arrays |= {feeds.key(i, f"{feeds.INPUT}{k}"): v for k, v in ins.items()}
+            arrays |= {feeds.key(i, f"{feeds.EXPECTED}{k}"): v for k, v in outs.items()}
+        arrays |= {f"{feeds.BROADCAST}{k}": v for k, v in self.broadcast.items()}
         arrays |= {f"output/{k}": v for k, v in self.outputs.items()}
-        arrays |= {f"tolerance/{k}": np.asarray(v, np.float64) for k, v in self.tolerances.items()}
+        arrays |= {
+            f"{feeds.TOLERANCE}{k}": np.asarray(v, np.float64) for k, v in self.tolerances.items()
+        }
         np.savez_compressed(buf, tolerance=np.float64(self.tolerance), **arrays)  # type: ignore[arg-type]
         return buf.getvalue()
 
