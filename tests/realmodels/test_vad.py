@@ -98,3 +98,43 @@ def test_vad_compresses_with_broadcast_eval_data_and_deploys_with_and_without_go
         helpers.deploy(ctl, f"{name}:1.1.0", fleet)
         passed = helpers.event(ctl, agent.device_id, "health_check_passed", f"{name}:1.1.0")
         assert "3 golden rows pass" in passed
+
+
+@pytest.mark.slow
+def test_vad_compresses_over_a_stream_of_feeds_with_its_state_carried(
+    ctl: support.Running, broker: Broker, tmp_path: Path, silero: bytes
+) -> None:
+    """The feeds layout (each feed as the model takes it: input [1, 512], sr a scalar) and
+    ``--carry state=stateN``: the stream the model really sees, its state fed back."""
+    from edgefleet.common import feeds
+
+    name = support.unique("vad")
+    helpers.upload(ctl, name, silero)
+    chunks = audio(8)
+    steps = [{"input": chunks[i : i + 1], "sr": np.array(16000, np.int64)} for i in range(8)]
+    steps[0]["state"] = np.zeros((2, 1, 128), np.float32)
+    request = pb.CompressRequest(
+        name=name,
+        recipe="int8-dynamic,fp16",
+        eval_data=helpers.npz(**feeds.join(steps)),
+        carry=["state=stateN"],
+        max_accuracy_drop=5.0,
+        objective="size",
+        time_budget_s=120.0,
+        golden="always",
+    )
+    result = list(ctl.stub.CompressModel(request, timeout=helpers.DEADLINE))[-1].result
+    report = json.loads(result.report_json)
+    assert [c["candidate"] for c in report["candidates"]] == ["int8-dynamic", "fp16"]
+    assert all(c["verdict"] for c in report["candidates"])
+
+    whole = [dict(s) for s in steps[:3]]  # golden feeds are whole: each gives its state
+    for s in whole[1:]:
+        s["state"] = np.zeros((2, 1, 128), np.float32)
+    fleet = support.unique("fleet")
+    with real_agent(ctl, broker, tmp_path, fleet=fleet) as (agent, _endpoint):
+        golden = helpers.npz(**feeds.join(whole))
+        helpers.release(ctl, name, "1.2.0", model_version=1, golden=golden)
+        helpers.deploy(ctl, f"{name}:1.2.0", fleet)
+        passed = helpers.event(ctl, agent.device_id, "health_check_passed", f"{name}:1.2.0")
+        assert "3 golden rows pass" in passed
