@@ -26,21 +26,25 @@ bash deploy/docker/runtime-image.sh "$py"  # edgefleet/base:bookworm (cached)
 # 1. the broker, Prometheus and the registry, from Debian's packages
 build -t edgefleet/services:dev -f deploy/docker/services.Dockerfile deploy/docker
 
-# 2. the dependencies, pinned to what this checkout's venv runs (the whole closure, no extras)
+# 2. the dependencies, pinned to what this checkout's venv runs: the closure of edgefleet with
+#    the extras the controller and the (in-process) agents need
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 "$py" - >"$ctx/requirements.txt" <<'PY'
 from importlib.metadata import distribution
 from packaging.requirements import Requirement
+EXTRAS = ("controller", "cli", "cpu")
 seen, todo = {}, ["edgefleet"]
 while todo:
+    top = todo[-1] == "edgefleet"
     dist = distribution(todo.pop())
     for spec in dist.requires or []:
         req = Requirement(spec)
-        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+        extras = EXTRAS if top else ("",)
+        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in extras):
             continue
         name = req.name.lower().replace("_", "-")
-        if name not in seen:
+        if name != "edgefleet" and name not in seen:
             seen[name] = distribution(name).version
             todo.append(name)
 for name in sorted(seen):

@@ -42,10 +42,11 @@ class Stack:
 
     def __init__(self, tmp_path: Path) -> None:
         self.project = f"edgefleet-test-{os.getpid()}"
-        self.ports = {
-            name: free_port()
-            for name in ("GRPC", "API", "REGISTRY", "PROMETHEUS")  # EDGEFLEET_<NAME>_PORT
-        }
+        names = ("GRPC", "API", "REGISTRY", "PROMETHEUS")  # EDGEFLEET_<NAME>_PORT
+        ports: set[int] = set()
+        while len(ports) < len(names):  # four different ones (a port freed may come again)
+            ports.add(free_port())
+        self.ports = dict(zip(names, sorted(ports), strict=True))
         self.env = {**os.environ, **{f"EDGEFLEET_{k}_PORT": str(v) for k, v in self.ports.items()}}
         self.base = [*compose_command(), "-p", self.project, "-f", str(COMPOSE)]
         self.tmp = tmp_path
