@@ -383,6 +383,8 @@ class OperatorAuth(grpc.ServerInterceptor):  # type: ignore[type-arg]
             keep = [d for d in response.devices if operator.covers(d.fleet)]
             del response.devices[:]
             response.devices.extend(keep)
+            if call.method == "ListDevices" and not call.target.fleet:
+                response.total = 0  # it counted every fleet's devices: not for this operator
         elif call.method == "ListRollouts":
             keep = [r for r in response.rollouts if operator.covers(r.fleet)]
             del response.rollouts[:]

@@ -781,7 +781,7 @@ class ListDevicesResponse(_message.Message):
     next_page_token: _builtins.str
     """"" = this was the last page"""
     total: _builtins.int
-    """devices matching the request, all pages together"""
+    """devices matching, all pages together (0 for an operator scoped to"""
     @_builtins.property
     def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeviceInfo]: ...
     def __init__(
