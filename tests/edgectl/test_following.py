@@ -43,6 +43,17 @@ def test_reading_a_rollout(rollout: pb.RolloutInfo, finished: bool, ok: bool, fa
     assert following.failed_count(rollout) == failed
 
 
+def test_a_partly_listed_rollout_is_counted_from_device_counts() -> None:
+    """GetRollout of a big rollout lists its first devices; the counts cover them all."""
+    big = info("wave", ("healthy", ""), ("sent", ""))
+    big.devices_total = 10_000
+    big.device_counts.update({"healthy": 6_000, "sent": 3_990, "failed": 10})
+    assert following.partial(big) and following.total(big) == 10_000
+    assert following.count(big, "healthy") == 6_000
+    assert following.count(big, "healthy", "sent") == 9_990
+    assert following.failed_count(big) == 10
+
+
 @pytest.mark.parametrize(
     ("sizes", "step", "text"), [([], 0, "-"), ([1, 3], 0, "1/2"), ([1, 2, 4], 2, "3/3")]
 )
@@ -64,8 +75,11 @@ class FakeClient:
         phase = self.phases.pop(0) if len(self.phases) > 1 else self.phases[0]
         return info(phase, ("sent", ""), fleet="f")
 
-    def list_devices(self, fleet: str = "") -> list[pb.DeviceInfo]:
-        return [pb.DeviceInfo(device_id="d0", fleet=fleet), pb.DeviceInfo(device_id="other")]
+    def devices_page(
+        self, fleet: str = "", *, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListDevicesResponse:
+        devices = [pb.DeviceInfo(device_id="d0", fleet=fleet), pb.DeviceInfo(device_id="other")]
+        return pb.ListDevicesResponse(devices=devices, total=2)
 
 
 class Clock:

@@ -96,9 +96,18 @@ class FollowResult:
 
 
 def snapshot(client: ControllerClient, rollout_id: str) -> Snapshot:
+    """The rollout and what its listed devices last reported: the fleet's device pages (in id
+    order) only as far as the last listed device, not all 10,000 of a big fleet."""
     info = client.get_rollout(rollout_id)
     ids = {d.device_id for d in info.devices}
-    devices = {d.device_id: d for d in client.list_devices(info.fleet) if d.device_id in ids}
+    devices: dict[str, pb.DeviceInfo] = {}
+    token = ""
+    while ids:
+        page = client.devices_page(info.fleet, page_size=1000, page_token=token)
+        devices.update((d.device_id, d) for d in page.devices if d.device_id in ids)
+        token = page.next_page_token
+        if not token or len(devices) == len(ids) or page.devices[-1].device_id >= max(ids):
+            break
     return Snapshot(info, devices)
 
 
