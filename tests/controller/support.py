@@ -106,6 +106,22 @@ def trust(stub: controller_pb2_grpc.ControllerServiceStub) -> TrustStore:
     return TrustStore(k for info in keys for k in load_public_keys(info.public_key_pem.encode()))
 
 
+def all_devices(
+    stub: controller_pb2_grpc.ControllerServiceStub, fleet: str = "", *, timeout: float = 10.0
+) -> list[pb.DeviceInfo]:
+    """Every device of ``fleet`` (all fleets: ""), page after page: a listing of every fleet on
+    the session broker can hold more devices than one page."""
+    out: list[pb.DeviceInfo] = []
+    token = ""
+    while True:
+        request = pb.ListDevicesRequest(fleet=fleet, page_size=1000, page_token=token)
+        page = stub.ListDevices(request, timeout=timeout)
+        out.extend(page.devices)
+        token = page.next_page_token
+        if not token:
+            return out
+
+
 def eventually(probe: Callable[[], T | None], *, timeout: float = 10.0, what: str = "") -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

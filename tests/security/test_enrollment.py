@@ -457,11 +457,8 @@ def test_enrolled_agent_and_controller_meet_on_an_mtls_broker(tmp_path: Path, cl
         broker.proc.send_signal(signal.SIGHUP)  # Mosquitto rereads the ACL
         agent = Agent(agent_settings(mqtts, "cam-10", tmp_path / "agent", ctl.address))
         agent.start()
-        request = controller_pb2.ListDevicesRequest()
         support.eventually(
-            lambda: any(
-                d.device_id == "cam-10" for d in ctl.stub.ListDevices(request, timeout=10).devices
-            ),
+            lambda: any(d.device_id == "cam-10" for d in support.all_devices(ctl.stub)),
             timeout=20,
             what="cam-10's status at the controller over mTLS",
         )

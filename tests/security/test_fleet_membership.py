@@ -50,8 +50,7 @@ def _enroll(ctl: support.Running, device_id: str, fleet: str) -> None:
 
 
 def _fleet_of(ctl: support.Running) -> dict[str, str]:
-    devices = ctl.stub.ListDevices(pb.ListDevicesRequest(), timeout=5).devices
-    return {d.device_id: d.fleet for d in devices}
+    return {d.device_id: d.fleet for d in support.all_devices(ctl.stub)}
 
 
 def _refused(ctl: support.Running, reason: str) -> float:

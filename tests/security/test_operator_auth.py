@@ -175,10 +175,7 @@ def test_a_fleet_scoped_operator_acts_and_sees_only_its_fleets(
         device.status(f"{mine}-d0", mine)
         device.status(f"{theirs}-d0", theirs)
         support.eventually(
-            lambda: (
-                {mine, theirs}
-                <= {d.fleet for d in ctl.stub.ListDevices(pb.ListDevicesRequest()).devices}
-            ),
+            lambda: {mine, theirs} <= {d.fleet for d in support.all_devices(ctl.stub)},
             what="both devices registered",
         )
     finally:
@@ -199,7 +196,7 @@ def test_a_fleet_scoped_operator_acts_and_sees_only_its_fleets(
         lambda: deployer.Deploy(pb.DeployRequest(release="x:1.0.0", fleet=mine), timeout=5)
     )
     assert code == grpc.StatusCode.NOT_FOUND, detail
-    seen = deployer.ListDevices(pb.ListDevicesRequest(), timeout=DEADLINE).devices
+    seen = support.all_devices(deployer, timeout=DEADLINE)  # every page, each narrowed
     assert {d.fleet for d in seen} == {mine}
     code, _ = code_of(
         lambda: deployer.ListEvents(pb.ListEventsRequest(device_id=f"{theirs}-d0"), timeout=5)
