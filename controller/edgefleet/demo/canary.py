@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,11 @@ def deploy_bad(
     data: digits.DigitsData,
     workdir: Path,
     timeout_s: float,
+    runtime: str = "",
+    publish: Callable[[str], None] | None = None,
 ) -> CanaryOutcome:
+    """``runtime``: the bad release's (``container``; "": in-process), handed to
+    ``publish`` once created."""
     ref = ReleaseRef(name, version)
     bad = digits.train(shuffled(data), hidden=32, seed=3, max_iter=50)
     path = workdir / "models" / f"{name}-{version}-shuffled.onnx"
@@ -91,7 +96,10 @@ def deploy_bad(
         health=HealthPolicy(golden_min_agreement=MIN_AGREEMENT),
         golden=golden_npz(data),
         notes="deliberately bad: trained on shuffled labels",
+        runtime=runtime,
     )
+    if publish is not None:
+        publish(str(ref))
     console.print(
         f"  model v{model.version} trained on shuffled labels: {bad.accuracy:.0%} of test digits "
         f"right; release {ref} carries {GOLDEN_ROWS} golden digits, {MIN_AGREEMENT:.0%} must match"

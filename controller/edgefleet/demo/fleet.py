@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from edgefleet.common.artifacts import atomic_write
+from edgefleet.demo import containers
 from edgefleet.demo.errors import StartError
 from edgefleet.demo.processes import Processes
 from edgefleet.demo.rounds import wait_registered
@@ -59,6 +60,10 @@ class DemoOptions:
     insecure: bool = False
     """Plaintext everywhere (``edgectl demo --insecure``); default: every hop mTLS, on
     certificates made for the run, each agent enrolled."""
+    runtime: str = "auto"
+    """Where releases run: ``container`` (a local registry, releases built as images, agents
+    running them in Docker), ``process`` (in the agent's ONNX Runtime) or ``auto``: container
+    where Docker can (``containers.choose``). ``run`` settles it before the fleet starts."""
 
 
 def device_ids(fleet: str, n: int) -> list[str]:
@@ -83,6 +88,27 @@ class Fleet:
     trusted_key: Path
     agents: dict[str, Agent]
     insecure: bool = False  # plaintext (--insecure); else mTLS, every agent enrolled
+    registry: str = ""  # container releases: the demo's registry HOST:PORT; "": in-process
+
+    @property
+    def runtime(self) -> str:
+        """``container`` or ``process``: where the demo's releases run."""
+        return containers.CONTAINER if self.registry else containers.PROCESS
+
+    @property
+    def release_runtime(self) -> str:
+        """``CreateRelease``'s runtime for the demo's releases ("": in-process)."""
+        return containers.CONTAINER if self.registry else ""
+
+    def publish(self, release: str) -> None:
+        """A container release's artifact and image to the demo's registry (in-process: none)."""
+        if self.registry:
+            containers.push(
+                release,
+                registry=self.registry,
+                api=self.controller.api,
+                token_file=self.controller.token_file,
+            )
 
     @property
     def ids(self) -> list[str]:
@@ -111,8 +137,17 @@ def start_fleet(options: DemoOptions, console: Console, workdir: Path, procs: Pr
         with step(console, "making the run's certificates, starting an mTLS MQTT broker"):
             broker = start_mtls_broker(procs, workdir, controller_dir=data_dir)
     console.print(f"  {broker.kind} on {broker.url}")
+    registry = ""
+    extra: list[str] = []
+    if options.runtime == containers.CONTAINER:
+        with step(console, "starting a local OCI registry (docker-registry) for release images"):
+            registry = containers.start_registry(procs, workdir)
+        extra = ["--artifact-source", containers.source(registry)]
+        console.print(f"  {containers.source(registry)}")
     with step(console, "starting edge-controller"):
-        controller = start_controller(procs, data_dir, mqtt_url=broker.url, mtls=broker.mtls)
+        controller = start_controller(
+            procs, data_dir, mqtt_url=broker.url, mtls=broker.mtls, extra_args=extra
+        )
     console.print(f"  operator API on {controller.api}, devices on {controller.address}")
     console.print(f"  admin token in {controller.token_file}")
     if broker.mtls is not None:
@@ -145,7 +180,12 @@ def start_fleet(options: DemoOptions, console: Console, workdir: Path, procs: Pr
             )
             wait_registered(client, options.fleet, ids, timeout_s=30.0)
     return Fleet(
-        broker, controller, trusted, {a.device_id: a for a in agents}, insecure=options.insecure
+        broker,
+        controller,
+        trusted,
+        {a.device_id: a for a in agents},
+        insecure=options.insecure,
+        registry=registry,
     )
 
 

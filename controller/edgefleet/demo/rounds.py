@@ -7,7 +7,7 @@ and ``predict``, through the same client, progress view and convergence check.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from rich.console import Console
@@ -49,10 +49,15 @@ class Round:
         ids: list[str],
         data: digits.DigitsData,
         endpoints: Mapping[str, str] | None = None,
+        runtime: str = "",
+        publish: Callable[[str], None] | None = None,
     ) -> None:
         """``endpoints``: each device's Predict to score it on (its local, plaintext one, as
         a local app's); default: the one the controller lists (with mTLS that is the peer
-        listener, which serves only neighbours)."""
+        listener, which serves only neighbours). ``runtime``: the releases' (``container``;
+        "": in-process), each handed to ``publish`` once created (pushed to a registry)."""
+        self.runtime = runtime
+        self.publish = publish
         self.client = client
         self.console = console
         self.workdir = workdir
@@ -76,7 +81,14 @@ class Round:
         self.console.print(
             f"registered model {registered.name} v{registered.version} ({registered.digest[:19]})"
         )
-        release = self.client.create_release(name, version, model_version=registered.version)
+        release = self.client.create_release(
+            name, version, model_version=registered.version, runtime=self.runtime
+        )
+        if self.publish is not None:
+            self.publish(str(ref))
+            self.console.print(
+                f"pushed {ref}'s image {release.manifest.image[:19]} to the registry"
+            )
         self.console.print(f"created release {ref}, signed by {release.key_id}")
         self.roll_out(ref, timeout_s=timeout_s)
         return self.score_all(ref, trained)

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -24,10 +24,10 @@ from rich.console import Console
 from rich.rule import Rule
 
 from edgefleet.common.errors import EdgeFleetError
-from edgefleet.demo import digits, story
+from edgefleet.demo import containers, digits, story
 from edgefleet.demo.errors import DemoFailed, StartError
 from edgefleet.demo.evaluation import Score
-from edgefleet.demo.fleet import DemoOptions, start_fleet, step
+from edgefleet.demo.fleet import DemoOptions, device_ids, start_fleet, step
 from edgefleet.demo.processes import Processes
 from edgefleet.demo.rounds import Round
 from edgefleet.edgectl.client import ControllerClient
@@ -46,6 +46,7 @@ class DemoResult:
     elapsed_s: float
     run_dir: Path | None = None  # the full demo's artifacts (summary.json, events, charts)
     steps: tuple[str, ...] = ()  # the full demo's steps, each one checked
+    runtime: str = containers.PROCESS  # where its releases ran: container or process
 
 
 def default_run_dir() -> Path:
@@ -83,8 +84,14 @@ def show_logs(console: Console, logs: Path, exc: BaseException) -> None:
 
 
 def run(options: DemoOptions, console: Console) -> DemoResult:
-    """The quick path (``options.quick``) or the full story; ``DemoFailed`` when a check fails."""
+    """The quick path (``options.quick``) or the full story; ``DemoFailed`` when a check fails.
+
+    ``options.runtime`` auto is settled first (``containers.choose``), said in one line; with
+    containers, what the run left in Docker is removed however it ends."""
     started = time.monotonic()
+    chosen = containers.choose(options.runtime)
+    console.print(f"runtime: {chosen.runtime} ({chosen.why})")
+    options = replace(options, runtime=chosen.runtime)
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
     run_dir = None if options.quick else (options.out or default_run_dir()).resolve()
     if run_dir is not None:
@@ -95,7 +102,8 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
             with sigterm_as_interrupt(), Processes(workdir / "logs") as procs:
                 if run_dir is None:
                     scores = _run(options, console, workdir, procs)
-                    return DemoResult(workdir, scores, time.monotonic() - started)
+                    elapsed = time.monotonic() - started
+                    return DemoResult(workdir, scores, elapsed, runtime=chosen.runtime)
                 told = story.play(
                     options, console, workdir=workdir, run_dir=run_dir, procs=procs,
                     started=started,
@@ -104,8 +112,9 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
                 if options.hold:
                     _hold(console, workdir, options.fleet)
                 return DemoResult(
-                    workdir, (), elapsed, run_dir, tuple(s["step"] for s in told.steps)
-                )
+                    workdir, (), elapsed, run_dir, tuple(s["step"] for s in told.steps),
+                    runtime=chosen.runtime,
+                )  # fmt: skip
         except EdgeFleetError as exc:
             show_logs(console, workdir / "logs", exc)
             raise
@@ -113,6 +122,8 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
             console.print("[yellow]interrupted: stopped every process the demo started[/]")
             raise
     finally:
+        if chosen.runtime == containers.CONTAINER:  # the processes are stopped by now
+            _remove_containers(console, options)
         if run_dir is not None:
             shutil.copytree(workdir / "logs", run_dir / "logs", dirs_exist_ok=True)
             console.print(f"artifacts and logs of this run: {run_dir}")
@@ -120,6 +131,15 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
             console.print(f"kept {workdir} (logs in {workdir / 'logs'})")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _remove_containers(console: Console, options: DemoOptions) -> None:
+    """The agents' containers and images and the release images: none left behind."""
+    ids = device_ids(options.fleet, options.devices)
+    versions = ("1.0.0", "1.1.0")  # the versions both paths release
+    with console.status("removing the demo's containers and images"):
+        removed = containers.cleanup(ids, [f"{MODEL}:{v}" for v in versions])
+    console.print(f"removed the demo's {removed} container(s) and its images")
 
 
 def _hold(console: Console, workdir: Path, fleet: str) -> None:
@@ -153,11 +173,15 @@ def _run(
         console.print(f"  test accuracy: v1 {v1.accuracy:.2%}, v2 {v2.accuracy:.2%}")
         rounds = Round(
             client, console, workdir=workdir, fleet=options.fleet, ids=ids, data=data,
-            endpoints=fleet.local_endpoints(),
+            endpoints=fleet.local_endpoints(), runtime=fleet.release_runtime,
+            publish=fleet.publish,
         )  # fmt: skip
         rounds.play(v1, name=MODEL, version="1.0.0", timeout_s=options.rollout_timeout_s)
         scores = rounds.play(v2, name=MODEL, version="1.1.0", timeout_s=options.rollout_timeout_s)
-        summary = table("DEVICE", "RELEASE", "PHASE", "ACCURACY", "P50 LATENCY", title="summary")
+        summary = table(
+            "DEVICE", "RELEASE", "PHASE", "ACCURACY", "P50 LATENCY",
+            title=f"summary (runtime: {fleet.runtime})",
+        )  # fmt: skip
         phases = rounds.phases()
         for s in scores:
             summary.add_row(

@@ -99,6 +99,7 @@ def play(
     story = Story(run_dir)
     try:
         fleet = start_fleet(options, console, workdir, procs)
+        story.facts["runtime"] = fleet.runtime
         token = fleet.controller.admin_token()
         with ControllerClient(fleet.controller.api, token=token) as client:
             _Steps(options, console, story, fleet, client, workdir, procs).all()
@@ -202,11 +203,17 @@ class _Steps:
         good = ReleaseRef(MODEL, GOOD_VERSION)
         self.console.rule(f"3/6 release and deploy {good}")
         version = compressed.model.version
-        release = self.client.create_release(MODEL, GOOD_VERSION, model_version=version)
+        release = self.client.create_release(
+            MODEL, GOOD_VERSION, model_version=version, runtime=self.fleet.release_runtime
+        )
         self.console.print(
             f"  release {good}: model v{version} ({compressed.result.winner}), "
             f"signed by {release.key_id}"
         )
+        if self.fleet.registry:
+            with step(self.console, f"pushing {good}'s image to {self.fleet.registry}"):
+                self.fleet.publish(str(good))
+            self.console.print(f"  image {release.manifest.image[:19]}, pinned in the manifest")
         rounds = Round(
             self.client, self.console, workdir=self.workdir, fleet=self.options.fleet,
             ids=self.fleet.ids, data=data, endpoints=self.fleet.local_endpoints(),
@@ -230,7 +237,8 @@ class _Steps:
         bad = canary.deploy_bad(
             self.client, self.console, name=MODEL, version=BAD_VERSION,
             fleet=self.options.fleet, good=str(good), data=data, workdir=self.workdir,
-            timeout_s=self.options.rollout_timeout_s,
+            timeout_s=self.options.rollout_timeout_s, runtime=self.fleet.release_runtime,
+            publish=self.fleet.publish,
         )  # fmt: skip
         stopped_at = ", ".join(bad.canary)
         self.console.print(
@@ -393,7 +401,7 @@ def _finish(
     story.artifacts.append(events_file)
     urls = metrics_urls(fleet)
     story.artifacts += snapshot_metrics(urls, story.run_dir / "metrics")
-    t = table("STEP", "CHECKED", "RESULT", title="what the demo showed")
+    t = table("STEP", "CHECKED", "RESULT", title=f"what the demo showed (runtime: {fleet.runtime})")
     for s in story.steps:
         t.add_row(s["step"], "[green]✓[/]" if s["ok"] else "[red]✗[/]", s["result"])
     console.print(t)

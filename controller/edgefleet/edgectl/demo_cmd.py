@@ -84,6 +84,18 @@ def demo(
             "with --tls, each agent enrolled).",
         ),
     ] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="Where the releases run: container (a registry of the run's own, each release "
+            "built as an image and pushed there, agents running it in Docker), process (in "
+            "the agent's ONNX Runtime) or auto: container when Docker answers, the runtime "
+            "image edgefleet/runtime:latest is built and docker-registry is installed, else "
+            "process. The demo says which it used, and why.",
+            metavar="KIND",
+        ),
+    ] = "auto",
 ) -> None:
     """Run a whole fleet on this machine and show what EdgeFleet does, each step checked.
 
@@ -103,6 +115,9 @@ def demo(
     Every hop is mTLS (--insecure: plaintext): the run's own fleet CA, an mTLS Mosquitto,
     each agent enrolled with a token file before it starts.
 
+    --runtime: container releases where Docker can run them (auto), or as asked; the
+    containers and images the run made are removed when it ends.
+
     --quick keeps the short path: two releases deployed and scored. Everything started is
     stopped however the demo ends (also on error or Ctrl-C). Needs no running controller:
     ignores --controller.
@@ -112,6 +127,8 @@ def demo(
 
     if broker not in ("auto", "mosquitto", "amqtt"):
         raise typer.BadParameter("use auto, mosquitto or amqtt", param_hint="--broker")
+    if runtime not in ("auto", "container", "process"):
+        raise typer.BadParameter("use auto, container or process", param_hint="--runtime")
     validate_name("fleet", fleet)
     if not quick and devices < 2:
         raise typer.BadParameter(
@@ -121,15 +138,18 @@ def demo(
     options = DemoOptions(
         devices=devices, fleet=fleet, keep=keep, broker=broker, rollout_timeout_s=timeout,
         quick=quick, out=out, compress_budget_s=compress_budget, hold=hold, insecure=insecure,
+        runtime=runtime,
     )  # fmt: skip
     result = run(options, output.console)
     if quick:
         output.console.print(
             f"[green]demo finished in {result.elapsed_s:.1f}s: "
-            f"{len(result.scores)} device(s) on {result.scores[0].release}[/]"
+            f"{len(result.scores)} device(s) on {result.scores[0].release} "
+            f"(runtime: {result.runtime})[/]"
         )
         return
     output.console.print(
         f"[green]demo finished in {result.elapsed_s:.1f}s: "
-        f"{len(result.steps)} steps, each checked ({', '.join(result.steps)})[/]"
+        f"{len(result.steps)} steps, each checked ({', '.join(result.steps)}; "
+        f"runtime: {result.runtime})[/]"
     )
