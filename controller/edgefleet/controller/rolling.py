@@ -81,6 +81,10 @@ class Rollouts:
     def list_rollouts(self, fleet: str = "", *, limit: int = 20) -> list[RolloutRecord]:
         return self._store.list_rollouts(fleet, limit=limit)
 
+    def list_pages(self, fleet: str = "", *, limit: int, device_limit: int) -> list[RolloutPage]:
+        """The newest ``limit`` rollouts, each with its first ``device_limit`` devices."""
+        return self._store.list_pages(fleet, limit=limit, device_limit=device_limit)
+
     def devices(self, fleet: str) -> list[str]:
         """The devices of ``fleet``; ``NotFoundError`` when it has none."""
         ids = self._store.fleet_devices(fleet)

@@ -160,6 +160,17 @@ class RolloutStore:
             ids = list(session.scalars(stmt.limit(limit)))
         return [self.load(i) for i in ids]
 
+    def list_pages(self, fleet: str = "", *, limit: int, device_limit: int) -> list[RolloutPage]:
+        """``list_rollouts`` as ``page``s: newest first, each with its first devices."""
+        stmt = select(RolloutRow.rollout_id).order_by(
+            RolloutRow.created_at_ms.desc(), RolloutRow.rollout_id.desc()
+        )
+        if fleet:
+            stmt = stmt.where(RolloutRow.fleet == fleet)
+        with self._db.read() as session:
+            ids = list(session.scalars(stmt.limit(limit)))
+        return [self.page(i, device_limit=device_limit) for i in ids]
+
     def fleet_devices(self, fleet: str) -> list[str]:
         """The fleet's devices a rollout may target: not revoked or quarantined."""
         held = select(EnrolledDeviceRow.device_id).where(

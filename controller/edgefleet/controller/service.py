@@ -248,8 +248,10 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
             "ListRollouts",
             lambda: pb.ListRolloutsResponse(
                 rollouts=[
-                    api.rollout_info(r)
-                    for r in self._rollouts.list_rollouts(request.fleet, limit=limit)
+                    api.rollout_page_info(p)
+                    for p in self._rollouts.list_pages(
+                        request.fleet, limit=limit, device_limit=ROLLOUT_DEVICES
+                    )
                 ]
             ),
         )

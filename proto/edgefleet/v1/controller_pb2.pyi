@@ -972,7 +972,8 @@ class RolloutInfo(_message.Message):
     @_builtins.property
     def device_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Every device of the rollout by state (waiting, sent, healthy, ...), and how many it has:
-        `devices` lists at most RolloutRef.device_limit of them (GetRollout), all (ListRollouts).
+        `devices` lists at most RolloutRef.device_limit of them (GetRollout), the first 1,000
+        (ListRollouts).
         """
 
     def __init__(
