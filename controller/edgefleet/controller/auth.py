@@ -164,16 +164,8 @@ def target_of(method: str, request: Any, resolve: Resolver) -> Target:
         if request.device_id:
             fleet = resolve.device_fleet(request.device_id) or fleet
         return Target(request.device_id or request.fleet, fleet)
-    if method == "UploadModel":
-        is_header = request.WhichOneof("part") == "header"
-        return Target(request.header.name if is_header else "")
-    if method == "UploadData":
-        return Target("")
-    if method == "CompressModel":
-        fleet = (resolve.device_fleet(request.profile_on) or "") if request.profile_on else ""
-        return Target(request.name, fleet)
-    if method == "CreateRelease":
-        return Target(f"{request.name}:{request.version}")
+    if method in _MODEL_METHODS:
+        return _model_target(method, request, resolve)
     if method in ("AddOperator", "RevokeOperator"):
         return Target(request.name)
     if method in ("InitKey", "RevokeKey"):  # RevokeKey: the key; InitKey: what it does
@@ -182,6 +174,22 @@ def target_of(method: str, request: Any, resolve: Resolver) -> Target:
     if method in _IDENTITY_METHODS:
         return _identity_target(method, request, resolve)
     return Target()
+
+
+_MODEL_METHODS = ("UploadModel", "UploadData", "CompressModel", "CreateRelease")
+
+
+def _model_target(method: str, request: Any, resolve: Resolver) -> Target:
+    """Models and releases: the name (and the fleet of a ``--profile-on`` device)."""
+    if method == "UploadModel":
+        is_header = request.WhichOneof("part") == "header"
+        return Target(request.header.name if is_header else "")
+    if method == "CompressModel":
+        fleet = (resolve.device_fleet(request.profile_on) or "") if request.profile_on else ""
+        return Target(request.name, fleet)
+    if method == "CreateRelease":
+        return Target(f"{request.name}:{request.version}")
+    return Target("")  # UploadData: bytes without a name yet
 
 
 _IDENTITY_METHODS = (
