@@ -2,9 +2,11 @@
 
 ``choose`` decides (``--runtime auto|container|process``) and says why in one line: containers
 need the local dockerd to answer, the runtime base image (``deploy/docker/runtime-image.sh``)
-and Debian's ``docker-registry``. With containers the demo runs a registry of its own in its
-temporary directory on a free port (``start_registry``), the controller names it as its
-artifact source, every release is created with ``runtime = "container"`` and pushed there
+and Debian's ``docker-registry``; a missing runtime base is built first where that is quick
+(``build_runtime``: the source tree's script, with the Debian base image already in dockerd,
+so only cached layers and wheels are used). With containers the demo runs a registry of its
+own in its temporary directory on a free port (``start_registry``), the controller names it as
+its artifact source, every release is created with ``runtime = "container"`` and pushed there
 (``push``: ``edgectl release push``, the OCI artifact and the image), and the agents pull and
 run their release containers from it. ``cleanup`` removes what the run left in Docker however
 it ended: the agents' containers (label ``dev.edgefleet.device`` = one of the run's devices),
@@ -16,10 +18,13 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rich.console import Console
 
 from edgefleet.demo.errors import StartError
 from edgefleet.demo.processes import Processes, child_env, free_port, script, wait_for_port
@@ -30,6 +35,9 @@ RUNTIMES = ("auto", CONTAINER, PROCESS)
 REGISTRY_BIN = "/usr/bin/docker-registry"
 REPO = "edgefleet-demo/digits"
 PUSH_TIMEOUT_S = 180.0
+BUILD_TIMEOUT_S = 180.0
+RUNTIME_SCRIPT = Path(__file__).resolve().parents[3] / "deploy" / "docker" / "runtime-image.sh"
+BASE_IMAGE = "edgefleet/base:bookworm"  # what the script makes slowly (debootstrap)
 LABEL_DEVICE = "dev.edgefleet.device"  # the agent's label on its release containers
 
 
@@ -63,7 +71,7 @@ def missing() -> str:
     try:
         client.images.get(images.RUNTIME_BASE)
     except docker.errors.ImageNotFound:
-        return f"the runtime base {images.RUNTIME_BASE} is missing (deploy/docker/runtime-image.sh)"
+        return NO_BASE
     except docker.errors.DockerException as exc:
         return f"Docker does not answer ({str(exc).splitlines()[0][:120]})"
     finally:
@@ -73,11 +81,42 @@ def missing() -> str:
     return ""
 
 
-def choose(requested: str) -> Choice:
+NO_BASE = "the runtime base edgefleet/runtime:latest is missing (deploy/docker/runtime-image.sh)"
+
+
+def build_runtime(console: Console) -> str:
+    """Build the runtime base with ``deploy/docker/runtime-image.sh`` where that is quick: the
+    script is in the source tree this runs from and the Debian base image is in dockerd.
+    "" when built, else why not."""
+    if not RUNTIME_SCRIPT.is_file():
+        return NO_BASE
+    inspect = ["docker", "image", "inspect", BASE_IMAGE]
+    if subprocess.run(inspect, capture_output=True, check=False).returncode != 0:
+        return NO_BASE
+    python = Path(sys.executable)
+    try:
+        with console.status(f"building the runtime base image ({RUNTIME_SCRIPT.name})"):
+            done = subprocess.run(
+                ["bash", str(RUNTIME_SCRIPT), str(python)], capture_output=True, text=True,
+                cwd=RUNTIME_SCRIPT.parents[2], env=child_env(), timeout=BUILD_TIMEOUT_S,
+                check=False,
+            )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"{NO_BASE}; building it took over {BUILD_TIMEOUT_S:g}s"
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["?"])[-1][:160]
+        return f"{NO_BASE}; building it failed: {last}"
+    console.print(f"built the runtime base image with {RUNTIME_SCRIPT}")
+    return missing()
+
+
+def choose(requested: str, console: Console) -> Choice:
     """The runtime to use for ``requested`` (auto, container, process), and why."""
     if requested == PROCESS:
         return Choice(PROCESS, "asked for with --runtime process")
     why_not = missing()
+    if why_not == NO_BASE:
+        why_not = build_runtime(console)
     if requested == CONTAINER:
         if why_not:
             raise StartError("--runtime container", f"cannot run here: {why_not}")

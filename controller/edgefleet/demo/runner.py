@@ -89,7 +89,7 @@ def run(options: DemoOptions, console: Console) -> DemoResult:
     ``options.runtime`` auto is settled first (``containers.choose``), said in one line; with
     containers, what the run left in Docker is removed however it ends."""
     started = time.monotonic()
-    chosen = containers.choose(options.runtime)
+    chosen = containers.choose(options.runtime, console)
     console.print(f"runtime: {chosen.runtime} ({chosen.why})")
     options = replace(options, runtime=chosen.runtime)
     workdir = Path(tempfile.mkdtemp(prefix="edgefleet-demo-"))
