@@ -113,33 +113,16 @@ def golden_for(original: bytes, compressed: bytes, eval_set: EvalSet, *, count: 
         _run(compressed, rows | shared, names, shared=shared, one_by_one=batch_one, threads=t)
         for t in _THREADS
     ]
-    floor_share = 1e-2 if graphs.ops(graphs.load(compressed)) & _QUANTIZED_OPS else 1e-3
+    floor_share = _floor_share(compressed)
     tolerances: dict[str, float] = {}
     problems: list[str] = []
     for i, name in enumerate(names):
-        want = expected[i]
-        if want.dtype.kind not in "fc":
-            if any(not np.array_equal(r[i], want) for r in runs):
-                problems.append(f"integer output {name!r} differs between runs")
-            continue
-        peak = float(np.abs(want).max()) if want.size else 0.0
-        spread = max(
-            (float(np.abs(r[i].astype(np.float64) - want).max()) for r in runs if r[i].size),
-            default=0.0,
+        tolerance = _tolerance(
+            name, [expected[i]], [(r[i], expected[i]) for r in runs], floor_share, problems
         )
-        tolerance = max(1e-4, floor_share * peak, SPREAD_FACTOR * spread)
-        tolerances[name] = tolerance
-        if peak > 0 and tolerance > MAX_RELATIVE_TOLERANCE * peak:
-            problems.append(
-                f"{name!r} needs a tolerance of {tolerance:.3g}, over "
-                f"{MAX_RELATIVE_TOLERANCE:.0%} of its largest value {peak:.3g}"
-            )
-    spread_text = ", ".join(f"{k} {v:.3g}" for k, v in tolerances.items()) or "none"
-    note = (
-        "; ".join(problems)
-        if problems
-        else f"{len(idx)} rows from the winner itself; tolerances {spread_text}"
-    )
+        if tolerance is not None:
+            tolerances[name] = tolerance
+    note = _note(problems, tolerances, f"{len(idx)} rows")
     return Golden(
         rows,
         {k: v for k, v in zip(names, expected, strict=True)},
@@ -158,38 +141,16 @@ def _golden_feeds(compressed: bytes, eval_set: EvalSet, *, count: int) -> Golden
     names = [o.name for o in graphs.session(compressed).get_outputs()]
     expected = [_run_alone(compressed, step, names) for step in steps]
     runs = [[_run_alone(compressed, step, names, threads=t) for step in steps] for t in _THREADS]
-    floor_share = 1e-2 if graphs.ops(graphs.load(compressed)) & _QUANTIZED_OPS else 1e-3
+    floor_share = _floor_share(compressed)
     tolerances: dict[str, float] = {}
     problems: list[str] = []
     for i, name in enumerate(names):
         wants = [e[i] for e in expected]
-        if wants[0].dtype.kind not in "fc":
-            if any(not np.array_equal(r[k][i], w) for r in runs for k, w in enumerate(wants)):
-                problems.append(f"integer output {name!r} differs between runs")
-            continue
-        peak = max((float(np.abs(w).max()) for w in wants if w.size), default=0.0)
-        spread = max(
-            (
-                float(np.abs(r[k][i].astype(np.float64) - w).max())
-                for r in runs
-                for k, w in enumerate(wants)
-                if w.size
-            ),
-            default=0.0,
-        )
-        tolerance = max(1e-4, floor_share * peak, SPREAD_FACTOR * spread)
-        tolerances[name] = tolerance
-        if peak > 0 and tolerance > MAX_RELATIVE_TOLERANCE * peak:
-            problems.append(
-                f"{name!r} needs a tolerance of {tolerance:.3g}, over "
-                f"{MAX_RELATIVE_TOLERANCE:.0%} of its largest value {peak:.3g}"
-            )
-    spread_text = ", ".join(f"{k} {v:.3g}" for k, v in tolerances.items()) or "none"
-    note = (
-        "; ".join(problems)
-        if problems
-        else f"{len(steps)} feeds from the winner itself; tolerances {spread_text}"
-    )
+        observed = [(r[k][i], w) for r in runs for k, w in enumerate(wants)]
+        tolerance = _tolerance(name, wants, observed, floor_share, problems)
+        if tolerance is not None:
+            tolerances[name] = tolerance
+    note = _note(problems, tolerances, f"{len(steps)} feeds")
     return Golden(
         {},
         {},
@@ -202,6 +163,47 @@ def _golden_feeds(compressed: bytes, eval_set: EvalSet, *, count: int) -> Golden
             for step, outs in zip(steps, expected, strict=True)
         ),
     )
+
+
+def _floor_share(model: bytes) -> float:
+    """The smallest tolerance, as a share of an output's largest value: quantized graphs are
+    coarser than float ones."""
+    return 1e-2 if graphs.ops(graphs.load(model)) & _QUANTIZED_OPS else 1e-3
+
+
+def _tolerance(
+    name: str,
+    wants: Sequence[Array],
+    observed: Sequence[tuple[Array, Array]],
+    floor_share: float,
+    problems: list[str],
+) -> float | None:
+    """The tolerance of output ``name`` from the spread of ``observed`` (got, want) pairs
+    around the expectations ``wants``; None for an integer output, which must repeat exactly.
+    What cannot hold on a device is added to ``problems``."""
+    if wants[0].dtype.kind not in "fc":
+        if any(not np.array_equal(got, want) for got, want in observed):
+            problems.append(f"integer output {name!r} differs between runs")
+        return None
+    peak = max((float(np.abs(w).max()) for w in wants if w.size), default=0.0)
+    spread = max(
+        (float(np.abs(got.astype(np.float64) - want).max()) for got, want in observed if got.size),
+        default=0.0,
+    )
+    tolerance = max(1e-4, floor_share * peak, SPREAD_FACTOR * spread)
+    if peak > 0 and tolerance > MAX_RELATIVE_TOLERANCE * peak:
+        problems.append(
+            f"{name!r} needs a tolerance of {tolerance:.3g}, over "
+            f"{MAX_RELATIVE_TOLERANCE:.0%} of its largest value {peak:.3g}"
+        )
+    return tolerance
+
+
+def _note(problems: list[str], tolerances: Mapping[str, float], what: str) -> str:
+    if problems:
+        return "; ".join(problems)
+    spread_text = ", ".join(f"{k} {v:.3g}" for k, v in tolerances.items()) or "none"
+    return f"{what} from the winner itself; tolerances {spread_text}"
 
 
 def _run_alone(
