@@ -20,6 +20,7 @@ compiled only in a seccomp-confined process that child starts (``compress.metric
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -322,84 +323,56 @@ def _search(
     """The search, in the sandbox process: progress goes out over ``channel`` as it comes. A
     user's metric module runs in a confined process of its own, started here (``metric_hook``);
     this process only ever sees the JSON float it answers."""
-    hook = metric_hook.MetricProcess(metric_module) if metric_module is not None else None
-    try:
-        return _searching(
-            channel,
+    with contextlib.ExitStack() as stack:
+        hook = (
+            stack.enter_context(metric_hook.MetricProcess(metric_module))
+            if metric_module is not None
+            else None
+        )
+        started = time.monotonic()
+        left = [0.0]  # the latest estimate for what is left
+
+        def on_start(up: Upcoming) -> None:
+            left[0] = min(up.remaining_s, up.budget_left_s)
+            budget = (
+                ""
+                if up.budget_left_s == float("inf")
+                else f", {up.budget_left_s:.0f} s of budget left"
+            )
+            channel.emit(
+                Progress(
+                    up.done,
+                    up.total,
+                    f"candidate {up.done + 1}/{up.total} {up.name}: about {up.estimate_s:.0f} s; "
+                    f"about {left[0]:.0f} s for the rest{budget}",
+                    elapsed_s=time.monotonic() - started,
+                    remaining_s=left[0],
+                )
+            )
+
+        def on_candidate(done: int, total: int, record: CandidateRecord) -> None:
+            left[0] = max(0.0, left[0] - record.seconds)
+            channel.emit(
+                Progress(
+                    done,
+                    total,
+                    candidate=record,
+                    elapsed_s=time.monotonic() - started,
+                    remaining_s=left[0],
+                )
+            )
+
+        return search(
             model,
             eval_set,
             recipe=recipe,
             max_drop=max_drop,
             objective=objective,
-            timer=timer,
-            where=where,
+            timer=timer or _AskingTimer(channel, where),
             settings=settings,
             metric=metric,
-            golden=golden,
             hook=hook,
+            golden=golden,
+            on_candidate=on_candidate,
+            on_start=on_start,
         )
-    finally:
-        if hook is not None:
-            hook.close()
-
-
-def _searching(
-    channel: Channel,
-    model: bytes,
-    eval_set: EvalSet,
-    *,
-    recipe: str,
-    max_drop: float,
-    objective: Objective,
-    timer: LocalTimer | None,
-    where: str,
-    settings: SearchSettings,
-    metric: tuple[MetricChoice, ...],
-    golden: GoldenMode,
-    hook: metric_hook.MetricProcess | None,
-) -> SearchResult:
-    started = time.monotonic()
-    left = [0.0]  # the latest estimate for what is left
-
-    def on_start(up: Upcoming) -> None:
-        left[0] = min(up.remaining_s, up.budget_left_s)
-        budget = (
-            "" if up.budget_left_s == float("inf") else f", {up.budget_left_s:.0f} s of budget left"
-        )
-        channel.emit(
-            Progress(
-                up.done,
-                up.total,
-                f"candidate {up.done + 1}/{up.total} {up.name}: about {up.estimate_s:.0f} s; "
-                f"about {left[0]:.0f} s for the rest{budget}",
-                elapsed_s=time.monotonic() - started,
-                remaining_s=left[0],
-            )
-        )
-
-    def on_candidate(done: int, total: int, record: CandidateRecord) -> None:
-        left[0] = max(0.0, left[0] - record.seconds)
-        channel.emit(
-            Progress(
-                done,
-                total,
-                candidate=record,
-                elapsed_s=time.monotonic() - started,
-                remaining_s=left[0],
-            )
-        )
-
-    return search(
-        model,
-        eval_set,
-        recipe=recipe,
-        max_drop=max_drop,
-        objective=objective,
-        timer=timer or _AskingTimer(channel, where),
-        settings=settings,
-        metric=metric,
-        hook=hook,
-        golden=golden,
-        on_candidate=on_candidate,
-        on_start=on_start,
-    )
