@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from edgefleet.agent import failpoints, hardware, runtime
+from edgefleet.agent import failpoints, runtime, variants
 from edgefleet.agent.benchmarking import Benchmarker
 from edgefleet.agent.config import UNIX_PATH_MAX, AgentSettings, broker_url, predict_socket_path
 from edgefleet.agent.containers import CONTAINER, ContainerRuntime, Containers
@@ -227,7 +227,7 @@ class Agent:
         self.reporter.set_runtimes(
             ("onnxruntime", CONTAINER) if self.containers is not None else ("onnxruntime",)
         )
-        self.reporter.set_hardware(hardware.probe())
+        self.reporter.set_hardware(variants.this_device())  # what chooses model variants
         self.state_file = StateFile(s.data_dir / "state.json")
         ledger = Ledger(state_file=self.state_file, store=self.store, reporter=self.reporter)
         self.watch = HealthWatch(
@@ -409,7 +409,12 @@ class Agent:
         self.predictor.swap(runtime)
         self.server.set_serving(True)
         # the next status says it
-        self.reporter.set_provider(runtime.provider, fallback=runtime.fallback, publish=False)
+        self.reporter.set_provider(
+            runtime.provider,
+            fallback=runtime.fallback,
+            variant=runtime.model.manifest.variant,
+            publish=False,
+        )
         self.metrics.set_active(
             release=runtime.release,
             previous=state.previous.release if state.previous else "",

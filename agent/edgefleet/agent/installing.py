@@ -34,6 +34,7 @@ from edgefleet.agent.restoring import load_slot
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.state import DeviceState, HealthWindow, PendingInstall, SlotInfo
 from edgefleet.agent.store import DeviceStore, signed_manifest_of
+from edgefleet.agent.variants import resolve_desired
 from edgefleet.agent.watching import HealthWatch
 from edgefleet.common import backoff, digests, rpc
 from edgefleet.common.desired import open_desired
@@ -139,7 +140,7 @@ class Installer:
     def offer(self, raw: bytes) -> None:
         """A desired-state payload from MQTT: verify it, then admit, ignore or reject it."""
         try:
-            desired = open_desired(raw, self._trust, device_id=self._device_id)
+            desired = resolve_desired(open_desired(raw, self._trust, device_id=self._device_id))
         except EdgeFleetError as exc:
             self._reporter.event("desired_rejected", f"{type(exc).__name__}: {exc}")
             return

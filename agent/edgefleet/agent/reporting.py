@@ -99,14 +99,19 @@ class Reporter:
         with self._lock:
             self._status = replace(self._status, hardware=hardware)
 
-    def set_provider(self, provider: str, *, fallback: str = "", publish: bool) -> None:
-        """The execution provider the active release runs on ("": none in-process) and why it
-        is not the release's first preference ("": it is); ``publish``: send a status now
-        (when connected), else with the next one."""
+    def set_provider(
+        self, provider: str, *, fallback: str = "", variant: str = "", publish: bool
+    ) -> None:
+        """The execution provider the active release runs on ("": none in-process), why it
+        is not the release's first preference ("": it is) and the model variant it runs ("":
+        the default); ``publish``: send a status now (when connected), else with the next one."""
         with self._lock:
             old = self._status
-            changed = (old.active_provider, old.provider_fallback) != (provider, fallback)
-            self._status = replace(old, active_provider=provider, provider_fallback=fallback)
+            now = (provider, fallback, variant)
+            changed = (old.active_provider, old.provider_fallback, old.active_variant) != now
+            self._status = replace(
+                old, active_provider=provider, provider_fallback=fallback, active_variant=variant
+            )
         if publish and changed and self._connected():
             self._publish_status()
 

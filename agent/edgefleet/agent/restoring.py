@@ -31,6 +31,7 @@ from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime
 from edgefleet.agent.state import DeviceState, SlotInfo, StateFile
 from edgefleet.agent.store import DeviceStore
+from edgefleet.agent.variants import resolve_desired
 from edgefleet.common.desired import open_desired
 from edgefleet.common.errors import EdgeFleetError, IntegrityError, ModelLoadError
 from edgefleet.common.signing import TrustStore
@@ -90,7 +91,7 @@ def restore(
     install = state.install
     if install is not None:
         try:
-            pending = open_desired(install.desired, trust, device_id=device_id)
+            pending = resolve_desired(open_desired(install.desired, trust, device_id=device_id))
         except EdgeFleetError as exc:
             reporter.event(
                 "desired_rejected",

@@ -30,6 +30,7 @@ import shutil
 from collections.abc import Collection
 from pathlib import Path
 
+from edgefleet.agent import variants
 from edgefleet.agent.errors import ModelDecodeError, SlotError
 from edgefleet.common import digests, packing, wire
 from edgefleet.common import types as t
@@ -165,6 +166,7 @@ class DeviceStore:
         except FileNotFoundError:
             raise SlotError(f"slot {slot} has no signed manifest") from None
         manifest, manifest_digest = open_manifest(env, trust)
+        manifest = variants.resolve(manifest)  # the model this device runs of the release
         model = d / MODEL_FILE
         if not model.is_file():
             raise SlotError(f"slot {slot} has no model file")

@@ -122,6 +122,27 @@ class ExecutionProvider:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """One model variant of a release and the hardware conditions a device needs for it."""
+
+    name: str
+    model_digest: str
+    model_size: int
+    model_encoding: str = ""
+    providers: tuple[ExecutionProvider, ...] = ()
+    requires: tuple[str, ...] = ()
+    """"arch:<machine>", "cpu:<feature>", "gpu", "provider:<ONNX Runtime provider>"."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One content-addressed piece of a chunked model blob."""
+
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     name: str
     version: str
@@ -142,6 +163,12 @@ class Manifest:
     """runtime "container": the image's content digest (its config's sha256, Docker's id)."""
     providers: tuple[ExecutionProvider, ...] = ()
     """ONNX Runtime execution providers in order of preference (empty: CPU only)."""
+    model_chunks: tuple[Chunk, ...] = ()
+    """The model blob as content-defined chunks in order (empty: fetched whole)."""
+    variants: tuple[Variant, ...] = ()
+    """Models for hardware classes, in order; the top-level model is the default."""
+    variant: str = ""
+    """Agent-side, never on the wire: the variant this manifest was resolved to ("": default)."""
 
     @property
     def ref(self) -> ReleaseRef:
@@ -233,6 +260,8 @@ class DeviceStatus:
     """The execution provider the active release's session runs on ("": none in-process)."""
     provider_fallback: str = ""
     """Why that is not the release's first preference ("": it is)."""
+    active_variant: str = ""
+    """The active release's model variant the device runs ("": the release's default)."""
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,93 @@ def manifest_to_pb(m: t.Manifest) -> common_pb2.Manifest:
         providers=[
             common_pb2.ExecutionProvider(name=p.name, options=dict(p.options)) for p in m.providers
         ],
+        model_chunks=[common_pb2.Chunk(digest=c.digest, size=c.size) for c in m.model_chunks],
+        variants=[variant_to_pb(v) for v in m.variants],
     )
+
+
+def variant_to_pb(v: t.Variant) -> common_pb2.Variant:
+    return common_pb2.Variant(
+        name=v.name,
+        model_digest=v.model_digest,
+        model_size=v.model_size,
+        model_encoding=v.model_encoding,
+        providers=[
+            common_pb2.ExecutionProvider(name=p.name, options=dict(p.options)) for p in v.providers
+        ],
+        requires=list(v.requires),
+    )
+
+
+MAX_VARIANTS = 8
+"""Model variants one release may carry, and requirements one variant may name."""
+_VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_REQUIREMENT = re.compile(r"^(arch|cpu|provider):[A-Za-z0-9_.-]{1,64}$|^gpu$")
+
+
+def check_variants(variants: Sequence[t.Variant]) -> tuple[t.Variant, ...]:
+    """``variants`` when a manifest may carry them: at most ``MAX_VARIANTS``, each named once
+    (letters, digits, ``._-``), with a model digest, bounded providers and requirements of the
+    forms "arch:X", "cpu:X", "gpu", "provider:X"; ``MalformedMessageError`` otherwise."""
+    if len(variants) > MAX_VARIANTS:
+        raise MalformedMessageError(f"{len(variants)} model variants (at most {MAX_VARIANTS})")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise MalformedMessageError(f"a model variant is named twice: {', '.join(names)}")
+    for v in variants:
+        if not _VARIANT_NAME.match(v.name):
+            raise MalformedMessageError(f"model variant name {v.name[:80]!r} is not a name")
+        if not v.model_digest.startswith("sha256:"):
+            raise MalformedMessageError(f"model variant {v.name}: no sha256 model digest")
+        if len(v.requires) > MAX_VARIANTS:
+            raise MalformedMessageError(f"model variant {v.name}: over {MAX_VARIANTS} requirements")
+        for req in v.requires:
+            if not _REQUIREMENT.match(req):
+                raise MalformedMessageError(
+                    f"model variant {v.name}: requirement {req[:80]!r} is not arch:X, cpu:X, "
+                    "gpu or provider:X"
+                )
+        check_providers(v.providers)
+    return tuple(variants)
+
+
+def variants_from_pb(msgs: Sequence[common_pb2.Variant]) -> tuple[t.Variant, ...]:
+    """A manifest's model variants, bounded (``check_variants``)."""
+    return check_variants(
+        [
+            t.Variant(
+                name=m.name,
+                model_digest=m.model_digest,
+                model_size=m.model_size,
+                model_encoding=m.model_encoding,
+                providers=providers_from_pb(m.providers),
+                requires=tuple(m.requires),
+            )
+            for m in msgs
+        ]
+    )
+
+
+MAX_CHUNKS = 65536
+"""Chunks one model blob may be listed as (a 16 GiB model at the 256 KiB maximum chunk)."""
+
+
+def chunks_from_pb(msgs: Sequence[common_pb2.Chunk], model_size: int) -> tuple[t.Chunk, ...]:
+    """A manifest's model chunks: bounded, each with a sha256 digest and a length, and summing
+    to the model's size (empty: the model is fetched whole); ``MalformedMessageError`` else."""
+    if not msgs:
+        return ()
+    if len(msgs) > MAX_CHUNKS:
+        raise MalformedMessageError(f"{len(msgs)} model chunks (at most {MAX_CHUNKS})")
+    chunks = tuple(t.Chunk(_digest("model chunk", m.digest), m.size) for m in msgs)
+    if any(c.size <= 0 or not c.digest for c in chunks):
+        raise MalformedMessageError("a model chunk has no digest or no bytes")
+    total = sum(c.size for c in chunks)
+    if total != model_size:
+        raise MalformedMessageError(
+            f"model chunks add up to {total} bytes, the model is {model_size}"
+        )
+    return chunks
 
 
 def manifest_from_pb(msg: common_pb2.Manifest) -> t.Manifest:
@@ -246,6 +332,8 @@ def manifest_from_pb(msg: common_pb2.Manifest) -> t.Manifest:
         model_encoding=msg.model_encoding,
         image=msg.image,
         providers=providers_from_pb(msg.providers),
+        model_chunks=chunks_from_pb(msg.model_chunks, msg.model_size),
+        variants=variants_from_pb(msg.variants),
     )
 
 
@@ -389,6 +477,7 @@ def status_to_pb(s: t.DeviceStatus) -> mqtt_pb2.DeviceStatus:
         hardware=hardware_to_pb(s.hardware) if s.hardware is not None else None,
         active_provider=s.active_provider,
         provider_fallback=clean_text(s.provider_fallback, limit=MAX_FALLBACK_BYTES),
+        active_variant=s.active_variant,
     )
 
 
@@ -419,6 +508,7 @@ def decode_status(data: bytes) -> t.DeviceStatus:
         provider_fallback=_text(
             "provider fallback", msg.provider_fallback, limit=MAX_FALLBACK_BYTES
         ),
+        active_variant=_text("active variant", msg.active_variant, limit=64),
     )
 
 

@@ -201,6 +201,8 @@ class Manifest(_message.Message):
     MODEL_ENCODING_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     PROVIDERS_FIELD_NUMBER: _builtins.int
+    MODEL_CHUNKS_FIELD_NUMBER: _builtins.int
+    VARIANTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     """semver"""
@@ -243,6 +245,21 @@ class Manifest(_message.Message):
         the agent opens the session on the first one that initialises (empty: CPU only).
         """
 
+    @_builtins.property
+    def model_chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Chunk]:
+        """The model blob as content-defined chunks, in order: the blob is their concatenation. Each
+        is a content-addressed blob of its own (fetched and verified like any), so a device fetches
+        only the chunks it does not hold yet. Empty: fetch the whole blob. Signed with the rest.
+        """
+
+    @_builtins.property
+    def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Variant]:
+        """Other builds of the model for devices of some hardware class (fp16 for GPUs, int8 for CPUs
+        with dot-product/VNNI), in order: a device runs the first whose `requires` all hold on its
+        probed hardware, else the top-level model_* fields and providers (the default). Empty: the
+        one model above. Signed with the rest of the manifest.
+        """
+
     def __init__(
         self,
         *,
@@ -263,14 +280,85 @@ class Manifest(_message.Message):
         model_encoding: _builtins.str = ...,
         image: _builtins.str = ...,
         providers: _abc.Iterable[Global___ExecutionProvider] | None = ...,
+        model_chunks: _abc.Iterable[Global___Chunk] | None = ...,
+        variants: _abc.Iterable[Global___Variant] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "golden_digest", b"golden_digest", "golden_size", b"golden_size", "health", b"health", "image", b"image", "inputs", b"inputs", "model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "providers", b"providers", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "golden_digest", b"golden_digest", "golden_size", b"golden_size", "health", b"health", "image", b"image", "inputs", b"inputs", "model_chunks", b"model_chunks", "model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "providers", b"providers", "runtime", b"runtime", "variants", b"variants", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Manifest: _TypeAlias = Manifest  # noqa: Y015
+
+@_typing.final
+class Chunk(_message.Message):
+    """One piece of a chunked model blob: its content digest and length."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    """sha256:<hex>"""
+    size: _builtins.int
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Chunk: _TypeAlias = Chunk  # noqa: Y015
+
+@_typing.final
+class Variant(_message.Message):
+    """One model variant of a release: its blob (fetched and verified like the default model), the
+    providers it runs on, and the hardware conditions a device must meet to be given it:
+    "arch:<machine>" (x86_64, aarch64), "cpu:<feature>" (avx2, avx512, vnni, dotprod, fp16),
+    "gpu" (a GPU was found), "provider:<ONNX Runtime provider>" (the device's ORT offers it).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODEL_DIGEST_FIELD_NUMBER: _builtins.int
+    MODEL_SIZE_FIELD_NUMBER: _builtins.int
+    MODEL_ENCODING_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    REQUIRES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    model_digest: _builtins.str
+    """sha256:<hex>"""
+    model_size: _builtins.int
+    model_encoding: _builtins.str
+    """as Manifest.model_encoding"""
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutionProvider]: ...
+    @_builtins.property
+    def requires(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        model_digest: _builtins.str = ...,
+        model_size: _builtins.int = ...,
+        model_encoding: _builtins.str = ...,
+        providers: _abc.Iterable[Global___ExecutionProvider] | None = ...,
+        requires: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "name", b"name", "providers", b"providers", "requires", b"requires"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Variant: _TypeAlias = Variant  # noqa: Y015
 
 @_typing.final
 class ExecutionProvider(_message.Message):

@@ -382,6 +382,7 @@ class CreateReleaseRequest(_message.Message):
     RUNTIME_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
     PROVIDERS_FIELD_NUMBER: _builtins.int
+    VARIANTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     model_version: _builtins.int
@@ -410,6 +411,12 @@ class CreateReleaseRequest(_message.Message):
         (signed into the manifest); empty = the CPU only.
         """
 
+    @_builtins.property
+    def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantRequest]:
+        """Model variants for hardware classes, each from a registered model (signed into the
+        manifest as Manifest.variants, in this order).
+        """
+
     def __init__(
         self,
         *,
@@ -422,14 +429,54 @@ class CreateReleaseRequest(_message.Message):
         runtime: _builtins.str = ...,
         image: _builtins.str = ...,
         providers: _abc.Iterable[_common_pb2.ExecutionProvider] | None = ...,
+        variants: _abc.Iterable[Global___VariantRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["golden", b"golden", "health", b"health", "image", b"image", "model_version", b"model_version", "name", b"name", "notes", b"notes", "providers", b"providers", "runtime", b"runtime", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["golden", b"golden", "health", b"health", "image", b"image", "model_version", b"model_version", "name", b"name", "notes", b"notes", "providers", b"providers", "runtime", b"runtime", "variants", b"variants", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateReleaseRequest: _TypeAlias = CreateReleaseRequest  # noqa: Y015
+
+@_typing.final
+class VariantRequest(_message.Message):
+    """A variant of a release to be made from registered model `model` version `model_version`
+    (0 = its newest); its inputs and outputs must be the release's own.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    REQUIRES_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    model: _builtins.str
+    model_version: _builtins.int
+    @_builtins.property
+    def requires(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """as Variant.requires"""
+
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ExecutionProvider]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        model: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        requires: _abc.Iterable[_builtins.str] | None = ...,
+        providers: _abc.Iterable[_common_pb2.ExecutionProvider] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_version", b"model_version", "name", b"name", "providers", b"providers", "requires", b"requires"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantRequest: _TypeAlias = VariantRequest  # noqa: Y015
 
 @_typing.final
 class ReleaseInfo(_message.Message):

@@ -153,6 +153,7 @@ class DeviceStatus(_message.Message):
     HARDWARE_FIELD_NUMBER: _builtins.int
     ACTIVE_PROVIDER_FIELD_NUMBER: _builtins.int
     PROVIDER_FALLBACK_FIELD_NUMBER: _builtins.int
+    ACTIVE_VARIANT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     phase: Global___InstallPhase.ValueType
@@ -176,6 +177,10 @@ class DeviceStatus(_message.Message):
     provider_fallback: _builtins.str
     """Why the active release does not run on the first provider of its preference ("": it does,
     or it names none): the same line as its provider_fallback event.
+    """
+    active_variant: _builtins.str
+    """The model variant of the active release this device runs (Manifest.variants' name; "": the
+    release's default model).
     """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
@@ -215,10 +220,11 @@ class DeviceStatus(_message.Message):
         hardware: Global___Hardware | None = ...,
         active_provider: _builtins.str = ...,
         provider_fallback: _builtins.str = ...,
+        active_variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "hardware", b"hardware"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_provider", b"active_provider", "active_release", b"active_release", "agent_version", b"agent_version", "at_ms", b"at_ms", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "hardware", b"hardware", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "provider_fallback", b"provider_fallback", "runtimes", b"runtimes", "seq", b"seq", "target_release", b"target_release"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_manifest_digest", b"active_manifest_digest", "active_provider", b"active_provider", "active_release", b"active_release", "active_variant", b"active_variant", "agent_version", b"agent_version", "at_ms", b"at_ms", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "hardware", b"hardware", "labels", b"labels", "last_error", b"last_error", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "provider_fallback", b"provider_fallback", "runtimes", b"runtimes", "seq", b"seq", "target_release", b"target_release"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
