@@ -40,14 +40,20 @@ from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.restoring import restore
 from edgefleet.agent.runtime import ModelRuntime
-from edgefleet.agent.serving import InferenceServer, InferenceServicer, PeerServer, PeerServicer
+from edgefleet.agent.serving import (
+    InferenceServer,
+    InferenceServicer,
+    PeerArtifactServicer,
+    PeerServer,
+    PeerServicer,
+)
 from edgefleet.agent.state import DeviceState, StateFile
 from edgefleet.agent.store import DeviceStore
 from edgefleet.agent.telemetry import TelemetryLoop
 from edgefleet.agent.trusting import TrustKeeper
 from edgefleet.agent.watching import HealthWatch
 from edgefleet.common import rpc, topics, wire
-from edgefleet.common.artifacts import atomic_write
+from edgefleet.common.artifacts import ArtifactServicer, atomic_write
 from edgefleet.common.errors import InvalidInputError, MalformedMessageError
 from edgefleet.common.mqttclient import MqttSession, Will
 from edgefleet.common.signing import TrustStore
@@ -197,20 +203,13 @@ class Agent:
             timer=timer,
             max_concurrent=s.serving.max_concurrent,
         )
+        self.store = DeviceStore(s.data_dir)
         self.peer_servicer: PeerServicer | None = None
+        self.peer_artifacts: PeerArtifactServicer | None = None  # blobs for the fleet's devices
         self.peer_server: PeerServer | None = None  # enrolled agents: mTLS for neighbours
         self.peer_endpoint = ""
         if self.tls:
-            self.peer_servicer = PeerServicer(
-                servicer, fleet=s.device.fleet, listed=self.neighbours.listed
-            )
-            self.peer_server = PeerServer(
-                self.peer_servicer,
-                listen=s.serving.peer_listen or _any_port(s.serving.predict_listen),
-                files=self.identity,
-                max_concurrent=s.serving.max_concurrent,
-                max_message_bytes=s.serving.max_message_bytes,
-            )
+            self._peer_listener(servicer)
         self.server = InferenceServer(
             servicer,
             listen=s.serving.predict_listen,
@@ -219,7 +218,6 @@ class Agent:
             max_message_bytes=s.serving.max_message_bytes,
             socket_path=_socket_path(s),
         )
-        self.store = DeviceStore(s.data_dir)
         # Docker, where it answers: container releases load through ``runtime``'s seam
         self.containers = Containers.probe(device_id=self.device_id) if s.containers else None
         if self.containers is not None:
@@ -257,6 +255,7 @@ class Agent:
             timer=timer,
             containers=self.containers,
             tls=self._controller_tls,
+            peer_tls=self._peer_tls,
         )
         self.container_watch = (
             ContainerWatch(
@@ -395,6 +394,25 @@ class Agent:
             self.settings.fetch.controller, files=self.identity, on_renewed=renewed, tls=self.tls
         )
         self.renewer.start()
+
+    def _peer_listener(self, servicer: InferenceServicer) -> None:
+        """The mTLS peer listener (enrolled agents): Predict for neighbours, and this agent's
+        verified blobs for the fleet's devices, both admitted by fleet and roster."""
+        s = self.settings
+        self.peer_servicer = PeerServicer(
+            servicer, fleet=s.device.fleet, listed=self.neighbours.listed
+        )
+        self.peer_artifacts = PeerArtifactServicer(
+            ArtifactServicer(self.store.blobs), check=self.peer_servicer.check_peer
+        )
+        self.peer_server = PeerServer(
+            self.peer_servicer,
+            listen=s.serving.peer_listen or _any_port(s.serving.predict_listen),
+            files=self.identity,
+            artifacts=self.peer_artifacts,
+            max_concurrent=s.serving.max_concurrent,
+            max_message_bytes=s.serving.max_message_bytes,
+        )
 
     def _controller_tls(self) -> rpc.ClientTls | None:
         """mTLS with the device identity (read now: renewals apply), or None (plaintext)."""

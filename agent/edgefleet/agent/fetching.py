@@ -2,7 +2,10 @@
 
 ``artifacts.fetch`` appends from the partial file's size, so every attempt (a crash, a cut
 stream, the next source) resumes where the bytes on disk end; so does ``oci.fetch`` for
-an ``oci://HOST[:PORT]/REPO`` source (an OCI registry, ``Range`` requests).
+an ``oci://HOST[:PORT]/REPO`` source (an OCI registry, ``Range`` requests). A
+``peer://DEVICE@HOST:PORT`` source (``edgefleet.common.peers``) is a device of the fleet that
+holds the blob: reached over mTLS with this device's identity, its certificate checked for
+``DEVICE``, and its bytes checked like anyone's (a peer that lies is skipped, never trusted).
 
 Nothing a source says is taken on trust: the download is hard-capped at the signed size (a
 source that claims another size or streams past it is cut off before the excess is written),
@@ -28,8 +31,14 @@ from pathlib import Path
 
 from edgefleet.agent import failpoints
 from edgefleet.agent.errors import StopRequestedError
-from edgefleet.common import artifacts, digests, oci, rpc
-from edgefleet.common.errors import FetchError, IntegrityError, NotFoundError, PermanentError
+from edgefleet.common import artifacts, digests, oci, peers, rpc
+from edgefleet.common.errors import (
+    FetchError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    PermanentError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +69,13 @@ def download(
     on_bytes: Callable[[int], None],
     stall_s: float | None = None,
     tls: Callable[[], rpc.ClientTls | None] = lambda: None,
+    peer_tls: Callable[[str], rpc.ClientTls | None] = lambda _d: None,
 ) -> None:
     """Fill ``partial`` with the ``size`` bytes of ``digest``; ``on_bytes(n)`` per chunk.
 
     ``tls()``: how gRPC sources are reached (an enrolled device: mTLS with its identity, read
-    at each attempt so a renewed certificate is used at once; None: plaintext)."""
+    at each attempt so a renewed certificate is used at once; None: plaintext).
+    ``peer_tls(device_id)``: mTLS to that peer (None: this device cannot reach peers)."""
     partial.parent.mkdir(parents=True, exist_ok=True)
     done_before = 0
 
@@ -87,23 +98,17 @@ def download(
         done_before = resumed_at = partial.stat().st_size if partial.exists() else 0
         check_space(partial.parent, digest=digest, needed=size - resumed_at, size=size)
         try:
-            # an ``oci://`` source is a registry (GET .../blobs/<digest> with Range); any other
-            # is an ArtifactService address (the controller's, a neighbour's)
-            if oci.is_source(source):
-                oci.fetch(
-                    source, digest, partial, size=size, deadline_s=deadline_s, on_chunk=on_chunk
-                )
-            else:
-                artifacts.fetch(
-                    source,
-                    digest,
-                    partial,
-                    size=size,
-                    deadline_s=deadline_s,
-                    on_chunk=on_chunk,
-                    stall_s=stall_s,
-                    tls=tls(),
-                )
+            _fetch_one(
+                source,
+                digest,
+                partial,
+                size=size,
+                deadline_s=deadline_s,
+                on_chunk=on_chunk,
+                stall_s=stall_s,
+                tls=tls,
+                peer_tls=peer_tls,
+            )
             digests.verify_file(partial, digest)
         except FetchError as exc:
             log.warning("fetch from %s failed: %s", source, exc.reason)
@@ -130,3 +135,45 @@ def download(
     if bad and bad + missing == len(sources):
         raise IntegrityError(digest, f"no source served the signed bytes: {'; '.join(problems)}")
     raise FetchError(digest, "; ".join(problems))
+
+
+def _fetch_one(
+    source: str,
+    digest: str,
+    partial: Path,
+    *,
+    size: int,
+    deadline_s: float,
+    on_chunk: Callable[[int, int], None],
+    stall_s: float | None,
+    tls: Callable[[], rpc.ClientTls | None],
+    peer_tls: Callable[[str], rpc.ClientTls | None],
+) -> None:
+    """One attempt at one source: an ``oci://`` registry (GET .../blobs/<digest> with Range),
+    a ``peer://`` device (mTLS with this device's identity, the peer's certificate checked for
+    its device id; ``FetchError`` when this device has none: peers serve mTLS only), or any
+    other ArtifactService address (the controller's)."""
+    if oci.is_source(source):
+        oci.fetch(source, digest, partial, size=size, deadline_s=deadline_s, on_chunk=on_chunk)
+        return
+    target, channel_tls = source, None
+    if peers.is_source(source):
+        try:
+            device_id, target = peers.parse(source)
+        except InvalidInputError as exc:
+            raise FetchError(digest, str(exc)) from None
+        channel_tls = peer_tls(device_id)
+        if channel_tls is None:
+            raise FetchError(digest, "peers serve mTLS only and this device has no identity")
+    else:
+        channel_tls = tls()
+    artifacts.fetch(
+        target,
+        digest,
+        partial,
+        size=size,
+        deadline_s=deadline_s,
+        on_chunk=on_chunk,
+        stall_s=stall_s,
+        tls=channel_tls,
+    )

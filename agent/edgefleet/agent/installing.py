@@ -93,9 +93,12 @@ class Installer:
         timer: Callable[[], float] = time.perf_counter,
         containers: Containers | None = None,
         tls: Callable[[], rpc.ClientTls | None] = lambda: None,
+        peer_tls: Callable[[str], rpc.ClientTls | None] = lambda _d: None,
     ) -> None:
-        """``tls()``: how blob sources over gRPC are reached (``fetching.download``)."""
+        """``tls()``: how blob sources over gRPC are reached (``fetching.download``);
+        ``peer_tls(device_id)``: how a ``peer://`` source is (mTLS to that device)."""
         self._tls = tls
+        self._peer_tls = peer_tls
         self._device_id = device_id
         self._containers = containers  # None: Docker did not answer; container releases fail
         self._runtimes = r.SUPPORTED_RUNTIMES | ({"container"} if containers else set())
@@ -341,6 +344,7 @@ class Installer:
             stopping=self._stopping,
             on_bytes=self._metrics.download_bytes.inc,
             tls=self._tls,
+            peer_tls=self._peer_tls,
         )
 
     def _verify(self, action: r.Verify) -> None:

@@ -34,7 +34,9 @@ Listeners: the app listener (``--predict-listen``, loopback by default, plaintex
 socket serve local apps. An enrolled agent also runs ``PeerServer`` (``--peer-listen``), mTLS
 with its device certificate: a neighbour must present a certificate of the fleet CA naming
 this fleet and a device on the signed roster (``PeerServicer``); that endpoint is the one it
-advertises to the fleet, so forwarding between enrolled agents is mTLS both ways.
+advertises to the fleet, so forwarding between enrolled agents is mTLS both ways. The same
+listener serves the agent's verified blobs to its fleet's devices (``PeerArtifactServicer``:
+peer-to-peer downloads, admitted as a Predict is).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import logging
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import cast
@@ -63,8 +65,9 @@ from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.sampling import FOLD_AT
 from edgefleet.common import identities, rpc, sharedmem, wire
+from edgefleet.common.artifacts import ArtifactServicer
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
-from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +393,10 @@ class PeerServicer(inference_pb2_grpc.InferenceServiceServicer):
         self._check(context, controller=True, peers=False)
         return self._inner.Benchmark(request, context)
 
+    def check_peer(self, context: grpc.ServicerContext) -> None:
+        """Abort PERMISSION_DENIED unless the caller is a device of this fleet on the roster."""
+        self._check(context)
+
     def _check(
         self, context: grpc.ServicerContext, *, controller: bool = False, peers: bool = True
     ) -> None:
@@ -416,8 +423,39 @@ class PeerServicer(inference_pb2_grpc.InferenceServiceServicer):
                     reason = f"{ident.device_id} is not on the fleet roster"
         if reason:
             self.refused += 1
-            log.warning("peer Predict from %s refused: %s", context.peer(), reason)
+            log.warning("peer call from %s refused: %s", context.peer(), reason)
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"peer refused: {reason}")
+
+
+class PeerArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
+    """The blobs this agent holds, for the devices of its fleet (peer-to-peer downloads), on the
+    mTLS peer listener: ``check`` admits a caller as ``PeerServicer`` admits a Predict (the
+    fleet's CA, this fleet, on the roster), then ``inner`` serves, read-only, what is in the
+    agent's verified blob store (model and golden blobs, chunks: nothing else on its disk),
+    each blob re-hashed against its name before it is served. The fetching device checks the
+    signed digest anyway: a peer is a cache, never trusted."""
+
+    def __init__(
+        self, inner: ArtifactServicer, *, check: Callable[[grpc.ServicerContext], None]
+    ) -> None:
+        self._inner = inner
+        self._check = check
+        self.served_bytes = 0
+        """Blob bytes sent to peers."""
+
+    def Stat(
+        self, request: artifact_pb2.StatRequest, context: grpc.ServicerContext
+    ) -> artifact_pb2.BlobInfo:
+        self._check(context)
+        return self._inner.Stat(request, context)
+
+    def Fetch(
+        self, request: artifact_pb2.FetchRequest, context: grpc.ServicerContext
+    ) -> Iterator[artifact_pb2.BlobChunk]:
+        self._check(context)
+        for chunk in self._inner.Fetch(request, context):
+            self.served_bytes += len(chunk.data)
+            yield chunk
 
 
 class _ReloadingCredentials:
@@ -452,7 +490,8 @@ class _ReloadingCredentials:
 
 
 class PeerServer:
-    """The mTLS listener neighbours forward to (enrolled agents): ``PeerServicer`` only."""
+    """The mTLS listener neighbours forward to (enrolled agents): ``PeerServicer``, and
+    ``PeerArtifactServicer`` when given (``artifacts``: the blobs peers may download)."""
 
     def __init__(
         self,
@@ -460,6 +499,7 @@ class PeerServer:
         *,
         listen: str,
         files: IdentityFiles,
+        artifacts: PeerArtifactServicer | None = None,
         workers: int = 4,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
@@ -479,6 +519,8 @@ class PeerServer:
             maximum_concurrent_rpcs=max_concurrent + CONTROL_RPCS,
         )
         inference_pb2_grpc.add_InferenceServiceServicer_to_server(servicer, self._server)
+        if artifacts is not None:
+            artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(artifacts, self._server)
 
     def start(self) -> str:
         """Bind (mTLS, the identity's key, certificate and CA) and start; the advertised

@@ -111,6 +111,16 @@ def run(
             "or another ArtifactService HOST:PORT."
         ),
     ] = None,
+    peer_sources: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Desired states name up to this many enrolled, online devices of the fleet "
+            "(same `site` label when the device has one) that already hold the release as "
+            "sources before this controller: peer-to-peer downloads over their mTLS peer "
+            "listeners, every byte checked against the signed digest (0: none).",
+        ),
+    ] = 3,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus /metrics on this port.")
     ] = None,
@@ -221,6 +231,7 @@ def run(
             bind=grpc,
             advertise=advertise,
             extra_sources=sources,
+            peer_sources=peer_sources,
             tls=tls,
             enroll_bind=enroll_listen,
         ),

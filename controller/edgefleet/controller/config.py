@@ -19,6 +19,8 @@ class GrpcSettings:
     """ArtifactService address put into desired states; empty = the bound address."""
     extra_sources: tuple[str, ...] = ()
     """Blob sources devices try before this controller: oci://REGISTRY/REPO or HOST:PORT."""
+    peer_sources: int = 3
+    """Devices of the fleet holding a release named before these sources (0: none)."""
     workers: int = 16
     """Threads serving gRPC calls."""
     grace_s: float = 3.0

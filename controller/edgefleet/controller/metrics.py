@@ -81,6 +81,12 @@ class Metrics:
             "Blobs found corrupt in the controller's store when asked for; moved aside, not served",
             registry=self.registry,
         )
+        self.artifact_bytes = Counter(
+            "edgefleet_controller_artifact_bytes_served_total",
+            "Blob bytes the controller's ArtifactService sent to devices (its download egress; "
+            "bytes devices fetch from peers are not counted here)",
+            registry=self.registry,
+        )
         self.desired_published = Counter(
             "edgefleet_controller_desired_states_published_total",
             "Signed desired states handed to the MQTT session",

@@ -25,6 +25,7 @@ from edgefleet.common import types as t
 from edgefleet.common.errors import InvalidInputError, NotFoundError, TransientError
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.metrics import Metrics
+from edgefleet.controller.peering import PeerSources, choose
 from edgefleet.controller.records import Release
 from edgefleet.controller.releases import Releases
 
@@ -69,8 +70,10 @@ class Sender:
         artifact_sources: Sequence[str],
         desired_ttl_ms: int = 30 * 86400 * 1000,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        peers: PeerSources | None = None,
     ) -> None:
-        """``desired_ttl_ms`` 0: desired states never expire."""
+        """``desired_ttl_ms`` 0: desired states never expire. ``peers``: devices of the fleet
+        that hold a release are named as its sources before ``artifact_sources``."""
         self._releases = releases
         self._ttl_ms = desired_ttl_ms
         self._clock_ms = clock_ms
@@ -78,6 +81,7 @@ class Sender:
         self._publisher = publisher
         self._metrics = metrics
         self._sources = tuple(artifact_sources)
+        self._peers = peers
         self._lock = threading.Lock()
         self._unsent: dict[str, Sealed] = {}
 
@@ -95,6 +99,7 @@ class Sender:
         _, key = self._keys.active()
         expires_at_ms = self._clock_ms() + self._ttl_ms if self._ttl_ms > 0 else 0
         manifests: dict[str, Release | None] = {}
+        sources = self._sources_for(orders, fleet)
         sealed: list[Sealed] = []
         missing: dict[str, str] = {}
         for o in orders:
@@ -111,12 +116,30 @@ class Sender:
                 signed_manifest=release.signed_manifest,
                 rollout_id=rollout_id,
                 issued_at_ms=issued_at_ms,
-                artifact_sources=self._sources,
+                artifact_sources=sources(o),
                 key=key,
                 expires_at_ms=expires_at_ms,
             )
             sealed.append(Sealed(o.device_id, o.generation, payload))
         return sealed, missing
+
+    def _sources_for(self, orders: Sequence[Order], fleet: str) -> Callable[[Order], list[str]]:
+        """Per order: nearby peers holding its release first (``peering``), the controller last;
+        the holders are read once per release of this batch."""
+        if self._peers is None or self._peers.limit <= 0:
+            return lambda _o: list(self._sources)
+        peers = self._peers
+        holders = {r: peers.holders(fleet, r) for r in {o.release for o in orders}}
+        if not any(holders.values()):
+            return lambda _o: list(self._sources)
+        sites = peers.sites([o.device_id for o in orders])
+
+        def of(o: Order) -> list[str]:
+            site = sites.get(o.device_id, "")
+            near = choose(holders[o.release], device_id=o.device_id, site=site, limit=peers.limit)
+            return [*near, *self._sources]
+
+        return of
 
     def publish(self, sealed: Sequence[Sealed]) -> None:
         """Queue each message (paho sends QoS 1 once the broker is reachable)."""

@@ -43,6 +43,7 @@ from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.leasing import DbMutex, Lease
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.operators import OperatorStore
+from edgefleet.controller.peering import PeerSources
 from edgefleet.controller.pki import KeyPair
 from edgefleet.controller.registry import Registry
 from edgefleet.controller.releases import Releases
@@ -168,6 +169,7 @@ class Controller:
             artifact_sources=[*s.grpc.extra_sources, self._advertised(host, port)],
             desired_ttl_ms=ttl_ms,
             clock_ms=now_ms,
+            peers=PeerSources(db, limit=s.grpc.peer_sources),
         )
         store = RolloutStore(db)
         # Several replicas may share this database: changes serialise on a lock they share,
@@ -370,7 +372,9 @@ class Controller:
         """What devices reach: blobs, enrollment and renewal, health."""
         assert self.enrollment is not None
         artifacts = ArtifactServicer(
-            blobs, on_corrupt=lambda _digest, _found: self.metrics.corrupt_blobs.inc()
+            blobs,
+            on_corrupt=lambda _digest, _found: self.metrics.corrupt_blobs.inc(),
+            on_served=self.metrics.artifact_bytes.inc,
         )
         artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(artifacts, server)
         enroll_pb2_grpc.add_EnrollmentServiceServicer_to_server(

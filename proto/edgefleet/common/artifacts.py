@@ -99,6 +99,7 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
     file (inode, size, mtime, ctime: a change of any re-checks it). A corrupt blob is moved out
     of the store (``<root>/corrupt/``), the call fails with DATA_LOSS, and ``on_corrupt(digest,
     found)`` runs (the controller counts and logs it); the device tries its next source.
+    ``on_served(n)`` runs for each chunk of ``n`` bytes sent (the controller's egress counter).
     """
 
     def __init__(
@@ -106,11 +107,13 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
         store: BlobStore,
         *,
         on_corrupt: Callable[[str, str], None] | None = None,
+        on_served: Callable[[int], None] | None = None,
         verify: bool = True,
     ) -> None:
         self._store = store
         self._verify = verify  # False: serve as stored (a test's lying source)
         self._on_corrupt = on_corrupt
+        self._on_served = on_served
         self._verified: dict[str, tuple[int, int, int, int]] = {}
         self._verify_lock = threading.Lock()
 
@@ -178,6 +181,8 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
             while data := f.read(chunk):
                 yield artifact_pb2.BlobChunk(offset=offset, data=data, total_size=total)
                 offset += len(data)
+                if self._on_served is not None:
+                    self._on_served(len(data))
 
 
 def fetch(
