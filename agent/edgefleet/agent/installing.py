@@ -20,9 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgefleet.agent import checking, failpoints, fetching, health
+from edgefleet.agent import checking, deltas, failpoints, fetching, health
 from edgefleet.agent import golden as g
 from edgefleet.agent import reconcile as r
 from edgefleet.agent.errors import StopRequestedError
@@ -37,6 +38,7 @@ from edgefleet.agent.store import DeviceStore, signed_manifest_of
 from edgefleet.agent.variants import resolve_desired
 from edgefleet.agent.watching import HealthWatch
 from edgefleet.common import backoff, digests, rpc
+from edgefleet.common import types as t
 from edgefleet.common.desired import open_desired
 from edgefleet.common.errors import (
     EdgeFleetError,
@@ -334,6 +336,10 @@ class Installer:
                 generation=action.generation,
                 phase=InstallPhase.FETCHING,
             )
+        chunks = self._chunks_for(action.digest)
+        if chunks:
+            self._fetch_chunks(action, chunks, partial)
+            return
         fetching.download(
             action.sources,
             action.digest,
@@ -345,6 +351,45 @@ class Installer:
             on_bytes=self._metrics.download_bytes.inc,
             tls=self._tls,
             peer_tls=self._peer_tls,
+        )
+
+    def _chunks_for(self, digest: str) -> tuple[t.Chunk, ...]:
+        """The signed chunk list of the model blob ``digest`` (empty: fetch it whole)."""
+        desired = self._pending
+        if desired is None or desired.manifest.model_digest != digest:
+            return ()
+        return deltas.usable_chunks(desired.manifest)
+
+    def _fetch_chunks(self, action: r.Fetch, chunks: tuple[t.Chunk, ...], partial: Path) -> None:
+        """Assemble the model blob from held chunks and fetched ones (each verified); the
+        Verify step then checks the whole against the model digest."""
+
+        def fetch(chunk: t.Chunk) -> bytes:
+            part = self._store.partial(chunk.digest)
+            fetching.download(
+                action.sources,
+                chunk.digest,
+                part,
+                size=chunk.size,
+                deadline_s=self._fetch_deadline_s,
+                stall_s=self._fetch_stall_s,
+                stopping=self._stopping,
+                on_bytes=self._metrics.download_bytes.inc,
+                tls=self._tls,
+                peer_tls=self._peer_tls,
+            )
+            data = part.read_bytes()
+            part.unlink(missing_ok=True)
+            return data
+
+        stats = deltas.assemble(chunks, partial, held=deltas.held_chunks(self._store), fetch=fetch)
+        self._reporter.event(
+            "delta_fetched",
+            f"{stats.fetched} of {len(chunks)} chunks fetched ({stats.fetched_bytes} bytes), "
+            f"{stats.reused} held ({stats.reused_bytes} bytes)",
+            release=self.state.install.release if self.state.install else "",
+            generation=action.generation,
+            phase=InstallPhase.FETCHING,
         )
 
     def _verify(self, action: r.Verify) -> None:

@@ -19,6 +19,12 @@ host's Docker (``images.build_release_image``: the shared runtime base plus a la
 model and golden data) or the user's own (``image=REF``); its digest is signed in the manifest
 (``image``), so a device runs no image but that one. The image is built before anything is
 stored: a failed build leaves no release behind.
+
+A release may carry model variants for hardware classes (``VariantSpec``: another registered
+model version, the conditions a device must meet, its providers), signed into the manifest in
+order (``Manifest.variants``); each must take and give what the release's model does, and name
+only requirements devices report (``REQUIREMENT_KINDS``). A device runs the first that fits its
+hardware, else the release's own model.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,7 +40,7 @@ import semver
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from edgefleet.common import digests, signing, wire
+from edgefleet.common import chunking, digests, signing, wire
 from edgefleet.common import types as t
 from edgefleet.common.artifacts import BlobStore
 from edgefleet.common.errors import (
@@ -54,6 +60,40 @@ log = logging.getLogger(__name__)
 
 DECODED_DIGEST = "decoded_model_digest"  # annotation of a packed release: the model's digest
 RUNTIMES = ("onnxruntime", "container")
+CPU_FEATURES = ("avx2", "avx512", "vnni", "amx", "f16c", "neon", "dotprod", "fp16", "i8mm", "sve")
+"""The CPU features an agent reports (``edgefleet.agent.hardware``), as "cpu:<feature>"."""
+ARCHES = ("x86_64", "aarch64", "armv7l")
+REQUIREMENT_KINDS = "arch:<x86_64|aarch64|armv7l>, cpu:<feature>, gpu, provider:<name>"
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """A model variant to release: registered ``model`` version ``model_version`` (0 = its
+    newest), for devices meeting every one of ``requires``, run on ``providers``."""
+
+    name: str
+    model: str
+    model_version: int = 0
+    requires: tuple[str, ...] = ()
+    providers: tuple[t.ExecutionProvider, ...] = ()
+
+
+def validate_requirement(variant: str, requirement: str) -> str:
+    """``requirement`` when devices can report it (``REQUIREMENT_KINDS``); else
+    ``InvalidInputError``."""
+    kind, sep, value = requirement.partition(":")
+    known = (
+        (requirement == "gpu")
+        or (sep and kind == "arch" and value in ARCHES)
+        or (sep and kind == "cpu" and value in CPU_FEATURES)
+        or (sep and kind == "provider" and value.endswith("ExecutionProvider"))
+    )
+    if not known:
+        raise InvalidInputError(
+            f"variant {variant}: unknown requirement {requirement!r} (one of {REQUIREMENT_KINDS};"
+            f" CPU features: {', '.join(CPU_FEATURES)})"
+        )
+    return requirement
 
 
 def validate_health(h: t.HealthPolicy) -> t.HealthPolicy:
@@ -168,6 +208,7 @@ class Releases:
         runtime: str = "",
         image: str = "",
         providers: Sequence[t.ExecutionProvider] = (),
+        variants: Sequence[VariantSpec] = (),
     ) -> Release:
         """Sign and store ``ref`` from model ``ref.name`` version ``model_version`` (0 = newest).
 
@@ -176,6 +217,7 @@ class Releases:
         smoke inference on zeros only otherwise. ``runtime``: "onnxruntime" (default) or
         "container", with ``image`` the user's own image (default: built here). ``providers``:
         runtime "onnxruntime"'s execution providers in order of preference (empty: the CPU).
+        ``variants``: models for hardware classes, in the order devices try them.
         """
         runtime = runtime or "onnxruntime"
         if runtime not in RUNTIMES:
@@ -186,9 +228,12 @@ class Releases:
             raise InvalidInputError("an image is for runtime container only")
         if providers and runtime != "onnxruntime":
             raise InvalidInputError("execution providers are for runtime onnxruntime only")
+        if variants and runtime != "onnxruntime":
+            raise InvalidInputError("model variants are for runtime onnxruntime only")
         preference = validate_providers(providers)
         policy = validate_health(health or t.HealthPolicy())
         model = self._registry.get(ref.name, model_version)
+        chosen = self._variants(model, variants)
         if self._find(ref) is not None:
             raise AlreadyExistsError("release", str(ref))
         key_id, private_key = self._keys.active()
@@ -211,6 +256,10 @@ class Releases:
             manifest = replace(manifest, runtime=runtime, image=built.digest)
         if preference:  # signed with the rest: a device runs the release only on these
             manifest = replace(manifest, providers=preference)
+        if chosen:
+            manifest = replace(manifest, variants=chosen)
+        if runtime == "onnxruntime":  # the chunk list is signed too: each chunk is verifiable
+            manifest = replace(manifest, model_chunks=self._store_chunks(manifest))
         envelope = signing.sign(wire.encode_manifest(manifest), signing.MANIFEST_TYPE, private_key)
         row = ReleaseRow(
             name=ref.name,
@@ -230,6 +279,32 @@ class Releases:
         log.info("release %s from model version %d, signed by %s", ref, model.version, key_id)
         return _record(row)
 
+    def _variants(self, model: ModelVersion, specs: Sequence[VariantSpec]) -> tuple[t.Variant, ...]:
+        """``specs`` as manifest variants of a release of ``model``: each a registered model
+        version with ``model``'s inputs and outputs and known requirements."""
+        made = []
+        for spec in specs:
+            requires = tuple(validate_requirement(spec.name, r) for r in spec.requires)
+            source = self._registry.get(spec.model, spec.model_version)
+            if (source.inputs, source.outputs) != (model.inputs, model.outputs):
+                raise InvalidInputError(
+                    f"variant {spec.name}: {spec.model} v{source.version} does not take and give"
+                    f" what {model.name} v{model.version} does (inputs and outputs must match)"
+                )
+            made.append(
+                t.Variant(
+                    name=spec.name,
+                    model_digest=source.digest,
+                    model_size=source.size,
+                    providers=validate_providers(spec.providers),
+                    requires=requires,
+                )
+            )
+        try:
+            return wire.check_variants(made)
+        except MalformedMessageError as exc:
+            raise InvalidInputError(str(exc)) from exc
+
     def _image(
         self, ref: t.ReleaseRef, model: ModelVersion, golden_digest: str, image: str
     ) -> images.BuiltImage:
@@ -243,6 +318,23 @@ class Releases:
         return images.build_release_image(
             client, ref, model=self._blobs.read(model.digest), golden=golden
         )
+
+    def _store_chunks(self, manifest: t.Manifest) -> tuple[t.Chunk, ...]:
+        """Split the manifest's model blob into content-defined chunks, each stored as a blob
+        of its own (served by ArtifactService like any); the chunk list (empty: no blob store,
+        or a blob too small to gain from chunks: devices fetch it whole)."""
+        if self._blobs is None or not self._blobs.has(manifest.model_digest):
+            return ()
+        data = self._blobs.read(manifest.model_digest)
+        if len(data) < 2 * chunking.MIN_CHUNK:
+            return ()
+        chunks = []
+        for chunk, piece in chunking.split(data):
+            if not self._blobs.has(chunk.digest):
+                self._blobs.put(piece)
+            chunks.append(chunk)
+        log.info("model %s stored as %d chunks", manifest.model_digest, len(chunks))
+        return tuple(chunks)
 
     def _store_golden(self, model: ModelVersion, data: bytes) -> tuple[str, int]:
         """Normalize golden data for ``model`` and store it; (digest, size)."""
