@@ -27,6 +27,7 @@ from edgefleet.controller.records import (
     Started,
 )
 from edgefleet.controller.registry import Upload
+from edgefleet.controller.releases import VariantSpec
 from edgefleet.controller.rollouts import strategy as rollout_strategy
 from edgefleet.controller.rollouts.history import Transition
 from edgefleet.controller.rollouts.strategy import Strategy
@@ -80,6 +81,20 @@ def health(msg: controller_pb2.CreateReleaseRequest) -> t.HealthPolicy | None:
 def providers(msg: controller_pb2.CreateReleaseRequest) -> tuple[t.ExecutionProvider, ...]:
     """The request's execution provider preference, in its order (checked by ``releases``)."""
     return tuple(t.ExecutionProvider(p.name, dict(p.options)) for p in msg.providers)
+
+
+def variants(msg: controller_pb2.CreateReleaseRequest) -> tuple[VariantSpec, ...]:
+    """The request's model variants, in their order (checked by ``releases``)."""
+    return tuple(
+        VariantSpec(
+            name=v.name,
+            model=v.model,
+            model_version=v.model_version,
+            requires=tuple(v.requires),
+            providers=tuple(t.ExecutionProvider(p.name, dict(p.options)) for p in v.providers),
+        )
+        for v in msg.variants
+    )
 
 
 def release_info(r: Release) -> controller_pb2.ReleaseInfo:

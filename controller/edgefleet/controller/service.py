@@ -204,6 +204,7 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
                 runtime=request.runtime,
                 image=request.image,
                 providers=api.providers(request),
+                variants=api.variants(request),
             )
             return api.release_info(release)
 

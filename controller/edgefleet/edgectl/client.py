@@ -239,6 +239,7 @@ class ControllerClient:
         runtime: str = "",
         image: str = "",
         providers: Sequence[t.ExecutionProvider] = (),
+        variants: Sequence[pb.VariantRequest] = (),
     ) -> pb.ReleaseInfo:
         request = pb.CreateReleaseRequest(
             name=name,
@@ -252,6 +253,7 @@ class ControllerClient:
                 common_pb2.ExecutionProvider(name=p.name, options=dict(p.options))
                 for p in providers
             ],
+            variants=variants,
         )
         if health is not None:
             request.health.CopyFrom(wire.health_to_pb(health))

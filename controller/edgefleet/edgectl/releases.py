@@ -16,7 +16,7 @@ from edgefleet.common.types import (
 )
 from edgefleet.controller.rollouts.strategy import parse_duration
 from edgefleet.edgectl import oci_cmd, output, shell
-from edgefleet.v1 import common_pb2
+from edgefleet.v1 import common_pb2, controller_pb2
 
 app = typer.Typer(
     help="Create and list signed releases.\n\nA release NAME:VERSION (semver) packs one "
@@ -64,6 +64,29 @@ def providers_text(providers: Iterable[common_pb2.ExecutionProvider]) -> str:
         p.name
         + (f"({','.join(f'{k}={v}' for k, v in sorted(p.options.items()))})" if p.options else "")
         for p in providers
+    )
+
+
+def parse_variant(text: str) -> controller_pb2.VariantRequest:
+    """``--variant``: ``NAME=MODEL[:VERSION][@REQ[+REQ...]][/PROVIDERS]``."""
+    name, sep, rest = text.partition("=")
+    spec, _, tail = rest.partition("@") if "@" in rest else rest.partition("/")
+    requires, _, providers = tail.partition("/") if "@" in rest else ("", "", tail)
+    model, _, version = spec.partition(":")
+    if not (sep and name.strip() and model.strip()) or not (version or "0").isdigit():
+        raise typer.BadParameter(
+            f"{text!r} is not NAME=MODEL[:VERSION][@REQ[+REQ...]][/PROVIDERS]",
+            param_hint="--variant",
+        )
+    return controller_pb2.VariantRequest(
+        name=name.strip(),
+        model=model.strip(),
+        model_version=int(version or 0),
+        requires=[r.strip() for r in requires.split("+") if r.strip()],
+        providers=[
+            common_pb2.ExecutionProvider(name=p.name, options=dict(p.options))
+            for p in parse_providers(providers)
+        ],
     )
 
 
@@ -190,6 +213,22 @@ def create(
             metavar="PROVIDERS",
         ),
     ] = "",
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--variant",
+            help="A model variant for a hardware class, NAME=MODEL[:VERSION][@REQ[+REQ...]]"
+            "[/PROVIDERS] (repeatable, tried in order): registered model MODEL (VERSION 0 or "
+            "none: its newest), with the release model's inputs and outputs, for devices "
+            "meeting every REQ: arch:x86_64|aarch64|armv7l, cpu:FEATURE (avx2, avx512, vnni, "
+            "amx, f16c, neon, dotprod, fp16, i8mm, sve), gpu, provider:NAME (the device's ONNX "
+            "Runtime offers it); PROVIDERS as in --providers. E.g. "
+            "fp16=digits-fp16@gpu+provider:CUDAExecutionProvider/cuda,cpu or "
+            "int8=digits-int8@cpu:vnni. A device runs the first that fits, else the default "
+            "model, and `devices list` shows which.",
+            metavar="VARIANT",
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Create release NAME:VERSION from a registered model version.
@@ -230,6 +269,7 @@ def create(
             runtime="" if runtime == "onnxruntime" else runtime,
             image=image,
             providers=preference,
+            variants=[parse_variant(v) for v in variant or ()],
         )
     m = release.manifest
     if as_json:
@@ -241,6 +281,10 @@ def create(
             "max_load_failures": m.health.max_load_failures,
             "runtime": m.runtime or "onnxruntime",
             "image": m.image,
+            "variants": [
+                {"name": v.name, "model_digest": v.model_digest, "requires": list(v.requires)}
+                for v in m.variants
+            ],
         }
         output.print_json(info)
         return
@@ -257,6 +301,9 @@ def create(
         output.console.print(f"  image:    {m.image} (runtime {m.runtime})", markup=False)
     if m.providers:
         output.console.print(f"  providers: {providers_text(m.providers)}", markup=False)
+    for v in m.variants:
+        needs = " + ".join(v.requires) or "any device"
+        output.console.print(f"  variant {v.name}: {v.model_digest} for {needs}", markup=False)
 
 
 @app.command("list")
