@@ -3,12 +3,50 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
+import pytest
 
+from edgefleet.common import types as t
+from edgefleet.edgectl import output
+from tests.conftest import Broker
 from tests.controller import support
 from tests.edgectl.conftest import Edgectl, one_error_line
+
+
+@pytest.fixture
+def device(broker: Broker) -> Iterator[support.Device]:
+    dev = support.Device(broker.url)
+    yield dev
+    dev.close()
+
+
+def test_devices_list_shows_the_variant_a_device_runs(
+    edgectl: Edgectl, device: support.Device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(output.console, "_width", 240)  # a wide terminal: every column shows
+    fleet, dev = support.unique("fleet"), support.unique("dev")
+    device.status(
+        dev,
+        fleet,
+        phase=t.InstallPhase.ACTIVE,
+        active_release="digits:1.0.0",
+        active_provider="CPUExecutionProvider",
+        active_variant="int8-vnni",
+        seq=1,
+    )
+
+    def listed() -> list[dict[str, object]]:
+        result = edgectl("devices", "list", "--fleet", fleet, "--json")
+        assert result.exit_code == 0, result.stdout + result.stderr
+        return [d for d in json.loads(result.stdout) if d["active_variant"]]
+
+    [d] = support.eventually(listed, what="the variant")
+    assert d["active_variant"] == "int8-vnni"
+    table = edgectl("devices", "list", "--fleet", fleet)
+    assert table.exit_code == 0 and "int8-vnni on CPU" in table.stdout, table.stdout
 
 
 def test_release_create_with_variants(

@@ -262,6 +262,7 @@ def device_info(d: DeviceView) -> controller_pb2.DeviceInfo:
         msg.hardware.CopyFrom(wire.hardware_to_pb(d.hardware))
     msg.active_provider = d.active_provider
     msg.provider_fallback = d.provider_fallback
+    msg.active_variant = d.active_variant
     return msg
 
 

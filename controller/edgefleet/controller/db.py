@@ -129,6 +129,8 @@ class DeviceRow(Base):
     """The execution provider the active release runs on ("": none in-process)."""
     provider_fallback: Mapped[str] = mapped_column(Text, server_default="")
     """Why not the release's first provider preference ("": it is)."""
+    active_variant: Mapped[str] = mapped_column(String(64), server_default="")
+    """The active release's model variant the device runs ("": the release's default)."""
     runtimes: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     """The release runtimes the device's agent offers ("onnxruntime", "container": Docker
     answered it at start); None until an agent that reports them."""

@@ -36,6 +36,7 @@ def set_status(row: DeviceRow, s: t.DeviceStatus) -> None:
         row.hardware = asdict(s.hardware)
     row.active_provider = s.active_provider
     row.provider_fallback = s.provider_fallback
+    row.active_variant = s.active_variant
     if s.runtimes:  # an older agent's status names none: keep what is known
         row.runtimes = list(s.runtimes)
     row.status_at_ms = s.at_ms
@@ -202,4 +203,5 @@ def view(
         hardware=hardware(d),
         active_provider=d.active_provider or "",
         provider_fallback=d.provider_fallback or "",
+        active_variant=d.active_variant or "",
     )

@@ -106,6 +106,7 @@ class DeviceView:
     hardware: t.Hardware | None = None  # as the device's agent probed it at start
     active_provider: str = ""  # the execution provider its active release runs on
     provider_fallback: str = ""  # why not the release's first preference ("": it is)
+    active_variant: str = ""  # the active release's model variant it runs ("": the default)
 
 
 @dataclass(frozen=True)

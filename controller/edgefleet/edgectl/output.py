@@ -264,10 +264,13 @@ def hardware_cell(h: mqtt_pb2.Hardware) -> str:
 
 
 def provider_cell(d: pb.DeviceInfo) -> str:
-    """The active release's provider; yellow "(fallback)" when not its first preference."""
+    """The active release's provider, after its model variant ("int8 on CPU") when it runs
+    one; yellow "(fallback)" when not its first preference."""
     if not d.active_provider:
-        return "-"
+        return safe(d.active_variant) or "-"
     cell = safe(short_provider(d.active_provider))
+    if d.active_variant:
+        cell = f"{safe(d.active_variant)} on {cell}"
     return f"[yellow]{cell} (fallback)[/]" if d.provider_fallback else cell
 
 
@@ -291,6 +294,7 @@ def device_dict(d: pb.DeviceInfo) -> dict[str, Any]:
         "hardware": hardware_dict(d.hardware) if d.HasField("hardware") else None,
         "active_provider": d.active_provider,
         "provider_fallback": d.provider_fallback,
+        "active_variant": d.active_variant,
     }
 
 

@@ -760,6 +760,7 @@ class DeviceInfo(_message.Message):
     HARDWARE_FIELD_NUMBER: _builtins.int
     ACTIVE_PROVIDER_FIELD_NUMBER: _builtins.int
     PROVIDER_FALLBACK_FIELD_NUMBER: _builtins.int
+    ACTIVE_VARIANT_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     fleet: _builtins.str
     phase: _mqtt_pb2.InstallPhase.ValueType
@@ -776,6 +777,8 @@ class DeviceInfo(_message.Message):
     """the execution provider its active release runs on"""
     provider_fallback: _builtins.str
     """why not the release's first preference ("": it is)"""
+    active_variant: _builtins.str
+    """the active release's model variant it runs ("": the default)"""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -809,10 +812,11 @@ class DeviceInfo(_message.Message):
         hardware: _mqtt_pb2.Hardware | None = ...,
         active_provider: _builtins.str = ...,
         provider_fallback: _builtins.str = ...,
+        active_variant: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "hardware", b"hardware", "telemetry", b"telemetry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_provider", b"active_provider", "active_release", b"active_release", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "generation_desired", b"generation_desired", "hardware", b"hardware", "labels", b"labels", "last_error", b"last_error", "last_seen_ms", b"last_seen_ms", "online", b"online", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "provider_fallback", b"provider_fallback", "target_release", b"target_release", "telemetry", b"telemetry"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_provider", b"active_provider", "active_release", b"active_release", "active_variant", b"active_variant", "container", b"container", "device_id", b"device_id", "fleet", b"fleet", "generation_applied", b"generation_applied", "generation_desired", b"generation_desired", "hardware", b"hardware", "labels", b"labels", "last_error", b"last_error", "last_seen_ms", b"last_seen_ms", "online", b"online", "phase", b"phase", "predict_endpoint", b"predict_endpoint", "previous_release", b"previous_release", "provider_fallback", b"provider_fallback", "target_release", b"target_release", "telemetry", b"telemetry"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
