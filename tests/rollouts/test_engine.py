@@ -217,3 +217,29 @@ def test_error_rate_gate() -> None:
     r, _ = engine.step(r, reports, now=1)
     assert r.phase is RolloutPhase.ROLLING_BACK and "error rate 20.0%" in r.reason
     assert DeviceState.ROLLING_BACK in {t.state for t in r.targets}
+
+
+def test_the_latency_gate_compares_each_device_with_its_own_previous_figures() -> None:
+    """Devices running different model variants (a GPU's fp16 at 1 ms, a Pi's int8 at 20 ms)
+    are each judged against their own p95 before the rollout, not against the fleet's."""
+    gpu, pi = "gpu", "pi"
+    reports = fleet_on_old([gpu], p95=1.0) | fleet_on_old([pi], p95=20.0)
+
+    def judged(gpu_p95: float, pi_p95: float) -> engine.Rollout:
+        s = strategy.parse(kind="all-at-once")
+        r, cmds = engine.step(engine.start("r1", "factory-a", NEW, s, [gpu, pi]), reports, now=0)
+        assert {c.device_id for c in cmds} == {gpu, pi}
+        after = applied(reports, [c for c in cmds if c.device_id == pi], p95=pi_p95)
+        after = applied(after, [c for c in cmds if c.device_id == gpu], p95=gpu_p95)
+        return engine.step(r, after, now=1)[0]
+
+    # the Pi's 25 ms is 25x the GPU's baseline, but 1.25x its own: both pass
+    ok = judged(gpu_p95=1.4, pi_p95=25.0)
+    assert states(ok) == {gpu: "healthy", pi: "healthy"}
+    assert ok.phase is RolloutPhase.SUCCEEDED
+    # 3 ms is far under the Pi's figures, but 3x the GPU's own
+    slow = judged(gpu_p95=3.0, pi_p95=20.0)
+    [failed] = [t for t in slow.targets if t.device_id == gpu]
+    assert failed.state is DeviceState.ROLLING_BACK  # failed, and the rollout rolls back
+    assert "p95 3.00 ms > 1.5x baseline 1.00 ms" in failed.reason
+    assert slow.phase is not RolloutPhase.SUCCEEDED
