@@ -18,9 +18,17 @@ from edgefleet.agent import variants
 from edgefleet.common import desired, digests, signing, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import MalformedMessageError, SignatureError
-from edgefleet.demo.digits import TrainedModel
+from edgefleet.demo.digits import DigitsData, TrainedModel
 from tests.agent.conftest import StartAgent
-from tests.agent.helpers import ArtifactServer, Release, Signer, Watcher, active_on, offer
+from tests.agent.helpers import (
+    ArtifactServer,
+    Release,
+    Signer,
+    Watcher,
+    active_on,
+    offer,
+    predict,
+)
 
 CUDA_HW = t.Hardware(
     arch="aarch64",
@@ -115,6 +123,7 @@ def test_the_agent_runs_the_variant_its_hardware_fits_and_says_so(
     signer: Signer,
     artifacts: ArtifactServer,
     digits_model: TrainedModel,
+    digits_data: DigitsData,
 ) -> None:
     a = start_agent()
     w = watch(a.device_id)
@@ -134,6 +143,15 @@ def test_the_agent_runs_the_variant_its_hardware_fits_and_says_so(
     assert native.model_digest in fetched
     assert not {trt.model_digest, digests.of_bytes(default)} & fetched
     assert (a.data_dir / "slots" / "g1" / "model.onnx").read_bytes() == native_model
+
+    # restarted, the agent verifies the slot against the same variant and still names it
+    a.agent.stop()
+    b = start_agent(device_id=a.device_id, data_dir=a.data_dir)
+    again = w.wait_status(
+        lambda s: s.seq > status.seq and active_on(release.ref)(s), what="active after restart"
+    )
+    assert again.active_variant == "native"
+    assert predict(b.endpoint, {"pixels": digits_data.x_test[:1]}).release == release.ref
 
     # a release without variants runs its one model and reports no variant
     plain = signer.release(default, version="2.0.0")
