@@ -81,12 +81,13 @@ def test_a_chosen_variant_replaces_the_model_and_providers() -> None:
         (),
         (),
         model_encoding="efpk",
+        model_chunks=(t.Chunk("sha256:22", 1),),
         annotations={"decoded_model_digest": "sha256:11", "notes": "n"},
         variants=(v,),
     )
     r = variants.resolve(m, PI_HW)
     assert (r.model_digest, r.model_size, r.model_encoding) == (v.model_digest, 4, "")
-    assert r.providers == cpu and r.variant == "int8"
+    assert r.providers == cpu and r.variant == "int8" and r.model_chunks == ()
     assert dict(r.annotations) == {"notes": "n"}  # the default's decoded digest is not its own
     assert variants.resolve(m, t.Hardware(arch="x86_64")) == m
 

@@ -13,10 +13,11 @@ requirements all hold on the hardware its agent probed at start, else the releas
 A requirement of another form (one a newer controller knows) never holds here.
 
 ``resolve`` turns a verified manifest into the one the rest of the agent installs, checks and
-serves: the chosen variant's digest, size, encoding and providers in the top-level fields and
-its name in ``Manifest.variant``. Every place that opens a signed manifest (a desired state, a
-slot) resolves it, so fetching, verification, staging and loading all see the same model; the
-signature still covers what was signed, variants included.
+serves: the chosen variant's digest, size, encoding and providers in the top-level fields (no
+chunk list: those are the default blob's) and its name in ``Manifest.variant``. Every place
+that opens a signed manifest (a desired state, a slot) resolves it, so fetching, verification,
+staging and loading all see the same model; the signature still covers what was signed,
+variants included.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def apply(manifest: t.Manifest, variant: t.Variant | None) -> t.Manifest:
         model_digest=variant.model_digest,
         model_size=variant.model_size,
         model_encoding=variant.model_encoding,
+        model_chunks=(),  # the default blob's chunks: a variant's blob is fetched whole
         providers=variant.providers,
         annotations=annotations,
         variant=variant.name,
