@@ -59,7 +59,7 @@ def one_device(tmp_path: Path, broker: Broker) -> Iterator[tuple[Cli, Agent, str
 def downloaded(agent: Agent) -> float:
     """The agent's ``edgefleet_download_bytes_total`` from its ``/metrics``."""
     url = f"http://127.0.0.1:{agent.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 (a local test URL)
+    with urllib.request.urlopen(url, timeout=10) as reply:
         text = reply.read().decode()
     for line in text.splitlines():
         if line.startswith("edgefleet_download_bytes_total "):
