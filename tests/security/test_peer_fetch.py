@@ -187,6 +187,13 @@ def test_a_peer_serving_wrong_bytes_is_skipped_and_the_controller_serves(
         blob.write_bytes(wrong)
         assert liar.peer_artifacts is not None
         liar.peer_artifacts._inner = ArtifactServicer(liar.store.blobs, verify=False)
+        held_chunk = liar.peer_artifacts._chunk  # and each chunk of a chunked model, flipped
+
+        def lying_chunk(chunk_digest: str) -> bytes | None:
+            data = held_chunk(chunk_digest)
+            return None if data is None else bytes(b ^ 0xFF for b in data)
+
+        liar.peer_artifacts._chunk = lying_chunk
 
         honest = fleet.start(honest_id)
         fleet.wait_rosters()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from edgefleet.agent import failpoints, runtime, variants
+from edgefleet.agent import deltas, failpoints, runtime, variants
 from edgefleet.agent.benchmarking import Benchmarker
 from edgefleet.agent.config import UNIX_PATH_MAX, AgentSettings, broker_url, predict_socket_path
 from edgefleet.agent.containers import CONTAINER, ContainerRuntime, Containers
@@ -53,6 +53,7 @@ from edgefleet.agent.telemetry import TelemetryLoop
 from edgefleet.agent.trusting import TrustKeeper
 from edgefleet.agent.watching import HealthWatch
 from edgefleet.common import rpc, topics, wire
+from edgefleet.common import types as t
 from edgefleet.common.artifacts import ArtifactServicer, atomic_write
 from edgefleet.common.errors import InvalidInputError, MalformedMessageError
 from edgefleet.common.mqttclient import MqttSession, Will
@@ -403,7 +404,9 @@ class Agent:
             servicer, fleet=s.device.fleet, listed=self.neighbours.listed
         )
         self.peer_artifacts = PeerArtifactServicer(
-            ArtifactServicer(self.store.blobs), check=self.peer_servicer.check_peer
+            ArtifactServicer(self.store.blobs),
+            check=self.peer_servicer.check_peer,
+            chunk=self._held_chunk,
         )
         self.peer_server = PeerServer(
             self.peer_servicer,
@@ -413,6 +416,14 @@ class Agent:
             max_concurrent=s.serving.max_concurrent,
             max_message_bytes=s.serving.max_message_bytes,
         )
+
+    def _held_chunk(self, digest: str) -> bytes | None:
+        """A model chunk one of this device's slots holds, its bytes checked against
+        ``digest`` (None: not held, or not those bytes)."""
+        held = deltas.held_chunks(self.store).get(digest)
+        if held is None:
+            return None
+        return deltas.read_held(held, t.Chunk(digest=digest, size=held.size))
 
     def _controller_tls(self) -> rpc.ClientTls | None:
         """mTLS with the device identity (read now: renewals apply), or None (plaintext)."""

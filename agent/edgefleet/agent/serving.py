@@ -64,8 +64,8 @@ from edgefleet.agent.neighbours import Forwarder
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.sampling import FOLD_AT
-from edgefleet.common import identities, rpc, sharedmem, wire
-from edgefleet.common.artifacts import ArtifactServicer
+from edgefleet.common import digests, identities, rpc, sharedmem, wire
+from edgefleet.common.artifacts import DEFAULT_CHUNK, MAX_CHUNK, ArtifactServicer
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.v1 import artifact_pb2, artifact_pb2_grpc, inference_pb2, inference_pb2_grpc
 
@@ -430,32 +430,69 @@ class PeerServicer(inference_pb2_grpc.InferenceServiceServicer):
 class PeerArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
     """The blobs this agent holds, for the devices of its fleet (peer-to-peer downloads), on the
     mTLS peer listener: ``check`` admits a caller as ``PeerServicer`` admits a Predict (the
-    fleet's CA, this fleet, on the roster), then ``inner`` serves, read-only, what is in the
-    agent's verified blob store (model and golden blobs, chunks: nothing else on its disk),
-    each blob re-hashed against its name before it is served. The fetching device checks the
-    signed digest anyway: a peer is a cache, never trusted."""
+    fleet's CA, this fleet, on the roster), then it serves, read-only, what is in the agent's
+    verified blob store (``inner``: model and golden blobs, each re-hashed against its name
+    before it is served) or a model chunk its slots hold (``chunk(digest)``: the chunk's bytes,
+    already checked against the digest, or None); nothing else on its disk. The fetching device
+    checks the signed digest anyway: a peer is a cache, never trusted."""
 
     def __init__(
-        self, inner: ArtifactServicer, *, check: Callable[[grpc.ServicerContext], None]
+        self,
+        inner: ArtifactServicer,
+        *,
+        check: Callable[[grpc.ServicerContext], None],
+        chunk: Callable[[str], bytes | None] = lambda _d: None,
     ) -> None:
         self._inner = inner
+        self._store = inner.store
         self._check = check
+        self._chunk = chunk
         self.served_bytes = 0
-        """Blob bytes sent to peers."""
+        """Blob and chunk bytes sent to peers."""
+
+    def _held_chunk(self, digest: str) -> bytes | None:
+        """A chunk's verified bytes when the blob store lacks ``digest`` as a whole blob."""
+        try:
+            if self._store.has(digests.validate(digest)):
+                return None
+        except InvalidInputError:
+            return None
+        return self._chunk(digest)
 
     def Stat(
         self, request: artifact_pb2.StatRequest, context: grpc.ServicerContext
     ) -> artifact_pb2.BlobInfo:
         self._check(context)
+        data = self._held_chunk(request.digest)
+        if data is not None:
+            return artifact_pb2.BlobInfo(digest=request.digest, size=len(data))
         return self._inner.Stat(request, context)
 
     def Fetch(
         self, request: artifact_pb2.FetchRequest, context: grpc.ServicerContext
     ) -> Iterator[artifact_pb2.BlobChunk]:
         self._check(context)
-        for chunk in self._inner.Fetch(request, context):
-            self.served_bytes += len(chunk.data)
-            yield chunk
+        data = self._held_chunk(request.digest)
+        replies = (
+            self._inner.Fetch(request, context) if data is None else _slices(data, request, context)
+        )
+        for reply in replies:
+            self.served_bytes += len(reply.data)
+            yield reply
+
+
+def _slices(
+    data: bytes, request: artifact_pb2.FetchRequest, context: grpc.ServicerContext
+) -> Iterator[artifact_pb2.BlobChunk]:
+    """``data`` from ``request.offset`` in messages of the requested chunk size."""
+    total = len(data)
+    if request.offset > total:
+        context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} past size {total}")
+    step = min(request.chunk_size or DEFAULT_CHUNK, MAX_CHUNK)
+    for offset in range(request.offset, total, step):
+        yield artifact_pb2.BlobChunk(
+            offset=offset, data=data[offset : offset + step], total_size=total
+        )
 
 
 class _ReloadingCredentials:

@@ -111,6 +111,7 @@ class ArtifactServicer(artifact_pb2_grpc.ArtifactServiceServicer):
         verify: bool = True,
     ) -> None:
         self._store = store
+        self.store = store
         self._verify = verify  # False: serve as stored (a test's lying source)
         self._on_corrupt = on_corrupt
         self._on_served = on_served
