@@ -9,21 +9,25 @@ digest, so a peer that serves wrong bytes is skipped and the controller serves i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
 
+from edgefleet.agent import fetching
 from edgefleet.agent.daemon import Agent
 from edgefleet.agent.identity import IdentityFiles
 from edgefleet.common import peers, wire
-from edgefleet.common.artifacts import ArtifactServicer
+from edgefleet.common.artifacts import ArtifactServicer, BlobStore
+from edgefleet.common.errors import FetchError
 from edgefleet.controller.peering import Holder, choose
 from edgefleet.demo import digits
 from edgefleet.edgectl.keys import trusted_pem
+from edgefleet.v1 import artifact_pb2_grpc, mqtt_pb2
 from edgefleet.v1 import controller_pb2 as pb
-from edgefleet.v1 import mqtt_pb2
 from tests.agent.helpers import wait_for
 from tests.conftest import Broker
 from tests.controller import support
@@ -263,3 +267,39 @@ def test_choose_names_same_site_holders_never_itself_at_most_the_limit() -> None
     assert len(anywhere) == 8
     spread = {tuple(choose(holders, device_id=f"d{i}", site="", limit=1)) for i in range(9)}
     assert len(spread) > 1  # the first peer named differs between devices
+
+
+def test_without_an_identity_a_peer_source_is_skipped_for_the_next(tmp_path: Path) -> None:
+    """An ``--insecure`` agent handed a ``peer://`` source (peers serve mTLS only) goes on to
+    the next source, a real ArtifactService here, and gets the signed bytes from it."""
+    data = b"model bytes " * 1000
+    store = BlobStore(tmp_path / "served")
+    digest = store.put(data)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    artifact_pb2_grpc.add_ArtifactServiceServicer_to_server(ArtifactServicer(store), server)
+    endpoint = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    try:
+        partial = tmp_path / "partial" / "blob.part"
+        fetching.download(
+            [peers.source("neighbour", "127.0.0.1:1"), endpoint],
+            digest,
+            partial,
+            size=len(data),
+            deadline_s=10,
+            stopping=threading.Event(),
+            on_bytes=lambda _n: None,
+        )
+        assert partial.read_bytes() == data
+        with pytest.raises(FetchError, match="mTLS only"):
+            fetching.download(
+                [peers.source("neighbour", "127.0.0.1:1")],
+                digest,
+                tmp_path / "other.part",
+                size=len(data),
+                deadline_s=10,
+                stopping=threading.Event(),
+                on_bytes=lambda _n: None,
+            )
+    finally:
+        server.stop(0).wait()
