@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> bool:
     parser.add_argument("--site-devices", type=int, default=20, help="devices on the site")
     parser.add_argument("--hidden", type=int, default=512, help="digits model hidden units")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON (merged)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args([] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     root = Path(tempfile.mkdtemp(prefix="ef-distribution-"))
     try:
@@ -237,4 +237,4 @@ def main(argv: list[str] | None = None) -> bool:
 
 
 if __name__ == "__main__":
-    raise SystemExit(0 if main() else 1)
+    raise SystemExit(0 if main(sys.argv[1:]) else 1)
