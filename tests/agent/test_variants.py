@@ -72,7 +72,12 @@ def test_the_first_variant_whose_requirements_all_hold_is_chosen() -> None:
 
 def test_a_chosen_variant_replaces_the_model_and_providers() -> None:
     cpu = (t.ExecutionProvider("CPUExecutionProvider"),)
-    v = dataclasses.replace(_variant("int8", b"int8", "cpu:dotprod"), providers=cpu)
+    v = dataclasses.replace(
+        _variant("int8", b"int8", "cpu:dotprod"),
+        providers=cpu,
+        golden_digest="sha256:33",
+        golden_size=3,
+    )
     m = t.Manifest(
         "m",
         "1.0.0",
@@ -88,6 +93,7 @@ def test_a_chosen_variant_replaces_the_model_and_providers() -> None:
     r = variants.resolve(m, PI_HW)
     assert (r.model_digest, r.model_size, r.model_encoding) == (v.model_digest, 4, "")
     assert r.providers == cpu and r.variant == "int8" and r.model_chunks == ()
+    assert (r.golden_digest, r.golden_size) == ("sha256:33", 3)  # its own expectations
     assert dict(r.annotations) == {"notes": "n"}  # the default's decoded digest is not its own
     assert variants.resolve(m, t.Hardware(arch="x86_64")) == m
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
+
 import grpc
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.common import desired
 from edgefleet.common import types as t
-from edgefleet.demo.digits import TrainedModel
+from edgefleet.common.artifacts import BlobStore
+from edgefleet.demo.digits import DigitsData, TrainedModel
 from edgefleet.v1 import common_pb2
 from edgefleet.v1 import controller_pb2 as pb
 from tests.controller import support
@@ -21,6 +25,14 @@ def _rebuilt(model: bytes, tag: str) -> bytes:
     """``model`` with another doc string: other bytes, the same inputs and outputs."""
     proto = onnx.load_from_string(model)
     proto.doc_string = f"variant {tag}"
+    return proto.SerializeToString()
+
+
+def _scaled(model: bytes) -> bytes:
+    """``model`` with its first weight halved: the same inputs and outputs, other answers."""
+    proto = onnx.load_from_string(model)
+    first = proto.graph.initializer[0]
+    first.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(first) * 0.5, first.name))
     return proto.SerializeToString()
 
 
@@ -132,3 +144,28 @@ def test_two_variants_of_one_name_are_refused(
         ctl.stub.CreateRelease(_request(v, v), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "named twice" in (info.value.details() or "")
+
+
+def test_each_variant_gets_golden_expectations_of_its_own(
+    ctl: support.Running, digits_model: TrainedModel, digits_data: DigitsData
+) -> None:
+    ctl.stub.InitKey(pb.InitKeyRequest(), timeout=5)
+    support.upload(ctl.stub, "digits", digits_model.onnx_bytes)
+    support.upload(ctl.stub, "digits-other", _scaled(digits_model.onnx_bytes))
+    buf = io.BytesIO()
+    np.savez(buf, pixels=digits_data.x_test[:4])
+    request = _request(pb.VariantRequest(name="other", model="digits-other", requires=["gpu"]))
+    request.golden = buf.getvalue()
+    info = ctl.stub.CreateRelease(request, timeout=30)
+    [v] = info.manifest.variants
+    assert v.golden_digest and v.golden_digest != info.manifest.golden_digest
+    blobs = BlobStore(ctl.controller.settings.blobs_dir)
+
+    def arrays(digest: str) -> dict[str, np.ndarray]:
+        with np.load(io.BytesIO(blobs.read(digest)), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+    own, release = arrays(v.golden_digest), arrays(info.manifest.golden_digest)
+    assert v.golden_size == len(blobs.read(v.golden_digest))
+    np.testing.assert_array_equal(own["input/pixels"], release["input/pixels"])
+    assert not np.array_equal(own["expected/probabilities"], release["expected/probabilities"])

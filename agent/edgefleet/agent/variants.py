@@ -56,6 +56,10 @@ def apply(manifest: t.Manifest, variant: t.Variant | None) -> t.Manifest:
     if variant is None:
         return manifest
     annotations = {k: v for k, v in manifest.annotations.items() if k != DECODED_DIGEST}
+    if variant.golden_digest:  # its own expectations: its outputs, not the default model's
+        manifest = replace(
+            manifest, golden_digest=variant.golden_digest, golden_size=variant.golden_size
+        )
     return replace(
         manifest,
         model_digest=variant.model_digest,

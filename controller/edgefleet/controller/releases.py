@@ -257,7 +257,7 @@ class Releases:
         if preference:  # signed with the rest: a device runs the release only on these
             manifest = replace(manifest, providers=preference)
         if chosen:
-            manifest = replace(manifest, variants=chosen)
+            manifest = replace(manifest, variants=self._variant_golden(chosen, stored[0]))
         if runtime == "onnxruntime":  # the chunk list is signed too: each chunk is verifiable
             manifest = replace(manifest, model_chunks=self._store_chunks(manifest))
         envelope = signing.sign(wire.encode_manifest(manifest), signing.MANIFEST_TYPE, private_key)
@@ -279,10 +279,12 @@ class Releases:
         log.info("release %s from model version %d, signed by %s", ref, model.version, key_id)
         return _record(row)
 
-    def _variants(self, model: ModelVersion, specs: Sequence[VariantSpec]) -> tuple[t.Variant, ...]:
-        """``specs`` as manifest variants of a release of ``model``: each a registered model
-        version with ``model``'s inputs and outputs and known requirements."""
-        made = []
+    def _variants(
+        self, model: ModelVersion, specs: Sequence[VariantSpec]
+    ) -> list[tuple[t.Variant, ModelVersion]]:
+        """``specs`` as manifest variants of a release of ``model``, each with its model
+        version: a registered one with ``model``'s inputs and outputs, known requirements."""
+        made, sources = [], []
         for spec in specs:
             requires = tuple(validate_requirement(spec.name, r) for r in spec.requires)
             source = self._registry.get(spec.model, spec.model_version)
@@ -300,10 +302,29 @@ class Releases:
                     requires=requires,
                 )
             )
+            sources.append(source)
         try:
-            return wire.check_variants(made)
+            return list(zip(wire.check_variants(made), sources, strict=True))
         except MalformedMessageError as exc:
             raise InvalidInputError(str(exc)) from exc
+
+    def _variant_golden(
+        self, variants: Sequence[tuple[t.Variant, ModelVersion]], golden_digest: str
+    ) -> tuple[t.Variant, ...]:
+        """``variants`` each with golden data of its own: the release's golden inputs (its
+        expectations dropped) with the variant model's outputs, computed here; unchanged
+        without release golden data."""
+        if not golden_digest or self._blobs is None:
+            return tuple(v for v, _ in variants)
+        with np.load(io.BytesIO(self._blobs.read(golden_digest)), allow_pickle=False) as npz:
+            inputs = {k: npz[k] for k in npz.files if "expected/" not in k}
+        buf = io.BytesIO()
+        np.savez(buf, **inputs)
+        out = []
+        for v, source in variants:
+            digest, size = self._store_golden(source, buf.getvalue())
+            out.append(replace(v, golden_digest=digest, golden_size=size))
+        return tuple(out)
 
     def _image(
         self, ref: t.ReleaseRef, model: ModelVersion, golden_digest: str, image: str

@@ -132,6 +132,9 @@ class Variant:
     providers: tuple[ExecutionProvider, ...] = ()
     requires: tuple[str, ...] = ()
     """"arch:<machine>", "cpu:<feature>", "gpu", "provider:<ONNX Runtime provider>"."""
+    golden_digest: str = ""
+    """Its own golden data (the release's inputs, this model's outputs); "": the release's."""
+    golden_size: int = 0
 
 
 @dataclass(frozen=True)

@@ -237,6 +237,8 @@ def variant_to_pb(v: t.Variant) -> common_pb2.Variant:
             common_pb2.ExecutionProvider(name=p.name, options=dict(p.options)) for p in v.providers
         ],
         requires=list(v.requires),
+        golden_digest=v.golden_digest,
+        golden_size=v.golden_size,
     )
 
 
@@ -283,6 +285,8 @@ def variants_from_pb(msgs: Sequence[common_pb2.Variant]) -> tuple[t.Variant, ...
                 model_encoding=m.model_encoding,
                 providers=providers_from_pb(m.providers),
                 requires=tuple(m.requires),
+                golden_digest=m.golden_digest,
+                golden_size=m.golden_size,
             )
             for m in msgs
         ]

@@ -332,12 +332,19 @@ class Variant(_message.Message):
     MODEL_ENCODING_FIELD_NUMBER: _builtins.int
     PROVIDERS_FIELD_NUMBER: _builtins.int
     REQUIRES_FIELD_NUMBER: _builtins.int
+    GOLDEN_DIGEST_FIELD_NUMBER: _builtins.int
+    GOLDEN_SIZE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     model_digest: _builtins.str
     """sha256:<hex>"""
     model_size: _builtins.int
     model_encoding: _builtins.str
     """as Manifest.model_encoding"""
+    golden_digest: _builtins.str
+    """Its own golden data: the release's golden inputs with this model's outputs as the
+    expectations (a device on this variant checks it against these). Empty: the release's.
+    """
+    golden_size: _builtins.int
     @_builtins.property
     def providers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutionProvider]: ...
     @_builtins.property
@@ -351,10 +358,12 @@ class Variant(_message.Message):
         model_encoding: _builtins.str = ...,
         providers: _abc.Iterable[Global___ExecutionProvider] | None = ...,
         requires: _abc.Iterable[_builtins.str] | None = ...,
+        golden_digest: _builtins.str = ...,
+        golden_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "name", b"name", "providers", b"providers", "requires", b"requires"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["golden_digest", b"golden_digest", "golden_size", b"golden_size", "model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "name", b"name", "providers", b"providers", "requires", b"requires"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
