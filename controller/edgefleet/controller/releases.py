@@ -24,7 +24,8 @@ A release may carry model variants for hardware classes (``VariantSpec``: anothe
 model version, the conditions a device must meet, its providers), signed into the manifest in
 order (``Manifest.variants``); each must take and give what the release's model does, and name
 only requirements devices report (``REQUIREMENT_KINDS``). A device runs the first that fits its
-hardware, else the release's own model.
+hardware, else the release's own model. With golden data, each variant gets its own: the
+release's golden inputs with that variant model's outputs as the expectations.
 """
 
 from __future__ import annotations
