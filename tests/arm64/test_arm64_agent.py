@@ -137,7 +137,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[
                 procs, workdir / "controller", mqtt_url=broker.url,
                 extra_args=["--mqtt-client-id", f"controller-{tag}"],
             )  # fmt: skip
-            cli = Cli(controller.api, controller.token_file)
+            cli = Cli(controller.api, controller.token_file, controller.api_ca)
             trusted = workdir / "trusted.pem"
             cli.ok("keys", "init", "--out", trusted)
             # the arm64 device enrolls: its key is made on the device, only the CSR leaves it

@@ -27,7 +27,7 @@ from edgefleet.controller.config import (
     RolloutSettings,
     Settings,
 )
-from edgefleet.controller.server import Controller
+from edgefleet.controller.server import API_CA_FILE, Controller
 from edgefleet.edgectl.client import authorized
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import controller_pb2_grpc
@@ -72,6 +72,13 @@ class Running:
         return self.controller.api_address
 
     @property
+    def api_ca(self) -> Path | None:
+        """With ``grpc.tls``: the CA bundle the operator API's certificate chains to (the
+        ``api-ca.pem`` it writes for edgectl); None: the API is plaintext."""
+        path = self.controller.settings.state_file.parent / API_CA_FILE
+        return path if self.controller.settings.grpc.tls else None
+
+    @property
     def token(self) -> str:
         """The admin token the controller made on its first start."""
         return self.controller.settings.admin_token_file.read_text().strip()
@@ -81,12 +88,20 @@ class Running:
         self.controller.stop()
 
 
+def api_tls(controller: Controller) -> rpc.ClientTls | None:
+    """What a client of ``controller``'s operator API trusts: TLS on the fleet CA with
+    ``grpc.tls``, else plaintext (None)."""
+    if not controller.settings.grpc.tls or controller.enrollment is None:
+        return None
+    return rpc.ClientTls(ca_pem=controller.enrollment.ca.bundle_pem)
+
+
 def start(s: Settings, *, clock: Callable[[], float] = time.time) -> Running:
     controller = Controller(s, clock=clock)
     controller.start()
     assert controller.mqtt.wait_connected(10), "controller did not reach the broker"
     token = s.admin_token_file.read_text().strip()
-    channel = authorized(rpc.channel(controller.api_address), token)
+    channel = authorized(rpc.channel(controller.api_address, tls=api_tls(controller)), token)
     return Running(controller, channel, controller_pb2_grpc.ControllerServiceStub(channel))
 
 

@@ -29,10 +29,13 @@ EDGECTL = script("edgectl", "edgefleet.edgectl.app")
 class Cli:
     controller: str  # the operator API
     token_file: Path  # the admin token, given as EDGECTL_TOKEN_FILE (never in argv)
+    ca_file: Path | None = None  # a --tls controller's api-ca.pem, given as EDGECTL_CA_FILE
 
     def run(self, *args: str | Path, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         argv = [*EDGECTL, "--controller", self.controller, *(str(a) for a in args)]
         env = {**child_env(), "EDGECTL_TOKEN_FILE": str(self.token_file)}
+        if self.ca_file is not None:
+            env["EDGECTL_CA_FILE"] = str(self.ca_file)
         return subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, env=env, check=False
         )
@@ -77,7 +80,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[
                 mqtt_url=broker.url,
                 extra_args=["--mqtt-client-id", f"controller-{tag}"],
             )
-            cli = Cli(controller.api, controller.token_file)
+            cli = Cli(controller.api, controller.token_file, controller.api_ca)
             trusted = workdir / "trusted.pem"
             cli.ok("keys", "init", "--out", trusted)
             start_agents(

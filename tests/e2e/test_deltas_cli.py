@@ -39,7 +39,7 @@ def one_device(tmp_path: Path, broker: Broker) -> Iterator[tuple[Cli, Agent, str
                 mqtt_url=broker.url,
                 extra_args=["--mqtt-client-id", f"controller-{tag}"],
             )
-            cli = Cli(controller.api, controller.token_file)
+            cli = Cli(controller.api, controller.token_file, controller.api_ca)
             trusted = tmp_path / "trusted.pem"
             cli.ok("keys", "init", "--out", trusted)
             (agent,) = start_agents(

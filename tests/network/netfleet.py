@@ -138,7 +138,7 @@ def net_fleet(
             host=ctl.address,
             prefix=ctl.prefix,
         )
-        cli = Cli(controller.api, controller.token_file)
+        cli = Cli(controller.api, controller.token_file, controller.api_ca)
         trusted = workdir / "trusted.pem"
         cli.ok("keys", "init", "--out", trusted)
         specs = [

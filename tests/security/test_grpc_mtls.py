@@ -460,6 +460,12 @@ def test_edge_controller_run_tls_serves_mtls_and_says_where(tmp_path: Path, brok
                 health_pb2.HealthCheckRequest(), timeout=10
             )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+        api_ca = rpc.ClientTls(Path(state["api_ca"]).read_bytes())  # the operator API: TLS
+        with rpc.channel(state["api"], tls=api_ca) as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)

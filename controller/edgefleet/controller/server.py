@@ -5,7 +5,9 @@ reverse. The one place that knows every part; none of the parts knows this one.
 so tests run it in-process on port 0; the operator API (ControllerService, behind ``auth``)
 listens on its own port, ``api_address``. The CLI does the same and then waits for a signal.
 With ``grpc.tls`` the devices' port is mTLS and enrollment has its own TLS listener,
-``enroll_address`` (``devicetls``); without, both are the one plaintext port.
+``enroll_address`` (``devicetls``), and the operator API is TLS with the same server
+certificate (bearer tokens, no client certificate; the CA bundle edgectl checks it against is
+written as ``api-ca.pem`` next to ``controller.json``); without, all are plaintext, warned.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -57,6 +60,9 @@ from edgefleet.controller.uploads import DataUploads
 from edgefleet.v1 import artifact_pb2_grpc, controller_pb2_grpc, enroll_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+API_CA_FILE = "api-ca.pem"
+"""In the data dir with ``--tls``: the CA bundle the operator API's certificate chains to."""
 
 SERVICE = "edgefleet.v1.ControllerService"
 ARTIFACTS = "edgefleet.v1.ArtifactService"
@@ -159,7 +165,7 @@ class Controller:
         enrollment = self._open_identities(db)
         server, host, port, tls = self._listen_devices(enrollment)
         api_server, api_host, api_port = self._listen_api(
-            auth.OperatorAuth(operators, audit_log, auth.Resolver(db))
+            auth.OperatorAuth(operators, audit_log, auth.Resolver(db)), tls
         )
         sender = Sender(
             releases,
@@ -255,8 +261,12 @@ class Controller:
         if self._trustpub is not None:
             self._trustpub.reconnected()
 
-    def _listen_api(self, gate: auth.OperatorAuth) -> tuple[grpc.Server, str, int]:
-        """The operator API's own server, every call through ``gate``; bound, not started."""
+    def _listen_api(
+        self, gate: auth.OperatorAuth, tls: tuple[bytes, bytes] | None
+    ) -> tuple[grpc.Server, str, int]:
+        """The operator API's own server, every call through ``gate``; bound, not started.
+        With ``tls`` (``--tls``) it is TLS with the controller's server certificate (no client
+        certificate: operators present bearer tokens), else plaintext, warned."""
         s = self.settings
         self._api = api_server = grpc.server(
             self._pool(s.grpc.workers, "api"),
@@ -269,7 +279,16 @@ class Controller:
         )
         api_host, _ = split_address(s.api.bind)
         try:
-            api_port = api_server.add_insecure_port(s.api.bind)
+            if tls is None:
+                log.warning(
+                    "operator API on %s is PLAINTEXT (--insecure): bearer tokens travel "
+                    "unencrypted; run without --insecure (TLS)",
+                    s.api.bind,
+                )
+                api_port = api_server.add_insecure_port(s.api.bind)
+            else:
+                creds = rpc.server_credentials(*tls, client_ca_pem=None)
+                api_port = api_server.add_secure_port(s.api.bind, creds)
         except RuntimeError as exc:
             raise TransientError(f"cannot listen on {s.api.bind}: {exc}") from exc
         self.api_address = join_address(api_host, api_port)
@@ -317,7 +336,9 @@ class Controller:
                 s.grpc.bind,
             )
             return None
-        hosts = devicetls.server_hosts(s.grpc.advertise, s.grpc.bind, s.grpc.enroll_bind)
+        hosts = devicetls.server_hosts(
+            s.grpc.advertise, s.grpc.bind, s.grpc.enroll_bind, s.api.bind
+        )
         pair = devicetls.server_certificate(enrollment.ca, hosts, now=enrollment.now())
         log.info("devices' gRPC is TLS; server certificate for %s", ", ".join(hosts))
         return pair.key_pem, pair.cert_pem
@@ -403,7 +424,17 @@ class Controller:
             e_host, e_port = split_address(self.enroll_address)
             state["enroll"] = join_address(_WILDCARDS.get(e_host, e_host), e_port)
             state["tls"] = True
+            state["api_ca"] = str(self._write_api_ca())
         atomic_write(self.settings.state_file, json.dumps(state).encode() + b"\n")
+
+    def _write_api_ca(self) -> Path:
+        """The CA bundle edgectl checks the operator API's certificate against (``--ca-file``,
+        ``EDGECTL_CA_FILE``, ``ca_file``), next to ``controller.json``; public, mode 0644."""
+        assert self.enrollment is not None
+        path = self.settings.state_file.parent / API_CA_FILE
+        atomic_write(path, self.enrollment.ca.bundle_pem)
+        path.chmod(0o644)
+        return path
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until ``stop`` has run (or ``timeout`` passes)."""

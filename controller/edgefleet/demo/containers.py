@@ -150,13 +150,17 @@ def source(registry: str) -> str:
     return f"oci://{registry}/{REPO}"
 
 
-def push(release: str, *, registry: str, api: str, token_file: Path) -> None:
+def push(
+    release: str, *, registry: str, api: str, token_file: Path, ca_file: Path | None = None
+) -> None:
     """``edgectl release push RELEASE --to REGISTRY/REPO``: the artifact and its image."""
     argv = [
         *script("edgectl", "edgefleet.edgectl.app"),
         "release", "push", release, "--to", f"{registry}/{REPO}", "--json",
     ]  # fmt: skip
     env = child_env() | {"EDGECTL_CONTROLLER": api, "EDGECTL_TOKEN_FILE": str(token_file)}
+    if ca_file is not None:  # the operator API of a --tls controller is TLS
+        env["EDGECTL_CA_FILE"] = str(ca_file)
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, env=env, timeout=PUSH_TIMEOUT_S, check=False

@@ -30,7 +30,6 @@ from edgefleet.demo.stack import (
     start_controller,
     start_mtls_broker,
 )
-from edgefleet.edgectl.client import ControllerClient
 
 TELEMETRY_INTERVAL_S = 2.0
 
@@ -108,6 +107,7 @@ class Fleet:
                 registry=self.registry,
                 api=self.controller.api,
                 token_file=self.controller.token_file,
+                ca_file=self.controller.api_ca,
             )
 
     @property
@@ -161,7 +161,7 @@ def start_fleet(options: DemoOptions, console: Console, workdir: Path, procs: Pr
             "controller, agent ↔ agent (certificates of this run's fleet CA "
             f"{broker.mtls.ca_file}; enrollment over TLS on {controller.enroll})"
         )
-    with ControllerClient(controller.api, token=controller.admin_token()) as client:
+    with controller.client() as client:
         with step(console, "creating the release-signing key"):
             key = client.init_key()
             trusted = workdir / "trusted-key.pem"

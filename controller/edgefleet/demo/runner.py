@@ -30,7 +30,6 @@ from edgefleet.demo.evaluation import Score
 from edgefleet.demo.fleet import DemoOptions, device_ids, start_fleet, step
 from edgefleet.demo.processes import Processes
 from edgefleet.demo.rounds import Round
-from edgefleet.edgectl.client import ControllerClient
 from edgefleet.edgectl.output import table
 
 __all__ = ["DemoOptions", "DemoResult", "run"]
@@ -145,11 +144,12 @@ def _remove_containers(console: Console, options: DemoOptions) -> None:
 def _hold(console: Console, workdir: Path, fleet: str) -> None:
     """Keep the fleet up until Ctrl-C (or SIGTERM), saying how to reach it."""
     state = workdir / "controller" / "controller.json"
-    api = json.loads(state.read_text()).get("api", "")
+    info = json.loads(state.read_text())
+    ca = f"  export EDGECTL_CA_FILE={info['api_ca']}\n" if info.get("api_ca") else ""
     console.print(
         "[bold]the fleet keeps running; Ctrl-C stops it.[/] In another shell:\n"
-        f"  export EDGECTL_CONTROLLER={api}\n"
-        f"  export EDGECTL_TOKEN_FILE={workdir / 'controller' / 'admin.token'}\n"
+        f"  export EDGECTL_CONTROLLER={info.get('api', '')}\n"
+        f"  export EDGECTL_TOKEN_FILE={workdir / 'controller' / 'admin.token'}\n{ca}"
         f"  edgectl devices list --fleet {fleet}; edgectl events --fleet {fleet}; "
         "edgectl rollout list"
     )
@@ -165,7 +165,7 @@ def _run(
     fleet = start_fleet(options, console, workdir, procs)
     ids = fleet.ids
     token = fleet.controller.admin_token()
-    with ControllerClient(fleet.controller.api, token=token) as client:
+    with fleet.controller.client(token) as client:
         with step(console, "training the digits model, v1 (32 hidden) and v2 (64 hidden)"):
             data = digits.load_data()
             v1 = digits.train(data, hidden=32, seed=0)

@@ -85,6 +85,7 @@ class Controller:
     process: Managed
     metrics_port: int = 0  # its Prometheus /metrics port on 127.0.0.1; 0 = not known
     enroll: str = ""  # with mTLS: the enrollment listener's HOST:PORT; "": plaintext
+    api_ca: Path | None = None  # with TLS: the CA bundle the operator API's certificate chains to
 
     @property
     def token_file(self) -> Path:
@@ -93,6 +94,12 @@ class Controller:
 
     def admin_token(self) -> str:
         return self.token_file.read_text().strip()
+
+    def client(self, token: str | None = None) -> ControllerClient:
+        """A client of its operator API (TLS on ``api_ca`` when set), as admin by default."""
+        return ControllerClient(
+            self.api, token=self.admin_token() if token is None else token, ca_file=self.api_ca
+        )
 
 
 @dataclass(frozen=True)
@@ -259,6 +266,7 @@ def start_controller(
         process=proc,
         metrics_port=metrics_port,
         enroll=str(info.get("enroll") or ""),
+        api_ca=Path(str(info["api_ca"])) if info.get("api_ca") else None,
     )
 
 
@@ -279,7 +287,7 @@ def enroll_agents(
     tokens = workdir / "tokens"
     tokens.mkdir(mode=0o700, parents=True, exist_ok=True)
     running: list[tuple[str, subprocess.Popen[str]]] = []
-    with ControllerClient(controller.api, token=controller.admin_token()) as client:
+    with controller.client() as client:
         for spec in specs:
             made = client.enroll_device(spec.device_id, fleet=spec.fleet, labels=dict(spec.labels))
             token_file = tokens / spec.device_id

@@ -88,8 +88,19 @@ def root(
             metavar="SECONDS",
         ),
     ] = DEFAULT_DEADLINE_S,
+    ca_file: Annotated[
+        str,
+        typer.Option(
+            "--ca-file",
+            envvar="EDGECTL_CA_FILE",
+            help="CA bundle the operator API's TLS certificate must chain to (a --tls "
+            "controller writes it as DATA_DIR/api-ca.pem; default: `ca_file` in the config "
+            "file). Without one the channel is plaintext (controllers run with --insecure).",
+            metavar="PEM",
+        ),
+    ] = "",
 ) -> None:
-    ctx.obj = shell.load_settings(controller=controller, deadline_s=deadline)
+    ctx.obj = shell.load_settings(controller=controller, deadline_s=deadline, ca_file=ca_file)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import grpc
 
 from edgefleet.common import rpc, wire
 from edgefleet.common import types as t
-from edgefleet.common.errors import NotFoundError
+from edgefleet.common.errors import InvalidInputError, NotFoundError
 from edgefleet.v1 import common_pb2, enroll_pb2, mqtt_pb2
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import controller_pb2_grpc as pb_grpc
@@ -32,6 +32,11 @@ COMPRESS_DEADLINE_S = 1800.0  # a compression search runs for minutes, not secon
 IMAGE_BUILD_DEADLINE_S = 300.0  # a container release's image is built on the controller host
 MISSING_CREDENTIALS = (
     "set EDGECTL_TOKEN or EDGECTL_TOKEN_FILE, or token_file in ~/.config/edgefleet/edgectl.toml"
+)
+
+NO_CA_HINT = (
+    "a --tls controller's operator API is TLS: set --ca-file or EDGECTL_CA_FILE "
+    "(its DATA_DIR/api-ca.pem) or ca_file in the config file"
 )
 
 
@@ -86,16 +91,33 @@ def authorized(channel: grpc.Channel, token: str) -> grpc.Channel:
     return grpc.intercept_channel(channel, _Bearer(token)) if token else channel
 
 
+def api_tls(ca_file: Path | None) -> rpc.ClientTls | None:
+    """TLS to the operator API, trusting only ``ca_file``'s CA bundle (None: plaintext)."""
+    if ca_file is None:
+        return None
+    try:
+        return rpc.ClientTls(ca_pem=Path(ca_file).read_bytes())
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read CA file {ca_file}: {exc}") from None
+
+
 class ControllerClient:
-    """``target`` is the controller's operator API; ``token`` the operator's bearer token."""
+    """``target`` is the controller's operator API; ``token`` the operator's bearer token;
+    ``ca_file`` the CA bundle its TLS certificate must chain to (None: plaintext)."""
 
     def __init__(
-        self, target: str, *, token: str = "", deadline_s: float = rpc.DEFAULT_DEADLINE_S
+        self,
+        target: str,
+        *,
+        token: str = "",
+        deadline_s: float = rpc.DEFAULT_DEADLINE_S,
+        ca_file: Path | None = None,
     ) -> None:
         self.target = target
         self.deadline_s = deadline_s
         self._has_token = bool(token)
-        self._channel = authorized(rpc.channel(target), token)
+        self._tls = ca_file is not None
+        self._channel = authorized(rpc.channel(target, tls=api_tls(ca_file)), token)
         self._stub = pb_grpc.ControllerServiceStub(self._channel)
 
     def close(self) -> None:
@@ -124,6 +146,8 @@ class ControllerClient:
             return rpc.RpcFailed(
                 self.target, failed.code, f"{failed.detail}; {MISSING_CREDENTIALS}"
             )
+        if failed.code == grpc.StatusCode.UNAVAILABLE and not self._tls:
+            return rpc.RpcFailed(self.target, failed.code, f"{failed.detail}; {NO_CA_HINT}")
         return failed
 
     # --- keys -------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ Every command reaches the controller through ``controller(ctx)``, with the opera
 from ``EDGECTL_TOKEN``, else the file ``EDGECTL_TOKEN_FILE`` names, else ``token_file`` in
 the config file (``$EDGECTL_CONFIG``, default ``~/.config/edgefleet/edgectl.toml``, which may
 also name the ``controller``); never from the command line, where ``ps`` would show it.
+The CA the operator API's TLS certificate must chain to comes from ``--ca-file``, else
+``EDGECTL_CA_FILE``, else ``ca_file`` in the config file (a ``--tls`` controller writes it as
+``api-ca.pem`` in its data dir); with none the channel is plaintext (``--insecure`` controllers).
 Errors raised on purpose (``EdgeFleetError``, which includes ``RpcFailed``) and click's usage
 errors end as one line ``error: ...`` on stderr and a non-zero exit code, never a traceback.
 ``EdgectlGroup`` does this for the root command, so it holds under ``edgectl`` and under
@@ -53,6 +56,8 @@ class Settings:
     """The operator's bearer token (``EDGECTL_TOKEN``); empty = read ``token_file``."""
     token_file: Path | None = None
     """File holding the token (``EDGECTL_TOKEN_FILE``, or the config file's ``token_file``)."""
+    ca_file: Path | None = None
+    """CA bundle the operator API's certificate must chain to (TLS); None: plaintext."""
 
     def read_token(self) -> str:
         if self.token or self.token_file is None:
@@ -71,7 +76,11 @@ def config_path(env: Mapping[str, str]) -> Path:
 
 
 def load_settings(
-    *, controller: str, deadline_s: float, env: Mapping[str, str] | None = None
+    *,
+    controller: str,
+    deadline_s: float,
+    ca_file: str = "",
+    env: Mapping[str, str] | None = None,
 ) -> Settings:
     """Root options, then the environment, then the config file, then the defaults."""
     env = os.environ if env is None else env
@@ -82,7 +91,7 @@ def load_settings(
             config = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InvalidInputError(f"cannot read {path}: {exc}") from None
-    for key in ("controller", "token_file"):
+    for key in ("controller", "token_file", "ca_file"):
         if not isinstance(config.get(key, ""), str):
             raise InvalidInputError(f"{path}: {key} must be a string")
     token_file: Path | None = None
@@ -90,11 +99,17 @@ def load_settings(
         token_file = Path(env["EDGECTL_TOKEN_FILE"])
     elif config.get("token_file"):
         token_file = path.parent / Path(str(config["token_file"])).expanduser()
+    ca: Path | None = None
+    if ca_file or env.get("EDGECTL_CA_FILE"):
+        ca = Path(ca_file or env["EDGECTL_CA_FILE"]).expanduser()
+    elif config.get("ca_file"):
+        ca = path.parent / Path(str(config["ca_file"])).expanduser()
     return Settings(
         controller=controller or str(config.get("controller") or DEFAULT_CONTROLLER),
         deadline_s=deadline_s,
         token=env.get("EDGECTL_TOKEN", ""),
         token_file=token_file,
+        ca_file=ca,
     )
 
 
@@ -107,7 +122,9 @@ def controller(ctx: typer.Context) -> ControllerClient:
     s = settings(ctx)
     from edgefleet.edgectl.client import ControllerClient
 
-    return ControllerClient(s.controller, token=s.read_token(), deadline_s=s.deadline_s)
+    return ControllerClient(
+        s.controller, token=s.read_token(), deadline_s=s.deadline_s, ca_file=s.ca_file
+    )
 
 
 def one_line(text: str) -> str:
