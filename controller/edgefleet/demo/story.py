@@ -101,7 +101,7 @@ def play(
         fleet = start_fleet(options, console, workdir, procs)
         story.facts["runtime"] = fleet.runtime
         token = fleet.controller.admin_token()
-        with ControllerClient(fleet.controller.api, token=token) as client:
+        with fleet.controller.client(token) as client:
             _Steps(options, console, story, fleet, client, workdir, procs).all()
             _finish(console, story, fleet, client, options=options)
     except EdgeFleetError as exc:  # DemoFailed: a check; or a process, an RPC that failed
