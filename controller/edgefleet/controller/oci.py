@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgefleet.common import artifacts, digests, oci, signing, wire
+from edgefleet.common import artifacts, digests, oci, rpc, signing, wire
 from edgefleet.common import types as t
 from edgefleet.common.artifacts import atomic_write
 from edgefleet.common.errors import IntegrityError, MalformedMessageError, NotFoundError
@@ -307,9 +307,11 @@ def export_release(
     artifacts_target: str,
     tag: str = "",
     on_bytes: Callable[[int], None] | None = None,
+    tls: rpc.ClientTls | None = None,
 ) -> LayoutRelease:
     """Export release ``info`` as a layout under ``root``, its blobs fetched from the
-    ``ArtifactService`` at ``artifacts_target``; returns the layout read back and verified."""
+    ``ArtifactService`` at ``artifacts_target`` (over ``tls`` if given: the operator API of a
+    ``--tls`` controller); returns the layout read back and verified."""
 
     def fetch_blob(digest: str, partial: Path) -> None:
         done = partial.stat().st_size if partial.exists() else 0
@@ -322,7 +324,7 @@ def export_release(
 
         if done and on_bytes is not None:
             on_bytes(done)
-        artifacts.fetch(artifacts_target, digest, partial, on_chunk=on_chunk)
+        artifacts.fetch(artifacts_target, digest, partial, on_chunk=on_chunk, tls=tls)
 
     write_layout(
         root,

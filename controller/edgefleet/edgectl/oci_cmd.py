@@ -63,6 +63,7 @@ def _export(
     ctx: typer.Context, info: pb.ReleaseInfo, root: Path, *, tag: str, quiet: bool
 ) -> layout.LayoutRelease:
     from edgefleet.controller import oci as layout
+    from edgefleet.edgectl.client import api_tls
 
     m = info.manifest
     total = m.model_size + m.golden_size
@@ -74,6 +75,7 @@ def _export(
             artifacts_target=shell.settings(ctx).controller,
             tag=tag,
             on_bytes=lambda n: progress.advance(task, n),
+            tls=api_tls(shell.settings(ctx).ca_file),
         )
 
 
