@@ -470,6 +470,7 @@ def test_edge_controller_run_tls_serves_mtls_and_says_where(tmp_path: Path, brok
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
+    assert b"plaintext broker mqtt://" in out and b"use mqtts:// with --mqtt-cert" in out
 
     from edgefleet.controller.cli import app as controller_cli
 

@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from edgefleet.common import rpc
 from edgefleet.common.artifacts import ArtifactServicer, BlobStore, atomic_write
 from edgefleet.common.errors import TransientError
-from edgefleet.common.mqttclient import MqttSession
+from edgefleet.common.mqttclient import BrokerUrl, MqttSession
 from edgefleet.controller import auth, benchmarking, devicetls
 from edgefleet.controller import ingest as ingesting
 from edgefleet.controller.audit import AuditLog
@@ -147,6 +147,7 @@ class Controller:
 
         self._ingest = ingesting.Ingest(devices, self.metrics, settings=s.ingest)
         self._ingest.start()
+        self._warn_plaintext_broker()
         self._mqtt = MqttSession(
             s.mqtt.url,
             client_id=s.mqtt.client_id,
@@ -260,6 +261,19 @@ class Controller:
         self._reconnected.set()  # the driver re-publishes every desired state
         if self._trustpub is not None:
             self._trustpub.reconnected()
+
+    def _warn_plaintext_broker(self) -> None:
+        """With ``--tls`` and an ``mqtt://`` broker (no TLS): a loud warning, every start;
+        desired states stay signed, but MQTT traffic is readable and forgeable on the wire."""
+        s = self.settings
+        if not s.grpc.tls or BrokerUrl.parse(s.mqtt.url).tls:
+            return
+        log.warning(
+            "plaintext broker %s with --tls: MQTT (telemetry, presence, inference) is neither "
+            "encrypted nor mutually authenticated; use mqtts:// with --mqtt-cert "
+            "(edge-controller broker-config) or --insecure",
+            BrokerUrl.parse(s.mqtt.url).redacted(),
+        )
 
     def _listen_api(
         self, gate: auth.OperatorAuth, tls: tuple[bytes, bytes] | None
