@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from edgefleet.agent import blame, providers
+from edgefleet.agent import blame, memory, providers
 from edgefleet.agent.errors import InferenceFailedError, RefusedInputError
 from edgefleet.common import externaldata, wire
 from edgefleet.common import types as t
@@ -224,13 +224,15 @@ class ModelRuntime:
             )
         except Exception as exc:  # ORT raises its own classes, all plain Exceptions
             raise ModelLoadError(f"ONNX Runtime cannot load {model.release}: {exc}") from exc
-        return cls(
+        loaded = cls(
             opened.session,
             model,
             load_seconds=time.perf_counter() - started,
             provider=opened.provider,
             fallback=opened.fallback,
         )
+        memory.release_free_heap()  # what parsing and optimising the model freed
+        return loaded
 
     def last_lines(self) -> str:
         """What the runtime last logged, to explain a failure ("" in-process: that is the
