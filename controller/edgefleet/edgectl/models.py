@@ -17,17 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from edgefleet.common.types import validate_name
 from edgefleet.edgectl import output, shell
@@ -36,6 +25,14 @@ from edgefleet.edgectl.metric_source import MetricSourceError, read_metric_modul
 from edgefleet.v1 import controller_pb2 as pb
 
 EXIT_NOT_PASSED = 3
+
+
+def escape(text: str) -> str:
+    """rich's ``escape`` (markup shown as written), imported on first use: not for --help."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
 
 app = typer.Typer(
     help="Register and list ONNX models.\n\nEach upload of a name becomes its next version; "
@@ -73,6 +70,15 @@ def add(
     if not path.is_file():
         shell.fail(f"no such file: {path}")
     size = path.stat().st_size
+    from rich.progress import (  # rich: not for --help
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     progress = Progress(
         TextColumn("uploading {task.description}"),
         BarColumn(),
@@ -349,6 +355,8 @@ def compress(
         if budget_s
         else 24 * 3600.0
     )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -14,21 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from edgefleet.common.errors import NotFoundError
 from edgefleet.common.types import ReleaseRef
 from edgefleet.edgectl import output, shell
 from edgefleet.v1 import controller_pb2 as pb
 
-if TYPE_CHECKING:  # docker, numpy and grpc: loaded when a command runs, not for --help
+if TYPE_CHECKING:  # docker, numpy, grpc and rich: loaded when a command runs, not for --help
+    from rich.progress import Progress
+
     from edgefleet.controller import oci as layout
 
 ReleaseArg = Annotated[
@@ -38,6 +32,15 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def _progress(*, quiet: bool) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

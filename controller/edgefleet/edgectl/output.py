@@ -14,19 +14,36 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.v1 import common_pb2, mqtt_pb2
 from edgefleet.v1 import controller_pb2 as pb
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+    console: Console
+    """stdout's console (tables)."""
+    err_console: Console
+    """stderr's console (progress, notes)."""
+else:
+
+    def __getattr__(name: str) -> Any:
+        """``console`` and ``err_console``, made on first use: ``edgectl --help`` does not
+        import rich (about a fifth of its start-up)."""
+        if name not in ("console", "err_console"):
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from rich.console import Console
+
+        made = globals()[name] = Console(
+            stderr=name == "err_console", highlight=False, soft_wrap=True
+        )
+        return made
+
 
 PHASE_STYLES = {"active": "green", "failed": "red", "rolled_back": "red"}
 
@@ -35,6 +52,12 @@ _ANSI = re.compile(
     r"\x1b(?:\[[0-?]*[ -/]*[@-~]?|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-_]?)"
     r"|\x9b[0-?]*[ -/]*[@-~]?"
 )
+
+
+def _console(name: str) -> Console:
+    """This module's ``console`` or ``err_console`` (made on first use)."""
+    made: Console = getattr(sys.modules[__name__], name)
+    return made
 
 
 def plain(text: str) -> str:
@@ -46,6 +69,8 @@ def plain(text: str) -> str:
 
 def safe(text: str) -> str:
     """``plain(text)`` with rich markup escaped: what to put in a table cell or a marked-up line."""
+    from rich.markup import escape
+
     return escape(plain(text))
 
 
@@ -56,7 +81,7 @@ def print_json(value: Any, *, compact: bool = False) -> None:
 
 def note(text: str) -> None:
     """A remark for the person at the terminal (stderr; never mixed into ``--json``)."""
-    err_console.print(text)
+    _console("err_console").print(text)
 
 
 def when(ms: int) -> str:
@@ -118,6 +143,8 @@ _NO_WRAP = frozenset(
 
 
 def table(*columns: str, title: str | None = None) -> Table:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", header_style="bold")
     for c in columns:
         t.add_column(c, overflow="fold", no_wrap=c in _NO_WRAP)
@@ -127,9 +154,9 @@ def table(*columns: str, title: str | None = None) -> Table:
 def print_table(t: Table, *, empty: str) -> None:
     """The table, or ``empty`` (e.g. "no devices") when it has no rows."""
     if t.row_count:
-        console.print(t)
+        _console("console").print(t)
     else:
-        console.print(f"[dim]{empty}[/]")
+        _console("console").print(f"[dim]{empty}[/]")
 
 
 # --- JSON shapes --------------------------------------------------------------------------

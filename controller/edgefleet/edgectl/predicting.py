@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.text import Text
 
 from edgefleet.edgectl import output, shell
 
@@ -82,6 +81,8 @@ def predict(
             compact=True,
         )
         return
+    from rich.text import Text  # rich: not for --help
+
     ran = output.safe(result.release) or "?"
     output.console.print(f"device [bold]{output.safe(device)}[/] ran [bold]{ran}[/]")
     t = output.table("OUTPUT", "DTYPE", "SHAPE", "VALUES")

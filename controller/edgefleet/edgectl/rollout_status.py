@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import time
 from types import TracebackType
-from typing import Any
-
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.spinner import Spinner
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.edgectl import following, output
 from edgefleet.edgectl.following import Snapshot
 from edgefleet.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:  # rich: loaded when a command draws, not for --help
+    from rich.console import Console, Group, RenderableType
+    from rich.table import Table
 
 PHASE_STYLES = {
     "succeeded": "green",
@@ -185,6 +183,9 @@ def decision_lines(info: pb.RolloutInfo, *, limit: int = 8) -> list[str]:
 
 
 def status_view(snap: Snapshot) -> Group:
+    from rich.console import Group
+    from rich.text import Text
+
     lines: list[RenderableType] = [Text.from_markup(header(snap.info))]
     if steps := steps_line(snap.info):
         lines.append(Text.from_markup(steps))
@@ -199,6 +200,9 @@ class RolloutLive:
     """``with RolloutLive(console) as live: live.update(snapshot)``: the status, redrawn."""
 
     def __init__(self, console: Console, *, enabled: bool = True) -> None:
+        from rich.live import Live
+        from rich.spinner import Spinner
+
         self._spinner = Spinner("dots", text="waiting for the controller")
         self._live = Live(self._spinner, console=console, refresh_per_second=8, transient=True)
         self._enabled = enabled
@@ -207,6 +211,8 @@ class RolloutLive:
     def update(self, snap: Snapshot) -> None:
         elapsed = int(time.monotonic() - self._started)
         self._spinner.update(text=f"following rollout {snap.info.rollout_id} ({elapsed}s)")
+        from rich.console import Group
+
         self._live.update(Group(self._spinner, status_view(snap)))
 
     def __enter__(self) -> RolloutLive:

@@ -16,14 +16,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.live import Live
-from rich.table import Table
 
 from edgefleet.common.errors import EdgeFleetError
 from edgefleet.edgectl import output, shell
 from edgefleet.v1 import controller_pb2 as pb
 
-if TYPE_CHECKING:  # grpc: loaded when a command calls, not for --help
+if TYPE_CHECKING:  # grpc and rich: loaded when a command calls, not for --help
+    from rich.table import Table
+
     from edgefleet.edgectl.client import ControllerClient
 
 ABSENT = "—"
@@ -171,6 +171,8 @@ def _json_lines(
 
 
 def _live(client: ControllerClient, fleet: str, rows: list[DeviceLine], interval: float) -> None:
+    from rich.live import Live  # rich: not for --help
+
     with Live(render(fleet, rows), console=output.console, auto_refresh=False) as live:
         while True:
             time.sleep(interval)
