@@ -19,6 +19,12 @@ Writes bench/results/footprint.json:
   ``HELP_RUNS`` runs. Target: under 0.3 s. ``cli_help_cpu_s``: its CPU time (user + system),
   which a loaded machine does not inflate as it does the wall time.
 
+``agent_floor_mb``: what the agent's dependencies hold with no agent code, in the same venv
+(``FLOOR_SCRIPT``: Python, numpy, onnxruntime with this model's session run, a gRPC server and
+channel, cryptography's Ed25519 and X.509, protobuf, paho-mqtt, prometheus_client), each step's
+cost and the ``total``: the agent cannot go below it, and ``agent_rss_mb`` less it is what the
+agent's own code and state hold.
+
 Extras: ``agent_peak_rss_mb`` (VmHWM), ``agent_rss_anon_mb`` / ``agent_rss_file_mb`` (the
 process's own memory / mapped library code, shared with other processes), ``agent_threads``,
 ``agent_installed`` (the base venv's distributions), ``targets`` and ``held``. Figures depend
@@ -147,6 +153,65 @@ def measure_agent(venv: Path) -> dict[str, Any]:
     }
 
 
+# What the agent's dependencies cost on their own, step by step, in the agent's venv: VmRSS
+# (MB) after each step, each one's cost the difference from the step before.
+FLOOR_SCRIPT = """
+import json, sys
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+steps = {"python": rss()}
+import numpy as np; steps["numpy"] = rss()
+import onnxruntime as ort; steps["onnxruntime"] = rss()
+o = ort.SessionOptions(); o.log_severity_level = 3
+s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
+x = np.load(sys.argv[2])
+for _ in range(100):
+    s.run(None, {s.get_inputs()[0].name: x})
+steps["onnxruntime_session"] = rss()
+import grpc; steps["grpc"] = rss()
+from concurrent import futures
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+port = server.add_insecure_port("127.0.0.1:0"); server.start()
+channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+grpc.channel_ready_future(channel).result(timeout=10)
+steps["grpc_server_and_channel"] = rss()
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ed25519
+k = ed25519.Ed25519PrivateKey.generate(); k.public_key().verify(k.sign(b"x"), b"x")
+steps["cryptography"] = rss()
+import google.protobuf.message; steps["protobuf"] = rss()
+import paho.mqtt.client; steps["paho_mqtt"] = rss()
+import prometheus_client; steps["prometheus_client"] = rss()
+print(json.dumps(steps))
+"""
+
+
+def measure_floor(venv: Path, model: bytes, x: Any) -> dict[str, float]:
+    """The dependencies' own resident set, without the agent: ``FLOOR_SCRIPT`` in ``venv``;
+    each step's cost in MB and, as ``total``, the RSS after the last."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+        model_file, x_file = Path(tmp) / "model.onnx", Path(tmp) / "x.npy"
+        model_file.write_bytes(model)
+        np.save(x_file, x)
+        out = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", FLOOR_SCRIPT, str(model_file), str(x_file)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        )
+    steps: dict[str, float] = json.loads(out.stdout)
+    names = list(steps)
+    costs = {
+        n: round(steps[n] - (steps[names[i - 1]] if i else 0.0), 1) for i, n in enumerate(names)
+    }
+    return {**costs, "total": round(steps[names[-1]], 1)}
+
+
 def cli_help_s() -> tuple[float, float]:
     """Median wall and CPU (user + system) seconds of ``edgectl --help``, after a first run
     that writes the byte code (as pip does on install; PYTHONDONTWRITEBYTECODE is dropped)."""
@@ -167,8 +232,13 @@ def main() -> bool:
     base = agentenv.agent_venv()
     cpu = agentenv.agent_venv("cpu")
     help_wall, help_cpu = cli_help_s()
+    data = digits.load_data()
+    model = digits.train(data, hidden=32, seed=0).onnx_bytes
     result: dict[str, Any] = {
         **measure_agent(cpu),
+        # the dependencies alone (numpy, an ORT session, a gRPC server, cryptography, paho,
+        # prometheus_client): the agent's RSS less this is what its own code and state hold
+        "agent_floor_mb": measure_floor(cpu, model, data.x_test[:1].copy()),
         "agent_install_mb": round(agentenv.size_mb(base), 1),
         "cli_help_s": help_wall,
         "cli_help_cpu_s": help_cpu,  # what the machine's load does not inflate
@@ -186,6 +256,7 @@ def main() -> bool:
         print(f"{key:>22}: {result[key]}" + (f" (target < {target}){verdict}" if target else ""))
     for key in ("cli_help_cpu_s", "agent_install_cpu_mb", "agent_rss_anon_mb", "agent_rss_file_mb"):
         print(f"{key:>22}: {result[key]}")
+    print(f"{'agent_floor_mb':>22}: {result['agent_floor_mb']}")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
     return all(result["held"].values())
 
