@@ -141,13 +141,12 @@ class ControllerClient:
             raise self._error(exc) from None
 
     def _error(self, exc: grpc.RpcError) -> rpc.RpcFailed:
-        failed = rpc.error_from_rpc(exc, target=f"controller at {self.target}")
+        target = f"controller at {self.target}"
+        failed = rpc.error_from_rpc(exc, target=target)
         if failed.code == grpc.StatusCode.UNAUTHENTICATED and not self._has_token:
-            return rpc.RpcFailed(
-                self.target, failed.code, f"{failed.detail}; {MISSING_CREDENTIALS}"
-            )
+            return rpc.RpcFailed(target, failed.code, f"{failed.detail}; {MISSING_CREDENTIALS}")
         if failed.code == grpc.StatusCode.UNAVAILABLE and not self._tls:
-            return rpc.RpcFailed(self.target, failed.code, f"{failed.detail}; {NO_CA_HINT}")
+            return rpc.RpcFailed(target, failed.code, f"{failed.detail}; {NO_CA_HINT}")
         return failed
 
     # --- keys -------------------------------------------------------------------------------
@@ -214,6 +213,7 @@ class ControllerClient:
         cores: int = 0,
         metric_module: tuple[str, str, str] | None = None,
         carry: Sequence[str] = (),
+        variants: bool = False,
     ) -> Iterator[pb.CompressProgress]:
         """Stream ``CompressModel``: progress messages, then one carrying the result. Closing
         the iterator early cancels the call (the controller stops after its current candidate).
@@ -234,6 +234,7 @@ class ControllerClient:
             metric=metric,
             golden=golden,
             cores=cores,
+            variants=variants,
         )
         if metric_module is not None:  # (source, function, origin): text, run confined there
             (
