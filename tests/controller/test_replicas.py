@@ -20,6 +20,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edgefleet.common import desired, rpc, topics
 from edgefleet.common.signing import TrustStore
@@ -34,11 +35,6 @@ from tests.controller import databases, support
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.e2e,
-    pytest.mark.skipif(
-        not os.environ.get("EDGEFLEET_REPLICA_TEST"),
-        reason="flaky under full-suite load (its wire recorder missed every desired state once; "
-        "passes alone): run with EDGEFLEET_REPLICA_TEST=1 until fixed",
-    ),
 ]
 PG = os.environ.get(databases.ENV) or "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
@@ -74,26 +70,43 @@ def spawn(procs: Processes, name: str, data_dir: Path, *, db: str, mqtt_url: str
 
 
 class Wire:
-    """Every desired state on the broker, as (device, generation, release)."""
+    """Every desired state the broker delivers for ``devices``, retained ones included, as
+    (device, generation, release).
 
-    def __init__(self, broker: Broker, trust: TrustStore) -> None:
-        self.seen: list[tuple[str, int, str]] = []
+    It subscribes to exactly those devices' topics: the session broker holds the retained
+    desired states of every earlier test, signed by other controllers' keys. paho runs
+    ``on_message`` on its network thread and, by default, lets an exception there end that
+    thread, so the callback only stores the raw message; ``states()`` opens them (in the test's
+    thread, where a bad one fails the test with its reason)."""
+
+    def __init__(self, broker: Broker, devices: list[str]) -> None:
+        self._raw: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
-        self._trust = trust
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="wire-recorder")
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=support.unique("wire-recorder")
+        )
         self._client.on_message = self._on
-        subscribed: queue.Queue[int] = queue.Queue()
-        self._client.on_subscribe = lambda *_a: subscribed.put(1)
+        granted: queue.Queue[list[ReasonCode]] = queue.Queue()
+        self._client.on_subscribe = lambda _c, _u, _mid, codes, _p: granted.put(list(codes))
         self._client.connect("127.0.0.1", broker.port)
         self._client.loop_start()
-        self._client.subscribe(f"{topics.ROOT}/dev/+/desired", qos=1)
-        subscribed.get(timeout=5)
+        self._client.subscribe([(topics.desired(d), 1) for d in devices])
+        codes = granted.get(timeout=30)  # SUBACK: from here on the broker delivers to it
+        assert all(c.value == 1 for c in codes), f"subscriptions not granted at QoS 1: {codes}"
 
     def _on(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        device = topics.parse(msg.topic).device_id
-        state = desired.open_desired(bytes(msg.payload), self._trust, device_id=device)
         with self._lock:
-            self.seen.append((device, state.generation, str(state.release)))
+            self._raw.append((msg.topic, bytes(msg.payload)))
+
+    def states(self, trust: TrustStore) -> list[tuple[str, int, str]]:
+        with self._lock:
+            raw = list(self._raw)
+        out = []
+        for topic, payload in raw:
+            device = topics.parse(topic).device_id
+            state = desired.open_desired(payload, trust, device_id=device, at_any_time=True)
+            out.append((device, state.generation, str(state.release)))
+        return out
 
     def close(self) -> None:
         self._client.disconnect()
@@ -108,6 +121,7 @@ def test_a_second_controller_takes_over_a_rollout_when_the_driving_one_dies(
         spawn(procs, "ctl-a", data, db=pg_url, mqtt_url=broker.url)
         a: Managed = procs.started[-1]
         api_b = spawn(procs, "ctl-b", data, db=pg_url, mqtt_url=broker.url)
+        b_proc: Managed = procs.started[-1]
         token = (data / "admin.token").read_text().strip()
         with ControllerClient(api_b, token=token) as b:
             channel = authorized(rpc.channel(api_b), token)
@@ -115,39 +129,68 @@ def test_a_second_controller_takes_over_a_rollout_when_the_driving_one_dies(
             support.releases(stub, digits_model.onnx_bytes, "1.0.0", "1.1.0")
             keys = support.trust(stub)
             fleet = support.unique("fleet")
-            devs = [support.SimAgent(broker.url, f"{fleet}-d{i}", fleet, keys) for i in range(6)]
-            agents.made += [d.connect() for d in devs]
-            support.eventually(
-                lambda: len(b.list_devices(fleet)) == 6, timeout=30, what="6 devices registered"
-            )
-            wire = Wire(broker, support.trust(stub))
+            ids = [f"{fleet}-d{i}" for i in range(6)]
+            # Listening before any device exists: nothing for these devices can go unseen.
+            wire = Wire(broker, ids)
             try:
+                devs = [support.SimAgent(broker.url, d, fleet, keys) for d in ids]
+                agents.made += [d.connect() for d in devs]
+                support.eventually(
+                    lambda: len(b.list_devices(fleet)) == 6, timeout=60, what="6 devices registered"
+                )
+                # A, started first, took the lease; B stands by.
+                support.eventually(
+                    lambda: "took the rollouts lease" in a.tail(200), timeout=60, what="A leads"
+                )
+                support.eventually(
+                    lambda: "held by" in b_proc.tail(200), timeout=60, what="B stands by"
+                )
+                assert "took the rollouts lease" not in b_proc.tail(200)
                 strategy = pb.RolloutStrategy(kind="canary", canary="1", waves="50%", bake="2s")
                 started = stub.Deploy(
                     pb.DeployRequest(release=support.NEW, fleet=fleet, strategy=strategy),
                     timeout=support.DEADLINE,
                 )
-                # A (started first) drives; kill it once the canary is through.
+                # Kill A once the canary is through.
                 support.eventually(
-                    lambda: b.get_rollout(started.rollout_id).step >= 1, timeout=30, what="wave 1"
+                    lambda: b.get_rollout(started.rollout_id).step >= 1, timeout=60, what="wave 1"
                 )
                 a.signal(signal.SIGKILL)
                 a.popen.wait(10)
                 killed = time.monotonic()
-                info = support.wait_phase(stub, started.rollout_id, "succeeded", timeout=60)
-                took = time.monotonic() - killed
+                support.eventually(
+                    lambda: "took the rollouts lease" in b_proc.tail(200),
+                    timeout=60,
+                    what="B to take the lease over",
+                )
+                took_over = time.monotonic() - killed
+                info = support.wait_phase(stub, started.rollout_id, "succeeded", timeout=90)
+                # Succeeded: every device reported the new release, so each got its desired
+                # state; the recorder, a subscriber like them, gets it from the broker too.
+                support.eventually(
+                    lambda: {d for d, _, r in wire.states(keys) if r == support.NEW} == set(ids),
+                    timeout=30,
+                    what="the recorder to see the new release's desired state of every device",
+                )
+                seen = wire.states(keys)
             finally:
                 wire.close()
                 channel.close()
-        log_b = procs.started[-1].tail(200)
-    assert "took the rollouts lease" in log_b
-    assert took < 30, f"the rollout finished {took:.1f}s after the driving controller died"
+    # The lease lasts 8 s unrenewed: B takes over once it lapses (generous bound: a loaded
+    # machine may stretch the ticks).
+    assert took_over < 30, f"B took the lease {took_over:.1f}s after A died"
     assert list(info.step_sizes) == [1, 3, 6]
-    releases_by_generation: dict[tuple[str, int], set[str]] = {}
-    for device, generation, release in wire.seen:
-        releases_by_generation.setdefault((device, generation), set()).add(release)
-    doubled = {k: v for k, v in releases_by_generation.items() if len(v) > 1}
-    assert not doubled, f"two desired states with one generation: {doubled}"
-    new = {(d, g) for d, g, r in wire.seen if r == support.NEW}
-    per_device = {d.device_id: [g for dd, g in new if dd == d.device_id] for d in devs}
-    assert all(len(gens) == 1 for gens in per_device.values()), per_device
+    # What went over the wire, and what each device itself received: no generation carries
+    # two releases, and each device got the new release under exactly one generation.
+    for where, states in [
+        ("on the wire", seen),
+        ("at the devices", [(d.device_id, g, r) for d in devs for g, r in d.generations]),
+    ]:
+        releases_by_generation: dict[tuple[str, int], set[str]] = {}
+        for device, generation, release in states:
+            releases_by_generation.setdefault((device, generation), set()).add(release)
+        doubled = {k: v for k, v in releases_by_generation.items() if len(v) > 1}
+        assert not doubled, f"two desired states with one generation {where}: {doubled}"
+        new = {(d, g) for d, g, r in states if r == support.NEW}
+        per_device = {d: sorted(g for dd, g in new if dd == d) for d in ids}
+        assert all(len(gens) == 1 for gens in per_device.values()), f"{where}: {per_device}"

@@ -50,7 +50,7 @@ class Lease:
         self._ttl_ms = int(ttl_s * 1000)
         self._clock_ms = clock_ms
         self.epoch = 0
-        self._was = False
+        self._was: bool | None = None  # None: not asked yet (the first answer is logged)
 
     def held(self) -> bool:
         now = self._clock_ms()
@@ -84,7 +84,7 @@ class Lease:
             row = session.get(LeaseRow, self.name)
             if row is not None and row.holder == self.holder:
                 row.expires_at_ms = 0
-        self._was = False
+        self._was = None
 
 
 class DbMutex:
