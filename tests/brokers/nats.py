@@ -66,10 +66,24 @@ class Node:
             f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n{extra}\n"
         )
 
-    def reload(self) -> None:
-        """SIGHUP: the node reads its config file again (permissions, users)."""
+    def reload(self, timeout: float = 30.0) -> None:
+        """SIGHUP: the node reads its config file again (permissions, users). Returns once the
+        node has logged that it applied it (the reload is asynchronous)."""
         assert self.proc is not None
+        done = self._reloads()
         self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self._reloads() <= done:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-10:])
+                raise AssertionError(f"{self.name} never applied its reloaded config:\n{tail}")
+            time.sleep(0.05)
+
+    def _reloads(self) -> int:
+        """How many reloads the node has logged as applied so far."""
+        if not self.log.exists():
+            return 0
+        return self.log.read_text(errors="replace").count("Reloaded server configuration")
 
     def start(self, binary: str) -> None:
         with self.log.open("ab") as log:

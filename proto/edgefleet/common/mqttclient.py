@@ -207,6 +207,12 @@ class MqttSession:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.close()
+        # ``loop_start``'s wake-up socket pair is closed only by paho's ``Client.__del__``,
+        # which a garbage-collected cycle (the callbacks hold this session) may run after the
+        # sockets' own finalizers, each then an unclosed-socket ResourceWarning.
+        reset = getattr(self._client, "_reset_sockets", None)
+        if reset is not None:
+            reset(sockpair_only=True)
         self._connected.clear()
         self._subscribed.clear()
 
