@@ -78,7 +78,7 @@ def controller(root: Path, mqtt_url: str) -> Iterator[Controller]:
         data_dir=root / "ctl",
         grpc=GrpcSettings(bind="127.0.0.1:0", grace_s=0.5, tls=True, enroll_bind="127.0.0.1:0"),
         api=ApiSettings(bind="127.0.0.1:0"),
-        mqtt=MqttSettings(url=mqtt_url, client_id="bench-distribution"),
+        mqtt=MqttSettings(url=mqtt_url, client_id="bench-distribution", allow_plaintext=True),
         rollouts=RolloutSettings(tick_s=0.05),
     )
     ctl = Controller(s)

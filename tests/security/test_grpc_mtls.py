@@ -58,9 +58,12 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 def tls_settings(data: Path, broker: Broker) -> Any:
+    """mTLS gRPC on the session's plaintext broker (``--insecure-mqtt``: the hops under test
+    here are gRPC; ``tests/security/test_broker_mtls.py`` covers the broker)."""
     s = support.settings(data, broker.url)
     grpc_settings = dataclasses.replace(s.grpc, tls=True, enroll_bind="127.0.0.1:0")
-    return dataclasses.replace(s, grpc=grpc_settings)
+    mqtt = dataclasses.replace(s.mqtt, allow_plaintext=True)
+    return dataclasses.replace(s, grpc=grpc_settings, mqtt=mqtt)
 
 
 @pytest.fixture
@@ -405,7 +408,8 @@ def test_edge_agent_run_enrolled_is_mtls_and_insecure_says_so(
     ctl: support.Running, broker: Broker, tmp_path: Path
 ) -> None:
     """The real ``edge-agent run`` process: enrolled, it opens the mTLS peer listener (in
-    ``agent.json``) and says gRPC is mTLS; with ``--insecure`` it warns and opens none."""
+    ``agent.json``) and says gRPC is mTLS; with ``--insecure`` it warns and opens none. The
+    session broker is plaintext: ``--insecure-mqtt`` (warned) lets the enrolled agent use it."""
     data = tmp_path / "cam-9"
     assert enroll(ctl, "cam-9", data).exit_code == 0
     key_file = tmp_path / "trusted.pem"
@@ -419,11 +423,13 @@ def test_edge_agent_run_enrolled_is_mtls_and_insecure_says_so(
         key_file=key_file,
         insecure=False,
     )
+    agent.args.append("--insecure-mqtt")
     try:
         info = agent.start()
         assert info["peer_endpoint"] and info["peer_endpoint"] != info["predict_endpoint"]
         assert agent.terminate() == 0
         assert "gRPC to the controller and to neighbours is mTLS" in agent.output()
+        assert "plaintext broker mqtt://127.0.0.1" in agent.output()
         agent.args.append("--insecure")
         info = agent.start()
         assert info["peer_endpoint"] == ""
@@ -438,14 +444,15 @@ def test_edge_agent_run_enrolled_is_mtls_and_insecure_says_so(
 
 def test_edge_controller_run_tls_serves_mtls_and_says_where(tmp_path: Path, broker: Broker) -> None:
     """The real ``edge-controller run --enroll-listen`` process, mTLS by default (no --tls
-    given): controller.json names the enrollment listener, a caller without a certificate gets
-    no blob; the help text documents the options of both commands."""
+    given; ``--insecure-mqtt`` for the plaintext session broker, warned): controller.json names
+    the enrollment listener, a caller without a certificate gets no blob; the help text
+    documents the options of both commands."""
     data = tmp_path / "data"
     port, enroll_port, api = free_port(), free_port(), free_port()
     cmd = [sys.executable, "-m", "edgefleet.controller", "run", "--data-dir", str(data),
            "--grpc", f"127.0.0.1:{port}", "--api", f"127.0.0.1:{api}",
            "--enroll-listen", f"127.0.0.1:{enroll_port}", "--mqtt", broker.url,
-           "--mqtt-client-id", support.unique("cli")]  # fmt: skip
+           "--mqtt-client-id", support.unique("cli"), "--insecure-mqtt"]  # fmt: skip
     env = {**os.environ, "EDGEFLEET_LOG_JSON": "0"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -470,7 +477,7 @@ def test_edge_controller_run_tls_serves_mtls_and_says_where(tmp_path: Path, brok
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
-    assert b"plaintext broker mqtt://" in out and b"use mqtts:// with --mqtt-cert" in out
+    assert b"plaintext broker mqtt://" in out and b"(--insecure-mqtt)" in out
 
     from edgefleet.controller.cli import app as controller_cli
 

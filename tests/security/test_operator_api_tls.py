@@ -38,7 +38,8 @@ DEADLINE = 10.0
 def ctl(tmp_path: Path, broker: Broker) -> Iterator[support.Running]:
     s = support.settings(tmp_path / "data", broker.url)
     grpc_settings = dataclasses.replace(s.grpc, tls=True, enroll_bind="127.0.0.1:0")
-    running = support.start(dataclasses.replace(s, grpc=grpc_settings))
+    mqtt = dataclasses.replace(s.mqtt, allow_plaintext=True)  # the session broker: plaintext
+    running = support.start(dataclasses.replace(s, grpc=grpc_settings, mqtt=mqtt))
     yield running
     running.stop()
 

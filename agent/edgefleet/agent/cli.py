@@ -100,6 +100,14 @@ RUN_FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
         "Plaintext gRPC to the controller and neighbours (a warning at start). Without it the "
         "agent must be enrolled (`edge-agent enroll`: mTLS) and refuses to start otherwise.",
     ),
+    (
+        "--insecure-mqtt",
+        "flag",
+        bool,
+        "Let an enrolled agent use a plaintext mqtt:// broker (gRPC stays mTLS; a warning at "
+        "start). Without it (or --insecure) an enrolled agent refuses an mqtt:// broker: use "
+        "mqtts://, its enrolled certificate is the client certificate.",
+    ),
     ("--metrics-port", "value", int, "Prometheus /metrics port (0: any free port, -1: off)."),
     ("--trusted-key", "append", Path, "PEM public key to trust (repeatable; at least one)."),
     ("--label", "append", str, "KEY=VALUE label (repeatable)."),
@@ -291,7 +299,34 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             file=sys.stderr,
         )
         return 2
+    refused = _plaintext_broker(settings)
+    if refused:
+        print(f"edge-agent: {refused}", file=sys.stderr)
+        return 2
     return _serve(settings)
+
+
+def _plaintext_broker(settings: AgentSettings) -> str:
+    """Why an enrolled agent (not ``--insecure``) must not start on a plaintext ``mqtt://``
+    broker ("" when it may: TLS, ``--insecure``, unenrolled, or ``--insecure-mqtt``, warned)."""
+    from edgefleet.common.mqttclient import parse_urls
+
+    brokers = parse_urls(settings.mqtt.url)
+    if settings.insecure or all(b.tls for b in brokers) or not _enrolled(settings):
+        return ""
+    shown = ",".join(b.redacted() for b in brokers)
+    if settings.mqtt.allow_plaintext:
+        log.warning(
+            "plaintext broker %s (--insecure-mqtt): MQTT (desired states, presence, "
+            "inference) is neither encrypted nor mutually authenticated",
+            shown,
+        )
+        return ""
+    return (
+        f"enrolled, but the broker {shown} is plaintext: refused; use mqtts:// (the enrolled "
+        "certificate is the client certificate; --mqtt-ca if the broker's CA is not the "
+        "fleet's), or pass --insecure-mqtt (plaintext MQTT) or --insecure (all plaintext)"
+    )
 
 
 def _enrolled(settings: AgentSettings) -> bool:

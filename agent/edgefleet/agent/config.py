@@ -55,6 +55,9 @@ class MqttSettings:
     keepalive_s: int = 30
     """MQTT keepalive: a link that carries nothing for 1.5 times this long is taken for dead
     (the agent reconnects, the broker publishes its offline will)."""
+    allow_plaintext: bool = False
+    """An enrolled agent (not ``insecure``) accepts a plaintext ``mqtt://`` broker
+    (``--insecure-mqtt``, a warning at start); without it ``edge-agent run`` refuses one."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,7 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "mqtt_key": ("mqtt", "key_file", lambda v: Path(str(v))),
     "mqtt_password_file": ("mqtt", "password_file", lambda v: Path(str(v))),
     "mqtt_keepalive": ("mqtt", "keepalive_s", _int),
+    "insecure_mqtt": ("mqtt", "allow_plaintext", _bool),
     "controller": ("fetch", "controller", str),
     "fetch_deadline": ("fetch", "deadline_s", _float),
     "fetch_stall": ("fetch", "stall_s", _float),

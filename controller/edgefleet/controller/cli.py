@@ -71,8 +71,9 @@ def run(
         typer.Option(
             "--tls/--insecure",
             help="--tls (the default): the devices' port is mTLS (only enrolled, unrevoked "
-            "devices fetch) and enrollment is TLS on --enroll-listen. --insecure: all of it "
-            "plaintext, with a warning at start (for tests and trials only).",
+            "devices fetch), enrollment is TLS on --enroll-listen, and a plaintext mqtt:// "
+            "broker is refused (see --insecure-mqtt). --insecure: all of it plaintext, "
+            "with a warning at start (for tests and trials only).",
             show_default=False,
         ),
     ] = True,
@@ -94,9 +95,20 @@ def run(
         str,
         typer.Option(
             help="MQTT broker URL; a clustered broker's nodes comma-separated (reconnects go "
-            "to the next in turn)."
+            "to the next in turn). With --tls it must be mqtts:// (with --mqtt-cert, "
+            "--mqtt-key, --mqtt-ca: edge-controller broker-config makes them); the mqtt:// "
+            "default needs --insecure-mqtt or --insecure."
         ),
     ] = "mqtt://127.0.0.1:1883",
+    insecure_mqtt: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-mqtt",
+            help="Accept a plaintext mqtt:// broker with --tls (gRPC stays mTLS; a warning at "
+            "every start): MQTT is then readable and forgeable on the wire. Without it, --tls "
+            "with an mqtt:// broker refuses to start.",
+        ),
+    ] = False,
     db: Annotated[
         str, typer.Option(help="SQLAlchemy URL (default: sqlite:///DATA_DIR/controller.db).")
     ] = "",
@@ -242,6 +254,7 @@ def run(
             ca_file=str(mqtt_ca) if mqtt_ca else None,
             cert_file=str(mqtt_cert) if mqtt_cert else None,
             key_file=str(mqtt_key) if mqtt_key else None,
+            allow_plaintext=insecure_mqtt,
         ),
         ingest=IngestSettings(
             enrolled_only=mqtt_cert is not None if enrolled_only is None else enrolled_only

@@ -55,6 +55,10 @@ class MqttSettings:
     """Client certificate (PEM) for a broker that requires one (``broker-config`` makes it)."""
     key_file: str | None = None
     """Its private key (PEM, mode 0600)."""
+    allow_plaintext: bool = False
+    """With ``GrpcSettings.tls``, accept a plaintext ``mqtt://`` broker (``--insecure-mqtt``,
+    a warning at every start); False: the controller refuses to start on one. Without TLS
+    (``--insecure``) a plaintext broker is accepted regardless."""
 
 
 @dataclass(frozen=True)

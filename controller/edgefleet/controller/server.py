@@ -28,8 +28,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from edgefleet.common import rpc
 from edgefleet.common.artifacts import ArtifactServicer, BlobStore, atomic_write
-from edgefleet.common.errors import TransientError
-from edgefleet.common.mqttclient import BrokerUrl, MqttSession
+from edgefleet.common.errors import InvalidInputError, TransientError
+from edgefleet.common.mqttclient import MqttSession, parse_urls
 from edgefleet.controller import auth, benchmarking, devicetls
 from edgefleet.controller import ingest as ingesting
 from edgefleet.controller.audit import AuditLog
@@ -125,6 +125,7 @@ class Controller:
 
     def _start(self) -> int:
         s = self.settings
+        self._check_broker_tls()  # before anything is made: a refusal changes nothing
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self._db = db = Database(s.database_url)
         db.create_schema()
@@ -147,7 +148,6 @@ class Controller:
 
         self._ingest = ingesting.Ingest(devices, self.metrics, settings=s.ingest)
         self._ingest.start()
-        self._warn_plaintext_broker()
         self._mqtt = MqttSession(
             s.mqtt.url,
             client_id=s.mqtt.client_id,
@@ -262,17 +262,28 @@ class Controller:
         if self._trustpub is not None:
             self._trustpub.reconnected()
 
-    def _warn_plaintext_broker(self) -> None:
-        """With ``--tls`` and an ``mqtt://`` broker (no TLS): a loud warning, every start;
-        desired states stay signed, but MQTT traffic is readable and forgeable on the wire."""
+    def _check_broker_tls(self) -> None:
+        """With ``grpc.tls`` (``--tls``, the default) and a plaintext ``mqtt://`` broker: a
+        refusal, unless ``mqtt.allow_plaintext`` (``--insecure-mqtt``) asks for it, then a loud
+        warning at every start. Desired states stay signed either way, but plaintext MQTT
+        (telemetry, presence, inference) is readable and forgeable on the wire and its clients
+        are not authenticated by certificate."""
         s = self.settings
-        if not s.grpc.tls or BrokerUrl.parse(s.mqtt.url).tls:
+        brokers = parse_urls(s.mqtt.url)
+        if not s.grpc.tls or all(b.tls for b in brokers):
             return
+        shown = ",".join(b.redacted() for b in brokers)
+        if not s.mqtt.allow_plaintext:
+            raise InvalidInputError(
+                f"plaintext broker {shown} with --tls: refused; use mqtts:// with --mqtt-cert, "
+                "--mqtt-key and --mqtt-ca (edge-controller broker-config makes them), or pass "
+                "--insecure-mqtt (plaintext MQTT, mTLS gRPC) or --insecure (all plaintext)"
+            )
         log.warning(
-            "plaintext broker %s with --tls: MQTT (telemetry, presence, inference) is neither "
-            "encrypted nor mutually authenticated; use mqtts:// with --mqtt-cert "
-            "(edge-controller broker-config) or --insecure",
-            BrokerUrl.parse(s.mqtt.url).redacted(),
+            "plaintext broker %s (--insecure-mqtt): MQTT (telemetry, presence, inference) is "
+            "neither encrypted nor mutually authenticated; use mqtts:// with --mqtt-cert "
+            "(edge-controller broker-config)",
+            shown,
         )
 
     def _listen_api(
