@@ -40,7 +40,7 @@ from edgefleet.demo.stack import (
 from edgefleet.edgectl.client import ControllerClient
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
-FINISHED = ("succeeded", "rolled_back", "aborted")
+FINISHED = ("succeeded", "rolled_back")
 INSTALL_S = 1.5  # each agent's download stalls this long: installs take a while, as on a device
 
 

@@ -351,7 +351,7 @@ def measure(
         while True:
             info = stub.GetRollout(ref, timeout=DEADLINE)
             polls += 1
-            if info.phase in ("succeeded", "aborted", "rolled_back", "paused"):
+            if info.phase in ("succeeded", "rolled_back", "paused"):
                 break
             if time.perf_counter() - t0 > timeout_s:
                 break

@@ -50,7 +50,7 @@ def test_five_simulated_devices_reach_succeeded(rollout: ModuleType, tmp_path: P
 def test_verdicts(rollout: ModuleType) -> None:
     def rec(n: int, seconds: float, cpu: float, ok: bool = True) -> dict[str, object]:
         return {"devices": n, "seconds": seconds, "controller_cpu_s": cpu, "succeeded": ok,
-                "phase": "succeeded" if ok else "aborted"}  # fmt: skip
+                "phase": "succeeded" if ok else "rolled_back"}  # fmt: skip
 
     good = rollout.verdicts([rec(100, 2, 1.0), rec(1000, 20, 11.0)])
     assert [v[3] for v in good] == [True, True, True, True]

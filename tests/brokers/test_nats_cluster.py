@@ -36,7 +36,7 @@ from tests.brokers.nats import NatsCluster, nats_binary
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-FINISHED = ("succeeded", "rolled_back", "aborted")
+FINISHED = ("succeeded", "rolled_back")
 INSTALL_S = 1.5  # each download stalls this long (a failpoint): a rollout takes a while
 # the node each device starts on; node 1 is the one killed, the controller stays on node 0
 HOME = {"d0": 0, "d1": 1, "d2": 1, "d3": 2}

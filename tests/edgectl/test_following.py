@@ -32,7 +32,6 @@ def info(phase: str, *states: tuple[str, str], kind: str = "canary", **kw: Any) 
         (info("rolled_back", ("reverted", ""), ("reverted", "")), True, False, 0),
         (info("rolling_back", ("failed", "x"), ("rolling_back", "")), False, False, 1),
         (info("rolled_back", ("reverted", "no previous release")), True, False, 0),
-        (info("aborted", ("reverted", "")), True, False, 0),
         (info("rolled_back", ("reverted", ""), kind="rollback"), True, True, 0),
         (info("rolled_back", ("rolling_back", ""), kind="rollback"), True, False, 0),
     ],

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # grpc: loaded when a command calls, not for --help
 
 POLL_INTERVAL_S = 0.25
 ROLLBACK_KIND = "rollback"  # the strategy kind of a rollout made by ``Rollback``
-FINISHED_PHASES = frozenset({"succeeded", "aborted", "rolled_back"})
+FINISHED_PHASES = frozenset({"succeeded", "rolled_back"})
 BACK_STATES = frozenset({"rolling_back", "reverted"})
 NO_PREVIOUS = "no previous release"  # the reason the controller gives a device it cannot revert
 

@@ -40,7 +40,6 @@ PHASE_COLOURS = {
     "wave": "#e8f5e9",
     "paused": "#fff8e1",
     "succeeded": "#e0f2e3",
-    "aborted": "#fde7e7",
     "rolling_back": "#fde7e7",
     "rolled_back": "#f8d7d7",
 }

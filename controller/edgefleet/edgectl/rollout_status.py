@@ -25,7 +25,6 @@ PHASE_STYLES = {
     "canary": "cyan",
     "wave": "cyan",
     "paused": "yellow",
-    "aborted": "red",
     "rolling_back": "red",
     "rolled_back": "red",
 }
@@ -153,7 +152,7 @@ def device_table(snap: Snapshot) -> Table:
     return t
 
 
-BACK_PHASES = ("aborted", "rolling_back", "rolled_back")
+BACK_PHASES = ("rolling_back", "rolled_back")
 
 
 def reason_line(info: pb.RolloutInfo) -> str:

@@ -1,7 +1,8 @@
 """The rollout engine: a pure function of (rollout, fleet reports, clock) -> (rollout, commands).
 
-DESIGN.md section 5: ``pending -> canary -> wave N -> ... -> succeeded``, or ``paused``, or
-``aborted -> rolling_back -> rolled_back``. Each call to ``step`` looks at what the devices
+DESIGN.md section 5: ``pending -> canary -> wave N -> ... -> succeeded``, or ``paused``, or, once
+aborted (by an operator or past ``max_failures``), ``rolling_back -> rolled_back``: an abort is a
+transition, not a phase a rollout rests in. Each call to ``step`` looks at what the devices
 report, moves each device along (sent -> healthy | failed), checks the abort threshold, sends
 the next devices when a step has baked, and on abort sends every device it touched back to the
 release it ran before. Devices it never reached are never touched. The shell persists the
@@ -25,7 +26,6 @@ class RolloutPhase(StrEnum):
     WAVE = "wave"
     PAUSED = "paused"
     SUCCEEDED = "succeeded"
-    ABORTED = "aborted"
     ROLLING_BACK = "rolling_back"
     ROLLED_BACK = "rolled_back"
 
