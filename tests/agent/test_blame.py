@@ -25,6 +25,9 @@ from edgefleet.agent import blame
 from edgefleet.agent.errors import InferenceFailedError, RefusedInputError
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime, spec_of
 from edgefleet.common import types as t
+from edgefleet.controller import rolloutrows
+from edgefleet.controller.rollouts import engine, strategy
+from edgefleet.controller.rollouts.engine import Report, RolloutPhase
 from tests.agent.conftest import RunningAgent, StartAgent
 from tests.agent.helpers import (
     AgentProcess,
@@ -288,6 +291,7 @@ MISMATCHED = {"a": np.ones(3, F32), "b": np.ones(5, F32)}  # the caller's fault
 ODD = {"a": np.ones(3, F32), "b": np.ones(3, F32)}  # the release's: fits, agrees, fails
 GOOD = {"a": np.ones(4, F32), "b": np.ones(4, F32)}
 REFUSALS = 10  # far beyond the window's limit of 3 runtime failures
+COUNTS = ("requests", "errors", "refused")  # of telemetry windows
 
 
 def refuse(endpoint: str, times: int) -> None:
@@ -345,6 +349,68 @@ def test_refused_inputs_keep_the_window_healthy_and_are_not_forwarded(
     assert 'reason="runtime"' not in text
     # answered before the reply: a forwarded request would have reached the neighbour by now
     assert "edgefleet_inference_requests_total 0.0" in metrics_of(neighbour)
+
+
+def test_refused_inputs_stay_out_of_the_error_rate_the_rollout_gate_reads(
+    start_agent: StartAgent,
+    watch: Callable[[str], Watcher],
+    signer: Signer,
+    artifacts: ArtifactServer,
+) -> None:
+    """Telemetry counts a caller's refused inputs apart (``refused``), outside ``requests`` and
+    ``errors``; the controller's report of that telemetry passes the canary's error-rate gate,
+    which the same traffic would fail if refused inputs counted as errors."""
+    a = start_agent()
+    w = watch(a.device_id)
+    offer(w, signer, artifacts, pair_release(signer, "1.0.0"), 1)
+    w.wait_status(active_on("pair:1.0.0"), what="v1 active")
+    refuse(a.endpoint, REFUSALS)
+    good = 3
+    for _ in range(good):
+        assert predict(a.endpoint, GOOD).release == "pair:1.0.0"
+    with pytest.raises(grpc.RpcError) as err:  # the release's own failure: an error
+        predict(a.endpoint, ODD)
+    assert err.value.code() is grpc.StatusCode.INTERNAL, err.value.details()
+
+    def totals() -> tuple[int, int, int] | None:
+        seen = [x for x in w.telemetry if x.release == "pair:1.0.0"]
+        requests, errors, refused = (sum(getattr(x, k) for x in seen) for k in COUNTS)
+        return (requests, errors, refused) if requests + refused >= good + 1 + REFUSALS else None
+
+    requests, errors, refused = wait_for("telemetry of every request", totals)
+    assert (requests, errors, refused) == (good + 1, 1, REFUSALS)
+    text = metrics_of(a)  # Prometheus still counts them as failed requests, by reason
+    assert f'edgefleet_inference_errors_total{{reason="invalid_input"}} {REFUSALS}.0' in text
+
+    old, new = "pair:0.9.0", "pair:1.0.0"
+    rollout = engine.start(
+        "r1",
+        "lab",
+        new,
+        strategy.parse(kind="canary", canary="1", max_error_rate=0.3),
+        [a.device_id],
+    )
+    before = {a.device_id: Report(a.device_id, old, "active", 1, 1, metrics_release=old)}
+    rollout, [sent] = engine.step(rollout, before, now=0)
+    row = (
+        a.device_id,
+        new,
+        "active",
+        sent.generation,
+        None,
+        new,
+        requests,
+        errors,
+        1.0,
+        sent.generation,
+    )
+    reports = {a.device_id: rolloutrows.report(row)}
+    assert reports[a.device_id].error_rate == pytest.approx(1 / (good + 1))
+    passed, _ = engine.step(rollout, reports, now=1)
+    assert passed.phase is RolloutPhase.SUCCEEDED, passed.reason
+    counted = (*row[:6], requests + refused, errors + refused, *row[8:])  # the old counting
+    failed, _ = engine.step(rollout, {a.device_id: rolloutrows.report(counted)}, now=1)
+    assert failed.phase is RolloutPhase.ROLLING_BACK and "error-rate gate" in failed.reason
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ def fleet(broker: Broker, controller: Controller) -> Iterator[str]:
     now = int(time.time() * 1000)
     reports = [
         (a, t.Telemetry(a, "digits:1.0.0", 10.0, 250, 5, 1.25, 3.5, 4.0,
-                        power_w=4.2, energy_per_inference_j=0.0168, at_ms=now)),
+                        power_w=4.2, energy_per_inference_j=0.0168, at_ms=now, refused=30)),
         (b, t.Telemetry(b, "digits:1.0.0", 5.0, 20, 0, 2.0, 7.25, 9.0, at_ms=now)),
     ]  # fmt: skip
     session = MqttSession(broker.url, client_id=f"{name}-devices")
@@ -78,10 +78,12 @@ def test_top_once_shows_the_latest_window_of_each_device(edgectl: Edgectl, fleet
         "p95_ms": 3.5,
         "requests_per_s": 25.0,
         "errors_per_s": 0.5,
+        "refused_per_s": 3.0,
         "power_w": 4.2,
         "energy_per_inference_mj": pytest.approx(16.8),
     }
     assert (b["requests_per_s"], b["errors_per_s"], b["p95_ms"]) == (4.0, 0.0, 7.25)
+    assert b["refused_per_s"] == 0.0
     assert b["power_w"] is None and b["energy_per_inference_mj"] is None
 
 
@@ -96,9 +98,9 @@ def test_top_once_prints_one_table(edgectl: Edgectl, fleet: str) -> None:
     assert len(rows) == 2
     a, b = (r.replace("│", " ").split() for r in rows)
     assert a == [f"{fleet}-a", "yes", "digits:1.0.0", "active",
-                 "1.25", "3.50", "25.0", "0.50", "4.20", "16.80"]  # fmt: skip
+                 "1.25", "3.50", "25.0", "0.50", "3.00", "4.20", "16.80"]  # fmt: skip
     assert b == [f"{fleet}-b", "yes", "digits:1.0.0", "active",
-                 "2.00", "7.25", "4.0", "0.00", "—", "—"]  # fmt: skip
+                 "2.00", "7.25", "4.0", "0.00", "0.00", "—", "—"]  # fmt: skip
 
 
 def test_top_of_an_unknown_fleet_is_one_line(edgectl: Edgectl) -> None:

@@ -3,8 +3,9 @@
 ``runtime.ModelRuntime`` asks after ONNX Runtime raised on inputs that passed the signature
 checks (names, dtypes, ranks, fixed dimensions). The inputs are to blame (``blame`` returns a
 string; the agent answers INVALID_ARGUMENT with ORT's message, counts it as
-``reason="invalid_input"``, never as a runtime failure in a health window, and never forwards
-the request: a neighbour would fail the same way) when
+``reason="invalid_input"`` and in telemetry's ``refused`` (never in its error rate, never as a
+runtime failure in a health window), and never forwards the request: a neighbour would fail
+the same way) when
 
 1. ORT says so: its status is INVALID_ARGUMENT (``InvalidArgument``: an index out of range, an
    expand shape the input cannot take, ...);
@@ -20,8 +21,8 @@ model's declared signature and agree with each other, and still make it fail (a 
 fixed batch, memory exhausted), are what a broken release does to traffic its signature
 accepts, and the health window rolls it back for them. Rule 3 can blame a caller for a model
 whose inputs legitimately differ in length (an encoder's and a decoder's) and that also fails
-on a shape; the rollout's error-rate gate still sees those (telemetry counts refused inputs as
-errors).
+on a shape; such a release's failures then show in telemetry's ``refused`` count and the
+``invalid_input`` metric, not in the error rate the rollout's ``--max-error-rate`` gate reads.
 
 ``runtime_message`` is ORT's message as a caller reads it: without ORT's prefix, C++ source
 locations and failed assertions, one line, no control characters, at most ``MAX_MESSAGE``

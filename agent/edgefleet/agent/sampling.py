@@ -8,6 +8,13 @@ are atomic under the GIL, so no lock). Readers fold ``pending`` under the lock i
   ``metrics`` (``edgefleet_inference_latency_seconds``, ``..._requests_total``);
 * the telemetry window (``drain``: requests, errors and latencies since the last drain).
 
+A request refused for the caller's inputs at run time (``record(..., refused=True)``: ONNX
+Runtime raised and ``blame`` put it on the inputs, ``reason="invalid_input"``) is a failed
+request in the totals, but in the telemetry window it counts in ``refused`` only, neither in
+``requests`` nor in ``errors``: the window's error rate (``errors / requests``) is what the
+rollout's ``--max-error-rate`` gate reads, and a caller's bad tensors are no failure of the
+release.
+
 Failed requests take the lock at once (the error path is not the hot path). A writer folds
 when ``pending`` passes ``FOLD_AT``, so memory stays bounded when nobody reads (metrics off).
 """
@@ -33,6 +40,8 @@ class WindowStats:
     requests: int
     errors: int
     latencies_s: Sequence[float]
+    refused: int = 0
+    """Refused for the caller's inputs (in neither ``requests`` nor ``errors``)."""
 
 
 @dataclass(frozen=True)
@@ -61,15 +70,16 @@ class Window:
         self._counts = [0] * (len(self._bounds) + 1)
         self._count = self._failed = 0
         self._sum = 0.0
-        self._requests = self._errors = 0
+        self._requests = self._errors = self._refused = 0
         self._latencies: deque[float] = deque(maxlen=MAX_SAMPLES)
 
     @property
     def bounds(self) -> tuple[float, ...]:
         return self._bounds
 
-    def record(self, seconds: float, *, ok: bool) -> None:
-        """One request's outcome (the servicer appends to ``pending`` itself when it can)."""
+    def record(self, seconds: float, *, ok: bool, refused: bool = False) -> None:
+        """One request's outcome (the servicer appends to ``pending`` itself when it can);
+        ``refused``: failed for the caller's inputs, not the release (``ok`` is then False)."""
         if ok:
             self.pending.append(seconds)
             if len(self.pending) > FOLD_AT:
@@ -77,6 +87,9 @@ class Window:
             return
         with self._lock:
             self._failed += 1
+            if refused:
+                self._refused += 1
+                return
             self._requests += 1
             self._errors += 1
 
@@ -106,7 +119,7 @@ class Window:
         """The telemetry window since the last drain (the cumulative totals stay)."""
         with self._lock:
             self._fold()
-            stats = WindowStats(self._requests, self._errors, tuple(self._latencies))
-            self._requests = self._errors = 0
+            stats = WindowStats(self._requests, self._errors, tuple(self._latencies), self._refused)
+            self._requests = self._errors = self._refused = 0
             self._latencies.clear()
         return stats

@@ -17,7 +17,8 @@ no message over ``max_message_bytes`` either way (gRPC answers RESOURCE_EXHAUSTE
 Memory held by requests is so bounded by (``max_concurrent + CONTROL_RPCS``) x
 ``max_message_bytes``. A refusal for load is no failure of the model: it counts in
 ``edgefleet_inference_errors_total{reason="overloaded"}`` only. Input errors
-(INVALID_ARGUMENT) count as failed requests in metrics and telemetry, but never as runtime
+(INVALID_ARGUMENT) count as failed requests in metrics and telemetry (those ONNX Runtime
+refuses at run time in telemetry's ``refused`` only, outside its error rate), never as runtime
 failures in a health window (``live.LiveStats.runtime_error`` takes ``InferenceFailedError``
 only), so a caller's bad tensors cannot roll a release back: those the signature checks refuse
 (``reason="invalid_argument"``) and those ONNX Runtime refuses at run time that ``blame`` puts
@@ -206,7 +207,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     def _failed(self, exc: EdgeFleetError, runtime: ModelRuntime | None, elapsed: float) -> None:
         self._metrics.errors.labels(_reason(exc)).inc()
-        self._window.record(elapsed, ok=False)
+        self._window.record(elapsed, ok=False, refused=isinstance(exc, RefusedInputError))
         if isinstance(exc, InferenceFailedError) and runtime is not None:
             self._live.runtime_error(runtime.release, str(exc))
 

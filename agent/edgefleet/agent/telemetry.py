@@ -1,8 +1,10 @@
 """Telemetry: what Predict did over the last window, plus the process's CPU and memory.
 
 ``Window`` (``sampling``) collects from the serving threads; a named background thread drains
-it every ``interval`` seconds into a ``Telemetry`` message (through the agent's outbox: what was
-measured while cut off arrives later, up to the outbox's bound). Power
+it every ``interval`` seconds into a ``Telemetry`` message (through the agent's outbox: what
+was measured while cut off arrives later, up to the outbox's bound). ``requests`` and
+``errors`` leave out Predict calls refused for the caller's inputs, which count in
+``refused`` alone: the rollout's ``--max-error-rate`` gate reads ``errors / requests``. Power
 fields are filled from the device's power sensor (``powering``) and stay absent where there is
 none, or where the window gave no figure (no inferences: no joules per inference).
 """
@@ -51,6 +53,7 @@ def summarize(
         window_s=window_s,
         requests=stats.requests,
         errors=stats.errors,
+        refused=stats.refused,
         p50_ms=p50,
         p95_ms=p95,
         p99_ms=p99,

@@ -158,6 +158,8 @@ class TelemetryRow(Base):
     window_s: Mapped[float] = mapped_column(Float)
     requests: Mapped[int] = mapped_column(BigInteger)
     errors: Mapped[int] = mapped_column(BigInteger)
+    refused: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    """Predict calls refused for the caller's inputs (in neither requests nor errors)."""
     p50_ms: Mapped[float] = mapped_column(Float)
     p95_ms: Mapped[float] = mapped_column(Float)
     p99_ms: Mapped[float] = mapped_column(Float)

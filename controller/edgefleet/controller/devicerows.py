@@ -60,6 +60,7 @@ def set_telemetry(row: TelemetryRow, x: t.Telemetry, *, now_ms: int) -> None:
     row.window_s = x.window_s
     row.requests = x.requests
     row.errors = x.errors
+    row.refused = x.refused
     row.p50_ms = x.p50_ms
     row.p95_ms = x.p95_ms
     row.p99_ms = x.p99_ms
@@ -137,6 +138,7 @@ def telemetry(row: TelemetryRow) -> t.Telemetry:
         window_s=row.window_s,
         requests=row.requests,
         errors=row.errors,
+        refused=row.refused or 0,
         p50_ms=row.p50_ms,
         p95_ms=row.p95_ms,
         p99_ms=row.p99_ms,

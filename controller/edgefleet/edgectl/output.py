@@ -219,6 +219,7 @@ def telemetry_dict(x: mqtt_pb2.Telemetry) -> dict[str, Any]:
         "window_s": x.window_s,
         "requests": x.requests,
         "errors": x.errors,
+        "refused": x.refused,
         "p50_ms": x.p50_ms,
         "p95_ms": x.p95_ms,
         "p99_ms": x.p99_ms,

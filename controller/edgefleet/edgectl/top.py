@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # grpc and rich: loaded when a command calls, not for --help
 ABSENT = "—"
 COLUMNS = (
     "DEVICE", "ONLINE", "RELEASE", "PHASE", "P50 MS", "P95 MS",
-    "REQ/S", "ERR/S", "POWER W", "ENERGY MJ/INF",
+    "REQ/S", "ERR/S", "REFUSED/S", "POWER W", "ENERGY MJ/INF",
 )  # fmt: skip
 
 
@@ -45,18 +45,21 @@ class DeviceLine:
     p95_ms: float | None
     requests_per_s: float | None
     errors_per_s: float | None
+    refused_per_s: float | None
+    """Refused for the caller's inputs (in neither requests nor errors: not the error rate)."""
     power_w: float | None
     energy_per_inference_mj: float | None
 
 
 def line(d: pb.DeviceInfo) -> DeviceLine:
-    p50 = p95 = rps = eps = power = energy = None
+    p50 = p95 = rps = eps = refused = power = energy = None
     if d.HasField("telemetry"):
         x = d.telemetry
         if x.requests > 0:  # percentiles of an empty window are no measurement
             p50, p95 = x.p50_ms, x.p95_ms
         if x.window_s > 0:
             rps, eps = x.requests / x.window_s, x.errors / x.window_s
+            refused = x.refused / x.window_s
         if x.HasField("power_w"):
             power = x.power_w
         if x.HasField("energy_per_inference_j"):
@@ -70,6 +73,7 @@ def line(d: pb.DeviceInfo) -> DeviceLine:
         p95_ms=p95,
         requests_per_s=rps,
         errors_per_s=eps,
+        refused_per_s=refused,
         power_w=power,
         energy_per_inference_mj=energy,
     )
@@ -103,6 +107,7 @@ def render(fleet: str, rows: list[DeviceLine], *, problem: str = "") -> Table:
             figure(r.p95_ms),
             figure(r.requests_per_s, 1),
             figure(r.errors_per_s),
+            figure(r.refused_per_s),
             figure(r.power_w),
             figure(r.energy_per_inference_mj),
         )
@@ -140,8 +145,10 @@ def top(
     """Watch a fleet's devices live: latency, throughput, errors and power per device.
 
     One row per device, sorted by id: online, active release, install phase, p50 and p95
-    latency (ms), requests and errors per second, power (W) and energy per inference (mJ)
-    from its latest telemetry window; "—" where the device reported no such figure.
+    latency (ms), requests and errors per second, requests refused for the caller's inputs
+    per second (not in requests or errors, so not in the rollout's error rate), power (W) and
+    energy per inference (mJ) from its latest telemetry window; "—" where the device reported
+    no such figure.
     Ctrl-C stops it.
     """
     with shell.controller(ctx) as client:

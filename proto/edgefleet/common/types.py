@@ -295,6 +295,9 @@ class Telemetry:
     cpu_percent: float = 0.0
     memory_bytes: int = 0
     at_ms: int = 0
+    refused: int = 0
+    """Predict calls refused for the caller's inputs (ORT raised, ``blame`` put it on them):
+    counted in neither ``requests`` nor ``errors``, so never in the error rate."""
 
 
 @dataclass(frozen=True)

@@ -645,6 +645,7 @@ def telemetry_to_pb(x: t.Telemetry) -> mqtt_pb2.Telemetry:
         cpu_percent=x.cpu_percent,
         memory_bytes=x.memory_bytes,
         at_ms=x.at_ms,
+        refused=x.refused,
     )
     if x.power_w is not None:
         msg.power_w = x.power_w
@@ -670,6 +671,7 @@ def telemetry_from_pb(msg: mqtt_pb2.Telemetry) -> t.Telemetry:
         cpu_percent=msg.cpu_percent,
         memory_bytes=msg.memory_bytes,
         at_ms=msg.at_ms,
+        refused=msg.refused,
     )
 
 
@@ -685,7 +687,7 @@ def decode_telemetry(data: bytes) -> t.Telemetry:
         _figure("power_w", msg.power_w)
     if msg.HasField("energy_per_inference_j"):
         _figure("energy_per_inference_j", msg.energy_per_inference_j)
-    for name in ("requests", "errors", "memory_bytes", "at_ms"):
+    for name in ("requests", "errors", "refused", "memory_bytes", "at_ms"):
         _count(f"telemetry {name}", getattr(msg, name))
     return telemetry_from_pb(msg)
 

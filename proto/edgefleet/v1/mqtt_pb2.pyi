@@ -419,6 +419,7 @@ class Telemetry(_message.Message):
     CPU_PERCENT_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     AT_MS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     release: _builtins.str
     window_s: _builtins.float
@@ -433,6 +434,10 @@ class Telemetry(_message.Message):
     cpu_percent: _builtins.float
     memory_bytes: _builtins.int
     at_ms: _builtins.int
+    refused: _builtins.int
+    """Predict calls refused for the caller's inputs at run time (INVALID_ARGUMENT,
+    reason="invalid_input"): in neither requests nor errors, so not in the error rate
+    """
     def __init__(
         self,
         *,
@@ -449,10 +454,11 @@ class Telemetry(_message.Message):
         cpu_percent: _builtins.float = ...,
         memory_bytes: _builtins.int = ...,
         at_ms: _builtins.int = ...,
+        refused: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_energy_per_inference_j", b"_energy_per_inference_j", "_power_w", b"_power_w", "energy_per_inference_j", b"energy_per_inference_j", "power_w", b"power_w"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_per_inference_j", b"_energy_per_inference_j", "_power_w", b"_power_w", "at_ms", b"at_ms", "cpu_percent", b"cpu_percent", "device_id", b"device_id", "energy_per_inference_j", b"energy_per_inference_j", "errors", b"errors", "memory_bytes", b"memory_bytes", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms", "power_w", b"power_w", "release", b"release", "requests", b"requests", "window_s", b"window_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_per_inference_j", b"_energy_per_inference_j", "_power_w", b"_power_w", "at_ms", b"at_ms", "cpu_percent", b"cpu_percent", "device_id", b"device_id", "energy_per_inference_j", b"energy_per_inference_j", "errors", b"errors", "memory_bytes", b"memory_bytes", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "p99_ms", b"p99_ms", "power_w", b"power_w", "refused", b"refused", "release", b"release", "requests", b"requests", "window_s", b"window_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__energy_per_inference_j: _TypeAlias = _typing.Literal["energy_per_inference_j"]  # noqa: Y015
     _WhichOneofArgType__energy_per_inference_j: _TypeAlias = _typing.Literal["_energy_per_inference_j", b"_energy_per_inference_j"]  # noqa: Y015
