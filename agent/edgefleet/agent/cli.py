@@ -86,6 +86,15 @@ RUN_FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
         "DATA_DIR/predict.sock, mode 0660; relative: under --data-dir; '' to disable).",
     ),
     (
+        "--predict-fast-socket",
+        "value",
+        str,
+        "Unix socket of the fast local path: Predict without gRPC (length-prefixed "
+        "PredictRequest/PredictResponse frames, edgefleet.common.fastpath; shared-memory "
+        "inputs too; FailoverClient uses it when local). Default DATA_DIR/predict.fast.sock, "
+        "mode 0660; relative: under --data-dir; '' to disable.",
+    ),
+    (
         "--peer-listen",
         "value",
         str,
@@ -411,7 +420,7 @@ def _serve(settings: AgentSettings) -> int:
         return 2
     print(
         f"edge-agent ready: device={agent.device_id} predict={endpoints.predict} "
-        f"socket={endpoints.socket or 'off'} "
+        f"socket={endpoints.socket or 'off'} fast_socket={endpoints.fast_socket or 'off'} "
         f"metrics={endpoints.metrics_port if endpoints.metrics_port is not None else 'off'}"
     )
     sys.stdout.flush()

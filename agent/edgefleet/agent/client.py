@@ -12,13 +12,21 @@ an ``endpoint`` of ``unix:PATH``): the local agent is called through it, and inp
 ``shm_threshold`` bytes travel through POSIX shared memory (``sharedmem.Stager``) instead of
 inside the message; neighbours are always called over TCP, with every input inline.
 
+Beside that socket the agent serves its fast local path (``edgefleet.common.fastpath``: the
+same Predict without gRPC, ``DATA_DIR/predict.fast.sock``); a local client calls Predict there
+first (``fast_socket``), and over the gRPC socket when the fast one cannot be reached (an agent
+with it off, or an older one), trying the fast one again ``FAST_RETRY_S`` later. ModelInfo
+(the neighbour list) always goes over gRPC.
+
 ``Channels`` (one gRPC channel per endpoint, kept open) is shared with the agent's forwarder.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -27,10 +35,14 @@ import grpc
 import numpy as np
 
 from edgefleet.agent import failover
-from edgefleet.common import rpc, sharedmem, wire
+from edgefleet.common import fastpath, rpc, sharedmem, wire
 from edgefleet.common.errors import TransientError
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
+log = logging.getLogger(__name__)
+
+FAST_RETRY_S = 5.0
+"""After the fast local path could not be reached, how long Predict goes over gRPC instead."""
 FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 """Status codes after which another device may succeed where this one did not."""
 
@@ -119,6 +131,7 @@ class FailoverClient:
         endpoint: str,
         *,
         local_socket: str | Path | None = None,
+        fast_socket: str | Path | None = None,
         shm_threshold: int | None = sharedmem.DEFAULT_THRESHOLD,
         neighbours_refresh: float = 30.0,
         deadline: float = 5.0,
@@ -128,11 +141,25 @@ class FailoverClient:
     ) -> None:
         """``local_socket``: the local agent's Unix socket, used instead of ``endpoint``;
         ``shm_threshold``: inputs of at least this many bytes go through shared memory on a
-        Unix socket (None: never); ``peer_tls(device_id)``: credentials for neighbours whose
+        Unix socket (None: never); ``fast_socket``: the agent's ``--predict-fast-socket`` (None:
+        ``predict.fast.sock`` beside the Unix socket when the client is local, else none; "":
+        never the fast path); ``peer_tls(device_id)``: credentials for neighbours whose
         agents are enrolled (they advertise their mTLS peer listener), e.g.
         ``IdentityFiles(...).client_tls(server_name=device_id)`` where the app may read them."""
         self.endpoint = f"unix:{Path(local_socket).absolute()}" if local_socket else endpoint
         self._stager = sharedmem.stager_for(self.endpoint, threshold=shm_threshold)
+        local = sharedmem.socket_path(self.endpoint)
+        fast: Path | None = None
+        if fast_socket is None:
+            fast = fastpath.sibling(local) if local is not None else None
+        elif fast_socket:
+            fast = Path(fast_socket).absolute()
+        self.fast_endpoint = f"unix:{fast}" if fast is not None else None
+        """The fast local path tried first for Predict; None: gRPC only."""
+        self._fast = fastpath.FastPathClient(fast, deadline=deadline) if fast else None
+        self._fast_off_until = float("-inf")
+        self.paths: Counter[str] = Counter()
+        """Predict calls answered by each way: "fast", "grpc" (the endpoint), "neighbour"."""
         self._refresh_every = neighbours_refresh
         self._deadline = deadline
         self._failover_deadline = failover_deadline
@@ -156,6 +183,8 @@ class FailoverClient:
 
     def close(self) -> None:
         self._channels.close()
+        if self._fast is not None:
+            self._fast.close()
         if self._stager is not None:
             self._stager.close()
 
@@ -186,25 +215,13 @@ class FailoverClient:
     ) -> inference_pb2.PredictResponse:
         """One Predict; ``NoDeviceAvailableError`` when no device of the fleet could serve it."""
         self._maybe_refresh()
-        stub = self._channels.stub(self.endpoint)
-        reply: inference_pb2.PredictResponse
         try:
-            if isinstance(inputs, inference_pb2.PredictRequest):
-                reply = stub.Predict(inputs, timeout=self._deadline)
-            elif self._stager is not None:  # the large inputs through shared memory
-                with self._stager.request(
-                    inputs, output_names=output_names, release=release
-                ) as staged:
-                    reply = stub.Predict(staged, timeout=self._deadline)
-            else:
-                reply = stub.Predict(
-                    request_for(inputs, output_names=output_names, release=release),
-                    timeout=self._deadline,
-                )
+            reply = self._local(inputs, output_names, release)
         except grpc.RpcError as exc:
             if code_of(exc) not in FAILOVER_CODES:
                 raise
-            first = f"{self.endpoint}: {code_of(exc).name}"
+            where = self.fast_endpoint if isinstance(exc, fastpath.FastPathError) else None
+            first = f"{where or self.endpoint}: {code_of(exc).name}"
         else:
             return reply
         request = (
@@ -213,6 +230,55 @@ class FailoverClient:
             else request_for(inputs, output_names=output_names, release=release)
         )
         return self._fail_over(request, tried=[first])
+
+    def _local(
+        self,
+        inputs: Mapping[str, np.ndarray] | inference_pb2.PredictRequest,
+        output_names: Sequence[str],
+        release: str,
+    ) -> inference_pb2.PredictResponse:
+        """Predict on the local agent: its fast path where it has one that answers, else gRPC."""
+        fast = self._fast
+        if fast is not None and self._clock() >= self._fast_off_until:
+            reply: inference_pb2.PredictResponse
+            try:
+                reply = self._fast_call(fast, inputs, output_names, release)
+            except fastpath.FastPathError as exc:
+                if exc.answered or exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise  # the agent's answer, or a hung agent: not worth asking twice
+                log.debug("fast path %s: %s; Predict over gRPC", self.fast_endpoint, exc)
+                self._fast_off_until = self._clock() + FAST_RETRY_S
+            else:
+                self.paths["fast"] += 1
+                return reply
+        stub = self._channels.stub(self.endpoint)
+        if isinstance(inputs, inference_pb2.PredictRequest):
+            reply = stub.Predict(inputs, timeout=self._deadline)
+        elif self._stager is not None:  # the large inputs through shared memory
+            with self._stager.request(inputs, output_names=output_names, release=release) as staged:
+                reply = stub.Predict(staged, timeout=self._deadline)
+        else:
+            reply = stub.Predict(
+                request_for(inputs, output_names=output_names, release=release),
+                timeout=self._deadline,
+            )
+        self.paths["grpc"] += 1
+        return reply
+
+    def _fast_call(
+        self,
+        fast: fastpath.FastPathClient,
+        inputs: Mapping[str, np.ndarray] | inference_pb2.PredictRequest,
+        output_names: Sequence[str],
+        release: str,
+    ) -> inference_pb2.PredictResponse:
+        if isinstance(inputs, inference_pb2.PredictRequest):
+            return fast.predict(inputs)
+        if self._stager is not None:  # the large inputs through shared memory
+            with self._stager.request(inputs, output_names=output_names, release=release) as staged:
+                return fast.predict(staged)
+        # inline: the arrays' own buffers are sent, not copied into a message first
+        return fast.call(fastpath.request_parts(inputs, output_names=output_names, release=release))
 
     def _maybe_refresh(self) -> None:
         at = self._refreshed_at
@@ -243,6 +309,7 @@ class FailoverClient:
                 tried.append(f"{n.device_id}@{n.endpoint}: {code_of(exc).name}")
                 continue
             reply.served_by_neighbour = True
+            self.paths["neighbour"] += 1
             return reply
         raise NoDeviceAvailableError(
             f"no device available: the agent at {self.endpoint} did not answer and "

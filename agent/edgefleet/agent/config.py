@@ -71,6 +71,7 @@ class FetchSettings:
 
 
 DEFAULT_PREDICT_SOCKET = "predict.sock"
+DEFAULT_FAST_SOCKET = "predict.fast.sock"  # edgefleet.common.fastpath.DEFAULT_FAST_SOCKET
 UNIX_PATH_MAX = 107
 """Longest Unix socket path Linux binds (``sun_path`` less its NUL)."""
 
@@ -82,6 +83,9 @@ class ServingSettings:
     predict_socket: str = DEFAULT_PREDICT_SOCKET
     """Unix socket for local apps' Predict (and shared-memory inputs); relative to the data
     dir, "" for none."""
+    predict_fast_socket: str = DEFAULT_FAST_SOCKET
+    """Unix socket of the fast local path (Predict without gRPC, ``common.fastpath``; shared
+    memory too); relative to the data dir, "" for none."""
     peer_listen: str = ""
     """HOST:PORT of the mTLS Predict listener for neighbours (enrolled agents only; "": the
     Predict listener's host, any free port)."""
@@ -191,6 +195,7 @@ KEYS: dict[str, tuple[str, str, Callable[[Any], Any]]] = {
     "fetch_stall": ("fetch", "stall_s", _float),
     "predict_listen": ("serving", "predict_listen", str),
     "predict_socket": ("serving", "predict_socket", str),
+    "predict_fast_socket": ("serving", "predict_fast_socket", str),
     "peer_listen": ("serving", "peer_listen", str),
     "metrics_port": ("serving", "metrics_port", _int),
     "predict_workers": ("serving", "workers", _int),
@@ -351,6 +356,32 @@ def predict_socket_path(s: AgentSettings) -> Path | None:
     return (s.data_dir / s.serving.predict_socket).absolute()
 
 
+def predict_fast_socket_path(s: AgentSettings) -> Path | None:
+    """Where the fast local path's Unix socket goes (absolute), or None when it is off."""
+    if not s.serving.predict_fast_socket:
+        return None
+    return (s.data_dir / s.serving.predict_fast_socket).absolute()
+
+
+def _check_socket_paths(s: AgentSettings) -> None:
+    """A given socket path too long for a Unix socket is refused (the defaults: warned and
+    skipped at start)."""
+    for flag, path, value, default in (
+        ("--predict-socket", predict_socket_path(s), s.serving.predict_socket,
+         DEFAULT_PREDICT_SOCKET),
+        ("--predict-fast-socket", predict_fast_socket_path(s), s.serving.predict_fast_socket,
+         DEFAULT_FAST_SOCKET),
+    ):  # fmt: skip
+        if path is not None and len(str(path).encode()) > UNIX_PATH_MAX and value != default:
+            raise InvalidInputError(
+                f"{flag} {path}: longer than the {UNIX_PATH_MAX} bytes a Unix socket path may have"
+            )
+    if s.serving.predict_socket and predict_socket_path(s) == predict_fast_socket_path(s):
+        raise InvalidInputError(
+            "--predict-socket and --predict-fast-socket name the same path: give them two"
+        )
+
+
 def _check_listeners(s: ServingSettings) -> None:
     _host_port("--predict-listen", s.predict_listen)
     if s.peer_listen:
@@ -369,16 +400,7 @@ def validate(s: AgentSettings) -> None:
         if not path.is_file():
             raise InvalidInputError(f"trusted key file not found: {path}")
     _check_listeners(s.serving)
-    socket_path = predict_socket_path(s)
-    if (
-        socket_path is not None
-        and len(str(socket_path).encode()) > UNIX_PATH_MAX
-        and s.serving.predict_socket != DEFAULT_PREDICT_SOCKET  # the default: warned, skipped
-    ):
-        raise InvalidInputError(
-            f"--predict-socket {socket_path}: longer than the {UNIX_PATH_MAX} bytes a Unix "
-            "socket path may have"
-        )
+    _check_socket_paths(s)
     if s.fetch.controller:
         _host_port("--controller", s.fetch.controller)
     if s.serving.metrics_port < -1 or s.serving.metrics_port > 65535:

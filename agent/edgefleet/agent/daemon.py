@@ -3,7 +3,8 @@
 Start order matters: restore the last good model, serve Predict (and /metrics), write
 ``agent.json``, and only then connect to MQTT, so a device whose broker is down keeps serving
 while paho retries in the background. Threads, all named: paho's network loop, the worker
-(``agent-worker``: the only one that installs), telemetry, the gRPC pool, the metrics server.
+(``agent-worker``: the only one that installs), telemetry, the gRPC pool, the fast local
+path's (``agent-fastpath``, one per connection), the metrics server.
 MQTT handlers only put payloads on the worker's queue.
 """
 
@@ -23,11 +24,18 @@ from pathlib import Path
 
 from edgefleet.agent import deltas, failpoints, runtime, variants
 from edgefleet.agent.benchmarking import Benchmarker
-from edgefleet.agent.config import UNIX_PATH_MAX, AgentSettings, broker_url, predict_socket_path
+from edgefleet.agent.config import (
+    UNIX_PATH_MAX,
+    AgentSettings,
+    broker_url,
+    predict_fast_socket_path,
+    predict_socket_path,
+)
 from edgefleet.agent.containers import CONTAINER, ContainerRuntime, Containers
 from edgefleet.agent.containerwatch import ContainerWatch
 from edgefleet.agent.enrolling import Renewer
 from edgefleet.agent.failover import OwnState
+from edgefleet.agent.fastserver import FastServer
 from edgefleet.agent.identity import IdentityFiles, mqtt_tls_files
 from edgefleet.agent.installing import Installer
 from edgefleet.agent.ledger import Ledger
@@ -62,16 +70,31 @@ from edgefleet.common.signing import TrustStore
 log = logging.getLogger(__name__)
 
 _STOP = object()
+FAST_SPARE_CONNECTIONS = 4
+"""Fast-path connections allowed beyond ``predict_max_concurrent`` (idle pooled ones)."""
 
 
-def _socket_path(s: AgentSettings) -> Path | None:
-    """The Predict socket's path; the default one is skipped, with a warning, where the data
-    dir's path is too long for a Unix socket (a given one too long is refused by ``validate``)."""
-    path = predict_socket_path(s)
+def _socket_path(path: Path | None, what: str = "Predict socket") -> Path | None:
+    """A socket's path (``predict_socket_path``, ``predict_fast_socket_path``); the default one
+    is skipped, with a warning, where the data dir's path is too long for a Unix socket (a
+    given one too long is refused by ``validate``)."""
     if path is not None and len(str(path).encode()) > UNIX_PATH_MAX:
-        log.warning("no Predict socket: %s is too long for a Unix socket path", path)
+        log.warning("no %s: %s is too long for a Unix socket path", what, path)
         return None
     return path
+
+
+def _fast_server(s: AgentSettings, servicer: InferenceServicer) -> FastServer | None:
+    """The fast local path's server (not started), or None where it is off or skipped."""
+    path = _socket_path(predict_fast_socket_path(s), "fast local path")
+    if path is None:
+        return None
+    return FastServer(
+        servicer,
+        path,
+        max_connections=s.serving.max_concurrent + FAST_SPARE_CONNECTIONS,
+        max_message_bytes=s.serving.max_message_bytes,
+    )
 
 
 def _grpc_tls(s: AgentSettings, files: IdentityFiles) -> bool:
@@ -131,6 +154,7 @@ class Endpoints:
     predict: str
     metrics_port: int | None  # None: metrics are off
     socket: str | None = None  # ``unix:PATH`` of the local Predict socket; None: off
+    fast_socket: str | None = None  # ``unix:PATH`` of the fast local path (fastpath); None: off
 
 
 class Agent:
@@ -236,8 +260,9 @@ class Agent:
             workers=s.serving.workers,
             max_concurrent=s.serving.max_concurrent,
             max_message_bytes=s.serving.max_message_bytes,
-            socket_path=_socket_path(s),
+            socket_path=_socket_path(predict_socket_path(s)),
         )
+        self.fast_server = _fast_server(s, servicer)
         # Docker, where it answers: container releases load through ``runtime``'s seam
         self.containers = Containers.probe(device_id=self.device_id) if s.containers else None
         if self.containers is not None:
@@ -290,8 +315,7 @@ class Agent:
         )
         self._queue: queue.Queue[object] = queue.Queue()
         self._worker = threading.Thread(target=self._work, name="agent-worker", daemon=True)
-        self._power_root = s.power_root
-        self._telemetry_clock = telemetry_clock
+        self._power_root, self._telemetry_clock = s.power_root, telemetry_clock
         self._telemetry: TelemetryLoop | None = None
         self._serving = self._connecting = False
 
@@ -326,6 +350,7 @@ class Agent:
         self._sweep_containers()  # orphans of a killed agent (its adopted one stays)
         endpoint = self.server.start()
         self._serving = True
+        fast = self.fast_server.start() if self.fast_server is not None else None
         # the fleet is told the endpoint neighbours use: the mTLS one when enrolled
         self.peer_endpoint = self.peer_server.start() if self.peer_server is not None else ""
         self.reporter.set_endpoint(self.peer_endpoint or endpoint)
@@ -334,7 +359,7 @@ class Agent:
         if self.settings.serving.metrics_port >= 0:
             host = self.settings.serving.predict_listen.rpartition(":")[0].strip("[]")
             metrics_port = self.metrics.serve(host=host, port=self.settings.serving.metrics_port)
-        endpoints = Endpoints(endpoint, metrics_port, self.server.socket_endpoint)
+        endpoints = Endpoints(endpoint, metrics_port, self.server.socket_endpoint, fast)
         self._write_info(endpoints)
         self.session.start()
         self._start_renewer()
@@ -382,6 +407,8 @@ class Agent:
             self.session.stop(last=[self.reporter.presence_message(online=False)])
         self.outbox.stop()
         if self._serving:
+            if self.fast_server is not None:
+                self.fast_server.stop()
             self.server.stop(grace=2.0)
             if self.peer_server is not None:
                 self.peer_server.stop(grace=2.0)
@@ -508,6 +535,7 @@ class Agent:
         """``<data-dir>/agent.json``, written atomically once serving: how tools find this agent.
 
         ``{"device_id", "fleet", "predict_endpoint", "predict_socket" (``unix:PATH``, "": off),
+        "predict_fast_socket" (the fast local path's ``unix:PATH``, "": off),
         "peer_endpoint" (the mTLS listener for neighbours, "": not enrolled or --insecure),
         "metrics_port" (-1: off), "pid", "machine" (``platform.machine()``: x86_64, aarch64)}``
         """
@@ -516,6 +544,7 @@ class Agent:
             "fleet": self.settings.device.fleet,
             "predict_endpoint": endpoints.predict,
             "predict_socket": endpoints.socket or "",
+            "predict_fast_socket": endpoints.fast_socket or "",
             "peer_endpoint": self.peer_endpoint,
             "metrics_port": -1 if endpoints.metrics_port is None else endpoints.metrics_port,
             "pid": os.getpid(),

@@ -46,10 +46,10 @@ import logging
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -94,13 +94,70 @@ def _reason(exc: EdgeFleetError) -> str:
     return "other"
 
 
-def _check_local(context: grpc.ServicerContext) -> None:
+class Refused(Exception):
+    """A Predict that is answered with an error: ``code`` and ``message`` are what the caller
+    gets, over gRPC (``context.abort``) or the fast local path (its error frame)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Caller(Protocol):
+    """What ``InferenceServicer.serve`` asks of the transport a request came by."""
+
+    def local(self) -> bool:
+        """Whether the request came over the agent's own Unix socket (shared memory allowed)."""
+
+    def peer(self) -> str:
+        """Who called, for messages."""
+
+    def forwarded(self) -> bool:
+        """Whether a neighbour or a failover client forwarded it (never forwarded again)."""
+
+    def time_remaining(self) -> float | None:
+        """Seconds left of the caller's deadline; None: none given."""
+
+
+class _GrpcCaller:
+    """``Caller`` of a gRPC call (its peer, metadata and deadline, read only when asked)."""
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+
+    def local(self) -> bool:
+        return self.peer().startswith("unix:")
+
+    def peer(self) -> str:
+        return self._context.peer()
+
+    def forwarded(self) -> bool:
+        return dict(self._context.invocation_metadata()).get(FORWARDED_HEADER) is not None
+
+    def time_remaining(self) -> float | None:
+        return self._context.time_remaining()
+
+
+def _with_data(
+    request: inference_pb2.PredictRequest, data: Sequence[tensors.Buffer] | None
+) -> inference_pb2.PredictRequest:
+    """``request`` with the inputs' bytes held apart put back in (what a neighbour needs)."""
+    if data is None:
+        return request
+    for tensor, raw in zip(request.inputs, data, strict=True):
+        tensor.data = bytes(raw)
+    return request
+
+
+def _check_local(caller: Caller) -> None:
     """Shared memory is this device's: a request naming a region must come over the socket."""
-    peer = context.peer()
-    if not peer.startswith("unix:"):
+    if not caller.local():
         raise InvalidInputError(
-            f"shared_inputs are accepted only over the agent's Unix socket, not from {peer}: "
-            "send the tensors inline"
+            f"shared_inputs are accepted only over the agent's Unix socket, not from "
+            f"{caller.peer()}: send the tensors inline"
         )
 
 
@@ -133,28 +190,43 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         self._in_flight = window.in_flight
         self._enter, self._leave = window.in_flight.add, window.in_flight.discard
         self._pending, self._sample = window.pending, window.pending.append
+        self._scratch = sharedmem.Scratch()  # shared inputs land in reused memory
 
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> inference_pb2.PredictResponse:
+        try:
+            return self.serve(request, _GrpcCaller(context))
+        except Refused as exc:
+            context.abort(exc.code, exc.message)
+            raise AssertionError("unreachable: abort raises") from None
+
+    def serve(
+        self,
+        request: inference_pb2.PredictRequest,
+        caller: Caller,
+        data: Sequence[tensors.Buffer] | None = None,
+    ) -> inference_pb2.PredictResponse:
+        """Predict's core, whatever the transport (gRPC, ``fastpath``): the reply, or
+        ``Refused`` with the status code and message the caller gets. ``data[i]``: the bytes
+        of ``request.inputs[i]`` where the transport holds them apart (read in place)."""
         if len(self._in_flight) >= self._max_concurrent:
             self._metrics.errors.labels("overloaded").inc()
-            context.abort(
+            raise Refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"device {self._device_id} is serving its limit of {self._max_concurrent} "
                 "concurrent Predict calls (predict_max_concurrent); retry later",
             )
-            raise AssertionError("unreachable: abort raises")
         started = self._timer()
         key = id(request)  # unique among requests being served: each is alive till it ends
         self._enter(key)
         runtime: ModelRuntime | None = None
         try:
             runtime = self._predictor.require()
-            arrays = tensors.decode_all(request.inputs)
+            arrays = tensors.decode_all(request.inputs, data)
             if request.shared_inputs:  # a local caller's tensors in shared memory
-                _check_local(context)
-                sharedmem.read_all(request.shared_inputs, into=arrays)
+                _check_local(caller)
+                sharedmem.read_all(request.shared_inputs, into=arrays, scratch=self._scratch)
             outputs = runtime.predict(arrays, request.output_names)
             reply = inference_pb2.PredictResponse(
                 release=runtime.release, device_id=self._device_id
@@ -163,9 +235,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         except EdgeFleetError as exc:
             self._failed(exc, runtime, self._timer() - started)
             if isinstance(exc, NoActiveModelError | InferenceFailedError):
-                return self._fail_over(request, context, exc)
-            rpc.abort(context, exc)
-            raise  # unreachable: abort raises
+                return self._fail_over(_with_data(request, data), caller, exc)
+            raise Refused(rpc.status_for(exc), str(exc)) from exc
         finally:
             self._leave(key)
         elapsed = self._timer() - started
@@ -178,32 +249,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def _fail_over(
         self,
         request: inference_pb2.PredictRequest,
-        context: grpc.ServicerContext,
+        caller: Caller,
         exc: EdgeFleetError,
     ) -> inference_pb2.PredictResponse:
-        """Serve ``request`` on a neighbour, or abort as ``exc`` calls for, saying none could."""
-        forwarded_by = dict(context.invocation_metadata()).get(FORWARDED_HEADER)
-        if self._forwarder is None or forwarded_by is not None:
-            rpc.abort(context, exc)
-            raise exc  # unreachable: abort raises
+        """Serve ``request`` on a neighbour, or refuse as ``exc`` calls for, saying none could."""
+        if self._forwarder is None or caller.forwarded():
+            raise Refused(rpc.status_for(exc), str(exc)) from exc
         if request.shared_inputs:  # a neighbour cannot read this device's shared memory
             try:
-                _check_local(context)
+                _check_local(caller)
                 request = sharedmem.inlined(request)
             except InvalidInputError as bad:
-                rpc.abort(context, bad)
-                raise  # unreachable: abort raises
-        reply, tried = self._forwarder.forward(request, remaining=context.time_remaining())
+                raise Refused(rpc.status_for(bad), str(bad)) from bad
+        reply, tried = self._forwarder.forward(request, remaining=caller.time_remaining())
         if reply is not None:
             log.debug("Predict served by neighbour %s (%s)", reply.device_id, exc)
             return reply
         # the code stays what this agent's own failure calls for (UNAVAILABLE, INTERNAL)
-        context.abort(
+        raise Refused(
             rpc.status_for(exc),
             f"{exc}, and no neighbour is available to serve it"
             + (f" (tried {', '.join(tried)})" if tried else " (none online in the fleet)"),
-        )
-        raise AssertionError("unreachable: abort raises")
+        ) from exc
 
     def _failed(self, exc: EdgeFleetError, runtime: ModelRuntime | None, elapsed: float) -> None:
         self._metrics.errors.labels(_reason(exc)).inc()
@@ -260,14 +327,15 @@ def advertised(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _clear_stale(path: Path) -> None:
-    """Remove a socket file a killed agent left; refuse a live one and anything else."""
+def clear_stale(path: Path, *, flag: str = "--predict-socket") -> None:
+    """Remove a socket file a killed agent left; refuse a live one and anything else (the
+    message names ``flag``, the option that chose ``path``)."""
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
         return
     if not stat.S_ISSOCK(mode):
-        raise InvalidInputError(f"--predict-socket {path}: exists and is not a socket")
+        raise InvalidInputError(f"{flag} {path}: exists and is not a socket")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
@@ -278,13 +346,13 @@ def _clear_stale(path: Path) -> None:
         return  # gone meanwhile, or not ours to judge: the bind says
     finally:
         probe.close()
-    raise InvalidInputError(f"--predict-socket {path}: another process serves on it")
+    raise InvalidInputError(f"{flag} {path}: another process serves on it")
 
 
 def _bind_socket(server: grpc.Server, path: Path) -> str:
     """Add the Unix socket to ``server`` (not started yet, so nothing is served before the
     mode is set); return its ``unix:PATH`` endpoint."""
-    _clear_stale(path)
+    clear_stale(path)
     endpoint = f"unix:{path}"
     try:
         bound = server.add_insecure_port(endpoint)

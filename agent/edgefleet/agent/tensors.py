@@ -3,7 +3,7 @@ that an input is named once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,16 +14,21 @@ from edgefleet.common.errors import InvalidInputError
 from edgefleet.v1 import common_pb2
 
 Array = npt.NDArray[Any]
+Buffer = bytes | bytearray | memoryview
 
 decode = wire.array_from_pb
 
 
-def decode_all(tensors: Iterable[common_pb2.Tensor]) -> dict[str, Array]:
+def decode_all(
+    tensors: Iterable[common_pb2.Tensor], data: Sequence[Buffer] | None = None
+) -> dict[str, Array]:
+    """The inputs by name; ``data[i]``: the bytes of the i-th tensor where they are held apart
+    from it (the fast local path's receive buffer), instead of its ``data`` field."""
     arrays: dict[str, Array] = {}
-    for tensor in tensors:
+    for i, tensor in enumerate(tensors):
         if tensor.name in arrays:
             raise InvalidInputError(f"input {tensor.name!r} given more than once")
-        arrays[tensor.name] = wire.array_from_pb(tensor)
+        arrays[tensor.name] = wire.array_from_pb(tensor, None if data is None else data[i])
     return arrays
 
 

@@ -84,8 +84,36 @@ def _count(msg: inference_pb2.SharedTensor) -> int:
     return count
 
 
-def read(msg: inference_pb2.SharedTensor, *, root: Path = SHM_ROOT) -> Array:
-    """Copy one shared tensor out of its region; every mismatch is an ``InvalidInputError``."""
+class Scratch:
+    """Reusable memory for the tensors a request takes from shared memory, one buffer per
+    thread: a fresh array of a few hundred KiB costs a page fault per page on each call
+    (glibc maps and unmaps it), more than the copy itself. An array read into it is valid
+    until the same thread's next ``read_all`` with it, so it serves callers that are done
+    with a request's inputs before they take the next (the agent's servicer). A buffer over
+    ``keep`` bytes is not kept."""
+
+    def __init__(self, *, keep: int = 64 << 20) -> None:
+        self._local = threading.local()
+        self._keep = keep
+
+    def take(self, size: int) -> memoryview | None:
+        """``size`` bytes of this thread's buffer (grown as needed, 64-byte aligned); None
+        over ``keep`` (the caller allocates for that request alone)."""
+        if size > self._keep:
+            return None
+        buf: Array | None = getattr(self._local, "buf", None)
+        if buf is None or buf.size < size + ALIGN:
+            buf = np.empty(max(size, 1 << 20) + ALIGN, np.uint8)
+            self._local.buf = buf
+        start = -buf.ctypes.data % ALIGN
+        return buf.data[start : start + size]
+
+
+def read(
+    msg: inference_pb2.SharedTensor, *, root: Path = SHM_ROOT, out: memoryview | None = None
+) -> Array:
+    """Copy one shared tensor out of its region; every mismatch is an ``InvalidInputError``.
+    ``out``: where to put it (exactly its byte size; ``Scratch.take``), else a new array."""
     name = region_name(msg.region)
     dtype = _dtype(msg)
     count = _count(msg)
@@ -115,7 +143,7 @@ def read(msg: inference_pb2.SharedTensor, *, root: Path = SHM_ROOT) -> Array:
                 f"{where}: bytes {msg.offset}..{msg.offset + size} are beyond its "
                 f"{info.st_size} bytes"
             )
-        array = np.empty(count, dtype)
+        array = np.empty(count, dtype) if out is None else np.frombuffer(out, dtype, count)
         got = os.preadv(fd, [array.data], msg.offset) if size else 0
     finally:
         os.close(fd)
@@ -125,19 +153,30 @@ def read(msg: inference_pb2.SharedTensor, *, root: Path = SHM_ROOT) -> Array:
 
 
 def read_all(
-    msgs: Sequence[inference_pb2.SharedTensor], *, into: dict[str, Array], root: Path = SHM_ROOT
+    msgs: Sequence[inference_pb2.SharedTensor],
+    *,
+    into: dict[str, Array],
+    root: Path = SHM_ROOT,
+    scratch: Scratch | None = None,
 ) -> None:
-    """Add each shared tensor to ``into`` (the request's inline inputs), each name once."""
+    """Add each shared tensor to ``into`` (the request's inline inputs), each name once;
+    ``scratch``: read them into its memory (valid until this thread's next ``read_all``)."""
     total = 0
     for msg in msgs:
         if msg.name in into:
             raise InvalidInputError(f"input {msg.name!r} given more than once")
-        total += msg.byte_size
+        total += _aligned(msg.byte_size)
         if total > MAX_SHARED_BYTES:
             raise InvalidInputError(
                 f"the request takes over {MAX_SHARED_BYTES} bytes from shared memory"
             )
-        into[msg.name] = read(msg, root=root)
+    space = scratch.take(total) if scratch is not None and total else None
+    offset = 0
+    for msg in msgs:
+        size = msg.byte_size
+        out = None if space is None else space[offset : offset + size]
+        into[msg.name] = read(msg, root=root, out=out)
+        offset += _aligned(size)
 
 
 def inlined(

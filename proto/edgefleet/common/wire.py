@@ -125,8 +125,12 @@ def add_array(field: Any, name: str, array: npt.NDArray[np.generic]) -> None:
     field.add(name=name, dtype=_dtype_name(a.dtype), shape=a.shape, data=a.tobytes())
 
 
-def array_from_pb(msg: common_pb2.Tensor) -> npt.NDArray[np.generic]:
-    """Decode one tensor; every mismatch is an ``InvalidInputError`` naming the tensor."""
+def array_from_pb(
+    msg: common_pb2.Tensor, data: bytes | bytearray | memoryview | None = None
+) -> npt.NDArray[np.generic]:
+    """Decode one tensor; every mismatch is an ``InvalidInputError`` naming the tensor.
+    ``data``: its bytes where they are held apart from ``msg`` (the fast local path's receive
+    buffer: the array is a view of it, not a copy), instead of ``msg.data``."""
     dtype = _wire_dtype(msg.dtype)
     if dtype is None:
         try:
@@ -143,12 +147,13 @@ def array_from_pb(msg: common_pb2.Tensor) -> npt.NDArray[np.generic]:
             )
         count *= d
     expected = count * dtype.itemsize
-    if expected != len(msg.data):
+    raw = msg.data if data is None else data
+    if expected != len(raw):
         raise InvalidInputError(
             f"tensor {msg.name!r}: shape {list(shape)} of {msg.dtype} needs {expected} bytes, "
-            f"got {len(msg.data)}"
+            f"got {len(raw)}"
         )
-    return np.frombuffer(msg.data, dtype=dtype).reshape(shape)
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
 # --- signed envelopes and manifests ---------------------------------------------------------

@@ -1,0 +1,323 @@
+"""The agent's side of the fast local path (``edgefleet.common.fastpath``): Predict over a
+plain Unix socket, served by ``InferenceServicer.serve``, the gRPC Predict's own core.
+
+A thread accepts connections and gives each its own thread (at most ``max_connections``; one
+more is answered RESOURCE_EXHAUSTED and closed). A connection reads a request frame, serves
+it, writes the reply, and reads the next. What is refused, and how:
+
+* a length over ``max_message_bytes``: RESOURCE_EXHAUSTED, then the connection is closed (its
+  bytes are never read, so memory stays bounded by ``max_connections`` x the limit);
+* an HTTP/2 preface (a gRPC client on the wrong socket): its call is answered UNAVAILABLE in
+  HTTP/2, as a gRPC server would, saying which socket gRPC uses; then closed;
+* bytes that are not a ``PredictRequest``: INVALID_ARGUMENT, and the connection serves on;
+* everything else as the gRPC Predict answers it (``serving.Refused``), shared-memory inputs
+  included: the caller is local by construction (the socket is mode 0660, like the gRPC one).
+
+A reply over ``max_message_bytes`` is RESOURCE_EXHAUSTED, as gRPC's own limit makes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from edgefleet.agent.serving import SOCKET_MODE, InferenceServicer, Refused, clear_stale
+from edgefleet.common import fastpath
+from edgefleet.common.errors import InvalidInputError
+
+log = logging.getLogger(__name__)
+
+IDLE_TIMEOUT_S = 600.0
+"""A connection that sends nothing for this long is closed (a client reconnects on its own)."""
+SEND_TIMEOUT_S = 30.0
+"""A reply the client does not read for this long closes its connection."""
+_PEERCRED = struct.Struct("3i")
+
+
+class _FastCaller:
+    """``serving.Caller`` of the fast socket: local, never forwarded, no deadline."""
+
+    __slots__ = ("_peer",)
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def local(self) -> bool:
+        return True
+
+    def peer(self) -> str:
+        return self._peer
+
+    def forwarded(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+
+def _peer_of(conn: socket.socket, path: Path) -> str:
+    """``unix:PATH`` and the calling process (``SO_PEERCRED``), for logs and messages."""
+    try:
+        pid, uid, _gid = _PEERCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+    except (OSError, AttributeError):  # no SO_PEERCRED here
+        return f"unix:{path}"
+    return f"unix:{path} (pid {pid}, uid {uid})"
+
+
+_H2_FRAME = struct.Struct(">BHBBI")  # length (24 bits: high byte, low 16), type, flags, stream
+_H2_HEADERS, _H2_SETTINGS, _H2_GOAWAY = 1, 4, 7
+_H2_END_STREAM, _H2_ACK, _H2_END_HEADERS = 1, 1, 4
+_H2_PREFACE_REST = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") - len(fastpath.GRPC_PREFACE)
+_H2_READ_LIMIT = 64 << 10
+
+
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    n = len(payload)
+    return _H2_FRAME.pack(n >> 16, n & 0xFFFF, kind, flags, stream) + payload
+
+
+def _hpack_int(value: int, prefix: int = 7) -> bytes:
+    limit = (1 << prefix) - 1
+    if value < limit:
+        return bytes([value])
+    out, value = bytearray([limit]), value - limit
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    return bytes([*out, value])
+
+
+def _hpack(headers: list[tuple[str, str]]) -> bytes:
+    """Literal header fields, never indexed, no Huffman: what any HPACK decoder reads."""
+    out = bytearray()
+    for name, value in headers:
+        raw_name, raw_value = name.encode(), value.encode()
+        out += b"\x00" + _hpack_int(len(raw_name)) + raw_name
+        out += _hpack_int(len(raw_value)) + raw_value
+    return bytes(out)
+
+
+def _grpc_message(message: str) -> str:
+    """``grpc-message``'s percent-encoding (printable ASCII but '%' as is)."""
+    return "".join(
+        c if 0x20 <= ord(c) <= 0x7E and c != "%" else "".join(f"%{b:02X}" for b in c.encode())
+        for c in message
+    )
+
+
+def _answer_grpc(conn: socket.socket, code: grpc.StatusCode, message: str) -> None:
+    """A gRPC client on the fast socket: answer its first call as a gRPC server would refuse it
+    (HTTP/2 settings, then trailers with ``code`` and ``message``, then GOAWAY), so the caller
+    reads why instead of a protocol error; then the connection is closed by the caller."""
+    with contextlib.suppress(OSError):
+        conn.settimeout(2.0)
+        conn.sendall(_h2_frame(_H2_SETTINGS, 0, 0, b"") + _h2_frame(_H2_SETTINGS, _H2_ACK, 0, b""))
+        rest = bytearray(_H2_PREFACE_REST)
+        if not fastpath.recv_exact(conn, memoryview(rest)):
+            return
+        head = bytearray(_H2_FRAME.size)
+        read = 0
+        while read < _H2_READ_LIMIT and fastpath.recv_exact(conn, memoryview(head)):
+            high, low, kind, _flags, stream = _H2_FRAME.unpack(head)
+            length = high << 16 | low
+            read += length + len(head)
+            if read > _H2_READ_LIMIT:
+                return
+            if length and not fastpath.recv_exact(conn, memoryview(bytearray(length))):
+                return
+            if kind == _H2_HEADERS:
+                trailers = _hpack(
+                    [
+                        (":status", "200"),
+                        ("content-type", "application/grpc"),
+                        ("grpc-status", str(code.value[0])),
+                        ("grpc-message", _grpc_message(message)),
+                    ]
+                )
+                goaway = struct.pack(">II", stream & 0x7FFFFFFF, 0)
+                conn.sendall(
+                    _h2_frame(_H2_HEADERS, _H2_END_STREAM | _H2_END_HEADERS, stream, trailers)
+                    + _h2_frame(_H2_GOAWAY, 0, 0, goaway)
+                )
+                return
+
+
+class FastServer:
+    """Serves ``servicer.serve`` on the fast socket at ``path``."""
+
+    def __init__(
+        self,
+        servicer: InferenceServicer,
+        path: Path,
+        *,
+        max_connections: int,
+        max_message_bytes: int,
+    ) -> None:
+        self._servicer = servicer
+        self.path = path
+        self._max_connections = max_connections
+        self._max_bytes = max_message_bytes
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self.refused_frames = 0
+        """Frames refused before the servicer saw them (too large, not a request, gRPC)."""
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix:{self.path}"
+
+    def start(self) -> str:
+        """Bind (mode ``SOCKET_MODE`` before anyone may connect), listen, accept in a thread;
+        the ``unix:PATH`` endpoint."""
+        clear_stale(self.path, flag="--predict-fast-socket")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(self.path))
+            self.path.chmod(SOCKET_MODE)
+            listener.listen(64)
+        except OSError as exc:
+            listener.close()
+            raise InvalidInputError(f"cannot listen on {self.endpoint}: {exc}") from exc
+        self._listener = listener
+        self._thread = threading.Thread(
+            target=self._accept, args=(listener,), name="agent-fastpath", daemon=True
+        )
+        self._thread.start()
+        log.info("Predict (fast local path) listening on %s", self.endpoint)
+        return self.endpoint
+
+    def stop(self) -> None:
+        """Stop accepting, close every connection, remove the socket file."""
+        listener, self._listener = self._listener, None
+        if listener is None:
+            return
+        with contextlib.suppress(OSError):
+            listener.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        listener.close()
+        with self._lock:
+            live = list(self._connections)
+        for conn in live:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(2)
+        self.path.unlink(missing_ok=True)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # stopped
+            with self._lock:
+                full = len(self._connections) >= self._max_connections
+                if not full:
+                    self._connections.add(conn)
+            if full:
+                self._refuse(
+                    conn,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the agent serves at most {self._max_connections} fast-path connections "
+                    "at once; retry later, or reuse a connection",
+                )
+                continue
+            threading.Thread(
+                target=self._serve, args=(conn,), name="agent-fastpath-conn", daemon=True
+            ).start()
+
+    def _refuse(self, conn: socket.socket, code: grpc.StatusCode, message: str) -> None:
+        """Answer ``code`` and close, reading nothing more."""
+        self.refused_frames += 1
+        with contextlib.suppress(OSError):
+            conn.settimeout(1.0)
+            conn.sendall(fastpath.error_frame(code, message))
+        conn.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        peer = _peer_of(conn, self.path)
+        caller = _FastCaller(peer)
+        try:
+            fastpath.set_timeouts(conn, IDLE_TIMEOUT_S, SEND_TIMEOUT_S)
+            self._loop(conn, caller)
+        except OSError as exc:  # the client went away mid-frame, or idle (BlockingIOError)
+            log.debug("fast path %s: %s", peer, exc)
+        except Exception:  # a bug here must not take the listener down
+            log.exception("fast path %s: connection failed", peer)
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+            conn.close()
+
+    def _loop(self, conn: socket.socket, caller: _FastCaller) -> None:
+        header = bytearray(fastpath.REQUEST_HEADER.size)
+        head = memoryview(header)
+        buf = bytearray()
+        while fastpath.recv_exact(conn, head):
+            (size,) = fastpath.REQUEST_HEADER.unpack(header)
+            if header == fastpath.GRPC_PREFACE:
+                self.refused_frames += 1
+                _answer_grpc(
+                    conn,
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{self.path} is the agent's fast local path (length-prefixed "
+                    "PredictRequest frames, edgefleet.common.fastpath), not gRPC: gRPC clients "
+                    "use its --predict-socket (predict.sock)",
+                )
+                return
+            if size > self._max_bytes:
+                self._refuse(
+                    conn,
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"a request of {size} bytes is over the agent's limit of "
+                    f"{self._max_bytes} (predict_max_bytes)",
+                )
+                return
+            buf = fastpath.grown(buf, size)
+            with memoryview(buf)[:size] as body:
+                if size and not fastpath.recv_exact(conn, body):
+                    return
+                reply = self._answer(body, caller)
+            fastpath.send_parts(conn, reply)
+
+    def _answer(self, body: memoryview, caller: _FastCaller) -> list[fastpath.Buffer]:
+        """The reply frame's parts for one request's bytes."""
+        try:
+            request, data = fastpath.split_request(body)
+        except DecodeError as exc:
+            self.refused_frames += 1
+            return [
+                fastpath.error_frame(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{len(body)} bytes that are not a PredictRequest ({exc})",
+                )
+            ]
+        try:
+            response = self._servicer.serve(request, caller, data)
+        except Refused as exc:
+            return [fastpath.error_frame(exc.code, exc.message)]
+        except Exception as exc:  # as grpcio answers a servicer's exception
+            log.exception("fast path Predict failed")
+            return [
+                fastpath.error_frame(grpc.StatusCode.UNKNOWN, f"Exception calling Predict: {exc}")
+            ]
+        out = response.SerializeToString()
+        if len(out) > self._max_bytes:
+            return [
+                fastpath.error_frame(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the reply of {len(out)} bytes is over the agent's limit of "
+                    f"{self._max_bytes} (predict_max_bytes)",
+                )
+            ]
+        return fastpath.reply_frame(fastpath.OK, out)
