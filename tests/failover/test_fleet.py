@@ -255,6 +255,7 @@ def test_killed_agent_goes_offline_and_the_client_fails_over(
         fleet.victim_endpoint, local_socket=socket, shm_threshold=0, neighbours_refresh=60.0
     ) as client:
         assert client.endpoint == f"unix:{socket}"
+        assert client.fast_endpoint == f"unix:{socket.with_name('predict.fast.sock')}"
         wait_for(
             "the client to cache 2 serving neighbours",
             lambda: (
@@ -265,6 +266,7 @@ def test_killed_agent_goes_offline_and_the_client_fails_over(
         local = client.predict({"pixels": x})
         assert local.device_id == victim
         assert not local.served_by_neighbour
+        assert client.paths == {"fast": 1}  # the fast local path, its input in shared memory
 
         fleet.victim.kill()  # SIGKILL: no goodbye; the broker sends the last will
         wait_for("b to see the victim offline", lambda: fleet.table("b").get(victim) is False)
@@ -273,6 +275,7 @@ def test_killed_agent_goes_offline_and_the_client_fails_over(
 
         reply = client.predict({"pixels": x})
         assert reply.served_by_neighbour
+        assert client.paths == {"fast": 1, "neighbour": 1}
         assert reply.device_id in {b.device_id, c.device_id}
         assert reply.release == fleet.release
         outputs = {o.name: wire.array_from_pb(o) for o in reply.outputs}
