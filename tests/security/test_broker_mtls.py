@@ -5,7 +5,7 @@ devices enrolled for real (a key made here, a CSR, a certificate from the fleet 
 publishes its own status and reads its own desired state, and cannot publish another device's
 status, another fleet's presence, or take over another device's (or the controller's) client
 id; a revoked device, a client without a certificate and one with a certificate from another
-CA cannot connect at all.
+CA cannot connect at all; a payload over the size limit is dropped on every topic.
 """
 
 from __future__ import annotations
@@ -269,6 +269,43 @@ def test_client_id_takeover_is_impossible(site: Site, connect: Connect) -> None:
     assert ctl.inbox.get(timeout=TIMEOUT) == (topics.status("dev-a"), b"still-here")
     assert dev_a.disconnects == 0
     assert ctl.disconnects == 0
+
+
+def test_an_oversize_payload_is_dropped_on_every_topic(site: Site, connect: Connect) -> None:
+    """The generated config's ``message_size_limit``: one byte over it, on every topic a device
+    writes (to the controller) and every topic the controller writes (to devices), is dropped
+    by the broker; the sender keeps its connection (only a packet past ``max_packet_size``
+    costs it that, ``tests/deploy/test_broker_limits.py``)."""
+    conf = (site.out / "mosquitto.conf").read_text().splitlines()
+    (limit,) = [int(x.split()[1]) for x in conf if x.startswith("message_size_limit ")]
+    oversize = b"x" * (limit + 1)
+    ctl = connect(site.creds[CONTROLLER], client_id="edgefleet-controller")
+    ctl.subscribe("ef/v1/#")
+    dev = connect(site.creds["dev-a"])
+    dev.subscribe(topics.desired("dev-a"), topics.trust(), topics.roster("f1"))
+    # Oversize first on every topic, a marker last, on one connection: delivery keeps order,
+    # so when the marker is the first to arrive, the broker dropped every oversize message.
+    for topic in (
+        topics.status("dev-a"),
+        topics.events("dev-a"),
+        topics.telemetry("dev-a"),
+        topics.presence("f1", "dev-a"),
+    ):
+        dev.publish(topic, oversize)
+    dev.publish(topics.status("dev-a"), b"marker")
+    assert ctl.inbox.get(timeout=TIMEOUT) == (topics.status("dev-a"), b"marker")
+    for topic in (topics.desired("dev-a"), topics.trust(), topics.roster("f1")):
+        ctl.publish(topic, oversize, retain=True)
+    ctl.publish(topics.desired("dev-a"), b"marker")
+    assert dev.inbox.get(timeout=TIMEOUT) == (topics.desired("dev-a"), b"marker")
+    assert dev.inbox.empty() and ctl.inbox.empty()
+    assert dev.disconnects == 0 and ctl.disconnects == 0
+    # Nothing oversize was kept as a retained message: a device subscribing later gets
+    # retained messages before anything published after its subscription; the marker is first.
+    late = connect(site.creds["dev-b"])
+    late.subscribe(topics.trust(), topics.roster("f1"))
+    ctl.publish(topics.trust(), b"after")
+    assert late.inbox.get(timeout=TIMEOUT) == (topics.trust(), b"after")
 
 
 def test_no_certificate_or_a_foreign_ca_cannot_connect(site: Site) -> None:
