@@ -31,7 +31,7 @@ from edgefleet.controller.releases import VariantSpec
 from edgefleet.controller.rollouts import strategy as rollout_strategy
 from edgefleet.controller.rollouts.history import Transition
 from edgefleet.controller.rollouts.strategy import Strategy
-from edgefleet.v1 import controller_pb2
+from edgefleet.v1 import common_pb2, controller_pb2
 
 
 def key_info(k: SigningKey) -> controller_pb2.KeyInfo:
@@ -296,6 +296,17 @@ def compress_job(msg: controller_pb2.CompressRequest) -> compressing.Job:
         golden=msg.golden,
         cores=msg.cores,
         carry=tuple(msg.carry),
+        variants=msg.variants,
+    )
+
+
+def compress_variant(v: compressing.RegisteredVariant) -> controller_pb2.CompressVariant:
+    return controller_pb2.CompressVariant(
+        name=v.name,
+        candidate=v.candidate,
+        requires=list(v.requires),
+        providers=[common_pb2.ExecutionProvider(name=p) for p in v.providers],
+        model=registered_model(v.model),
     )
 
 
@@ -349,6 +360,10 @@ def compress_progress(event: compressing.Event) -> controller_pb2.CompressProgre
         )
         if event.model is not None:
             result.model.CopyFrom(registered_model(event.model))
+        if event.variant_default is not None:
+            result.variant_default.CopyFrom(compress_variant(event.variant_default))
+        result.variants.extend(compress_variant(v) for v in event.variants)
+        result.variant_notes.extend(event.variant_notes)
         return controller_pb2.CompressProgress(done=total, total=total, result=result)
     if event.candidate is not None:
         return controller_pb2.CompressProgress(

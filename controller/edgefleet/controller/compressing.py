@@ -9,9 +9,12 @@ back. No protobuf here: ``api`` converts.
 
 The user's model runs only in sandbox processes (``sandbox``, the registry's): the eval set is
 checked against it in one, and the whole search runs in another, which sends each candidate
-back as it is measured. Timing on a device (``--profile-on``) needs the signing key, so the
-search asks the controller to time each candidate (``_AskingTimer``); the key never enters the
-sandbox. A search that crashes, runs out of memory or time fails with ``SandboxError``.
+back as it is measured. With ``variants`` the search also picks a model per hardware class from
+its candidates (``compress.variantset``); each is registered as a version of its own, before
+the winner, so the winner stays the newest version. Timing on a device (``--profile-on``)
+needs the signing key, so the search asks the controller to time each candidate
+(``_AskingTimer``); the key never enters the sandbox. A search that crashes, runs out of
+memory or time fails with ``SandboxError``.
 
 A user's metric (``--metric-module``) arrives as source text and stays text in this process:
 it is checked for size and a function name only, handed to the search's sandbox child, and
@@ -29,7 +32,7 @@ from dataclasses import dataclass, replace
 
 from edgefleet.common import externaldata, feeds, packing
 from edgefleet.common.errors import InvalidInputError, NotFoundError
-from edgefleet.controller.compress import evaluating, metric_hook, recipes
+from edgefleet.controller.compress import evaluating, metric_hook, recipes, variantset
 from edgefleet.controller.compress.evaluating import EvalSet, MetricChoice, parse_metrics
 from edgefleet.controller.compress.golden import GoldenMode
 from edgefleet.controller.compress.graphs import Feed
@@ -70,6 +73,7 @@ class Job:
     golden: str = ""  # "" = auto (attach when its tolerances hold) | always | never
     cores: int = 0  # the speed gate's second thread count; 0 = the timing host's cores
     carry: tuple[str, ...] = ()  # IN=OUT: a feed's output OUT is the next feed's input IN
+    variants: bool = False  # also register the models per hardware class (variantset)
 
 
 @dataclass(frozen=True)
@@ -85,14 +89,29 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class RegisteredVariant:
+    """A model for a hardware class, as registered (``name`` "": the release's default)."""
+
+    name: str
+    candidate: str
+    requires: tuple[str, ...]
+    providers: tuple[str, ...]
+    model: ModelVersion
+
+
+@dataclass(frozen=True)
 class Outcome:
-    """The end of a compression: the search's result and, when it passed, the new version."""
+    """The end of a compression: the search's result and, when it passed, the new version;
+    with ``Job.variants``, the release's default model and its variants, registered."""
 
     source: ModelVersion
     result: SearchResult
     model: ModelVersion | None
     report_json: str
     report_markdown: str
+    variant_default: RegisteredVariant | None = None
+    variants: tuple[RegisteredVariant, ...] = ()
+    variant_notes: tuple[str, ...] = ()
 
 
 Event = Progress | Outcome
@@ -221,6 +240,7 @@ class Compressor:
             metric=prepared.metric,
             metric_module=job.metric_module,
             golden=prepared.golden,
+            variants=job.variants,
             what="compression search",
             answer=lambda question: timer.measure(*question[:2], threads=question[2]),
             cancelled=cancelled,
@@ -242,9 +262,16 @@ class Compressor:
 
     def _register(self, source: ModelVersion, result: SearchResult) -> Outcome:
         report_json, report_markdown = result.report_json(), result.report_markdown()
+        picked = result.variants
+        stored = (
+            self._register_variants(source, result, picked, report_json, report_markdown)
+            if picked is not None
+            else {}
+        )
+        outcome = Outcome(source, result, None, report_json, report_markdown)
         if result.winner is None or result.model is None:
             log.info("compress %s v%d: no candidate passed", source.name, source.version)
-            return Outcome(source, result, None, report_json, report_markdown)
+            return self._with_variants(outcome, picked, stored)
         winner = result.winner
         try:
             model = self._register_winner(source, result, report_json, report_markdown)
@@ -256,7 +283,7 @@ class Compressor:
                 winner.name,
                 exc,
             )
-            return Outcome(source, result, None, report_json, report_markdown)
+            return self._with_variants(outcome, picked, stored)
         log.info(
             "compress %s v%d: %s won, registered as version %d",
             source.name,
@@ -264,7 +291,90 @@ class Compressor:
             winner.name,
             model.version,
         )
-        return Outcome(source, result, model, report_json, report_markdown)
+        stored[winner.name] = model
+        return self._with_variants(replace(outcome, model=model), picked, stored)
+
+    def _register_variants(
+        self,
+        source: ModelVersion,
+        result: SearchResult,
+        picked: variantset.VariantSet,
+        report_json: str,
+        report_markdown: str,
+    ) -> dict[str, ModelVersion | str]:
+        """Each picked candidate but the winner and the original registered once (before the
+        winner, which stays the newest version): candidate name -> its version, or why the
+        registry refused it."""
+        winner = result.winner.name if result.winner is not None else None
+        stored: dict[str, ModelVersion | str] = {variantset.ORIGINAL: source}
+        for p in (picked.default, *picked.variants):
+            if p.candidate in stored or p.candidate == winner or p.model is None:
+                continue
+            classes = ", ".join(
+                q.cls.name if q.cls is not None else "default"
+                for q in (picked.default, *picked.variants)
+                if q.candidate == p.candidate
+            )
+            try:
+                stored[p.candidate] = self._registry.register_compressed(
+                    source,
+                    p.model,
+                    report_json=report_json,
+                    report_markdown=report_markdown,
+                    golden_npz=None,  # a release of it computes its own from the inputs
+                    transfer=p.transfer
+                    if p.transfer is not None and packing.is_packed(p.transfer)
+                    else None,
+                    description=f"variant {classes}, compressed from version {source.version}:"
+                    f" {p.candidate} (drop {p.drop:.2f} points)",
+                )
+            except InvalidInputError as exc:
+                stored[p.candidate] = f"{p.candidate} was refused by the registry: {exc}"
+        return stored
+
+    @staticmethod
+    def _with_variants(
+        outcome: Outcome,
+        picked: variantset.VariantSet | None,
+        stored: dict[str, ModelVersion | str],
+    ) -> Outcome:
+        if picked is None:
+            return outcome
+        notes = list(picked.notes)
+
+        def registered(p: variantset.Pick) -> RegisteredVariant | None:
+            model = stored.get(p.candidate, f"{p.candidate} won but was refused by the registry")
+            if isinstance(model, str):
+                notes.append(model)
+                return None
+            cls = p.cls
+            return RegisteredVariant(
+                cls.name if cls is not None else "",
+                p.candidate,
+                cls.requires if cls is not None else (),
+                cls.providers if cls is not None else (),
+                model,
+            )
+
+        default = registered(picked.default)
+        if default is None:  # the fp32 winner was refused: the source version is the default
+            default = RegisteredVariant("", variantset.ORIGINAL, (), (), outcome.source)
+        made = [v for v in map(registered, picked.variants) if v is not None]
+        for v in (default, *made):
+            log.info(
+                "compress %s v%d: variant %s = %s, version %d",
+                outcome.source.name,
+                outcome.source.version,
+                v.name or "default",
+                v.candidate,
+                v.model.version,
+            )
+        return replace(
+            outcome,
+            variant_default=default,
+            variants=tuple(made),
+            variant_notes=tuple(dict.fromkeys(notes)),
+        )
 
     def _register_winner(
         self, source: ModelVersion, result: SearchResult, report_json: str, report_markdown: str
@@ -319,6 +429,7 @@ def _search(
     metric: tuple[MetricChoice, ...],
     golden: GoldenMode,
     metric_module: MetricModule | None = None,
+    variants: bool = False,
 ) -> SearchResult:
     """The search, in the sandbox process: progress goes out over ``channel`` as it comes. A
     user's metric module runs in a confined process of its own, started here (``metric_hook``);
@@ -375,4 +486,5 @@ def _search(
             golden=golden,
             on_candidate=on_candidate,
             on_start=on_start,
+            variants=variants,
         )

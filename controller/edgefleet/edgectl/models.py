@@ -5,7 +5,8 @@ input/output signature, so a bad file comes back as the controller's one-line re
 ``model compress`` runs the controller's accuracy-gated search over compression recipes
 within a time budget, shows its progress per candidate (with the controller's estimate of what
 is left), then a table of every candidate; the winner becomes the next version of the model.
-Exit code 3 when no candidate passes the gate.
+Exit code 3 when no candidate passes the gate. ``--variants`` also registers a model per
+hardware class from the candidates and prints the ``release create`` arguments for them.
 """
 
 from __future__ import annotations
@@ -304,6 +305,21 @@ def compress(
             metavar="IN=OUT",
         ),
     ] = None,
+    variants: Annotated[
+        bool,
+        typer.Option(
+            "--variants",
+            help="Also register a model per hardware class from the candidates the search ran, "
+            "judged on accuracy alone (speed here says little about another class): the "
+            "release's default (fp32 arithmetic: the winner, else the best passing fp32 "
+            "candidate, else this version), fp16 for devices with a GPU (CUDA, then the CPU; "
+            "the fp16 candidate) and int8 for CPUs with VNNI or dot-product instructions (the "
+            "best int8 candidate, as variants int8-vnni and int8-dotprod), and print the "
+            "`edgectl release create` arguments that release them. Registered before the "
+            "winner, which stays the newest version. Exit code 3 only when neither a winner "
+            "nor a variant was registered.",
+        ),
+    ] = False,
     report_out: Annotated[
         Path | None,
         typer.Option("--report-out", help="Write the Markdown report here.", metavar="FILE.md"),
@@ -384,6 +400,7 @@ def compress(
             golden=golden.value,
             cores=cores,
             carry=carry or [],
+            variants=variants,
         ):
             progress.update(task, total=msg.total or None, completed=msg.done)
             kind = msg.WhichOneof("update")
@@ -409,10 +426,60 @@ def compress(
         output.print_json(_result_dict(result))
     else:
         _print_result(result, max_drop=max_drop)
+        if variants:
+            _print_variants(result)
     if plot is not None:
         _write_plot(result, plot, max_drop=max_drop, as_json=as_json)
-    if not result.passed:
+    if not result.passed and not result.variants:
         raise typer.Exit(EXIT_NOT_PASSED)
+
+
+def release_args(result: pb.CompressResult) -> list[str]:
+    """The ``edgectl release create NAME --version SEMVER`` arguments that release the
+    compression's default model with its variants (--variants); [] without them."""
+    if not result.HasField("variant_default"):
+        return []
+    from edgefleet.edgectl.releases import SHORT_PROVIDERS  # not for --help
+
+    short = {full: name for name, full in reversed(SHORT_PROVIDERS.items())}
+    args = ["--model-version", str(result.variant_default.model.version)]
+    for v in result.variants:
+        spec = f"{v.name}={v.model.name}:{v.model.version}"
+        if v.requires:
+            spec += "@" + "+".join(v.requires)
+        if v.providers:
+            spec += "/" + ",".join(short.get(p.name, p.name) for p in v.providers)
+        args += ["--variant", spec]
+    return args
+
+
+def _print_variants(result: pb.CompressResult) -> None:
+    def line(who: str, v: pb.CompressVariant) -> str:
+        text = f"  {who:<13} {v.model.name} version {v.model.version} ({v.candidate})"
+        if v.requires:
+            text += " for " + " and ".join(v.requires)
+        if v.providers:
+            text += ", on " + " > ".join(p.name for p in v.providers)
+        return text
+
+    lines = ["variants (judged on accuracy alone):"]
+    if result.HasField("variant_default"):
+        lines.append(line("default", result.variant_default))
+    lines += [line(v.name, v) for v in result.variants]
+    print_ = output.console.print
+    for text in lines:
+        print_(text, markup=False, highlight=False, soft_wrap=True)
+    for note in result.variant_notes:
+        output.note(escape(note))
+    if result.HasField("variant_default"):
+        name = result.variant_default.model.name
+        print_(
+            f"release them with: edgectl release create {name} --version SEMVER "
+            + " ".join(release_args(result)),
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _metric_request(
@@ -576,4 +643,20 @@ def _result_dict(r: pb.CompressResult) -> dict[str, Any]:
         "model": _model_dict(r.model) if r.HasField("model") else None,
         "original": _candidate_dict(r.original),
         "candidates": [_candidate_dict(c) for c in r.candidates],
+        "variant_default": (
+            _variant_dict(r.variant_default) if r.HasField("variant_default") else None
+        ),
+        "variants": [_variant_dict(v) for v in r.variants],
+        "variant_notes": list(r.variant_notes),
+        "release_args": release_args(r),
+    }
+
+
+def _variant_dict(v: pb.CompressVariant) -> dict[str, Any]:
+    return {
+        "name": v.name or None,
+        "candidate": v.candidate,
+        "requires": list(v.requires),
+        "providers": [p.name for p in v.providers],
+        "model": _model_dict(v.model),
     }

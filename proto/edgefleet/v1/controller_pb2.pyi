@@ -1152,6 +1152,7 @@ class CompressRequest(_message.Message):
     CORES_FIELD_NUMBER: _builtins.int
     CARRY_FIELD_NUMBER: _builtins.int
     EVAL_DATA_ID_FIELD_NUMBER: _builtins.int
+    VARIANTS_FIELD_NUMBER: _builtins.int
     METRIC_MODULE_SOURCE_FIELD_NUMBER: _builtins.int
     METRIC_MODULE_FUNCTION_FIELD_NUMBER: _builtins.int
     METRIC_MODULE_ORIGIN_FIELD_NUMBER: _builtins.int
@@ -1180,6 +1181,10 @@ class CompressRequest(_message.Message):
     """threads for the speed gate's second timing; 0 = the timing"""
     eval_data_id: _builtins.str
     """eval data sent with UploadData (instead of eval_data)"""
+    variants: _builtins.bool
+    """Also register the model variants for hardware classes (CompressResult.variants): the
+    candidates the search evaluated that pass the accuracy gate, whatever their speed here.
+    """
     metric_module_source: _builtins.str
     """A user's metric: the Python source of one module (text; the controller never imports it,
     it runs only in a seccomp-confined process of the compression sandbox), the function
@@ -1210,13 +1215,14 @@ class CompressRequest(_message.Message):
         cores: _builtins.int = ...,
         carry: _abc.Iterable[_builtins.str] | None = ...,
         eval_data_id: _builtins.str = ...,
+        variants: _builtins.bool = ...,
         metric_module_source: _builtins.str = ...,
         metric_module_function: _builtins.str = ...,
         metric_module_origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "max_accuracy_drop", b"max_accuracy_drop", "time_budget_s", b"time_budget_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "carry", b"carry", "cores", b"cores", "eval_data", b"eval_data", "eval_data_id", b"eval_data_id", "golden", b"golden", "max_accuracy_drop", b"max_accuracy_drop", "metric", b"metric", "metric_module_function", b"metric_module_function", "metric_module_origin", b"metric_module_origin", "metric_module_source", b"metric_module_source", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "time_budget_s", b"time_budget_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "carry", b"carry", "cores", b"cores", "eval_data", b"eval_data", "eval_data_id", b"eval_data_id", "golden", b"golden", "max_accuracy_drop", b"max_accuracy_drop", "metric", b"metric", "metric_module_function", b"metric_module_function", "metric_module_origin", b"metric_module_origin", "metric_module_source", b"metric_module_source", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "time_budget_s", b"time_budget_s", "variants", b"variants", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_accuracy_drop: _TypeAlias = _typing.Literal["max_accuracy_drop"]  # noqa: Y015
     _WhichOneofArgType__max_accuracy_drop: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop"]  # noqa: Y015
@@ -1364,6 +1370,9 @@ class CompressResult(_message.Message):
     REPORT_MARKDOWN_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
     ORIGINAL_FIELD_NUMBER: _builtins.int
+    VARIANT_DEFAULT_FIELD_NUMBER: _builtins.int
+    VARIANTS_FIELD_NUMBER: _builtins.int
+    VARIANT_NOTES_FIELD_NUMBER: _builtins.int
     passed: _builtins.bool
     winner: _builtins.str
     report_json: _builtins.str
@@ -1376,6 +1385,17 @@ class CompressResult(_message.Message):
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompressCandidate]: ...
     @_builtins.property
     def original(self) -> Global___CompressCandidate: ...
+    @_builtins.property
+    def variant_default(self) -> Global___CompressVariant:
+        """With CompressRequest.variants: the release's default model (fp32 arithmetic: the winner,
+        the best passing fp32 candidate, or the source version) and the variants, in the order
+        devices try them, each a registered version; notes say why a class has none.
+        """
+
+    @_builtins.property
+    def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompressVariant]: ...
+    @_builtins.property
+    def variant_notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -1386,14 +1406,55 @@ class CompressResult(_message.Message):
         report_markdown: _builtins.str = ...,
         candidates: _abc.Iterable[Global___CompressCandidate] | None = ...,
         original: Global___CompressCandidate | None = ...,
+        variant_default: Global___CompressVariant | None = ...,
+        variants: _abc.Iterable[Global___CompressVariant] | None = ...,
+        variant_notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "original", b"original"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "original", b"original", "variant_default", b"variant_default"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "model", b"model", "original", b"original", "passed", b"passed", "report_json", b"report_json", "report_markdown", b"report_markdown", "winner", b"winner"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "model", b"model", "original", b"original", "passed", b"passed", "report_json", b"report_json", "report_markdown", b"report_markdown", "variant_default", b"variant_default", "variant_notes", b"variant_notes", "variants", b"variants", "winner", b"winner"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompressResult: _TypeAlias = CompressResult  # noqa: Y015
+
+@_typing.final
+class CompressVariant(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    REQUIRES_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """as VariantRequest.name (int8-vnni, fp16); "" for the default"""
+    candidate: _builtins.str
+    """the search's candidate; "original" = the source version"""
+    @_builtins.property
+    def requires(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """as Variant.requires"""
+
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ExecutionProvider]: ...
+    @_builtins.property
+    def model(self) -> Global___RegisteredModel: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        candidate: _builtins.str = ...,
+        requires: _abc.Iterable[_builtins.str] | None = ...,
+        providers: _abc.Iterable[_common_pb2.ExecutionProvider] | None = ...,
+        model: Global___RegisteredModel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate", b"candidate", "model", b"model", "name", b"name", "providers", b"providers", "requires", b"requires"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompressVariant: _TypeAlias = CompressVariant  # noqa: Y015
 
 @_typing.final
 class CompressProgress(_message.Message):

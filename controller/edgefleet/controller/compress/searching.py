@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from . import evaluating, graphs, recipes, timing
+from . import evaluating, graphs, recipes, timing, variantset
 from .errors import InvalidInputError, PassSkippedError
 from .evaluating import EvalSet, MetricChoice, MetricHook, OutputScore, Reference
 from .golden import Golden, GoldenMode, golden_for
@@ -143,6 +143,7 @@ class SearchResult:
     budget_s: float = 0.0  # 0: none
     stopped: str = ""  # why candidates were left out ("the time budget"), "" when all ran
     golden_note: str = ""  # why golden data is (not) attached
+    variants: variantset.VariantSet | None = None  # asked for: models per hardware class
 
     @property
     def passed(self) -> bool:
@@ -175,10 +176,12 @@ def search(
     on_candidate: Callable[[int, int, CandidateRecord], None] | None = None,
     on_start: Callable[[Upcoming], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    variants: bool = False,
 ) -> SearchResult:
     """``on_candidate(done, total, record)`` runs after each candidate is recorded (progress),
     ``on_start`` before each one runs; an exception either raises stops the search and
-    propagates (a cancelled caller)."""
+    propagates (a cancelled caller). ``variants``: also pick the models per hardware class
+    from the candidates run (``variantset``)."""
     started = clock()
     if max_drop < 0:
         raise InvalidInputError(f"max accuracy drop must be >= 0, got {max_drop}")
@@ -243,6 +246,18 @@ def search(
         if chosen is not None
         else (None, "no winner")
     )
+    picked = (
+        variantset.pick(
+            records,
+            outputs,
+            winner=winner.name if winner is not None else None,
+            ranked=[c.name for c in _ranked(original, records, objective)],
+            max_drop=max_drop,
+            eval_set=eval_set,
+        )
+        if variants
+        else None
+    )
     return SearchResult(
         original,
         tuple(records),
@@ -257,6 +272,7 @@ def search(
         budget_s=0.0 if math.isinf(budget) else budget,
         stopped=stopped,
         golden_note=note,
+        variants=picked,
     )
 
 
