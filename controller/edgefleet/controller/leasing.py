@@ -4,7 +4,8 @@ Any number of ``edge-controller`` replicas may share one PostgreSQL. All of them
 and ingest device reports; exactly one at a time, the holder of the ``rollouts`` lease, runs the
 rollout driver (steps, re-sends, anti-entropy). The lease is a row (holder, expiry, epoch) that
 the leader renews every tick; when it lapses (the leader died or hangs) another replica takes it
-over, with a new epoch, within ``ttl_s``.
+over, with a new epoch, within ``ttl_s``. Lapsing is judged by the database server's clock, the
+one clock all replicas share.
 
 Every change to rollouts and desired states (a driver step, a deploy, pause, abort, rollback)
 also runs under ``DbMutex``, a lock all replicas share (PostgreSQL: a session advisory lock;
@@ -24,16 +25,22 @@ from pathlib import Path
 from types import TracebackType
 
 from sqlalchemy import select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from edgefleet.controller.db import Database, LeaseRow
 
 log = logging.getLogger(__name__)
 
 _MUTEX_KEY = 0x6566_726F  # "efro": the advisory lock of rollout changes
+# The database server's clock, epoch ms (clock_timestamp: now, not the transaction's start).
+_DB_NOW_MS = text("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
 
 
 class Lease:
-    """``held()`` takes or renews the lease and says whether this replica holds it now."""
+    """``held()`` takes or renews the lease and says whether this replica holds it now.
+
+    Expiry is judged by the database server's clock on PostgreSQL (replicas on other hosts
+    may disagree about the time by more than the lease lasts), by ``clock_ms`` on SQLite."""
 
     def __init__(
         self,
@@ -53,12 +60,23 @@ class Lease:
         self._was: bool | None = None  # None: not asked yet (the first answer is logged)
 
     def held(self) -> bool:
-        now = self._clock_ms()
         with self._db.write() as session:
             stmt = select(LeaseRow).where(LeaseRow.name == self.name)
             if not self._db.is_sqlite:
+                # The row exists before it is locked, so replicas claiming a fresh lease at
+                # once queue on its lock rather than race to insert it.
+                session.execute(
+                    pg_insert(LeaseRow)
+                    .values(name=self.name, holder=self.holder, expires_at_ms=0, epoch=0)
+                    .on_conflict_do_nothing(index_elements=[LeaseRow.name])
+                )
                 stmt = stmt.with_for_update()
             row = session.scalars(stmt).one_or_none()
+            # Replicas on several hosts disagree about the time; the database server's clock
+            # (read once the row is locked) is the one they share. SQLite: one host, its clock.
+            now = (
+                self._clock_ms() if self._db.is_sqlite else session.execute(_DB_NOW_MS).scalar_one()
+            )
             if row is None:
                 row = LeaseRow(name=self.name, holder=self.holder, expires_at_ms=0, epoch=0)
                 session.add(row)
