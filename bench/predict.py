@@ -16,14 +16,19 @@ average pool, a 3x10 dense layer, softmax: little work, so the transport shows):
 
 * ``image_bare``: ``InferenceSession.run`` on it;
 * ``image_grpc``: Predict over TCP loopback, the tensor inline;
-* ``uds``: Predict over the agent's Unix socket, the tensor inline;
-* ``shm``: Predict over the Unix socket with the tensor in POSIX shared memory
-  (``InferenceClient`` on ``unix:``, which stages it: writing it into the region is included).
+* ``uds``: Predict over the agent's fast local path (``fastpath``, no gRPC: the agent's
+  ``FastServer`` on ``predict.fast.sock``), the tensor inline (``request_parts``: the array's
+  own buffer is sent), outputs decoded to arrays as ``InferenceClient`` does;
+* ``shm``: the fast path with the tensor in POSIX shared memory (a ``sharedmem.Stager``:
+  writing it into the region is included);
+* ``uds_grpc``, ``shm_grpc``: the same two over gRPC on the agent's ``predict.sock``
+  (``InferenceClient`` on ``unix:``), what the local paths cost before the fast one.
 
 Each path is warmed up, then timed for ``ITERATIONS`` calls in short blocks, in rounds that
 rotate the order of the paths, so machine noise hits all of them alike. Targets: inproc p50
 at most 5% over bare; grpc p50 at most 150 us over bare; on the image model, uds p50 at most
-150 us and shm p50 at most 50 us over its bare p50 (``uds_ok``, ``shm_ok``). Writes
+150 us and shm p50 at most 50 us over its bare p50 (``uds_ok``, ``shm_ok``, the fast path).
+The server side runs in this process, as the other paths' do. Writes
 ``bench/results/predict.json``.
 """
 
@@ -44,11 +49,12 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
 
+from edgefleet.agent.fastserver import FastServer
 from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime
 from edgefleet.agent.serving import InferenceServer, InferenceServicer
-from edgefleet.common import digests, wire
+from edgefleet.common import digests, fastpath, sharedmem, wire
 from edgefleet.common import types as t
 from edgefleet.demo import digits
 from edgefleet.edgectl.inference import InferenceClient
@@ -191,6 +197,8 @@ def report(samples: dict[str, np.ndarray]) -> dict[str, Any]:
         "shm_minus_bare_p50_target_us": SHM_OVERHEAD_TARGET_US,
         "shm_ok": shm <= SHM_OVERHEAD_TARGET_US,
         "image_grpc_minus_bare_p50_us": round(p50["image_grpc"] - p50["image_bare"], 2),
+        "uds_grpc_minus_bare_p50_us": round(p50["uds_grpc"] - p50["image_bare"], 2),
+        "shm_grpc_minus_bare_p50_us": round(p50["shm_grpc"] - p50["image_bare"], 2),
     }
 
 
@@ -208,8 +216,10 @@ def show(result: dict[str, Any], console: Console) -> None:
         t3.add_column(col, justify="right" if col != "path" else "left")
     for name, label in (("image_bare", "bare InferenceSession.run"),
                         ("image_grpc", "Predict over gRPC (loopback TCP)"),
-                        ("uds", "Predict over the Unix socket"),
-                        ("shm", "Unix socket + shared-memory input")):  # fmt: skip
+                        ("uds_grpc", "gRPC over the Unix socket"),
+                        ("shm_grpc", "gRPC over the Unix socket + shared memory"),
+                        ("uds", "fast local path (no gRPC)"),
+                        ("shm", "fast local path + shared-memory input")):  # fmt: skip
         t3.add_row(label, f"{result[f'{name}_p50_us']:.1f}", f"{result[f'{name}_p99_us']:.1f}")
     console.print(t3)
     t2 = Table(title="targets")
@@ -261,10 +271,11 @@ def main() -> bool:
         image_path.write_bytes(image_model())
         im = image_manifest(image_path.read_bytes())
         image = ModelRuntime.load(image_path, LoadedModel("image:1.0.0", "a", im, im.model_digest))
+        image_server_servicer = InferenceServicer(
+            Predictor(image), device_id="bench", fleet="bench", metrics=AgentMetrics()
+        )
         image_server = InferenceServer(
-            InferenceServicer(
-                Predictor(image), device_id="bench", fleet="bench", metrics=AgentMetrics()
-            ),
+            image_server_servicer,
             listen="127.0.0.1:0",
             socket_path=Path(tmp) / "predict.sock",
         )
@@ -272,8 +283,27 @@ def main() -> bool:
         image_server.set_serving(True)
         unix = image_server.socket_endpoint
         assert unix is not None
+        fast_server = FastServer(
+            image_server_servicer,
+            Path(tmp) / fastpath.DEFAULT_FAST_SOCKET,
+            max_connections=8,
+            max_message_bytes=16 << 20,
+        )
+        fast_server.start()
         picture = np.random.default_rng(1).standard_normal(IMAGE_SHAPE).astype(np.float32)
         image_feed = {"image": picture}
+        stager = sharedmem.Stager()
+
+        def decoded(reply: inference_pb2.PredictResponse) -> dict[str, np.ndarray]:
+            return {t.name: wire.array_from_pb(t) for t in reply.outputs}
+
+        def fast_inline() -> dict[str, np.ndarray]:
+            return decoded(fast.call(fastpath.request_parts(image_feed)))
+
+        def fast_shm() -> dict[str, np.ndarray]:
+            with stager.request(image_feed) as staged:
+                return decoded(fast.predict(staged))
+
         try:
             with (
                 InferenceClient(endpoint, name="bench agent") as client,
@@ -281,11 +311,14 @@ def main() -> bool:
                 InferenceClient(image_endpoint, name="image agent") as image_tcp,
                 InferenceClient(unix, name="image agent", shm_threshold=None) as image_uds,
                 InferenceClient(unix, name="image agent") as image_shm,
+                fastpath.FastPathClient(fast_server.path) as fast,
             ):
                 expected = image_tcp.predict(image_feed).outputs["probabilities"]
                 for other in (image_uds, image_shm):  # the same answer by every path
                     got = other.predict(image_feed).outputs["probabilities"]
                     assert got.tobytes() == expected.tobytes()
+                for call in (fast_inline, fast_shm):
+                    assert call()["probabilities"].tobytes() == expected.tobytes()
                 image_names = image.output_names
                 paths: dict[str, Callable[[], object]] = {
                     "bare": lambda: session.run(names, feed),
@@ -294,14 +327,18 @@ def main() -> bool:
                     "floor": lambda: floor.predict(feed),
                     "image_bare": lambda: image.session.run(image_names, image_feed),
                     "image_grpc": lambda: image_tcp.predict(image_feed),
-                    "uds": lambda: image_uds.predict(image_feed),
-                    "shm": lambda: image_shm.predict(image_feed),
+                    "uds_grpc": lambda: image_uds.predict(image_feed),
+                    "shm_grpc": lambda: image_shm.predict(image_feed),
+                    "uds": fast_inline,
+                    "shm": fast_shm,
                 }
                 with console.status(f"timing {ITERATIONS} calls of each path"):
                     samples = measure(paths)
         finally:
             server.stop()
+            fast_server.stop()
             image_server.stop()
+            stager.close()
             floor_server.stop(None)
     result = report(samples)
     show(result, console)
