@@ -22,7 +22,7 @@ from edgefleet.common.artifacts import BlobStore
 from edgefleet.edgectl.app import app
 from edgefleet.edgectl.client import ControllerClient
 from edgefleet.v1 import controller_pb2 as pb
-from tests.compress.test_feeds import recurrent, stream, to_npz
+from tests.compress.test_feeds import CARRY, _by_hand, recurrent, stream, to_npz
 from tests.conftest import Broker
 from tests.controller import support
 from tests.controller.test_compressed_release import real_agent
@@ -105,6 +105,9 @@ def test_a_recurrent_model_compresses_over_a_stream_of_feeds_sent_in_chunks(
     parsed = agent_golden.parse(golden)  # the compressed feeds, as a device reads them
     assert parsed.rows == 8 and parsed.steps[0][0]["sr"].ndim == 0
     assert set(parsed.steps[3][1]) == {"y", "stateN"} and parsed.tolerances
+    # one stream on the device: feed 0 gives the state, later feeds take the model's own
+    assert parsed.carry == CARRY and "state" in parsed.steps[0][0]
+    assert all("state" not in inputs for inputs, _ in parsed.steps[1:])
 
     client = ControllerClient(small_ctl.api, token=small_ctl.token)
     with pytest.raises(Exception, match=str(EVAL_LIMIT)):  # the limit, in the refusal
@@ -143,5 +146,55 @@ def test_a_model_with_a_scalar_input_passes_its_canary_on_golden_feeds(
     with pytest.raises(grpc.RpcError, match="feed0 input 'sr'"):
         ctl.stub.CreateRelease(
             pb.CreateReleaseRequest(name=name, version="1.0.1", golden=to_npz(wrong)),
+            timeout=DEADLINE,
+        )
+
+
+def test_golden_feeds_of_a_recurrent_model_are_checked_as_one_stream_on_a_canary(
+    ctl: support.Running, broker: Broker, tmp_path: Path
+) -> None:
+    """``carry/state`` = ``stateN`` in the golden data: the controller computes the expected
+    outputs along the stream (later feeds leave the state out), the agent checks them so."""
+    name = support.unique("vad")
+    model = recurrent()
+    support.upload(ctl.stub, name, model)
+    given = stream(5)  # only feed 0 gives the state
+    ctl.stub.InitKey(pb.InitKeyRequest(), timeout=DEADLINE)
+    with pytest.raises(grpc.RpcError, match="lacks input 'state'"):  # no carry: feeds are whole
+        ctl.stub.CreateRelease(
+            pb.CreateReleaseRequest(name=name, version="0.9.0", golden=to_npz(feeds.join(given))),
+            timeout=DEADLINE,
+        )
+    streamed = feeds.join(given, feeds.carry_arrays(CARRY))
+    info = ctl.stub.CreateRelease(
+        pb.CreateReleaseRequest(name=name, version="1.0.0", golden=to_npz(streamed)),
+        timeout=DEADLINE,
+    )
+    golden = agent_golden.parse(
+        BlobStore(ctl.controller.settings.blobs_dir).read(info.manifest.golden_digest)
+    )
+    assert golden.carry == CARRY and all("state" not in i for i, _ in golden.steps[1:])
+    for (_, expected), (y, state_n) in zip(golden.steps, _by_hand(model, given), strict=True):
+        np.testing.assert_allclose(expected["stateN"], state_n, atol=1e-6)
+        np.testing.assert_allclose(expected["y"], y, atol=1e-6)
+
+    fleet = support.unique("fleet")
+    with real_agent(ctl, broker, tmp_path, fleet=fleet) as (agent, _):
+        answer = ctl.stub.Deploy(
+            pb.DeployRequest(
+                release=f"{name}:1.0.0",
+                fleet=fleet,
+                strategy=pb.RolloutStrategy(kind="canary", canary="1"),
+            ),
+            timeout=DEADLINE,
+        )
+        support.wait_phase(ctl.stub, answer.rollout_id, "succeeded")
+        runtime = agent.predictor.current
+        assert runtime is not None and runtime.release == f"{name}:1.0.0"
+
+    bad = streamed | {"carry/state": np.array("no-such-output")}
+    with pytest.raises(grpc.RpcError, match="'no-such-output' an output"):
+        ctl.stub.CreateRelease(
+            pb.CreateReleaseRequest(name=name, version="1.0.1", golden=to_npz(bad)),
             timeout=DEADLINE,
         )

@@ -138,3 +138,10 @@ def test_vad_compresses_over_a_stream_of_feeds_with_its_state_carried(
         helpers.deploy(ctl, f"{name}:1.2.0", fleet)
         passed = helpers.event(ctl, agent.device_id, "health_check_passed", f"{name}:1.2.0")
         assert "3 golden rows pass" in passed
+
+        # golden data as one stream (carry/state): the device feeds its own stateN forward
+        streamed = helpers.npz(**feeds.join(steps, feeds.carry_arrays([("state", "stateN")])))
+        helpers.release(ctl, name, "1.3.0", model_version=1, golden=streamed)
+        helpers.deploy(ctl, f"{name}:1.3.0", fleet)
+        passed = helpers.event(ctl, agent.device_id, "health_check_passed", f"{name}:1.3.0")
+        assert "8 golden rows pass" in passed

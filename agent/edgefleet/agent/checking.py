@@ -5,6 +5,8 @@ activation (``installing``) and at each checkup of a health window (``watching``
 
 Golden inputs go through the model in one batch when its first dimension allows that, else row
 by row (a model fixed at batch 1, or golden data with broadcast inputs), outputs joined back.
+Golden feeds run one at a time; with ``carry`` (a recurrent model) as one stream, each feed
+that leaves out a carried input taking the model's own output of the previous feed.
 Without golden data the smoke input is zeros with every dynamic dimension set to 1, then (when
 the model refuses that: a reflect pad, a window) to 2, then 16; a model that refuses all of
 them is not judged on outputs (``Examination.note`` says so, and the install event carries it):
@@ -95,9 +97,16 @@ def output_problems(
         return list(g.nonfinite(smoke_outputs).values())
     if golden.steps:  # the feeds layout: each feed judged on its own
         problems: list[str] = []
+        outputs: dict[str, Array] = {}
         for i, (inputs, expected) in enumerate(golden.steps):
+            feed = dict(inputs)
+            for inp, out in golden.carry:  # one stream: the previous feed's own output
+                if inp not in feed:
+                    if out not in outputs:
+                        return [f"golden feed {i} takes {inp!r} from missing output {out!r}"]
+                    feed[inp] = outputs[out]
             try:
-                outputs = runtime.predict(dict(inputs))
+                outputs = runtime.predict(feed)
             except EdgeFleetError as exc:
                 return [f"golden inference failed on feed {i}: {exc}"]
             found = g.compare(
@@ -129,7 +138,8 @@ def single_feeds(runtime: ModelRuntime, golden: g.GoldenSet | None) -> list[dict
         return [feed] if feed is not None else []
     firsts = [s.shape[0] for s in runtime.inputs if s.shape]
     if golden.steps or golden.broadcast or all(d in (-1, 1) for d in firsts):
-        return [golden.feed(i, i + 1) for i in range(min(golden.rows, TIMED_RUNS))]
+        feeds = [golden.feed(i, i + 1) for i in range(min(golden.rows, TIMED_RUNS))]
+        return [f for f in feeds if all(inp in f for inp, _ in golden.carry)]
     return [golden.feed(0, golden.rows)]
 
 

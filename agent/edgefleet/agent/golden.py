@@ -8,7 +8,10 @@ then run one at a time and the expected outputs are the runs' outputs joined on 
 ``tolerance/<output>`` scalars are the max abs error the release allows that output. Or the
 feeds layout (``edgefleet.common.feeds``): ``feedK/input/<name>`` and ``feedK/expected/<output>``
 for feeds 0, 1, ..., each in the model's own shapes (unbatched, scalars, any length), each run
-on its own and its outputs judged against its own expectations (``GoldenSet.steps``).
+on its own and its outputs judged against its own expectations (``GoldenSet.steps``); with
+``carry/<IN>`` (a recurrent model's ``--carry IN=OUT``: ``GoldenSet.carry``) the feeds run as
+one stream, output ``OUT`` of feed ``K`` fed as input ``IN`` of feed ``K+1`` where that feed
+does not give ``IN`` itself, so the expectations check the whole stream.
 ``compare`` is pure numpy: it says what is wrong with a run's outputs, in words for
 ``last_error``, and nothing when they pass.
 
@@ -55,6 +58,8 @@ class GoldenSet:
     tolerances: Mapping[str, float] = field(default_factory=dict)
     steps: tuple[tuple[Mapping[str, Array], Mapping[str, Array]], ...] = ()
     """The feeds layout: (inputs, expected outputs) of each feed, run one at a time."""
+    carry: tuple[tuple[str, str], ...] = ()
+    """Feeds: (IN, OUT) pairs; a feed without input IN takes the previous feed's output OUT."""
 
     @property
     def rows(self) -> int:
@@ -64,9 +69,14 @@ class GoldenSet:
 
     def feed(self, start: int, stop: int) -> dict[str, Array]:
         """Rows ``start:stop`` of every input, and the broadcast inputs whole (the feeds
-        layout: feed ``start``, one at a time)."""
+        layout: feed ``start``, one at a time; a carried input it leaves out is the previous
+        feed's expected output, where the data gives that, as a stand-in for timing)."""
         if self.steps:
-            return dict(self.steps[start][0])
+            feed = dict(self.steps[start][0])
+            for inp, out in self.carry:
+                if inp not in feed and start and out in self.steps[start - 1][1]:
+                    feed[inp] = self.steps[start - 1][1][out]
+            return feed
         return {name: a[start:stop] for name, a in self.inputs.items()} | dict(self.broadcast)
 
 
@@ -104,8 +114,14 @@ def _parse_feeds(arrays: Mapping[str, Array]) -> GoldenSet:
         steps, rest = feeds.split(arrays)
     except feeds.FeedsError as exc:
         raise GoldenDataError(f"golden data: {exc}") from exc
+    try:
+        carry = feeds.read_carry(rest)
+    except feeds.FeedsError as exc:
+        raise GoldenDataError(f"golden data: {exc}") from exc
     tolerances: dict[str, float] = {}
     for key, value in rest.items():
+        if key.startswith(feeds.CARRY):
+            continue
         if not key.startswith(TOLERANCE):
             raise GoldenDataError(f"golden array {key!r} is outside any feed")
         if value.ndim != 0 or value.dtype.kind != "f" or not float(value) >= 0:
@@ -121,7 +137,13 @@ def _parse_feeds(arrays: Mapping[str, Array]) -> GoldenSet:
                 + ", ".join(sorted(step))
             )
         parsed.append((ins, want))
-    return GoldenSet(parsed[0][0], {}, {}, tolerances, tuple(parsed))
+    missing = [inp for inp, _ in carry if inp not in parsed[0][0]]
+    if missing:
+        raise GoldenDataError(
+            "golden feed0/ must give the initial value of every carried input "
+            f"({', '.join(missing)})"
+        )
+    return GoldenSet(parsed[0][0], {}, {}, tolerances, tuple(parsed), carry)
 
 
 def load(path: Path) -> GoldenSet:

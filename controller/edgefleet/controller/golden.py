@@ -16,7 +16,11 @@ Or the feeds layout (``edgefleet.common.feeds``): ``feedK/<input>`` (or ``feedK/
 and optional ``feedK/expected/<output>`` for feeds 0, 1, ..., each in the model's own shapes
 (unbatched inputs, scalars, a different length per feed: no shared rows), ``tolerance/<output>``
 outside the feeds; normalized to ``feedK/input/<name>`` and ``feedK/expected/<output>``, every
-feed run on its own (``normalize_feeds``).
+feed run on its own (``normalize_feeds``). A recurrent model's feeds may form one stream:
+``carry/<IN>`` (a 0-d string array naming output ``OUT``, what ``--carry IN=OUT`` of a
+compression writes) makes every feed after the first that leaves ``IN`` out take the previous
+feed's output ``OUT``, here when the expectations are computed and on devices when they are
+checked, so the golden data checks the whole stream.
 
 Pure apart from ONNX Runtime, which runs in this process on the CPU. The controller calls
 ``normalize_isolated``: the whole normalization in a sandbox process (``sandbox``), so that a
@@ -267,13 +271,16 @@ def normalize_feeds(
         steps, rest = feeds.split(arrays)
     except feeds.FeedsError as exc:
         raise InvalidInputError(f"golden data: {exc}") from exc
-    outside = [k for k in rest if not k.startswith(TOLERANCE)]
+    outside = [k for k in rest if not k.startswith((TOLERANCE, feeds.CARRY))]
     if outside:
         raise InvalidInputError(
             f"golden data in the feeds layout holds arrays outside any feed: {sorted(outside)} "
-            "(only tolerance/<output> may be)"
+            "(only tolerance/<output> and carry/<input> may be)"
         )
-    _, tolerances = extras(rest, inputs, outputs)
+    carry = _carry(rest, steps[0], inputs, outputs)
+    _, tolerances = extras(
+        {k: v for k, v in rest.items() if k.startswith(TOLERANCE)}, inputs, outputs
+    )
     by_name = {s.name: s for s in outputs}
     out: dict[str, Array] = {}
     numeric = [s.name for s in outputs if _numeric(s.dtype)]
@@ -283,28 +290,64 @@ def normalize_feeds(
         session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own classes, all plain Exceptions
         raise InvalidInputError(f"the model does not load: {exc}") from exc
+    every = [o.name for o in session.get_outputs()]
+    last: dict[str, Array] = {}  # the previous feed's outputs, for carried inputs
     for i, step in enumerate(steps):
-        given, expected = split(step, inputs, outputs)
+        carried = {
+            inp: last[out]
+            for inp, out in carry
+            if i and inp not in step and f"{INPUT}{inp}" not in step
+        }
+        given, expected = split(step | carried, inputs, outputs)
         for spec in inputs:
             _check_whole(f"feed{i} input", given[spec.name], spec)
         for name, value in expected.items():
             _check_whole(f"feed{i} expected output", value, by_name[name])
         missing = [name for name in numeric if name not in expected]
+        wanted = every if carry else missing
         try:
-            runs = session.run(missing, dict(given)) if missing else []
+            runs = session.run(wanted, dict(given)) if wanted else []
         except Exception as exc:  # ORT raises its own classes, all plain Exceptions
             raise InvalidInputError(f"the model fails on golden feed{i}: {exc}") from exc
-        computed = {name: np.asarray(r) for name, r in zip(missing, runs, strict=True)}
+        last = {name: np.asarray(r) for name, r in zip(wanted, runs, strict=True)}
+        computed = {name: last[name] for name in missing}
         for name, value in computed.items():
             if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
                 raise InvalidInputError(
                     f"the model outputs NaN or infinity in {name!r} for golden feed{i}; "
                     "devices would refuse the release"
                 )
-        out |= {feeds.key(i, f"{INPUT}{k}"): v for k, v in given.items()}
+        out |= {feeds.key(i, f"{INPUT}{k}"): v for k, v in given.items() if k not in carried}
         out |= {feeds.key(i, f"{EXPECTED}{k}"): v for k, v in (expected | computed).items()}
     out |= {f"{TOLERANCE}{k}": np.asarray(v, np.float64) for k, v in tolerances.items()}
+    out |= feeds.carry_arrays(carry)
     return to_npz(out)
+
+
+def _carry(
+    rest: Mapping[str, Array],
+    first: Mapping[str, Array],
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+) -> tuple[tuple[str, str], ...]:
+    """The ``carry/<IN>`` pairs of golden feeds, checked against the signature."""
+    try:
+        carry = feeds.read_carry(rest)
+    except feeds.FeedsError as exc:
+        raise InvalidInputError(f"golden data: {exc}") from exc
+    input_names, output_names = {s.name for s in inputs}, {s.name for s in outputs}
+    for inp, out in carry:
+        if inp not in input_names or out not in output_names:
+            raise InvalidInputError(
+                f"golden carry/{inp} = {out!r}: {inp!r} must be an input "
+                f"({wire.describe_specs(inputs)}) and {out!r} an output "
+                f"({', '.join(sorted(output_names))})"
+            )
+        if inp not in first and f"{INPUT}{inp}" not in first:
+            raise InvalidInputError(
+                f"golden feed0 must give the initial value of the carried input {inp!r}"
+            )
+    return carry
 
 
 def _check_whole(what: str, a: Array, spec: TensorSpec) -> None:

@@ -15,7 +15,10 @@ Two layouts, told apart by their keys:
 
 A recurrent model runs its feeds as one stream with ``--carry IN=OUT``: output ``OUT`` of feed
 ``K`` becomes input ``IN`` of feed ``K+1``; the first feed supplies the initial ``IN`` (a later
-feed that gives ``IN`` itself starts a new stream there).
+feed that gives ``IN`` itself starts a new stream there). Golden data of such a model says so
+itself: ``carry/<IN>``, a 0-d string array holding ``OUT`` (``carry_arrays``, ``read_carry``),
+outside the feeds; its later feeds leave ``IN`` out, and a device runs them as one stream, so
+the expectations check the whole stream (a state that drifts fails), not each step alone.
 
 Pure: numpy only, shared by the controller (eval, calibration, golden normalization) and the
 agent (golden checks).
@@ -27,6 +30,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import numpy.typing as npt
 
 Array = npt.NDArray[Any]
@@ -42,6 +46,8 @@ BROADCAST = "broadcast/"
 """Batched layout: an input given once and fed with every sample (``broadcast/<name>``)."""
 TOLERANCE = "tolerance/"
 """Golden data: an output's max abs error on devices (``tolerance/<output>``, a float scalar)."""
+CARRY = "carry/"
+"""Golden feeds: ``carry/<input>`` names (a 0-d string array) the output fed into it."""
 _KEY = re.compile(r"^feed(0|[1-9][0-9]*)/(.+)$")
 
 
@@ -96,4 +102,27 @@ def parse_carry(items: Iterable[str]) -> tuple[tuple[str, str], ...]:
         if any(inp == p[0] for p in pairs):
             raise FeedsError(f"--carry names input {inp!r} twice")
         pairs.append((inp, out))
+    return tuple(pairs)
+
+
+def carry_arrays(pairs: Iterable[tuple[str, str]]) -> dict[str, Array]:
+    """``carry/<IN>``: ``OUT`` as 0-d string arrays, for golden data in the feeds layout."""
+    return {f"{CARRY}{inp}": np.asarray(out, dtype=np.str_) for inp, out in pairs}
+
+
+def read_carry(rest: Mapping[str, Array]) -> tuple[tuple[str, str], ...]:
+    """The ``(IN, OUT)`` pairs of the ``carry/<IN>`` arrays in ``rest`` (keys outside any
+    feed); ``FeedsError`` for one that is not a 0-d string naming an output."""
+    pairs = []
+    for k in sorted(rest):
+        if not k.startswith(CARRY):
+            continue
+        value = rest[k]
+        inp = k.removeprefix(CARRY)
+        if value.ndim != 0 or value.dtype.kind != "U" or not str(value) or not inp:
+            raise FeedsError(
+                f"{k!r} must be a 0-d string array naming the output carried into {inp!r}, "
+                f"got {value.dtype.name}{list(value.shape)}"
+            )
+        pairs.append((inp, str(value)))
     return tuple(pairs)

@@ -19,9 +19,12 @@ check would tell little); the search attaches golden data automatically only the
 The ``.npz`` (``to_npz``): ``input/<name>`` (rows first), ``broadcast/<name>`` (inputs fed
 unchanged with every row), ``output/<name>``, ``tolerance/<output>`` (max abs error that output
 may show on a device) and ``tolerance`` (the largest of them). An eval set in the feeds layout
-(``edgefleet.common.feeds``) gives golden data in that layout: its first feeds as they are
-(with ``--carry``, the states the original passed along), ``feedK/input/<name>`` and
-``feedK/expected/<output>``, each feed run alone on a device.
+(``edgefleet.common.feeds``) gives golden data in that layout: its first feeds as they are,
+``feedK/input/<name>`` and ``feedK/expected/<output>``, each feed run alone on a device. With
+``--carry IN=OUT`` (eval feeds or rows run as one stream) the golden feeds are one stream too:
+``carry/<IN>`` names ``OUT``, the feeds after the first (but those that start a new stream)
+leave ``IN`` out, and the expectations are the compressed model's own outputs with its own
+state carried from feed to feed, as a device runs them, so the check covers the whole stream.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class Golden:
     holds: bool = True
     note: str = ""
     steps: tuple[tuple[dict[str, Array], dict[str, Array]], ...] = ()  # feeds: (inputs, outputs)
+    carry: tuple[tuple[str, str], ...] = ()  # feeds as one stream: (IN, OUT), ``carry/<IN>``
 
     @property
     def rows(self) -> int:
@@ -87,6 +91,7 @@ class Golden:
         for i, (ins, outs) in enumerate(self.steps):
             arrays |= {feeds.key(i, f"{feeds.INPUT}{k}"): v for k, v in ins.items()}
             arrays |= {feeds.key(i, f"{feeds.EXPECTED}{k}"): v for k, v in outs.items()}
+        arrays |= feeds.carry_arrays(self.carry)
         arrays |= {f"{feeds.BROADCAST}{k}": v for k, v in self.broadcast.items()}
         arrays |= {f"output/{k}": v for k, v in self.outputs.items()}
         arrays |= {
@@ -98,7 +103,7 @@ class Golden:
 
 def golden_for(original: bytes, compressed: bytes, eval_set: EvalSet, *, count: int = 8) -> Golden:
     """Golden rows for ``compressed``, its own outputs, and tolerances that hold on devices."""
-    if eval_set.per_feed:
+    if eval_set.per_feed or eval_set.carry:
         return _golden_feeds(compressed, eval_set, count=count)
     pool, shared = _pool(eval_set)
     feed = pool | shared
@@ -135,12 +140,19 @@ def golden_for(original: bytes, compressed: bytes, eval_set: EvalSet, *, count: 
 
 
 def _golden_feeds(compressed: bytes, eval_set: EvalSet, *, count: int) -> Golden:
-    """The first ``count`` feeds, each run alone (as a device runs them), the compressed
-    model's outputs as expectations and tolerances from the spread across thread counts."""
-    steps = [dict(b) for b in eval_set.batches[:count]]
+    """The first ``count`` feeds, each run alone (as a device runs them; with ``carry`` as one
+    stream), the compressed model's outputs as expectations and tolerances from the spread
+    across thread counts."""
+    carried = {inp for inp, _ in eval_set.carry}
+    steps = [
+        dict(b)
+        if i == 0 or i in eval_set.fresh
+        else {k: v for k, v in b.items() if k not in carried}
+        for i, b in enumerate(eval_set.batches[:count])
+    ]  # a carried input of a later feed is the model's own output (the eval set's: the original's)
     names = [o.name for o in graphs.session(compressed).get_outputs()]
-    expected = [_run_alone(compressed, step, names) for step in steps]
-    runs = [[_run_alone(compressed, step, names, threads=t) for step in steps] for t in _THREADS]
+    expected = _run_stream(compressed, steps, names, eval_set.carry)
+    runs = [_run_stream(compressed, steps, names, eval_set.carry, threads=t) for t in _THREADS]
     floor_share = _floor_share(compressed)
     tolerances: dict[str, float] = {}
     problems: list[str] = []
@@ -162,7 +174,28 @@ def _golden_feeds(compressed: bytes, eval_set: EvalSet, *, count: int) -> Golden
             (step, dict(zip(names, outs, strict=True)))
             for step, outs in zip(steps, expected, strict=True)
         ),
+        carry=eval_set.carry,
     )
+
+
+def _run_stream(
+    model: bytes,
+    steps: Sequence[Mapping[str, Array]],
+    names: Sequence[str],
+    carry: Sequence[tuple[str, str]],
+    *,
+    threads: int = 1,
+) -> list[list[Array]]:
+    """Outputs ``names`` of every feed, run alone; a carried input a feed leaves out is the
+    previous feed's output (as ``edgefleet.agent.checking`` runs golden feeds)."""
+    out: list[list[Array]] = []
+    for step in steps:
+        feed = dict(step)
+        if out:
+            last = dict(zip(names, out[-1], strict=True))
+            feed |= {inp: last[o] for inp, o in carry if inp not in feed}
+        out.append(_run_alone(model, feed, names, threads=threads))
+    return out
 
 
 def _floor_share(model: bytes) -> float:
