@@ -6,8 +6,10 @@ the devices' mTLS port at 64 MiB, the enrollment listener at 1 MiB, the operator
 ``ApiSettings.max_message_bytes`` (1 MiB here, 64 MiB by default). Under those, enrollment and
 renewal bound their fields (``INVALID_ARGUMENT``, ``request too large``), and a blob fetch
 asking for huge chunks gets chunks of at most ``MAX_CHUNK``. The clients here send whatever
-they are given (no client-side limit), so each refusal is the server's. Predict's bounds (the
-agent's port): ``tests/security/test_limits.py``; the broker's, on every topic:
+they are given (no client-side limit), so each refusal is the server's. An enrolled agent's
+mTLS peer listener (Predict for neighbours, blobs for the fleet) bounds a message at
+``predict_max_bytes`` as its local Predict port does (that one and the concurrency bound:
+``tests/security/test_limits.py``); the broker's bound, on every topic:
 ``tests/security/test_broker_mtls.py``.
 """
 
@@ -19,23 +21,28 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
+from edgefleet.agent.daemon import Agent
 from edgefleet.agent.identity import IdentityFiles
-from edgefleet.common import rpc
+from edgefleet.common import rpc, wire
 from edgefleet.common.artifacts import MAX_CHUNK, BlobStore
 from edgefleet.controller.identityservice import MAX_CSR_BYTES
+from edgefleet.edgectl.keys import trusted_pem
 from edgefleet.v1 import (
     artifact_pb2,
     artifact_pb2_grpc,
     controller_pb2_grpc,
     enroll_pb2,
     enroll_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
 )
 from edgefleet.v1 import controller_pb2 as pb
 from tests.conftest import Broker
 from tests.controller import support
-from tests.security.test_grpc_mtls import DEADLINE, enroll, tls_settings
+from tests.security.test_grpc_mtls import DEADLINE, agent_settings, enroll, tls_settings
 
 API_LIMIT = 1 << 20
 UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -51,7 +58,9 @@ def ctl(tmp_path: Path, broker: Broker) -> Iterator[support.Running]:
 
 
 def unlimited(target: str, tls: rpc.ClientTls) -> grpc.Channel:
-    return grpc.secure_channel(target, tls.credentials(), options=UNLIMITED)
+    """A TLS channel that sends and takes messages of any size (``rpc.channel``'s: 64 MiB)."""
+    name = [("grpc.ssl_target_name_override", tls.server_name)] if tls.server_name else []
+    return grpc.secure_channel(target, tls.credentials(), options=[*UNLIMITED, *name])
 
 
 def code_of(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
@@ -82,6 +91,7 @@ def test_the_enrollment_listener_bounds_messages_csrs_and_tokens(ctl: support.Ru
         control = call(csr_ok, token_ok)
 
     assert huge[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in huge[1]
     assert long_csr == (grpc.StatusCode.INVALID_ARGUMENT, "request too large")
     assert long_token == (grpc.StatusCode.INVALID_ARGUMENT, "request too large")
     assert control[0] is grpc.StatusCode.UNAUTHENTICATED  # the size was fine, the token not
@@ -118,6 +128,7 @@ def test_the_devices_port_bounds_messages_renewals_and_chunks(
         )
 
     assert huge[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in huge[1]
     assert long_renewal == (grpc.StatusCode.INVALID_ARGUMENT, "request too large")
     assert [len(c.data) for c in chunks] == [MAX_CHUNK, 1000]
     assert b"".join(c.data for c in chunks) == blob
@@ -137,5 +148,42 @@ def test_the_operator_api_bounds_messages_before_authentication(ctl: support.Run
     fits = code_of(lambda: admin.ListDevices(under, timeout=DEADLINE))
 
     assert unauthenticated[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in unauthenticated[1]
     assert with_token[0] is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "larger than max" in with_token[1]
     assert fits[0] is not grpc.StatusCode.RESOURCE_EXHAUSTED, fits
+
+
+def test_an_enrolled_agents_peer_listener_bounds_messages(
+    ctl: support.Running, broker: Broker, tmp_path: Path
+) -> None:
+    fleet = support.unique("fleet")
+    serving_id, caller_id = f"{fleet}-serving", f"{fleet}-caller"
+    for device in (serving_id, caller_id):
+        assert enroll(ctl, device, tmp_path / device, fleet=fleet).exit_code == 0
+    ctl.stub.InitKey(pb.InitKeyRequest(), timeout=DEADLINE)
+    key_file = tmp_path / "trusted.pem"
+    key_file.write_text(trusted_pem(list(ctl.stub.ListKeys(pb.ListKeysRequest()).keys)))
+    settings = agent_settings(
+        ctl, broker, tmp_path / serving_id, key_file, predict_max_bytes=1 << 20
+    )
+    agent = Agent(settings)
+    try:
+        agent.start()
+        assert agent.tls and agent.peer_endpoint
+        caller = IdentityFiles.in_data_dir(tmp_path / caller_id).client_tls(server_name=serving_id)
+
+        def predict(rows: int) -> tuple[grpc.StatusCode, str]:
+            x = np.zeros((rows, 64), np.float32)
+            request = inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", x)])
+            with unlimited(agent.peer_endpoint, caller) as channel:
+                stub = inference_pb2_grpc.InferenceServiceStub(channel)
+                return code_of(lambda: stub.Predict(request, timeout=DEADLINE))
+
+        huge, fits = predict(8192), predict(1)  # 2 MiB; 256 bytes
+    finally:
+        agent.stop()
+
+    assert huge[0] is grpc.StatusCode.RESOURCE_EXHAUSTED, (huge, fits)
+    assert "larger than max" in huge[1]
+    assert fits[0] is not grpc.StatusCode.RESOURCE_EXHAUSTED, fits  # no model, or no roster
