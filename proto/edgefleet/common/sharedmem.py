@@ -101,12 +101,13 @@ class Scratch:
         over ``keep`` (the caller allocates for that request alone)."""
         if size > self._keep:
             return None
-        buf: Array | None = getattr(self._local, "buf", None)
-        if buf is None or buf.size < size + ALIGN:
+        view: memoryview | None = getattr(self._local, "view", None)
+        if view is None or len(view) < size:
             buf = np.empty(max(size, 1 << 20) + ALIGN, np.uint8)
-            self._local.buf = buf
-        start = -buf.ctypes.data % ALIGN
-        return buf.data[start : start + size]
+            start = -buf.ctypes.data % ALIGN
+            view = buf.data[start : start + len(buf) - ALIGN]
+            self._local.view = view
+        return view[:size]
 
 
 def read(
