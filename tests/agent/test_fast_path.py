@@ -181,6 +181,12 @@ def test_the_fast_socket_answers_as_grpc_does(
                 a.unix, inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", strided)])
             )
         )
+        large = np.ascontiguousarray(np.tile(x, (70, 1)))  # 5.4 MB: over the buffer kept
+        large_request = inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", large)])
+        for _ in range(2):
+            assert outputs(fast.call(fastpath.request_parts({"pixels": large}))) == outputs(
+                over_grpc(a.unix, large_request)
+            )
         stager = sharedmem.Stager(threshold=0)
         try:
             with stager.request({"pixels": x}) as staged:

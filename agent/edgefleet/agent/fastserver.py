@@ -38,6 +38,9 @@ IDLE_TIMEOUT_S = 600.0
 """A connection that sends nothing for this long is closed (a client reconnects on its own)."""
 SEND_TIMEOUT_S = 30.0
 """A reply the client does not read for this long closes its connection."""
+KEEP_BUFFER = 4 << 20
+"""A connection's receive buffer is kept between requests up to this size (a larger one is
+freed after its request)."""
 _PEERCRED = struct.Struct("3i")
 
 
@@ -289,6 +292,8 @@ class FastServer:
                     return
                 reply = self._answer(body, caller)
             fastpath.send_parts(conn, reply)
+            if len(buf) > KEEP_BUFFER:  # a large request's memory is not held while idle
+                buf = bytearray()
 
     def _answer(self, body: memoryview, caller: _FastCaller) -> list[fastpath.Buffer]:
         """The reply frame's parts for one request's bytes."""
