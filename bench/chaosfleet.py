@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.agent import failpoints
-from edgefleet.common import topics, wire
+from edgefleet.common import rolloutwords, topics, wire
 from edgefleet.common import types as t
 from edgefleet.common.rpc import RpcFailed
 from edgefleet.demo import digits
@@ -178,7 +178,7 @@ class ChaosFleet:
                 time.sleep(0.2)
 
     def phase(self, rollout_id: str) -> str:
-        return self.client.get_rollout(rollout_id).phase
+        return rolloutwords.phase_word(self.client.get_rollout(rollout_id).rollout_phase)
 
     def wait_finished(self, rollout_id: str, timeout: float) -> str:
         deadline = time.monotonic() + timeout
@@ -202,7 +202,11 @@ class ChaosFleet:
                 d.generation_desired, d.last_error, d.online, d.predict_endpoint,
             )  # fmt: skip
         for r in self.client.list_rollouts(limit=500):
-            seen[f"rollout/{r.rollout_id}"] = (r.phase, r.release, r.fleet)
+            seen[f"rollout/{r.rollout_id}"] = (
+                rolloutwords.phase_word(r.rollout_phase),
+                r.release,
+                r.fleet,
+            )
         for device_id, agent in sorted(self.agents.items()):
             with grpc.insecure_channel(agent.predict_endpoint) as channel:
                 info = inference_pb2_grpc.InferenceServiceStub(channel).ModelInfo(

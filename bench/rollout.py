@@ -44,7 +44,7 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.common import rpc
+from edgefleet.common import rolloutwords, rpc
 from edgefleet.common.signing import TrustStore, load_public_keys
 from edgefleet.edgectl.client import authorized
 from edgefleet.v1 import controller_pb2 as pb
@@ -61,6 +61,7 @@ RELEASE = "bench-model:1.0.0"
 TICK_S = 0.2
 POLL_S = 0.2
 TIMEOUT_S = 120.0
+STOP_PHASES = (pb.ROLLOUT_PHASE_SUCCEEDED, pb.ROLLOUT_PHASE_ROLLED_BACK, pb.ROLLOUT_PHASE_PAUSED)
 TIMEOUT_PER_DEVICE_S = 0.03  # a bigger fleet gets max(TIMEOUT_S, n * this)
 TARGET_DEVICES = 1000
 TARGET_SECONDS = 60.0
@@ -351,7 +352,7 @@ def measure(
         while True:
             info = stub.GetRollout(ref, timeout=DEADLINE)
             polls += 1
-            if info.phase in ("succeeded", "rolled_back", "paused"):
+            if info.rollout_phase in STOP_PHASES:
                 break
             if time.perf_counter() - t0 > timeout_s:
                 break
@@ -360,7 +361,7 @@ def measure(
         cpu = stack.controller_cpu() - cpu0
         broker_cpu = stack.broker_cpu() - broker0
         own_cpu = fleet.cpu_seconds() - own0
-        succeeded = info.phase == "succeeded"
+        succeeded = info.rollout_phase == pb.ROLLOUT_PHASE_SUCCEEDED
 
         # What one GetRollout of this size costs the controller: part of the figure above.
         c0 = stack.controller_cpu()
@@ -392,7 +393,7 @@ def measure(
             "seconds": round(seconds, 3),
             "controller_cpu_s": round(cpu, 3),
             "succeeded": succeeded,
-            "phase": info.phase,
+            "phase": rolloutwords.phase_word(info.rollout_phase),
             "reason": info.reason,
             "rollout_id": deployed.rollout_id,
             "controller_cpu_ms_per_device": round(cpu / n * 1000, 3),

@@ -25,7 +25,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgefleet.agent import failpoints
-from edgefleet.common import topics
+from edgefleet.common import rolloutwords, topics
 from edgefleet.common.types import ReleaseRef
 from edgefleet.demo import digits
 from edgefleet.demo.errors import StartError
@@ -86,7 +86,7 @@ class Stack:
         return f"digits:{version}"
 
     def phase(self, rollout_id: str) -> str:
-        return str(self.client.get_rollout(rollout_id).phase)
+        return rolloutwords.phase_word(self.client.get_rollout(rollout_id).rollout_phase)
 
     def finished(self, rollout_id: str, timeout: float) -> str:
         wait(lambda: self.phase(rollout_id) in FINISHED, timeout, f"rollout {rollout_id}", self)

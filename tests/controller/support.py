@@ -16,7 +16,7 @@ import grpc
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edgefleet.common import desired, rpc, topics, wire
+from edgefleet.common import desired, rolloutwords, rpc, topics, wire
 from edgefleet.common import types as t
 from edgefleet.common.signing import TrustStore, load_public_keys
 from edgefleet.controller.config import (
@@ -356,7 +356,7 @@ def wait_phase(
     def probe() -> pb.RolloutInfo | None:
         info = get_rollout(stub, rollout_id)
         last[:] = [info]
-        return info if info.phase in phases else None
+        return info if rolloutwords.phase_word(info.rollout_phase) in phases else None
 
     try:
         return eventually(probe, timeout=timeout, what=f"rollout {rollout_id} to be {phases}")
@@ -365,7 +365,7 @@ def wait_phase(
 
 
 def device_states(info: pb.RolloutInfo) -> dict[str, str]:
-    return {d.device_id: d.state for d in info.devices}
+    return {d.device_id: rolloutwords.target_state_word(d.target_state) for d in info.devices}
 
 
 class ManualClock:

@@ -74,18 +74,20 @@ def test_pause_resume_and_one_rollout_per_fleet(
     assert busy.code == grpc.StatusCode.FAILED_PRECONDITION
     assert f"unfinished rollout {rid}" in busy.message
 
-    assert ctl.stub.PauseRollout(ref(rid), timeout=5).phase == "paused"
-    assert ctl.stub.PauseRollout(ref(rid), timeout=5).phase == "paused", "idempotent"
+    paused = pb.ROLLOUT_PHASE_PAUSED
+    assert ctl.stub.PauseRollout(ref(rid), timeout=5).rollout_phase == paused
+    assert ctl.stub.PauseRollout(ref(rid), timeout=5).rollout_phase == paused, "idempotent"
     devs[0].go()
     support.reported(ctl, devs[0].device_id, fleet, t.InstallPhase.ACTIVE, generation=2)
     support.ticked(ctl, agents)  # the driver has stepped the paused rollout since
     info = support.get_rollout(ctl.stub, rid)
-    assert info.phase == "paused"
+    assert info.rollout_phase == pb.ROLLOUT_PHASE_PAUSED
     assert [a.generations for a in devs[1:]] == [[], []], "nothing sent while paused"
 
     for a in devs[1:]:
         a.behaviour = support.works
-    assert ctl.stub.ResumeRollout(ref(rid), timeout=5).phase in ("canary", "wave", "succeeded")
+    resumed = ctl.stub.ResumeRollout(ref(rid), timeout=5).rollout_phase
+    assert resumed in (pb.ROLLOUT_PHASE_CANARY, pb.ROLLOUT_PHASE_WAVE, pb.ROLLOUT_PHASE_SUCCEEDED)
     support.wait_phase(ctl.stub, rid, "succeeded")
     assert [a.generations for a in devs] == [[(2, NEW)]] * 3
 
@@ -120,7 +122,7 @@ def test_abort_sends_back_only_the_touched_devices(
     aborted = ctl.stub.AbortRollout(ref(rid), timeout=5)
     info = support.wait_phase(ctl.stub, rid, "rolled_back")
 
-    assert aborted.phase in ("rolling_back", "rolled_back")
+    assert aborted.rollout_phase in (pb.ROLLOUT_PHASE_ROLLING_BACK, pb.ROLLOUT_PHASE_ROLLED_BACK)
     assert info.reason == "aborted by the operator"
     assert [a.generations for a in devs] == [[(2, NEW), (3, OLD)], [(2, NEW), (3, OLD)], []]
     assert list(support.device_states(info).values()) == ["reverted", "reverted", "waiting"]
@@ -135,12 +137,12 @@ def test_abort_while_rolling_back_stops_waiting_for_a_silent_device(
     rid = ctl.stub.Deploy(pb.DeployRequest(release=NEW, fleet=fleet, strategy=strategy)).rollout_id
     support.eventually(lambda: devs[0].held, what="the canary's desired state")
 
-    assert ctl.stub.AbortRollout(ref(rid), timeout=5).phase == "rolling_back"
+    assert ctl.stub.AbortRollout(ref(rid), timeout=5).rollout_phase == pb.ROLLOUT_PHASE_ROLLING_BACK
     busy = support.rpc_error(lambda: ctl.stub.Deploy(pb.DeployRequest(release=NEW, fleet=fleet)))
     assert busy.code == grpc.StatusCode.FAILED_PRECONDITION, "a rollback under way holds the fleet"
     info = ctl.stub.AbortRollout(ref(rid), timeout=5)
 
-    assert info.phase == "rolled_back"
+    assert info.rollout_phase == pb.ROLLOUT_PHASE_ROLLED_BACK
     assert f"stopped waiting for {devs[0].device_id} to confirm" in info.reason
     assert devs[0].generations == [(2, NEW), (3, OLD)], "its rollback stays retained"
 
@@ -173,7 +175,10 @@ def test_fleet_rollback_aborts_the_running_rollout_and_skips_devices_with_nowher
     assert [a.generations for a in devs[1:]] == [[(2, OLD)], [(2, OLD)]]
     assert fresh.generations == [], "no previous release: left alone"
     skipped = next(d for d in back.devices if d.device_id == fresh.device_id)
-    assert (skipped.state, skipped.reason) == ("reverted", "no previous release")
+    assert (skipped.target_state, skipped.reason) == (
+        pb.TARGET_STATE_REVERTED,
+        "no previous release",
+    )
     listed = ctl.stub.ListRollouts(pb.ListRolloutsRequest(fleet=fleet), timeout=5).rollouts
     assert [(r.rollout_id, r.strategy.kind) for r in listed] == [
         (answer.rollout_id, "rollback"),

@@ -183,7 +183,8 @@ def test_a_device_still_checking_its_health_holds_the_canary(
     support.reported(ctl, devs[0].device_id, fleet, t.InstallPhase.HEALTH_CHECK, generation=2)
     support.ticked(ctl, agents)  # the driver has stepped the rollout since: and still holds
     info = support.get_rollout(ctl.stub, answer.rollout_id)
-    assert (info.phase, support.device_states(info)[devs[0].device_id]) == ("canary", "sent")
+    state = support.device_states(info)[devs[0].device_id]
+    assert (info.rollout_phase, state) == (pb.ROLLOUT_PHASE_CANARY, "sent")
     assert devs[1].generations == []
 
 

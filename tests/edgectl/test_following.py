@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import pytest
 
+from edgefleet.common import rolloutwords
 from edgefleet.edgectl import following
 from edgefleet.edgectl.client import ControllerClient
 from edgefleet.edgectl.rollout_status import age, step_text
@@ -14,12 +15,19 @@ from edgefleet.v1 import controller_pb2 as pb
 
 
 def info(phase: str, *states: tuple[str, str], kind: str = "canary", **kw: Any) -> pb.RolloutInfo:
-    devices = [pb.RolloutDevice(device_id=f"d{i}", state=s, reason=r) for i, (s, r) in
-               enumerate(states)]  # fmt: skip
+    devices = [
+        pb.RolloutDevice(
+            device_id=f"d{i}", target_state=rolloutwords.target_state_value(s), reason=r
+        )
+        for i, (s, r) in enumerate(states)
+    ]
     return pb.RolloutInfo(
-        rollout_id="ro-1", phase=phase, strategy=pb.RolloutStrategy(kind=kind), devices=devices,
+        rollout_id="ro-1",
+        rollout_phase=rolloutwords.phase_value(phase),
+        strategy=pb.RolloutStrategy(kind=kind),
+        devices=devices,
         **kw,
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
@@ -96,7 +104,7 @@ def test_follow_stops_when_the_rollout_finished() -> None:
     clock, seen = Clock(), list[str]()
     client = cast(ControllerClient, FakeClient(["canary", "wave", "succeeded"]))
     result = following.follow(
-        client, "ro-1", timeout_s=10, on_progress=lambda s: seen.append(s.info.phase),
+        client, "ro-1", timeout_s=10, on_progress=lambda s: seen.append(following.phase(s.info)),
         clock=clock, sleep=clock.sleep,
     )  # fmt: skip
     assert seen == ["canary", "wave", "succeeded"]

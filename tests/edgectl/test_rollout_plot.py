@@ -30,7 +30,7 @@ def rolled_back() -> pb.RolloutInfo:
         rollout_id="ro-test",
         fleet="f",
         release="m:1.1.0",
-        phase="rolled_back",
+        rollout_phase=pb.ROLLOUT_PHASE_ROLLED_BACK,
         step_sizes=[1, 3],
         strategy=pb.RolloutStrategy(kind="canary"),
         reason=LINE + "; 1 of 1 devices failed (limit 0)",
@@ -81,7 +81,9 @@ def test_both_formats_are_written_and_valid(tmp_path: Path, suffix: str) -> None
 
 
 def test_an_empty_history_still_draws(tmp_path: Path) -> None:
-    info = pb.RolloutInfo(rollout_id="ro-x", phase="pending", created_at_ms=T0)
+    info = pb.RolloutInfo(
+        rollout_id="ro-x", rollout_phase=pb.ROLLOUT_PHASE_PENDING, created_at_ms=T0
+    )
     written = write_rollout_plot(info, tmp_path / "empty.svg")
     assert all(p.stat().st_size > 0 for p in written)
 

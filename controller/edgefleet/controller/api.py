@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from edgefleet.common import rolloutwords, wire
 from edgefleet.common import types as t
-from edgefleet.common import wire
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.controller import compressing
 from edgefleet.controller.compress.metric_hook import MetricModule
@@ -162,7 +162,7 @@ def rollout_info(
         rollout_id=r.id,
         fleet=r.fleet,
         release=r.release,
-        phase=r.phase.value,
+        rollout_phase=rolloutwords.phase_value(r.phase),
         step=r.step,
         step_sizes=[] if rec.kind == ROLLBACK else list(r.steps),
         strategy=strategy_to_pb(rec.kind, r.strategy),
@@ -172,7 +172,7 @@ def rollout_info(
         devices=[
             controller_pb2.RolloutDevice(
                 device_id=x.device_id,
-                state=x.state.value,
+                target_state=rolloutwords.target_state_value(x.state),
                 generation=x.generation,
                 previous_release=x.previous_release,
                 reason=x.reason,

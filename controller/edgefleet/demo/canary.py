@@ -118,9 +118,13 @@ def deploy_bad(
     info = result.snapshot.info
     if result.timed_out:
         raise DemoFailed(f"the canary rollout of {ref} did not finish within {timeout_s:g}s")
-    if info.phase == "succeeded":
+    if info.rollout_phase == pb.ROLLOUT_PHASE_SUCCEEDED:
         raise DemoFailed(f"{ref} passed its canary and went to the whole fleet: the gate missed it")
-    touched = tuple(d.device_id for d in info.devices if d.state != "waiting" or d.generation)
+    touched = tuple(
+        d.device_id
+        for d in info.devices
+        if d.target_state != pb.TARGET_STATE_WAITING or d.generation
+    )
     failed = [d.device_id for d in info.devices if following.device_failed(d)]
     if len(touched) != 1 or failed != list(touched):
         raise DemoFailed(

@@ -107,7 +107,8 @@ class Round:
             raise DemoFailed(f"deploy of {ref} targeted {targets}, expected {self.ids}")
         if not result.ok:
             info = snap.info
-            why = "timed out" if result.timed_out else f"{info.phase}: {info.reason or '-'}"
+            phase = following.phase(info)
+            why = "timed out" if result.timed_out else f"{phase}: {info.reason or '-'}"
             raise DemoFailed(f"rollout of {ref} {why} (see the table above)")
 
     def score_all(self, ref: ReleaseRef, trained: digits.TrainedModel) -> tuple[Score, ...]:

@@ -36,6 +36,7 @@ from edgefleet.demo.fleet import DemoOptions, Fleet, agent_spec, start_fleet, st
 from edgefleet.demo.processes import Processes
 from edgefleet.demo.rounds import Round
 from edgefleet.demo.stack import Agent, start_agents
+from edgefleet.edgectl import following
 from edgefleet.edgectl.client import ControllerClient, file_chunks
 from edgefleet.edgectl.compress_plot import write_compress_plot
 from edgefleet.edgectl.inference import InferenceClient
@@ -243,7 +244,7 @@ class _Steps:
         stopped_at = ", ".join(bad.canary)
         self.console.print(
             f"[green]✓[/] the canary {stopped_at} failed its gate and the controller "
-            f"rolled {bad_ref} back by itself (rollout {bad.info.phase})"
+            f"rolled {bad_ref} back by itself (rollout {following.phase(bad.info)})"
         )
         self.console.print(
             f"  never sent {bad_ref}: {', '.join(bad.untouched)} (desired generation unchanged, "
@@ -253,9 +254,9 @@ class _Steps:
         self.story.record(
             "canary",
             f"{bad_ref} ({bad.accuracy:.0%} accurate) stopped at {stopped_at} and rolled "
-            f"back ({bad.info.phase}); never sent to {', '.join(bad.untouched)}",
+            f"back ({following.phase(bad.info)}); never sent to {', '.join(bad.untouched)}",
             rollout_id=bad.info.rollout_id,
-            phase=bad.info.phase,
+            phase=following.phase(bad.info),
             reason=bad.reason,
             canary=list(bad.canary),
             untouched=list(bad.untouched),

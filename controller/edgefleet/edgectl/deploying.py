@@ -108,7 +108,7 @@ def _devices_json(result: FollowResult) -> list[dict[str, Any]]:
         {
             **(output.device_dict(seen[d.device_id]) if d.device_id in seen else {}),
             "device_id": d.device_id,
-            "rollout_state": d.state,
+            "rollout_state": following.state(d),
             "rollout_reason": d.reason,
         }
         for d in result.snapshot.info.devices
@@ -121,7 +121,7 @@ def _report(result: FollowResult, summary: dict[str, Any], *, as_json: bool) -> 
         summary |= {
             "ok": result.ok,
             "timed_out": result.timed_out,
-            "phase": info.phase,
+            "phase": following.phase(info),
             "reason": info.reason,
             "rollout": rollout_dict(info),
             "devices": _devices_json(result),
@@ -134,7 +134,8 @@ def _report(result: FollowResult, summary: dict[str, Any], *, as_json: bool) -> 
 def _timed_out(what: str, info: pb.RolloutInfo, timeout: float) -> str:
     return (
         f"{what}: timed out after {timeout:g}s; rollout {info.rollout_id} is still "
-        f"{info.phase} on the controller (edgectl rollout status {info.rollout_id} --watch)"
+        f"{following.phase(info)} on the controller "
+        f"(edgectl rollout status {info.rollout_id} --watch)"
     )
 
 
@@ -302,7 +303,8 @@ def deploy(
         failed = following.failed_count(info)
         counted = f"{failed} of {len(info.devices)} device(s) failed; " if failed else ""
         shell.fail(
-            f"{ref}: {counted}rollout {info.rollout_id} {info.phase}: {info.reason or 'no reason'}"
+            f"{ref}: {counted}rollout {info.rollout_id} {following.phase(info)}: "
+            f"{info.reason or 'no reason'}"
         )
     if not as_json:
         output.console.print(
@@ -365,7 +367,10 @@ def rollback(
     if result.timed_out:
         shell.fail(_timed_out(what, info, timeout))
     if not result.ok:
-        shell.fail(f"{what}: rollout {info.rollout_id} {info.phase}: {info.reason or 'no reason'}")
+        shell.fail(
+            f"{what}: rollout {info.rollout_id} {following.phase(info)}: "
+            f"{info.reason or 'no reason'}"
+        )
     if not as_json:
         goal = to_release or "their previous release"
         output.console.print(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from edgefleet.common import rolloutwords
 from edgefleet.v1 import controller_pb2 as pb
 
 if TYPE_CHECKING:  # grpc: loaded when a command calls, not for --help
@@ -21,13 +22,23 @@ if TYPE_CHECKING:  # grpc: loaded when a command calls, not for --help
 
 POLL_INTERVAL_S = 0.25
 ROLLBACK_KIND = "rollback"  # the strategy kind of a rollout made by ``Rollback``
-FINISHED_PHASES = frozenset({"succeeded", "rolled_back"})
-BACK_STATES = frozenset({"rolling_back", "reverted"})
+FINISHED_PHASES = frozenset({pb.ROLLOUT_PHASE_SUCCEEDED, pb.ROLLOUT_PHASE_ROLLED_BACK})
+BACK_STATES = frozenset({pb.TARGET_STATE_ROLLING_BACK, pb.TARGET_STATE_REVERTED})
 NO_PREVIOUS = "no previous release"  # the reason the controller gives a device it cannot revert
 
 
+def phase(info: pb.RolloutInfo) -> str:
+    """The rollout's phase as edgectl prints it: ``canary``, ``rolled_back``, ..."""
+    return rolloutwords.phase_word(info.rollout_phase)
+
+
+def state(d: pb.RolloutDevice) -> str:
+    """The device's state in the rollout as edgectl prints it: ``sent``, ``healthy``, ..."""
+    return rolloutwords.target_state_word(d.target_state)
+
+
 def finished(info: pb.RolloutInfo) -> bool:
-    return info.phase in FINISHED_PHASES
+    return info.rollout_phase in FINISHED_PHASES
 
 
 def is_rollback(info: pb.RolloutInfo) -> bool:
@@ -38,19 +49,19 @@ def ok(info: pb.RolloutInfo) -> bool:
     """A finished rollout that did what it was for: a deploy succeeded, or a fleet rollback
     brought every device it sent back to its release."""
     if is_rollback(info):
-        return info.phase == "rolled_back" and not any(
-            d.state == "rolling_back" for d in info.devices
+        return info.rollout_phase == pb.ROLLOUT_PHASE_ROLLED_BACK and not any(
+            d.target_state == pb.TARGET_STATE_ROLLING_BACK for d in info.devices
         )
-    return info.phase == "succeeded"
+    return info.rollout_phase == pb.ROLLOUT_PHASE_SUCCEEDED
 
 
 def device_failed(d: pb.RolloutDevice) -> bool:
     """The device failed the release: it is ``failed``, or was sent back after a failure
     (a device sent back only because the rollout stopped carries no reason of its own)."""
-    if d.state == "failed":
+    if d.target_state == pb.TARGET_STATE_FAILED:
         return True
     reason = d.reason.replace(NO_PREVIOUS, "").strip("; ")
-    return d.state in BACK_STATES and bool(reason)
+    return d.target_state in BACK_STATES and bool(reason)
 
 
 def total(info: pb.RolloutInfo) -> int:
@@ -64,9 +75,10 @@ def partial(info: pb.RolloutInfo) -> bool:
 
 
 def count(info: pb.RolloutInfo, *states: str) -> int:
+    """The rollout's devices in these states (words, as ``device_counts`` keys them)."""
     if partial(info):
         return sum(info.device_counts.get(s, 0) for s in states)
-    return sum(1 for d in info.devices if d.state in states)
+    return sum(1 for d in info.devices if state(d) in states)
 
 
 def failed_count(info: pb.RolloutInfo) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgefleet.edgectl import following
 from edgefleet.v1 import controller_pb2 as pb
 
 if TYPE_CHECKING:
@@ -95,8 +96,8 @@ def timeline(info: pb.RolloutInfo) -> Timeline:
     times.append(end)
     for s in STATES:
         counts[s].append(counts[s][-1])
-    if not phases and info.phase:
-        phases = [(0.0, info.phase)]
+    if not phases and info.rollout_phase:
+        phases = [(0.0, following.phase(info))]
     spans = [
         (at, phases[i + 1][0] if i + 1 < len(phases) else end, phase)
         for i, (at, phase) in enumerate(phases)
@@ -133,7 +134,7 @@ def write_rollout_plot(info: pb.RolloutInfo, path: Path) -> list[Path]:
     release = info.release or "(previous releases)"
     ax.set_title(
         f"rollout {info.rollout_id}: {release} -> {info.fleet} ({info.strategy.kind or 'all'}),"
-        f" {info.phase}; {total} devices",
+        f" {following.phase(info)}; {total} devices",
         fontsize=10,
     )
     if not info.history:

@@ -44,9 +44,9 @@ def styled(text: str, styles: dict[str, str]) -> str:
 
 
 def styled_phase(info: pb.RolloutInfo) -> str:
-    if following.is_rollback(info) and info.phase == "rolled_back":
+    if following.is_rollback(info) and info.rollout_phase == pb.ROLLOUT_PHASE_ROLLED_BACK:
         return "[green]rolled_back[/]" if following.ok(info) else "[red]rolled_back[/]"
-    return styled(info.phase, PHASE_STYLES)
+    return styled(following.phase(info), PHASE_STYLES)
 
 
 def step_text(info: pb.RolloutInfo) -> str:
@@ -105,7 +105,7 @@ def steps_line(info: pb.RolloutInfo) -> str:
         return ""
     parts = []
     for n, size in enumerate(info.step_sizes):
-        if info.phase == "succeeded" or n < info.step:
+        if info.rollout_phase == pb.ROLLOUT_PHASE_SUCCEEDED or n < info.step:
             parts.append(f"[green]{size}[/]")
         elif n == info.step:
             parts.append(f"[bold]{size}[/]")
@@ -141,18 +141,23 @@ def device_table(snap: Snapshot) -> Table:
         t.add_row(
             output.safe(d.device_id),
             step,
-            styled(d.state, DEVICE_STYLES),
+            styled(following.state(d), DEVICE_STYLES),
             phase,
             active,
             gen,
             output.safe(
-                d.reason or (seen.last_error if seen is not None and d.state == "failed" else "")
+                d.reason
+                or (
+                    seen.last_error
+                    if seen is not None and d.target_state == pb.TARGET_STATE_FAILED
+                    else ""
+                )
             ),
         )
     return t
 
 
-BACK_PHASES = ("rolling_back", "rolled_back")
+BACK_PHASES = (pb.ROLLOUT_PHASE_ROLLING_BACK, pb.ROLLOUT_PHASE_ROLLED_BACK)
 
 
 def reason_line(info: pb.RolloutInfo) -> str:
@@ -160,7 +165,7 @@ def reason_line(info: pb.RolloutInfo) -> str:
     against which threshold, on which device: the controller writes it so)."""
     if not info.reason:
         return ""
-    if info.phase in BACK_PHASES and not following.is_rollback(info):
+    if info.rollout_phase in BACK_PHASES and not following.is_rollback(info):
         return f"[bold red]why it rolled back:[/] [bold]{output.safe(info.reason)}[/]"
     return f"reason: {output.safe(info.reason)}"
 
@@ -236,7 +241,7 @@ def rollout_dict(info: pb.RolloutInfo) -> dict[str, Any]:
         "fleet": info.fleet,
         "release": info.release,
         "kind": s.kind,
-        "phase": info.phase,
+        "phase": following.phase(info),
         "finished": following.finished(info),
         "ok": following.ok(info) if following.finished(info) else None,
         "step": info.step,
@@ -261,7 +266,7 @@ def rollout_dict(info: pb.RolloutInfo) -> dict[str, Any]:
         "devices": [
             {
                 "device_id": d.device_id,
-                "state": d.state,
+                "state": following.state(d),
                 "generation": d.generation,
                 "previous_release": d.previous_release,
                 "reason": d.reason,

@@ -129,7 +129,8 @@ def status(
         _write_plot(snap.info, plot, as_json=as_json)
     if watch and not following.ok(snap.info):
         shell.fail(
-            f"rollout {rollout_id} {snap.info.phase}: {snap.info.reason or 'no reason given'}"
+            f"rollout {rollout_id} {following.phase(snap.info)}: "
+            f"{snap.info.reason or 'no reason given'}"
         )
 
 

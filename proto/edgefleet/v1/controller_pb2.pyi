@@ -9,6 +9,7 @@ from edgefleet.v1 import mqtt_pb2 as _mqtt_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,75 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RolloutPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RolloutPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RolloutPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLLOUT_PHASE_UNSPECIFIED: _RolloutPhase.ValueType  # 0
+    ROLLOUT_PHASE_PENDING: _RolloutPhase.ValueType  # 1
+    ROLLOUT_PHASE_CANARY: _RolloutPhase.ValueType  # 2
+    ROLLOUT_PHASE_WAVE: _RolloutPhase.ValueType  # 3
+    ROLLOUT_PHASE_PAUSED: _RolloutPhase.ValueType  # 4
+    ROLLOUT_PHASE_SUCCEEDED: _RolloutPhase.ValueType  # 5
+    ROLLOUT_PHASE_ROLLING_BACK: _RolloutPhase.ValueType  # 6
+    ROLLOUT_PHASE_ROLLED_BACK: _RolloutPhase.ValueType  # 7
+
+class RolloutPhase(_RolloutPhase, metaclass=_RolloutPhaseEnumTypeWrapper):
+    """A rollout's phase (DESIGN.md section 5): pending -> canary -> wave -> ... -> succeeded, or
+    paused, or, once aborted, rolling_back -> rolled_back. Words (edgectl's output, --json, the
+    controller's database, RolloutTransition): the name after the prefix, lower case.
+    """
+
+ROLLOUT_PHASE_UNSPECIFIED: RolloutPhase.ValueType  # 0
+ROLLOUT_PHASE_PENDING: RolloutPhase.ValueType  # 1
+ROLLOUT_PHASE_CANARY: RolloutPhase.ValueType  # 2
+ROLLOUT_PHASE_WAVE: RolloutPhase.ValueType  # 3
+ROLLOUT_PHASE_PAUSED: RolloutPhase.ValueType  # 4
+ROLLOUT_PHASE_SUCCEEDED: RolloutPhase.ValueType  # 5
+ROLLOUT_PHASE_ROLLING_BACK: RolloutPhase.ValueType  # 6
+ROLLOUT_PHASE_ROLLED_BACK: RolloutPhase.ValueType  # 7
+Global___RolloutPhase: _TypeAlias = RolloutPhase  # noqa: Y015
+
+class _TargetState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TargetStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TargetState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TARGET_STATE_UNSPECIFIED: _TargetState.ValueType  # 0
+    TARGET_STATE_WAITING: _TargetState.ValueType  # 1
+    """not sent yet"""
+    TARGET_STATE_SENT: _TargetState.ValueType  # 2
+    """desired state published, no verdict yet"""
+    TARGET_STATE_HEALTHY: _TargetState.ValueType  # 3
+    """runs the release and passes the gates"""
+    TARGET_STATE_FAILED: _TargetState.ValueType  # 4
+    """refused, rolled back by itself, failed a gate, or timed out"""
+    TARGET_STATE_ROLLING_BACK: _TargetState.ValueType  # 5
+    """sent back to its previous release"""
+    TARGET_STATE_REVERTED: _TargetState.ValueType  # 6
+    """back on its previous release (or nothing to go back to)"""
+
+class TargetState(_TargetState, metaclass=_TargetStateEnumTypeWrapper):
+    """Where one device of a rollout is; words as RolloutPhase's (RolloutInfo.device_counts' keys)."""
+
+TARGET_STATE_UNSPECIFIED: TargetState.ValueType  # 0
+TARGET_STATE_WAITING: TargetState.ValueType  # 1
+"""not sent yet"""
+TARGET_STATE_SENT: TargetState.ValueType  # 2
+"""desired state published, no verdict yet"""
+TARGET_STATE_HEALTHY: TargetState.ValueType  # 3
+"""runs the release and passes the gates"""
+TARGET_STATE_FAILED: TargetState.ValueType  # 4
+"""refused, rolled back by itself, failed a gate, or timed out"""
+TARGET_STATE_ROLLING_BACK: TargetState.ValueType  # 5
+"""sent back to its previous release"""
+TARGET_STATE_REVERTED: TargetState.ValueType  # 6
+"""back on its previous release (or nothing to go back to)"""
+Global___TargetState: _TypeAlias = TargetState  # noqa: Y015
 
 @_typing.final
 class InitKeyRequest(_message.Message):
@@ -926,14 +996,13 @@ class RolloutDevice(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
-    STATE_FIELD_NUMBER: _builtins.int
+    TARGET_STATE_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     PREVIOUS_RELEASE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     SENT_AT_MS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
-    state: _builtins.str
-    """waiting | sent | healthy | failed | rolling_back | reverted"""
+    target_state: Global___TargetState.ValueType
     generation: _builtins.int
     previous_release: _builtins.str
     reason: _builtins.str
@@ -942,7 +1011,7 @@ class RolloutDevice(_message.Message):
         self,
         *,
         device_id: _builtins.str = ...,
-        state: _builtins.str = ...,
+        target_state: Global___TargetState.ValueType = ...,
         generation: _builtins.int = ...,
         previous_release: _builtins.str = ...,
         reason: _builtins.str = ...,
@@ -950,7 +1019,7 @@ class RolloutDevice(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "generation", b"generation", "previous_release", b"previous_release", "reason", b"reason", "sent_at_ms", b"sent_at_ms", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "generation", b"generation", "previous_release", b"previous_release", "reason", b"reason", "sent_at_ms", b"sent_at_ms", "target_state", b"target_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -983,7 +1052,7 @@ class RolloutInfo(_message.Message):
     ROLLOUT_ID_FIELD_NUMBER: _builtins.int
     FLEET_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
-    PHASE_FIELD_NUMBER: _builtins.int
+    ROLLOUT_PHASE_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     STEP_SIZES_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
@@ -997,8 +1066,7 @@ class RolloutInfo(_message.Message):
     rollout_id: _builtins.str
     fleet: _builtins.str
     release: _builtins.str
-    phase: _builtins.str
-    """pending | canary | wave | paused | succeeded | aborted | rolling_back | rolled_back"""
+    rollout_phase: Global___RolloutPhase.ValueType
     step: _builtins.int
     """0-based index into step_sizes"""
     reason: _builtins.str
@@ -1022,9 +1090,9 @@ class RolloutInfo(_message.Message):
 
     @_builtins.property
     def device_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
-        """Every device of the rollout by state (waiting, sent, healthy, ...), and how many it has:
-        `devices` lists at most RolloutRef.device_limit of them (GetRollout), the first 1,000
-        (ListRollouts).
+        """Every device of the rollout by state (TargetState words: waiting, sent, healthy, ...), and
+        how many it has: `devices` lists at most RolloutRef.device_limit of them (GetRollout), the
+        first 1,000 (ListRollouts).
         """
 
     def __init__(
@@ -1033,7 +1101,7 @@ class RolloutInfo(_message.Message):
         rollout_id: _builtins.str = ...,
         fleet: _builtins.str = ...,
         release: _builtins.str = ...,
-        phase: _builtins.str = ...,
+        rollout_phase: Global___RolloutPhase.ValueType = ...,
         step: _builtins.int = ...,
         step_sizes: _abc.Iterable[_builtins.int] | None = ...,
         strategy: Global___RolloutStrategy | None = ...,
@@ -1047,7 +1115,7 @@ class RolloutInfo(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["strategy", b"strategy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "device_counts", b"device_counts", "devices", b"devices", "devices_total", b"devices_total", "fleet", b"fleet", "history", b"history", "phase", b"phase", "reason", b"reason", "release", b"release", "rollout_id", b"rollout_id", "step", b"step", "step_sizes", b"step_sizes", "strategy", b"strategy", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_ms", b"created_at_ms", "device_counts", b"device_counts", "devices", b"devices", "devices_total", b"devices_total", "fleet", b"fleet", "history", b"history", "reason", b"reason", "release", b"release", "rollout_id", b"rollout_id", "rollout_phase", b"rollout_phase", "step", b"step", "step_sizes", b"step_sizes", "strategy", b"strategy", "updated_at_ms", b"updated_at_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,46 @@
+"""The engine's phases and device states are controller.proto's enums, one to one, by word."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgefleet.common import rolloutwords
+from edgefleet.controller.rollouts.engine import DeviceState, RolloutPhase
+from edgefleet.v1 import controller_pb2 as pb
+
+
+def test_every_engine_phase_is_a_proto_phase_and_back() -> None:
+    assert [p.value for p in RolloutPhase] == list(rolloutwords.phase_words())
+    for p in RolloutPhase:
+        assert RolloutPhase(rolloutwords.phase_word(rolloutwords.phase_value(p))) is p
+
+
+def test_every_engine_device_state_is_a_proto_target_state_and_back() -> None:
+    assert [s.value for s in DeviceState] == list(rolloutwords.target_state_words())
+    for s in DeviceState:
+        assert DeviceState(rolloutwords.target_state_word(rolloutwords.target_state_value(s))) is s
+
+
+@pytest.mark.parametrize(
+    ("value", "word"),
+    [
+        (pb.ROLLOUT_PHASE_ROLLED_BACK, "rolled_back"),
+        (pb.ROLLOUT_PHASE_CANARY, "canary"),
+        (pb.ROLLOUT_PHASE_UNSPECIFIED, ""),
+        (pb.RolloutPhase.ValueType(99), ""),  # from a newer controller: no word, no crash
+    ],
+)
+def test_phase_words(value: pb.RolloutPhase.ValueType, word: str) -> None:
+    assert rolloutwords.phase_word(value) == word
+
+
+@pytest.mark.parametrize("word", ["", "aborted", "ROLLED_BACK", "Canary", "unspecified"])
+def test_a_word_that_is_no_phase_is_refused(word: str) -> None:
+    with pytest.raises(ValueError):
+        rolloutwords.phase_value(word)
+
+
+def test_device_counts_are_keyed_by_the_same_words() -> None:
+    assert rolloutwords.target_state_word(pb.TARGET_STATE_ROLLING_BACK) == "rolling_back"
+    with pytest.raises(ValueError):
+        rolloutwords.target_state_value("rolled_back")
