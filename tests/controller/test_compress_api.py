@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from edgefleet.common import digests, packing, signing, wire
 from edgefleet.common.artifacts import BlobStore
@@ -23,6 +24,7 @@ from edgefleet.controller.benchmarking import DeviceTimer
 from edgefleet.controller.db import Database
 from edgefleet.controller.registry import Registry
 from edgefleet.demo import digits
+from edgefleet.edgectl.app import app
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 from tests.conftest import Broker
@@ -257,6 +259,20 @@ def test_profile_on_a_device_times_candidates_on_its_agent(
         for c in result.candidates:  # timed interleaved with the original, on the device
             assert c.speed_rounds > 0 and c.speed_ratio_low <= c.speed_ratio <= c.speed_ratio_high
         assert f"device:{agent.device_id}" in result.report_json
+
+        # the same through edgectl's --profile-on: the report says where it was timed
+        data = tmp_path / "eval.npz"
+        data.write_bytes(_eval(digits_data))
+        report = tmp_path / "report.md"
+        cli = CliRunner(env={"EDGECTL_TOKEN": ctl.token}).invoke(
+            app,
+            ["--controller", ctl.api, "model", "compress", model_name, "--version", "1",
+             "--eval-data", str(data), "--recipe", "int8-dynamic", "--max-accuracy-drop", "5",
+             "--objective", "size", "--profile-on", agent.device_id,
+             "--report-out", str(report), "--json"],
+        )  # fmt: skip
+        assert cli.exit_code == 0, cli.stdout + cli.stderr
+        assert f"timed on device:{agent.device_id}" in report.read_text()
 
         # the agent runs only specs signed by a key it trusts
         foreign = signing.generate()
