@@ -5,6 +5,9 @@ The controller's ``benchmarking.DeviceTimer`` (``--profile-on DEVICE``) sends a 
 order: the signature (the agent's ``TrustStore``, payload type ``BENCHMARK_TYPE``: a device
 runs no unsigned model), the age (``check_age``: older than 5 minutes or more than a minute
 ahead is a replay), the limits, then a separate ONNX Runtime session (never the serving one),
+on the spec's execution providers when it names some (``providers.open_session``: the first
+this ONNX Runtime offers and that initialises, else the CPU; ``release create --profile-on``
+times a GPU variant on the GPU), else the CPU,
 the inputs (the Predict tensor helpers; names and dtypes checked against the model), warm-up,
 and single timed runs; the reply names the CPUs the agent may run on (the controller's speed
 gate times at that many threads unless told otherwise). One benchmark at a time
@@ -15,18 +18,22 @@ others.
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from edgefleet.agent import providers as choosing
 from edgefleet.agent import tensors
 from edgefleet.agent.runtime import Array, spec_of
 from edgefleet.common import externaldata, packing, signing, wire
+from edgefleet.common import types as t
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.common.signing import TrustStore
 from edgefleet.v1 import inference_pb2
@@ -106,27 +113,38 @@ class Benchmarker:
         if not self._busy.acquire(blocking=False):
             raise BenchmarkBusyError("another benchmark is running on this device; try later")
         try:
-            session = _session(spec.model, spec.threads)
+            session = _session(spec.model, spec.threads, wire.providers_from_pb(spec.providers))
             _check_feed(session, feed)
             return _time(session, feed, runs=runs, warmup=warmup)
         finally:
             self._busy.release()
 
 
-def _session(model: bytes, threads: int) -> Any:
+def _session(model: bytes, threads: int, preference: tuple[t.ExecutionProvider, ...] = ()) -> Any:
     if packing.is_packed(model):
         try:
             model = packing.decode(model)
         except packing.PackingError as exc:
             raise InvalidInputError(f"benchmark model: {exc}") from exc
     externaldata.refuse_external(model)  # ORT would read any file the model names
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+
+    def options() -> Any:
+        made = ort.SessionOptions()
+        made.log_severity_level = 3
+        if threads:
+            made.intra_op_num_threads = threads
+            made.inter_op_num_threads = 1
+        return made
+
     try:
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        if not preference:
+            return ort.InferenceSession(model, options(), providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory(prefix="edgefleet-benchmark-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(model)
+            return choosing.open_session(
+                path, preference, slot_dir=Path(tmp), make_options=options
+            ).session
     except Exception as exc:  # ORT raises its own classes, all plain Exceptions
         raise InvalidInputError(f"ONNX Runtime cannot load the benchmark model: {exc}") from exc
 

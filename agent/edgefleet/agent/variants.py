@@ -3,7 +3,9 @@
 A release may carry model variants for hardware classes (``Manifest.variants``: fp16 for
 GPUs, int8 for CPUs with dot-product or VNNI), in order. The device runs the first whose
 requirements all hold on the hardware its agent probed at start, else the release's default
-(the manifest's top-level model fields). Requirements:
+(the manifest's top-level model fields); a variant measured fastest on a device of this one's
+hardware class (``release create --profile-on``: ``Manifest.preferences``) comes first when
+it fits. The rule is ``edgefleet.common.hwclass``, shared with the controller. Requirements:
 
     arch:<machine>      ``platform.machine()`` is that (x86_64, aarch64)
     cpu:<feature>       the probed CPU features include it (avx2, avx512, vnni, dotprod, fp16)
@@ -26,6 +28,7 @@ from dataclasses import replace
 from functools import cache
 
 from edgefleet.agent import hardware as probing
+from edgefleet.common import hwclass
 from edgefleet.common import types as t
 
 DECODED_DIGEST = "decoded_model_digest"  # the default model's decoded digest (packed releases)
@@ -33,22 +36,14 @@ DECODED_DIGEST = "decoded_model_digest"  # the default model's decoded digest (p
 
 def holds(requirement: str, hw: t.Hardware) -> bool:
     """Whether ``requirement`` holds on ``hw`` (unknown forms do not)."""
-    kind, _, value = requirement.partition(":")
-    if kind == "arch":
-        return hw.arch == value
-    if kind == "cpu":
-        return value in hw.cpu_features
-    if kind == "provider":
-        return value in hw.providers
-    return requirement == "gpu" and bool(hw.gpus)
+    return hwclass.holds(requirement, hw)
 
 
 def choose(manifest: t.Manifest, hw: t.Hardware) -> t.Variant | None:
-    """The first of ``manifest``'s variants whose requirements all hold (None: the default)."""
-    for v in manifest.variants:
-        if all(holds(r, hw) for r in v.requires):
-            return v
-    return None
+    """The variant measured fastest on ``hw``'s class (``Manifest.preferences``) when it fits,
+    else the first of ``manifest``'s variants whose requirements all hold (None: the
+    default); ``hwclass.choose``."""
+    return hwclass.choose(manifest, hw)
 
 
 def apply(manifest: t.Manifest, variant: t.Variant | None) -> t.Manifest:

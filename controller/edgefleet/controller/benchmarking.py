@@ -6,6 +6,10 @@ enrolled agent's mTLS peer listener, reached with the controller's client certif
 spec is signed with the controller's active key (payload type ``BENCHMARK_TYPE``): an agent runs
 no unsigned model. An agent without ``Benchmark`` answers UNIMPLEMENTED, which ends the search
 with a message that says so.
+
+``release create --profile-on DEVICE`` times a release's default model and its variants the
+same way (``DeviceTimer.profile``), each on its own execution providers, and needs the
+device's reported hardware (``device_profiler``) to know which variants fit it.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from dataclasses import dataclass
 import grpc
 
 from edgefleet.common import rpc, signing, wire
+from edgefleet.common import types as t
 from edgefleet.common.errors import NotFoundError, PermanentError, TransientError
 from edgefleet.common.signing import Envelope
 from edgefleet.controller.compress.graphs import Feed
 from edgefleet.controller.compress.timing import Latency
 from edgefleet.controller.devices import DeviceStore
 from edgefleet.controller.keys import KeyRing
-from edgefleet.v1 import inference_pb2, inference_pb2_grpc
+from edgefleet.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 DEADLINE_S = 300.0
 RUNS = 50
@@ -53,7 +58,14 @@ class DeviceTimer:
     def where(self) -> str:
         return f"device:{self.device_id}"
 
-    def request(self, model: bytes, feed: Feed, *, threads: int) -> inference_pb2.BenchmarkRequest:
+    def request(
+        self,
+        model: bytes,
+        feed: Feed,
+        *,
+        threads: int,
+        providers: tuple[t.ExecutionProvider, ...] = (),
+    ) -> inference_pb2.BenchmarkRequest:
         """The signed request for one timing (separate from ``measure`` so tests can check it)."""
         spec = inference_pb2.BenchmarkSpec(
             model=model,
@@ -62,21 +74,38 @@ class DeviceTimer:
             warmup=self.warmup,
             threads=threads,
             issued_at_ms=self.clock_ms(),
+            providers=[
+                common_pb2.ExecutionProvider(name=p.name, options=dict(p.options))
+                for p in providers
+            ],
         )
         envelope = self.sign(spec.SerializeToString(deterministic=True))
         return inference_pb2.BenchmarkRequest(spec=wire.envelope_to_pb(envelope))
 
     def measure(self, model: bytes, feed: Feed, *, threads: int) -> Latency:
-        request = self.request(model, feed, threads=threads)
-        with rpc.channel(self.endpoint, tls=self.tls) as channel:
-            stub = inference_pb2_grpc.InferenceServiceStub(channel)
-            try:
-                reply = stub.Benchmark(request, timeout=self.deadline_s)
-            except grpc.RpcError as exc:
-                raise self._error(exc) from None
+        reply = self._call(self.request(model, feed, threads=threads))
         # The agent reports p95 where the local timer keeps p90: the report's second percentile;
         # and its CPUs (0 from an agent before cpu_count), the speed gate's default threads.
         return Latency(reply.p50_ms, reply.p95_ms, threads, reply.runs, reply.cpu_count)
+
+    def profile(
+        self, model: bytes, feed: Feed, *, providers: tuple[t.ExecutionProvider, ...] = ()
+    ) -> tuple[float, str]:
+        """``model``'s p50 in ms on the device, on ``providers`` (empty: the CPU), at ONNX
+        Runtime's default threads, and the providers it ran on there."""
+        reply = self._call(self.request(model, feed, threads=0, providers=providers))
+        return reply.p50_ms, reply.providers
+
+    def _call(self, request: inference_pb2.BenchmarkRequest) -> inference_pb2.BenchmarkResponse:
+        with rpc.channel(self.endpoint, tls=self.tls) as channel:
+            stub = inference_pb2_grpc.InferenceServiceStub(channel)
+            try:
+                reply: inference_pb2.BenchmarkResponse = stub.Benchmark(
+                    request, timeout=self.deadline_s
+                )
+            except grpc.RpcError as exc:
+                raise self._error(exc) from None
+        return reply
 
     def _error(self, exc: grpc.RpcError) -> Exception:
         failed = rpc.error_from_rpc(exc, target=f"device {self.device_id} at {self.endpoint}")
@@ -123,3 +152,22 @@ def device_timer(
         )
     keys.active()
     return DeviceTimer(device_id, device.predict_endpoint, signer(keys), tls=tls(device_id))
+
+
+def device_profiler(
+    devices: DeviceStore,
+    keys: KeyRing,
+    device_id: str,
+    *,
+    tls: Callable[[str], rpc.ClientTls | None] = lambda _d: None,
+) -> tuple[DeviceTimer, t.Hardware]:
+    """``device_timer`` and the hardware the device reported, for ``release create
+    --profile-on``; a device that reported none (an older agent) is refused."""
+    timer = device_timer(devices, keys, device_id, tls=tls)
+    hardware = next((d.hardware for d in devices.list_devices() if d.device_id == device_id), None)
+    if hardware is None:
+        raise PermanentError(
+            f"cannot profile on device {device_id}: it has reported no hardware (an older "
+            "agent); its class is not known"
+        )
+    return timer, hardware

@@ -26,22 +26,28 @@ order (``Manifest.variants``); each must take and give what the release's model 
 only requirements devices report (``REQUIREMENT_KINDS``). A device runs the first that fits its
 hardware, else the release's own model. With golden data, each variant gets its own: the
 release's golden inputs with that variant model's outputs as the expectations.
+
+With ``profile_on`` (``release create --profile-on DEVICE``), the default model and each variant
+that fits a device's reported hardware are timed on that device through its agent's Benchmark
+(``benchmarking.DeviceTimer.profile``: each on its own providers, two interleaved rounds, the
+better p50 of the two), and the fastest is signed as the preference of the device's hardware
+class (``Manifest.preferences``, ``edgefleet.common.hwclass``): devices of that class run it.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import semver
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from edgefleet.common import chunking, digests, signing, wire
+from edgefleet.common import chunking, digests, hwclass, signing, wire
 from edgefleet.common import types as t
 from edgefleet.common.artifacts import BlobStore
 from edgefleet.common.errors import (
@@ -65,6 +71,26 @@ CPU_FEATURES = ("avx2", "avx512", "vnni", "amx", "f16c", "neon", "dotprod", "fp1
 """The CPU features an agent reports (``edgefleet.agent.hardware``), as "cpu:<feature>"."""
 ARCHES = ("x86_64", "aarch64", "armv7l")
 REQUIREMENT_KINDS = "arch:<x86_64|aarch64|armv7l>, cpu:<feature>, gpu, provider:<name>"
+
+
+PROFILE_ROUNDS = 2
+"""Interleaved timing rounds per candidate with --profile-on (the better p50 counts)."""
+
+
+class ProfileTimer(Protocol):
+    """Times a model on one device (``benchmarking.DeviceTimer``)."""
+
+    def profile(
+        self,
+        model: bytes,
+        feed: Mapping[str, np.ndarray],
+        *,
+        providers: tuple[t.ExecutionProvider, ...] = (),
+    ) -> tuple[float, str]: ...
+
+
+Profiler = Callable[[str], tuple[ProfileTimer, t.Hardware]]
+"""A device id -> its timer and reported hardware; raises for an unknown or silent device."""
 
 
 @dataclass(frozen=True)
@@ -190,7 +216,9 @@ class Releases:
         clock: Callable[[], int],
         blobs: BlobStore | None = None,
         docker_client: Callable[[], Any] = images.client,
+        profiler: Profiler | None = None,
     ) -> None:
+        self._profiler = profiler  # for --profile-on
         self._docker = docker_client  # asked only for container releases
         self._db = db
         self._registry = registry
@@ -210,6 +238,7 @@ class Releases:
         image: str = "",
         providers: Sequence[t.ExecutionProvider] = (),
         variants: Sequence[VariantSpec] = (),
+        profile_on: Sequence[str] = (),
     ) -> Release:
         """Sign and store ``ref`` from model ``ref.name`` version ``model_version`` (0 = newest).
 
@@ -219,6 +248,8 @@ class Releases:
         "container", with ``image`` the user's own image (default: built here). ``providers``:
         runtime "onnxruntime"'s execution providers in order of preference (empty: the CPU).
         ``variants``: models for hardware classes, in the order devices try them.
+        ``profile_on``: devices to time the default model and the variants that fit each on;
+        the fastest becomes the preference of that device's hardware class.
         """
         runtime = runtime or "onnxruntime"
         if runtime not in RUNTIMES:
@@ -235,6 +266,7 @@ class Releases:
         policy = validate_health(health or t.HealthPolicy())
         model = self._registry.get(ref.name, model_version)
         chosen = self._variants(model, variants)
+        self._check_profile(profile_on, chosen)
         if self._find(ref) is not None:
             raise AlreadyExistsError("release", str(ref))
         key_id, private_key = self._keys.active()
@@ -259,6 +291,11 @@ class Releases:
             manifest = replace(manifest, providers=preference)
         if chosen:
             manifest = replace(manifest, variants=self._variant_golden(chosen, stored[0]))
+        if profile_on:
+            manifest = replace(
+                manifest,
+                preferences=self._profile(manifest, model, chosen, profile_on, stored[0]),
+            )
         if runtime == "onnxruntime":  # the chunk list is signed too: each chunk is verifiable
             manifest = replace(manifest, model_chunks=self._store_chunks(manifest))
         envelope = signing.sign(wire.encode_manifest(manifest), signing.MANIFEST_TYPE, private_key)
@@ -308,6 +345,92 @@ class Releases:
             return list(zip(wire.check_variants(made), sources, strict=True))
         except MalformedMessageError as exc:
             raise InvalidInputError(str(exc)) from exc
+
+    def _check_profile(self, profile_on: Sequence[str], chosen: Sequence[object]) -> None:
+        if profile_on and not chosen:
+            raise InvalidInputError("--profile-on chooses among model variants: give --variant")
+        if profile_on and self._profiler is None:
+            raise InvalidInputError("this controller cannot time models on devices")
+
+    def _profile(
+        self,
+        manifest: t.Manifest,
+        model: ModelVersion,
+        chosen: Sequence[tuple[t.Variant, ModelVersion]],
+        devices: Sequence[str],
+        golden_digest: str,
+    ) -> tuple[t.VariantPreference, ...]:
+        """Per device of ``devices``: its hardware class's preference, the fastest of the
+        default model and the variants that fit it, measured there."""
+        assert self._profiler is not None
+        feed = self._timing_feed(model, golden_digest)
+        candidates = [("", model, manifest.providers, ())] + [
+            (v.name, source, v.providers, v.requires) for v, source in chosen
+        ]
+        blobs: dict[str, bytes] = {}
+        out: list[t.VariantPreference] = []
+        for device_id in dict.fromkeys(devices):
+            timer, hw = self._profiler(device_id)
+            arch, have = hwclass.class_of(manifest, hw)
+            for p in out:
+                if (p.arch, p.holds) == (arch, have):
+                    raise InvalidInputError(
+                        f"devices {p.measured_on} and {device_id} are of one hardware class "
+                        f"({arch} {'+'.join(have) or 'with none of the requirements'}): "
+                        "profile one of them"
+                    )
+            fitting = [c for c in candidates if all(hwclass.holds(r, hw) for r in c[3])]
+            best: dict[str, tuple[float, str]] = {}
+            for _round in range(PROFILE_ROUNDS):  # interleaved: drift hits every candidate
+                for name, source, providers, _requires in fitting:
+                    if source.digest not in blobs:
+                        blobs[source.digest] = self._registry.model_bytes(source)
+                    p50, used = timer.profile(blobs[source.digest], feed, providers=providers)
+                    if name not in best or p50 < best[name][0]:
+                        best[name] = (p50, used)
+            fastest = min(best, key=lambda n: best[n][0])
+            log.info(
+                "release %s: on %s (%s %s) %s is fastest: %s",
+                manifest.ref,
+                device_id,
+                arch,
+                "+".join(have),
+                fastest or "the default model",
+                ", ".join(f"{n or 'default'} {p:.3f} ms" for n, (p, _u) in best.items()),
+            )
+            out.append(
+                t.VariantPreference(
+                    arch=arch,
+                    holds=have,
+                    variant=fastest,
+                    measured_on=device_id,
+                    timings=tuple(t.VariantTiming(n, p, u) for n, (p, u) in best.items()),
+                )
+            )
+        return tuple(out)
+
+    def _timing_feed(self, model: ModelVersion, golden_digest: str) -> dict[str, np.ndarray]:
+        """One input for timing: the release's first golden sample when it has golden data
+        (the whole golden batch for a fixed batch size), else zeros (dynamic dimensions 1)."""
+        if golden_digest and self._blobs is not None:
+            raw = self._blobs.read(golden_digest)
+            with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+                arrays = {
+                    k.removeprefix("input/"): npz[k]
+                    for k in npz.files
+                    if "/" not in k or k.startswith("input/")
+                }
+            feed = {}
+            for spec in model.inputs:
+                if spec.name in arrays:
+                    a = arrays[spec.name]
+                    feed[spec.name] = a[:1] if a.ndim and spec.shape and spec.shape[0] < 0 else a
+            if len(feed) == len(model.inputs):
+                return feed
+        return {
+            s.name: np.zeros(tuple(d if d >= 0 else 1 for d in s.shape), np.dtype(s.dtype))
+            for s in model.inputs
+        }
 
     def _variant_golden(
         self, variants: Sequence[tuple[t.Variant, ModelVersion]], golden_digest: str

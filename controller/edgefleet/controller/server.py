@@ -136,7 +136,16 @@ class Controller:
         ttl_ms = int(s.rollouts.desired_ttl_s * 1000)
         keys = KeyRing(db, s.keys_dir, clock=now_ms, overlap_ms=ttl_ms)
         registry = Registry(db, blobs, clock=now_ms, sandbox=Sandbox(s.sandbox))
-        self._releases = releases = Releases(db, registry, keys=keys, clock=now_ms, blobs=blobs)
+        self._releases = releases = Releases(
+            db,
+            registry,
+            keys=keys,
+            clock=now_ms,
+            blobs=blobs,
+            profiler=lambda device_id: benchmarking.device_profiler(
+                devices, keys, device_id, tls=self._device_client_tls
+            ),
+        )
         devices = DeviceStore(
             db,
             clock=now_ms,

@@ -205,6 +205,7 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
                 image=request.image,
                 providers=api.providers(request),
                 variants=api.variants(request),
+                profile_on=tuple(request.profile_on),
             )
             return api.release_info(release)
 

@@ -265,6 +265,7 @@ class ControllerClient:
         image: str = "",
         providers: Sequence[t.ExecutionProvider] = (),
         variants: Sequence[pb.VariantRequest] = (),
+        profile_on: Sequence[str] = (),
     ) -> pb.ReleaseInfo:
         request = pb.CreateReleaseRequest(
             name=name,
@@ -279,11 +280,16 @@ class ControllerClient:
                 for p in providers
             ],
             variants=variants,
+            profile_on=list(profile_on),
         )
         if health is not None:
             request.health.CopyFrom(wire.health_to_pb(health))
         # building a container release's image takes a while on the controller's host
-        deadline = max(self.deadline_s, IMAGE_BUILD_DEADLINE_S) if runtime else self.deadline_s
+        deadline = (  # an image build, or timing on devices, takes a while
+            max(self.deadline_s, IMAGE_BUILD_DEADLINE_S)
+            if runtime or profile_on
+            else self.deadline_s
+        )
         return self._call(lambda: self._stub.CreateRelease(request, timeout=deadline))
 
     def list_releases(self, name: str = "") -> list[pb.ReleaseInfo]:

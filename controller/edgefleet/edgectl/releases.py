@@ -229,6 +229,18 @@ def create(
             metavar="VARIANT",
         ),
     ] = None,
+    profile_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--profile-on",
+            help="Time the default model and each --variant that fits this device's reported "
+            "hardware on the device, through its agent (its Benchmark call: each on its own "
+            "providers, two interleaved rounds), and sign the fastest as the choice of the "
+            "device's hardware class: devices with its arch and the same of the variants' "
+            "requirements run it, first fit otherwise. Repeatable, one device per class.",
+            metavar="DEVICE",
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Create release NAME:VERSION from a registered model version.
@@ -270,6 +282,7 @@ def create(
             image=image,
             providers=preference,
             variants=[parse_variant(v) for v in variant or ()],
+            profile_on=profile_on or (),
         )
     m = release.manifest
     if as_json:
@@ -284,6 +297,19 @@ def create(
             "variants": [
                 {"name": v.name, "model_digest": v.model_digest, "requires": list(v.requires)}
                 for v in m.variants
+            ],
+            "preferences": [
+                {
+                    "arch": p.arch,
+                    "holds": list(p.holds),
+                    "variant": p.variant or None,
+                    "measured_on": p.measured_on,
+                    "timings": [
+                        {"variant": x.variant or None, "p50_ms": x.p50_ms, "providers": x.providers}
+                        for x in p.timings
+                    ],
+                }
+                for p in m.preferences
             ],
         }
         output.print_json(info)
@@ -304,6 +330,13 @@ def create(
     for v in m.variants:
         needs = " + ".join(v.requires) or "any device"
         output.console.print(f"  variant {v.name}: {v.model_digest} for {needs}", markup=False)
+    for p in m.preferences:
+        cls = " + ".join((p.arch, *p.holds))
+        timed = ", ".join(f"{x.variant or 'default'} {x.p50_ms:.3f} ms" for x in p.timings)
+        output.console.print(
+            f"  on {cls} (measured on {p.measured_on}): {p.variant or 'the default'} ({timed})",
+            markup=False,
+        )
 
 
 @app.command("list")

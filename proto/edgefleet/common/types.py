@@ -138,6 +138,27 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class VariantTiming:
+    """One candidate of a release (variant ``variant``, "" = the default) timed on a device."""
+
+    variant: str
+    p50_ms: float
+    providers: str = ""  # the providers ONNX Runtime used there
+
+
+@dataclass(frozen=True)
+class VariantPreference:
+    """The variant measured fastest (``--profile-on``) on a device of one hardware class: arch
+    ``arch`` and, of the requirements the release's variants name, exactly ``holds``."""
+
+    arch: str
+    holds: tuple[str, ...]
+    variant: str  # "" = the default model
+    measured_on: str = ""
+    timings: tuple[VariantTiming, ...] = ()
+
+
+@dataclass(frozen=True)
 class Chunk:
     """One content-addressed piece of a chunked model blob."""
 
@@ -170,6 +191,8 @@ class Manifest:
     """The model blob as content-defined chunks in order (empty: fetched whole)."""
     variants: tuple[Variant, ...] = ()
     """Models for hardware classes, in order; the top-level model is the default."""
+    preferences: tuple[VariantPreference, ...] = ()
+    """Per hardware class, the variant measured fastest there; before the first-fit rule."""
     variant: str = ""
     """Agent-side, never on the wire: the variant this manifest was resolved to ("": default)."""
 

@@ -229,7 +229,56 @@ def manifest_to_pb(m: t.Manifest) -> common_pb2.Manifest:
         ],
         model_chunks=[common_pb2.Chunk(digest=c.digest, size=c.size) for c in m.model_chunks],
         variants=[variant_to_pb(v) for v in m.variants],
+        preferences=[preference_to_pb(p) for p in m.preferences],
     )
+
+
+def preference_to_pb(p: t.VariantPreference) -> common_pb2.VariantPreference:
+    return common_pb2.VariantPreference(
+        arch=p.arch,
+        holds=list(p.holds),
+        variant=p.variant,
+        measured_on=p.measured_on,
+        timings=[
+            common_pb2.VariantTiming(variant=x.variant, p50_ms=x.p50_ms, providers=x.providers)
+            for x in p.timings
+        ],
+    )
+
+
+def preferences_from_pb(
+    msgs: Sequence[common_pb2.VariantPreference], variants: Sequence[t.Variant]
+) -> tuple[t.VariantPreference, ...]:
+    """A manifest's variant preferences, bounded: at most ``MAX_VARIANTS``, each naming the
+    default ("") or one of ``variants``; ``MalformedMessageError`` otherwise."""
+    if len(msgs) > MAX_VARIANTS:
+        raise MalformedMessageError(f"{len(msgs)} variant preferences (at most {MAX_VARIANTS})")
+    names = {"", *(v.name for v in variants)}
+    out = []
+    for m in msgs:
+        if m.variant not in names:
+            raise MalformedMessageError(
+                f"a variant preference names no variant: {m.variant[:80]!r}"
+            )
+        if len(m.holds) > 4 * MAX_VARIANTS or len(m.timings) > MAX_VARIANTS + 1:
+            raise MalformedMessageError("a variant preference with too many entries")
+        out.append(
+            t.VariantPreference(
+                arch=_text("preference arch", m.arch, limit=64),
+                holds=tuple(_text("preference requirement", h, limit=80) for h in m.holds),
+                variant=m.variant,
+                measured_on=_text("preference device", m.measured_on, limit=128),
+                timings=tuple(
+                    t.VariantTiming(
+                        _text("timing variant", x.variant, limit=64),
+                        x.p50_ms,
+                        _text("timing providers", x.providers, limit=400),
+                    )
+                    for x in m.timings
+                ),
+            )
+        )
+    return tuple(out)
 
 
 def variant_to_pb(v: t.Variant) -> common_pb2.Variant:
@@ -342,7 +391,8 @@ def manifest_from_pb(msg: common_pb2.Manifest) -> t.Manifest:
         image=msg.image,
         providers=providers_from_pb(msg.providers),
         model_chunks=chunks_from_pb(msg.model_chunks, msg.model_size),
-        variants=variants_from_pb(msg.variants),
+        variants=(variants := variants_from_pb(msg.variants)),
+        preferences=preferences_from_pb(msg.preferences, variants),
     )
 
 

@@ -203,6 +203,7 @@ class Manifest(_message.Message):
     PROVIDERS_FIELD_NUMBER: _builtins.int
     MODEL_CHUNKS_FIELD_NUMBER: _builtins.int
     VARIANTS_FIELD_NUMBER: _builtins.int
+    PREFERENCES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     """semver"""
@@ -260,6 +261,13 @@ class Manifest(_message.Message):
         one model above. Signed with the rest of the manifest.
         """
 
+    @_builtins.property
+    def preferences(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantPreference]:
+        """Which variant runs on a hardware class, as measured there (`release create --profile-on`):
+        a device whose class is a preference's runs that variant (if its requirements hold), before
+        the first-fit rule of `variants`. Empty: first fit only.
+        """
+
     def __init__(
         self,
         *,
@@ -282,14 +290,86 @@ class Manifest(_message.Message):
         providers: _abc.Iterable[Global___ExecutionProvider] | None = ...,
         model_chunks: _abc.Iterable[Global___Chunk] | None = ...,
         variants: _abc.Iterable[Global___Variant] | None = ...,
+        preferences: _abc.Iterable[Global___VariantPreference] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "golden_digest", b"golden_digest", "golden_size", b"golden_size", "health", b"health", "image", b"image", "inputs", b"inputs", "model_chunks", b"model_chunks", "model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "providers", b"providers", "runtime", b"runtime", "variants", b"variants", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["annotations", b"annotations", "compression_report_json", b"compression_report_json", "created_at_ms", b"created_at_ms", "golden_digest", b"golden_digest", "golden_size", b"golden_size", "health", b"health", "image", b"image", "inputs", b"inputs", "model_chunks", b"model_chunks", "model_digest", b"model_digest", "model_encoding", b"model_encoding", "model_size", b"model_size", "model_version", b"model_version", "name", b"name", "outputs", b"outputs", "preferences", b"preferences", "providers", b"providers", "runtime", b"runtime", "variants", b"variants", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Manifest: _TypeAlias = Manifest  # noqa: Y015
+
+@_typing.final
+class VariantPreference(_message.Message):
+    """A hardware class and the variant measured fastest on a device of it. A device is of the
+    class when its arch is `arch` and, of the requirements the release's variants name, exactly
+    those in `holds` hold on it (so a GPU device is not of a CPU-only class).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ARCH_FIELD_NUMBER: _builtins.int
+    HOLDS_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    MEASURED_ON_FIELD_NUMBER: _builtins.int
+    TIMINGS_FIELD_NUMBER: _builtins.int
+    arch: _builtins.str
+    variant: _builtins.str
+    """"" = the default model"""
+    measured_on: _builtins.str
+    """the device id it was measured on"""
+    @_builtins.property
+    def holds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """sorted"""
+
+    @_builtins.property
+    def timings(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantTiming]:
+        """every fitting candidate, as measured"""
+
+    def __init__(
+        self,
+        *,
+        arch: _builtins.str = ...,
+        holds: _abc.Iterable[_builtins.str] | None = ...,
+        variant: _builtins.str = ...,
+        measured_on: _builtins.str = ...,
+        timings: _abc.Iterable[Global___VariantTiming] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "holds", b"holds", "measured_on", b"measured_on", "timings", b"timings", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantPreference: _TypeAlias = VariantPreference  # noqa: Y015
+
+@_typing.final
+class VariantTiming(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIANT_FIELD_NUMBER: _builtins.int
+    P50_MS_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    variant: _builtins.str
+    """"" = the default model"""
+    p50_ms: _builtins.float
+    providers: _builtins.str
+    """the providers ONNX Runtime used on the device"""
+    def __init__(
+        self,
+        *,
+        variant: _builtins.str = ...,
+        p50_ms: _builtins.float = ...,
+        providers: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["p50_ms", b"p50_ms", "providers", b"providers", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantTiming: _TypeAlias = VariantTiming  # noqa: Y015
 
 @_typing.final
 class Chunk(_message.Message):

@@ -453,6 +453,7 @@ class CreateReleaseRequest(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     PROVIDERS_FIELD_NUMBER: _builtins.int
     VARIANTS_FIELD_NUMBER: _builtins.int
+    PROFILE_ON_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     model_version: _builtins.int
@@ -487,6 +488,12 @@ class CreateReleaseRequest(_message.Message):
         manifest as Manifest.variants, in this order).
         """
 
+    @_builtins.property
+    def profile_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Devices to time the default model and each fitting variant on (through their agents'
+        Benchmark); the fastest is signed as Manifest.preferences for each device's hardware class.
+        """
+
     def __init__(
         self,
         *,
@@ -500,10 +507,11 @@ class CreateReleaseRequest(_message.Message):
         image: _builtins.str = ...,
         providers: _abc.Iterable[_common_pb2.ExecutionProvider] | None = ...,
         variants: _abc.Iterable[Global___VariantRequest] | None = ...,
+        profile_on: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["golden", b"golden", "health", b"health", "image", b"image", "model_version", b"model_version", "name", b"name", "notes", b"notes", "providers", b"providers", "runtime", b"runtime", "variants", b"variants", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["golden", b"golden", "health", b"health", "image", b"image", "model_version", b"model_version", "name", b"name", "notes", b"notes", "profile_on", b"profile_on", "providers", b"providers", "runtime", b"runtime", "variants", b"variants", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

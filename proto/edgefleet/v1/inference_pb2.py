@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from edgefleet.v1 import common_pb2 as edgefleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gefleet/v1/inference.proto\x12\x0c\x65\x64gefleet.v1\x1a\x19\x65\x64gefleet/v1/common.proto\"\x89\x01\n\rBenchmarkSpec\x12\r\n\x05model\x18\x01 \x01(\x0c\x12$\n\x06inputs\x18\x02 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12\x0c\n\x04runs\x18\x03 \x01(\r\x12\x0e\n\x06warmup\x18\x04 \x01(\r\x12\x0f\n\x07threads\x18\x05 \x01(\r\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\"6\n\x10\x42\x65nchmarkRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.edgefleet.v1.Signed\"\x8a\x01\n\x11\x42\x65nchmarkResponse\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0c\n\x04runs\x18\x04 \x01(\r\x12\x11\n\tdevice_id\x18\x05 \x01(\t\x12\x11\n\tproviders\x18\x06 \x01(\t\x12\x11\n\tcpu_count\x18\x07 \x01(\r\"\x90\x01\n\x0ePredictRequest\x12$\n\x06inputs\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12\x14\n\x0coutput_names\x18\x02 \x03(\t\x12\x0f\n\x07release\x18\x03 \x01(\t\x12\x31\n\rshared_inputs\x18\x04 \x03(\x0b\x32\x1a.edgefleet.v1.SharedTensor\"m\n\x0cSharedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x04\x12\x11\n\tbyte_size\x18\x06 \x01(\x04\"y\n\x0fPredictResponse\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12\x0f\n\x07release\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x1b\n\x13served_by_neighbour\x18\x04 \x01(\x08\"\x12\n\x10ModelInfoRequest\"\xe1\x01\n\x11ModelInfoResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\x0f\n\x07release\x18\x03 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x04 \x01(\t\x12(\n\x06inputs\x18\x05 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12)\n\x07outputs\x18\x06 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12+\n\nneighbours\x18\x07 \x03(\x0b\x32\x17.edgefleet.v1.Neighbour\"Q\n\tNeighbour\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07release\x18\x03 \x01(\t\x12\x0e\n\x06online\x18\x04 \x01(\x08\x32\xf6\x01\n\x10InferenceService\x12\x46\n\x07Predict\x12\x1c.edgefleet.v1.PredictRequest\x1a\x1d.edgefleet.v1.PredictResponse\x12L\n\tModelInfo\x12\x1e.edgefleet.v1.ModelInfoRequest\x1a\x1f.edgefleet.v1.ModelInfoResponse\x12L\n\tBenchmark\x12\x1e.edgefleet.v1.BenchmarkRequest\x1a\x1f.edgefleet.v1.BenchmarkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gefleet/v1/inference.proto\x12\x0c\x65\x64gefleet.v1\x1a\x19\x65\x64gefleet/v1/common.proto\"\xbd\x01\n\rBenchmarkSpec\x12\r\n\x05model\x18\x01 \x01(\x0c\x12$\n\x06inputs\x18\x02 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12\x0c\n\x04runs\x18\x03 \x01(\r\x12\x0e\n\x06warmup\x18\x04 \x01(\r\x12\x0f\n\x07threads\x18\x05 \x01(\r\x12\x14\n\x0cissued_at_ms\x18\x06 \x01(\x03\x12\x32\n\tproviders\x18\x07 \x03(\x0b\x32\x1f.edgefleet.v1.ExecutionProvider\"6\n\x10\x42\x65nchmarkRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.edgefleet.v1.Signed\"\x8a\x01\n\x11\x42\x65nchmarkResponse\x12\x0e\n\x06p50_ms\x18\x01 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x02 \x01(\x01\x12\x0e\n\x06p99_ms\x18\x03 \x01(\x01\x12\x0c\n\x04runs\x18\x04 \x01(\r\x12\x11\n\tdevice_id\x18\x05 \x01(\t\x12\x11\n\tproviders\x18\x06 \x01(\t\x12\x11\n\tcpu_count\x18\x07 \x01(\r\"\x90\x01\n\x0ePredictRequest\x12$\n\x06inputs\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12\x14\n\x0coutput_names\x18\x02 \x03(\t\x12\x0f\n\x07release\x18\x03 \x01(\t\x12\x31\n\rshared_inputs\x18\x04 \x03(\x0b\x32\x1a.edgefleet.v1.SharedTensor\"m\n\x0cSharedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06region\x18\x04 \x01(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x04\x12\x11\n\tbyte_size\x18\x06 \x01(\x04\"y\n\x0fPredictResponse\x12%\n\x07outputs\x18\x01 \x03(\x0b\x32\x14.edgefleet.v1.Tensor\x12\x0f\n\x07release\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x1b\n\x13served_by_neighbour\x18\x04 \x01(\x08\"\x12\n\x10ModelInfoRequest\"\xe1\x01\n\x11ModelInfoResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05\x66leet\x18\x02 \x01(\t\x12\x0f\n\x07release\x18\x03 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x04 \x01(\t\x12(\n\x06inputs\x18\x05 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12)\n\x07outputs\x18\x06 \x03(\x0b\x32\x18.edgefleet.v1.TensorSpec\x12+\n\nneighbours\x18\x07 \x03(\x0b\x32\x17.edgefleet.v1.Neighbour\"Q\n\tNeighbour\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0f\n\x07release\x18\x03 \x01(\t\x12\x0e\n\x06online\x18\x04 \x01(\x08\x32\xf6\x01\n\x10InferenceService\x12\x46\n\x07Predict\x12\x1c.edgefleet.v1.PredictRequest\x1a\x1d.edgefleet.v1.PredictResponse\x12L\n\tModelInfo\x12\x1e.edgefleet.v1.ModelInfoRequest\x1a\x1f.edgefleet.v1.ModelInfoResponse\x12L\n\tBenchmark\x12\x1e.edgefleet.v1.BenchmarkRequest\x1a\x1f.edgefleet.v1.BenchmarkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet.v1.inference_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BENCHMARKSPEC']._serialized_start=74
-  _globals['_BENCHMARKSPEC']._serialized_end=211
-  _globals['_BENCHMARKREQUEST']._serialized_start=213
-  _globals['_BENCHMARKREQUEST']._serialized_end=267
-  _globals['_BENCHMARKRESPONSE']._serialized_start=270
-  _globals['_BENCHMARKRESPONSE']._serialized_end=408
-  _globals['_PREDICTREQUEST']._serialized_start=411
-  _globals['_PREDICTREQUEST']._serialized_end=555
-  _globals['_SHAREDTENSOR']._serialized_start=557
-  _globals['_SHAREDTENSOR']._serialized_end=666
-  _globals['_PREDICTRESPONSE']._serialized_start=668
-  _globals['_PREDICTRESPONSE']._serialized_end=789
-  _globals['_MODELINFOREQUEST']._serialized_start=791
-  _globals['_MODELINFOREQUEST']._serialized_end=809
-  _globals['_MODELINFORESPONSE']._serialized_start=812
-  _globals['_MODELINFORESPONSE']._serialized_end=1037
-  _globals['_NEIGHBOUR']._serialized_start=1039
-  _globals['_NEIGHBOUR']._serialized_end=1120
-  _globals['_INFERENCESERVICE']._serialized_start=1123
-  _globals['_INFERENCESERVICE']._serialized_end=1369
+  _globals['_BENCHMARKSPEC']._serialized_end=263
+  _globals['_BENCHMARKREQUEST']._serialized_start=265
+  _globals['_BENCHMARKREQUEST']._serialized_end=319
+  _globals['_BENCHMARKRESPONSE']._serialized_start=322
+  _globals['_BENCHMARKRESPONSE']._serialized_end=460
+  _globals['_PREDICTREQUEST']._serialized_start=463
+  _globals['_PREDICTREQUEST']._serialized_end=607
+  _globals['_SHAREDTENSOR']._serialized_start=609
+  _globals['_SHAREDTENSOR']._serialized_end=718
+  _globals['_PREDICTRESPONSE']._serialized_start=720
+  _globals['_PREDICTRESPONSE']._serialized_end=841
+  _globals['_MODELINFOREQUEST']._serialized_start=843
+  _globals['_MODELINFOREQUEST']._serialized_end=861
+  _globals['_MODELINFORESPONSE']._serialized_start=864
+  _globals['_MODELINFORESPONSE']._serialized_end=1089
+  _globals['_NEIGHBOUR']._serialized_start=1091
+  _globals['_NEIGHBOUR']._serialized_end=1172
+  _globals['_INFERENCESERVICE']._serialized_start=1175
+  _globals['_INFERENCESERVICE']._serialized_end=1421
 # @@protoc_insertion_point(module_scope)

@@ -29,6 +29,7 @@ class BenchmarkSpec(_message.Message):
     WARMUP_FIELD_NUMBER: _builtins.int
     THREADS_FIELD_NUMBER: _builtins.int
     ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
+    PROVIDERS_FIELD_NUMBER: _builtins.int
     model: _builtins.bytes
     """.onnx bytes"""
     runs: _builtins.int
@@ -41,6 +42,12 @@ class BenchmarkSpec(_message.Message):
     """the agent refuses specs older than 5 minutes (replay)"""
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Tensor]: ...
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ExecutionProvider]:
+        """Execution providers to time on, in order (those this ONNX Runtime offers; the CPU last
+        anyway); empty = the CPU only. BenchmarkResponse.providers says which ran.
+        """
+
     def __init__(
         self,
         *,
@@ -50,10 +57,11 @@ class BenchmarkSpec(_message.Message):
         warmup: _builtins.int = ...,
         threads: _builtins.int = ...,
         issued_at_ms: _builtins.int = ...,
+        providers: _abc.Iterable[_common_pb2.ExecutionProvider] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "issued_at_ms", b"issued_at_ms", "model", b"model", "runs", b"runs", "threads", b"threads", "warmup", b"warmup"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inputs", b"inputs", "issued_at_ms", b"issued_at_ms", "model", b"model", "providers", b"providers", "runs", b"runs", "threads", b"threads", "warmup", b"warmup"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
