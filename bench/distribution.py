@@ -173,7 +173,9 @@ def measure(root: Path, site_devices: int, hidden: int) -> dict[str, Any]:
             started = time.monotonic()
             # a canary of one first: no peer holds the release yet, so the controller serves
             # it; then the rest of the site, whose desired states name the holders first
-            strategy = pb.RolloutStrategy(kind="canary", canary="1", waves="100%", bake="1s")
+            strategy = pb.RolloutStrategy(
+                strategy_kind=pb.STRATEGY_KIND_CANARY, canary="1", waves="100%", bake="1s"
+            )
             stub.Deploy(
                 pb.DeployRequest(release=name, fleet=FLEET, strategy=strategy), timeout=DEADLINE
             )

@@ -341,7 +341,9 @@ def measure(
         t0 = time.perf_counter()
         deployed = stub.Deploy(
             pb.DeployRequest(
-                release=RELEASE, fleet=FLEET, strategy=pb.RolloutStrategy(kind="all-at-once")
+                release=RELEASE,
+                fleet=FLEET,
+                strategy=pb.RolloutStrategy(strategy_kind=pb.STRATEGY_KIND_ALL_AT_ONCE),
             ),
             timeout=DEADLINE,
         )

@@ -345,6 +345,14 @@ def get_rollout(stub: controller_pb2_grpc.ControllerServiceStub, rollout_id: str
     return stub.GetRollout(pb.RolloutRef(rollout_id=rollout_id), timeout=DEADLINE)
 
 
+def strategy(kind: str = "", **fields: Any) -> pb.RolloutStrategy:
+    """A deploy's strategy as edgectl sends it, the kind by its word (``canary``), unless
+    ``strategy_kind`` gives its value."""
+    unset = pb.STRATEGY_KIND_UNSPECIFIED
+    fields.setdefault("strategy_kind", rolloutwords.kind_value(kind) if kind else unset)
+    return pb.RolloutStrategy(**fields)
+
+
 def wait_phase(
     stub: controller_pb2_grpc.ControllerServiceStub,
     rollout_id: str,

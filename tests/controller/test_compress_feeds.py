@@ -134,7 +134,7 @@ def test_a_model_with_a_scalar_input_passes_its_canary_on_golden_feeds(
             pb.DeployRequest(
                 release=f"{name}:1.0.0",
                 fleet=fleet,
-                strategy=pb.RolloutStrategy(kind="canary", canary="1"),
+                strategy=pb.RolloutStrategy(strategy_kind=pb.STRATEGY_KIND_CANARY, canary="1"),
             ),
             timeout=DEADLINE,
         )
@@ -184,7 +184,7 @@ def test_golden_feeds_of_a_recurrent_model_are_checked_as_one_stream_on_a_canary
             pb.DeployRequest(
                 release=f"{name}:1.0.0",
                 fleet=fleet,
-                strategy=pb.RolloutStrategy(kind="canary", canary="1"),
+                strategy=pb.RolloutStrategy(strategy_kind=pb.STRATEGY_KIND_CANARY, canary="1"),
             ),
             timeout=DEADLINE,
         )

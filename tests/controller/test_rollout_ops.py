@@ -24,7 +24,8 @@ def ref(rollout_id: str) -> pb.RolloutRef:
 @pytest.mark.parametrize(
     ("strategy", "message"),
     [
-        ({"kind": "blue-green"}, "--strategy must be one of all-at-once, canary, got 'blue-green'"),
+        ({"kind": "rollback"}, "--strategy must be one of all-at-once, canary, got 'rollback'"),
+        ({"strategy_kind": 99}, "--strategy: unknown strategy kind 99"),
         ({"kind": "canary", "canary": "ten"}, "--canary: expected a count like 2 or a share"),
         ({"kind": "canary", "waves": "50%,25%"}, "--waves are cumulative and must increase"),
         ({"kind": "canary", "bake": "soon"}, "--bake: expected a duration like 30s"),
@@ -45,7 +46,7 @@ def test_an_invalid_strategy_is_refused_before_anything_is_sent(
     support.eventually(lambda: ctl.stub.ListDevices(pb.ListDevicesRequest(fleet=fleet)).devices)
     device.subscribe(topics.desired(dev))
 
-    request = pb.DeployRequest(release=NEW, fleet=fleet, strategy=pb.RolloutStrategy(**strategy))
+    request = pb.DeployRequest(release=NEW, fleet=fleet, strategy=support.strategy(**strategy))
     err = support.rpc_error(lambda: ctl.stub.Deploy(request, timeout=5))
 
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -65,7 +66,7 @@ def test_pause_resume_and_one_rollout_per_fleet(
 ) -> None:
     support.releases(ctl.stub, digits_model.onnx_bytes, "1.0.0", "1.1.0", "1.2.0")
     fleet, devs = agents.fleet(ctl, 3, behaviour=lambda release: Outcome(hold=release == NEW))
-    strategy = pb.RolloutStrategy(kind="canary", canary="1")
+    strategy = support.strategy(kind="canary", canary="1")
     answer = ctl.stub.Deploy(pb.DeployRequest(release=NEW, fleet=fleet, strategy=strategy))
     rid = answer.rollout_id
     support.eventually(lambda: devs[0].held, what="the canary's desired state")
@@ -115,7 +116,7 @@ def test_abort_sends_back_only_the_touched_devices(
 ) -> None:
     support.releases(ctl.stub, digits_model.onnx_bytes, "1.0.0", "1.1.0")
     fleet, devs = agents.fleet(ctl, 3, behaviour=lambda release: Outcome(hold=release == NEW))
-    strategy = pb.RolloutStrategy(kind="canary", canary="2")
+    strategy = support.strategy(kind="canary", canary="2")
     rid = ctl.stub.Deploy(pb.DeployRequest(release=NEW, fleet=fleet, strategy=strategy)).rollout_id
     support.eventually(lambda: devs[0].held and devs[1].held, what="the canaries' desired states")
 
@@ -133,7 +134,7 @@ def test_abort_while_rolling_back_stops_waiting_for_a_silent_device(
 ) -> None:
     support.releases(ctl.stub, digits_model.onnx_bytes, "1.0.0", "1.1.0")
     fleet, devs = agents.fleet(ctl, 2, behaviour=lambda _release: Outcome(hold=True))
-    strategy = pb.RolloutStrategy(kind="canary", canary="1")
+    strategy = support.strategy(kind="canary", canary="1")
     rid = ctl.stub.Deploy(pb.DeployRequest(release=NEW, fleet=fleet, strategy=strategy)).rollout_id
     support.eventually(lambda: devs[0].held, what="the canary's desired state")
 
@@ -161,7 +162,7 @@ def test_fleet_rollback_aborts_the_running_rollout_and_skips_devices_with_nowher
     support.eventually(
         lambda: len(ctl.stub.ListDevices(pb.ListDevicesRequest(fleet=fleet)).devices) == 4
     )
-    strategy = pb.RolloutStrategy(kind="canary", canary="1")
+    strategy = support.strategy(kind="canary", canary="1")
     running = ctl.stub.Deploy(pb.DeployRequest(release=NEWER, fleet=fleet, strategy=strategy))
     support.eventually(lambda: devs[0].held, what="the canary's desired state")
 
@@ -180,9 +181,9 @@ def test_fleet_rollback_aborts_the_running_rollout_and_skips_devices_with_nowher
         "no previous release",
     )
     listed = ctl.stub.ListRollouts(pb.ListRolloutsRequest(fleet=fleet), timeout=5).rollouts
-    assert [(r.rollout_id, r.strategy.kind) for r in listed] == [
-        (answer.rollout_id, "rollback"),
-        (running.rollout_id, "canary"),
+    assert [(r.rollout_id, r.strategy.strategy_kind) for r in listed] == [
+        (answer.rollout_id, pb.STRATEGY_KIND_ROLLBACK),
+        (running.rollout_id, pb.STRATEGY_KIND_CANARY),
     ]
     assert back.reason == "fleet rollback to each device's previous release"
 
@@ -211,6 +212,6 @@ def test_fleet_rollback_to_a_named_release_and_its_refusals(
         grpc.StatusCode.NOT_FOUND,
         "unknown fleet: nowhere",
     )
-    assert (info.release, info.strategy.kind) == (OLD, "rollback")
+    assert (info.release, info.strategy.strategy_kind) == (OLD, pb.STRATEGY_KIND_ROLLBACK)
     assert [a.generations for a in devs] == [[(2, OLD)], [(2, OLD)]]
     assert {d.previous_release for d in info.devices} == {OLD}

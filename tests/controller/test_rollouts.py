@@ -18,7 +18,7 @@ from tests.controller.support import NEW, OLD, Outcome
 
 
 def deploy(ctl: support.Running, fleet: str, **strategy: Any) -> pb.DeployResponse:
-    request = pb.DeployRequest(release=NEW, fleet=fleet, strategy=pb.RolloutStrategy(**strategy))
+    request = pb.DeployRequest(release=NEW, fleet=fleet, strategy=support.strategy(**strategy))
     return ctl.stub.Deploy(request, timeout=support.DEADLINE)
 
 
@@ -33,10 +33,10 @@ def test_canary_then_waves_to_succeeded(
 
     assert [x.device_id for x in answer.targets] == [devs[0].device_id], "the canary alone"
     assert list(info.step_sizes) == [1, 2, 4]
-    assert (info.release, info.fleet, info.strategy.kind, info.strategy.waves) == (
+    assert (info.release, info.fleet, info.strategy.strategy_kind, info.strategy.waves) == (
         NEW,
         fleet,
-        "canary",
+        pb.STRATEGY_KIND_CANARY,
         "50%",
     )
     assert set(support.device_states(info).values()) == {"healthy"}

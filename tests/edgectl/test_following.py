@@ -24,7 +24,7 @@ def info(phase: str, *states: tuple[str, str], kind: str = "canary", **kw: Any) 
     return pb.RolloutInfo(
         rollout_id="ro-1",
         rollout_phase=rolloutwords.phase_value(phase),
-        strategy=pb.RolloutStrategy(kind=kind),
+        strategy=pb.RolloutStrategy(strategy_kind=rolloutwords.kind_value(kind)),
         devices=devices,
         **kw,
     )

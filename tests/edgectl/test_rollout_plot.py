@@ -32,7 +32,7 @@ def rolled_back() -> pb.RolloutInfo:
         release="m:1.1.0",
         rollout_phase=pb.ROLLOUT_PHASE_ROLLED_BACK,
         step_sizes=[1, 3],
-        strategy=pb.RolloutStrategy(kind="canary"),
+        strategy=pb.RolloutStrategy(strategy_kind=pb.STRATEGY_KIND_CANARY),
         reason=LINE + "; 1 of 1 devices failed (limit 0)",
         created_at_ms=T0,
         updated_at_ms=T0 + 6000,

@@ -94,7 +94,7 @@ def deploy_canary(address: str, release: str, fleet: str, *, token: str) -> None
     """Deploy as a canary that bakes far longer than the test: the rollout stays in its
     canary step, so the rollout panels and rules see a rollout in progress."""
     strategy = pb.RolloutStrategy(
-        kind="canary",
+        strategy_kind=pb.STRATEGY_KIND_CANARY,
         canary="1",
         waves="100%",
         bake="1h",

@@ -1,11 +1,14 @@
-"""The engine's phases and device states are controller.proto's enums, one to one, by word."""
+"""The engine's phases, device states and strategy kinds are controller.proto's enums, one to
+one, by word."""
 
 from __future__ import annotations
 
 import pytest
 
 from edgefleet.common import rolloutwords
+from edgefleet.controller.records import ROLLBACK
 from edgefleet.controller.rollouts.engine import DeviceState, RolloutPhase
+from edgefleet.controller.rollouts.strategy import Kind
 from edgefleet.v1 import controller_pb2 as pb
 
 
@@ -19,6 +22,19 @@ def test_every_engine_device_state_is_a_proto_target_state_and_back() -> None:
     assert [s.value for s in DeviceState] == list(rolloutwords.target_state_words())
     for s in DeviceState:
         assert DeviceState(rolloutwords.target_state_word(rolloutwords.target_state_value(s))) is s
+
+
+def test_every_strategy_kind_and_a_fleet_rollback_is_a_proto_kind_and_back() -> None:
+    assert [*(k.value for k in Kind), ROLLBACK] == list(rolloutwords.kind_words())
+    for word in rolloutwords.kind_words():
+        assert rolloutwords.kind_word(rolloutwords.kind_value(word)) == word
+    assert rolloutwords.kind_value("all-at-once") == pb.STRATEGY_KIND_ALL_AT_ONCE
+
+
+@pytest.mark.parametrize("word", ["", "all_at_once", "blue-green", "Canary"])
+def test_a_word_that_is_no_strategy_kind_is_refused(word: str) -> None:
+    with pytest.raises(ValueError):
+        rolloutwords.kind_value(word)
 
 
 @pytest.mark.parametrize(

@@ -125,8 +125,11 @@ def strategy(msg: controller_pb2.DeployRequest) -> Strategy:
     if not msg.HasField("strategy"):
         return rollout_strategy.parse()
     s = msg.strategy
+    kind = rolloutwords.kind_word(s.strategy_kind)
+    if s.strategy_kind and not kind:
+        raise InvalidInputError(f"--strategy: unknown strategy kind {s.strategy_kind}")
     given: dict[str, Any] = {
-        "kind": s.kind,
+        "kind": kind,
         "canary": s.canary,
         "waves": s.waves,
         "max_parallel": s.max_parallel,
@@ -140,8 +143,9 @@ def strategy(msg: controller_pb2.DeployRequest) -> Strategy:
 
 
 def strategy_to_pb(kind: str, s: Strategy) -> controller_pb2.RolloutStrategy:
+    """``kind``: the rollout record's (a ``Kind`` word, or ``rollback``)."""
     return controller_pb2.RolloutStrategy(
-        kind=kind,
+        strategy_kind=rolloutwords.kind_value(kind),
         canary=str(s.canary) if s.canary is not None else "",
         waves=",".join(str(w) for w in s.waves),
         max_parallel=s.max_parallel,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from edgefleet.common import rolloutwords
 from edgefleet.common.types import ReleaseRef
 from edgefleet.controller.rollouts import strategy as strategies
 from edgefleet.edgectl import following, output, shell
@@ -72,7 +73,7 @@ def strategy_message(
         return None
     # empty strings and zeros are "the controller's default" on the wire
     return pb.RolloutStrategy(
-        kind=kind or "",
+        strategy_kind=rolloutwords.kind_value(kind) if kind else pb.STRATEGY_KIND_UNSPECIFIED,
         canary=canary or "",
         waves=waves or "",
         max_parallel=max_parallel or 0,

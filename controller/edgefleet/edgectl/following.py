@@ -21,7 +21,6 @@ if TYPE_CHECKING:  # grpc: loaded when a command calls, not for --help
     from edgefleet.edgectl.client import ControllerClient
 
 POLL_INTERVAL_S = 0.25
-ROLLBACK_KIND = "rollback"  # the strategy kind of a rollout made by ``Rollback``
 FINISHED_PHASES = frozenset({pb.ROLLOUT_PHASE_SUCCEEDED, pb.ROLLOUT_PHASE_ROLLED_BACK})
 BACK_STATES = frozenset({pb.TARGET_STATE_ROLLING_BACK, pb.TARGET_STATE_REVERTED})
 NO_PREVIOUS = "no previous release"  # the reason the controller gives a device it cannot revert
@@ -37,12 +36,18 @@ def state(d: pb.RolloutDevice) -> str:
     return rolloutwords.target_state_word(d.target_state)
 
 
+def kind(info: pb.RolloutInfo) -> str:
+    """The rollout's strategy kind as edgectl prints it: ``all-at-once``, ``canary``, ``rollback``
+    (``""``: the deploy left it to the controller)."""
+    return rolloutwords.kind_word(info.strategy.strategy_kind)
+
+
 def finished(info: pb.RolloutInfo) -> bool:
     return info.rollout_phase in FINISHED_PHASES
 
 
 def is_rollback(info: pb.RolloutInfo) -> bool:
-    return info.strategy.kind == ROLLBACK_KIND
+    return info.strategy.strategy_kind == pb.STRATEGY_KIND_ROLLBACK
 
 
 def ok(info: pb.RolloutInfo) -> bool:

@@ -133,7 +133,7 @@ def write_rollout_plot(info: pb.RolloutInfo, path: Path) -> list[Path]:
     ax.set_ylabel("devices")
     release = info.release or "(previous releases)"
     ax.set_title(
-        f"rollout {info.rollout_id}: {release} -> {info.fleet} ({info.strategy.kind or 'all'}),"
+        f"rollout {info.rollout_id}: {release} -> {info.fleet} ({following.kind(info) or 'all'}),"
         f" {following.phase(info)}; {total} devices",
         fontsize=10,
     )

@@ -80,7 +80,7 @@ def list_table(rollouts: list[pb.RolloutInfo], *, now_ms: int | None = None) -> 
             r.rollout_id,
             r.fleet,
             release_text(r),
-            r.strategy.kind or "-",
+            following.kind(r) or "-",
             styled_phase(r),
             step_text(r),
             f"{following.count(r, 'healthy')}/{following.failed_count(r)}/{following.total(r)}",
@@ -119,7 +119,7 @@ def header(info: pb.RolloutInfo) -> str:
     counts = f"{healthy} healthy, {failed} failed of {following.total(info)}"
     if following.partial(info):
         counts += f" (the first {len(info.devices)} listed)"
-    kind = info.strategy.kind or "all-at-once"
+    kind = following.kind(info) or "all-at-once"
     return (
         f"rollout [bold]{info.rollout_id}[/]: {release_text(info)} -> {info.fleet} ({kind}), "
         f"{styled_phase(info)}, step {step_text(info)}, {counts}"
@@ -240,7 +240,7 @@ def rollout_dict(info: pb.RolloutInfo) -> dict[str, Any]:
         "rollout_id": info.rollout_id,
         "fleet": info.fleet,
         "release": info.release,
-        "kind": s.kind,
+        "kind": following.kind(info),
         "phase": following.phase(info),
         "finished": following.finished(info),
         "ok": following.ok(info) if following.finished(info) else None,
@@ -253,7 +253,7 @@ def rollout_dict(info: pb.RolloutInfo) -> dict[str, Any]:
         "failed": following.failed_count(info),
         "total": following.total(info),
         "strategy": {
-            "kind": s.kind,
+            "kind": following.kind(info),
             "canary": s.canary,
             "waves": s.waves,
             "max_parallel": s.max_parallel,

@@ -21,6 +21,32 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _StrategyKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StrategyKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StrategyKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STRATEGY_KIND_UNSPECIFIED: _StrategyKind.ValueType  # 0
+    """a deploy's default: all at once"""
+    STRATEGY_KIND_ALL_AT_ONCE: _StrategyKind.ValueType  # 1
+    STRATEGY_KIND_CANARY: _StrategyKind.ValueType  # 2
+    STRATEGY_KIND_ROLLBACK: _StrategyKind.ValueType  # 3
+    """a rollout that Rollback made (RolloutInfo only, never a deploy)"""
+
+class StrategyKind(_StrategyKind, metaclass=_StrategyKindEnumTypeWrapper):
+    """How a rollout goes out. Words (edgectl's --strategy and output, the controller's database):
+    the name after the prefix in lower case, "-" for "_": all-at-once, canary, rollback.
+    """
+
+STRATEGY_KIND_UNSPECIFIED: StrategyKind.ValueType  # 0
+"""a deploy's default: all at once"""
+STRATEGY_KIND_ALL_AT_ONCE: StrategyKind.ValueType  # 1
+STRATEGY_KIND_CANARY: StrategyKind.ValueType  # 2
+STRATEGY_KIND_ROLLBACK: StrategyKind.ValueType  # 3
+"""a rollout that Rollback made (RolloutInfo only, never a deploy)"""
+Global___StrategyKind: _TypeAlias = StrategyKind  # noqa: Y015
+
 class _RolloutPhase:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -673,7 +699,7 @@ class RolloutStrategy(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    KIND_FIELD_NUMBER: _builtins.int
+    STRATEGY_KIND_FIELD_NUMBER: _builtins.int
     CANARY_FIELD_NUMBER: _builtins.int
     WAVES_FIELD_NUMBER: _builtins.int
     MAX_PARALLEL_FIELD_NUMBER: _builtins.int
@@ -682,8 +708,7 @@ class RolloutStrategy(_message.Message):
     MAX_FAILURES_FIELD_NUMBER: _builtins.int
     MAX_LATENCY_RATIO_FIELD_NUMBER: _builtins.int
     MAX_ERROR_RATE_FIELD_NUMBER: _builtins.int
-    kind: _builtins.str
-    """"all-at-once" | "canary" """
+    strategy_kind: Global___StrategyKind.ValueType
     canary: _builtins.str
     """first step"""
     waves: _builtins.str
@@ -703,7 +728,7 @@ class RolloutStrategy(_message.Message):
     def __init__(
         self,
         *,
-        kind: _builtins.str = ...,
+        strategy_kind: Global___StrategyKind.ValueType = ...,
         canary: _builtins.str = ...,
         waves: _builtins.str = ...,
         max_parallel: _builtins.int = ...,
@@ -715,7 +740,7 @@ class RolloutStrategy(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bake", b"bake", "canary", b"canary", "device_timeout", b"device_timeout", "kind", b"kind", "max_error_rate", b"max_error_rate", "max_failures", b"max_failures", "max_latency_ratio", b"max_latency_ratio", "max_parallel", b"max_parallel", "waves", b"waves"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bake", b"bake", "canary", b"canary", "device_timeout", b"device_timeout", "max_error_rate", b"max_error_rate", "max_failures", b"max_failures", "max_latency_ratio", b"max_latency_ratio", "max_parallel", b"max_parallel", "strategy_kind", b"strategy_kind", "waves", b"waves"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
