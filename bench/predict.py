@@ -19,8 +19,10 @@ average pool, a 3x10 dense layer, softmax: little work, so the transport shows):
 * ``uds``: Predict over the agent's fast local path (``fastpath``, no gRPC: the agent's
   ``FastServer`` on ``predict.fast.sock``), the tensor inline (``request_parts``: the array's
   own buffer is sent), outputs decoded to arrays as ``InferenceClient`` does;
-* ``shm``: the fast path with the tensor in POSIX shared memory (a ``sharedmem.Stager``:
-  writing it into the region is included);
+* ``shm``: the fast path with the tensor in shared memory: a sealed memfd passed with the
+  request, which the model reads in place (``Stager.sealed_request``: writing the tensor into
+  the region is included); ``shm_named``: the same in a named ``/dev/shm`` region, which the
+  agent copies out (``preadv``);
 * ``uds_grpc``, ``shm_grpc``: the same two over gRPC on the agent's ``predict.sock``
   (``InferenceClient`` on ``unix:``), what the local paths cost before the fast one.
 
@@ -199,6 +201,7 @@ def report(samples: dict[str, np.ndarray]) -> dict[str, Any]:
         "image_grpc_minus_bare_p50_us": round(p50["image_grpc"] - p50["image_bare"], 2),
         "uds_grpc_minus_bare_p50_us": round(p50["uds_grpc"] - p50["image_bare"], 2),
         "shm_grpc_minus_bare_p50_us": round(p50["shm_grpc"] - p50["image_bare"], 2),
+        "shm_named_minus_bare_p50_us": round(p50["shm_named"] - p50["image_bare"], 2),
     }
 
 
@@ -219,7 +222,8 @@ def show(result: dict[str, Any], console: Console) -> None:
                         ("uds_grpc", "gRPC over the Unix socket"),
                         ("shm_grpc", "gRPC over the Unix socket + shared memory"),
                         ("uds", "fast local path (no gRPC)"),
-                        ("shm", "fast local path + shared-memory input")):  # fmt: skip
+                        ("shm", "fast local path + sealed memfd (read in place)"),
+                        ("shm_named", "fast local path + named region (copied)")):  # fmt: skip
         t3.add_row(label, f"{result[f'{name}_p50_us']:.1f}", f"{result[f'{name}_p99_us']:.1f}")
     console.print(t3)
     t2 = Table(title="targets")
@@ -301,6 +305,10 @@ def main() -> bool:
             return decoded(fast.call(fastpath.request_parts(image_feed)))
 
         def fast_shm() -> dict[str, np.ndarray]:
+            with stager.sealed_request(image_feed) as (staged, fds):
+                return decoded(fast.predict(staged, fds=fds))
+
+        def fast_shm_named() -> dict[str, np.ndarray]:
             with stager.request(image_feed) as staged:
                 return decoded(fast.predict(staged))
 
@@ -317,7 +325,7 @@ def main() -> bool:
                 for other in (image_uds, image_shm):  # the same answer by every path
                     got = other.predict(image_feed).outputs["probabilities"]
                     assert got.tobytes() == expected.tobytes()
-                for call in (fast_inline, fast_shm):
+                for call in (fast_inline, fast_shm, fast_shm_named):
                     assert call()["probabilities"].tobytes() == expected.tobytes()
                 image_names = image.output_names
                 paths: dict[str, Callable[[], object]] = {
@@ -331,6 +339,7 @@ def main() -> bool:
                     "shm_grpc": lambda: image_shm.predict(image_feed),
                     "uds": fast_inline,
                     "shm": fast_shm,
+                    "shm_named": fast_shm_named,
                 }
                 with console.status(f"timing {ITERATIONS} calls of each path"):
                     samples = measure(paths)

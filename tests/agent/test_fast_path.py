@@ -9,6 +9,7 @@ client, and call it through ``FailoverClient``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import stat
@@ -294,6 +295,65 @@ def test_frames_the_fast_socket_refuses(fast_agent: FastAgent, digits_data: Digi
             sock.close()
 
 
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_sealed_regions_passed_by_descriptor(
+    fast_agent: FastAgent, digits_data: DigitsData, tmp_path: Path
+) -> None:
+    """A memfd sealed at its size goes with the request (SCM_RIGHTS) and is read in place;
+    an unsealed one, another kind of file, a name with no descriptor or bytes beyond it are
+    INVALID_ARGUMENT; the agent keeps none of the descriptors."""
+    a = fast_agent
+    assert a.proc.proc is not None
+    pid = a.proc.proc.pid
+    x = np.ascontiguousarray(digits_data.x_test[:300])
+    expected = outputs(
+        over_grpc(a.unix, inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", x)]))
+    )
+    stager = sharedmem.Stager(threshold=0)
+    with (
+        fastpath.FastPathClient(a.fast) as fast,
+        stager.sealed_request({"pixels": x}) as (request, fds),
+    ):
+        assert request.shared_inputs[0].region == "@0" and len(fds) == 1
+        assert outputs(fast.predict(request, fds=fds)) == expected
+        before = open_fds(pid)
+        for _ in range(50):
+            assert outputs(fast.predict(request, fds=fds)) == expected
+        # each passed descriptor closed (the agent's other sockets come and go meanwhile)
+        assert open_fds(pid) < before + 10
+        wrong_index = inference_pb2.PredictRequest()
+        wrong_index.CopyFrom(request)
+        wrong_index.shared_inputs[0].region = "@1"
+        code, message = refusal(partial(fast.predict, wrong_index, fds=fds))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "names no descriptor" in message
+        beyond = inference_pb2.PredictRequest()
+        beyond.CopyFrom(request)
+        beyond.shared_inputs[0].offset = 64
+        code, message = refusal(partial(fast.predict, beyond, fds=fds))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "are beyond its" in message
+        code, message = refusal(partial(over_grpc, a.unix, request))  # no descriptor there
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a region name" in message
+
+        unsealed = os.memfd_create("unsealed", os.MFD_CLOEXEC)
+        plain = os.open(tmp_path / "plain", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            for fd in (unsealed, plain):
+                os.ftruncate(fd, 300 * 64 * 4)
+                code, message = refusal(partial(fast.predict, request, fds=[fd]))
+                assert code == grpc.StatusCode.INVALID_ARGUMENT
+                assert "must be a memfd sealed against shrinking and growing" in message
+        finally:
+            os.close(unsealed)
+            os.close(plain)
+        assert outputs(fast.predict(request, fds=fds)) == expected  # served on
+    stager.close()
+    # nor the refused ones, nor the mapping once the connection is gone
+    wait_for("the agent to hold no descriptor of ours", lambda: open_fds(pid) < before + 3)
+
+
 def test_the_client_reconnects_after_the_agent_restarts(
     broker: Broker, short_dir: Path, signer: Signer, artifacts: ArtifactServer,
     digits_model: TrainedModel, digits_data: DigitsData,
@@ -385,3 +445,17 @@ def test_split_request_reads_what_protobuf_reads() -> None:
             inference_pb2.PredictRequest.FromString(junk)
         with pytest.raises(DecodeError):
             fastpath.split_request(memoryview(junk))
+
+
+def test_a_sealed_region_cannot_change_size() -> None:
+    """What lets the agent map it: the kernel refuses to shrink or grow it (no SIGBUS)."""
+    region = sharedmem.SealedRegion(4096)
+    try:
+        for size in (0, 8192):
+            with pytest.raises(PermissionError):
+                os.ftruncate(region.fd, size)
+        mapping = sharedmem.map_sealed(region.fd)
+        assert len(mapping) == 4096
+        mapping.close()
+    finally:
+        region.close()

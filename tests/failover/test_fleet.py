@@ -20,7 +20,7 @@ from edgefleet.agent import config
 from edgefleet.agent.client import FailoverClient, NoDeviceAvailableError
 from edgefleet.agent.daemon import Agent
 from edgefleet.agent.failover import FORWARDED_HEADER
-from edgefleet.common import sharedmem, wire
+from edgefleet.common import fastpath, sharedmem, wire
 from edgefleet.demo.digits import DigitsData, TrainedModel
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 from tests.agent.helpers import (
@@ -187,6 +187,20 @@ def test_shared_memory_inputs_reach_a_neighbour_inline(
     assert reply.served_by_neighbour and reply.release == fleet.release
     direct = predict(fleet.endpoints["b"], {"pixels": x})
     assert {o.name: o.data for o in reply.outputs} == {o.name: o.data for o in direct.outputs}
+    # the same over the fast local path, its input in a named region and in a sealed one
+    assert bare.fast_server is not None
+    stager = sharedmem.Stager(threshold=0)
+    try:
+        with fastpath.FastPathClient(bare.fast_server.path) as fast:
+            with stager.request({"pixels": x}) as request:
+                named = fast.predict(request)
+            with stager.sealed_request({"pixels": x}) as (request, fds):
+                sealed = fast.predict(request, fds=fds)
+    finally:
+        stager.close()
+    for via in (named, sealed):
+        assert via.served_by_neighbour and via.release == fleet.release
+        assert {o.name: o.data for o in via.outputs} == {o.name: o.data for o in direct.outputs}
 
 
 def test_forwarded_requests_are_not_forwarded_again(fleet: Fleet) -> None:

@@ -13,7 +13,8 @@ an ``endpoint`` of ``unix:PATH``): the local agent is called through it, and inp
 inside the message; neighbours are always called over TCP, with every input inline.
 
 Beside that socket the agent serves its fast local path (``edgefleet.common.fastpath``: the
-same Predict without gRPC, ``DATA_DIR/predict.fast.sock``); a local client calls Predict there
+same Predict without gRPC, ``DATA_DIR/predict.fast.sock``; large inputs in a sealed memfd
+passed with the request, which the model reads in place); a local client calls Predict there
 first (``fast_socket``), and over the gRPC socket when the fast one cannot be reached (an agent
 with it off, or an older one), trying the fast one again ``FAST_RETRY_S`` later. ModelInfo
 (the neighbour list) always goes over gRPC.
@@ -274,9 +275,11 @@ class FailoverClient:
     ) -> inference_pb2.PredictResponse:
         if isinstance(inputs, inference_pb2.PredictRequest):
             return fast.predict(inputs)
-        if self._stager is not None:  # the large inputs through shared memory
-            with self._stager.request(inputs, output_names=output_names, release=release) as staged:
-                return fast.predict(staged)
+        if self._stager is not None:  # the large inputs in a sealed region, passed by descriptor
+            with self._stager.sealed_request(
+                inputs, output_names=output_names, release=release
+            ) as (staged, fds):
+                return fast.predict(staged, fds=fds)
         # inline: the arrays' own buffers are sent, not copied into a message first
         return fast.call(fastpath.request_parts(inputs, output_names=output_names, release=release))
 

@@ -20,17 +20,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
+import os
 import socket
 import struct
 import threading
+from array import array as int_array
 from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from edgefleet.agent.serving import SOCKET_MODE, InferenceServicer, Refused, clear_stale
-from edgefleet.common import fastpath
+from edgefleet.common import fastpath, sharedmem
 from edgefleet.common.errors import InvalidInputError
+from edgefleet.v1 import inference_pb2
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +158,89 @@ def _answer_grpc(conn: socket.socket, code: grpc.StatusCode, message: str) -> No
                 return
 
 
+MAX_FDS = 8
+"""Descriptors one request may pass (sealed regions); more: INVALID_ARGUMENT."""
+MAX_MAPS = 8
+"""Sealed regions a connection keeps mapped (its client reuses a few); the oldest goes first."""
+_ANCILLARY = socket.CMSG_SPACE(MAX_FDS * 4)
+
+
+def _recv_header(conn: socket.socket, head: memoryview) -> tuple[bool, list[int], bool]:
+    """Read a request's header and the descriptors sent with it: (whether one came, the
+    descriptors, whether some were cut off); ``ConnectionError`` on a stream cut inside it."""
+    n, ancillary, flags, _ = conn.recvmsg_into([head], _ANCILLARY)
+    fds: list[int] = []
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = int_array("i")
+            received.frombytes(raw[: len(raw) - len(raw) % received.itemsize])
+            fds += received
+    try:
+        if n == 0:
+            return False, fds, False
+        if n < len(head) and not fastpath.recv_exact(conn, head[n:]):
+            raise ConnectionResetError("the stream ended inside a header")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return True, fds, bool(flags & socket.MSG_CTRUNC)
+
+
+class _Sealed:
+    """The sealed regions one request passed, and its connection's mappings of them."""
+
+    __slots__ = ("cut", "fds", "maps")
+
+    def __init__(self, fds: list[int], cut: bool, maps: dict[tuple[int, int], mmap.mmap]) -> None:
+        self.fds, self.cut, self.maps = fds, cut, maps
+
+    def inline(self, request: inference_pb2.PredictRequest, data: list[memoryview]) -> None:
+        """Turn the shared inputs named ``@INDEX`` into inline inputs whose bytes are views of
+        the mapped region (no copy); ``InvalidInputError`` for what cannot be served."""
+        if self.cut:
+            raise InvalidInputError(
+                f"the request passed more than {MAX_FDS} descriptors (sealed regions)"
+            )
+        if not any(m.region.startswith("@") for m in request.shared_inputs):
+            return
+        named = []
+        for msg in request.shared_inputs:
+            if not msg.region.startswith("@"):
+                named.append(msg)
+                continue
+            index = msg.region[1:]
+            if not index.isdigit() or int(index) >= len(self.fds):
+                raise InvalidInputError(
+                    f"tensor {msg.name!r}: region {msg.region[:16]!r} names no descriptor of "
+                    f"the {len(self.fds)} passed with the request"
+                )
+            mapping = self._mapping(self.fds[int(index)])
+            end = msg.offset + msg.byte_size
+            if end > len(mapping):
+                raise InvalidInputError(
+                    f"tensor {msg.name!r}: region {msg.region!r}: bytes {msg.offset}..{end} "
+                    f"are beyond its {len(mapping)} bytes"
+                )
+            request.inputs.add(name=msg.name, dtype=msg.dtype, shape=msg.shape)
+            data.append(memoryview(mapping)[msg.offset : end])
+        del request.shared_inputs[:]
+        request.shared_inputs.extend(named)
+
+    def _mapping(self, fd: int) -> mmap.mmap:
+        info = os.fstat(fd)
+        key = (info.st_dev, info.st_ino)
+        mapping = self.maps.get(key)
+        if mapping is None:  # seals never come off, so a mapping checked once stays safe
+            mapping = sharedmem.map_sealed(fd)
+            if len(self.maps) >= MAX_MAPS:
+                oldest = next(iter(self.maps))
+                with contextlib.suppress(BufferError):  # unmapped when its last view goes
+                    self.maps.pop(oldest).close()
+            self.maps[key] = mapping
+        return mapping
+
+
 class FastServer:
     """Serves ``servicer.serve`` on the fast socket at ``path``."""
 
@@ -266,36 +353,66 @@ class FastServer:
         header = bytearray(fastpath.REQUEST_HEADER.size)
         head = memoryview(header)
         buf = bytearray()
-        while fastpath.recv_exact(conn, head):
-            (size,) = fastpath.REQUEST_HEADER.unpack(header)
-            if header == fastpath.GRPC_PREFACE:
-                self.refused_frames += 1
-                _answer_grpc(
-                    conn,
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"{self.path} is the agent's fast local path (length-prefixed "
-                    "PredictRequest frames, edgefleet.common.fastpath), not gRPC: gRPC clients "
-                    "use its --predict-socket (predict.sock)",
-                )
-                return
-            if size > self._max_bytes:
-                self._refuse(
-                    conn,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"a request of {size} bytes is over the agent's limit of "
-                    f"{self._max_bytes} (predict_max_bytes)",
-                )
-                return
-            buf = fastpath.grown(buf, size)
-            with memoryview(buf)[:size] as body:
-                if size and not fastpath.recv_exact(conn, body):
+        maps: dict[tuple[int, int], mmap.mmap] = {}  # sealed regions this connection passed
+        try:
+            while True:
+                got, fds, cut = _recv_header(conn, head)
+                if not got:
                     return
-                reply = self._answer(body, caller)
-            fastpath.send_parts(conn, reply)
-            if len(buf) > KEEP_BUFFER:  # a large request's memory is not held while idle
-                buf = bytearray()
+                try:
+                    kept = self._frame(conn, caller, header, buf, _Sealed(fds, cut, maps))
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                if kept is None:
+                    return
+                buf = kept
+        finally:
+            for mapping in maps.values():
+                with contextlib.suppress(BufferError):
+                    mapping.close()
 
-    def _answer(self, body: memoryview, caller: _FastCaller) -> list[fastpath.Buffer]:
+    def _frame(
+        self,
+        conn: socket.socket,
+        caller: _FastCaller,
+        header: bytearray,
+        buf: bytearray,
+        sealed: _Sealed,
+    ) -> bytearray | None:
+        """Read and answer one request whose header is read; the buffer for the next, None:
+        the connection is done."""
+        (size,) = fastpath.REQUEST_HEADER.unpack(header)
+        if header == fastpath.GRPC_PREFACE:
+            self.refused_frames += 1
+            _answer_grpc(
+                conn,
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.path} is the agent's fast local path (length-prefixed "
+                "PredictRequest frames, edgefleet.common.fastpath), not gRPC: gRPC clients "
+                "use its --predict-socket (predict.sock)",
+            )
+            return None
+        if size > self._max_bytes:
+            self._refuse(
+                conn,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"a request of {size} bytes is over the agent's limit of "
+                f"{self._max_bytes} (predict_max_bytes)",
+            )
+            return None
+        buf = fastpath.grown(buf, size)
+        with memoryview(buf)[:size] as body:
+            if size and not fastpath.recv_exact(conn, body):
+                return None
+            reply = self._answer(body, caller, sealed)
+        fastpath.send_parts(conn, reply)
+        # a large request's memory is not held while idle
+        return bytearray() if len(buf) > KEEP_BUFFER else buf
+
+    def _answer(
+        self, body: memoryview, caller: _FastCaller, sealed: _Sealed
+    ) -> list[fastpath.Buffer]:
         """The reply frame's parts for one request's bytes."""
         try:
             request, data = fastpath.split_request(body)
@@ -307,6 +424,10 @@ class FastServer:
                     f"{len(body)} bytes that are not a PredictRequest ({exc})",
                 )
             ]
+        try:
+            sealed.inline(request, data)
+        except InvalidInputError as exc:
+            return [fastpath.error_frame(grpc.StatusCode.INVALID_ARGUMENT, str(exc))]
         try:
             response = self._servicer.serve(request, caller, data)
         except Refused as exc:

@@ -29,6 +29,7 @@ import contextlib
 import socket
 import struct
 import threading
+from array import array as int_array
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -97,11 +98,14 @@ def error_frame(code: grpc.StatusCode, message: str) -> bytes:
     return REPLY_HEADER.pack(len(body), code.value[0]) + body
 
 
-def send_parts(sock: socket.socket, parts: Sequence[Buffer]) -> None:
-    """Write every part, in order, in as few system calls as the kernel allows."""
+def send_parts(sock: socket.socket, parts: Sequence[Buffer], fds: Sequence[int] = ()) -> None:
+    """Write every part, in order, in as few system calls as the kernel allows; ``fds`` go
+    with the first bytes (``SCM_RIGHTS``)."""
     views = [memoryview(p).cast("B") for p in parts if len(p)]
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, int_array("i", fds))] if fds else []
     while views:
-        sent = sock.sendmsg(views)
+        sent = sock.sendmsg(views, ancillary)
+        ancillary = []
         while views and sent >= len(views[0]):
             sent -= len(views[0])
             views.pop(0)
@@ -289,13 +293,22 @@ class FastPathClient:
             conn.sock.close()
 
     def predict(
-        self, request: inference_pb2.PredictRequest, *, timeout: float | None = None
+        self,
+        request: inference_pb2.PredictRequest,
+        *,
+        fds: Sequence[int] = (),
+        timeout: float | None = None,
     ) -> inference_pb2.PredictResponse:
-        """One Predict of a built request."""
-        return self.call([request.SerializeToString()], timeout=timeout)
+        """One Predict of a built request (``fds``: the sealed regions its ``@INDEX`` shared
+        inputs name, ``sharedmem.Stager.sealed_request``)."""
+        return self.call([request.SerializeToString()], fds=fds, timeout=timeout)
 
     def call(
-        self, parts: Sequence[Buffer], *, timeout: float | None = None
+        self,
+        parts: Sequence[Buffer],
+        *,
+        fds: Sequence[int] = (),
+        timeout: float | None = None,
     ) -> inference_pb2.PredictResponse:
         """One Predict of a request given as its wire bytes in parts (``request_parts``);
         ``FastPathError`` when it fails, with the agent's status code and message."""
@@ -303,13 +316,13 @@ class FastPathClient:
         conn, reused = self._take(wait)
         try:
             try:
-                status, body = _exchange(conn, parts)
+                status, body = _exchange(conn, parts, fds)
             except ConnectionError:
                 if not reused:
                     raise
                 conn.sock.close()  # the agent closed an idle connection: again, on a fresh one
                 conn, reused = _Connection(_connect(self.path, wait), wait), False
-                status, body = _exchange(conn, parts)
+                status, body = _exchange(conn, parts, fds)
         except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO/SO_SNDTIMEO expired
             conn.sock.close()
             raise FastPathError(
@@ -367,13 +380,15 @@ class _Connection:
         self.timeout = timeout
 
 
-def _exchange(conn: _Connection, parts: Sequence[Buffer]) -> tuple[int, memoryview]:
+def _exchange(
+    conn: _Connection, parts: Sequence[Buffer], fds: Sequence[int] = ()
+) -> tuple[int, memoryview]:
     """Send one request, read its reply: (status, body: a view of the connection's buffer)."""
     sock = conn.sock
     size = sum(memoryview(p).nbytes for p in parts)
     # refused before it was read (too large, too many connections): the reply says why
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        send_parts(sock, [REQUEST_HEADER.pack(size), *parts])
+        send_parts(sock, [REQUEST_HEADER.pack(size), *parts], fds)
     header = bytearray(REPLY_HEADER.size)
     if not recv_exact(sock, memoryview(header)):
         raise ConnectionResetError("closed before any reply")

@@ -17,11 +17,18 @@ servicer's (``serving``): it knows the peer.
 The client side (``Stager``) keeps a few regions of its own (mode 0600 by default, unlinked on
 close), writes each input at or above its threshold into one and inlines the rest. A region
 whose call failed is retired, never reused: the agent may still be reading it.
+
+Over the fast local path (``fastpath``) a region may instead be passed as a file descriptor
+(``SCM_RIGHTS``): a ``memfd`` sealed against shrinking and growing (``SealedRegion``), named
+``@INDEX`` in the request (the index of the descriptor sent with it). Its size cannot change,
+so the agent maps it and the model reads the input where the app wrote it, without a copy
+(``Stager.sealed_request``); an unsealed descriptor is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import re
@@ -244,6 +251,69 @@ class Region:
         self.path.unlink(missing_ok=True)
 
 
+SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+"""What a region passed by descriptor must be sealed against: a size that cannot change, so a
+mapping of it cannot fault (``SIGBUS``) under the agent."""
+
+
+class SealedRegion:
+    """A ``memfd`` of this process, sealed at its size: passed by descriptor, never named."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(size, ALIGN)
+        self.fd = os.memfd_create("edgefleet-input", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(self.fd, self.size)
+            fcntl.fcntl(self.fd, fcntl.F_ADD_SEALS, SEALS | fcntl.F_SEAL_SEAL)
+            self._map = mmap.mmap(self.fd, self.size)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def put(
+        self, name: str, array: Array, *, offset: int = 0, index: int = 0
+    ) -> inference_pb2.SharedTensor:
+        """Write ``array`` at ``offset``; the ``SharedTensor`` naming it as descriptor ``index``."""
+        a = np.asarray(array)
+        dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+        view: Array = np.ndarray(a.shape, dtype, buffer=self._map, offset=offset)
+        view[...] = a
+        return inference_pb2.SharedTensor(
+            name=name,
+            dtype=dtype.name,
+            shape=list(a.shape),
+            region=f"@{index}",
+            offset=offset,
+            byte_size=a.nbytes,
+        )
+
+    def close(self) -> None:
+        """Unmap and close (idempotent)."""
+        with contextlib.suppress(BufferError, ValueError):
+            self._map.close()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def map_sealed(fd: int) -> mmap.mmap:
+    """A read-only mapping of a region passed by descriptor; ``InvalidInputError`` unless it is
+    a shared-memory object sealed against shrinking and growing (``SEALS``)."""
+    try:
+        info = os.fstat(fd)
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:  # EINVAL: a file that cannot be sealed (not a memfd)
+        seals, info = 0, None
+    if info is None or not stat.S_ISREG(info.st_mode) or seals & SEALS != SEALS:
+        raise InvalidInputError(
+            "a shared-memory region passed by descriptor must be a memfd sealed against "
+            "shrinking and growing (F_SEAL_SHRINK | F_SEAL_GROW; sharedmem.SealedRegion)"
+        )
+    if info.st_size == 0:
+        raise InvalidInputError("a shared-memory region passed by descriptor is empty")
+    return mmap.mmap(fd, info.st_size, prot=mmap.PROT_READ)
+
+
 def available(root: Path = SHM_ROOT) -> bool:
     """Whether this machine has a writable POSIX shared-memory directory."""
     return root.is_dir() and os.access(root, os.W_OK | os.X_OK)
@@ -290,6 +360,7 @@ class Stager:
         self._root, self._group = root, group
         self._lock = threading.Lock()
         self._free: list[Region] = []
+        self._sealed: list[SealedRegion] = []
         self._closed = False
 
     @contextlib.contextmanager
@@ -323,6 +394,47 @@ class Stager:
             raise
         self._give_back(region)
 
+    @contextlib.contextmanager
+    def sealed_request(
+        self,
+        inputs: Mapping[str, Array],
+        *,
+        output_names: Sequence[str] = (),
+        release: str = "",
+    ) -> Iterator[tuple[inference_pb2.PredictRequest, list[int]]]:
+        """As ``request``, the large inputs in a ``SealedRegion``: the request and the
+        descriptors to send with it (the fast local path only: gRPC cannot carry them)."""
+        arrays = {name: np.ascontiguousarray(a) for name, a in inputs.items()}
+        large = [n for n, a in arrays.items() if a.nbytes >= self.threshold]
+        request = inference_pb2.PredictRequest(
+            inputs=[wire.array_to_pb(n, a) for n, a in arrays.items() if n not in large],
+            output_names=list(output_names),
+            release=release,
+        )
+        if not large:
+            yield request, []
+            return
+        need = sum(_aligned(arrays[n].nbytes) for n in large)
+        with self._lock:
+            fits = [i for i, r in enumerate(self._sealed) if r.size >= need]
+            region = self._sealed.pop(fits[0]) if fits else None
+        if region is None:
+            region = SealedRegion(need)
+        try:
+            offset = 0
+            for n in large:
+                request.shared_inputs.append(region.put(n, arrays[n], offset=offset))
+                offset += _aligned(arrays[n].nbytes)
+            yield request, [region.fd]
+        except BaseException:
+            region.close()  # the agent may still read it: never written again
+            raise
+        with self._lock:
+            if not self._closed and len(self._sealed) < self.POOL:
+                self._sealed.append(region)
+                return
+        region.close()
+
     def _take(self, size: int) -> Region:
         with self._lock:
             for i, region in enumerate(self._free):
@@ -342,5 +454,8 @@ class Stager:
         with self._lock:
             self._closed = True
             free, self._free = self._free, []
+            sealed, self._sealed = self._sealed, []
         for region in free:
             region.close()
+        for fd_region in sealed:
+            fd_region.close()
