@@ -2,12 +2,14 @@
 
 A persistent session (MQTT 3.1.1, ``clean_session=False``) so QoS 1 messages published while a
 client was away are delivered when it returns; subscriptions are renewed on every connect; paho
-reconnects by itself with a capped exponential delay, including when the broker is down at start.
+reconnects by itself, including when the broker is down at start, after a capped exponential
+delay with full jitter (``backoff.delay``) that this session sets before each attempt, so a fleet
+that lost its broker does not come back in lockstep.
 Handlers run on paho's network thread: they must be quick and hand real work to a queue.
 
 The URL may list several nodes of one clustered broker, comma-separated
 (``mqtt://a:1883,mqtt://b:1883``): the session connects to the first, and after each lost
-connection or failed attempt tries the next one in turn, with the same capped delay. A
+connection or failed attempt tries the next one in turn, with the same delay. A
 subscription the broker refuses (an ACL, or a cluster still electing its stream leaders) is
 asked for again with a capped delay until it is granted.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import ssl
 import threading
 from collections.abc import Callable, Iterable
@@ -27,6 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from edgefleet.common import backoff
 from edgefleet.common.errors import InvalidInputError, TransientError
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,13 @@ Handler = Callable[[str, bytes, bool], None]
 
 RESUBSCRIBE_MIN_S = 2.0
 RESUBSCRIBE_MAX_S = 60.0
+RECONNECT_BASE_S = 1.0
+RECONNECT_CAP_S = 30.0
+
+
+def jittered_reconnect(attempt: int) -> float:
+    """Seconds before connect attempt ``attempt`` (0 after a good connection was lost)."""
+    return backoff.delay(attempt, base=RECONNECT_BASE_S, cap=RECONNECT_CAP_S, rand=random.random)
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,7 @@ class MqttSession:
         cert_file: str | None = None,
         key_file: str | None = None,
         keepalive: int = 30,
+        reconnect_delay: Callable[[int], float] = jittered_reconnect,
     ) -> None:
         self.brokers = parse_urls(url)
         self._at = 0  # the node of ``brokers`` connected or tried now
@@ -123,7 +135,8 @@ class MqttSession:
             clean_session=False,
             protocol=mqtt.MQTTv311,
         )
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._backoff = reconnect_delay
+        self._attempt = 0  # connect attempts since the last good connection
         self._client.max_queued_messages_set(10_000)
         self._resubscribe: threading.Timer | None = None
         self._resubscribe_delay = RESUBSCRIBE_MIN_S
@@ -225,6 +238,7 @@ class MqttSession:
             log.warning("MQTT broker %s refused the connection: %s", self.broker.redacted(), reason)
             return
         log.info("connected to MQTT broker %s", self.broker.redacted())
+        self._attempt = 0
         self._subscribed.clear()
         if self._subscriptions:
             self._subscribe(self._subscriptions)
@@ -289,8 +303,18 @@ class MqttSession:
         self._client.username_pw_set(b.username, b.password)
         log.info("next MQTT broker node to try: %s", b.redacted())
 
+    def _back_off(self) -> None:
+        """Set paho's wait before its next connect attempt. paho runs on_disconnect or
+        on_connect_fail (which call this) on its network thread right before it waits, and waits
+        exactly ``min_delay`` after the delay is set anew."""
+        wait = self._backoff(self._attempt)
+        self._attempt += 1
+        # paho adds the delay to its clock and sleeps on it: fractions of a second work.
+        self._client.reconnect_delay_set(min_delay=wait, max_delay=wait)  # type: ignore[arg-type]
+
     def _handle_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self._next_node()
+        self._back_off()
 
     def _handle_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any
@@ -302,6 +326,7 @@ class MqttSession:
         if was and reason.is_failure:
             log.warning("lost MQTT broker %s (%s); reconnecting", self.broker.redacted(), reason)
         self._next_node()
+        self._back_off()
 
     def _handle_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         if self._on_message is None:
