@@ -94,9 +94,13 @@ def test_a_passing_candidate_becomes_a_child_version(
 
     # What a release of version 2 gets: the report, golden data, the packed container.
     s = ctl.controller.settings
-    registry = Registry(Database(s.database_url), BlobStore(s.blobs_dir), clock=lambda: 0)
-    stored = registry.get(model_name, 2)
-    artifacts = registry.compression_artifacts(stored)
+    db = Database(s.database_url)
+    try:
+        registry = Registry(db, BlobStore(s.blobs_dir), clock=lambda: 0)
+        stored = registry.get(model_name, 2)
+        artifacts = registry.compression_artifacts(stored)
+    finally:
+        db.dispose()
     assert artifacts is not None and artifacts.model_encoding == "efpk"
     assert artifacts.transfer is not None and packing.is_packed(artifacts.transfer)
     assert len(artifacts.transfer) == new.transfer_size
@@ -286,5 +290,9 @@ def test_profile_on_a_device_times_candidates_on_its_agent(
 
 def ctl_model(ctl: support.Running, name: str) -> bytes:
     s = ctl.controller.settings
-    registry = Registry(Database(s.database_url), BlobStore(s.blobs_dir), clock=lambda: 0)
-    return BlobStore(s.blobs_dir).read(registry.get(name, 1).digest)
+    db = Database(s.database_url)
+    try:
+        registry = Registry(db, BlobStore(s.blobs_dir), clock=lambda: 0)
+        return BlobStore(s.blobs_dir).read(registry.get(name, 1).digest)
+    finally:
+        db.dispose()
