@@ -25,7 +25,7 @@ import pytest
 from edgefleet.controller.db import Database
 from edgefleet.controller.records import RolloutRecord
 from edgefleet.controller.rollouts import engine, strategy
-from edgefleet.controller.rollouts.engine import DeviceState, RolloutPhase
+from edgefleet.controller.rollouts.engine import RolloutPhase, TargetState
 from edgefleet.controller.rollouts.history import Kind, transitions
 from edgefleet.controller.rolloutstore import RolloutStore
 from edgefleet.demo.digits import TrainedModel
@@ -191,7 +191,7 @@ def test_the_store_pages_a_rollout_and_bounds_its_device_changes(tmp_path: Path)
         first = RolloutRecord(r, "all-at-once", 1, 1)
         store.save(None, first, [], issued_at_ms=1, transitions=transitions(None, r, at_ms=1))
         targets = tuple(
-            replace(x, state=DeviceState.SENT if i % 3 else DeviceState.HEALTHY, generation=1)
+            replace(x, state=TargetState.SENT if i % 3 else TargetState.HEALTHY, generation=1)
             for i, x in enumerate(r.targets)
         )
         moved = replace(first, rollout=replace(r, targets=targets, phase=RolloutPhase.WAVE))

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import pytest
 
 from edgefleet.controller.rollouts import engine, strategy
-from edgefleet.controller.rollouts.engine import DeviceState, Report, RolloutPhase, SendDesired
+from edgefleet.controller.rollouts.engine import Report, RolloutPhase, SendDesired, TargetState
 
 OLD, NEW = "digits:1.0.0", "digits:1.1.0"
 DEVICES = ["d1", "d2", "d3", "d4"]
@@ -216,7 +216,7 @@ def test_error_rate_gate() -> None:
     )
     r, _ = engine.step(r, reports, now=1)
     assert r.phase is RolloutPhase.ROLLING_BACK and "error rate 20.0%" in r.reason
-    assert DeviceState.ROLLING_BACK in {t.state for t in r.targets}
+    assert TargetState.ROLLING_BACK in {t.state for t in r.targets}
 
 
 def test_the_latency_gate_compares_each_device_with_its_own_previous_figures() -> None:
@@ -240,6 +240,6 @@ def test_the_latency_gate_compares_each_device_with_its_own_previous_figures() -
     # 3 ms is far under the Pi's figures, but 3x the GPU's own
     slow = judged(gpu_p95=3.0, pi_p95=20.0)
     [failed] = [t for t in slow.targets if t.device_id == gpu]
-    assert failed.state is DeviceState.ROLLING_BACK  # failed, and the rollout rolls back
+    assert failed.state is TargetState.ROLLING_BACK  # failed, and the rollout rolls back
     assert "p95 3.00 ms > 1.5x baseline 1.00 ms" in failed.reason
     assert slow.phase is not RolloutPhase.SUCCEEDED

@@ -7,7 +7,7 @@ import pytest
 
 from edgefleet.common import rolloutwords
 from edgefleet.controller.records import ROLLBACK
-from edgefleet.controller.rollouts.engine import DeviceState, RolloutPhase
+from edgefleet.controller.rollouts.engine import RolloutPhase, TargetState
 from edgefleet.controller.rollouts.strategy import Kind
 from edgefleet.v1 import controller_pb2 as pb
 
@@ -18,10 +18,10 @@ def test_every_engine_phase_is_a_proto_phase_and_back() -> None:
         assert RolloutPhase(rolloutwords.phase_word(rolloutwords.phase_value(p))) is p
 
 
-def test_every_engine_device_state_is_a_proto_target_state_and_back() -> None:
-    assert [s.value for s in DeviceState] == list(rolloutwords.target_state_words())
-    for s in DeviceState:
-        assert DeviceState(rolloutwords.target_state_word(rolloutwords.target_state_value(s))) is s
+def test_every_engine_target_state_is_a_proto_target_state_and_back() -> None:
+    assert [s.value for s in TargetState] == list(rolloutwords.target_state_words())
+    for s in TargetState:
+        assert TargetState(rolloutwords.target_state_word(rolloutwords.target_state_value(s))) is s
 
 
 def test_every_strategy_kind_and_a_fleet_rollback_is_a_proto_kind_and_back() -> None:

@@ -27,7 +27,7 @@ from edgefleet.controller.records import (
     Started,
 )
 from edgefleet.controller.rollouts import engine
-from edgefleet.controller.rollouts.engine import DeviceState, RolloutPhase, SendDesired
+from edgefleet.controller.rollouts.engine import RolloutPhase, SendDesired, TargetState
 from edgefleet.controller.rollouts.history import Transition, transitions
 from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.controller.rolloutstore import Current, RolloutStore
@@ -141,7 +141,7 @@ class Rollouts:
             # The engine's abort sends every touched device to its previous release: mark each
             # device touched, with the release to go back to.
             touched = tuple(
-                replace(t, state=DeviceState.HEALTHY, previous_release=goal[t.device_id])
+                replace(t, state=TargetState.HEALTHY, previous_release=goal[t.device_id])
                 for t in r.targets
             )
             why = "fleet rollback to " + (to_release or "each device's previous release")
@@ -177,7 +177,7 @@ class Rollouts:
         with self._lock:
             for rollout_id in self._store.unfinished_ids():
                 rec = self._store.load(rollout_id)
-                waiting = (DeviceState.SENT, DeviceState.ROLLING_BACK)
+                waiting = (TargetState.SENT, TargetState.ROLLING_BACK)
                 gens = {
                     t.device_id: t.generation for t in rec.rollout.targets if t.state in waiting
                 }
@@ -308,10 +308,10 @@ class Rollouts:
 
     def _stop_waiting(self, rec: RolloutRecord) -> RolloutRecord:
         r = rec.rollout
-        left = [t.device_id for t in r.targets if t.state is DeviceState.ROLLING_BACK]
+        left = [t.device_id for t in r.targets if t.state is TargetState.ROLLING_BACK]
         targets = tuple(
             replace(t, reason=_join(t.reason, "rollback not confirmed when the wait stopped"))
-            if t.state is DeviceState.ROLLING_BACK
+            if t.state is TargetState.ROLLING_BACK
             else t
             for t in r.targets
         )
@@ -364,7 +364,7 @@ def _drop(
         extra={"rollout": rec.id},
     )
     targets = tuple(
-        replace(t, state=DeviceState.REVERTED, reason=_join(t.reason, missing[t.device_id]))
+        replace(t, state=TargetState.REVERTED, reason=_join(t.reason, missing[t.device_id]))
         if t.device_id in missing
         else t
         for t in rec.rollout.targets

@@ -17,11 +17,11 @@ from edgefleet.controller.db import (
 from edgefleet.controller.records import RolloutRecord
 from edgefleet.controller.rollouts import codec
 from edgefleet.controller.rollouts.engine import (
-    DeviceState,
     Report,
     Rollout,
     RolloutPhase,
     Target,
+    TargetState,
 )
 from edgefleet.controller.rollouts.history import Kind, Transition
 
@@ -72,7 +72,7 @@ def target(row: Sequence[Any]) -> Target:
     device_id, state, generation, sent_at, previous_release, baseline_p95_ms, reason = row
     return Target(
         device_id=device_id,
-        state=DeviceState(state),
+        state=TargetState(state),
         generation=generation,
         sent_at=sent_at,
         previous_release=previous_release,

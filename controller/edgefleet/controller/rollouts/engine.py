@@ -34,7 +34,7 @@ class RolloutPhase(StrEnum):
         return self in (RolloutPhase.SUCCEEDED, RolloutPhase.ROLLED_BACK)
 
 
-class DeviceState(StrEnum):
+class TargetState(StrEnum):
     WAITING = "waiting"  # not sent yet
     SENT = "sent"  # desired state published, no verdict yet
     HEALTHY = "healthy"  # runs the release and passes the gates
@@ -43,7 +43,7 @@ class DeviceState(StrEnum):
     REVERTED = "reverted"  # confirmed back on its previous release (or nothing to go back to)
 
 
-TOUCHED = (DeviceState.SENT, DeviceState.HEALTHY, DeviceState.FAILED)
+TOUCHED = (TargetState.SENT, TargetState.HEALTHY, TargetState.FAILED)
 NO_PREVIOUS = "no previous release"
 
 
@@ -65,7 +65,7 @@ class Report:
 @dataclass(frozen=True)
 class Target:
     device_id: str
-    state: DeviceState = DeviceState.WAITING
+    state: TargetState = TargetState.WAITING
     generation: int = 0
     sent_at: float = 0.0
     previous_release: str = ""
@@ -90,7 +90,7 @@ class Rollout:
     def steps(self) -> tuple[int, ...]:
         return self.strategy.steps(len(self.targets))
 
-    def count(self, *states: DeviceState) -> int:
+    def count(self, *states: TargetState) -> int:
         return sum(1 for t in self.targets if t.state in states)
 
     def explain(self, device_id: str) -> str:
@@ -140,12 +140,12 @@ def abort(
             targets.append(t)
         elif not t.previous_release:
             targets.append(
-                replace(t, state=DeviceState.REVERTED, reason=_join(t.reason, NO_PREVIOUS))
+                replace(t, state=TargetState.REVERTED, reason=_join(t.reason, NO_PREVIOUS))
             )
         else:
             gen = _next_generation(t, reports.get(t.device_id))
             commands.append(SendDesired(t.device_id, t.previous_release, gen, rollback=True))
-            targets.append(replace(t, state=DeviceState.ROLLING_BACK, generation=gen))
+            targets.append(replace(t, state=TargetState.ROLLING_BACK, generation=gen))
     phase = RolloutPhase.ROLLING_BACK if commands else RolloutPhase.ROLLED_BACK
     return replace(
         r, targets=tuple(targets), phase=phase, paused_phase=None, reason=reason
@@ -162,9 +162,9 @@ def step(
     r = replace(
         r, targets=tuple(_judge(t, r, reports.get(t.device_id), now=now) for t in r.targets)
     )
-    failed, sent = r.count(DeviceState.FAILED), r.count(*TOUCHED)
+    failed, sent = r.count(TargetState.FAILED), r.count(*TOUCHED)
     if r.strategy.too_many_failures(failed, sent):
-        worst = next(t for t in r.targets if t.state is DeviceState.FAILED)
+        worst = next(t for t in r.targets if t.state is TargetState.FAILED)
         return abort(
             r,
             reports,
@@ -178,7 +178,7 @@ def step(
     while True:
         r, sent_now = _dispatch(r, reports, goal=steps[r.step], now=now)
         commands.extend(sent_now)
-        if r.count(*TOUCHED) < steps[r.step] or r.count(DeviceState.SENT):
+        if r.count(*TOUCHED) < steps[r.step] or r.count(TargetState.SENT):
             return replace(r, step_done_at=None), commands
         done_at = r.step_done_at if r.step_done_at is not None else now
         if now - done_at < r.strategy.bake_s:
@@ -193,7 +193,7 @@ def _dispatch(
 ) -> tuple[Rollout, list[SendDesired]]:
     room = goal - r.count(*TOUCHED)
     if r.strategy.max_parallel:
-        room = min(room, r.strategy.max_parallel - r.count(DeviceState.SENT))
+        room = min(room, r.strategy.max_parallel - r.count(TargetState.SENT))
     if room <= 0:
         return _with_phase(r), []
     commands = []
@@ -201,7 +201,7 @@ def _dispatch(
     for i, t in enumerate(targets):
         if room == 0:
             break
-        if t.state is not DeviceState.WAITING:
+        if t.state is not TargetState.WAITING:
             continue
         report = reports.get(t.device_id)
         gen = _next_generation(t, report)
@@ -211,7 +211,7 @@ def _dispatch(
             baseline = report.p95_ms
         targets[i] = replace(
             t,
-            state=DeviceState.SENT,
+            state=TargetState.SENT,
             generation=gen,
             sent_at=now,
             previous_release=previous,
@@ -229,11 +229,11 @@ def _with_phase(r: Rollout) -> Rollout:
 
 def _judge(t: Target, r: Rollout, report: Report | None, *, now: float) -> Target:
     """Move one device along: sent -> healthy | failed; healthy -> failed if a gate trips."""
-    if t.state not in (DeviceState.SENT, DeviceState.HEALTHY):
+    if t.state not in (TargetState.SENT, TargetState.HEALTHY):
         return t
     reached = report is not None and report.generation_applied >= t.generation
     if not reached or report is None:
-        if t.state is DeviceState.SENT and now - t.sent_at > r.strategy.device_timeout_s:
+        if t.state is TargetState.SENT and now - t.sent_at > r.strategy.device_timeout_s:
             last = (
                 "it never reported"
                 if report is None
@@ -242,7 +242,7 @@ def _judge(t: Target, r: Rollout, report: Report | None, *, now: float) -> Targe
             )
             return replace(
                 t,
-                state=DeviceState.FAILED,
+                state=TargetState.FAILED,
                 reason=explaining.timed_out(r.strategy.device_timeout_s, last),
             )
         return t
@@ -251,12 +251,12 @@ def _judge(t: Target, r: Rollout, report: Report | None, *, now: float) -> Targe
             report.last_error
             or f"device reports {report.phase or 'unknown'} on {report.active_release or 'nothing'}"
         )
-        return replace(t, state=DeviceState.FAILED, reason=why)
+        return replace(t, state=TargetState.FAILED, reason=why)
     if report.phase != "active":
         return t  # still in its health window
     if gate := _gate(t, r.strategy, report, release=r.release):
-        return replace(t, state=DeviceState.FAILED, reason=gate)
-    return replace(t, state=DeviceState.HEALTHY, reason="")
+        return replace(t, state=TargetState.FAILED, reason=gate)
+    return replace(t, state=TargetState.HEALTHY, reason="")
 
 
 def _gate(t: Target, s: Strategy, report: Report, *, release: str) -> str:
@@ -278,13 +278,13 @@ def _confirm_rollback(r: Rollout, reports: Mapping[str, Report], *, now: float) 
     for t in r.targets:
         report = reports.get(t.device_id)
         confirmed = (
-            t.state is DeviceState.ROLLING_BACK
+            t.state is TargetState.ROLLING_BACK
             and report is not None
             and report.generation_applied >= t.generation
         )
-        targets.append(replace(t, state=DeviceState.REVERTED) if confirmed else t)
+        targets.append(replace(t, state=TargetState.REVERTED) if confirmed else t)
     r = replace(r, targets=tuple(targets))
-    if not r.count(DeviceState.ROLLING_BACK):
+    if not r.count(TargetState.ROLLING_BACK):
         return replace(r, phase=RolloutPhase.ROLLED_BACK)
     return r
 

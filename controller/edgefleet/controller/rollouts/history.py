@@ -17,10 +17,10 @@ from enum import StrEnum
 
 from edgefleet.controller.rollouts.engine import (
     NO_PREVIOUS,
-    DeviceState,
     Rollout,
     RolloutPhase,
     Target,
+    TargetState,
 )
 
 LIMIT = 5000
@@ -29,8 +29,8 @@ RESERVE = 500
 """Room kept beyond ``LIMIT`` for phase changes and gate decisions."""
 
 _BACK = (RolloutPhase.ROLLING_BACK, RolloutPhase.ROLLED_BACK)
-_RETURNING = (DeviceState.ROLLING_BACK, DeviceState.REVERTED)
-FAILED = DeviceState.FAILED.value
+_RETURNING = (TargetState.ROLLING_BACK, TargetState.REVERTED)
+FAILED = TargetState.FAILED.value
 
 
 class Kind(StrEnum):
@@ -56,7 +56,7 @@ def transitions(before: Rollout | None, after: Rollout, *, at_ms: int) -> list[T
     old_states = {t.device_id: t.state for t in before.targets} if before is not None else {}
     failed: list[Transition] = []
     for t in after.targets:
-        old = old_states.get(t.device_id, DeviceState.WAITING)
+        old = old_states.get(t.device_id, TargetState.WAITING)
         if old is t.state:
             continue
         if not _failed(old, t):
@@ -64,7 +64,7 @@ def transitions(before: Rollout | None, after: Rollout, *, at_ms: int) -> list[T
             continue
         why = after.explain(t.device_id)
         out.append(Transition(at_ms, Kind.DEVICE, t.device_id, old.value, FAILED, why))
-        if t.state is not DeviceState.FAILED:  # failed and sent back in the same step
+        if t.state is not TargetState.FAILED:  # failed and sent back in the same step
             out.append(Transition(at_ms, Kind.DEVICE, t.device_id, FAILED, t.state.value))
         failed.append(Transition(at_ms, Kind.GATE, t.device_id, "", FAILED, why))
     out.extend(failed)
@@ -75,12 +75,12 @@ def transitions(before: Rollout | None, after: Rollout, *, at_ms: int) -> list[T
     return out
 
 
-def _failed(old: DeviceState, t: Target) -> bool:
+def _failed(old: TargetState, t: Target) -> bool:
     """Whether the device failed in this change, though it may already be on its way back
     (the engine fails a device and aborts the rollout in one step)."""
-    if t.state is DeviceState.FAILED:
+    if t.state is TargetState.FAILED:
         return True
-    sent_back = old in (DeviceState.SENT, DeviceState.HEALTHY) and t.state in _RETURNING
+    sent_back = old in (TargetState.SENT, TargetState.HEALTHY) and t.state in _RETURNING
     return sent_back and bool(t.reason.removesuffix(NO_PREVIOUS).strip("; "))
 
 
@@ -88,8 +88,8 @@ def _decisions(before: Rollout | None, after: Rollout, *, at_ms: int) -> list[Tr
     """A step that passed its gate, the rollout that succeeded, the one that was aborted."""
     was = before.phase if before is not None else RolloutPhase.PENDING
     steps = after.steps
-    healthy = after.count(DeviceState.HEALTHY)
-    failed = after.count(DeviceState.FAILED)
+    healthy = after.count(TargetState.HEALTHY)
+    failed = after.count(TargetState.FAILED)
     out = []
     if before is not None and after.step > before.step:
         goal = steps[after.step] if after.step < len(steps) else len(after.targets)
