@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from edgefleet.agent.identity import IdentityFiles
 from edgefleet.common import wire
 from edgefleet.common.errors import InvalidInputError, MalformedMessageError
-from edgefleet.common.mqttclient import parse_urls
+from edgefleet.common.mqttclient import parse_urls, with_password_file
 from edgefleet.common.types import validate_name
 
 ENV_PREFIX = "EDGEFLEET_AGENT_"
@@ -305,19 +304,7 @@ def load(*, file: Path | None, env: Mapping[str, str], flags: Mapping[str, Any])
 def broker_url(s: MqttSettings) -> str:
     """The broker URL to connect with: ``url``, with the password from ``password_file``
     (in every node's URL, when it lists several)."""
-    if s.password_file is None:
-        return s.url
-    try:
-        password = s.password_file.read_text().rstrip("\r\n")
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read the MQTT password file: {exc}") from None
-    urls = []
-    for url in (u.strip() for u in s.url.split(",") if u.strip()):
-        parts = urlsplit(url)
-        user, host = parts.username or "", parts.netloc.rpartition("@")[2]
-        netloc = f"{quote(unquote(user), safe='')}:{quote(password, safe='')}@{host}"
-        urls.append(urlunsplit(parts._replace(netloc=netloc)))
-    return ",".join(urls)
+    return s.url if s.password_file is None else with_password_file(s.url, s.password_file)
 
 
 def _check_password_file(s: MqttSettings) -> None:

@@ -1,5 +1,10 @@
 """``edge-controller run``: parse flags into ``Settings``, start the controller, wait for a signal.
 
+Every ``run`` flag is also an ``EDGEFLEET_CONTROLLER_*`` variable (``--mqtt`` ->
+``EDGEFLEET_CONTROLLER_MQTT``, ``--db`` -> ``EDGEFLEET_CONTROLLER_DB``); a flag wins. Secrets
+never need the command line: the broker and database passwords come from
+``--mqtt-password-file`` / ``--db-password-file`` or from the environment.
+
 SIGTERM or SIGINT stops it gracefully (calls in flight finish) and the process exits 0.
 ``edge-controller migrate`` upgrades the database's schema (Alembic; ``run`` does it at start).
 ``edge-controller operator add|list|revoke`` manage operators straight on the data dir's database
@@ -23,6 +28,7 @@ import typer
 
 from edgefleet.common import logs, oci
 from edgefleet.common.errors import EdgeFleetError
+from edgefleet.common.mqttclient import with_password_file
 from edgefleet.controller.config import (
     ApiSettings,
     GrpcSettings,
@@ -34,11 +40,14 @@ from edgefleet.controller.config import (
     SandboxSettings,
     Settings,
     split_address,
+    with_db_password_file,
 )
 from edgefleet.controller.db import Database
 from edgefleet.controller.operators import OperatorStore, Role, write_token
 
 log = logging.getLogger(__name__)
+
+ENV_PREFIX = "EDGEFLEET_CONTROLLER"
 
 app = typer.Typer(
     help="EdgeFleet controller: model registry, releases, devices and rollouts.",
@@ -52,7 +61,7 @@ def _root() -> None:
     """EdgeFleet controller."""
 
 
-@app.command()
+@app.command(context_settings={"auto_envvar_prefix": ENV_PREFIX})
 def run(
     *,
     data_dir: Annotated[
@@ -112,6 +121,13 @@ def run(
     db: Annotated[
         str, typer.Option(help="SQLAlchemy URL (default: sqlite:///DATA_DIR/controller.db).")
     ] = "",
+    db_password_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File with the password of --db's user (postgresql://USER@HOST/DB), so that "
+            "it is never on the command line (or set EDGEFLEET_CONTROLLER_DB)."
+        ),
+    ] = None,
     advertise: Annotated[
         str, typer.Option(help="ArtifactService HOST:PORT for devices (default: the bound one).")
     ] = "",
@@ -148,6 +164,14 @@ def run(
         typer.Option(help="Client certificate for an mTLS broker (broker-config makes one)."),
     ] = None,
     mqtt_key: Annotated[Path | None, typer.Option(help="Its private key (PEM, 0600).")] = None,
+    mqtt_password_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File with the broker password of --mqtt's user (mqtts://USER@HOST:PORT, put "
+            "into every node's URL), so that it is never on the command line (or set "
+            "EDGEFLEET_CONTROLLER_MQTT)."
+        ),
+    ] = None,
     enrolled_only: Annotated[
         bool | None,
         typer.Option(
@@ -215,7 +239,14 @@ def run(
     ] = 30.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
-    """Run the controller until SIGTERM or SIGINT."""
+    """Run the controller until SIGTERM or SIGINT.
+
+    Every flag is also an EDGEFLEET_CONTROLLER_* variable (--mqtt:
+    EDGEFLEET_CONTROLLER_MQTT, --db-password-file:
+    EDGEFLEET_CONTROLLER_DB_PASSWORD_FILE); a flag wins. Passwords: in a
+    file (--mqtt-password-file, --db-password-file) or the environment,
+    never on the command line.
+    """
     from edgefleet.controller.server import Controller
 
     json_env = os.environ.get("EDGEFLEET_LOG_JSON")
@@ -234,6 +265,10 @@ def run(
                 oci.RegistryRef.from_source(source)
             else:
                 split_address(source)
+        if mqtt_password_file is not None:
+            mqtt = with_password_file(mqtt, mqtt_password_file)
+        if db_password_file is not None:
+            db = with_db_password_file(db, db_password_file)
     except EdgeFleetError as exc:
         raise typer.BadParameter(str(exc)) from exc
     settings = Settings(

@@ -1,4 +1,5 @@
-"""Controller settings: nested frozen dataclasses, loaded once (CLI flags) and passed down.
+"""Controller settings: nested frozen dataclasses, loaded once (CLI flags, each also an
+``EDGEFLEET_CONTROLLER_*`` variable) and passed down.
 
 Each part of the controller takes the one section it needs, never the whole tree.
 """
@@ -183,6 +184,29 @@ class Settings:
     @property
     def ca_dir(self) -> Path:
         return self.data_dir / "ca"
+
+
+def with_db_password_file(url: str, password_file: Path) -> str:
+    """The SQLAlchemy ``url`` with its user's password read from ``password_file``: how a
+    database password reaches the controller without being on its command line."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInputError(f"not a database URL: {exc}") from None
+    if not parsed.username:
+        raise InvalidInputError(
+            "a database password file needs a user in --db: postgresql://USER@HOST/DB"
+        )
+    if parsed.password:
+        raise InvalidInputError("give the database password in --db or in a file, not both")
+    try:
+        password = password_file.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the database password file: {exc}") from None
+    return parsed.set(password=password).render_as_string(hide_password=False)
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -23,8 +23,9 @@ import ssl
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -93,6 +94,28 @@ def parse_urls(urls: str) -> tuple[BrokerUrl, ...]:
     if len({b.tls for b in brokers}) > 1:
         raise InvalidInputError("MQTT broker URLs mix mqtt:// and mqtts://: use one for all")
     return brokers
+
+
+def with_password_file(urls: str, password_file: Path) -> str:
+    """``urls`` (one node or several) with the password read from ``password_file`` put into
+    each node's URL for its user: how a broker password reaches a session without being on a
+    command line or in a config file (e.g. systemd ``LoadCredential``)."""
+    brokers = parse_urls(urls)
+    if not all(b.username for b in brokers):
+        raise InvalidInputError("an MQTT password file needs a user in the URL: mqtt://USER@HOST")
+    if any(b.password for b in brokers):
+        raise InvalidInputError("give the MQTT password in the URL or in a file, not both")
+    try:
+        password = password_file.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read the MQTT password file: {exc}") from None
+    nodes = []
+    for url in (u.strip() for u in urls.split(",") if u.strip()):
+        parts = urlsplit(url)
+        user, host = parts.username or "", parts.netloc.rpartition("@")[2]
+        netloc = f"{quote(unquote(user), safe='')}:{quote(password, safe='')}@{host}"
+        nodes.append(urlunsplit(parts._replace(netloc=netloc)))
+    return ",".join(nodes)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,118 @@
+"""No secret needs the controller's command line: a real ``edge-controller run`` logs in to a
+real password-only Mosquitto with the password from ``--mqtt-password-file`` or from the
+environment (``EDGEFLEET_CONTROLLER_MQTT``), and its ``/proc/PID/cmdline`` holds no password.
+The database password's file is checked on the URL it makes (no PostgreSQL here)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from edgefleet.common.errors import InvalidInputError
+from edgefleet.controller.config import with_db_password_file
+from edgefleet.demo.processes import Processes, free_port, script, wait_for_json
+from edgefleet.demo.stack import start_controller
+from tests.conftest import Broker, mosquitto_available
+
+USER = "ctl"
+TIMEOUT = 60.0
+
+
+@pytest.fixture
+def password_broker(tmp_path: Path) -> Iterator[tuple[Broker, str]]:
+    """A Mosquitto that lets in only USER with its password (no anonymous clients)."""
+    if not mosquitto_available() or shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto and mosquitto_passwd are needed (apt-get install mosquitto)")
+    password = f"pw-{uuid.uuid4().hex}"
+    passwd = tmp_path / "passwd"
+    passwd.touch(mode=0o600)
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), USER, password], check=True)
+    b = Broker(tmp_path)
+    base = [x for x in b.conf.read_text().splitlines() if not x.startswith("allow_anonymous")]
+    b.conf.write_text("\n".join([*base, "allow_anonymous false", f"password_file {passwd}", ""]))
+    b.start()
+    yield b, password
+    b.kill()
+
+
+def logged_in(broker: Broker, client_id: str) -> bool:
+    """Mosquitto logged ``client_id`` connected as USER (it refuses a wrong or no password)."""
+    return any(
+        f" as {client_id} " in line and f"u'{USER}'" in line
+        for line in broker.log.read_text(errors="replace").splitlines()
+        if "New client connected" in line
+    )
+
+
+@pytest.mark.parametrize("source", ["password-file", "environment"])
+def test_the_controller_logs_in_to_the_broker_with_no_secret_in_argv(
+    password_broker: tuple[Broker, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    broker, password = password_broker
+    client_id = f"ctl-{uuid.uuid4().hex[:8]}"
+    data_dir = tmp_path / "data"
+    with Processes(tmp_path / "logs") as procs:
+        if source == "password-file":
+            secret = tmp_path / "mqtt.password"
+            secret.write_text(password + "\n")
+            secret.chmod(0o600)
+            process = start_controller(
+                procs,
+                data_dir,
+                mqtt_url=f"mqtt://{USER}@127.0.0.1:{broker.port}",
+                extra_args=["--mqtt-password-file", str(secret), "--mqtt-client-id", client_id],
+                timeout_s=TIMEOUT,
+            ).process
+        else:
+            # No --mqtt at all: the whole URL, password included, from the environment.
+            monkeypatch.setenv(
+                "EDGEFLEET_CONTROLLER_MQTT", f"mqtt://{USER}:{password}@127.0.0.1:{broker.port}"
+            )
+            monkeypatch.setenv("EDGEFLEET_CONTROLLER_MQTT_CLIENT_ID", client_id)
+            argv = [
+                *script("edge-controller", "edgefleet.controller.cli"),
+                "run",
+                "--data-dir", str(data_dir),
+                "--grpc", f"127.0.0.1:{free_port()}",
+                "--api", f"127.0.0.1:{free_port()}",
+                "--insecure",
+            ]  # fmt: skip
+            process = procs.spawn("controller", argv, tier=1)
+            wait_for_json(data_dir / "controller.json", process, timeout_s=TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while not logged_in(broker, client_id):
+            assert process.running(), process.log.read_text(errors="replace")[-2000:]
+            assert time.monotonic() < deadline, f"{client_id} never logged in to the broker"
+            time.sleep(0.1)
+        cmdline = Path(f"/proc/{process.popen.pid}/cmdline").read_bytes()
+        assert b"edgefleet" in cmdline or b"edge-controller" in cmdline  # the controller's own
+        assert password.encode() not in cmdline
+        assert password not in process.log.read_text(errors="replace")  # nor in its log
+
+
+def test_the_database_password_comes_from_its_file(tmp_path: Path) -> None:
+    secret = tmp_path / "db.password"
+    secret.write_text("p@ss/w:rd\n")
+    url = with_db_password_file("postgresql+psycopg://ctl@db:5432/edgefleet", secret)
+    parsed = make_url(url)
+    assert (parsed.username, parsed.password, parsed.host, parsed.database) == (
+        "ctl",
+        "p@ss/w:rd",
+        "db",
+        "edgefleet",
+    )
+    for refused in ("sqlite:///controller.db", "postgresql://ctl:other@db/edgefleet", "nonsense"):
+        with pytest.raises(InvalidInputError):
+            with_db_password_file(refused, secret)
+    with pytest.raises(InvalidInputError, match="cannot read"):
+        with_db_password_file("postgresql://ctl@db/edgefleet", tmp_path / "missing")
