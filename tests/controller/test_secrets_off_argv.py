@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.controller.config import with_db_password_file
-from edgefleet.demo.processes import Processes, free_port, script, wait_for_json
+from edgefleet.demo.processes import Processes, child_env, free_port, script, wait_for_json
 from edgefleet.demo.stack import start_controller
 from tests.conftest import Broker, mosquitto_available
 
@@ -116,3 +116,18 @@ def test_the_database_password_comes_from_its_file(tmp_path: Path) -> None:
             with_db_password_file(refused, secret)
     with pytest.raises(InvalidInputError, match="cannot read"):
         with_db_password_file("postgresql://ctl@db/edgefleet", tmp_path / "missing")
+
+
+def test_every_database_command_takes_the_url_from_the_environment(tmp_path: Path) -> None:
+    """``migrate`` (like ``operator`` and ``broker-config``) reads EDGEFLEET_CONTROLLER_DB, so a
+    URL with a password in it need not be on their command line either."""
+    elsewhere = tmp_path / "elsewhere.db"
+    env = {**child_env(), "EDGEFLEET_CONTROLLER_DB": f"sqlite:///{elsewhere}"}
+    done = subprocess.run(
+        [*script("edge-controller", "edgefleet.controller.cli"), "migrate", "--data-dir",
+         str(tmp_path / "data")],
+        env=env, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert elsewhere.is_file()
+    assert not (tmp_path / "data" / "controller.db").exists()

@@ -340,7 +340,12 @@ app.add_typer(operator_app, name="operator")
 
 DataDir = Annotated[Path, typer.Option(help="The controller's data dir (its database is there).")]
 DbUrl = Annotated[
-    str, typer.Option(help="SQLAlchemy URL (default: sqlite:///DATA_DIR/controller.db).")
+    str,
+    typer.Option(
+        envvar=f"{ENV_PREFIX}_DB",
+        help="SQLAlchemy URL (default: sqlite:///DATA_DIR/controller.db; a password in it: "
+        "set EDGEFLEET_CONTROLLER_DB rather than the flag).",
+    ),
 ]
 
 
