@@ -157,9 +157,13 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # The threads EdgeFleet names (agent-worker, agent-telemetry, agent-predict_N, controller-*,
-# compress-*, the controller's grpc_N and api_N pools, bench's simfleet). A test helper's own
-# daemon threads (monitoring-traffic, of a module fixture started on first use) are not checked.
-EDGEFLEET_THREAD = re.compile(r"^(agent-|controller-|compress-|grpc_|api_|simfleet)")
+# compress-*, the controller's grpc_N and api_N pools, a download's fetch-stall-watch, bench's
+# simfleet) and paho's network thread (paho-mqtt-client-ID: an MQTT client left connected).
+# A test helper's own daemon threads (monitoring-traffic, of a module fixture started on first
+# use) are not checked.
+EDGEFLEET_THREAD = re.compile(
+    r"^(agent-|controller-|compress-|grpc_|api_|fetch-stall-watch|simfleet|paho-mqtt-client-)"
+)
 THREAD_GRACE_S = 2.0  # paho, gRPC and executor threads wind down shortly after a stop
 
 # A thread pool starts its workers lazily, so a pool of a module- or session-scoped fixture

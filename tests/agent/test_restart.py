@@ -82,14 +82,19 @@ def test_broker_down_at_start_keeps_serving_then_connects(
     digits_model: TrainedModel,
     digits_data: DigitsData,
 ) -> None:
-    w = Watcher(own_broker.url, device_id="unused")
+    watchers: list[Watcher] = []
+
+    def watcher(device: str) -> Watcher:
+        watchers.append(Watcher(own_broker.url, device_id=device))
+        return watchers[-1]
+
     try:
         device_id, _ = install_v1_in_process(
-            start_agent, lambda d: Watcher(own_broker.url, device_id=d), signer, artifacts,
-            digits_model, mqtt=own_broker.url,
-        )  # fmt: skip
+            start_agent, watcher, signer, artifacts, digits_model, mqtt=own_broker.url
+        )
     finally:
-        w.close()
+        for made in watchers:
+            made.close()
     own_broker.stop()
 
     p = spawn(broker=own_broker, device_id=device_id)
