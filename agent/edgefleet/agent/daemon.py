@@ -56,7 +56,7 @@ from edgefleet.agent.serving import (
     PeerServicer,
 )
 from edgefleet.agent.state import DeviceState, StateFile
-from edgefleet.agent.store import DeviceStore
+from edgefleet.agent.store import SlotStore
 from edgefleet.agent.telemetry import TelemetryLoop
 from edgefleet.agent.trusting import TrustKeeper
 from edgefleet.agent.watching import HealthWatch
@@ -247,7 +247,7 @@ class Agent:
             timer=timer,
             max_concurrent=s.serving.max_concurrent,
         )
-        self.store = DeviceStore(s.data_dir)
+        self.store = SlotStore(s.data_dir)
         self.peer_servicer: PeerServicer | None = None
         self.peer_artifacts: PeerArtifactServicer | None = None  # blobs for the fleet's devices
         self.peer_server: PeerServer | None = None  # enrolled agents: mTLS for neighbours

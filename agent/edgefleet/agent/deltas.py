@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.agent import store as device_store
-from edgefleet.agent.store import DeviceStore
+from edgefleet.agent.store import SlotStore
 from edgefleet.common import chunking, digests, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import EdgeFleetError
@@ -55,7 +55,7 @@ def usable_chunks(manifest: t.Manifest) -> tuple[t.Chunk, ...]:
     return manifest.model_chunks
 
 
-def held_chunks(store: DeviceStore) -> dict[str, Held]:
+def held_chunks(store: SlotStore) -> dict[str, Held]:
     """The chunks of the model blobs in this device's slots, by digest (unverified: a user of
     one checks its bytes against the digest it wants)."""
     held: dict[str, Held] = {}

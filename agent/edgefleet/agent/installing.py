@@ -34,7 +34,7 @@ from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.restoring import load_slot
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.state import DeviceState, HealthWindow, PendingInstall, SlotInfo
-from edgefleet.agent.store import DeviceStore, signed_manifest_of
+from edgefleet.agent.store import SlotStore, signed_manifest_of
 from edgefleet.agent.variants import resolve_desired
 from edgefleet.agent.watching import HealthWatch
 from edgefleet.common import backoff, digests, rpc
@@ -78,7 +78,7 @@ class Installer:
         self,
         *,
         device_id: str,
-        store: DeviceStore,
+        store: SlotStore,
         ledger: Ledger,
         watch: HealthWatch,
         trust: TrustStore,

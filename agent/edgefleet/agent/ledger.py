@@ -12,13 +12,13 @@ import logging
 
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.state import DeviceState, StateFile
-from edgefleet.agent.store import DeviceStore
+from edgefleet.agent.store import SlotStore
 
 log = logging.getLogger(__name__)
 
 
 class Ledger:
-    def __init__(self, *, state_file: StateFile, store: DeviceStore, reporter: Reporter) -> None:
+    def __init__(self, *, state_file: StateFile, store: SlotStore, reporter: Reporter) -> None:
         self._state_file = state_file
         self._store = store
         self._reporter = reporter

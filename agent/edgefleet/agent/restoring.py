@@ -30,7 +30,7 @@ from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime
 from edgefleet.agent.state import DeviceState, SlotInfo, StateFile
-from edgefleet.agent.store import DeviceStore
+from edgefleet.agent.store import SlotStore
 from edgefleet.agent.variants import resolve_desired
 from edgefleet.common.desired import open_desired
 from edgefleet.common.errors import EdgeFleetError, IntegrityError, ModelLoadError
@@ -40,7 +40,7 @@ from edgefleet.common.types import DesiredState, InstallPhase
 log = logging.getLogger(__name__)
 
 
-def verify_slot(store: DeviceStore, trust: TrustStore, slot: SlotInfo) -> LoadedModel:
+def verify_slot(store: SlotStore, trust: TrustStore, slot: SlotInfo) -> LoadedModel:
     """Verify a slot end to end; raises a ``PermanentError`` naming the problem."""
     manifest, manifest_digest = store.open_slot(slot.slot, trust)
     if manifest_digest != slot.manifest_digest:
@@ -53,14 +53,14 @@ def verify_slot(store: DeviceStore, trust: TrustStore, slot: SlotInfo) -> Loaded
     )
 
 
-def load_verified(store: DeviceStore, model: LoadedModel, *, metrics: AgentMetrics) -> ModelRuntime:
+def load_verified(store: SlotStore, model: LoadedModel, *, metrics: AgentMetrics) -> ModelRuntime:
     runtime = ModelRuntime.load(store.model_path(model.slot), model)
     metrics.model_load.observe(runtime.load_seconds)
     return runtime
 
 
 def load_slot(
-    store: DeviceStore, trust: TrustStore, slot: SlotInfo, *, metrics: AgentMetrics
+    store: SlotStore, trust: TrustStore, slot: SlotInfo, *, metrics: AgentMetrics
 ) -> ModelRuntime:
     """Verify a slot end to end and load it; raises a ``PermanentError`` naming the problem."""
     return load_verified(store, verify_slot(store, trust, slot), metrics=metrics)
@@ -77,7 +77,7 @@ def restore(
     *,
     device_id: str,
     state_file: StateFile,
-    store: DeviceStore,
+    store: SlotStore,
     trust: TrustStore,
     metrics: AgentMetrics,
     reporter: Reporter,
@@ -115,7 +115,7 @@ def restore(
 
 def _load_or_rebuild(
     state_file: StateFile,
-    store: DeviceStore,
+    store: SlotStore,
     trust: TrustStore,
     *,
     device_id: str,
@@ -150,7 +150,7 @@ def _load_or_rebuild(
 
 
 def rebuild(
-    store: DeviceStore, trust: TrustStore, *, device_id: str
+    store: SlotStore, trust: TrustStore, *, device_id: str
 ) -> tuple[DeviceState, list[str]]:
     """The state the verified slots on disk prove, and a note per slot that did not verify."""
     proven: list[tuple[int, SlotInfo]] = []
@@ -189,7 +189,7 @@ def rebuild(
 
 
 def _slot_generation(
-    store: DeviceStore, trust: TrustStore, slot: str, *, device_id: str, manifest_digest: str
+    store: SlotStore, trust: TrustStore, slot: str, *, device_id: str, manifest_digest: str
 ) -> int:
     """The generation the slot's signed desired state proves (its name's, without one)."""
     named = int(slot[1:])
@@ -205,7 +205,7 @@ def _slot_generation(
 @dataclass(frozen=True)
 class _Start:
     state_file: StateFile
-    store: DeviceStore
+    store: SlotStore
     trust: TrustStore
     metrics: AgentMetrics
     reporter: Reporter

@@ -58,7 +58,11 @@ def signed_manifest_of(desired: bytes) -> bytes:
     return msg.manifest.SerializeToString(deterministic=True)
 
 
-class DeviceStore:
+class SlotStore:
+    """The agent's model files under ``root``: verified blobs, partial downloads, and the slots
+    (``slots/g<generation>``: a model, its golden data, the signed manifest and desired state)
+    that activation and rollback switch between."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.blobs = BlobStore(root / "blobs")

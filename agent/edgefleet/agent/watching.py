@@ -36,7 +36,7 @@ from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.restoring import load_slot
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.state import DeviceState, HealthWindow
-from edgefleet.agent.store import DeviceStore
+from edgefleet.agent.store import SlotStore
 from edgefleet.common.errors import EdgeFleetError
 from edgefleet.common.signing import TrustStore
 from edgefleet.common.types import HealthPolicy, InstallPhase
@@ -49,7 +49,7 @@ class HealthWatch:
         self,
         *,
         ledger: Ledger,
-        store: DeviceStore,
+        store: SlotStore,
         trust: TrustStore,
         reporter: Reporter,
         metrics: AgentMetrics,

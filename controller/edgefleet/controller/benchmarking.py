@@ -26,7 +26,7 @@ from edgefleet.common.errors import NotFoundError, PermanentError, TransientErro
 from edgefleet.common.signing import Envelope
 from edgefleet.controller.compress.graphs import Feed
 from edgefleet.controller.compress.timing import Latency
-from edgefleet.controller.devices import DeviceStore
+from edgefleet.controller.devices import DeviceRegistry
 from edgefleet.controller.keys import KeyRing
 from edgefleet.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -131,7 +131,7 @@ def signer(keys: KeyRing) -> Callable[[bytes], Envelope]:
 
 
 def device_timer(
-    devices: DeviceStore,
+    devices: DeviceRegistry,
     keys: KeyRing,
     device_id: str,
     *,
@@ -155,7 +155,7 @@ def device_timer(
 
 
 def device_profiler(
-    devices: DeviceStore,
+    devices: DeviceRegistry,
     keys: KeyRing,
     device_id: str,
     *,

@@ -42,7 +42,7 @@ Report = t.DeviceStatus | t.Presence | t.Telemetry | t.DeviceEvent
 
 @dataclass(frozen=True)
 class Page:
-    """One page of a device listing (``DeviceStore.page``)."""
+    """One page of a device listing (``DeviceRegistry.page``)."""
 
     devices: list[DeviceView]
     next_after: tuple[str, str] | None  # (fleet, device id) of the last one; None: no more
@@ -57,7 +57,7 @@ class Incoming:
     retained: bool = False
 
 
-class DeviceStore:
+class DeviceRegistry:
     def __init__(
         self,
         db: Database,

@@ -19,7 +19,7 @@ from edgefleet.common import topics, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import InvalidInputError, MalformedMessageError
 from edgefleet.controller.config import IngestSettings
-from edgefleet.controller.devices import DeviceStore, Incoming, Report
+from edgefleet.controller.devices import DeviceRegistry, Incoming, Report
 from edgefleet.controller.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,9 @@ def channel_of(topic: str) -> str:
 
 
 class Ingest:
-    def __init__(self, store: DeviceStore, metrics: Metrics, *, settings: IngestSettings) -> None:
+    def __init__(
+        self, store: DeviceRegistry, metrics: Metrics, *, settings: IngestSettings
+    ) -> None:
         self._store = store
         self._metrics = metrics
         self._settings = settings

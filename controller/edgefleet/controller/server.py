@@ -37,7 +37,7 @@ from edgefleet.controller.compressing import Compressor
 from edgefleet.controller.config import Settings, join_address, split_address
 from edgefleet.controller.db import Database
 from edgefleet.controller.deploying import Deployer
-from edgefleet.controller.devices import DeviceStore
+from edgefleet.controller.devices import DeviceRegistry
 from edgefleet.controller.driving import RolloutDriver
 from edgefleet.controller.enrollment import Enrollment, IdentityState, open_enrollment
 from edgefleet.controller.fleetmetrics import DEVICE_SERIES, FleetCollector
@@ -146,7 +146,7 @@ class Controller:
                 devices, keys, device_id, tls=self._device_client_tls
             ),
         )
-        devices = DeviceStore(
+        devices = DeviceRegistry(
             db,
             clock=now_ms,
             events_per_device=s.ingest.events_per_device,

@@ -22,7 +22,7 @@ from edgefleet.controller import api, auth
 from edgefleet.controller.audit import AuditEntry, AuditLog
 from edgefleet.controller.compressing import Compressor
 from edgefleet.controller.deploying import Deployer
-from edgefleet.controller.devices import DeviceStore
+from edgefleet.controller.devices import DeviceRegistry
 from edgefleet.controller.enrollment import Enrollment
 from edgefleet.controller.identityservice import IdentityApi
 from edgefleet.controller.keys import KeyRing
@@ -81,7 +81,7 @@ class ControllerServicer(IdentityApi):  # + the device-identity RPCs (identityse
         keys: KeyRing,
         registry: Registry,
         releases: Releases,
-        devices: DeviceStore,
+        devices: DeviceRegistry,
         deployer: Deployer,
         rollouts: Rollouts,
         max_model_bytes: int,
