@@ -30,13 +30,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import grpc
 import numpy as np
 
 from edgefleet.agent import failover
 from edgefleet.common import fastpath, rpc, sharedmem, wire
+from edgefleet.common.closing import Closing
 from edgefleet.common.errors import TransientError
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
@@ -124,7 +124,7 @@ def request_for(
     )
 
 
-class FailoverClient:
+class FailoverClient(Closing):
     """Predict on the local agent, or on a neighbour of its fleet when the agent is down."""
 
     def __init__(
@@ -170,17 +170,6 @@ class FailoverClient:
         self._own = failover.OwnState(device_id="")
         self._neighbours: list[failover.Neighbour] = []
         self._refreshed_at: float | None = None
-
-    def __enter__(self) -> FailoverClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         self._channels.close()

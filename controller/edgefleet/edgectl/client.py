@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
 from edgefleet.common import rpc, wire
 from edgefleet.common import types as t
+from edgefleet.common.closing import Closing
 from edgefleet.common.errors import InvalidInputError, NotFoundError
 from edgefleet.v1 import common_pb2, enroll_pb2, mqtt_pb2
 from edgefleet.v1 import controller_pb2 as pb
@@ -101,7 +101,7 @@ def api_tls(ca_file: Path | None) -> rpc.ClientTls | None:
         raise InvalidInputError(f"cannot read CA file {ca_file}: {exc}") from None
 
 
-class ControllerClient:
+class ControllerClient(Closing):
     """``target`` is the controller's operator API; ``token`` the operator's bearer token;
     ``ca_file`` the CA bundle its TLS certificate must chain to (None: plaintext)."""
 
@@ -122,17 +122,6 @@ class ControllerClient:
 
     def close(self) -> None:
         self._channel.close()
-
-    def __enter__(self) -> ControllerClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _call(self, fn: Callable[[], R]) -> R:
         try:

@@ -13,13 +13,13 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
 from edgefleet.common import rpc, sharedmem, wire
+from edgefleet.common.closing import Closing
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
@@ -33,7 +33,7 @@ class Prediction:
     device_id: str
 
 
-class InferenceClient:
+class InferenceClient(Closing):
     def __init__(
         self,
         endpoint: str,
@@ -53,17 +53,6 @@ class InferenceClient:
         self._channel.close()
         if self._stager is not None:
             self._stager.close()
-
-    def __enter__(self) -> InferenceClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def predict(
         self, inputs: Mapping[str, Array], *, output_names: Sequence[str] = ()

@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
+from edgefleet.common.closing import Closing
 from edgefleet.v1 import common_pb2, inference_pb2
 
 Array = npt.NDArray[Any]
@@ -270,7 +271,7 @@ def _connect(path: str, timeout: float) -> socket.socket:
     return sock
 
 
-class FastPathClient:
+class FastPathClient(Closing):
     """Predict over an agent's fast socket (thread-safe; connections reused)."""
 
     def __init__(self, path: str | Path, *, deadline: float = 5.0) -> None:
@@ -278,12 +279,6 @@ class FastPathClient:
         self.deadline = deadline
         self._lock = threading.Lock()
         self._idle: list[_Connection] = []
-
-    def __enter__(self) -> FastPathClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the idle connections (those in use close when their call ends)."""
