@@ -48,3 +48,13 @@ def ctl(tmp_path: Path, broker: Broker) -> Iterator[support.Running]:
 @pytest.fixture(scope="session")
 def ocr_cls() -> bytes:
     return _load(corpus.ocr_cls_onnx)
+
+
+@pytest.fixture(scope="session")
+def ocr_det() -> bytes:
+    return _load(corpus.ocr_det_onnx)
+
+
+@pytest.fixture(scope="session")
+def ocr_rec() -> bytes:
+    return _load(corpus.ocr_rec_onnx)

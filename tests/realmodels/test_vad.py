@@ -145,3 +145,26 @@ def test_vad_compresses_over_a_stream_of_feeds_with_its_state_carried(
         helpers.deploy(ctl, f"{name}:1.3.0", fleet)
         passed = helpers.event(ctl, agent.device_id, "health_check_passed", f"{name}:1.3.0")
         assert "8 golden rows pass" in passed
+
+
+@pytest.mark.slow
+def test_vad_through_the_whole_path(
+    ctl: support.Running, broker: Broker, tmp_path: Path, silero: bytes
+) -> None:
+    """Compress with a time budget, release the winner (the original when no candidate applies:
+    each verdict says why), canary to two real agents, the rollout succeeds, and Predict on
+    each device, its recurrent state and sample rate given, is what ONNX Runtime computes."""
+    probe = {
+        "input": audio(2)[1:],
+        "state": np.random.default_rng(4).uniform(-0.5, 0.5, (2, 1, 128)).astype(np.float32),
+        "sr": np.array(16000, np.int64),
+    }
+    path = helpers.whole_path(
+        ctl, broker, tmp_path, silero, {"input": audio(8), **shared()}, probe,
+        name="vad", recipe="int8-dynamic,fp16", max_drop=5.0,
+    )  # fmt: skip
+    assert path.report["metric"] == "max-abs-error"
+    verdicts = [c.verdict for c in path.result.candidates]
+    assert path.result.passed or all(v.startswith(("skipped", "fails")) for v in verdicts)
+    assert path.shipped.deployed, path.shipped.why
+    assert path.shipped.predict_matches, path.shipped.predict_error

@@ -14,6 +14,12 @@ time:
   subgraphs on the scalar sample rate ``sr`` (int64[]), a recurrent ``state`` float32[2, B, 128]
   fed back from ``stateN``, audio ``input`` float32[B, samples] (512 samples at 16 kHz).
 * ``ocr-cls``: PaddleOCR's text-direction classifier (package ``rapidocr-onnxruntime``).
+* ``ocr-det``: PP-OCRv4's text detector (same wheel): ``x`` float32[N, 3, H, W] (H, W multiples
+  of 32, ImageNet-normalised RGB) to a text probability map float32[N, 1, H, W]; judged by
+  ``iou``. ``det_images`` draws lines of digits on light backgrounds for it.
+* ``ocr-rec``: PP-OCRv4's text recogniser (same wheel): ``x`` float32[N, 3, 48, W] in [-1, 1]
+  to per-column class scores float32[N, W / 8, 6625] (class 0 the CTC blank); judged by
+  ``seq:ctc``. ``rec_images`` draws one line of digits per image.
 
 ``ModelMissing`` says which package to install when one is absent (tests skip with it).
 """
@@ -64,6 +70,96 @@ def ocr_cls_onnx() -> bytes:
         "rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx", package=OCR_PACKAGE
     )
     return path.read_bytes()
+
+
+def ocr_det_onnx() -> bytes:
+    path = package_file(
+        "rapidocr_onnxruntime", "models/ch_PP-OCRv4_det_infer.onnx", package=OCR_PACKAGE
+    )
+    return path.read_bytes()
+
+
+def ocr_rec_onnx() -> bytes:
+    path = package_file(
+        "rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx", package=OCR_PACKAGE
+    )
+    return path.read_bytes()
+
+
+# 3x5 bitmaps of the digits, row by row ("1": ink)
+_GLYPHS = {
+    "0": "111101101101111",
+    "1": "010110010010111",
+    "2": "111001111100111",
+    "3": "111001111001111",
+    "4": "101101111001001",
+    "5": "111100111001111",
+    "6": "111100111101111",
+    "7": "111001010010010",
+    "8": "111101111101111",
+    "9": "111101111001111",
+}
+
+
+def _ink(text: str, scale: int) -> npt.NDArray[np.bool_]:
+    """``text`` (digits and spaces) as a boolean bitmap 5 x ``scale`` pixels high."""
+    cols: list[npt.NDArray[np.bool_]] = []
+    for ch in text:
+        bits = _GLYPHS.get(ch, "0" * 15)
+        glyph = np.array([c == "1" for c in bits], bool).reshape(5, 3)
+        cols += [glyph, np.zeros((5, 1), bool)]
+    bitmap = np.concatenate(cols, axis=1) if cols else np.zeros((5, 0), bool)
+    return np.kron(bitmap, np.ones((scale, scale), bool)).astype(bool)
+
+
+def _digits(rng: np.random.Generator, count: int) -> str:
+    return "".join(str(d) if d < 10 else " " for d in rng.integers(0, 11, count))
+
+
+def _paper(rng: np.random.Generator, height: int, width: int) -> npt.NDArray[np.float32]:
+    """A light, slightly uneven RGB background in [0, 1], [3, H, W]."""
+    tint = rng.uniform(0.75, 0.95, (3, 1, 1))
+    noise = rng.normal(0.0, 0.02, (1, height, width))
+    return np.clip(tint + noise, 0, 1).astype(np.float32)
+
+
+def det_images(rows: int, *, height: int = 160, width: int = 320) -> npt.NDArray[np.float32]:
+    """Pages for the detector: 1-3 dark lines of digits each, float32[rows, 3, H, W] normalised
+    as PP-OCR's detector expects ((x - ImageNet mean) / std). H and W: multiples of 32."""
+    if height % 32 or width % 32:
+        raise ValueError(f"the detector takes multiples of 32, got {height}x{width}")
+    rng = np.random.default_rng(2)
+    mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(3, 1, 1)
+    std = np.array([0.229, 0.224, 0.225], np.float32).reshape(3, 1, 1)
+    out = np.empty((rows, 3, height, width), np.float32)
+    for i in range(rows):
+        page = _paper(rng, height, width)
+        for line in range(int(rng.integers(1, 4))):
+            ink = _ink(_digits(rng, int(rng.integers(4, 12))), int(rng.integers(3, 6)))
+            ink = ink[: height // 3, : width - 16]
+            top = (
+                8 + line * (height // 3) + int(rng.integers(0, max(1, height // 3 - 8 - len(ink))))
+            )
+            left = int(rng.integers(8, max(9, width - ink.shape[1] - 8)))
+            region = page[:, top : top + ink.shape[0], left : left + ink.shape[1]]
+            region[:, ink[: region.shape[1], : region.shape[2]]] = rng.uniform(0.0, 0.2)
+        out[i] = (page - mean) / std
+    return out
+
+
+def rec_images(rows: int, *, width: int = 320) -> npt.NDArray[np.float32]:
+    """Text lines for the recogniser: dark digits on light backgrounds, float32[rows, 3, 48, W]
+    in [-1, 1] ((x - 0.5) / 0.5, as PP-OCR's recogniser expects)."""
+    rng = np.random.default_rng(3)
+    out = np.empty((rows, 3, 48, width), np.float32)
+    for i in range(rows):
+        page = _paper(rng, 48, width)
+        ink = _ink(_digits(rng, int(rng.integers(4, 14))), int(rng.integers(5, 8)))
+        ink = ink[:40, : width - 8]
+        top = int(rng.integers(2, 48 - ink.shape[0] - 1))
+        page[:, top : top + ink.shape[0], 4 : 4 + ink.shape[1]][:, ink] = rng.uniform(0.0, 0.2)
+        out[i] = (page - 0.5) / 0.5
+    return out
 
 
 def _minilm_dir() -> Path:
