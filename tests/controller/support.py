@@ -35,6 +35,7 @@ from tests.controller import databases
 
 T = TypeVar("T")
 DEADLINE = 10.0
+UPLOAD_DEADLINE = 60.0
 
 
 def unique(prefix: str) -> str:
@@ -113,7 +114,9 @@ def upload(
         for i in range(0, len(data), chunk):
             yield pb.UploadModelRequest(chunk=data[i : i + chunk])
 
-    return stub.UploadModel(parts(), timeout=DEADLINE)
+    # The controller inspects the model in a sandbox process (a fresh interpreter) before it
+    # answers: on a machine busy with the rest of the suite that alone can outlast DEADLINE.
+    return stub.UploadModel(parts(), timeout=UPLOAD_DEADLINE)
 
 
 def trust(stub: controller_pb2_grpc.ControllerServiceStub) -> TrustStore:
