@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 from edgefleet.agent import checking
-from edgefleet.agent import golden as g
+from edgefleet.agent import goldenset as g
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime, spec_of
 from edgefleet.common import feeds
 from edgefleet.common import types as t

@@ -11,7 +11,7 @@ import grimp
 import numpy as np
 import pytest
 
-from edgefleet.agent import golden, health
+from edgefleet.agent import goldenset, health
 from edgefleet.agent import reconcile as r
 from edgefleet.agent.state import DeviceState, HealthWindow, SlotInfo, StateFile
 from edgefleet.common import types as t
@@ -170,7 +170,7 @@ VALUES = np.array([0.5, 1.5, 2.5, 3.5], np.float32)
 def compare(
     expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], **kw: float
 ) -> list[str]:
-    return golden.compare(
+    return goldenset.compare(
         expected,
         actual,
         max_abs_error=kw.get("max_abs_error", 1e-4),
@@ -260,19 +260,19 @@ def test_a_one_column_float_output_is_a_value_not_a_class() -> None:
 
 def test_golden_parsing() -> None:
     data = golden_npz({"pixels": np.zeros((3, 64), np.float32)}, {"label": LABELS[:3]})
-    g = golden.parse(data)
+    g = goldenset.parse(data)
     assert g.rows == 3 and set(g.inputs) == {"pixels"} and set(g.expected) == {"label"}
     assert g.feed(1, 2)["pixels"].shape == (1, 64)
-    with pytest.raises(golden.GoldenDataError, match=r"not a readable \.npz"):
-        golden.parse(b"PK\x03\x04 nonsense")
-    with pytest.raises(golden.GoldenDataError, match="no input/<name> array"):
-        golden.parse(golden_npz({}, {"label": LABELS}))
-    with pytest.raises(golden.GoldenDataError, match="share their first dimension"):
-        golden.parse(golden_npz({"pixels": np.zeros((3, 64), np.float32)}, {"label": LABELS}))
+    with pytest.raises(goldenset.GoldenDataError, match=r"not a readable \.npz"):
+        goldenset.parse(b"PK\x03\x04 nonsense")
+    with pytest.raises(goldenset.GoldenDataError, match="no input/<name> array"):
+        goldenset.parse(golden_npz({}, {"label": LABELS}))
+    with pytest.raises(goldenset.GoldenDataError, match="share their first dimension"):
+        goldenset.parse(golden_npz({"pixels": np.zeros((3, 64), np.float32)}, {"label": LABELS}))
     buf = io.BytesIO()
     cast(Any, np.savez)(buf, **{"input/x": np.array([object()], dtype=object)})
-    with pytest.raises(golden.GoldenDataError):
-        golden.parse(buf.getvalue())
+    with pytest.raises(goldenset.GoldenDataError):
+        goldenset.parse(buf.getvalue())
 
 
 # --- the install plan of a release with golden data ----------------------------------------------
@@ -409,7 +409,7 @@ def test_a_state_file_from_before_health_windows_still_loads(tmp_path: Path) -> 
     assert state.active == G1 and state.window is None and state.load_failures == 0
 
 
-@pytest.mark.parametrize("module", ["edgefleet.agent.health", "edgefleet.agent.golden"])
+@pytest.mark.parametrize("module", ["edgefleet.agent.health", "edgefleet.agent.goldenset"])
 def test_the_health_core_imports_no_io_library(module: str) -> None:
     """Like the import-linter contract on ``reconcile``: the decisions stay pure."""
     graph = grimp.build_graph("edgefleet", include_external_packages=True)

@@ -158,9 +158,9 @@ def test_the_batched_layout_still_loads_and_a_carry_runs_its_samples_in_order() 
 
 
 def test_static_quantization_calibrates_on_feeds_of_different_lengths() -> None:
-    from edgefleet.controller.compress.golden import GoldenMode
     from edgefleet.controller.compress.searching import Objective, search
     from edgefleet.controller.compress.timing import LocalTimer
+    from edgefleet.controller.compress.winnergolden import GoldenMode
 
     model = recurrent()
     ev = load_eval_set(to_npz(feeds.join(stream(8, length=50))), model=model, carry=CARRY)

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.common.types import TensorSpec
-from edgefleet.controller import golden as release_golden
+from edgefleet.controller import releasegolden as release_golden
 from edgefleet.controller.compress.errors import InvalidInputError
 from edgefleet.controller.compress.evaluating import (
     EvalSet,
@@ -21,7 +21,7 @@ from edgefleet.controller.compress.evaluating import (
     reference,
     score,
 )
-from edgefleet.controller.compress.golden import golden_for
+from edgefleet.controller.compress.winnergolden import golden_for
 
 from . import models
 

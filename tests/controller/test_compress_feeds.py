@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgefleet.agent import golden as agent_golden
+from edgefleet.agent import goldenset as agent_golden
 from edgefleet.common import feeds
 from edgefleet.common.artifacts import BlobStore
 from edgefleet.edgectl.app import app

@@ -1,6 +1,6 @@
 """Golden data with releases: checked against the model, completed with ONNX Runtime, signed.
 
-``golden.normalize`` directly for the checks (real ONNX Runtime, no server), then
+``releasegolden.normalize`` directly for the checks (real ONNX Runtime, no server), then
 ``CreateRelease`` on a real controller for storage, the signed manifest and the errors.
 """
 
@@ -21,7 +21,7 @@ from edgefleet.common import desired, digests
 from edgefleet.common import types as t
 from edgefleet.common.artifacts import BlobStore
 from edgefleet.common.errors import InvalidInputError
-from edgefleet.controller import golden
+from edgefleet.controller import releasegolden
 from edgefleet.demo.digits import DigitsData, TrainedModel
 from edgefleet.edgectl.app import app
 from edgefleet.v1 import common_pb2
@@ -48,7 +48,7 @@ def load(data: bytes) -> dict[str, np.ndarray]:
 
 
 def normalize(data: bytes, model: bytes) -> dict[str, np.ndarray]:
-    return load(golden.normalize(data, model=model, inputs=INPUTS, outputs=OUTPUTS))
+    return load(releasegolden.normalize(data, model=model, inputs=INPUTS, outputs=OUTPUTS))
 
 
 def test_missing_expected_outputs_are_computed_with_onnx_runtime(
@@ -68,8 +68,12 @@ def test_given_expectations_are_kept_and_the_result_is_deterministic(
 ) -> None:
     x, truth = digits_data.x_test[:16], digits_data.y_test[:16]
     data = npz(input__pixels=x, expected__label=truth)
-    first = golden.normalize(data, model=digits_model.onnx_bytes, inputs=INPUTS, outputs=OUTPUTS)
-    again = golden.normalize(data, model=digits_model.onnx_bytes, inputs=INPUTS, outputs=OUTPUTS)
+    first = releasegolden.normalize(
+        data, model=digits_model.onnx_bytes, inputs=INPUTS, outputs=OUTPUTS
+    )
+    again = releasegolden.normalize(
+        data, model=digits_model.onnx_bytes, inputs=INPUTS, outputs=OUTPUTS
+    )
     assert first == again  # same data, same digest
     got = load(first)
     np.testing.assert_array_equal(got["expected/label"], truth)
@@ -85,7 +89,7 @@ def test_a_model_fixed_at_batch_one_is_run_row_by_row(
     fixed = model.SerializeToString()
     x = digits_data.x_test[:5]
     got = load(
-        golden.normalize(
+        releasegolden.normalize(
             npz(pixels=x),
             model=fixed,
             inputs=(t.TensorSpec("pixels", "float32", (1, 64)),),

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgefleet.agent import golden
+from edgefleet.agent import goldenset
 from edgefleet.demo import canary, digits
 from edgefleet.demo.story import Story
 
@@ -30,7 +30,7 @@ def judged(model: digits.TrainedModel, golden_npz: bytes) -> list[str]:
     arrays = np.load(io.BytesIO(golden_npz))
     session = ort.InferenceSession(model.onnx_bytes, providers=["CPUExecutionProvider"])
     (labels,) = session.run(["label"], {"pixels": arrays["pixels"]})
-    return golden.compare(
+    return goldenset.compare(
         {"label": arrays["expected/label"]},
         {"label": np.asarray(labels)},
         max_abs_error=1e-4,

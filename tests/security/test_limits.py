@@ -29,7 +29,7 @@ import numpy as np
 import numpy.lib.format as npy
 import pytest
 
-from edgefleet.agent import fetching, golden
+from edgefleet.agent import fetching, goldenset
 from edgefleet.common import digests, packing, topics, wire
 from edgefleet.common import npz as npz_reader
 from edgefleet.common import types as t
@@ -450,8 +450,8 @@ def _npz_with_header(shape: tuple[int, ...], body: bytes) -> bytes:
 def test_golden_data_declaring_a_huge_array_is_refused_before_allocating() -> None:
     data = _npz_with_header((1 << 40,), b"\0" * 64)  # 8 TiB declared, 64 bytes held
 
-    with pytest.raises(golden.GoldenDataError, match="declares") as refused:
-        golden.parse(data)
+    with pytest.raises(goldenset.GoldenDataError, match="declares") as refused:
+        goldenset.parse(data)
 
     assert "[1099511627776]" in str(refused.value)
 

@@ -36,7 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgefleet.common.errors import InvalidInputError, NotFoundError
 from edgefleet.common.externaldata import check_embedded, external_tensors, refuse_external
 from edgefleet.common.types import TensorSpec
-from edgefleet.controller import golden
+from edgefleet.controller import releasegolden
 from edgefleet.controller.config import SandboxSettings
 from edgefleet.controller.errors import SandboxError
 from edgefleet.controller.sandbox import Sandbox
@@ -255,11 +255,16 @@ def test_golden_outputs_of_a_model_that_got_past_registration_never_hold_key_byt
     data = _npz(x=np.zeros((len(secret),), np.uint8))
 
     with pytest.raises(InvalidInputError, match=r"in external file 'edgefleet-data/keys/k1\.pem'"):
-        golden.normalize_isolated(Sandbox(), data, model=model, inputs=spec, outputs=out)
+        releasegolden.normalize_isolated(Sandbox(), data, model=model, inputs=spec, outputs=out)
 
     with pytest.raises(InvalidInputError) as unread:  # the run itself, with no check before it
         Sandbox().call(
-            golden.normalize, data, model=model, inputs=spec, outputs=out, what="golden outputs"
+            releasegolden.normalize,
+            data,
+            model=model,
+            inputs=spec,
+            outputs=out,
+            what="golden outputs",
         )
     assert secret not in str(unread.value).encode()
     assert "the model fails on the golden inputs" in str(unread.value)
@@ -404,7 +409,7 @@ def test_errors_the_task_raises_come_back_as_raised_and_a_crash_as_sandbox_error
     sandbox = Sandbox(SandboxSettings(timeout_s=DEADLINE))
     x, y = TensorSpec("x", "float32", (1,)), TensorSpec("y", "float32", (1,))
     with pytest.raises(InvalidInputError, match="the model fails on the golden inputs"):
-        golden.normalize_isolated(
+        releasegolden.normalize_isolated(
             sandbox, _npz(x=np.zeros(1, np.float32)), model=b"junk", inputs=(x,), outputs=(y,)
         )
     with pytest.raises(SandboxError, match=r"^probe crashed \(signal 6, SIGABRT\)$"):

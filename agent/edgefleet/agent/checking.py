@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgefleet.agent import golden as g
+from edgefleet.agent import goldenset as g
 from edgefleet.agent.health import Latency
 from edgefleet.agent.runtime import Array, ModelRuntime
 from edgefleet.common.errors import EdgeFleetError

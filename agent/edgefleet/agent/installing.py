@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgefleet.agent import checking, deltas, failpoints, fetching, health
-from edgefleet.agent import golden as g
+from edgefleet.agent import goldenset as g
 from edgefleet.agent import reconcile as r
 from edgefleet.agent.errors import StopRequestedError
 from edgefleet.agent.ledger import Ledger

@@ -28,7 +28,7 @@ from dataclasses import replace
 import numpy as np
 
 from edgefleet.agent import checking, failpoints, health
-from edgefleet.agent.golden import GoldenSet
+from edgefleet.agent.goldenset import GoldenSet
 from edgefleet.agent.ledger import Ledger
 from edgefleet.agent.live import LiveStats
 from edgefleet.agent.metrics import AgentMetrics

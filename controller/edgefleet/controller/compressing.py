@@ -34,7 +34,6 @@ from edgefleet.common import externaldata, feeds, packing
 from edgefleet.common.errors import InvalidInputError, NotFoundError
 from edgefleet.controller.compress import evaluating, metric_hook, recipes, variantset
 from edgefleet.controller.compress.evaluating import EvalSet, MetricChoice, parse_metrics
-from edgefleet.controller.compress.golden import GoldenMode
 from edgefleet.controller.compress.graphs import Feed
 from edgefleet.controller.compress.metric_hook import MetricModule
 from edgefleet.controller.compress.searching import (
@@ -46,6 +45,7 @@ from edgefleet.controller.compress.searching import (
     search,
 )
 from edgefleet.controller.compress.timing import Latency, LocalTimer, Timer
+from edgefleet.controller.compress.winnergolden import GoldenMode
 from edgefleet.controller.errors import SandboxError
 from edgefleet.controller.records import ModelVersion
 from edgefleet.controller.registry import Registry

@@ -4,9 +4,9 @@ The manifest is encoded once (``wire.encode_manifest``, deterministic), signed w
 key and stored as the signed envelope's bytes; what a device later verifies is exactly what was
 signed here. A release never changes: the same ``name:version`` cannot be made twice.
 
-Golden data given with a release is checked and completed (``golden.normalize``), stored in the
-blob store next to the model, and named in the manifest by digest and size, so devices fetch
-and verify it like the model and trust it as much as the signature.
+Golden data given with a release is checked and completed (``releasegolden.normalize``), stored
+in the blob store next to the model, and named in the manifest by digest and size, so devices
+fetch and verify it like the model and trust it as much as the signature.
 
 A compressed model version (one with ``Registry.compression_artifacts``) releases with its
 compression report in the manifest and the compression's golden data (unless the request gives
@@ -56,8 +56,8 @@ from edgefleet.common.errors import (
     MalformedMessageError,
     NotFoundError,
 )
-from edgefleet.controller import golden as golden_data
 from edgefleet.controller import images
+from edgefleet.controller import releasegolden as golden_data
 from edgefleet.controller.db import Database, ReleaseRow
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.records import CompressionArtifacts, ModelVersion, Release

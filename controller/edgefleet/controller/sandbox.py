@@ -66,7 +66,7 @@ _PRELOAD = [
     "onnxruntime",
     "edgefleet.controller.sandbox",
     "edgefleet.controller.onnxspec",
-    "edgefleet.controller.golden",
+    "edgefleet.controller.releasegolden",
     "edgefleet.controller.compress.searching",
     "edgefleet.controller.compressing",
 ]

@@ -21,7 +21,7 @@ best candidate that passed so far. A candidate that raises anything is recorded 
 the reason and the search goes on. The winner must pass ``onnx.checker`` and run in ONNX
 Runtime (``graphs.validate_model``); one that does not is recorded as failed and the next best
 passing candidate wins. Golden data for the winner comes from the winner itself
-(``golden.golden_for``) and is attached per ``golden`` (``auto``: when its tolerances hold).
+(``winnergolden.golden_for``) and is attached per ``golden`` (``auto``: when its tolerances hold).
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from enum import StrEnum
 from . import evaluating, graphs, recipes, timing, variantset
 from .errors import InvalidInputError, PassSkippedError
 from .evaluating import EvalSet, MetricChoice, MetricHook, OutputScore, Reference
-from .golden import Golden, GoldenMode, golden_for
 from .graphs import Feed
 from .records import PassRecord, Technique
 from .sensitivity import SIMULATED, LayerSensitivity, layer_sensitivity
 from .speedstats import Plan, SpeedRatio
 from .timing import Latency, LocalTimer, Timer, host_cores
+from .winnergolden import Golden, GoldenMode, golden_for
 
 log = logging.getLogger(__name__)
 
