@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.controller.rollouts import strategy
+from edgefleet.v1 import controller_pb2
 
 
 @pytest.mark.parametrize(
@@ -68,3 +71,11 @@ def test_durations(text: str, seconds: float) -> None:
 )
 def test_failure_threshold(limit: str, failed: int, sent: int, abort: bool) -> None:
     assert strategy.parse(max_failures=limit).too_many_failures(failed, sent) is abort
+
+
+def test_the_wire_strategy_fields_are_the_parse_keywords() -> None:
+    """The operator API's RolloutStrategy carries each of ``parse``'s options in a field of the
+    same name (edgectl builds it from them, the controller and ``--json`` read it by name)."""
+    fields = {f.name for f in controller_pb2.RolloutStrategy.DESCRIPTOR.fields}
+    keywords = set(inspect.signature(strategy.parse).parameters)
+    assert fields - {"strategy_kind"} == keywords - {"kind"}

@@ -128,16 +128,9 @@ def strategy(msg: controller_pb2.DeployRequest) -> Strategy:
     kind = rolloutwords.kind_word(s.strategy_kind)
     if s.strategy_kind and not kind:
         raise InvalidInputError(f"--strategy: unknown strategy kind {s.strategy_kind}")
-    given: dict[str, Any] = {
-        "kind": kind,
-        "canary": s.canary,
-        "waves": s.waves,
-        "max_parallel": s.max_parallel,
-        "bake": s.bake,
-        "device_timeout": s.device_timeout,
-        "max_failures": s.max_failures,
-        "max_latency_ratio": s.max_latency_ratio,
-        "max_error_rate": s.max_error_rate,
+    # every field but the kind is one of parse's keywords, by the same name
+    given: dict[str, Any] = {"kind": kind} | {
+        f.name: getattr(s, f.name) for f in s.DESCRIPTOR.fields if f.name != "strategy_kind"
     }
     return rollout_strategy.parse(**{k: v for k, v in given.items() if v})
 

@@ -9,6 +9,7 @@ says it finished, drawing its steps and devices live.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -53,35 +54,30 @@ def strategy_message(
     max_latency_ratio: float | None,
     max_error_rate: float | None,
 ) -> pb.RolloutStrategy | None:
-    """The strategy as typed, validated locally (``InvalidInputError``, one line) first.
+    """The strategy as typed, validated locally (``InvalidInputError``, one line) first, with
+    ``strategy.parse``'s defaults for what was not typed.
 
     ``None`` when no option was given: the controller's default, all at once.
     """
-    strategies.parse(
-        kind=kind or strategies.Kind.ALL_AT_ONCE.value,
-        canary=canary,
-        waves=waves,
-        max_parallel=max_parallel if max_parallel is not None else 0,
-        bake=bake if bake is not None else "0s",
-        device_timeout=device_timeout if device_timeout is not None else "5m",
-        max_failures=max_failures if max_failures is not None else "0%",
-        max_latency_ratio=max_latency_ratio if max_latency_ratio is not None else 1.5,
-        max_error_rate=max_error_rate if max_error_rate is not None else 0.05,
-    )
-    typed = (kind, canary, waves, max_parallel, max_failures, bake, device_timeout)
-    if all(v is None for v in (*typed, max_latency_ratio, max_error_rate)):
+    options: dict[str, Any] = {
+        "canary": canary,
+        "waves": waves,
+        "max_parallel": max_parallel,
+        "bake": bake,
+        "device_timeout": device_timeout,
+        "max_failures": max_failures,
+        "max_latency_ratio": max_latency_ratio,
+        "max_error_rate": max_error_rate,
+    }
+    typed = {name: value for name, value in options.items() if value is not None}
+    strategies.parse(kind=kind or strategies.Kind.ALL_AT_ONCE.value, **typed)
+    if kind is None and not typed:
         return None
-    # empty strings and zeros are "the controller's default" on the wire
+    # RolloutStrategy's fields are parse's keywords; empty strings and zeros (unset) are "the
+    # controller's default" on the wire
     return pb.RolloutStrategy(
         strategy_kind=rolloutwords.kind_value(kind) if kind else pb.STRATEGY_KIND_UNSPECIFIED,
-        canary=canary or "",
-        waves=waves or "",
-        max_parallel=max_parallel or 0,
-        max_failures=max_failures or "",
-        bake=bake or "",
-        device_timeout=device_timeout or "",
-        max_latency_ratio=max_latency_ratio or 0.0,
-        max_error_rate=max_error_rate or 0.0,
+        **{name: value for name, value in typed.items() if value},
     )
 
 
@@ -138,6 +134,51 @@ def _timed_out(what: str, info: pb.RolloutInfo, timeout: float) -> str:
         f"{following.phase(info)} on the controller "
         f"(edgectl rollout status {info.rollout_id} --watch)"
     )
+
+
+def _after_start(
+    client: ControllerClient,
+    reply: pb.DeployResponse,
+    fields: dict[str, Any],
+    *,
+    what: str,
+    accepted: str,
+    done: Callable[[pb.RolloutInfo], str],
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+    count_failed: bool,
+) -> None:
+    """What deploy and rollback do once the controller started the rollout. With --no-wait:
+    print the summary (``fields`` with the rollout id and first targets) as JSON, or
+    ``accepted``. Else follow it live, report it, fail (exit 1) when it timed out or did not
+    succeed (``what`` first; with ``count_failed`` the devices that failed), and say ``done``
+    of the finished rollout (not with --json)."""
+    summary: dict[str, Any] = {
+        "rollout_id": reply.rollout_id,
+        **fields,
+        "targets": [{"device_id": x.device_id, "generation": x.generation} for x in reply.targets],
+    }
+    if not wait:
+        if as_json:
+            output.print_json(summary)
+        else:
+            output.console.print(accepted)
+        return
+    result = _follow(client, reply.rollout_id, timeout_s=timeout, live=not as_json)
+    _report(result, summary, as_json=as_json)
+    info = result.snapshot.info
+    if result.timed_out:
+        shell.fail(_timed_out(what, info, timeout))
+    if not result.ok:
+        failed = following.failed_count(info) if count_failed else 0
+        counted = f"{failed} of {len(info.devices)} device(s) failed; " if failed else ""
+        shell.fail(
+            f"{what}: {counted}rollout {info.rollout_id} {following.phase(info)}: "
+            f"{info.reason or 'no reason'}"
+        )
+    if not as_json:
+        output.console.print(done(info))
 
 
 def deploy(
@@ -276,41 +317,26 @@ def deploy(
     )
     with shell.controller(ctx) as client:
         reply = client.deploy(ref, fleet, strategy=strategy)
-        summary: dict[str, Any] = {
-            "rollout_id": reply.rollout_id,
-            "release": str(ref),
-            "fleet": fleet,
-            "strategy": kind or strategies.Kind.ALL_AT_ONCE.value,
-            "targets": [
-                {"device_id": x.device_id, "generation": x.generation} for x in reply.targets
-            ],
-        }
-        if not wait:
-            if as_json:
-                output.print_json(summary)
-            else:
-                output.console.print(
-                    f"rollout {reply.rollout_id}: {ref} to fleet {fleet}, first to "
-                    f"{len(reply.targets)} device(s); follow it with: "
-                    f"edgectl rollout status {reply.rollout_id} --watch"
-                )
-            return
-        result = _follow(client, reply.rollout_id, timeout_s=timeout, live=not as_json)
-    _report(result, summary, as_json=as_json)
-    info = result.snapshot.info
-    if result.timed_out:
-        shell.fail(_timed_out(str(ref), info, timeout))
-    if not result.ok:
-        failed = following.failed_count(info)
-        counted = f"{failed} of {len(info.devices)} device(s) failed; " if failed else ""
-        shell.fail(
-            f"{ref}: {counted}rollout {info.rollout_id} {following.phase(info)}: "
-            f"{info.reason or 'no reason'}"
-        )
-    if not as_json:
-        output.console.print(
-            f"[green]{ref} is active on all {len(info.devices)} device(s) of {fleet}[/] "
-            f"(rollout {info.rollout_id} succeeded)"
+        _after_start(
+            client,
+            reply,
+            {
+                "release": str(ref),
+                "fleet": fleet,
+                "strategy": kind or strategies.Kind.ALL_AT_ONCE.value,
+            },
+            what=str(ref),
+            accepted=f"rollout {reply.rollout_id}: {ref} to fleet {fleet}, first to "
+            f"{len(reply.targets)} device(s); follow it with: "
+            f"edgectl rollout status {reply.rollout_id} --watch",
+            done=lambda info: (
+                f"[green]{ref} is active on all {len(info.devices)} device(s) "
+                f"of {fleet}[/] (rollout {info.rollout_id} succeeded)"
+            ),
+            wait=wait,
+            timeout=timeout,
+            as_json=as_json,
+            count_failed=True,
         )
 
 
@@ -344,37 +370,19 @@ def rollback(
     to_release = str(ReleaseRef.parse(to)) if to else ""
     with shell.controller(ctx) as client:
         reply = client.rollback(fleet, to_release=to_release)
-        summary: dict[str, Any] = {
-            "rollout_id": reply.rollout_id,
-            "fleet": fleet,
-            "to_release": to_release,
-            "targets": [
-                {"device_id": x.device_id, "generation": x.generation} for x in reply.targets
-            ],
-        }
-        if not wait:
-            if as_json:
-                output.print_json(summary)
-            else:
-                output.console.print(
-                    f"rollback {reply.rollout_id}: {len(reply.targets)} device(s) of {fleet} "
-                    f"sent back; follow it with: edgectl rollout status {reply.rollout_id} --watch"
-                )
-            return
-        result = _follow(client, reply.rollout_id, timeout_s=timeout, live=not as_json)
-    _report(result, summary, as_json=as_json)
-    info = result.snapshot.info
-    what = f"rollback of {fleet}"
-    if result.timed_out:
-        shell.fail(_timed_out(what, info, timeout))
-    if not result.ok:
-        shell.fail(
-            f"{what}: rollout {info.rollout_id} {following.phase(info)}: "
-            f"{info.reason or 'no reason'}"
-        )
-    if not as_json:
-        goal = to_release or "their previous release"
-        output.console.print(
-            f"[green]{len(reply.targets)} device(s) of {fleet} are back on {goal}[/] "
-            f"(rollback {info.rollout_id})"
+        _after_start(
+            client,
+            reply,
+            {"fleet": fleet, "to_release": to_release},
+            what=f"rollback of {fleet}",
+            accepted=f"rollback {reply.rollout_id}: {len(reply.targets)} device(s) of {fleet} "
+            f"sent back; follow it with: edgectl rollout status {reply.rollout_id} --watch",
+            done=lambda info: (
+                f"[green]{len(reply.targets)} device(s) of {fleet} are back on "
+                f"{to_release or 'their previous release'}[/] (rollback {info.rollout_id})"
+            ),
+            wait=wait,
+            timeout=timeout,
+            as_json=as_json,
+            count_failed=False,
         )

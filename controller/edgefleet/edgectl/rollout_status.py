@@ -254,14 +254,10 @@ def rollout_dict(info: pb.RolloutInfo) -> dict[str, Any]:
         "total": following.total(info),
         "strategy": {
             "kind": following.kind(info),
-            "canary": s.canary,
-            "waves": s.waves,
-            "max_parallel": s.max_parallel,
-            "bake": s.bake,
-            "device_timeout": s.device_timeout,
-            "max_failures": s.max_failures,
-            "max_latency_ratio": s.max_latency_ratio,
-            "max_error_rate": s.max_error_rate,
+            # the other fields by their names in controller.proto (edgectl deploy's options)
+            **{
+                f.name: getattr(s, f.name) for f in s.DESCRIPTOR.fields if f.name != "strategy_kind"
+            },
         },
         "devices": [
             {
