@@ -1,7 +1,9 @@
 """No secret needs the controller's command line: a real ``edge-controller run`` logs in to a
-real password-only Mosquitto with the password from ``--mqtt-password-file`` or from the
-environment (``EDGEFLEET_CONTROLLER_MQTT``), and its ``/proc/PID/cmdline`` holds no password.
-The database password's file is checked on the URL it makes (no PostgreSQL here)."""
+real password-only Mosquitto with the password from ``--mqtt-password-file``, from the
+environment (``EDGEFLEET_CONTROLLER_MQTT``) or from a ``--config`` TOML file, and its
+``/proc/PID/cmdline`` holds no password. The database password's file is checked on the URL it
+makes (no PostgreSQL here); the layering (flag over environment over file) on ``run``'s own
+check of ``--log-level``, which refuses before anything starts."""
 
 from __future__ import annotations
 
@@ -14,8 +16,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
+from typer.testing import CliRunner
 
 from edgefleet.common.errors import InvalidInputError
+from edgefleet.controller.cli import app
 from edgefleet.controller.config import with_db_password_file
 from edgefleet.demo.processes import Processes, child_env, free_port, script, wait_for_json
 from edgefleet.demo.stack import start_controller
@@ -23,6 +27,7 @@ from tests.conftest import Broker, mosquitto_available
 
 USER = "ctl"
 TIMEOUT = 60.0
+WIDE = "500"  # columns for typer's error box: no message wrapped
 
 
 @pytest.fixture
@@ -51,7 +56,7 @@ def logged_in(broker: Broker, client_id: str) -> bool:
     )
 
 
-@pytest.mark.parametrize("source", ["password-file", "environment"])
+@pytest.mark.parametrize("source", ["password-file", "environment", "config-file"])
 def test_the_controller_logs_in_to_the_broker_with_no_secret_in_argv(
     password_broker: tuple[Broker, str],
     tmp_path: Path,
@@ -74,11 +79,18 @@ def test_the_controller_logs_in_to_the_broker_with_no_secret_in_argv(
                 timeout_s=TIMEOUT,
             ).process
         else:
-            # No --mqtt at all: the whole URL, password included, from the environment.
-            monkeypatch.setenv(
-                "EDGEFLEET_CONTROLLER_MQTT", f"mqtt://{USER}:{password}@127.0.0.1:{broker.port}"
-            )
-            monkeypatch.setenv("EDGEFLEET_CONTROLLER_MQTT_CLIENT_ID", client_id)
+            # No --mqtt at all: the whole URL, password included, from the environment or a
+            # 0600 config file.
+            url = f"mqtt://{USER}:{password}@127.0.0.1:{broker.port}"
+            config: list[str] = []
+            if source == "environment":
+                monkeypatch.setenv("EDGEFLEET_CONTROLLER_MQTT", url)
+                monkeypatch.setenv("EDGEFLEET_CONTROLLER_MQTT_CLIENT_ID", client_id)
+            else:
+                toml = tmp_path / "controller.toml"
+                toml.touch(mode=0o600)
+                toml.write_text(f'mqtt = "{url}"\nmqtt-client-id = "{client_id}"\n')
+                config = ["--config", str(toml)]
             argv = [
                 *script("edge-controller", "edgefleet.controller.cli"),
                 "run",
@@ -86,6 +98,7 @@ def test_the_controller_logs_in_to_the_broker_with_no_secret_in_argv(
                 "--grpc", f"127.0.0.1:{free_port()}",
                 "--api", f"127.0.0.1:{free_port()}",
                 "--insecure",
+                *config,
             ]  # fmt: skip
             process = procs.spawn("controller", argv, tier=1)
             wait_for_json(data_dir / "controller.json", process, timeout_s=TIMEOUT)
@@ -131,3 +144,32 @@ def test_every_database_command_takes_the_url_from_the_environment(tmp_path: Pat
     assert done.returncode == 0, done.stderr
     assert elsewhere.is_file()
     assert not (tmp_path / "data" / "controller.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "flag", "refused"),
+    [
+        (None, None, "FROM-FILE"),
+        ("FROM-ENV", None, "FROM-ENV"),
+        ("FROM-ENV", "FROM-FLAG", "FROM-FLAG"),
+    ],
+)
+def test_a_flag_wins_over_the_environment_which_wins_over_the_config_file(
+    tmp_path: Path, env: str | None, flag: str | None, refused: str
+) -> None:
+    toml = tmp_path / "controller.toml"
+    toml.write_text('log_level = "FROM-FILE"\n')
+    args = ["run", "--config", str(toml), *(["--log-level", flag] if flag else [])]
+    done = CliRunner().invoke(
+        app, args, env={"EDGEFLEET_CONTROLLER_LOG_LEVEL": env, "COLUMNS": WIDE}
+    )
+    assert done.exit_code == 2, done.output
+    assert f"unknown log level '{refused}'" in done.output
+
+
+def test_a_config_file_key_that_is_no_setting_is_refused(tmp_path: Path) -> None:
+    toml = tmp_path / "controller.toml"
+    toml.write_text('mqtt_pasword_file = "/run/credentials/mqtt"\n')
+    done = CliRunner().invoke(app, ["run", "--config", str(toml)], env={"COLUMNS": WIDE})
+    assert done.exit_code == 2
+    assert "no such setting: mqtt_pasword_file" in done.output

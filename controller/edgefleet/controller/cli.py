@@ -1,9 +1,11 @@
 """``edge-controller run``: parse flags into ``Settings``, start the controller, wait for a signal.
 
 Every ``run`` flag is also an ``EDGEFLEET_CONTROLLER_*`` variable (``--mqtt`` ->
-``EDGEFLEET_CONTROLLER_MQTT``, ``--db`` -> ``EDGEFLEET_CONTROLLER_DB``); a flag wins. Secrets
-never need the command line: the broker and database passwords come from
-``--mqtt-password-file`` / ``--db-password-file`` or from the environment.
+``EDGEFLEET_CONTROLLER_MQTT``, ``--db`` -> ``EDGEFLEET_CONTROLLER_DB``) and a key of the TOML
+file ``--config`` names (``mqtt = "..."``): the flags' own table, as click reads it (a flag
+wins over the environment, which wins over the file). Secrets never need the command line: the
+broker and database passwords come from ``--mqtt-password-file`` / ``--db-password-file``, the
+environment or the config file.
 
 SIGTERM or SIGINT stops it gracefully (calls in flight finish) and the process exits 0.
 ``edge-controller migrate`` upgrades the database's schema (Alembic; ``run`` does it at start).
@@ -19,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -61,9 +64,37 @@ def _root() -> None:
     """EdgeFleet controller."""
 
 
+def _read_config(ctx: typer.Context, path: Path | None) -> Path | None:
+    """``--config FILE``: ``run``'s settings from a TOML file, a key per flag (``mqtt``,
+    ``mqtt_password_file``; ``-`` or ``_``), as defaults that the environment and the flags
+    override. Eager, so that it is read before the other options take their values."""
+    if path is None:
+        return None
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from None
+    given = {key.replace("-", "_"): value for key, value in data.items()}
+    unknown = sorted(set(given) - {p.name for p in ctx.command.params} - {"config"})
+    if unknown:
+        raise typer.BadParameter(f"{path}: no such setting: {', '.join(unknown)}")
+    ctx.default_map = {**(ctx.default_map or {}), **given}
+    return path
+
+
 @app.command(context_settings={"auto_envvar_prefix": ENV_PREFIX})
 def run(
     *,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help='TOML file of these settings, one key a flag (mqtt = "mqtts://...", '
+            "mqtt_password_file, db, ...); the environment and flags win over it. Keep it 0600 "
+            "when it holds a password.",
+            callback=_read_config,
+            is_eager=True,
+        ),
+    ] = None,
     data_dir: Annotated[
         Path, typer.Option(help="Keys, blobs, the SQLite database and controller.json.")
     ] = Path("edgefleet-data"),
@@ -243,16 +274,17 @@ def run(
 
     Every flag is also an EDGEFLEET_CONTROLLER_* variable (--mqtt:
     EDGEFLEET_CONTROLLER_MQTT, --db-password-file:
-    EDGEFLEET_CONTROLLER_DB_PASSWORD_FILE); a flag wins. Passwords: in a
-    file (--mqtt-password-file, --db-password-file) or the environment,
-    never on the command line.
+    EDGEFLEET_CONTROLLER_DB_PASSWORD_FILE) and a key of the --config TOML
+    file; a flag wins over the environment, the environment over the file.
+    Passwords: in a file (--mqtt-password-file, --db-password-file, --config)
+    or the environment, never on the command line.
     """
     from edgefleet.controller.server import Controller
 
-    json_env = os.environ.get("EDGEFLEET_LOG_JSON")
-    logs.setup(log_level, json_lines=None if json_env is None else json_env == "1")
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    json_env = os.environ.get("EDGEFLEET_LOG_JSON")
+    logs.setup(log_level, json_lines=None if json_env is None else json_env == "1")
     try:
         split_address(grpc)
         split_address(api)
