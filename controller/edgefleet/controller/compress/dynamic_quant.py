@@ -15,6 +15,7 @@ Two traps are detected before calling ORT, not discovered by a crash later:
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -110,7 +111,14 @@ def pre_process(model: onnx.ModelProto, notes: list[str], *, why: str) -> onnx.M
     """ORT's ``quant_pre_process``: shape inference and constant folding before quantization."""
     from onnxruntime.quantization import quant_pre_process
 
-    with tempfile.TemporaryDirectory(prefix="ef-pre-") as tmp, graphs.quiet():
+    # ORT's symbolic shape inference saves a model that it cannot finish ("Incomplete symbolic
+    # shape inference") as sym_shape_infer_temp.onnx plus external data in the working directory:
+    # run it in the temporary one (this runs in the compression sandbox's own process).
+    with (
+        tempfile.TemporaryDirectory(prefix="ef-pre-") as tmp,
+        graphs.quiet(),
+        contextlib.chdir(tmp),
+    ):
         out = Path(tmp) / "pre.onnx"
         failure = ""
         # ORT's graph optimization or symbolic shape inference fail on some exports; retry without.
