@@ -184,6 +184,7 @@ def test_a_release_preferring_gpus_serves_on_the_cpu_with_an_event(
     assert fallback.release == release.ref and fallback.phase is t.InstallPhase.HEALTH_CHECK
     assert "TensorrtExecutionProvider" in fallback.message
     assert "CUDAExecutionProvider" in fallback.message
+    w.wait_event("activated")  # events come in order after the status: all of them by now
     kinds = w.kinds()
     # the health check ran on the session that serves: after the fallback, before activation
     assert kinds.index("provider_fallback") < kinds.index("health_check_passed")
