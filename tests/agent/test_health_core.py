@@ -64,7 +64,7 @@ def live(samples: int, p95: float) -> H.Latency:
         (
             "p95 over the budget",
             H.Checkup(elapsed_s=1.0, live=live(20, 31)),
-            H.Failed(
+            H.RollBack(
                 "live p95 latency 31.000 ms over 20 Predict calls is over the budget of 10 ms"
             ),
         ),
@@ -76,14 +76,14 @@ def live(samples: int, p95: float) -> H.Latency:
         (
             "golden outputs wrong",
             H.Checkup(elapsed_s=30.0, output_problems=("output 'label': top-1 agreement 0.1",)),
-            H.Failed("golden check failed: output 'label': top-1 agreement 0.1"),
+            H.RollBack("golden check failed: output 'label': top-1 agreement 0.1"),
         ),
         (
             "crash loop before anything else",
             H.Checkup(
                 elapsed_s=1.0, output_problems=("x",), runtime_failures=3, last_failure="boom"
             ),
-            H.Failed(
+            H.RollBack(
                 "crash loop: the runtime failed 3 times in the health window (limit 3); last: boom"
             ),
         ),

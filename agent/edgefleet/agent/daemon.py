@@ -57,6 +57,7 @@ from edgefleet.agent.serving import (
 )
 from edgefleet.agent.state import DeviceState, StateFile
 from edgefleet.agent.store import SlotStore
+from edgefleet.agent.switching import Switch
 from edgefleet.agent.telemetry import TelemetryLoop
 from edgefleet.agent.trusting import TrustKeeper
 from edgefleet.agent.watching import HealthWatch
@@ -272,16 +273,9 @@ class Agent:
         )
         self.reporter.set_hardware(variants.this_device())  # what chooses model variants
         self.state_file = StateFile(s.data_dir / "state.json")
-        ledger = Ledger(state_file=self.state_file, store=self.store, reporter=self.reporter)
+        ledger, switch = self._switching()
         self.watch = HealthWatch(
-            ledger=ledger,
-            store=self.store,
-            trust=self.trust,
-            reporter=self.reporter,
-            metrics=self.metrics,
-            live=self.live,
-            serve=self._serve,
-            unserve=self._unserve,
+            ledger=ledger, switch=switch, reporter=self.reporter, live=self.live
         )
         self.installer = Installer(
             device_id=self.device_id,
@@ -292,7 +286,7 @@ class Agent:
             predictor=self.predictor,
             reporter=self.reporter,
             metrics=self.metrics,
-            serve=self._serve,
+            switch=switch,
             fallback_sources=(s.fetch.controller,) if s.fetch.controller else (),
             fetch_deadline_s=s.fetch.deadline_s,
             fetch_stall_s=s.fetch.stall_s,
@@ -478,6 +472,20 @@ class Agent:
     def _peer_tls(self, device_id: str) -> rpc.ClientTls | None:
         """mTLS to neighbour ``device_id``, its certificate checked for that id."""
         return self.identity.client_tls(server_name=device_id) if self.tls else None
+
+    def _switching(self) -> tuple[Ledger, Switch]:
+        """The state's ledger and the one switch of the active model that writes through it."""
+        ledger = Ledger(state_file=self.state_file, store=self.store, reporter=self.reporter)
+        switch = Switch(
+            ledger=ledger,
+            store=self.store,
+            trust=self.trust,
+            reporter=self.reporter,
+            metrics=self.metrics,
+            serve=self._serve,
+            unserve=self._unserve,
+        )
+        return ledger, switch
 
     def _serve(self, runtime: ModelRuntime, state: DeviceState) -> None:
         """Make ``runtime`` the one Predict uses (state naming it is already on disk)."""

@@ -1,13 +1,15 @@
 """The agent's health decisions: before activation, during the health window, at start.
 
-Pure, like ``reconcile``: the shell (``checking``, ``watching``, ``restoring``) measures and
-carries out; these functions only judge what was measured. Time comes in as numbers.
+Pure, like ``reconcile``: the shell (``checking``, ``watching``, ``restoring``) measures, and
+``switching`` carries out the ``RollBack`` actions; these functions only judge what was
+measured. Time comes in as numbers.
 
 * ``precheck_problem``: a staged release may be activated when its golden outputs pass (or,
   without golden data, its smoke outputs are finite) and the median latency of its timed runs
   is within ``latency_budget_ms``.
 * ``judge_window``: after activation with ``health_window_s`` > 0 the device watches the
-  release; each checkup ends in ``Watch`` (check again later), ``Passed`` or ``Failed``.
+  release; each checkup ends in ``Watch`` (check again later), ``Passed`` or the action
+  ``RollBack``.
   Failure comes first from a crash loop (runtime failures reaching ``max_load_failures``),
   then golden outputs, then the p95 of live Predict latency against the budget; a window
   passes only at a checkup after its whole duration with nothing wrong.
@@ -91,28 +93,30 @@ class Passed:
 
 
 @dataclass(frozen=True)
-class Failed:
+class RollBack:
+    """Go back to the previous slot (``switching`` carries it out): ``reason`` says why."""
+
     reason: str
 
 
-Verdict = Watch | Passed | Failed
+Verdict = Watch | Passed | RollBack
 
 
 def judge_window(policy: HealthPolicy, checkup: Checkup, *, duration_s: float) -> Verdict:
     limit = failure_limit(policy)
     if checkup.stopped:
-        return Failed(f"the runtime stopped in the health window: {checkup.stopped}")
+        return RollBack(f"the runtime stopped in the health window: {checkup.stopped}")
     if checkup.runtime_failures >= limit:
-        return Failed(
+        return RollBack(
             f"crash loop: the runtime failed {checkup.runtime_failures} times in the health "
             f"window (limit {limit}); last: {checkup.last_failure}"
         )
     if checkup.output_problems:
-        return Failed("golden check failed: " + "; ".join(checkup.output_problems))
+        return RollBack("golden check failed: " + "; ".join(checkup.output_problems))
     budget, live = policy.latency_budget_ms, checkup.live
     judged = budget > 0 and live is not None and live.samples >= MIN_LIVE_SAMPLES
     if judged and live is not None and live.p95_ms > budget:
-        return Failed(
+        return RollBack(
             f"live p95 latency {live.p95_ms:.3f} ms over {live.samples} Predict calls is "
             f"over the budget of {budget:g} ms"
         )
@@ -128,11 +132,6 @@ def judge_window(policy: HealthPolicy, checkup: Checkup, *, duration_s: float) -
 @dataclass(frozen=True)
 class LoadActive:
     """Load the active slot (count the attempt first, so a crash while loading counts)."""
-
-
-@dataclass(frozen=True)
-class RollBack:
-    reason: str
 
 
 StartPlan = LoadActive | RollBack

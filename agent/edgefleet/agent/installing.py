@@ -3,8 +3,9 @@
 Runs on the agent's single worker thread, so installs never overlap. Every change of the
 persisted state goes through the ``Ledger`` (atomic write, then the status report), in the
 order ``reconcile`` documents; the in-memory runtime is swapped only after the state naming it
-is on disk, so a crash between the two restarts on the new, verified slot. A release with a
-health window is activated with the window in that same state write, then handed to
+is on disk, so a crash between the two restarts on the new, verified slot. Activation itself
+is ``switching.Switch.activate`` (where every switch of the active model lives); a release
+with a health window is activated with the window in that same state write, then handed to
 ``watching`` (which ``step`` runs between install steps).
 
 Failures, by what to do about them: ``TransientError`` (and ``OSError``) keep the install and
@@ -31,10 +32,10 @@ from edgefleet.agent.ledger import Ledger
 from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.reporting import Reporter
-from edgefleet.agent.restoring import load_slot
-from edgefleet.agent.runtime import ModelRuntime
-from edgefleet.agent.state import DeviceState, HealthWindow, PendingInstall, SlotInfo
+from edgefleet.agent.runtime import LoadedModel, ModelRuntime
+from edgefleet.agent.state import DeviceState, PendingInstall
 from edgefleet.agent.store import SlotStore, signed_manifest_of
+from edgefleet.agent.switching import Switch, load_verified
 from edgefleet.agent.variants import resolve_desired
 from edgefleet.agent.watching import HealthWatch
 from edgefleet.common import backoff, digests, rpc
@@ -85,7 +86,7 @@ class Installer:
         predictor: Predictor,
         reporter: Reporter,
         metrics: AgentMetrics,
-        serve: Callable[[ModelRuntime, DeviceState], None],
+        switch: Switch,
         fallback_sources: tuple[str, ...],
         fetch_deadline_s: float,
         fetch_stall_s: float | None = None,
@@ -111,7 +112,7 @@ class Installer:
         self._predictor = predictor
         self._reporter = reporter
         self._metrics = metrics
-        self._serve = serve
+        self._switch = switch
         self._fallback = fallback_sources
         self._fetch_deadline_s = fetch_deadline_s
         self._fetch_stall_s = fetch_stall_s
@@ -443,14 +444,17 @@ class Installer:
     def _health_check(self, action: r.HealthCheck) -> None:
         install = self.state.install
         assert install is not None
-        slot = SlotInfo(
-            action.slot,
-            install.release,
-            install.manifest_digest,
-            install.model_digest,
-            install.golden_digest,
+        # The slot was staged from blobs verified by digest, against the manifest verified
+        # with the desired state: carried here, not parsed or hashed again.
+        desired = self._pending
+        assert desired is not None and desired.manifest_digest == install.manifest_digest
+        model = LoadedModel(
+            release=str(desired.manifest.ref),
+            slot=action.slot,
+            manifest=desired.manifest,
+            manifest_digest=install.manifest_digest,
         )
-        runtime = load_slot(self._store, self._trust, slot, metrics=self._metrics)
+        runtime = load_verified(self._store, model, metrics=self._metrics)
         if runtime.fallback:  # the check below runs on the provider the release will serve on
             self._reporter.event(
                 "provider_fallback",
@@ -488,68 +492,25 @@ class Installer:
 
     def _activate(self, action: r.Activate) -> None:
         install, runtime = self.state.install, self._checked
-        assert install is not None and runtime is not None and runtime.model.slot == action.slot
-        failpoints.hit("before_activate")
-        s = self.state
-        # A release still in its window never passed: the one before it stays the fall-back.
-        if s.window is not None:
-            previous, previous_runtime = s.previous, self._watch.previous_runtime
-        else:
-            previous, previous_runtime = s.active, self._predictor.current
-        window = None
-        if action.window_s > 0:
-            window = HealthWindow(
-                generation=action.generation,
-                release=action.release,
-                slot=action.slot,
-                previous_slot=previous.slot if previous else "",
-                started_at_ms=int(time.time() * 1000),
-                duration_s=action.window_s,
-            )
-        new = replace(
-            s,
-            generation_applied=action.generation,
-            phase=InstallPhase.HEALTH_CHECK if window else InstallPhase.ACTIVE,
-            last_error="",
-            active=SlotInfo(
-                action.slot,
-                install.release,
-                install.manifest_digest,
-                install.model_digest,
-                install.golden_digest,
-            ),
-            previous=previous,
-            install=None,
-            window=window,
-            load_failures=0,
-            load_error="",
+        assert install is not None and runtime is not None
+        done = self._switch.activate(
+            action,
+            install,
+            runtime,
+            serving=self._predictor.current,
+            watched_previous=self._watch.previous_runtime,
         )
-        before = previous.release if previous else "none"
-        watching = f"; watching it for {action.window_s:g}s" if window else ""
-        # The event goes to the outbox before the state it reports (DESIGN: at least once).
-        self._reporter.event(
-            "activated",
-            f"{action.release} is active (previous: {before}){watching}",
-            release=action.release,
-            generation=action.generation,
-            phase=new.phase,
-        )
-        self._ledger.save(new)
-        failpoints.hit("after_activate_state")
-        self._serve(runtime, new)
-        failpoints.hit("after_switch")
-        if window is not None:
+        if done.window is not None:
             self._watch.begin(
                 candidate=runtime,
-                previous=previous_runtime,
+                previous=done.previous_runtime,
                 golden=self._checked_golden,
                 policy=runtime.model.manifest.health,
             )
         else:
             self._watch.end()
         self._pending, self._checked, self._checked_golden = None, None, None
-        self._ledger.prune()
-        self._ledger.report()
+        self._switch.finish()
 
     # failure
 

@@ -2,7 +2,8 @@
 
 The active slot is re-verified (signed manifest, then the model's and golden data's sha256)
 before it is loaded, so the agent never serves bytes that changed on disk; when that fails it
-falls back to the previous slot and reports ``rolled_back``. ``health.start_plan`` decides the
+falls back to the previous slot and reports ``rolled_back`` (``switching.fall_back``, where
+every switch of the active model lives). ``health.start_plan`` decides the
 rest: a state with an open health window means the agent died (or stopped) while watching a
 release that never passed, so it goes back to the previous slot without loading it; an active
 slot that failed to load ``max_load_failures`` times in a row (each attempt is counted in
@@ -24,13 +25,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from edgefleet.agent import failpoints, health
+from edgefleet.agent import failpoints, health, switching
 from edgefleet.agent.errors import StateFileError
 from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime
 from edgefleet.agent.state import DeviceState, SlotInfo, StateFile
 from edgefleet.agent.store import SlotStore
+from edgefleet.agent.switching import load_verified, verify_slot
 from edgefleet.agent.variants import resolve_desired
 from edgefleet.common.desired import open_desired
 from edgefleet.common.errors import EdgeFleetError, IntegrityError, ModelLoadError
@@ -38,32 +40,6 @@ from edgefleet.common.signing import TrustStore
 from edgefleet.common.types import DesiredState, InstallPhase
 
 log = logging.getLogger(__name__)
-
-
-def verify_slot(store: SlotStore, trust: TrustStore, slot: SlotInfo) -> LoadedModel:
-    """Verify a slot end to end; raises a ``PermanentError`` naming the problem."""
-    manifest, manifest_digest = store.open_slot(slot.slot, trust)
-    if manifest_digest != slot.manifest_digest:
-        raise IntegrityError(slot.manifest_digest, manifest_digest)
-    return LoadedModel(
-        release=str(manifest.ref),
-        slot=slot.slot,
-        manifest=manifest,
-        manifest_digest=manifest_digest,
-    )
-
-
-def load_verified(store: SlotStore, model: LoadedModel, *, metrics: AgentMetrics) -> ModelRuntime:
-    runtime = ModelRuntime.load(store.model_path(model.slot), model)
-    metrics.model_load.observe(runtime.load_seconds)
-    return runtime
-
-
-def load_slot(
-    store: SlotStore, trust: TrustStore, slot: SlotInfo, *, metrics: AgentMetrics
-) -> ModelRuntime:
-    """Verify a slot end to end and load it; raises a ``PermanentError`` naming the problem."""
-    return load_verified(store, verify_slot(store, trust, slot), metrics=metrics)
 
 
 @dataclass(frozen=True)
@@ -254,37 +230,11 @@ class _Start:
         self, state: DeviceState, problem: str
     ) -> tuple[ModelRuntime | None, DeviceState]:
         """Serve the previous slot instead of the active one (``problem`` says why)."""
-        slot = state.previous
-        problems = [problem]
-        if slot is not None:
-            try:
-                runtime = load_slot(self.store, self.trust, slot, metrics=self.metrics)
-            except EdgeFleetError as exc:
-                log.error(
-                    "cannot restore the previous slot %s (%s): %s", slot.slot, slot.release, exc
-                )
-                problems.append(f"previous {slot.release} (slot {slot.slot}): {exc}")
-            else:
-                reason = f"fell back to {slot.release}: {problem}"
-                self.reporter.event(
-                    "rolled_back",
-                    reason,
-                    release=slot.release,
-                    generation=state.window.generation if state.window else 0,
-                    phase=InstallPhase.ROLLED_BACK,
-                )
-                return runtime, state.rolled_back(reason)
-        if state.window is not None and slot is None:  # there was nothing before it
-            reason = f"rolled back to no model: {problem}"
-            self.reporter.event(
-                "rolled_back",
-                reason,
-                generation=state.window.generation,
-                phase=InstallPhase.ROLLED_BACK,
-            )
-            return None, state.rolled_back(reason)
-        reason = "no verifiable model left: " + "; ".join(problems)
-        self.reporter.event("model_lost", reason, phase=InstallPhase.FAILED)
-        return None, replace(
-            state.rolled_back(reason), active=None, phase=InstallPhase.FAILED, last_error=reason
+        return switching.fall_back(
+            state,
+            problem,
+            store=self.store,
+            trust=self.trust,
+            metrics=self.metrics,
+            reporter=self.reporter,
         )

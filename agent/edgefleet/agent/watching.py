@@ -8,12 +8,12 @@ restarted, exited or vanished while no client was calling), and ``health.judge_w
 * ``Watch``: check again later (runtime failures are persisted in the window record);
 * ``Passed``: the window is cleared and the phase becomes ``active``, event
   ``health_window_passed``;
-* ``Failed``: the state naming the previous slot as active is written first (the window
-  cleared, phase ``rolled_back``, ``last_error`` saying why), then the previous runtime (kept
-  loaded during the window) is swapped in, the failed slot pruned, and event ``rolled_back``
-  reported. The generation stays applied: the controller's retained desired state is not
-  retried. With no previous release the device stops serving rather than serve a release
-  that failed.
+* ``RollBack``: carried out by ``switching.Switch.roll_back``: the state naming the previous
+  slot as active is written first (the window cleared, phase ``rolled_back``, ``last_error``
+  saying why), then the previous runtime (kept loaded during the window) is swapped in, the
+  failed slot pruned, and event ``rolled_back`` reported. The generation stays applied: the
+  controller's retained desired state is not retried. With no previous release the device
+  stops serving rather than serve a release that failed.
 
 A restart inside a window never comes here: ``restoring`` rolls back at once.
 """
@@ -31,14 +31,10 @@ from edgefleet.agent import checking, failpoints, health
 from edgefleet.agent.goldenset import GoldenSet
 from edgefleet.agent.ledger import Ledger
 from edgefleet.agent.live import LiveStats
-from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.reporting import Reporter
-from edgefleet.agent.restoring import load_slot
 from edgefleet.agent.runtime import ModelRuntime
-from edgefleet.agent.state import DeviceState, HealthWindow
-from edgefleet.agent.store import SlotStore
-from edgefleet.common.errors import EdgeFleetError
-from edgefleet.common.signing import TrustStore
+from edgefleet.agent.state import HealthWindow
+from edgefleet.agent.switching import Switch
 from edgefleet.common.types import HealthPolicy, InstallPhase
 
 log = logging.getLogger(__name__)
@@ -49,23 +45,15 @@ class HealthWatch:
         self,
         *,
         ledger: Ledger,
-        store: SlotStore,
-        trust: TrustStore,
+        switch: Switch,
         reporter: Reporter,
-        metrics: AgentMetrics,
         live: LiveStats,
-        serve: Callable[[ModelRuntime, DeviceState], None],
-        unserve: Callable[[], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ledger = ledger
-        self._store = store
-        self._trust = trust
+        self._switch = switch
         self._reporter = reporter
-        self._metrics = metrics
         self._live = live
-        self._serve = serve
-        self._unserve = unserve
         self._clock = clock
         self._candidate: ModelRuntime | None = None
         self._previous: ModelRuntime | None = None
@@ -169,38 +157,6 @@ class HealthWatch:
         self.end()
 
     def _roll_back(self, window: HealthWindow, why: str) -> None:
-        state = self._ledger.state
-        target, runtime = state.previous, self._previous
-        if target is not None and (runtime is None or runtime.model.slot != target.slot):
-            try:
-                runtime = load_slot(self._store, self._trust, target, metrics=self._metrics)
-            except EdgeFleetError as exc:
-                why += f"; the previous release {target.release} cannot be loaded either: {exc}"
-                state, target, runtime = replace(state, previous=None), None, None
-            else:
-                if runtime.fallback:
-                    self._reporter.event(
-                        "provider_fallback", runtime.fallback, release=target.release
-                    )
-        back_on = target.release if target is not None else "no model"
-        reason = f"{window.release} failed its health window, back on {back_on}: {why}"
-        new = state.rolled_back(reason)
-        log.warning("rolled back: %s", reason)
-        # a container's last words go in the event only, not in last_error (a table cell)
-        lines = self._candidate.last_lines() if self._candidate is not None else ""
-        self._reporter.event(
-            "rolled_back",
-            f"{reason}; its last log lines: {lines}" if lines else reason,
-            release=new.active.release if new.active else "",
-            generation=window.generation,
-            phase=InstallPhase.ROLLED_BACK,
-        )
-        self._ledger.save(new)  # on disk first: a crash from here on restarts on the old slot
-        failpoints.hit("after_rollback_state")
-        if runtime is not None and new.active is not None:
-            self._serve(runtime, new)
-        else:
-            self._unserve()
+        self._switch.roll_back(window, why, failed=self._candidate, previous=self._previous)
         self.end()
-        self._ledger.prune()
-        self._ledger.report()
+        self._switch.finish()
