@@ -11,6 +11,11 @@ Two traps are detected before calling ORT, not discovered by a crash later:
   ``Constant`` nodes are already turned into initializers by ``graphs.load``) is not quantized
   unless the model is pre-processed, so such models go through ``quant_pre_process`` first,
   which folds those constants into initializers.
+* weights inside ``If``/``Loop``/``Scan`` bodies (Silero VAD keeps all of its there) are left in
+  float unless ORT is asked (``EnableSubgraph``); it then appends the DynamicQuantizeLinear of
+  an outer-scope input after the node that reads it, so the result is topologically sorted and
+  must pass ``onnx.checker``. The record says how many layers inside bodies were quantized and
+  how many left in float.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 import onnx
 
 from . import graphs
-from .errors import PassSkippedError
+from .errors import InvalidInputError, PassSkippedError
 from .records import Compressed, LayerChange, PassRecord, Technique
 
 TOOL = "onnxruntime.quantization.quantize_dynamic"
@@ -34,7 +39,8 @@ def quantize_int8_dynamic(model: bytes, *, per_channel: bool = False) -> Compres
     from onnxruntime.quantization.registry import IntegerOpsRegistry
 
     notes: list[str] = []
-    has_conv = any(n.op_type == "Conv" for n in proto.graph.node)
+    has_conv = any(n.op_type == "Conv" for g in graphs.all_graphs(proto) for n in g.node)
+    held = graphs.subgraph_ops(proto)
     op_types = [op for op in IntegerOpsRegistry if op != "Conv"] + ["Gemm"]
     if has_conv:
         notes.append(
@@ -44,7 +50,9 @@ def quantize_int8_dynamic(model: bytes, *, per_channel: bool = False) -> Compres
         )
     if derived_weights(proto):
         proto = pre_process(proto, notes, why="weights were not plain initializers")
-    before = {w.weight: w for w in graphs.weight_layers(proto, ops=("MatMul", "Gemm"))}
+    before = {
+        w.weight: w for w in graphs.weight_layers(proto, ops=("MatMul", "Gemm"), subgraphs=True)
+    }
     if not before:
         raise PassSkippedError(
             Technique.INT8_DYNAMIC,
@@ -60,23 +68,41 @@ def quantize_int8_dynamic(model: bytes, *, per_channel: bool = False) -> Compres
                 per_channel=per_channel,
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=op_types,
+                # If/Loop/Scan bodies are quantized too (ORT leaves them in float without it)
+                extra_options={"EnableSubgraph": bool(held)},
             )
         except Exception as exc:  # ORT's tools fail in many ways on real exports
             raise PassSkippedError(
                 Technique.INT8_DYNAMIC, f"quantize_dynamic failed: {_first(exc)}"
             ) from exc
         data = out.read_bytes()
-    if any(n.op_type == "ConvInteger" for n in graphs.load(data).graph.node):  # pragma: no cover
+    if held:  # ORT appends the DynamicQuantizeLinear of an outer name a body reads after the If
+        result = graphs.load(data)
+        graphs.toposort(result)
+        data = graphs.dump(result)
+        try:
+            graphs.validate_model(data)
+        except InvalidInputError as exc:
+            raise PassSkippedError(Technique.INT8_DYNAMIC, str(exc)) from exc
+    if any(  # pragma: no cover
+        n.op_type == "ConvInteger" for g in graphs.all_graphs(graphs.load(data)) for n in g.node
+    ):
         raise PassSkippedError(Technique.INT8_DYNAMIC, "result holds ConvInteger")
     graphs.check_runs(data, Technique.INT8_DYNAMIC)
-    quantized = graphs.initializers(graphs.load(data))
+    result = graphs.load(data)
+    quantized = {t.name for g in graphs.all_graphs(result) for t in g.initializer}
     layers = tuple(
         LayerChange(w.node, f"fp32 {w.shape}", "int8")
         for name, w in before.items()
         if f"{name}_quantized" in quantized
     )
     if not layers:
-        raise PassSkippedError(Technique.INT8_DYNAMIC, "quantize_dynamic quantized no layer")
+        raise PassSkippedError(
+            Technique.INT8_DYNAMIC,
+            "quantize_dynamic quantized no layer" + graphs.subgraph_note(proto),
+        )
+    if held:
+        notes.extend(_subgraph_notes(proto, quantized, held))
     return Compressed(
         data,
         PassRecord(
@@ -89,6 +115,21 @@ def quantize_int8_dynamic(model: bytes, *, per_channel: bool = False) -> Compres
             tuple(notes),
         ),
     )
+
+
+def _subgraph_notes(proto: onnx.ModelProto, quantized: set[str], held: list[str]) -> list[str]:
+    """What became of the weight layers inside If/Loop/Scan bodies: quantized or left in float."""
+    main = {n.name for n in proto.graph.node}
+    inside = [w for w in graphs.weight_layers(proto, subgraphs=True) if w.node not in main]
+    done = [w for w in inside if f"{w.weight}_quantized" in quantized]
+    kinds = "/".join(held)
+    notes = (
+        [f"{len(done)} layers inside {kinds} subgraphs quantized (EnableSubgraph)"] if done else []
+    )
+    left = len(inside) - len(done)
+    if left:
+        notes.append(f"{left} weight layers inside {kinds} subgraphs left in float")
+    return notes
 
 
 def derived_weights(model: onnx.ModelProto) -> list[str]:

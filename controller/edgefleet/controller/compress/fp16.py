@@ -3,11 +3,15 @@
 Inputs and outputs keep their fp32 types (``keep_io_types``), so callers feed the same arrays.
 The converter appends its Casts at the end of the graph; the result is topologically sorted
 (``graphs.toposort``) and must pass ``onnx.checker``, else the pass is skipped with the reason.
+Weights inside ``If``/``Loop``/``Scan`` bodies (Silero VAD keeps all of its there) are converted
+too: the converter walks the subgraphs.
 Halves the weights; on CPUs without native fp16 arithmetic ORT computes through Casts and the
 model is usually slower, which the search measures rather than assumes.
 """
 
 from __future__ import annotations
+
+import onnx
 
 from . import graphs
 from .errors import InvalidInputError, PassSkippedError
@@ -20,8 +24,8 @@ def convert_fp16(model: bytes) -> Compressed:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     proto = graphs.load(model)
-    layers = graphs.weight_layers(proto)
-    if not any(t.data_type == 1 for t in proto.graph.initializer):
+    layers = graphs.weight_layers(proto, subgraphs=True)  # the converter walks If/Loop bodies
+    if not graphs.float_weights(proto):
         raise PassSkippedError(
             Technique.FP16, "the model has no fp32 weights" + graphs.subgraph_note(proto)
         )
@@ -47,9 +51,17 @@ def convert_fp16(model: bytes) -> Compressed:
             len(model),
             len(data),
             tuple(LayerChange(w.node, f"fp32 {shape_text(w.shape)}", "fp16") for w in layers),
-            ("fp16 on a CPU computes through Casts; it pays off only where fp16 is native",),
+            (
+                "fp16 on a CPU computes through Casts; it pays off only where fp16 is native",
+                *_inside(proto),
+            ),
         ),
     )
+
+
+def _inside(proto: onnx.ModelProto) -> tuple[str, ...]:
+    held = graphs.subgraph_ops(proto)
+    return (f"weights inside {'/'.join(held)} subgraphs converted too",) if held else ()
 
 
 def _first(exc: BaseException) -> str:

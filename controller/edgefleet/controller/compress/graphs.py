@@ -62,31 +62,54 @@ def load(data: bytes) -> onnx.ModelProto:
             f"model keeps {len(external)} tensors ({', '.join(external[:3])}...) in external data "
             f"files ({', '.join(files)}); load it with load_model_file(path) to inline them"
         )
-    for i, node in enumerate(model.graph.node):
-        if not node.name:
-            node.name = f"{node.op_type.lower()}_{i}"
+    for graph in all_graphs(model):
+        prefix = "" if graph is model.graph else f"{graph.name}/"
+        for i, node in enumerate(graph.node):
+            if not node.name:
+                node.name = f"{prefix}{node.op_type.lower()}_{i}"
     constants_to_initializers(model)
     return model
 
 
+def all_graphs(model: onnx.ModelProto) -> Iterator[onnx.GraphProto]:
+    """The main graph, then every If/Loop/Scan body in it (depth first), to edit in place."""
+    todo = [model.graph]
+    while todo:
+        graph = todo.pop(0)
+        yield graph
+        todo[:0] = list(_subgraphs(graph))
+
+
+def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    for node in graph.node:
+        for a in node.attribute:
+            if a.HasField("g"):
+                yield a.g
+            yield from a.graphs
+
+
 def constants_to_initializers(model: onnx.ModelProto) -> list[str]:
     """Turn ``Constant`` nodes holding a tensor into initializers, in place (exporters such as
-    Paddle's keep every weight in a Constant node, which no pass would see as a weight)."""
+    Paddle's keep every weight in a Constant node, which no pass would see as a weight). In
+    If/Loop/Scan bodies too (Silero VAD keeps all its weights there): the tensor becomes an
+    initializer of the body that held the node."""
     moved: list[str] = []
-    keep: list[onnx.NodeProto] = []
-    for node in model.graph.node:
-        value = next((a for a in node.attribute if a.name == "value"), None)
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
-            tensor = onnx.TensorProto()
-            tensor.CopyFrom(value.t)
-            tensor.name = node.output[0]
-            model.graph.initializer.append(tensor)
-            moved.append(tensor.name)
-        else:
-            keep.append(node)
-    if moved:
-        del model.graph.node[:]
-        model.graph.node.extend(keep)
+    for graph in all_graphs(model):
+        keep: list[onnx.NodeProto] = []
+        before = len(moved)
+        for node in graph.node:
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
+                tensor = onnx.TensorProto()
+                tensor.CopyFrom(value.t)
+                tensor.name = node.output[0]
+                graph.initializer.append(tensor)
+                moved.append(tensor.name)
+            else:
+                keep.append(node)
+        if len(moved) > before:
+            del graph.node[:]
+            graph.node.extend(keep)
     return moved
 
 
@@ -138,17 +161,42 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [v for v in model.graph.input if v.name not in inits]
 
 
-def weight_layers(model: onnx.ModelProto, *, ops: Sequence[str] = WEIGHT_OPS) -> list[WeightLayer]:
-    """Conv/Gemm/MatMul nodes whose weight (input 1) is a float32 initializer of rank >= 2."""
-    inits = initializers(model)
+def weight_layers(
+    model: onnx.ModelProto, *, ops: Sequence[str] = WEIGHT_OPS, subgraphs: bool = False
+) -> list[WeightLayer]:
+    """Conv/Gemm/MatMul nodes whose weight (input 1) is a float32 initializer of rank >= 2; with
+    ``subgraphs`` also those in If/Loop/Scan bodies (weight: an initializer of that body or of
+    an enclosing graph). Passes that edit ``model.graph.initializer`` leave ``subgraphs`` off."""
     layers = []
-    for node in model.graph.node:
-        if node.op_type not in ops or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        tensor = inits[node.input[1]]
-        if tensor.data_type == onnx.TensorProto.FLOAT and len(tensor.dims) >= 2:
-            layers.append(WeightLayer(node.name, node.op_type, tensor.name, tuple(tensor.dims)))
+    for graph, inits in _scoped(model.graph, {}, subgraphs):
+        for node in graph.node:
+            if node.op_type not in ops or len(node.input) < 2 or node.input[1] not in inits:
+                continue
+            tensor = inits[node.input[1]]
+            if tensor.data_type == onnx.TensorProto.FLOAT and len(tensor.dims) >= 2:
+                layers.append(WeightLayer(node.name, node.op_type, tensor.name, tuple(tensor.dims)))
     return layers
+
+
+def _scoped(
+    graph: onnx.GraphProto, outer: dict[str, onnx.TensorProto], deep: bool
+) -> Iterator[tuple[onnx.GraphProto, dict[str, onnx.TensorProto]]]:
+    """Each graph with the initializers visible in it (its own over its enclosing graphs')."""
+    inits = {**outer, **{t.name: t for t in graph.initializer}}
+    yield graph, inits
+    if deep:
+        for sub in _subgraphs(graph):
+            yield from _scoped(sub, inits, deep)
+
+
+def float_weights(model: onnx.ModelProto) -> int:
+    """Bytes of float32 initializers in every graph, If/Loop/Scan bodies included."""
+    return sum(
+        len(t.raw_data) or 4 * len(t.float_data)
+        for g in all_graphs(model)
+        for t in g.initializer
+        if t.data_type == onnx.TensorProto.FLOAT
+    )
 
 
 def attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
@@ -305,7 +353,15 @@ def _first_line(exc: BaseException) -> str:
 def subgraph_note(model: onnx.ModelProto) -> str:
     """ "" or why a pass found nothing: the weights live in If/Loop/Scan subgraphs, which the
     passes leave in float (they work on the main graph)."""
-    held = sorted(
+    held = subgraph_ops(model)
+    if not held:
+        return ""
+    return f"; its weights are inside {'/'.join(held)} subgraphs, left in float"
+
+
+def subgraph_ops(model: onnx.ModelProto) -> list[str]:
+    """The ops (If, Loop, Scan) of the main graph that hold subgraphs."""
+    return sorted(
         {
             node.op_type
             for node in model.graph.node
@@ -313,6 +369,3 @@ def subgraph_note(model: onnx.ModelProto) -> str:
             if a.HasField("g") or len(a.graphs)
         }
     )
-    if not held:
-        return ""
-    return f"; its weights are inside {'/'.join(held)} subgraphs, left in float"
