@@ -166,11 +166,14 @@ def test_healthy_device_that_later_rolls_back_fails_the_rollout() -> None:
 def test_pause_and_resume() -> None:
     reports = fleet_on_old()
     r, cmds = engine.step(new(canary="1"), reports, now=0)
-    r = engine.pause(r)
+    paused = engine.pause(r)
+    assert isinstance(paused, engine.Rollout)
     reports = applied(reports, cmds)
-    r, more = engine.step(r, reports, now=1)
+    r, more = engine.step(paused, reports, now=1)
     assert r.phase is RolloutPhase.PAUSED and more == []
-    r = engine.resume(r)
+    resumed = engine.resume(r)
+    assert isinstance(resumed, engine.Rollout) and resumed.phase is RolloutPhase.CANARY
+    r = resumed
     r, more = engine.step(r, reports, now=2)
     assert len(more) == 3
 
@@ -179,7 +182,9 @@ def test_operator_abort_sends_back_only_touched_devices() -> None:
     reports = fleet_on_old()
     r, cmds = engine.step(new(canary="2"), reports, now=0)
     assert len(cmds) == 2
-    r, back = engine.abort(r, reports, reason="operator abort")
+    aborted = engine.abort(r, reports, reason="operator abort")
+    assert not isinstance(aborted, engine.Refusal)
+    r, back = aborted
     assert r.phase is RolloutPhase.ROLLING_BACK
     assert {c.device_id for c in back} == {"d1", "d2"}
     assert all(c.rollback and c.release == OLD for c in back)

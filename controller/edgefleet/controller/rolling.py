@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
+from typing import TypeVar
 
 from edgefleet.common.errors import NotFoundError, PermanentError
 from edgefleet.controller.errors import FleetBusyError, RolloutStateError
@@ -27,7 +28,7 @@ from edgefleet.controller.records import (
     Started,
 )
 from edgefleet.controller.rollouts import engine
-from edgefleet.controller.rollouts.engine import RolloutPhase, SendDesired, TargetState
+from edgefleet.controller.rollouts.engine import SendDesired, TargetState
 from edgefleet.controller.rollouts.history import Transition, transitions
 from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.controller.rolloutstore import Current, RolloutStore
@@ -35,7 +36,7 @@ from edgefleet.controller.sending import Order, Sender
 
 log = logging.getLogger(__name__)
 
-RUNNING = (RolloutPhase.PENDING, RolloutPhase.CANARY, RolloutPhase.WAVE)
+T = TypeVar("T")
 
 
 def new_rollout_id() -> str:
@@ -125,28 +126,21 @@ class Rollouts:
         with self._lock:
             ids = self.devices(fleet)
             previous = self._store.previous_releases(ids)
-            goal = {d: to_release or previous.get(d, "") for d in ids}
-            if not any(goal.values()):
-                raise PermanentError(
-                    f"no device of fleet {fleet} has a previous release to go back to; "
-                    "name the release to go to"
-                )
+            goal = engine.rollback_goal(fleet, ids, previous, to_release=to_release)
+            if isinstance(goal, engine.Refusal):
+                raise PermanentError(goal.message)
             rollback_id = self._new_id()
             for other in self._store.unfinished_ids(fleet):
                 rec = self._store.load(other)
-                if rec.rollout.phase is not RolloutPhase.ROLLING_BACK:
-                    self._abort(rec, reason=f"aborted by fleet rollback {rollback_id}")
+                reports = self._store.reports(t.device_id for t in rec.rollout.targets)
+                r, commands = engine.supersede(rec.rollout, reports, by=rollback_id)
+                if r != rec.rollout or commands:
+                    self._apply(rec, self._updated(rec, r), commands)
             now = self._clock()
-            r = engine.start(rollback_id, fleet, to_release, Strategy(), ids)
-            # The engine's abort sends every touched device to its previous release: mark each
-            # device touched, with the release to go back to.
-            touched = tuple(
-                replace(t, state=TargetState.HEALTHY, previous_release=goal[t.device_id])
-                for t in r.targets
-            )
-            why = "fleet rollback to " + (to_release or "each device's previous release")
-            r, commands = engine.abort(
-                replace(r, targets=touched), self._store.reports(ids), reason=why
+            # Read after the superseded rollouts wrote theirs: generations stay above them.
+            reports = self._store.reports(ids)
+            r, commands = engine.fleet_rollback(
+                rollback_id, fleet, goal, reports, to_release=to_release
             )
             rec, sent = self._apply(None, RolloutRecord(r, ROLLBACK, _ms(now), _ms(now)), commands)
         skipped = tuple(d for d in ids if d not in {c.device_id for c in sent})
@@ -236,60 +230,41 @@ class Rollouts:
         return due
 
     def pause(self, rollout_id: str) -> RolloutRecord:
+        """``engine.pause``; a refusal is a ``RolloutStateError``."""
         with self._lock:
             rec = self._store.load(rollout_id)
-            phase = rec.rollout.phase
-            if phase is RolloutPhase.PAUSED:
+            r = _decided(engine.pause(rec.rollout), rollout_id)
+            if r == rec.rollout:
                 return rec
-            if phase not in RUNNING:
-                raise RolloutStateError(
-                    f"rollout {rollout_id} is {phase}; only a running rollout can be paused",
-                    rollout_id=rollout_id,
-                )
-            return self._apply(rec, self._updated(rec, engine.pause(rec.rollout)), [])[0]
+            return self._apply(rec, self._updated(rec, r), [])[0]
 
     def resume(self, rollout_id: str) -> RolloutRecord:
+        """``engine.resume``, then a step; a refusal is a ``RolloutStateError``."""
         with self._lock:
             rec = self._store.load(rollout_id)
-            phase = rec.rollout.phase
-            if phase in RUNNING:
+            r = _decided(engine.resume(rec.rollout), rollout_id)
+            if r == rec.rollout:
                 return rec
-            if phase is not RolloutPhase.PAUSED:
-                raise RolloutStateError(
-                    f"rollout {rollout_id} is {phase}; only a paused rollout can be resumed",
-                    rollout_id=rollout_id,
-                )
-            rec = self._apply(rec, self._updated(rec, engine.resume(rec.rollout)), [])[0]
+            rec = self._apply(rec, self._updated(rec, r), [])[0]
             return self._step(rec)
 
     def abort(self, rollout_id: str) -> RolloutRecord:
-        """Roll back what the rollout touched. Aborting a rollout that is already rolling back
-        stops waiting for devices that have not confirmed (their rollback stays retained)."""
+        """``engine.abort``: roll back what the rollout touched, or, when it is rolling back
+        already, stop waiting for devices that have not confirmed (their rollback stays
+        retained); a refusal is a ``RolloutStateError``."""
         with self._lock:
             rec = self._store.load(rollout_id)
-            phase = rec.rollout.phase
-            if phase.finished:
-                raise RolloutStateError(
-                    f"rollout {rollout_id} has already {phase.replace('_', ' ')}",
-                    rollout_id=rollout_id,
-                )
-            if phase is RolloutPhase.ROLLING_BACK:
-                return self._stop_waiting(rec)
-            return self._abort(rec, reason="aborted by the operator")
+            reports = self._store.reports(t.device_id for t in rec.rollout.targets)
+            r, commands = _decided(engine.abort(rec.rollout, reports), rollout_id)
+            return self._apply(rec, self._updated(rec, r), commands)[0]
 
     # --- the shared steps, under the lock -------------------------------------------------
 
     def _check_idle(self, fleet: str) -> None:
         for rollout_id in self._store.unfinished_ids(fleet):
             rec = self._step(self._store.load(rollout_id))  # it may have just finished
-            if not rec.rollout.phase.finished:
-                r = rec.rollout
-                what = f"{r.release} " if r.release else ""
-                raise FleetBusyError(
-                    f"fleet {fleet} has an unfinished rollout {r.id} ({what}{r.phase}): wait "
-                    f"for it or abort it (edgectl rollout abort {r.id})",
-                    rollout_id=r.id,
-                )
+            if refusal := engine.busy(rec.rollout):
+                raise FleetBusyError(refusal.message, rollout_id=rec.id)
 
     def _step(self, rec: RolloutRecord) -> RolloutRecord:
         if rec.rollout.phase.finished:
@@ -300,24 +275,6 @@ class Rollouts:
         if r == rec.rollout and not commands:
             return rec
         return self._apply(rec, self._updated(rec, r), commands)[0]
-
-    def _abort(self, rec: RolloutRecord, *, reason: str) -> RolloutRecord:
-        reports = self._store.reports(t.device_id for t in rec.rollout.targets)
-        r, commands = engine.abort(rec.rollout, reports, reason=reason)
-        return self._apply(rec, self._updated(rec, r), commands)[0]
-
-    def _stop_waiting(self, rec: RolloutRecord) -> RolloutRecord:
-        r = rec.rollout
-        left = [t.device_id for t in r.targets if t.state is TargetState.ROLLING_BACK]
-        targets = tuple(
-            replace(t, reason=_join(t.reason, "rollback not confirmed when the wait stopped"))
-            if t.state is TargetState.ROLLING_BACK
-            else t
-            for t in r.targets
-        )
-        reason = _join(r.reason, f"stopped waiting for {', '.join(left)} to confirm")
-        done = replace(r, targets=targets, phase=RolloutPhase.ROLLED_BACK, reason=reason)
-        return self._apply(rec, self._updated(rec, done), [])[0]
 
     def _updated(self, rec: RolloutRecord, r: engine.Rollout) -> RolloutRecord:
         return replace(rec, rollout=r, updated_at_ms=_ms(self._clock()))
@@ -348,6 +305,13 @@ class Rollouts:
                 extra={"rollout": r.id, "fleet": r.fleet},
             )
         return after, commands
+
+
+def _decided(decided: T | engine.Refusal, rollout_id: str) -> T:
+    """What the engine decided, or its refusal raised as a ``RolloutStateError``."""
+    if isinstance(decided, engine.Refusal):
+        raise RolloutStateError(decided.message, rollout_id=rollout_id)
+    return decided
 
 
 def _drop(

@@ -12,7 +12,7 @@ anything issued to or applied by the device, so anti-replay holds for rollbacks 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -115,21 +115,119 @@ def start(
     return Rollout(rollout_id, fleet, release, strategy, targets)
 
 
-def pause(r: Rollout) -> Rollout:
-    if r.phase not in (RolloutPhase.PENDING, RolloutPhase.CANARY, RolloutPhase.WAVE):
+@dataclass(frozen=True)
+class Refusal:
+    """Why an operator's request does not apply to the rollout (or fleet) as it is: one line,
+    which the API answers with (FAILED_PRECONDITION). Nothing changed."""
+
+    message: str
+
+
+RUNNING = (RolloutPhase.PENDING, RolloutPhase.CANARY, RolloutPhase.WAVE)
+Decided = tuple[Rollout, list[SendDesired]]
+
+
+def pause(r: Rollout) -> Rollout | Refusal:
+    """Stop sending; a paused rollout is left as it is (the same rollout back)."""
+    if r.phase is RolloutPhase.PAUSED:
         return r
+    if r.phase not in RUNNING:
+        return Refusal(f"rollout {r.id} is {r.phase}; only a running rollout can be paused")
     return replace(r, phase=RolloutPhase.PAUSED, paused_phase=r.phase)
 
 
-def resume(r: Rollout) -> Rollout:
-    if r.phase is not RolloutPhase.PAUSED or r.paused_phase is None:
+def resume(r: Rollout) -> Rollout | Refusal:
+    """Back to the phase it was paused in; a running rollout is left as it is."""
+    if r.phase in RUNNING:
         return r
+    if r.phase is not RolloutPhase.PAUSED or r.paused_phase is None:
+        return Refusal(f"rollout {r.id} is {r.phase}; only a paused rollout can be resumed")
     return replace(r, phase=r.paused_phase, paused_phase=None)
 
 
 def abort(
-    r: Rollout, reports: Mapping[str, Report], *, reason: str
-) -> tuple[Rollout, list[SendDesired]]:
+    r: Rollout, reports: Mapping[str, Report], *, reason: str = "aborted by the operator"
+) -> Decided | Refusal:
+    """The operator's abort: roll back what the rollout touched. A rollout already rolling back
+    stops waiting for the devices that have not confirmed (``stop_waiting``)."""
+    if r.phase.finished:
+        return Refusal(f"rollout {r.id} has already {r.phase.replace('_', ' ')}")
+    if r.phase is RolloutPhase.ROLLING_BACK:
+        done = stop_waiting(r)
+        return done if isinstance(done, Refusal) else (done, [])
+    return _abort(r, reports, reason=reason)
+
+
+def stop_waiting(r: Rollout) -> Rollout | Refusal:
+    """A rollout rolling back, finished without the devices that did not confirm (their
+    rollback stays retained)."""
+    if r.phase is not RolloutPhase.ROLLING_BACK:
+        return Refusal(f"rollout {r.id} is {r.phase}; it waits for no rollback")
+    left = [t.device_id for t in r.targets if t.state is TargetState.ROLLING_BACK]
+    targets = tuple(
+        replace(t, reason=_join(t.reason, "rollback not confirmed when the wait stopped"))
+        if t.state is TargetState.ROLLING_BACK
+        else t
+        for t in r.targets
+    )
+    reason = _join(r.reason, f"stopped waiting for {', '.join(left)} to confirm")
+    return replace(r, targets=targets, phase=RolloutPhase.ROLLED_BACK, reason=reason)
+
+
+def busy(r: Rollout) -> Refusal | None:
+    """Why a new rollout of ``r``'s fleet must wait (``r`` is unfinished), or ``None``."""
+    if r.phase.finished:
+        return None
+    what = f"{r.release} " if r.release else ""
+    return Refusal(
+        f"fleet {r.fleet} has an unfinished rollout {r.id} ({what}{r.phase}): wait "
+        f"for it or abort it (edgectl rollout abort {r.id})"
+    )
+
+
+def rollback_goal(
+    fleet: str, device_ids: Sequence[str], previous: Mapping[str, str], *, to_release: str = ""
+) -> dict[str, str] | Refusal:
+    """Where a fleet rollback sends each device: ``to_release``, or the release it ran before
+    ("" = nothing to go back to); refused when no device has anywhere to go."""
+    goal = {d: to_release or previous.get(d, "") for d in device_ids}
+    if not any(goal.values()):
+        return Refusal(
+            f"no device of fleet {fleet} has a previous release to go back to; "
+            "name the release to go to"
+        )
+    return goal
+
+
+def fleet_rollback(
+    rollout_id: str,
+    fleet: str,
+    goal: Mapping[str, str],
+    reports: Mapping[str, Report],
+    *,
+    to_release: str = "",
+) -> Decided:
+    """A rollout of its own sending every device of ``goal`` to its release there (devices
+    with "" are left alone and reverted at once)."""
+    r = start(rollout_id, fleet, to_release, Strategy(), list(goal))
+    # The abort sends every touched device to its previous release: mark each device touched,
+    # with the release to go back to.
+    touched = tuple(
+        replace(t, state=TargetState.HEALTHY, previous_release=goal[t.device_id]) for t in r.targets
+    )
+    why = "fleet rollback to " + (to_release or "each device's previous release")
+    return _abort(replace(r, targets=touched), reports, reason=why)
+
+
+def supersede(r: Rollout, reports: Mapping[str, Report], *, by: str) -> Decided:
+    """An unfinished rollout of a fleet that fleet rollback ``by`` takes over: aborted, unless it
+    is rolling back already (or finished): then the same rollout, nothing to send."""
+    if r.phase is RolloutPhase.ROLLING_BACK or r.phase.finished:
+        return r, []
+    return _abort(r, reports, reason=f"aborted by fleet rollback {by}")
+
+
+def _abort(r: Rollout, reports: Mapping[str, Report], *, reason: str) -> Decided:
     """Stop sending and send every touched device back to what it ran before."""
     if r.phase in (RolloutPhase.SUCCEEDED, RolloutPhase.ROLLING_BACK, RolloutPhase.ROLLED_BACK):
         return r, []
@@ -165,7 +263,7 @@ def step(
     failed, sent = r.count(TargetState.FAILED), r.count(*TOUCHED)
     if r.strategy.too_many_failures(failed, sent):
         worst = next(t for t in r.targets if t.state is TargetState.FAILED)
-        return abort(
+        return _abort(
             r,
             reports,
             reason=f"{r.explain(worst.device_id)}; {failed} of {sent} devices failed "
