@@ -7,14 +7,25 @@ initializer types inside each branch), never a CPU-dependent accuracy figure.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgefleet.controller.compress import dynamic_quant, fp16, graphs
+from edgefleet.controller.compress import (
+    clustering,
+    dynamic_quant,
+    fp16,
+    graphs,
+    int4,
+    lowrank,
+    pruning,
+    structured,
+)
 from edgefleet.controller.compress.errors import PassSkippedError
-from edgefleet.controller.compress.records import Technique
+from edgefleet.controller.compress.records import Compressed, Technique
 
 
 def _branch(name: str, weight: np.ndarray, *, as_constant: bool) -> onnx.GraphProto:
@@ -139,3 +150,21 @@ def test_constants_inside_subgraphs_become_initializers_of_their_branch() -> Non
     assert [n.op_type for n in then.node] == ["MatMul"]
     assert [t.name for t in then.initializer] == ["then_w"]
     onnx.checker.check_model(model)
+
+
+@pytest.mark.parametrize(
+    "compress",
+    [
+        int4.quantize_int4_weights,
+        clustering.cluster_weights,
+        lambda m: pruning.prune_magnitude(m, sparsity=0.5),
+        lambda m: structured.prune_structured(m, amount=0.5),
+        lowrank.factorise_lowrank,
+    ],
+    ids=["int4-weights", "cluster", "prune", "prune-structured", "lowrank"],
+)
+def test_passes_that_work_on_the_main_graph_say_the_if_weights_stay_in_float(
+    compress: Callable[[bytes], Compressed],
+) -> None:
+    with pytest.raises(PassSkippedError, match="inside If subgraphs, left in float"):
+        compress(if_matmul_model())

@@ -27,7 +27,10 @@ def cluster_weights(model: bytes, *, bits: int = 4, iterations: int = 25) -> Com
     k = 2**bits
     layers = [w for w in graphs.weight_layers(proto) if int(np.prod(w.shape)) > 4 * k]
     if not layers:
-        raise PassSkippedError(Technique.CLUSTER, f"no weight layer with more than {4 * k} values")
+        raise PassSkippedError(
+            Technique.CLUSTER,
+            f"no weight layer with more than {4 * k} values" + graphs.subgraph_note(proto),
+        )
     changes = []
     errors = []
     for w in layers:

@@ -97,9 +97,13 @@ def constants_to_initializers(model: onnx.ModelProto) -> list[str]:
     for graph in all_graphs(model):
         keep: list[onnx.NodeProto] = []
         before = len(moved)
+        # a body's output stays made by its node (a body returning an initializer is an edge
+        # case runtimes have handled differently); the main graph's outputs move as before
+        returned = set() if graph is model.graph else {o.name for o in graph.output}
         for node in graph.node:
             value = next((a for a in node.attribute if a.name == "value"), None)
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None:
+            constant = node.op_type == "Constant" and node.domain in ("", "ai.onnx")
+            if constant and value is not None and node.output[0] not in returned:
                 tensor = onnx.TensorProto()
                 tensor.CopyFrom(value.t)
                 tensor.name = node.output[0]

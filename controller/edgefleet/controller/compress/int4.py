@@ -42,7 +42,8 @@ def quantize_int4_weights(model: bytes, *, block_size: int = 32) -> Compressed:
     if not eligible:
         raise PassSkippedError(
             Technique.INT4_WEIGHTS,
-            f"no MatMul with a 2-D constant weight of at least {block_size} rows",
+            f"no MatMul with a 2-D constant weight of at least {block_size} rows"
+            + graphs.subgraph_note(proto),
         )
     with graphs.quiet():
         try:

@@ -68,7 +68,7 @@ def factorise_lowrank(model: bytes, *, energy: float = 0.9, max_cost: float = 0.
         changes.append(LayerChange(node.name, f"{m}x{n}", f"{m}x{r} @ {r}x{n}"))
     if not changes:
         why = "; ".join(skipped) or "no Gemm/MatMul with a 2-D constant weight"
-        raise PassSkippedError(Technique.LOWRANK, why)
+        raise PassSkippedError(Technique.LOWRANK, why + graphs.subgraph_note(proto))
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
     used = {i for nd in proto.graph.node for i in nd.input}

@@ -29,7 +29,10 @@ def prune_magnitude(model: bytes, *, sparsity: float, scope: Scope = Scope.GLOBA
     inits = graphs.initializers(proto)
     layers = [w for w in graphs.weight_layers(proto) if np.prod(w.shape) >= 16]
     if not layers:
-        raise PassSkippedError(Technique.PRUNE, "no Conv/Gemm/MatMul with constant fp32 weights")
+        raise PassSkippedError(
+            Technique.PRUNE,
+            "no Conv/Gemm/MatMul with constant fp32 weights" + graphs.subgraph_note(proto),
+        )
     weights = {w.weight: graphs.array(inits[w.weight]) for w in layers}
     if scope is Scope.GLOBAL:
         everything = np.concatenate([np.abs(a).ravel() for a in weights.values()])

@@ -81,7 +81,10 @@ def prune_structured(
         changes.append(change)
     if not changes:
         raise PassSkippedError(
-            Technique.PRUNE_STRUCTURED, "no prunable layer: " + ("; ".join(notes) or "no weights")
+            Technique.PRUNE_STRUCTURED,
+            "no prunable layer: "
+            + ("; ".join(notes) or "no weights")
+            + graphs.subgraph_note(proto),
         )
     data = graphs.dump(proto)
     graphs.check_runs(data, Technique.PRUNE_STRUCTURED, feeds[:1])
