@@ -66,7 +66,8 @@ def test_a_passing_candidate_becomes_a_child_version(
         recipe=f"{RECIPE},int8-dynamic",
         eval_data=_eval(digits_data),
         max_accuracy_drop=1.0,
-        objective="size",  # size: the gate does not depend on this machine's timings
+        # size: the gate does not depend on this machine's timings
+        search_objective=pb.OBJECTIVE_SIZE,
     )
     kinds = [m.WhichOneof("update") for m in stream]
     assert kinds[0] == "message" and kinds[-1] == "result"
@@ -120,7 +121,7 @@ def test_no_candidate_passes_nothing_is_registered(
         recipe="prune-structured-50",
         eval_data=_eval(digits_data),
         max_accuracy_drop=0.0,
-        objective="size",
+        search_objective=pb.OBJECTIVE_SIZE,
     )
     result = stream[-1].result
     assert not result.passed and not result.winner and not result.HasField("model")
@@ -141,7 +142,7 @@ def test_no_candidate_passes_nothing_is_registered(
         ),
         ({"eval_data": b""}, grpc.StatusCode.INVALID_ARGUMENT, "no eval data"),
         ({"recipe": "int8-dynamic,squash-9"}, grpc.StatusCode.INVALID_ARGUMENT, "squash-9"),
-        ({"objective": "speed"}, grpc.StatusCode.INVALID_ARGUMENT, "unknown objective"),
+        ({"search_objective": 99}, grpc.StatusCode.INVALID_ARGUMENT, "unknown objective 99"),
         ({"max_accuracy_drop": -1.0}, grpc.StatusCode.INVALID_ARGUMENT, ">= 0"),
         ({"version": 9}, grpc.StatusCode.NOT_FOUND, "version 9"),
         ({"profile_on": "no-such-device"}, grpc.StatusCode.NOT_FOUND, "no-such-device"),
@@ -255,7 +256,7 @@ def test_profile_on_a_device_times_candidates_on_its_agent(
             recipe="int8-dynamic",
             eval_data=_eval(digits_data),
             max_accuracy_drop=5.0,
-            objective="size",
+            search_objective=pb.OBJECTIVE_SIZE,
             profile_on=agent.device_id,
         )
         result = stream[-1].result

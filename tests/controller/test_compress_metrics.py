@@ -69,7 +69,7 @@ def test_iou_on_a_probability_map_is_used_and_named(ctl: support.Running) -> Non
         recipe="fp16",
         eval_data=_npz(x=x),
         max_accuracy_drop=5.0,
-        objective="size",
+        search_objective=pb.OBJECTIVE_SIZE,
         metric="y=iou:0.5",
     )
     assert result.original.metric == "iou>0.5" and result.original.value == 1.0
@@ -105,7 +105,7 @@ def test_a_metric_module_judges_the_search_in_the_sandbox(
         "recipe": "int8-dynamic",
         "eval_data": _npz(pixels=digits_data.x_test),  # no labels: fidelity to the original
         "max_accuracy_drop": 5.0,
-        "objective": "size",
+        "search_objective": pb.OBJECTIVE_SIZE,
         "metric_module_source": METRIC_MODULE,
         "metric_module_origin": "labels.py",
     }

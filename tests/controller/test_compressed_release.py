@@ -77,7 +77,11 @@ def test_a_compressed_version_releases_packed_and_serves_on_an_agent(
     buf = io.BytesIO()
     np.savez(buf, pixels=digits_data.x_test, labels=digits_data.y_test)
     request = pb.CompressRequest(
-        name=name, recipe=RECIPE, eval_data=buf.getvalue(), max_accuracy_drop=5.0, objective="size"
+        name=name,
+        recipe=RECIPE,
+        eval_data=buf.getvalue(),
+        max_accuracy_drop=5.0,
+        search_objective=pb.OBJECTIVE_SIZE,
     )
     result = list(ctl.stub.CompressModel(request, timeout=DEADLINE))[-1].result
     assert result.passed, result.candidates

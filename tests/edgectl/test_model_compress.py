@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from edgefleet.demo import digits
+from edgefleet.edgectl.app import app
+from tests.conftest import free_port
 from tests.edgectl.conftest import Edgectl, one_error_line
 
 RECIPE = "prune-structured-30+cluster-5bit+huffman"
@@ -113,6 +116,16 @@ def test_bad_eval_data_is_one_error_line(edgectl: Edgectl, model_name: str, tmp_
     missing = tmp_path / "missing.npz"
     line = one_error_line(edgectl("model", "compress", model_name, "--eval-data", missing))
     assert "no such file" in line
+
+
+def test_an_unknown_objective_is_refused_by_edgectl(tmp_path: Path) -> None:
+    """Refused before any call: the controller address is one nothing listens on."""
+    data = tmp_path / "eval.npz"
+    np.savez(data, x=np.zeros((1, 2), np.float32))
+    argv = ["--controller", f"127.0.0.1:{free_port()}", "model", "compress", "m"]
+    result = CliRunner().invoke(app, [*argv, "--eval-data", str(data), "--objective", "speed"])
+    line = one_error_line(result)
+    assert "'speed' is not one of balanced, latency, size" in line, line
 
 
 def test_plot_writes_the_chart_of_every_candidate(

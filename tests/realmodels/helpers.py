@@ -85,7 +85,7 @@ def compress(
         recipe=recipe,
         eval_data=npz(**eval_data),
         max_accuracy_drop=max_drop,
-        objective="size",
+        search_objective=pb.OBJECTIVE_SIZE,
         time_budget_s=budget_s,
         metric=metric,
     )

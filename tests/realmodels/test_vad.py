@@ -74,7 +74,7 @@ def test_vad_compresses_with_broadcast_eval_data_and_deploys_with_and_without_go
         recipe="int8-dynamic,fp16",
         eval_data=helpers.npz(input=audio(8), **shared()),
         max_accuracy_drop=5.0,
-        objective="size",
+        search_objective=pb.OBJECTIVE_SIZE,
         time_budget_s=120.0,
     )
     result = list(ctl.stub.CompressModel(request, timeout=helpers.DEADLINE))[-1].result
@@ -123,7 +123,7 @@ def test_vad_compresses_over_a_stream_of_feeds_with_its_state_carried(
         eval_data=helpers.npz(**feeds.join(steps)),
         carry=["state=stateN"],
         max_accuracy_drop=5.0,
-        objective="size",
+        search_objective=pb.OBJECTIVE_SIZE,
         time_budget_s=120.0,
         golden="always",
     )

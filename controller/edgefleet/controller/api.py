@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from edgefleet.common import rolloutwords, wire
+from edgefleet.common import enumwords, rolloutwords, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.controller import compressing
@@ -267,6 +267,14 @@ def device_info(d: DeviceView) -> controller_pb2.DeviceInfo:
 
 
 def compress_job(msg: controller_pb2.CompressRequest) -> compressing.Job:
+    """The request as the compressor reads it; an objective this build does not know (a
+    newer client's) is ``InvalidInputError``, never the default."""
+    objective = enumwords.objective_word(msg.search_objective)
+    if msg.search_objective and not objective:
+        choices = ", ".join(enumwords.objective_words())
+        raise InvalidInputError(
+            f"unknown objective {msg.search_objective}: choose one of {choices}"
+        )
     return compressing.Job(
         name=msg.name,
         version=msg.version,
@@ -277,7 +285,7 @@ def compress_job(msg: controller_pb2.CompressRequest) -> compressing.Job:
             if msg.HasField("max_accuracy_drop")
             else compressing.DEFAULT_MAX_DROP
         ),
-        objective=msg.objective,
+        objective=objective,
         profile_on=msg.profile_on,
         time_budget_s=msg.time_budget_s if msg.HasField("time_budget_s") else None,
         metric=msg.metric,

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import grpc
 
-from edgefleet.common import rpc, wire
+from edgefleet.common import enumwords, rpc, wire
 from edgefleet.common import types as t
 from edgefleet.common.closing import Closing
 from edgefleet.common.errors import InvalidInputError, NotFoundError
@@ -206,7 +206,8 @@ class ControllerClient(Closing):
     ) -> Iterator[pb.CompressProgress]:
         """Stream ``CompressModel``: progress messages, then one carrying the result. Closing
         the iterator early cancels the call (the controller stops after its current candidate).
-        Eval data over ``INLINE_EVAL_BYTES`` goes first in chunks (``upload_data``)."""
+        Eval data over ``INLINE_EVAL_BYTES`` goes first in chunks (``upload_data``).
+        ``objective``: a word of ``Objective`` (``""`` = balanced; ``ValueError`` for none)."""
         data_id = ""
         if len(eval_data) > INLINE_EVAL_BYTES:
             data_id = self.upload_data(eval_data).data_id
@@ -218,7 +219,9 @@ class ControllerClient(Closing):
             eval_data_id=data_id,
             carry=list(carry),
             max_accuracy_drop=max_accuracy_drop,
-            objective=objective,
+            search_objective=(
+                enumwords.objective_value(objective) if objective else pb.OBJECTIVE_UNSPECIFIED
+            ),
             profile_on=profile_on,
             metric=metric,
             golden=golden,

@@ -116,6 +116,36 @@ TARGET_STATE_REVERTED: TargetState.ValueType  # 6
 """back on its previous release (or nothing to go back to)"""
 Global___TargetState: _TypeAlias = TargetState  # noqa: Y015
 
+class _Objective:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ObjectiveEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Objective.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OBJECTIVE_UNSPECIFIED: _Objective.ValueType  # 0
+    """balanced"""
+    OBJECTIVE_BALANCED: _Objective.ValueType  # 1
+    """speed and transfer size together; not slower than the original"""
+    OBJECTIVE_LATENCY: _Objective.ValueType  # 2
+    """faster than the original beyond the noise"""
+    OBJECTIVE_SIZE: _Objective.ValueType  # 3
+    """smallest transfer; speed not gated"""
+
+class Objective(_Objective, metaclass=_ObjectiveEnumTypeWrapper):
+    """What a compression search's winner must improve most. Words (edgectl's --objective, the
+    report and --json): the name after the prefix, lower case: balanced, latency, size.
+    """
+
+OBJECTIVE_UNSPECIFIED: Objective.ValueType  # 0
+"""balanced"""
+OBJECTIVE_BALANCED: Objective.ValueType  # 1
+"""speed and transfer size together; not slower than the original"""
+OBJECTIVE_LATENCY: Objective.ValueType  # 2
+"""faster than the original beyond the noise"""
+OBJECTIVE_SIZE: Objective.ValueType  # 3
+"""smallest transfer; speed not gated"""
+Global___Objective: _TypeAlias = Objective  # noqa: Y015
+
 @_typing.final
 class InitKeyRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -1245,7 +1275,6 @@ class CompressRequest(_message.Message):
     RECIPE_FIELD_NUMBER: _builtins.int
     EVAL_DATA_FIELD_NUMBER: _builtins.int
     MAX_ACCURACY_DROP_FIELD_NUMBER: _builtins.int
-    OBJECTIVE_FIELD_NUMBER: _builtins.int
     PROFILE_ON_FIELD_NUMBER: _builtins.int
     TIME_BUDGET_S_FIELD_NUMBER: _builtins.int
     METRIC_FIELD_NUMBER: _builtins.int
@@ -1257,6 +1286,7 @@ class CompressRequest(_message.Message):
     METRIC_MODULE_SOURCE_FIELD_NUMBER: _builtins.int
     METRIC_MODULE_FUNCTION_FIELD_NUMBER: _builtins.int
     METRIC_MODULE_ORIGIN_FIELD_NUMBER: _builtins.int
+    SEARCH_OBJECTIVE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.int
     """0 = the newest version"""
@@ -1266,8 +1296,6 @@ class CompressRequest(_message.Message):
     """.npz: batched inputs by name or feedK/<input> feeds, optional labels"""
     max_accuracy_drop: _builtins.float
     """points (accuracy) or fidelity drop; default 1.0"""
-    objective: _builtins.str
-    """balanced (default) | latency | size"""
     profile_on: _builtins.str
     """time candidates on this device, through its agent"""
     time_budget_s: _builtins.float
@@ -1294,6 +1322,8 @@ class CompressRequest(_message.Message):
     metric_module_function: _builtins.str
     """"" = "score" """
     metric_module_origin: _builtins.str
+    search_objective: Global___Objective.ValueType
+    """unspecified = balanced"""
     @_builtins.property
     def carry(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """host's cores (the controller's, or the profile_on device's)
@@ -1308,7 +1338,6 @@ class CompressRequest(_message.Message):
         recipe: _builtins.str = ...,
         eval_data: _builtins.bytes = ...,
         max_accuracy_drop: _builtins.float | None = ...,
-        objective: _builtins.str = ...,
         profile_on: _builtins.str = ...,
         time_budget_s: _builtins.float | None = ...,
         metric: _builtins.str = ...,
@@ -1320,10 +1349,11 @@ class CompressRequest(_message.Message):
         metric_module_source: _builtins.str = ...,
         metric_module_function: _builtins.str = ...,
         metric_module_origin: _builtins.str = ...,
+        search_objective: Global___Objective.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "max_accuracy_drop", b"max_accuracy_drop", "time_budget_s", b"time_budget_s"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "carry", b"carry", "cores", b"cores", "eval_data", b"eval_data", "eval_data_id", b"eval_data_id", "golden", b"golden", "max_accuracy_drop", b"max_accuracy_drop", "metric", b"metric", "metric_module_function", b"metric_module_function", "metric_module_origin", b"metric_module_origin", "metric_module_source", b"metric_module_source", "name", b"name", "objective", b"objective", "profile_on", b"profile_on", "recipe", b"recipe", "time_budget_s", b"time_budget_s", "variants", b"variants", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_time_budget_s", b"_time_budget_s", "carry", b"carry", "cores", b"cores", "eval_data", b"eval_data", "eval_data_id", b"eval_data_id", "golden", b"golden", "max_accuracy_drop", b"max_accuracy_drop", "metric", b"metric", "metric_module_function", b"metric_module_function", "metric_module_origin", b"metric_module_origin", "metric_module_source", b"metric_module_source", "name", b"name", "profile_on", b"profile_on", "recipe", b"recipe", "search_objective", b"search_objective", "time_budget_s", b"time_budget_s", "variants", b"variants", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_accuracy_drop: _TypeAlias = _typing.Literal["max_accuracy_drop"]  # noqa: Y015
     _WhichOneofArgType__max_accuracy_drop: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop"]  # noqa: Y015
