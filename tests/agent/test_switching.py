@@ -72,6 +72,9 @@ class _Device:
 G1 = SlotInfo("g1", "m:1.0.0", "sha256:" + "1" * 64, "sha256:" + "a" * 64)
 G2 = SlotInfo("g2", "m:2.0.0", "sha256:" + "2" * 64, "sha256:" + "b" * 64)
 
+# the window of G2 after G1, opened at the fake clock's time
+WINDOW = HealthWindow(2, G2.release, "g2", "g1", int(NOW_S * 1000), 30.0)
+
 
 def _install() -> PendingInstall:
     return PendingInstall(
@@ -101,14 +104,7 @@ def test_activate_writes_the_state_then_swaps_and_opens_the_window_at_the_clock(
         watched_previous=None,
     )
     assert done.previous_runtime is old  # kept loaded: the window's fall-back
-    expected = HealthWindow(
-        generation=2,
-        release=G2.release,
-        slot="g2",
-        previous_slot="g1",
-        started_at_ms=int(NOW_S * 1000),
-        duration_s=30.0,
-    )
+    expected = WINDOW  # opened at the injected clock
     assert done.window == expected
     [(release, on_disk)] = device.served
     assert release == G2.release
@@ -120,14 +116,7 @@ def test_activate_writes_the_state_then_swaps_and_opens_the_window_at_the_clock(
 
 def test_roll_back_writes_the_previous_slot_then_swaps_back(tmp_path: Path) -> None:
     old, failed = _runtime(tmp_path, "g1", "1.0.0"), _runtime(tmp_path, "g2", "2.0.0")
-    window = HealthWindow(
-        generation=2,
-        release=G2.release,
-        slot="g2",
-        previous_slot="g1",
-        started_at_ms=int(NOW_S * 1000),
-        duration_s=30.0,
-    )
+    window = WINDOW
     device = _Device(
         tmp_path,
         DeviceState(
