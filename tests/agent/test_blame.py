@@ -25,8 +25,7 @@ from edgefleet.agent import blame
 from edgefleet.agent.errors import InferenceFailedError, RefusedInputError
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime, spec_of
 from edgefleet.common import types as t
-from edgefleet.controller import rolloutrows
-from edgefleet.controller.rollouts import engine, strategy
+from edgefleet.controller.rollouts import engine, rows, strategy
 from edgefleet.controller.rollouts.engine import Report, RolloutPhase
 from tests.agent.conftest import RunningAgent, StartAgent
 from tests.agent.helpers import (
@@ -404,12 +403,12 @@ def test_refused_inputs_stay_out_of_the_error_rate_the_rollout_gate_reads(
         1.0,
         sent.generation,
     )
-    reports = {a.device_id: rolloutrows.report(row)}
+    reports = {a.device_id: rows.report(row)}
     assert reports[a.device_id].error_rate == pytest.approx(1 / (good + 1))
     passed, _ = engine.step(rollout, reports, now=1)
     assert passed.phase is RolloutPhase.SUCCEEDED, passed.reason
     counted = (*row[:6], requests + refused, errors + refused, *row[8:])  # the old counting
-    failed, _ = engine.step(rollout, {a.device_id: rolloutrows.report(counted)}, now=1)
+    failed, _ = engine.step(rollout, {a.device_id: rows.report(counted)}, now=1)
     assert failed.phase is RolloutPhase.ROLLING_BACK and "error-rate gate" in failed.reason
 
 

@@ -27,7 +27,7 @@ from edgefleet.controller.records import RolloutRecord
 from edgefleet.controller.rollouts import engine, strategy
 from edgefleet.controller.rollouts.engine import RolloutPhase, TargetState
 from edgefleet.controller.rollouts.history import Kind, transitions
-from edgefleet.controller.rolloutstore import RolloutStore
+from edgefleet.controller.rollouts.store import RolloutStore
 from edgefleet.demo.digits import TrainedModel
 from edgefleet.v1 import controller_pb2 as pb
 from tests.conftest import Broker, mosquitto_available

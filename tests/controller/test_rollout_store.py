@@ -20,7 +20,7 @@ from edgefleet.controller.db import Database
 from edgefleet.controller.fleetmetrics import device_families
 from edgefleet.controller.records import DeviceView
 from edgefleet.controller.rollouts import codec, strategy
-from edgefleet.controller.rolloutstore import RolloutStore
+from edgefleet.controller.rollouts.store import RolloutStore
 from edgefleet.v1 import controller_pb2 as pb
 from tests.controller import support
 

@@ -6,7 +6,7 @@ trades it and a CSR for a certificate (``enroll``); later it renews with its cur
 certificate (``renew``). Enrolling again (a device whose certificate lapsed while it was away,
 or a factory reset) supersedes the device's older certificates: they go on the CRL. Revoking
 puts every certificate of the device on the CRL and marks it revoked (rollouts skip revoked
-and quarantined devices: ``rolloutstore.fleet_devices``); removing also forgets it.
+and quarantined devices: ``rollouts.store``'s ``fleet_devices``); removing also forgets it.
 
 The CRL file is rewritten in the same call as the database change that revoked a serial.
 """

@@ -36,9 +36,7 @@ from edgefleet.controller.audit import AuditLog
 from edgefleet.controller.compressing import Compressor
 from edgefleet.controller.config import Settings, join_address, split_address
 from edgefleet.controller.db import Database
-from edgefleet.controller.deploying import Deployer
 from edgefleet.controller.devices import DeviceRegistry
-from edgefleet.controller.driving import RolloutDriver
 from edgefleet.controller.enrollment import Enrollment, IdentityState, open_enrollment
 from edgefleet.controller.fleetmetrics import DEVICE_SERIES, FleetCollector
 from edgefleet.controller.identityservice import EnrollmentServicer
@@ -50,10 +48,12 @@ from edgefleet.controller.peering import PeerSources
 from edgefleet.controller.pki import KeyPair
 from edgefleet.controller.registry import Registry
 from edgefleet.controller.releases import Releases
-from edgefleet.controller.rolling import Rollouts
-from edgefleet.controller.rolloutstore import RolloutStore
+from edgefleet.controller.rollouts.deployer import Deployer
+from edgefleet.controller.rollouts.driver import RolloutDriver
+from edgefleet.controller.rollouts.sender import Sender
+from edgefleet.controller.rollouts.shell import Rollouts
+from edgefleet.controller.rollouts.store import RolloutStore
 from edgefleet.controller.sandbox import Sandbox
-from edgefleet.controller.sending import Sender
 from edgefleet.controller.service import ControllerServicer
 from edgefleet.controller.trustpub import TrustPublisher
 from edgefleet.controller.uploads import DataUploads

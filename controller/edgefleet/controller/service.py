@@ -21,7 +21,6 @@ from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.controller import api, auth
 from edgefleet.controller.audit import AuditEntry, AuditLog
 from edgefleet.controller.compressing import Compressor
-from edgefleet.controller.deploying import Deployer
 from edgefleet.controller.devices import DeviceRegistry
 from edgefleet.controller.enrollment import Enrollment
 from edgefleet.controller.identityservice import IdentityApi
@@ -29,7 +28,8 @@ from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.operators import Operator, OperatorStore, Role
 from edgefleet.controller.registry import Registry, collect
 from edgefleet.controller.releases import Releases
-from edgefleet.controller.rolling import Rollouts
+from edgefleet.controller.rollouts.deployer import Deployer
+from edgefleet.controller.rollouts.shell import Rollouts
 from edgefleet.controller.uploads import DataUploads
 from edgefleet.v1 import controller_pb2 as pb
 

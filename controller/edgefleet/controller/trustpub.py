@@ -23,7 +23,7 @@ from edgefleet.common.trustbundle import Roster, RosterEntry, TrustBundle
 from edgefleet.controller import roster as rosters
 from edgefleet.controller.db import Database
 from edgefleet.controller.keys import KeyRing
-from edgefleet.controller.sending import Publisher
+from edgefleet.controller.rollouts.sender import Publisher
 
 log = logging.getLogger(__name__)
 

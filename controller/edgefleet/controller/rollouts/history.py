@@ -1,6 +1,6 @@
 """A rollout's history: what changed between two states of it, as timestamped transitions.
 
-Pure, like the engine. The shell (``rolling``) calls ``transitions(before, after)`` with every
+Pure, like the engine. The ``shell`` calls ``transitions(before, after)`` with every
 state it persists, so only changes are recorded and a tick that changed nothing records
 nothing: a phase change, a gate decision (a device failed its gate, a step passed, the
 rollout succeeded or rolled back, with the one-line reason), or a device moving between

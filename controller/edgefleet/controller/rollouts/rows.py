@@ -1,5 +1,5 @@
 """Rollouts <-> ORM rows, and device rows -> the engine's ``Report``: the column-by-column
-copying that ``rolloutstore`` would drown in."""
+copying that ``store`` would drown in."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Deploy and fleet rollback as the operator asks for them: check every argument and every
-precondition first (release, fleet, broker, signing key), then hand over to ``rolling``, which
+precondition first (release, fleet, broker, signing key), then hand over to ``shell``, which
 persists each step before it publishes.
 
 A container release goes only to a fleet whose every device reported the ``container`` runtime
@@ -22,9 +22,9 @@ from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.records import Started
 from edgefleet.controller.releases import Releases
-from edgefleet.controller.rolling import Rollouts
+from edgefleet.controller.rollouts.sender import Sender
+from edgefleet.controller.rollouts.shell import Rollouts
 from edgefleet.controller.rollouts.strategy import Strategy
-from edgefleet.controller.sending import Sender
 
 SHOWN = 10  # devices named in a refusal; the rest counted
 

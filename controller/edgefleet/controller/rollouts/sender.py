@@ -2,7 +2,7 @@
 the release it names, then publish it retained at QoS 1 on the device's desired topic.
 
 Each desired state expires ``desired_ttl_ms`` after it is *sealed*: a re-published one (same
-generation, ``rolling.republish``) gets a fresh expiry, and the agent, which has that generation
+generation, ``shell``'s ``republish``) gets a fresh expiry, and the agent, which has that generation
 already, ignores it as a redelivery.
 
 Sealing is separate from publishing so that the caller can seal (and fail: no key, unknown

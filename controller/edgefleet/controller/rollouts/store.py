@@ -3,7 +3,7 @@ and the reports the engine reads from the device tables.
 
 ``save`` writes a step in one transaction: the rollout, the targets that changed, and the new
 generation of every device about to be sent a desired state. Only then does the caller publish
-(``rolling``), so a generation on the wire is always one the database already holds.
+(``shell``), so a generation on the wire is always one the database already holds.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from edgefleet.common.errors import NotFoundError
-from edgefleet.controller import rolloutrows
 from edgefleet.controller.db import (
     Database,
     DesiredRow,
@@ -29,7 +28,7 @@ from edgefleet.controller.db import (
 )
 from edgefleet.controller.enrollment import SKIPPED_BY_ROLLOUTS
 from edgefleet.controller.records import ROLLBACK, RolloutPage, RolloutRecord
-from edgefleet.controller.rollouts import history
+from edgefleet.controller.rollouts import history, rows
 from edgefleet.controller.rollouts.engine import Report, RolloutPhase, SendDesired
 from edgefleet.controller.rollouts.history import Transition
 
@@ -95,12 +94,12 @@ class RolloutStore:
             if row is None:
                 raise NotFoundError("rollout", rollout_id)
             stmt = (
-                select(*rolloutrows.TARGET_COLUMNS)
+                select(*rows.TARGET_COLUMNS)
                 .where(RolloutTargetRow.rollout_id == rollout_id)
                 .order_by(RolloutTargetRow.device_id)
             )
-            targets = [rolloutrows.target(t) for t in session.execute(stmt)]
-            return rolloutrows.record(row, targets)
+            targets = [rows.target(t) for t in session.execute(stmt)]
+            return rows.record(row, targets)
 
     def page(self, rollout_id: str, *, device_limit: int) -> RolloutPage:
         """The rollout with its first ``device_limit`` targets (by device id) and every target
@@ -111,15 +110,15 @@ class RolloutStore:
             if row is None:
                 raise NotFoundError("rollout", rollout_id)
             listed = (
-                select(*rolloutrows.TARGET_COLUMNS)
+                select(*rows.TARGET_COLUMNS)
                 .where(t.rollout_id == rollout_id)
                 .order_by(t.device_id)
                 .limit(device_limit)
             )
-            targets = [rolloutrows.target(r) for r in session.execute(listed)]
+            targets = [rows.target(r) for r in session.execute(listed)]
             by_state = select(t.state, func.count()).where(t.rollout_id == rollout_id)
             counts = {s: int(n) for s, n in session.execute(by_state.group_by(t.state))}
-            rec = rolloutrows.record(row, targets)
+            rec = rows.record(row, targets)
         total = sum(counts.values())
         return RolloutPage(rec, counts, total, rec.rollout.strategy.steps(total))
 
@@ -140,7 +139,7 @@ class RolloutStore:
             )
             stmt = stmt.where(or_(h.kind != device, h.id.in_(newest.scalar_subquery())))
         with self._db.read() as session:
-            return tuple(rolloutrows.transition(row) for row in session.execute(stmt))
+            return tuple(rows.transition(row) for row in session.execute(stmt))
 
     def unfinished_ids(self, fleet: str = "") -> list[str]:
         stmt = select(RolloutRow.rollout_id).where(~RolloutRow.finished)
@@ -200,14 +199,14 @@ class RolloutStore:
     def reports(self, device_ids: Iterable[str]) -> dict[str, Report]:
         """Each device's ``Report`` (plain columns, no ORM object per device)."""
         stmt = (
-            select(*rolloutrows.REPORT_COLUMNS)
+            select(*rows.REPORT_COLUMNS)
             .select_from(DeviceRow)
             .outerjoin(TelemetryRow, TelemetryRow.device_id == DeviceRow.device_id)
             .outerjoin(DesiredRow, DesiredRow.device_id == DeviceRow.device_id)
             .where(DeviceRow.device_id.in_(list(device_ids)))
         )
         with self._db.read() as session:
-            return {row[0]: rolloutrows.report(row) for row in session.execute(stmt)}
+            return {row[0]: rows.report(row) for row in session.execute(stmt)}
 
     def issued(self, rollout_id: str, generations: dict[str, int]) -> list[Issued]:
         """The desired states of this rollout still current for these devices."""
@@ -238,7 +237,7 @@ class RolloutStore:
             if row is None:
                 row = RolloutRow()
                 session.add(row)
-            rolloutrows.set_rollout(row, after)
+            rows.set_rollout(row, after)
             session.flush()  # the rollout before its targets (foreign key)
             changed = [t for t in after.rollout.targets if old.get(t.device_id) != t]
             # The rows to change, in one query each (not one per device: a first step of
@@ -255,7 +254,7 @@ class RolloutStore:
                 if trow is None:
                     trow = RolloutTargetRow(rollout_id=rid, device_id=t.device_id)
                     session.add(trow)
-                rolloutrows.set_target(trow, t)
+                rows.set_target(trow, t)
             issued: dict[str, DesiredRow] = {}
             if commands:
                 stmt_d = select(DesiredRow).where(
@@ -290,7 +289,7 @@ class RolloutStore:
             have = session.scalar(count.where(RolloutHistoryRow.rollout_id == rec.id)) or 0
         generations = {t.device_id: t.generation for t in rec.rollout.targets}
         for t in history.bounded(transitions, have=have):
-            session.add(rolloutrows.history_row(rec.id, t))
+            session.add(rows.history_row(rec.id, t))
             if t.kind is history.Kind.GATE and t.device_id and t.new == "failed":
                 session.add(
                     EventRow(
@@ -316,11 +315,11 @@ class RolloutStore:
             newest,
             (newest.c.fleet == RolloutRow.fleet) & (newest.c.at == RolloutRow.created_at_ms),
         )
-        rows: set[tuple[str, str, str, str]] = set()
+        found: set[tuple[str, str, str, str]] = set()
         with self._db.read() as session:
             for q in (stmt.where(~RolloutRow.finished), latest):
-                rows.update((r, f, rel, p) for r, f, rel, p in session.execute(q))
-        return sorted(rows)
+                found.update((r, f, rel, p) for r, f, rel, p in session.execute(q))
+        return sorted(found)
 
     def aborted(self) -> list[tuple[str, int]]:
         """(fleet, rollouts aborted) - a fleet rollback's own record is no abort."""

@@ -30,9 +30,9 @@ from edgefleet.controller.records import (
 from edgefleet.controller.rollouts import engine
 from edgefleet.controller.rollouts.engine import SendDesired, TargetState
 from edgefleet.controller.rollouts.history import Transition, transitions
+from edgefleet.controller.rollouts.sender import Order, Sender
+from edgefleet.controller.rollouts.store import Current, RolloutStore
 from edgefleet.controller.rollouts.strategy import Strategy
-from edgefleet.controller.rolloutstore import Current, RolloutStore
-from edgefleet.controller.sending import Order, Sender
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import threading
 import time
 
 from edgefleet.controller.leasing import Lease
-from edgefleet.controller.rolling import Rollouts
+from edgefleet.controller.rollouts.shell import Rollouts
 
 log = logging.getLogger(__name__)
 
