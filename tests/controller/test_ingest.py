@@ -10,8 +10,8 @@ import pytest
 from edgefleet.common import topics, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import MalformedMessageError
-from edgefleet.controller import ingest
 from edgefleet.controller.config import IngestSettings
+from edgefleet.controller.devices import ingest
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import mqtt_pb2
 from tests.conftest import Broker

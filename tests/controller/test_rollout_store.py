@@ -17,7 +17,7 @@ from edgefleet.common import topics, wire
 from edgefleet.common import types as t
 from edgefleet.controller import api
 from edgefleet.controller.db import Database
-from edgefleet.controller.fleetmetrics import device_families
+from edgefleet.controller.devices.metrics import device_families
 from edgefleet.controller.records import DeviceView
 from edgefleet.controller.rollouts import codec, strategy
 from edgefleet.controller.rollouts.store import RolloutStore

@@ -17,7 +17,7 @@ import pytest
 from edgefleet.common import topics, wire
 from edgefleet.common import types as t
 from edgefleet.controller.config import IngestSettings
-from edgefleet.controller.devices import FLEET_REFUSED
+from edgefleet.controller.devices.registry import FLEET_REFUSED
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import mqtt_pb2
 from tests.conftest import Broker

@@ -26,7 +26,7 @@ from edgefleet.common.errors import NotFoundError, PermanentError, TransientErro
 from edgefleet.common.signing import Envelope
 from edgefleet.controller.compress.graphs import Feed
 from edgefleet.controller.compress.timing import Latency
-from edgefleet.controller.devices import DeviceRegistry
+from edgefleet.controller.devices.registry import DeviceRegistry
 from edgefleet.controller.keys import KeyRing
 from edgefleet.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 

@@ -99,7 +99,7 @@ class Metrics:
         self.registry.register(_DeviceCollector(counts))
 
     def watch(self, collector: Collector) -> None:
-        """Add a collector that reads its figures at scrape time (``fleetmetrics``)."""
+        """Add a collector that reads its figures at scrape time (``devices.metrics``)."""
         self.registry.register(collector)
 
     def serve(self, *, host: str, port: int) -> int:

@@ -31,14 +31,14 @@ from edgefleet.common.artifacts import ArtifactServicer, BlobStore, atomic_write
 from edgefleet.common.errors import InvalidInputError, TransientError
 from edgefleet.common.mqttclient import MqttSession, parse_urls
 from edgefleet.controller import auth, benchmarking, devicetls
-from edgefleet.controller import ingest as ingesting
 from edgefleet.controller.audit import AuditLog
 from edgefleet.controller.compressing import Compressor
 from edgefleet.controller.config import Settings, join_address, split_address
 from edgefleet.controller.db import Database
-from edgefleet.controller.devices import DeviceRegistry
+from edgefleet.controller.devices import ingest as ingesting
+from edgefleet.controller.devices.metrics import DEVICE_SERIES, FleetCollector
+from edgefleet.controller.devices.registry import DeviceRegistry
 from edgefleet.controller.enrollment import Enrollment, IdentityState, open_enrollment
-from edgefleet.controller.fleetmetrics import DEVICE_SERIES, FleetCollector
 from edgefleet.controller.identityservice import EnrollmentServicer
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.leasing import DbMutex, Lease

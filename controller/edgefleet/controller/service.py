@@ -21,7 +21,7 @@ from edgefleet.common.errors import EdgeFleetError, InvalidInputError
 from edgefleet.controller import api, auth
 from edgefleet.controller.audit import AuditEntry, AuditLog
 from edgefleet.controller.compressing import Compressor
-from edgefleet.controller.devices import DeviceRegistry
+from edgefleet.controller.devices.registry import DeviceRegistry
 from edgefleet.controller.enrollment import Enrollment
 from edgefleet.controller.identityservice import IdentityApi
 from edgefleet.controller.keys import KeyRing

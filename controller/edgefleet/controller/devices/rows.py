@@ -1,4 +1,4 @@
-"""Device reports <-> ORM rows: the column-by-column copying that ``devices`` would drown in."""
+"""Device reports <-> ORM rows: the column-by-column copying that ``registry`` would drown in."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from edgefleet.common import topics, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import InvalidInputError, MalformedMessageError
 from edgefleet.controller.config import IngestSettings
-from edgefleet.controller.devices import DeviceRegistry, Incoming, Report
+from edgefleet.controller.devices.registry import DeviceRegistry, Incoming, Report
 from edgefleet.controller.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from edgefleet.common import types as t
-from edgefleet.controller import devicerows
 from edgefleet.controller.db import (
     Database,
     DesiredRow,
@@ -34,6 +33,7 @@ from edgefleet.controller.db import (
     PresenceRow,
     TelemetryRow,
 )
+from edgefleet.controller.devices import rows as devicerows
 from edgefleet.controller.enrollment import IdentityState
 from edgefleet.controller.records import DeviceView
 
