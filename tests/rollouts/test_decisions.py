@@ -3,6 +3,7 @@ stop-waiting, a busy fleet and fleet rollback, each a new rollout or a one-line 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -26,50 +27,46 @@ def in_phase(phase: RolloutPhase) -> engine.Rollout:
     return replace(r, phase=phase, paused_phase=paused)
 
 
+PAUSE_REFUSED = "only a running rollout can be paused"
+RESUME_REFUSED = "only a paused rollout can be resumed"
+
+
 @pytest.mark.parametrize(
-    ("phase", "after", "refused"),
+    ("decide", "phase", "after", "paused_phase", "refused"),
     [
-        (P.PENDING, P.PAUSED, ""),
-        (P.CANARY, P.PAUSED, ""),
-        (P.WAVE, P.PAUSED, ""),
-        (P.PAUSED, P.PAUSED, ""),
-        (P.SUCCEEDED, None, "rollout r1 is succeeded; only a running rollout can be paused"),
-        (P.ROLLING_BACK, None, "rollout r1 is rolling_back; only a running rollout can be paused"),
-        (P.ROLLED_BACK, None, "rollout r1 is rolled_back; only a running rollout can be paused"),
+        (engine.pause, P.PENDING, P.PAUSED, P.PENDING, ""),
+        (engine.pause, P.CANARY, P.PAUSED, P.CANARY, ""),
+        (engine.pause, P.WAVE, P.PAUSED, P.WAVE, ""),
+        (engine.pause, P.PAUSED, P.PAUSED, P.CANARY, ""),  # as it was
+        (engine.pause, P.SUCCEEDED, None, None, PAUSE_REFUSED),
+        (engine.pause, P.ROLLING_BACK, None, None, PAUSE_REFUSED),
+        (engine.pause, P.ROLLED_BACK, None, None, PAUSE_REFUSED),
+        (engine.resume, P.PAUSED, P.CANARY, None, ""),
+        (engine.resume, P.PENDING, P.PENDING, None, ""),  # as it was
+        (engine.resume, P.CANARY, P.CANARY, None, ""),
+        (engine.resume, P.WAVE, P.WAVE, None, ""),
+        (engine.resume, P.SUCCEEDED, None, None, RESUME_REFUSED),
+        (engine.resume, P.ROLLING_BACK, None, None, RESUME_REFUSED),
+        (engine.resume, P.ROLLED_BACK, None, None, RESUME_REFUSED),
     ],
 )
-def test_pause(phase: RolloutPhase, after: RolloutPhase | None, refused: str) -> None:
+def test_pause_and_resume(
+    decide: Callable[[engine.Rollout], engine.Rollout | Refusal],
+    phase: RolloutPhase,
+    after: RolloutPhase | None,
+    paused_phase: RolloutPhase | None,
+    refused: str,
+) -> None:
     r = in_phase(phase)
-    decided = engine.pause(r)
+    decided = decide(r)
     if refused:
-        assert decided == Refusal(refused)
+        assert decided == Refusal(f"rollout r1 is {phase}; {refused}")
         return
-    assert isinstance(decided, engine.Rollout) and decided.phase is after
-    assert decided.paused_phase is (r.paused_phase if phase is P.PAUSED else phase)
+    assert isinstance(decided, engine.Rollout)
+    assert (decided.phase, decided.paused_phase) == (after, paused_phase)
     assert decided.targets == r.targets
-
-
-@pytest.mark.parametrize(
-    ("phase", "after", "refused"),
-    [
-        (P.PAUSED, P.CANARY, ""),
-        (P.PENDING, P.PENDING, ""),
-        (P.CANARY, P.CANARY, ""),
-        (P.WAVE, P.WAVE, ""),
-        (P.SUCCEEDED, None, "rollout r1 is succeeded; only a paused rollout can be resumed"),
-        (P.ROLLING_BACK, None, "rollout r1 is rolling_back; only a paused rollout can be resumed"),
-        (P.ROLLED_BACK, None, "rollout r1 is rolled_back; only a paused rollout can be resumed"),
-    ],
-)
-def test_resume(phase: RolloutPhase, after: RolloutPhase | None, refused: str) -> None:
-    r = in_phase(phase)
-    decided = engine.resume(r)
-    if refused:
-        assert decided == Refusal(refused)
-        return
-    assert isinstance(decided, engine.Rollout) and decided.phase is after
-    assert decided.paused_phase is None
-    assert decided == r or phase is P.PAUSED  # a running rollout comes back as it was
+    if phase is after:
+        assert decided == r  # nothing to do: the same rollout back
 
 
 def test_a_paused_rollout_without_its_phase_is_not_resumed() -> None:
@@ -122,19 +119,9 @@ def test_stop_waiting_refuses_a_rollout_that_waits_for_no_rollback(phase: Rollou
     )
 
 
-@pytest.mark.parametrize(
-    ("phase", "busy"),
-    [
-        (P.PENDING, True),
-        (P.CANARY, True),
-        (P.WAVE, True),
-        (P.PAUSED, True),
-        (P.ROLLING_BACK, True),
-        (P.SUCCEEDED, False),
-        (P.ROLLED_BACK, False),
-    ],
-)
-def test_busy(phase: RolloutPhase, busy: bool) -> None:
+@pytest.mark.parametrize("phase", list(P))
+def test_busy(phase: RolloutPhase) -> None:
+    busy = phase not in (P.SUCCEEDED, P.ROLLED_BACK)  # one rolling back holds its fleet too
     refusal = engine.busy(in_phase(phase))
     if not busy:
         assert refusal is None
@@ -190,19 +177,9 @@ def test_fleet_rollback_to_a_named_release() -> None:
     assert [(c.device_id, c.release, c.generation) for c in commands] == [("a", "m:0", 1)]
 
 
-@pytest.mark.parametrize(
-    ("phase", "aborted"),
-    [
-        (P.PENDING, True),
-        (P.CANARY, True),
-        (P.WAVE, True),
-        (P.PAUSED, True),
-        (P.ROLLING_BACK, False),
-        (P.SUCCEEDED, False),
-        (P.ROLLED_BACK, False),
-    ],
-)
-def test_supersede(phase: RolloutPhase, aborted: bool) -> None:
+@pytest.mark.parametrize("phase", list(P))
+def test_supersede(phase: RolloutPhase) -> None:
+    aborted = phase in (P.PENDING, P.CANARY, P.WAVE, P.PAUSED)  # not one rolling back
     before = in_phase(phase)
     r, commands = engine.supersede(before, fleet_on_old(), by="rb")
     if not aborted:

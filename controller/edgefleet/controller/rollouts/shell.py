@@ -232,21 +232,13 @@ class Rollouts:
     def pause(self, rollout_id: str) -> RolloutRecord:
         """``engine.pause``; a refusal is a ``RolloutStateError``."""
         with self._lock:
-            rec = self._store.load(rollout_id)
-            r = _decided(engine.pause(rec.rollout), rollout_id)
-            if r == rec.rollout:
-                return rec
-            return self._apply(rec, self._updated(rec, r), [])[0]
+            return self._decide(rollout_id, engine.pause)[0]
 
     def resume(self, rollout_id: str) -> RolloutRecord:
         """``engine.resume``, then a step; a refusal is a ``RolloutStateError``."""
         with self._lock:
-            rec = self._store.load(rollout_id)
-            r = _decided(engine.resume(rec.rollout), rollout_id)
-            if r == rec.rollout:
-                return rec
-            rec = self._apply(rec, self._updated(rec, r), [])[0]
-            return self._step(rec)
+            rec, changed = self._decide(rollout_id, engine.resume)
+            return self._step(rec) if changed else rec
 
     def abort(self, rollout_id: str) -> RolloutRecord:
         """``engine.abort``: roll back what the rollout touched, or, when it is rolling back
@@ -265,6 +257,16 @@ class Rollouts:
             rec = self._step(self._store.load(rollout_id))  # it may have just finished
             if refusal := engine.busy(rec.rollout):
                 raise FleetBusyError(refusal.message, rollout_id=rec.id)
+
+    def _decide(
+        self, rollout_id: str, decide: Callable[[engine.Rollout], engine.Rollout | engine.Refusal]
+    ) -> tuple[RolloutRecord, bool]:
+        """The rollout as ``decide`` leaves it (persisted when it changed), and whether it did."""
+        rec = self._store.load(rollout_id)
+        r = _decided(decide(rec.rollout), rollout_id)
+        if r == rec.rollout:
+            return rec, False
+        return self._apply(rec, self._updated(rec, r), [])[0], True
 
     def _step(self, rec: RolloutRecord) -> RolloutRecord:
         if rec.rollout.phase.finished:
