@@ -14,6 +14,9 @@ import datetime as dt
 import os
 import queue
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +77,7 @@ class Site:
         self.creds[name] = c = Creds(name, d / "cert.pem", d / "key.pem")
         return c
 
-    def configure(self) -> None:
+    def configure(self, *, controllers: int | None = None) -> brokerconfig.BrokerFiles:
         """Run broker-config and point the broker at its mosquitto.conf."""
         files = brokerconfig.write(
             self.enrollment,
@@ -83,13 +86,16 @@ class Site:
             hosts=["127.0.0.1", "localhost"],
             port=self.broker.port,
             bind="127.0.0.1",
+            controllers=controllers,
             now=dt.datetime.now(dt.UTC),
         )
-        self.creds[CONTROLLER] = Creds(CONTROLLER, files.controller_cert, files.controller_key)
+        for c in files.controllers:
+            self.creds[c.identity] = Creds(c.identity, c.cert, c.key)
         generated = (self.out / "mosquitto.conf").read_text()
         self.broker.conf.write_text(
             "persistence false\n" + ("user root\n" if os.geteuid() == 0 else "") + generated
         )
+        return files
 
     @property
     def ca(self) -> str:
@@ -271,6 +277,74 @@ def test_client_id_takeover_is_impossible(site: Site, connect: Connect) -> None:
     assert ctl.disconnects == 0
 
 
+def test_controller_replicas_have_an_identity_each_and_none_is_kicked(
+    site: Site, connect: Connect
+) -> None:
+    """broker-config --controllers 2: two certificates, two identities, each with the
+    controller's ACL rights, connected at once; the control: a second connection on one of
+    them knocks the first off, as two replicas sharing controller.crt did."""
+    files = site.configure(controllers=2)
+    site.broker.stop()
+    site.broker.start()  # the new ACL (and the same CA, CRL and server certificate)
+    names = [c.identity for c in files.controllers]
+    assert names == [f"{CONTROLLER}@0", f"{CONTROLLER}@1"]
+    assert [c.cert.name for c in files.controllers] == ["controller-0.crt", "controller-1.crt"]
+    assert all(c.key.stat().st_mode & 0o777 == 0o600 for c in files.controllers)
+    replicas = [connect(site.creds[n]) for n in names]
+    for r in replicas:
+        assert r.subscribe("ef/v1/dev/+/status") == [1]
+    dev = connect(site.creds["dev-a"])
+    dev.subscribe(topics.desired("dev-a"))
+    dev.publish(topics.status("dev-a"), b"to-both")
+    for r in replicas:  # each reads the reports on its own connection ...
+        assert r.inbox.get(timeout=TIMEOUT) == (topics.status("dev-a"), b"to-both")
+    for i, r in enumerate(replicas):  # ... and may write desired states
+        r.publish(topics.desired("dev-a"), f"from-{i}".encode())
+    got = {dev.inbox.get(timeout=TIMEOUT), dev.inbox.get(timeout=TIMEOUT)}
+    assert got == {(topics.desired("dev-a"), b"from-0"), (topics.desired("dev-a"), b"from-1")}
+    assert [r.disconnects for r in replicas] == [0, 0]
+    # The controller's rights, no more: the ACL block of each is the one controller's.
+    one = brokerconfig.acl_text([], controllers=[CONTROLLER]).split("\n\n")[1].strip()
+    blocks = (site.out / "edgefleet.acl").read_text().split("\n\n")
+    assert [one.replace(CONTROLLER, n, 1) for n in names] == blocks[1:3]
+    # refresh (run --broker-dir, on every enroll) keeps both in the ACL
+    brokerconfig.refresh(site.enrollment, site.out, now=dt.datetime.now(dt.UTC))
+    assert (site.out / "edgefleet.acl").read_text().split("\n\n")[1:3] == blocks[1:3]
+    # broker-config again without --controllers keeps two
+    assert [c.identity for c in site.configure().controllers] == names
+    # The control: one identity twice.
+    connect(site.creds[names[0]], client_id="another-id")
+    deadline = time.monotonic() + TIMEOUT
+    while replicas[0].disconnects == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert replicas[0].disconnects >= 1
+    assert replicas[1].disconnects == 0
+
+
+def test_a_client_id_that_is_not_the_certificates_is_refused(tmp_path: Path) -> None:
+    """``run --mqtt-cert`` takes its client id from the certificate (the id the broker gives
+    it); asking for another is one line at start, before anything is made."""
+    ca = CertificateAuthority.open(tmp_path / "ca", now=dt.datetime.now(dt.UTC))
+    pair = ca.issue_client(
+        f"{CONTROLLER}@1", lifetime=dt.timedelta(days=1), now=dt.datetime.now(dt.UTC)
+    )
+    (tmp_path / "c.crt").write_bytes(pair.cert_pem)
+    (tmp_path / "c.key").write_bytes(pair.key_pem)
+    (tmp_path / "c.key").chmod(0o600)
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "edgefleet.controller", "run", "--data-dir", str(data),
+           "--mqtt", "mqtts://127.0.0.1:8883", "--mqtt-cert", str(tmp_path / "c.crt"),
+           "--mqtt-key", str(tmp_path / "c.key"), "--mqtt-client-id", CONTROLLER]  # fmt: skip
+    env = {**os.environ, "EDGEFLEET_LOG_JSON": "0"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    said = " ".join(done.stderr.replace("\u2502", " ").split())  # click's usage box, unwrapped
+    assert (
+        f"--mqtt-client-id '{CONTROLLER}' is not the identity of --mqtt-cert ('{CONTROLLER}@1')"
+    ) in said, done.stderr
+    assert not (data / "controller.db").exists()
+
+
 def test_an_oversize_payload_is_dropped_on_every_topic(site: Site, connect: Connect) -> None:
     """The generated config's ``message_size_limit``: one byte over it, on every topic a device
     writes (to the controller) and every topic the controller writes (to devices), is dropped
@@ -360,7 +434,7 @@ def test_shipped_examples_match_what_broker_config_writes() -> None:
         return [line for line in text.splitlines() if line and not line.startswith("#")]
 
     acl = brokerconfig.acl_text(
-        [("cam-1", "factory-a"), ("cam-2", "factory-a")], controller=CONTROLLER
+        [("cam-1", "factory-a"), ("cam-2", "factory-a")], controllers=[CONTROLLER]
     )
     assert directives(acl) == directives((root / "edgefleet-mtls.acl.example").read_text())
     shipped = directives((root / "mosquitto-mtls.conf").read_text())

@@ -185,8 +185,14 @@ def run(
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address /metrics listens on.")] = "127.0.0.1",
     mqtt_client_id: Annotated[
-        str, typer.Option(help="MQTT client id (one per controller).")
-    ] = "edgefleet-controller",
+        str,
+        typer.Option(
+            help="MQTT client id, one per controller. Default: the --mqtt-cert's identity (its "
+            "CN, which an mTLS broker makes the client id; another is refused), else "
+            "edgefleet-controller.",
+            show_default=False,
+        ),
+    ] = "",
     mqtt_ca: Annotated[
         Path | None, typer.Option(help="CA bundle of an mqtts:// broker (default: system).")
     ] = None,
@@ -297,6 +303,7 @@ def run(
                 oci.RegistryRef.from_source(source)
             else:
                 split_address(source)
+        client_id = _mqtt_client_id(mqtt_client_id, mqtt_cert)
         if mqtt_password_file is not None:
             mqtt = with_password_file(mqtt, mqtt_password_file)
         if db_password_file is not None:
@@ -317,7 +324,7 @@ def run(
         api=ApiSettings(bind=api),
         mqtt=MqttSettings(
             url=mqtt,
-            client_id=mqtt_client_id,
+            client_id=client_id,
             ca_file=str(mqtt_ca) if mqtt_ca else None,
             cert_file=str(mqtt_cert) if mqtt_cert else None,
             key_file=str(mqtt_key) if mqtt_key else None,
@@ -443,6 +450,28 @@ def operator_revoke(
     typer.echo(f"operator {name} revoked")
 
 
+def _mqtt_client_id(given: str, cert: Path | None) -> str:
+    """The client id: the certificate's CN where there is one (an mTLS broker from broker-config
+    makes it the client id whatever is asked, so another would only hide which one it is)."""
+    if cert is None:
+        return given or "edgefleet-controller"
+    from edgefleet.common import identities
+    from edgefleet.common.errors import InvalidInputError
+
+    try:
+        pem = cert.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"--mqtt-cert {cert}: {exc.strerror or exc}") from None
+    identity = identities.identity_of(identities.load_cert(pem)).device_id
+    if given and given != identity:
+        raise InvalidInputError(
+            f"--mqtt-client-id {given!r} is not the identity of --mqtt-cert ({identity!r}), "
+            "which the broker makes the client id: leave it out, or give each replica a "
+            "certificate of its own (broker-config --controllers N)"
+        )
+    return identity
+
+
 @app.command("broker-config")
 def broker_config(
     *,
@@ -460,6 +489,17 @@ def broker_config(
         typer.Option(help="Where the files will live on the broker host (default: --out)."),
     ] = None,
     days: Annotated[int, typer.Option(help="Days the broker's certificates are valid.")] = 365,
+    controllers: Annotated[
+        int | None,
+        typer.Option(
+            help="Controller replicas on this broker, one certificate (one identity, one client "
+            "id) each: 1 makes DATA_DIR/ca/controller.crt (CN edgefleet-controller); N > 1 "
+            "makes controller-0.crt .. controller-{N-1}.crt (CN edgefleet-controller@0 ..), "
+            "each with the controller's ACL rights. Default: as many as OUT has, else 1.",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     ca_cert: Annotated[Path | None, typer.Option(help="Your own CA (as for run).")] = None,
     ca_key: Annotated[Path | None, typer.Option(help="Its private key.")] = None,
 ) -> None:
@@ -467,8 +507,10 @@ def broker_config(
 
     Also makes the controller's own client certificate, DATA_DIR/ca/
     controller.crt and .key, for run --mqtt mqtts://... --mqtt-cert ...
-    --mqtt-key ... --mqtt-ca OUT/ca.pem. Run it again after enrolling,
-    revoking or removing devices: SIGHUP rereads the ACL, a restart the CRL.
+    --mqtt-key ... --mqtt-ca OUT/ca.pem (--controllers N: one per replica,
+    controller-0.crt ..; replicas sharing one knock each other off the
+    broker). Run it again after enrolling, revoking or removing devices:
+    SIGHUP rereads the ACL, a restart the CRL.
     """
     from edgefleet.controller import brokerconfig
     from edgefleet.controller.enrollment import open_enrollment
@@ -488,13 +530,16 @@ def broker_config(
             bind=bind,
             install_dir=install_dir,
             days=days,
+            controllers=controllers,
             now=datetime.now(tz=UTC),
         )
     except EdgeFleetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"broker files in {files.directory} (include mosquitto.conf from there)")
-    typer.echo(f"controller: --mqtt-cert {files.controller_cert} --mqtt-key {files.controller_key}")
+    for c in files.controllers:
+        who = "controller" if len(files.controllers) == 1 else c.identity
+        typer.echo(f"{who}: --mqtt-cert {c.cert} --mqtt-key {c.key}")
 
 
 @app.command()
