@@ -1,8 +1,9 @@
 """``edgectl deploy`` and ``edgectl rollback``: start a rollout and, by default, follow it.
 
-The strategy options are checked here with the controller's own parser before anything is
-sent, so a bad value costs one ``error:`` line and no RPC; only the options the operator typed
-go on the wire (the controller fills in the rest). The ``Deploy`` reply names only the first
+Only the strategy options the operator typed go on the wire; the controller validates them and
+fills in the rest, and a bad value comes back as its one ``error:`` line, nothing deployed
+(edgectl holds no copy of the strategy's rules). A ``--strategy`` that is no ``StrategyKind``
+word has no value to send, so edgectl refuses it itself. The ``Deploy`` reply names only the first
 step's devices, so ``--wait`` follows the rollout (``following.follow``) until the controller
 says it finished, drawing its steps and devices live.
 """
@@ -15,8 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from edgefleet.common import rolloutwords
+from edgefleet.common.errors import InvalidInputError
 from edgefleet.common.types import ReleaseRef
-from edgefleet.controller.rollouts import strategy as strategies
 from edgefleet.edgectl import following, output, shell
 from edgefleet.edgectl.following import FollowResult
 from edgefleet.edgectl.rollout_status import RolloutLive, rollout_dict, status_view
@@ -26,6 +27,7 @@ if TYPE_CHECKING:  # grpc: loaded when a command calls, not for --help
     from edgefleet.edgectl.client import ControllerClient
 
 STRATEGY_PANEL = "Rollout strategy (unset = the controller's default)"
+ROLLBACK_KIND = rolloutwords.kind_word(pb.STRATEGY_KIND_ROLLBACK)
 
 FleetOption = Annotated[
     str, typer.Option("--fleet", "-f", help="Target fleet.", show_default=False, metavar="FLEET")
@@ -54,8 +56,8 @@ def strategy_message(
     max_latency_ratio: float | None,
     max_error_rate: float | None,
 ) -> pb.RolloutStrategy | None:
-    """The strategy as typed, validated locally (``InvalidInputError``, one line) first, with
-    ``strategy.parse``'s defaults for what was not typed.
+    """The strategy as typed, for the controller to validate (its ``INVALID_ARGUMENT`` is the
+    one line); a kind that is no word of ``StrategyKind`` is ``InvalidInputError`` here.
 
     ``None`` when no option was given: the controller's default, all at once.
     """
@@ -70,15 +72,22 @@ def strategy_message(
         "max_error_rate": max_error_rate,
     }
     typed = {name: value for name, value in options.items() if value is not None}
-    strategies.parse(kind=kind or strategies.Kind.ALL_AT_ONCE.value, **typed)
     if kind is None and not typed:
         return None
-    # RolloutStrategy's fields are parse's keywords; empty strings and zeros (unset) are "the
-    # controller's default" on the wire
+    # RolloutStrategy's fields are the controller's strategy.parse keywords; empty strings and
+    # zeros (unset) are "the controller's default" on the wire
     return pb.RolloutStrategy(
-        strategy_kind=rolloutwords.kind_value(kind) if kind else pb.STRATEGY_KIND_UNSPECIFIED,
+        strategy_kind=_kind_value(kind) if kind else pb.STRATEGY_KIND_UNSPECIFIED,
         **{name: value for name, value in typed.items() if value},
     )
+
+
+def _kind_value(word: str) -> pb.StrategyKind.ValueType:
+    """A deploy's kind (``rollback`` is the controller's own, never asked for)."""
+    deployable = [k for k in rolloutwords.kind_words() if k != ROLLBACK_KIND]
+    if word not in deployable:
+        raise InvalidInputError(f"--strategy must be one of {', '.join(deployable)}, got {word!r}")
+    return rolloutwords.kind_value(word)
 
 
 def _follow(
@@ -323,7 +332,7 @@ def deploy(
             {
                 "release": str(ref),
                 "fleet": fleet,
-                "strategy": kind or strategies.Kind.ALL_AT_ONCE.value,
+                "strategy": kind or rolloutwords.kind_word(pb.STRATEGY_KIND_ALL_AT_ONCE),
             },
             what=str(ref),
             accepted=f"rollout {reply.rollout_id}: {ref} to fleet {fleet}, first to "
