@@ -9,8 +9,9 @@ from dataclasses import replace
 import numpy as np
 import onnx
 import pytest
-import typer
 
+from edgefleet.common import errors
+from edgefleet.common.durations import parse_duration
 from edgefleet.controller.compress import graphs, recipes
 from edgefleet.controller.compress.errors import InvalidInputError
 from edgefleet.controller.compress.evaluating import EvalSet
@@ -23,7 +24,6 @@ from edgefleet.controller.compress.searching import (
 )
 from edgefleet.controller.compress.timing import Latency
 from edgefleet.demo import digits
-from edgefleet.edgectl.models import parse_duration
 
 FAST = SearchSettings(threads=(1,), sensitivity_layers=0, golden_count=4)
 
@@ -146,12 +146,12 @@ def test_fp16_output_passes_the_checker(digits_model: digits.TrainedModel) -> No
     ("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("10m", 600.0), ("1.5h", 5400.0), ("0", 0.0)]
 )
 def test_time_budgets_read_as_durations(text: str, seconds: float) -> None:
-    assert parse_duration(text) == seconds
+    assert parse_duration(text, what="--time-budget") == seconds
 
 
 def test_a_time_budget_that_is_no_duration_is_refused() -> None:
-    with pytest.raises(typer.BadParameter, match="10m"):
-        parse_duration("ten minutes")
+    with pytest.raises(errors.InvalidInputError, match="--time-budget: expected a duration"):
+        parse_duration("ten minutes", what="--time-budget")
 
 
 def test_a_hopeless_candidate_fails_the_screen_without_the_full_evaluation(

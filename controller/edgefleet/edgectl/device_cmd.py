@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from edgefleet.common.durations import parse_duration
 from edgefleet.common.errors import InvalidInputError
-from edgefleet.controller.rollouts.strategy import parse_duration
 from edgefleet.edgectl import output, shell
 from edgefleet.v1 import enroll_pb2 as pb
 

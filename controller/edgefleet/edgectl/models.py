@@ -12,7 +12,6 @@ hardware class from the candidates and prints the ``release create`` arguments f
 from __future__ import annotations
 
 import math
-import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from edgefleet.common import enumwords
+from edgefleet.common.durations import parse_duration
 from edgefleet.common.types import validate_name
 from edgefleet.edgectl import output, shell
 from edgefleet.edgectl.compress_plot import plot_paths, write_compress_plot
@@ -155,17 +155,6 @@ class GoldenChoice(StrEnum):
     AUTO = "auto"
     ALWAYS = "always"
     NEVER = "never"
-
-
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``10m``, ``1.5h`` -> seconds; ``0`` = no budget."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not m:
-        raise typer.BadParameter(f"{text!r} is not a duration such as 90s, 10m or 1h")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 def _check_plot(path: Path | None) -> Path | None:
@@ -368,7 +357,7 @@ def compress(
     if not eval_data.is_file():
         shell.fail(f"no such file: {eval_data}")
     metrics, hook = _metric_request(metric or [], metric_module)
-    budget_s = parse_duration(time_budget)
+    budget_s = parse_duration(time_budget, what="--time-budget")
     data = eval_data.read_bytes()
     from edgefleet.edgectl.client import COMPRESS_DEADLINE_S  # grpc: not for --help
 

@@ -8,13 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
+from edgefleet.common.durations import parse_duration
 from edgefleet.common.types import (
     ExecutionProvider,
     HealthPolicy,
     validate_name,
     validate_version,
 )
-from edgefleet.controller.rollouts.strategy import parse_duration
 from edgefleet.edgectl import oci_cmd, output, shell
 from edgefleet.v1 import common_pb2, controller_pb2
 
