@@ -10,7 +10,7 @@ import pytest
 from edgefleet.agent import fetching
 from edgefleet.common import digests, oci
 from edgefleet.common.errors import FetchError, IntegrityError, NotFoundError
-from edgefleet.controller import oci as layout
+from edgefleet.edgectl import oci_layout as layout
 from tests.conftest import free_port
 from tests.oci.conftest import Registry, Release
 from tests.oci.test_layout import write

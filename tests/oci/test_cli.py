@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from edgefleet.common import digests, oci, signing
-from edgefleet.controller import oci as layout
+from edgefleet.edgectl import oci_layout as layout
 from edgefleet.edgectl.app import app
 from tests.conftest import free_port
 from tests.edgectl.conftest import Edgectl, controller, edgectl, one_error_line

@@ -9,7 +9,7 @@ import pytest
 
 from edgefleet.common import digests, oci, signing
 from edgefleet.common.errors import IntegrityError, SignatureError
-from edgefleet.controller import oci as layout
+from edgefleet.edgectl import oci_layout as layout
 from tests.oci.conftest import Release, make_release
 
 

@@ -16,7 +16,7 @@ from edgefleet.common.errors import (
     PermanentError,
     TransientError,
 )
-from edgefleet.controller import oci as layout
+from edgefleet.edgectl import oci_layout as layout
 from tests.conftest import free_port
 from tests.oci.conftest import Registry, Release, start_registry
 from tests.oci.test_layout import write

@@ -1,7 +1,7 @@
 """``edgectl release export`` and ``edgectl release push``: a release as an OCI artifact.
 
 Both fetch the release's blobs from the controller's ``ArtifactService`` into an OCI image
-layout (see ``edgefleet.controller.oci``) and verify it; ``push`` then sends the layout to a
+layout (``oci_layout``) and verify it; ``push`` then sends the layout to a
 registry. Registry credentials come from ``EDGEFLEET_REGISTRY_USER`` and
 ``EDGEFLEET_REGISTRY_PASSWORD``. A container release's image is pushed too, through this
 host's Docker (``images.push_image``), to ``REPO/container:VERSION`` of the same registry.
@@ -23,7 +23,7 @@ from edgefleet.v1 import controller_pb2 as pb
 if TYPE_CHECKING:  # docker, numpy, grpc and rich: loaded when a command runs, not for --help
     from rich.progress import Progress
 
-    from edgefleet.controller import oci as layout
+    from edgefleet.edgectl import oci_layout as layout
 
 ReleaseArg = Annotated[
     str, typer.Argument(help="The release NAME:VERSION.", metavar="NAME:VERSION")
@@ -65,7 +65,7 @@ def _find(ctx: typer.Context, text: str) -> pb.ReleaseInfo:
 def _export(
     ctx: typer.Context, info: pb.ReleaseInfo, root: Path, *, tag: str, quiet: bool
 ) -> layout.LayoutRelease:
-    from edgefleet.controller import oci as layout
+    from edgefleet.edgectl import oci_layout as layout
     from edgefleet.edgectl.client import api_tls
 
     m = info.manifest
@@ -148,7 +148,7 @@ def push(
     """
     from edgefleet.common import oci, wire
     from edgefleet.controller import images
-    from edgefleet.controller import oci as layout
+    from edgefleet.edgectl import oci_layout as layout
 
     target = oci.RegistryRef.parse(to, plain_http=plain_http)
     info = _find(ctx, release)

@@ -1,6 +1,6 @@
 """An OCI registry over the distribution HTTP API: push blobs and manifests, fetch blobs.
 
-Releases travel to registries as OCI artifacts (see ``edgefleet.controller.oci`` for the
+Releases travel to registries as OCI artifacts (see ``edgefleet.edgectl.oci_layout`` for the
 layout); the agent fetches their blobs from a registry named in ``artifact_sources`` as
 ``oci://HOST[:PORT]/REPO`` (https, plain http for loopback hosts) or ``oci+http://...``.
 ``fetch`` resumes from the partial file's size with a ``Range`` header, like

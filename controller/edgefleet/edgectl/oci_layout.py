@@ -1,4 +1,5 @@
-"""A release as an OCI artifact: an image layout directory, and its push to a registry.
+"""A release as an OCI artifact: an image layout directory, and its push to a registry
+(``edgectl release export`` / ``push``; the controller serves the blobs, it never writes one).
 
 The image manifest (``artifactType`` ``application/vnd.edgefleet.release.v1``, the empty
 config) lists three layers: the signed manifest (the exact ``Signed`` protobuf bytes, so any
