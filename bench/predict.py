@@ -30,13 +30,20 @@ Each path is warmed up, then timed for ``ITERATIONS`` calls in short blocks, in 
 rotate the order of the paths, so machine noise hits all of them alike. Targets: inproc p50
 at most 5% over bare; grpc p50 at most 150 us over bare; on the image model, uds p50 at most
 150 us and shm p50 at most 50 us over its bare p50 (``uds_ok``, ``shm_ok``, the fast path).
-The server side runs in this process, as the other paths' do. Writes
-``bench/results/predict.json``.
+The digits model's servers run in this process. The image model's (its gRPC server on TCP and
+on ``predict.sock``, and the ``FastServer``) run in a separate process (``--serve DIR``: the
+agent's own ``InferenceServicer``, ``InferenceServer`` and ``FastServer``, as ``edge-agent
+run`` builds them, on the same model), so a call pays for what an app's call to the agent
+pays and not for this process's threads taking the GIL from the client; the client stays
+here (``"server"`` in the results says so). Writes ``bench/results/predict.json``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -73,6 +80,10 @@ SHM_OVERHEAD_TARGET_US = 50.0
 IMAGE_MODEL = "pool-dense image classifier (1x3x224x224 float32)"
 IMAGE_SHAPE = (1, 3, 224, 224)
 RESULTS = Path(__file__).parent / "results" / "predict.json"
+SERVER = (
+    "separate process (InferenceServicer + InferenceServer + FastServer, bench/predict.py --serve)"
+)
+SERVER_START_S = 60.0
 MODEL = "digits-mlp32 (batch 1)"
 
 
@@ -245,6 +256,63 @@ def show(result: dict[str, Any], console: Console) -> None:
     )
 
 
+def serve(directory: Path) -> None:
+    """The image model's servers, in their own process (``--serve DIR``): the agent's
+    ``InferenceServicer`` behind an ``InferenceServer`` (TCP and ``predict.sock``) and a
+    ``FastServer``, on ``DIR/image.onnx``; their endpoints written to ``DIR/endpoints.json``;
+    served until stdin closes (the bench ends, or dies)."""
+    path = directory / "image.onnx"
+    im = image_manifest(path.read_bytes())
+    image = ModelRuntime.load(path, LoadedModel("image:1.0.0", "a", im, im.model_digest))
+    servicer = InferenceServicer(
+        Predictor(image), device_id="bench", fleet="bench", metrics=AgentMetrics()
+    )
+    server = InferenceServer(servicer, listen="127.0.0.1:0", socket_path=directory / "predict.sock")
+    tcp = server.start()
+    server.set_serving(True)
+    fast = FastServer(
+        servicer,
+        directory / fastpath.DEFAULT_FAST_SOCKET,
+        max_connections=8,
+        max_message_bytes=16 << 20,
+    )
+    fast.start()
+    ends = {"tcp": tcp, "unix": server.socket_endpoint, "fast": str(fast.path), "pid": os.getpid()}
+    ready = directory / "endpoints.json"
+    ready.with_suffix(".tmp").write_text(json.dumps(ends))
+    ready.with_suffix(".tmp").rename(ready)
+    try:
+        sys.stdin.read()
+    finally:
+        fast.stop()
+        server.stop()
+
+
+def start_server(directory: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Start ``serve(directory)`` in a new process; it and its endpoints once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(directory)], stdin=subprocess.PIPE, text=True
+    )
+    ready = directory / "endpoints.json"
+    deadline = time.monotonic() + SERVER_START_S
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_server(proc)
+            raise RuntimeError(f"the bench's server process did not start (exit {proc.poll()})")
+        time.sleep(0.05)
+    return proc, json.loads(ready.read_text())
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def main() -> bool:
     """Run the benchmark, print it, write the results; True when the digits targets hold
     (the local paths' verdicts are reported, not gated on)."""
@@ -275,25 +343,8 @@ def main() -> bool:
         image_path.write_bytes(image_model())
         im = image_manifest(image_path.read_bytes())
         image = ModelRuntime.load(image_path, LoadedModel("image:1.0.0", "a", im, im.model_digest))
-        image_server_servicer = InferenceServicer(
-            Predictor(image), device_id="bench", fleet="bench", metrics=AgentMetrics()
-        )
-        image_server = InferenceServer(
-            image_server_servicer,
-            listen="127.0.0.1:0",
-            socket_path=Path(tmp) / "predict.sock",
-        )
-        image_endpoint = image_server.start()
-        image_server.set_serving(True)
-        unix = image_server.socket_endpoint
-        assert unix is not None
-        fast_server = FastServer(
-            image_server_servicer,
-            Path(tmp) / fastpath.DEFAULT_FAST_SOCKET,
-            max_connections=8,
-            max_message_bytes=16 << 20,
-        )
-        fast_server.start()
+        image_proc, ends = start_server(Path(tmp))
+        image_endpoint, unix, fast_path = ends["tcp"], ends["unix"], ends["fast"]
         picture = np.random.default_rng(1).standard_normal(IMAGE_SHAPE).astype(np.float32)
         image_feed = {"image": picture}
         stager = sharedmem.Stager()
@@ -319,7 +370,7 @@ def main() -> bool:
                 InferenceClient(image_endpoint, name="image agent") as image_tcp,
                 InferenceClient(unix, name="image agent", shm_threshold=None) as image_uds,
                 InferenceClient(unix, name="image agent") as image_shm,
-                fastpath.FastPathClient(fast_server.path) as fast,
+                fastpath.FastPathClient(fast_path) as fast,
             ):
                 expected = image_tcp.predict(image_feed).outputs["probabilities"]
                 for other in (image_uds, image_shm):  # the same answer by every path
@@ -345,11 +396,11 @@ def main() -> bool:
                     samples = measure(paths)
         finally:
             server.stop()
-            fast_server.stop()
-            image_server.stop()
+            stop_server(image_proc)
             stager.close()
             floor_server.stop(None)
     result = report(samples)
+    result["server"] = SERVER
     show(result, console)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
@@ -358,4 +409,7 @@ def main() -> bool:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        serve(Path(sys.argv[2]))
+        raise SystemExit(0)
     raise SystemExit(0 if main() else 1)
