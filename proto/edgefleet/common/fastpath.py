@@ -39,6 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
+from edgefleet.common import wire
 from edgefleet.common.closing import Closing
 from edgefleet.v1 import common_pb2, inference_pb2
 
@@ -149,7 +150,8 @@ def _tensor_parts(name: str, array: Array) -> list[Buffer]:
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
     data = a.data.cast("B") if a.nbytes else b""
-    head = common_pb2.Tensor(name=name, dtype=a.dtype.name, shape=a.shape).SerializeToString()
+    tensor = common_pb2.Tensor(name=name, dtype=wire.dtype_name(a.dtype), shape=a.shape)
+    head = tensor.SerializeToString()
     head += _DATA_TAG + _varint(a.nbytes)
     return [_INPUTS_TAG + _varint(len(head) + a.nbytes) + head, data]
 
@@ -378,22 +380,41 @@ class _Connection:
 def _exchange(
     conn: _Connection, parts: Sequence[Buffer], fds: Sequence[int] = ()
 ) -> tuple[int, memoryview]:
-    """Send one request, read its reply: (status, body: a view of the connection's buffer)."""
+    """Send one request, read its reply: (status, body: a view of the connection's buffer).
+    The reply's header and (a small reply's) body come in one read: one call at a time per
+    connection, so nothing of another reply can follow it."""
     sock = conn.sock
     size = sum(memoryview(p).nbytes for p in parts)
     # refused before it was read (too large, too many connections): the reply says why
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         send_parts(sock, [REQUEST_HEADER.pack(size), *parts], fds)
-    header = bytearray(REPLY_HEADER.size)
-    if not recv_exact(sock, memoryview(header)):
-        raise ConnectionResetError("closed before any reply")
-    length, status = REPLY_HEADER.unpack(header)
-    conn.buf = grown(conn.buf, length)
-    body = memoryview(conn.buf)[:length]
-    if length and not recv_exact(sock, body):
+    buf = conn.buf = grown(conn.buf, READ_AHEAD)
+    head = REPLY_HEADER.size
+    with memoryview(buf) as view:
+        got = sock.recv_into(view)
+        if got == 0:
+            raise ConnectionResetError("closed before any reply")
+        if got < head and not recv_exact(sock, view[got:head]):
+            raise ConnectionResetError("the stream ended inside a reply header")
+    got = max(got, head)
+    length, status = REPLY_HEADER.unpack_from(buf)
+    end = head + length
+    if got > end:
+        raise ConnectionResetError(f"{got - end} bytes beyond the reply")
+    if end > len(buf):
+        bigger = grown(buf, end)
+        if bigger is not buf:  # a view of the old one lives on: what came is moved over
+            bigger[:got] = buf[:got]
+        buf = conn.buf = bigger
+    body = memoryview(buf)[head:end]
+    if got < end and not recv_exact(sock, memoryview(buf)[got:end]):
         body.release()
         raise ConnectionResetError("the reply was cut short")
     return status, body
+
+
+READ_AHEAD = 64 << 10
+"""A connection's receive buffer is at least this large: a reply up to it is one read."""
 
 
 def grown(buf: bytearray, size: int) -> bytearray:

@@ -237,7 +237,7 @@ class Region:
         view[...] = a
         return inference_pb2.SharedTensor(
             name=name,
-            dtype=dtype.name,
+            dtype=wire.dtype_name(dtype),
             shape=list(a.shape),
             region=self.name,
             offset=offset,
@@ -280,7 +280,7 @@ class SealedRegion:
         view[...] = a
         return inference_pb2.SharedTensor(
             name=name,
-            dtype=dtype.name,
+            dtype=wire.dtype_name(dtype),
             shape=list(a.shape),
             region=f"@{index}",
             offset=offset,

@@ -93,7 +93,8 @@ def specs_from_pb(msgs: Iterable[common_pb2.TensorSpec]) -> tuple[t.TensorSpec, 
 
 
 @functools.cache
-def _dtype_name(dtype: np.dtype[np.generic]) -> str:
+def dtype_name(dtype: np.dtype[np.generic]) -> str:
+    """``dtype.name``, cached: numpy computes it in Python (microseconds on every Predict)."""
     return dtype.name
 
 
@@ -115,14 +116,14 @@ def _little_endian(array: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
 def array_to_pb(name: str, array: npt.NDArray[np.generic]) -> common_pb2.Tensor:
     a = _little_endian(array)
     return common_pb2.Tensor(
-        name=name, dtype=_dtype_name(a.dtype), shape=list(a.shape), data=a.tobytes()
+        name=name, dtype=dtype_name(a.dtype), shape=list(a.shape), data=a.tobytes()
     )
 
 
 def add_array(field: Any, name: str, array: npt.NDArray[np.generic]) -> None:
     """Append ``array`` to a repeated ``Tensor`` field (``reply.outputs``) in place."""
     a = _little_endian(array)
-    field.add(name=name, dtype=_dtype_name(a.dtype), shape=a.shape, data=a.tobytes())
+    field.add(name=name, dtype=dtype_name(a.dtype), shape=a.shape, data=a.tobytes())
 
 
 def array_from_pb(
