@@ -24,13 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgefleet.edgectl import plotfile
 from edgefleet.v1 import controller_pb2 as pb
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.lines import Line2D
 
-FORMATS = (".png", ".svg")
+FORMATS = plotfile.FORMATS
 KEY_ROWS = 40  # candidates listed in the key; the rest are counted
 
 # status -> (legend label, colour, marker)
@@ -56,11 +57,7 @@ def plot_paths(path: Path) -> tuple[Path, Path]:
 
     Raises ValueError for any other suffix, so the CLI can refuse it before a search starts.
     """
-    suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise ValueError(f"{path}: a chart is written as .png or .svg (and the other beside it)")
-    other = ".svg" if suffix == ".png" else ".png"
-    return path, path.with_suffix(other)
+    return plotfile.plot_paths(path, "a chart")
 
 
 @dataclass(frozen=True)

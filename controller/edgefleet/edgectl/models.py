@@ -21,7 +21,7 @@ import typer
 from edgefleet.common import enumwords
 from edgefleet.common.durations import parse_duration
 from edgefleet.common.types import validate_name
-from edgefleet.edgectl import output, shell
+from edgefleet.edgectl import output, plotfile, shell
 from edgefleet.edgectl.compress_plot import plot_paths, write_compress_plot
 from edgefleet.edgectl.metric_source import MetricSourceError, read_metric_module
 from edgefleet.v1 import controller_pb2 as pb
@@ -159,12 +159,7 @@ class GoldenChoice(StrEnum):
 
 def _check_plot(path: Path | None) -> Path | None:
     """Refuse a --plot suffix before the search, not after it."""
-    if path is not None:
-        try:
-            plot_paths(path)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from exc
-    return path
+    return plotfile.check_plot(path, plot_paths)
 
 
 def _check_objective(word: str) -> str:

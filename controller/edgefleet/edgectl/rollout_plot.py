@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgefleet.edgectl import following
+from edgefleet.edgectl import following, plotfile
 from edgefleet.v1 import controller_pb2 as pb
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-FORMATS = (".png", ".svg")
+FORMATS = plotfile.FORMATS
 STATES = ("healthy", "sent", "failed", "rolling_back", "reverted", "waiting")  # bottom up
 STATE_COLOURS = {
     "healthy": "#2a9d3f",
@@ -51,10 +51,7 @@ LABEL_CHARS = 60  # per label line; three lines at most
 def plot_paths(path: Path) -> tuple[Path, Path]:
     """``FILE.png`` -> (``FILE.png``, ``FILE.svg``), and the other way round; ValueError for
     any other suffix (so the CLI can refuse it before asking the controller)."""
-    suffix = path.suffix.lower()
-    if suffix not in FORMATS:
-        raise ValueError(f"{path}: a timeline is written as .png or .svg (and the other beside it)")
-    return path, path.with_suffix(".svg" if suffix == ".png" else ".png")
+    return plotfile.plot_paths(path, "a timeline")
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.edgectl import following, output, shell
+from edgefleet.edgectl import following, output, plotfile, shell
 from edgefleet.edgectl.deploying import JsonOption
 from edgefleet.edgectl.following import Snapshot
 from edgefleet.edgectl.rollout_plot import plot_paths, write_rollout_plot
@@ -67,12 +67,7 @@ def list_rollouts(
 
 def _check_plot(path: Path | None) -> Path | None:
     """Refuse a --plot suffix before asking the controller."""
-    if path is not None:
-        try:
-            plot_paths(path)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from exc
-    return path
+    return plotfile.check_plot(path, plot_paths)
 
 
 @app.command("status")
