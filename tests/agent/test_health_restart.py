@@ -7,6 +7,7 @@ loading ``max_load_failures`` times in a row is rolled back at the next start.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from tests.conftest import Broker
 
 pytestmark = pytest.mark.slow
 P = t.InstallPhase
+# an agent process serving v1, its watcher, and offer(release, generation)
+OnV1 = tuple[AgentProcess, Watcher, Callable[[Release, int], None]]
 
 
 @pytest.fixture
@@ -62,24 +65,35 @@ def apply(
     w.publish_desired(signer.desired(release, device_id=w.device_id, generation=gen))
 
 
-def test_sigkill_in_the_window_comes_back_on_the_previous_release(
+@pytest.fixture
+def on_v1(
     signer: Signer,
     artifacts: ArtifactServer,
     spawn: Callable[[str], AgentProcess],
     watch: Callable[[str], Watcher],
     digits_model: TrainedModel,
-    digits_model_v2: TrainedModel,
-    digits_data: DigitsData,
-) -> None:
+) -> OnV1:
+    """An agent process on a new device serving digits:1.0.0 (generation 1), its watcher, and
+    ``offer(release, generation)`` to publish a release to it."""
     p = spawn(unique_id())
     w = watch(p.device_id)
     p.start()
     apply(w, signer, artifacts, signer.release(digits_model.onnx_bytes, version="1.0.0"), 1)
     w.wait_status(active_on("digits:1.0.0"), what="v1 active")
+    return p, w, functools.partial(apply, w, signer, artifacts)
+
+
+def test_sigkill_in_the_window_comes_back_on_the_previous_release(
+    signer: Signer,
+    on_v1: OnV1,
+    digits_model_v2: TrainedModel,
+    digits_data: DigitsData,
+) -> None:
     v2 = signer.release(
         digits_model_v2.onnx_bytes, version="2.0.0", health=t.HealthPolicy(health_window_s=120)
     )
-    apply(w, signer, artifacts, v2, 2)
+    p, w, offer = on_v1
+    offer(v2, 2)
     w.wait_status(
         lambda s: s.phase is P.HEALTH_CHECK and s.active_release == "digits:2.0.0",
         what="v2 in its health window",
@@ -110,21 +124,14 @@ def test_sigkill_in_the_window_comes_back_on_the_previous_release(
 
 def test_sigkill_after_the_window_passed_keeps_the_new_release(
     signer: Signer,
-    artifacts: ArtifactServer,
-    spawn: Callable[[str], AgentProcess],
-    watch: Callable[[str], Watcher],
-    digits_model: TrainedModel,
+    on_v1: OnV1,
     digits_model_v2: TrainedModel,
     digits_data: DigitsData,
 ) -> None:
-    p = spawn(unique_id())
-    w = watch(p.device_id)
-    p.start()
-    apply(w, signer, artifacts, signer.release(digits_model.onnx_bytes, version="1.0.0"), 1)
-    w.wait_status(active_on("digits:1.0.0"), what="v1 active")
     policy = t.HealthPolicy(health_window_s=1.0)
     v2 = signer.release(digits_model_v2.onnx_bytes, version="2.0.0", health=policy)
-    apply(w, signer, artifacts, v2, 2)
+    p, w, offer = on_v1
+    offer(v2, 2)
     w.wait_event("health_window_passed", generation=2)
 
     p.kill()
