@@ -19,7 +19,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -341,11 +341,16 @@ class Installer:
         if chunks:
             self._fetch_chunks(action, chunks, partial)
             return
+        self._download(action.sources, action.digest, partial, size=action.size)
+
+    def _download(self, sources: Sequence[str], digest: str, partial: Path, *, size: int) -> None:
+        """``fetching.download`` of the blob ``digest`` into ``partial`` under this
+        installer's deadlines, stop event, byte counter and TLS."""
         fetching.download(
-            action.sources,
-            action.digest,
+            sources,
+            digest,
             partial,
-            size=action.size,
+            size=size,
             deadline_s=self._fetch_deadline_s,
             stall_s=self._fetch_stall_s,
             stopping=self._stopping,
@@ -367,18 +372,7 @@ class Installer:
 
         def fetch(chunk: t.Chunk) -> bytes:
             part = self._store.partial(chunk.digest)
-            fetching.download(
-                action.sources,
-                chunk.digest,
-                part,
-                size=chunk.size,
-                deadline_s=self._fetch_deadline_s,
-                stall_s=self._fetch_stall_s,
-                stopping=self._stopping,
-                on_bytes=self._metrics.download_bytes.inc,
-                tls=self._tls,
-                peer_tls=self._peer_tls,
-            )
+            self._download(action.sources, chunk.digest, part, size=chunk.size)
             data = part.read_bytes()
             part.unlink(missing_ok=True)
             return data
