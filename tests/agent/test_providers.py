@@ -37,6 +37,11 @@ CPU = t.ExecutionProvider("CPUExecutionProvider")
 CUDA = t.ExecutionProvider("CUDAExecutionProvider")
 TRT = t.ExecutionProvider("TensorrtExecutionProvider", {"trt_fp16_enable": "1"})
 GPU_FIRST = (TRT, CUDA, CPU)
+# where CUDA is really offered, a GPU-first release runs on it: no fallback to see
+without_cuda = pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(),
+    reason="this ONNX Runtime offers CUDA",
+)
 
 
 def _options() -> ort.SessionOptions:
@@ -158,6 +163,7 @@ def _with_providers(
     return Release(manifest, env, digests.of_bytes(payload), model)
 
 
+@without_cuda
 def test_a_release_preferring_gpus_serves_on_the_cpu_with_an_event(
     start_agent: StartAgent,
     watch: Callable[[str], Watcher],
@@ -165,8 +171,6 @@ def test_a_release_preferring_gpus_serves_on_the_cpu_with_an_event(
     artifacts: ArtifactServer,
     digits_model: TrainedModel,
 ) -> None:
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this ONNX Runtime offers CUDA")
     a = start_agent()
     w = watch(a.device_id)
     hello = w.wait_status(lambda s: s.hardware is not None, what="a status with hardware")
@@ -237,6 +241,7 @@ def test_a_release_preferring_openvino_serves_on_it(
     assert "provider_fallback" not in w.kinds()
 
 
+@without_cuda
 def test_a_restart_on_a_fallen_back_release_says_so_again(
     start_agent: StartAgent,
     watch: Callable[[str], Watcher],
@@ -244,8 +249,6 @@ def test_a_restart_on_a_fallen_back_release_says_so_again(
     artifacts: ArtifactServer,
     digits_model: TrainedModel,
 ) -> None:
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        pytest.skip("this ONNX Runtime offers CUDA")
     a = start_agent()
     w = watch(a.device_id)
     release = _with_providers(signer, digits_model.onnx_bytes, (CUDA, CPU), version="1.0.0")
