@@ -206,6 +206,25 @@ def inlined(
 # --- the client's side ------------------------------------------------------------------------
 
 
+def _put(
+    buffer: mmap.mmap, region: str, name: str, array: Array, offset: int
+) -> inference_pb2.SharedTensor:
+    """Write ``array`` (little-endian) into ``buffer`` at ``offset``; the ``SharedTensor``
+    naming it in ``region`` (a region's name, or ``@INDEX`` for a passed descriptor)."""
+    a = np.asarray(array)
+    dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
+    view: Array = np.ndarray(a.shape, dtype, buffer=buffer, offset=offset)
+    view[...] = a
+    return inference_pb2.SharedTensor(
+        name=name,
+        dtype=wire.dtype_name(dtype),
+        shape=list(a.shape),
+        region=region,
+        offset=offset,
+        byte_size=a.nbytes,
+    )
+
+
 class Region:
     """A shared-memory object this process created: ``/dev/shm/edgefleet-PID-RANDOM``."""
 
@@ -231,18 +250,7 @@ class Region:
 
     def put(self, name: str, array: Array, *, offset: int = 0) -> inference_pb2.SharedTensor:
         """Write ``array`` at ``offset``; return the ``SharedTensor`` naming it."""
-        a = np.asarray(array)
-        dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
-        view: Array = np.ndarray(a.shape, dtype, buffer=self._map, offset=offset)
-        view[...] = a
-        return inference_pb2.SharedTensor(
-            name=name,
-            dtype=wire.dtype_name(dtype),
-            shape=list(a.shape),
-            region=self.name,
-            offset=offset,
-            byte_size=a.nbytes,
-        )
+        return _put(self._map, self.name, name, array, offset)
 
     def close(self) -> None:
         """Unmap and unlink (idempotent)."""
@@ -274,18 +282,7 @@ class SealedRegion:
         self, name: str, array: Array, *, offset: int = 0, index: int = 0
     ) -> inference_pb2.SharedTensor:
         """Write ``array`` at ``offset``; the ``SharedTensor`` naming it as descriptor ``index``."""
-        a = np.asarray(array)
-        dtype = a.dtype.newbyteorder("<") if a.dtype.byteorder == ">" else a.dtype
-        view: Array = np.ndarray(a.shape, dtype, buffer=self._map, offset=offset)
-        view[...] = a
-        return inference_pb2.SharedTensor(
-            name=name,
-            dtype=wire.dtype_name(dtype),
-            shape=list(a.shape),
-            region=f"@{index}",
-            offset=offset,
-            byte_size=a.nbytes,
-        )
+        return _put(self._map, f"@{index}", name, array, offset)
 
     def close(self) -> None:
         """Unmap and close (idempotent)."""
