@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -97,3 +99,11 @@ def watch(broker: Broker) -> Iterator[Callable[[str], Watcher]]:
     yield make
     for w in watchers:
         w.close()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A data dir's parent short enough for a Unix socket path (pytest's are long)."""
+    path = Path(tempfile.mkdtemp(prefix="ef-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -438,3 +439,19 @@ def install(
     release = signer.release(model, version=version)
     offer(w, signer, artifacts, release, generation)
     w.wait_status(active_on(release.ref), what=f"active on {release.ref}")
+
+
+@contextlib.contextmanager
+def serving_v1(
+    proc: AgentProcess, signer: Signer, artifacts: ArtifactServer, model: bytes, *, broker_url: str
+) -> Iterator[dict[str, Any]]:
+    """Start ``proc``, install ``model`` on it as digits:1.0.0 (generation 1) and yield what the
+    agent wrote to ``agent.json``; the process is killed at the end."""
+    w = Watcher(broker_url, device_id=proc.device_id)
+    try:
+        info = proc.start()
+        install(w, signer, artifacts, model, version="1.0.0", generation=1)
+        yield info
+    finally:
+        w.close()
+        proc.kill()

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -34,8 +32,7 @@ from tests.agent.helpers import (
     AgentProcess,
     ArtifactServer,
     Signer,
-    Watcher,
-    install,
+    serving_v1,
     unique_id,
     wait_for,
 )
@@ -51,14 +48,6 @@ class FastAgent:
         self.unix = str(info["predict_socket"])
         self.fast = proc.data_dir / "predict.fast.sock"
         self.grpc_socket = proc.data_dir / "predict.sock"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A data dir's parent short enough for a Unix socket path (pytest's are long)."""
-    path = Path(tempfile.mkdtemp(prefix="ef-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def agent_process(short_dir: Path, broker: Broker, signer: Signer, artifacts: ArtifactServer,
@@ -84,14 +73,10 @@ def fast_agent(
     digits_model: TrainedModel,
 ) -> Iterator[FastAgent]:
     proc = agent_process(short_dir, broker, signer, artifacts)
-    w = Watcher(broker.url, device_id=proc.device_id)
-    try:
-        info = proc.start()
-        install(w, signer, artifacts, digits_model.onnx_bytes, version="1.0.0", generation=1)
+    with serving_v1(
+        proc, signer, artifacts, digits_model.onnx_bytes, broker_url=broker.url
+    ) as info:
         yield FastAgent(proc, info)
-    finally:
-        w.close()
-        proc.kill()
 
 
 def over_grpc(target: str, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
@@ -360,44 +345,38 @@ def test_the_client_reconnects_after_the_agent_restarts(
 ) -> None:  # fmt: skip
     proc = agent_process(short_dir, broker, signer, artifacts)
     fast_path = proc.data_dir / "predict.fast.sock"
-    w = Watcher(broker.url, device_id=proc.device_id)
     x = np.ascontiguousarray(digits_data.x_test[:8])
-    try:
-        proc.start()
-        install(w, signer, artifacts, digits_model.onnx_bytes, version="1.0.0", generation=1)
-        with fastpath.FastPathClient(fast_path, deadline=5) as client:
-            first = outputs(client.call(fastpath.request_parts({"pixels": x})))
+    serving = serving_v1(proc, signer, artifacts, digits_model.onnx_bytes, broker_url=broker.url)
+    with serving, fastpath.FastPathClient(fast_path, deadline=5) as client:
+        first = outputs(client.call(fastpath.request_parts({"pixels": x})))
 
-            proc.kill()  # SIGKILL: the socket file stays behind, the client's connection dies
-            assert fast_path.is_socket()
-            with pytest.raises(fastpath.FastPathError) as err:
-                client.call(fastpath.request_parts({"pixels": x}))
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and not err.value.answered
+        proc.kill()  # SIGKILL: the socket file stays behind, the client's connection dies
+        assert fast_path.is_socket()
+        with pytest.raises(fastpath.FastPathError) as err:
+            client.call(fastpath.request_parts({"pixels": x}))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and not err.value.answered
 
-            proc.start()  # the stale socket is removed, the last good model restored
-            assert outputs(client.call(fastpath.request_parts({"pixels": x}))) == first
+        proc.start()  # the stale socket is removed, the last good model restored
+        assert outputs(client.call(fastpath.request_parts({"pixels": x}))) == first
 
-            # a live one is refused: another agent told to serve on the same path
-            other = agent_process(
-                short_dir, broker, signer, artifacts,
-                "--predict-socket", "", "--predict-fast-socket", str(fast_path),
-            )  # fmt: skip
-            other.launch()
-            assert other.wait_exit() == 2
-            assert f"--predict-fast-socket {fast_path}: another process serves on it" in (
-                other.output()
-            )
-            assert outputs(client.call(fastpath.request_parts({"pixels": x}))) == first
+        # a live one is refused: another agent told to serve on the same path
+        other = agent_process(
+            short_dir, broker, signer, artifacts,
+            "--predict-socket", "", "--predict-fast-socket", str(fast_path),
+        )  # fmt: skip
+        other.launch()
+        assert other.wait_exit() == 2
+        assert f"--predict-fast-socket {fast_path}: another process serves on it" in (
+            other.output()
+        )
+        assert outputs(client.call(fastpath.request_parts({"pixels": x}))) == first
 
-            assert proc.terminate() == 0  # a clean stop removes the socket file
-            assert not fast_path.exists()
-            with pytest.raises(fastpath.FastPathError) as err:
-                client.call(fastpath.request_parts({"pixels": x}))
-            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert "cannot connect" in err.value.details()
-    finally:
-        w.close()
-        proc.kill()
+        assert proc.terminate() == 0  # a clean stop removes the socket file
+        assert not fast_path.exists()
+        with pytest.raises(fastpath.FastPathError) as err:
+            client.call(fastpath.request_parts({"pixels": x}))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "cannot connect" in err.value.details()
 
 
 def test_the_fast_socket_can_be_moved_or_turned_off(

@@ -8,9 +8,7 @@ its socket (``DATA_DIR/predict.sock``) and compare bytes, stage inputs in ``/dev
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,8 +28,7 @@ from tests.agent.helpers import (
     AgentProcess,
     ArtifactServer,
     Signer,
-    Watcher,
-    install,
+    serving_v1,
     unique_id,
 )
 from tests.conftest import Broker
@@ -45,14 +42,6 @@ class LocalAgent:
         self.tcp = str(info["predict_endpoint"])
         self.unix = str(info["predict_socket"])
         self.socket = proc.data_dir / "predict.sock"
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A data dir's parent short enough for a Unix socket path (pytest's are long)."""
-    path = Path(tempfile.mkdtemp(prefix="ef-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -71,14 +60,10 @@ def local_agent(
         controller=artifacts.address,
         key_file=signer.key_file,
     )
-    w = Watcher(broker.url, device_id=device_id)
-    try:
-        info = proc.start()
-        install(w, signer, artifacts, digits_model.onnx_bytes, version="1.0.0", generation=1)
+    with serving_v1(
+        proc, signer, artifacts, digits_model.onnx_bytes, broker_url=broker.url
+    ) as info:
         yield LocalAgent(proc, info)
-    finally:
-        w.close()
-        proc.kill()
 
 
 def call(target: str, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
