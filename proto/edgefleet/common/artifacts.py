@@ -221,18 +221,9 @@ def fetch(
                 artifact_pb2.StatRequest(digest=digest), timeout=rpc.DEFAULT_DEADLINE_S
             )
             total = info.size
-            if size is not None and total != size:
-                raise IntegrityError(
-                    digest, f"a blob of {total} bytes at {target} where the manifest says {size}"
-                )
-            if offset > total:
-                log.warning("partial %s longer than the blob; starting over", partial)
-                partial.unlink()
-                offset = 0
+            offset = resume_offset(digest, partial, offset, total, size=size, source=target)
             if offset == total:
                 return total
-            if offset:
-                log.info("resuming %s at byte %d of %d from %s", digest, offset, total, target)
             chunk = min(chunk_size, WATCHED_CHUNK) if stall_s else chunk_size
             request = artifact_pb2.FetchRequest(digest=digest, offset=offset, chunk_size=chunk)
             call = stub.Fetch(request, timeout=deadline_s)
@@ -268,6 +259,33 @@ def fetch(
     if offset != total:
         raise FetchError(digest, f"{target} ended the stream at byte {offset} of {total}")
     return total
+
+
+def resume_offset(
+    digest: str,
+    partial: Path,
+    offset: int,
+    total: int,
+    *,
+    size: int | None,
+    source: str,
+    logger: logging.Logger = log,
+) -> int:
+    """Where a download of ``digest`` (``total`` bytes at ``source``) into ``partial``, which
+    holds ``offset`` bytes, resumes: ``offset``, or 0 once a ``partial`` longer than the blob
+    is removed; ``total``: nothing is left to fetch. IntegrityError where ``total`` is not
+    ``size`` (what a signed manifest promises). ``artifacts.fetch`` and ``oci`` share it."""
+    if size is not None and total != size:
+        raise IntegrityError(
+            digest, f"a blob of {total} bytes at {source} where the manifest says {size}"
+        )
+    if offset > total:
+        logger.warning("partial %s longer than the blob; starting over", partial)
+        partial.unlink()
+        offset = 0
+    if offset and offset != total:
+        logger.info("resuming %s at byte %d of %d from %s", digest, offset, total, source)
+    return offset
 
 
 class _Cancellable(Protocol):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from edgefleet.common import digests
+from edgefleet.common.artifacts import resume_offset
 from edgefleet.common.errors import (
     EdgeFleetError,
     FetchError,
@@ -328,18 +329,11 @@ class Registry:
             raise NotFoundError("blob", f"{digest} at {self.ref}") from exc
         except EdgeFleetError as exc:
             raise FetchError(digest, str(exc)) from exc
-        if size is not None and total != size:
-            raise IntegrityError(
-                digest, f"a blob of {total} bytes at {self.ref} where the manifest says {size}"
-            )
-        if offset > total:
-            log.warning("partial %s longer than the blob; starting over", partial)
-            partial.unlink()
-            offset = 0
+        offset = resume_offset(
+            digest, partial, offset, total, size=size, source=str(self.ref), logger=log
+        )
         if offset == total:
             return total
-        if offset:
-            log.info("resuming %s at byte %d of %d from %s", digest, offset, total, self.ref)
         headers = {"Range": f"bytes={offset}-"} if offset else {}
         req = self._request("GET", f"{self.ref.base}/blobs/{digest}", headers=headers)
         ends = time.monotonic() + deadline_s
