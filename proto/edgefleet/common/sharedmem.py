@@ -360,6 +360,20 @@ class Stager:
         self._sealed: list[SealedRegion] = []
         self._closed = False
 
+    def _split(
+        self, inputs: Mapping[str, Array], output_names: Sequence[str], release: str
+    ) -> tuple[dict[str, Array], list[str], inference_pb2.PredictRequest]:
+        """The inputs made contiguous, the names of those at or over ``threshold`` (for shared
+        memory), and the request holding the others inline."""
+        arrays = {name: np.ascontiguousarray(a) for name, a in inputs.items()}
+        large = [n for n, a in arrays.items() if a.nbytes >= self.threshold]
+        request = inference_pb2.PredictRequest(
+            inputs=[wire.array_to_pb(n, a) for n, a in arrays.items() if n not in large],
+            output_names=list(output_names),
+            release=release,
+        )
+        return arrays, large, request
+
     @contextlib.contextmanager
     def request(
         self,
@@ -368,13 +382,7 @@ class Stager:
         output_names: Sequence[str] = (),
         release: str = "",
     ) -> Iterator[inference_pb2.PredictRequest]:
-        arrays = {name: np.ascontiguousarray(a) for name, a in inputs.items()}
-        large = [n for n, a in arrays.items() if a.nbytes >= self.threshold]
-        request = inference_pb2.PredictRequest(
-            inputs=[wire.array_to_pb(n, a) for n, a in arrays.items() if n not in large],
-            output_names=list(output_names),
-            release=release,
-        )
+        arrays, large, request = self._split(inputs, output_names, release)
         if not large:
             yield request
             return
@@ -401,13 +409,7 @@ class Stager:
     ) -> Iterator[tuple[inference_pb2.PredictRequest, list[int]]]:
         """As ``request``, the large inputs in a ``SealedRegion``: the request and the
         descriptors to send with it (the fast local path only: gRPC cannot carry them)."""
-        arrays = {name: np.ascontiguousarray(a) for name, a in inputs.items()}
-        large = [n for n, a in arrays.items() if a.nbytes >= self.threshold]
-        request = inference_pb2.PredictRequest(
-            inputs=[wire.array_to_pb(n, a) for n, a in arrays.items() if n not in large],
-            output_names=list(output_names),
-            release=release,
-        )
+        arrays, large, request = self._split(inputs, output_names, release)
         if not large:
             yield request, []
             return
