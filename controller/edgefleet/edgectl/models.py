@@ -72,25 +72,7 @@ def add(
     if not path.is_file():
         shell.fail(f"no such file: {path}")
     size = path.stat().st_size
-    from rich.progress import (  # rich: not for --help
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    progress = Progress(
-        TextColumn("uploading {task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=output.err_console,
-        transient=True,
-        disable=as_json,
-    )
+    progress = output.transfer_progress("uploading {task.description}", quiet=as_json)
     with progress, shell.controller(ctx) as client:
         task = progress.add_task(path.name, total=size)
         from edgefleet.edgectl.client import file_chunks  # grpc: not for --help

@@ -32,25 +32,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def _progress(*, quiet: bool) -> Progress:
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=output.err_console,
-        transient=True,
-        disable=quiet,
-    )
+    return output.transfer_progress(quiet=quiet)
 
 
 def _find(ctx: typer.Context, text: str) -> pb.ReleaseInfo:

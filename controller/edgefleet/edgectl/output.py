@@ -24,6 +24,7 @@ from edgefleet.v1 import controller_pb2 as pb
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.progress import Progress
     from rich.table import Table
 
     console: Console
@@ -160,6 +161,30 @@ def print_table(t: Table, *, empty: str) -> None:
 
 
 # --- JSON shapes --------------------------------------------------------------------------
+
+
+def transfer_progress(label: str = "{task.description}", *, quiet: bool) -> Progress:
+    """A transient bar on stderr for bytes moving (bar, size, speed, time left); ``label``
+    names each task; ``quiet`` (--json, --quiet): drawn nowhere."""
+    from rich.progress import (  # rich: not for --help
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=_console("err_console"),
+        transient=True,
+        disable=quiet,
+    )
 
 
 def spec_dict(s: common_pb2.TensorSpec) -> dict[str, Any]:
