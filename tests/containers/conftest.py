@@ -9,7 +9,7 @@ saying why, where either is missing. The containers and images a test makes are 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -21,11 +21,20 @@ from edgefleet.agent import containers
 from edgefleet.common import digests, oci, signing, wire
 from edgefleet.common import types as t
 from edgefleet.controller import images
-from tests.agent.conftest import artifacts, signer, start_agent, watch  # noqa: F401 - fixtures
-from tests.agent.helpers import Release, Signer
+from tests.agent.conftest import (  # the fixtures: the tests here use them too
+    RunningAgent,
+    StartAgent,
+    artifacts,  # noqa: F401
+    signer,  # noqa: F401
+    start_agent,  # noqa: F401
+    watch,  # noqa: F401
+)
+from tests.agent.helpers import ArtifactServer, Release, Signer, Watcher
 from tests.oci.conftest import Registry, start_registry
 
 REPO = "edgefleet/digits"
+# what the container_agent fixture gives: an in-process agent and a watcher on its device
+ContainerAgent = tuple[RunningAgent, Watcher]
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +84,31 @@ class Images:
     def push(self, manifest: t.Manifest) -> str:
         return images.push_image(self.client, manifest, self.target)
 
+    def release(
+        self,
+        by: Signer,
+        model: bytes,
+        *,
+        version: str,
+        health: t.HealthPolicy | None = None,
+    ) -> Release:
+        """``model`` built into an image, signed as a container release and pushed."""
+        built = self.build(model, version=version)
+        plain = by.release(model, version=version, health=health)
+        release = container_release(by, plain, built.digest)
+        self.push(release.manifest)
+        return release
+
+    def send(
+        self, w: Watcher, by: Signer, server: ArtifactServer, release: Release, generation: int
+    ) -> None:
+        """Act as the controller: the model blob on the artifact server (it still comes from
+        there), a desired state naming this registry as a source."""
+        server.publish(release)
+        w.publish_desired(
+            by.desired(release, device_id=w.device_id, generation=generation, sources=[self.source])
+        )
+
     def ours(self, device_id: str) -> list[Any]:
         """The device's containers, running or not."""
         return list(
@@ -102,6 +136,18 @@ def release_images(docker_client: Any, registry: Registry) -> Iterator[Images]:
     made = Images(docker_client, registry)
     yield made
     made.cleanup()
+
+
+@pytest.fixture
+def container_agent(
+    start_agent: StartAgent,  # noqa: F811 - the fixture imported above
+    watch: Callable[[str], Watcher],  # noqa: F811
+    release_images: Images,
+) -> ContainerAgent:
+    """An in-process agent whose containers and images go at the end, and a watcher on it."""
+    a = start_agent()
+    release_images.devices.append(a.device_id)
+    return a, watch(a.device_id)
 
 
 def container_release(by: Signer, release: Release, image: str) -> Release:

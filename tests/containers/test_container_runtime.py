@@ -9,7 +9,6 @@ then forwards its Predict to it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,44 +20,15 @@ from edgefleet.common import types as t
 from edgefleet.demo.digits import DigitsData, TrainedModel
 from edgefleet.v1 import inference_pb2
 from tests.agent import faults
-from tests.agent.conftest import StartAgent
 from tests.agent.helpers import (
     ArtifactServer,
-    Release,
     Signer,
-    Watcher,
     active_on,
     model_info,
     predict,
     wait_for,
 )
-from tests.containers.conftest import Images, container_release
-
-
-def _release(
-    signer: Signer, release_images: Images, model: bytes, *, version: str, push: bool = True
-) -> Release:
-    built = release_images.build(model, version=version)
-    release = container_release(signer, signer.release(model, version=version), built.digest)
-    if push:
-        release_images.push(release.manifest)
-    return release
-
-
-def _send(
-    w: Watcher,
-    signer: Signer,
-    artifacts: ArtifactServer,
-    release_images: Images,
-    release: Release,
-    generation: int,
-) -> None:
-    artifacts.publish(release)  # the model blob itself still comes from the controller
-    w.publish_desired(
-        signer.desired(
-            release, device_id=w.device_id, generation=generation, sources=[release_images.source]
-        )
-    )
+from tests.containers.conftest import ContainerAgent, Images, container_release
 
 
 def _outputs(reply: inference_pb2.PredictResponse) -> dict[str, Array]:
@@ -70,8 +40,7 @@ def _running(release_images: Images, device_id: str) -> list[str]:
 
 
 def test_a_container_release_serves_what_the_model_does_in_process(
-    start_agent: StartAgent,
-    watch: Callable[[str], Watcher],
+    container_agent: ContainerAgent,
     signer: Signer,
     artifacts: ArtifactServer,
     release_images: Images,
@@ -79,15 +48,13 @@ def test_a_container_release_serves_what_the_model_does_in_process(
     digits_data: DigitsData,
     tmp_path: Path,
 ) -> None:
-    a = start_agent()
-    release_images.devices.append(a.device_id)
-    w = watch(a.device_id)
+    a, w = container_agent
     hello = w.wait_status(lambda s: bool(s.runtimes), what="a status naming the runtimes")
     assert hello.runtimes == ("onnxruntime", "container")
 
-    release = _release(signer, release_images, digits_model.onnx_bytes, version="1.0.0")
+    release = release_images.release(signer, digits_model.onnx_bytes, version="1.0.0")
     release_images.client.images.remove(release.manifest.image, force=True)  # so it is pulled
-    _send(w, signer, artifacts, release_images, release, 1)
+    release_images.send(w, signer, artifacts, release, 1)
     w.wait_status(active_on(release.ref), what="container release active", timeout=120)
 
     x = digits_data.x_test[:16]
@@ -114,35 +81,32 @@ def test_a_container_release_serves_what_the_model_does_in_process(
 
 
 def test_a_bad_container_is_rolled_back_and_the_old_one_keeps_serving(
-    start_agent: StartAgent,
-    watch: Callable[[str], Watcher],
+    container_agent: ContainerAgent,
     signer: Signer,
     artifacts: ArtifactServer,
     release_images: Images,
     digits_model: TrainedModel,
     digits_data: DigitsData,
 ) -> None:
-    a = start_agent()
-    release_images.devices.append(a.device_id)
-    w = watch(a.device_id)
-    good = _release(signer, release_images, digits_model.onnx_bytes, version="1.0.0")
-    _send(w, signer, artifacts, release_images, good, 1)
+    a, w = container_agent
+    good = release_images.release(signer, digits_model.onnx_bytes, version="1.0.0")
+    release_images.send(w, signer, artifacts, good, 1)
     w.wait_status(active_on(good.ref), what="good release active", timeout=120)
     (serving,) = _running(release_images, a.device_id)
 
     # fails its health check: the model answers NaN
-    nan = _release(
-        signer, release_images, faults.nan_scores(digits_model.onnx_bytes), version="1.1.0"
+    nan = release_images.release(
+        signer, faults.nan_scores(digits_model.onnx_bytes), version="1.1.0"
     )
-    _send(w, signer, artifacts, release_images, nan, 2)
+    release_images.send(w, signer, artifacts, nan, 2)
     failed = w.wait_event("install_failed", generation=2, timeout=120)
     assert "NaN or infinity" in failed.message and "still serving: digits:1.0.0" in failed.message
     assert predict(a.endpoint, {"pixels": digits_data.x_test[:1]}).release == "digits:1.0.0"
     wait_for("only the old container", lambda: _running(release_images, a.device_id) == [serving])
 
     # crashes at start: the image holds no loadable model
-    crash = _release(signer, release_images, b"not an onnx model", version="1.2.0")
-    _send(w, signer, artifacts, release_images, crash, 3)
+    crash = release_images.release(signer, b"not an onnx model", version="1.2.0")
+    release_images.send(w, signer, artifacts, crash, 3)
     failed = w.wait_event("install_failed", generation=3, timeout=120)
     assert "exited with status" in failed.message and "ONNX Runtime cannot load" in failed.message
     assert predict(a.endpoint, {"pixels": digits_data.x_test[:1]}).release == "digits:1.0.0"
@@ -153,17 +117,14 @@ def test_a_bad_container_is_rolled_back_and_the_old_one_keeps_serving(
 
 
 def test_an_image_that_is_not_the_signed_one_is_refused(
-    start_agent: StartAgent,
-    watch: Callable[[str], Watcher],
+    container_agent: ContainerAgent,
     signer: Signer,
     artifacts: ArtifactServer,
     release_images: Images,
     digits_model: TrainedModel,
     digits_model_v2: TrainedModel,
 ) -> None:
-    a = start_agent()
-    release_images.devices.append(a.device_id)
-    w = watch(a.device_id)
+    a, w = container_agent
     # the registry serves an image of another model under the release's tag
     other = release_images.build(digits_model_v2.onnx_bytes, version="2.0.0")
     pushed = signer.release(digits_model_v2.onnx_bytes, version="2.0.0")
@@ -172,7 +133,7 @@ def test_an_image_that_is_not_the_signed_one_is_refused(
     release = container_release(
         signer, signer.release(digits_model.onnx_bytes, version="2.0.0"), signed
     )
-    _send(w, signer, artifacts, release_images, release, 1)
+    release_images.send(w, signer, artifacts, release, 1)
     failed = w.wait_event("install_failed", generation=1, timeout=120)
     assert "digest mismatch" in failed.message and signed in failed.message
     assert release_images.ours(a.device_id) == []

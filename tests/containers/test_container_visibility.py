@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -20,48 +19,14 @@ from edgefleet.agent import config, containers
 from edgefleet.agent.daemon import Agent
 from edgefleet.common import types as t
 from edgefleet.demo.digits import DigitsData, TrainedModel
-from tests.agent.conftest import StartAgent
 from tests.agent.helpers import (
     ArtifactServer,
-    Release,
     Signer,
-    Watcher,
     active_on,
     predict,
     wait_for,
 )
-from tests.containers.conftest import Images, container_release
-
-
-def _release(
-    signer: Signer,
-    release_images: Images,
-    model: bytes,
-    *,
-    version: str,
-    health: t.HealthPolicy | None = None,
-) -> Release:
-    built = release_images.build(model, version=version)
-    plain = signer.release(model, version=version, health=health)
-    release = container_release(signer, plain, built.digest)
-    release_images.push(release.manifest)
-    return release
-
-
-def _send(
-    w: Watcher,
-    signer: Signer,
-    artifacts: ArtifactServer,
-    release_images: Images,
-    release: Release,
-    generation: int,
-) -> None:
-    artifacts.publish(release)
-    w.publish_desired(
-        signer.desired(
-            release, device_id=w.device_id, generation=generation, sources=[release_images.source]
-        )
-    )
+from tests.containers.conftest import ContainerAgent, Images
 
 
 def _scrape(port: int | None) -> dict[tuple[str, str], float]:
@@ -77,19 +42,16 @@ def _scrape(port: int | None) -> dict[tuple[str, str], float]:
 
 
 def test_the_serving_container_is_in_the_status_and_on_metrics(
-    start_agent: StartAgent,
-    watch: Callable[[str], Watcher],
+    container_agent: ContainerAgent,
     signer: Signer,
     artifacts: ArtifactServer,
     release_images: Images,
     digits_model: TrainedModel,
     digits_data: DigitsData,
 ) -> None:
-    a = start_agent()
-    release_images.devices.append(a.device_id)
-    w = watch(a.device_id)
-    release = _release(signer, release_images, digits_model.onnx_bytes, version="1.0.0")
-    _send(w, signer, artifacts, release_images, release, 1)
+    a, w = container_agent
+    release = release_images.release(signer, digits_model.onnx_bytes, version="1.0.0")
+    release_images.send(w, signer, artifacts, release, 1)
     w.wait_status(active_on(release.ref), what="container release active", timeout=120)
     for _ in range(20):  # some CPU to count
         predict(a.endpoint, {"pixels": digits_data.x_test[:8]})
@@ -119,8 +81,7 @@ def test_the_serving_container_is_in_the_status_and_on_metrics(
 
 
 def test_a_container_that_dies_in_its_health_window_leaves_its_log_in_rolled_back(
-    start_agent: StartAgent,
-    watch: Callable[[str], Watcher],
+    container_agent: ContainerAgent,
     signer: Signer,
     artifacts: ArtifactServer,
     release_images: Images,
@@ -128,22 +89,19 @@ def test_a_container_that_dies_in_its_health_window_leaves_its_log_in_rolled_bac
     digits_model_v2: TrainedModel,
     digits_data: DigitsData,
 ) -> None:
-    a = start_agent()
-    release_images.devices.append(a.device_id)
-    w = watch(a.device_id)
-    good = _release(signer, release_images, digits_model.onnx_bytes, version="1.0.0")
-    _send(w, signer, artifacts, release_images, good, 1)
+    a, w = container_agent
+    good = release_images.release(signer, digits_model.onnx_bytes, version="1.0.0")
+    release_images.send(w, signer, artifacts, good, 1)
     w.wait_status(active_on(good.ref), what="good release active", timeout=120)
     (old,) = release_images.ours(a.device_id)
 
-    watched = _release(
+    watched = release_images.release(
         signer,
-        release_images,
         digits_model_v2.onnx_bytes,
         version="1.1.0",
         health=t.HealthPolicy(smoke_inference=True, health_window_s=300.0),
     )
-    _send(w, signer, artifacts, release_images, watched, 2)
+    release_images.send(w, signer, artifacts, watched, 2)
     w.wait_status(
         lambda s: s.active_release == "digits:1.1.0" and s.phase is t.InstallPhase.HEALTH_CHECK,
         what="1.1.0 active in its health window",

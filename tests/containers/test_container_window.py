@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,9 +19,8 @@ import pytest
 from edgefleet.agent import containers
 from edgefleet.common import types as t
 from edgefleet.demo.digits import DigitsData, TrainedModel
-from tests.agent.conftest import StartAgent
 from tests.agent.helpers import ArtifactServer, Signer, Watcher, active_on, predict, wait_for
-from tests.containers.conftest import Images, container_release
+from tests.containers.conftest import ContainerAgent, Images
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +38,8 @@ def _offer(
     generation: int,
     health: t.HealthPolicy | None = None,
 ) -> str:
-    built = images.build(model, version=version)
-    release = container_release(
-        signer, signer.release(model, version=version, health=health), built.digest
-    )
-    images.push(release.manifest)
-    artifacts.publish(release)
-    w.publish_desired(
-        signer.desired(
-            release, device_id=w.device_id, generation=generation, sources=[images.source]
-        )
-    )
+    release = images.release(signer, model, version=version, health=health)
+    images.send(w, signer, artifacts, release, generation)
     return release.ref
 
 
@@ -69,17 +58,14 @@ def _container_of(images: Images, device_id: str, release: str) -> Any:
 
 
 def test_a_container_that_crashes_or_exits_in_its_window_is_rolled_back(
-    start_agent: StartAgent,
-    watch: Callable[[str], Watcher],
+    container_agent: ContainerAgent,
     signer: Signer,
     artifacts: ArtifactServer,
     release_images: Images,
     digits_model: TrainedModel,
     digits_data: DigitsData,
 ) -> None:
-    a = start_agent()
-    release_images.devices.append(a.device_id)
-    w = watch(a.device_id)
+    a, w = container_agent
     model, x = digits_model.onnx_bytes, digits_data.x_test[:1]
     v1 = _offer(w, signer, artifacts, release_images, model, version="1.0.0", generation=1)
     w.wait_status(active_on(v1), what="v1 active", timeout=120)
