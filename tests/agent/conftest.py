@@ -14,7 +14,7 @@ import pytest
 
 from edgefleet.agent import config, failpoints
 from edgefleet.agent.daemon import Agent, Endpoints
-from tests.agent.helpers import ArtifactServer, Signer, Watcher, unique_id
+from tests.agent.helpers import AgentProcess, ArtifactServer, Signer, Watcher, unique_id
 from tests.conftest import Broker
 
 
@@ -107,3 +107,32 @@ def short_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="ef-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# spawn(device_id=None, *, broker=None): an agent process, not started yet
+Spawn = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def spawn(
+    tmp_path: Path, signer: Signer, artifacts: ArtifactServer, broker: Broker
+) -> Iterator[Spawn]:
+    """Make ``AgentProcess``es (not started) for ``device_id`` (a new one if not given) on
+    ``broker`` (the session's if not given); every one made is killed at the end."""
+    procs: list[AgentProcess] = []
+
+    def make(device_id: str | None = None, *, broker: Broker = broker) -> AgentProcess:
+        device_id = device_id or unique_id()
+        p = AgentProcess(
+            device_id=device_id,
+            data_dir=tmp_path / device_id,
+            broker_url=broker.url,
+            controller=artifacts.address,
+            key_file=signer.key_file,
+        )
+        procs.append(p)
+        return p
+
+    yield make
+    for p in procs:
+        p.kill()

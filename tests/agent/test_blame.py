@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -27,9 +27,8 @@ from edgefleet.agent.runtime import LoadedModel, ModelRuntime, spec_of
 from edgefleet.common import types as t
 from edgefleet.controller.rollouts import engine, rows, strategy
 from edgefleet.controller.rollouts.engine import Report, RolloutPhase
-from tests.agent.conftest import RunningAgent, StartAgent
+from tests.agent.conftest import RunningAgent, Spawn, StartAgent
 from tests.agent.helpers import (
-    AgentProcess,
     ArtifactServer,
     Release,
     Signer,
@@ -37,10 +36,8 @@ from tests.agent.helpers import (
     active_on,
     offer,
     predict,
-    unique_id,
     wait_for,
 )
-from tests.conftest import Broker
 
 F32 = np.float32
 P = t.InstallPhase
@@ -412,32 +409,9 @@ def test_refused_inputs_stay_out_of_the_error_rate_the_rollout_gate_reads(
     assert failed.phase is RolloutPhase.ROLLING_BACK and "error-rate gate" in failed.reason
 
 
-@pytest.fixture
-def spawn(
-    tmp_path: Path, signer: Signer, artifacts: ArtifactServer, broker: Broker
-) -> Iterator[Callable[[], AgentProcess]]:
-    procs: list[AgentProcess] = []
-
-    def make() -> AgentProcess:
-        device_id = unique_id()
-        p = AgentProcess(
-            device_id=device_id,
-            data_dir=tmp_path / device_id,
-            broker_url=broker.url,
-            controller=artifacts.address,
-            key_file=signer.key_file,
-        )
-        procs.append(p)
-        return p
-
-    yield make
-    for p in procs:
-        p.kill()
-
-
 @pytest.mark.slow
 def test_an_agent_process_counts_runtime_failures_but_not_refused_inputs(
-    spawn: Callable[[], AgentProcess],
+    spawn: Spawn,
     watch: Callable[[str], Watcher],
     signer: Signer,
     artifacts: ArtifactServer,

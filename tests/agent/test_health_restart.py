@@ -8,15 +8,14 @@ loading ``max_load_failures`` times in a row is rolled back at the next start.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from edgefleet.agent.state import StateFile
 from edgefleet.common import types as t
 from edgefleet.demo.digits import DigitsData, TrainedModel
-from tests.agent.conftest import StartAgent
+from tests.agent.conftest import Spawn, StartAgent
 from tests.agent.helpers import (
     AgentProcess,
     ArtifactServer,
@@ -25,37 +24,13 @@ from tests.agent.helpers import (
     Watcher,
     active_on,
     predict,
-    unique_id,
     wait_for,
 )
-from tests.conftest import Broker
 
 pytestmark = pytest.mark.slow
 P = t.InstallPhase
 # an agent process serving v1, its watcher, and offer(release, generation)
 OnV1 = tuple[AgentProcess, Watcher, Callable[[Release, int], None]]
-
-
-@pytest.fixture
-def spawn(
-    tmp_path: Path, signer: Signer, artifacts: ArtifactServer, broker: Broker
-) -> Iterator[Callable[[str], AgentProcess]]:
-    procs: list[AgentProcess] = []
-
-    def make(device_id: str) -> AgentProcess:
-        p = AgentProcess(
-            device_id=device_id,
-            data_dir=tmp_path / device_id,
-            broker_url=broker.url,
-            controller=artifacts.address,
-            key_file=signer.key_file,
-        )
-        procs.append(p)
-        return p
-
-    yield make
-    for p in procs:
-        p.kill()
 
 
 def apply(
@@ -69,13 +44,13 @@ def apply(
 def on_v1(
     signer: Signer,
     artifacts: ArtifactServer,
-    spawn: Callable[[str], AgentProcess],
+    spawn: Spawn,
     watch: Callable[[str], Watcher],
     digits_model: TrainedModel,
 ) -> OnV1:
     """An agent process on a new device serving digits:1.0.0 (generation 1), its watcher, and
     ``offer(release, generation)`` to publish a release to it."""
-    p = spawn(unique_id())
+    p = spawn()
     w = watch(p.device_id)
     p.start()
     apply(w, signer, artifacts, signer.release(digits_model.onnx_bytes, version="1.0.0"), 1)
@@ -150,7 +125,7 @@ def test_dying_while_loading_k_times_rolls_back(
     start_agent: StartAgent,
     signer: Signer,
     artifacts: ArtifactServer,
-    spawn: Callable[[str], AgentProcess],
+    spawn: Spawn,
     watch: Callable[[str], Watcher],
     digits_model: TrainedModel,
     digits_model_v2: TrainedModel,

@@ -3,7 +3,7 @@ graceful SIGTERM. After any crash the device is on a verified model, never a par
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,44 +13,19 @@ from edgefleet.agent.state import StateFile
 from edgefleet.common import digests
 from edgefleet.common import types as t
 from edgefleet.demo.digits import DigitsData, TrainedModel
-from tests.agent.conftest import StartAgent
+from tests.agent.conftest import Spawn, StartAgent
 from tests.agent.helpers import (
-    AgentProcess,
     ArtifactServer,
     Signer,
     Watcher,
     install,
     model_info,
     predict,
-    unique_id,
     wait_for,
 )
 from tests.conftest import Broker
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def spawn(
-    tmp_path: Path, signer: Signer, artifacts: ArtifactServer
-) -> Iterator[Callable[..., AgentProcess]]:
-    procs: list[AgentProcess] = []
-
-    def make(*, broker: Broker, device_id: str | None = None) -> AgentProcess:
-        device_id = device_id or unique_id()
-        p = AgentProcess(
-            device_id=device_id,
-            data_dir=tmp_path / device_id,
-            broker_url=broker.url,
-            controller=artifacts.address,
-            key_file=signer.key_file,
-        )
-        procs.append(p)
-        return p
-
-    yield make
-    for p in procs:
-        p.kill()
 
 
 def install_v1_in_process(
@@ -78,7 +53,7 @@ def test_broker_down_at_start_keeps_serving_then_connects(
     start_agent: StartAgent,
     signer: Signer,
     artifacts: ArtifactServer,
-    spawn: Callable[..., AgentProcess],
+    spawn: Spawn,
     digits_model: TrainedModel,
     digits_data: DigitsData,
 ) -> None:
@@ -124,7 +99,7 @@ def test_sigkill_mid_download_resumes_from_the_offset(
     broker: Broker,
     signer: Signer,
     artifacts: ArtifactServer,
-    spawn: Callable[..., AgentProcess],
+    spawn: Spawn,
     watch: Callable[[str], Watcher],
     digits_model: TrainedModel,
     digits_data: DigitsData,
@@ -165,7 +140,7 @@ def test_sigkill_mid_activation_lands_on_a_verified_model(
     start_agent: StartAgent,
     signer: Signer,
     artifacts: ArtifactServer,
-    spawn: Callable[..., AgentProcess],
+    spawn: Spawn,
     watch: Callable[[str], Watcher],
     digits_model: TrainedModel,
     digits_model_v2: TrainedModel,
