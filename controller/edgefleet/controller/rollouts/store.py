@@ -29,7 +29,7 @@ from edgefleet.controller.db import (
 from edgefleet.controller.enrollment import SKIPPED_BY_ROLLOUTS
 from edgefleet.controller.records import ROLLBACK, RolloutPage, RolloutRecord
 from edgefleet.controller.rollouts import history, rows
-from edgefleet.controller.rollouts.engine import Report, RolloutPhase, SendDesired
+from edgefleet.controller.rollouts.engine import Report, RolloutPhase, SendDesired, Target
 from edgefleet.controller.rollouts.history import Transition
 
 GATE_FAILED = "rollout_gate_failed"
@@ -37,6 +37,24 @@ GATE_FAILED = "rollout_gate_failed"
 message is the one-line explanation, so ``edgectl events`` shows it beside the device's own."""
 
 _ABORTED = (RolloutPhase.ROLLING_BACK.value, RolloutPhase.ROLLED_BACK.value)
+
+
+def _with_targets(
+    session: Session, rollout_id: str, *, limit: int | None = None
+) -> tuple[RolloutRow, list[Target]]:
+    """The rollout's row and its targets in device id order (the first ``limit`` of them);
+    NotFoundError for an unknown rollout."""
+    row = session.get(RolloutRow, rollout_id)
+    if row is None:
+        raise NotFoundError("rollout", rollout_id)
+    stmt = (
+        select(*rows.TARGET_COLUMNS)
+        .where(RolloutTargetRow.rollout_id == rollout_id)
+        .order_by(RolloutTargetRow.device_id)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return row, [rows.target(t) for t in session.execute(stmt)]
 
 
 @dataclass(frozen=True)
@@ -90,32 +108,14 @@ class RolloutStore:
 
     def load(self, rollout_id: str) -> RolloutRecord:
         with self._db.read() as session:
-            row = session.get(RolloutRow, rollout_id)
-            if row is None:
-                raise NotFoundError("rollout", rollout_id)
-            stmt = (
-                select(*rows.TARGET_COLUMNS)
-                .where(RolloutTargetRow.rollout_id == rollout_id)
-                .order_by(RolloutTargetRow.device_id)
-            )
-            targets = [rows.target(t) for t in session.execute(stmt)]
-            return rows.record(row, targets)
+            return rows.record(*_with_targets(session, rollout_id))
 
     def page(self, rollout_id: str, *, device_limit: int) -> RolloutPage:
         """The rollout with its first ``device_limit`` targets (by device id) and every target
         counted by state: what GetRollout shows, without reading 10,000 targets to list 1,000."""
         t = RolloutTargetRow
         with self._db.read() as session:
-            row = session.get(RolloutRow, rollout_id)
-            if row is None:
-                raise NotFoundError("rollout", rollout_id)
-            listed = (
-                select(*rows.TARGET_COLUMNS)
-                .where(t.rollout_id == rollout_id)
-                .order_by(t.device_id)
-                .limit(device_limit)
-            )
-            targets = [rows.target(r) for r in session.execute(listed)]
+            row, targets = _with_targets(session, rollout_id, limit=device_limit)
             by_state = select(t.state, func.count()).where(t.rollout_id == rollout_id)
             counts = {s: int(n) for s, n in session.execute(by_state.group_by(t.state))}
             rec = rows.record(row, targets)
