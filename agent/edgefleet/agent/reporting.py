@@ -22,26 +22,15 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Protocol
 
 from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.state import DeviceState
 from edgefleet.common import topics, wire
 from edgefleet.common import types as t
 from edgefleet.common.errors import TransientError
+from edgefleet.common.mqttclient import Publisher
 
 log = logging.getLogger(__name__)
-
-
-class Publisher(Protocol):
-    """The slice of ``MqttSession`` the reporter needs."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
-    ) -> object: ...
 
 
 REFRESH_AFTER_S = 2.0  # after a reconnect, status and presence go out once more

@@ -19,11 +19,11 @@ from collections.abc import Callable
 
 from edgefleet.common import topics, trustbundle
 from edgefleet.common.errors import EdgeFleetError
+from edgefleet.common.mqttclient import Publisher
 from edgefleet.common.trustbundle import Roster, RosterEntry, TrustBundle
 from edgefleet.controller import roster as rosters
 from edgefleet.controller.db import Database
 from edgefleet.controller.keys import KeyRing
-from edgefleet.controller.rollouts.sender import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
@@ -124,6 +124,18 @@ class Will:
     payload: bytes
     qos: int = 1
     retain: bool = True
+
+
+class Publisher(Protocol):
+    """The slice of ``MqttSession`` that sends: what the agent's reporter and the
+    controller's senders are given."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> object: ...
 
 
 class MqttSession:

@@ -18,11 +18,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from edgefleet.common import desired, topics
 from edgefleet.common import types as t
 from edgefleet.common.errors import InvalidInputError, NotFoundError, TransientError
+from edgefleet.common.mqttclient import Publisher
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.peering import PeerSources, choose
@@ -30,17 +30,6 @@ from edgefleet.controller.records import Release
 from edgefleet.controller.releases import Releases
 
 log = logging.getLogger(__name__)
-
-
-class Publisher(Protocol):
-    """The MQTT session as the controller uses it to send."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    def publish(
-        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
-    ) -> object: ...
 
 
 @dataclass(frozen=True)
