@@ -26,6 +26,7 @@ from tests.agent.conftest import (  # the fixtures: the tests here use them too
     StartAgent,
     artifacts,  # noqa: F401
     signer,  # noqa: F401
+    spawn,  # noqa: F401
     start_agent,  # noqa: F401
     watch,  # noqa: F401
 )

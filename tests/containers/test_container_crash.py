@@ -12,27 +12,25 @@ from the local image.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from edgefleet.agent import containers
 from edgefleet.demo.digits import DigitsData, TrainedModel
+from tests.agent.conftest import Spawn
 from tests.agent.helpers import (
     AgentProcess,
     ArtifactServer,
-    Release,
     Signer,
     Watcher,
     active_on,
     predict,
-    unique_id,
     wait_for,
 )
 from tests.conftest import Broker
-from tests.containers.conftest import Images, container_release
+from tests.containers.conftest import Images
 
 pytestmark = pytest.mark.slow
 
@@ -43,50 +41,16 @@ AFTER_SWITCH = ["after_activate_state", "after_switch", "container_remove"]
 
 
 @pytest.fixture
-def spawn(
-    tmp_path: Path, signer: Signer, artifacts: ArtifactServer, release_images: Images
-) -> Iterator[Callable[..., AgentProcess]]:
-    procs: list[AgentProcess] = []
+def spawn(release_images: Images, spawn: Spawn) -> Spawn:
+    """The agent tests' ``spawn``, with each device's containers and images removed at the end
+    (``release_images`` first: its clean-up then runs after the processes are killed)."""
 
-    def make(*, broker: Broker, device_id: str | None = None) -> AgentProcess:
-        device_id = device_id or unique_id()
-        release_images.devices.append(device_id)
-        p = AgentProcess(
-            device_id=device_id,
-            data_dir=tmp_path / device_id,
-            broker_url=broker.url,
-            controller=artifacts.address,
-            key_file=signer.key_file,
-        )
-        procs.append(p)
+    def make(device_id: str | None = None, *, broker: Broker) -> AgentProcess:
+        p = spawn(device_id, broker=broker)
+        release_images.devices.append(p.device_id)
         return p
 
-    yield make
-    for p in procs:
-        p.kill()
-
-
-def _release(signer: Signer, images: Images, model: bytes, *, version: str) -> Release:
-    built = images.build(model, version=version)
-    release = container_release(signer, signer.release(model, version=version), built.digest)
-    images.push(release.manifest)
-    return release
-
-
-def _offer(
-    w: Watcher,
-    signer: Signer,
-    artifacts: ArtifactServer,
-    images: Images,
-    release: Release,
-    generation: int,
-) -> None:
-    artifacts.publish(release)
-    w.publish_desired(
-        signer.desired(
-            release, device_id=w.device_id, generation=generation, sources=[images.source]
-        )
-    )
+    return make
 
 
 def _containers(images: Images, device_id: str) -> list[Any]:
@@ -109,7 +73,7 @@ def _serving(images: Images, device_id: str, release: str) -> tuple[str, str]:
 def test_an_agent_killed_mid_switch_comes_back_on_one_container_and_adopts_it(
     point: str,
     broker: Broker,
-    spawn: Callable[..., AgentProcess],
+    spawn: Spawn,
     watch: Callable[[str], Watcher],
     signer: Signer,
     artifacts: ArtifactServer,
@@ -121,17 +85,17 @@ def test_an_agent_killed_mid_switch_comes_back_on_one_container_and_adopts_it(
     p = spawn(broker=broker)
     w = watch(p.device_id)
     p.start()
-    v1 = _release(signer, release_images, digits_model.onnx_bytes, version="1.0.0")
-    _offer(w, signer, artifacts, release_images, v1, 1)
+    v1 = release_images.release(signer, digits_model.onnx_bytes, version="1.0.0")
+    release_images.send(w, signer, artifacts, v1, 1)
     w.wait_status(active_on(v1.ref), what="v1 active", timeout=120)
     v1_id, v1_started = _serving(release_images, p.device_id, v1.ref)
 
-    v2 = _release(signer, release_images, digits_model_v2.onnx_bytes, version="2.0.0")
+    v2 = release_images.release(signer, digits_model_v2.onnx_bytes, version="2.0.0")
     if point in ("image_pull", "after_pull"):  # so that the device pulls it
         release_images.client.images.remove(v2.manifest.image, force=True)
     p.kill()  # a real SIGKILL while idle: the next start adopts v1's container
     p.launch(failpoints=f"{point}=kill")
-    _offer(w, signer, artifacts, release_images, v2, 2)
+    release_images.send(w, signer, artifacts, v2, 2)
     assert p.wait_exit(timeout=120) == 137, p.output()
     assert f"failpoint {point}" in p.output()
 
@@ -168,7 +132,7 @@ def test_an_agent_killed_mid_switch_comes_back_on_one_container_and_adopts_it(
 
 def test_without_a_broker_the_device_keeps_serving_and_restarts_from_the_local_image(
     own_broker: Broker,
-    spawn: Callable[..., AgentProcess],
+    spawn: Spawn,
     signer: Signer,
     artifacts: ArtifactServer,
     release_images: Images,
@@ -179,8 +143,8 @@ def test_without_a_broker_the_device_keeps_serving_and_restarts_from_the_local_i
     w = Watcher(own_broker.url, device_id=p.device_id)
     try:
         info = p.start()
-        v1 = _release(signer, release_images, digits_model.onnx_bytes, version="1.0.0")
-        _offer(w, signer, artifacts, release_images, v1, 1)
+        v1 = release_images.release(signer, digits_model.onnx_bytes, version="1.0.0")
+        release_images.send(w, signer, artifacts, v1, 1)
         w.wait_status(active_on(v1.ref), what="v1 active", timeout=120)
     finally:
         w.close()
