@@ -41,7 +41,7 @@ TimeoutOption = Annotated[
         metavar="SECONDS",
     ),
 ]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+JsonOption = shell.Json
 
 
 def strategy_message(

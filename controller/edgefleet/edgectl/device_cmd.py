@@ -27,7 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Json = shell.Json
 Device = Annotated[str, typer.Argument(help="Device id.", metavar="DEVICE")]
 
 

@@ -42,7 +42,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Json = shell.Json
 
 
 @app.command("add")

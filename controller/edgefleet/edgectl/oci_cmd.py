@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # docker, numpy, grpc and rich: loaded when a command runs, n
 ReleaseArg = Annotated[
     str, typer.Argument(help="The release NAME:VERSION.", metavar="NAME:VERSION")
 ]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Json = shell.Json
 
 
 def _progress(*, quiet: bool) -> Progress:

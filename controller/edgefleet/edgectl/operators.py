@@ -24,7 +24,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Json = shell.Json
 
 
 def operator_dict(o: pb.OperatorInfo) -> dict[str, Any]:

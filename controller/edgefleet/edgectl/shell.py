@@ -21,7 +21,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
@@ -33,6 +33,8 @@ from edgefleet.edgectl import output
 if TYPE_CHECKING:  # grpc is loaded by the first command that calls, not for --help
     from edgefleet.edgectl.client import ControllerClient
 
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+"""The ``--json`` option of the commands that print JSON for scripts."""
 DEFAULT_CONTROLLER = "127.0.0.1:50052"  # the controller's operator API (--api)
 COMMAND_ORDER = (
     "keys", "model", "release", "deploy", "rollout", "rollback", "devices", "device", "top",
