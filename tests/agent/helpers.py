@@ -330,6 +330,22 @@ def predict(
         return stub.Predict(request, timeout=10)
 
 
+def predict_request(
+    endpoint: str, request: inference_pb2.PredictRequest
+) -> inference_pb2.PredictResponse:
+    """``request`` as it is, over gRPC at ``endpoint`` (a host:port or ``unix:`` target)."""
+    with grpc.insecure_channel(endpoint) as channel:
+        reply: inference_pb2.PredictResponse = inference_pb2_grpc.InferenceServiceStub(
+            channel
+        ).Predict(request, timeout=10)
+        return reply
+
+
+def outputs(reply: inference_pb2.PredictResponse) -> dict[str, tuple[str, list[int], bytes]]:
+    """A reply's tensors by name: dtype, shape and raw bytes, to compare replies bit for bit."""
+    return {t.name: (t.dtype, list(t.shape), t.data) for t in reply.outputs}
+
+
 def model_info(endpoint: str) -> inference_pb2.ModelInfoResponse:
     with grpc.insecure_channel(endpoint) as channel:
         stub = inference_pb2_grpc.InferenceServiceStub(channel)

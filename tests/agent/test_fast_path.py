@@ -32,6 +32,8 @@ from tests.agent.helpers import (
     AgentProcess,
     ArtifactServer,
     Signer,
+    outputs,
+    predict_request,
     serving_v1,
     unique_id,
     wait_for,
@@ -77,18 +79,6 @@ def fast_agent(
         proc, signer, artifacts, digits_model.onnx_bytes, broker_url=broker.url
     ) as info:
         yield FastAgent(proc, info)
-
-
-def over_grpc(target: str, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
-    with grpc.insecure_channel(target) as channel:
-        reply: inference_pb2.PredictResponse = inference_pb2_grpc.InferenceServiceStub(
-            channel
-        ).Predict(request, timeout=10)
-        return reply
-
-
-def outputs(reply: inference_pb2.PredictResponse) -> dict[str, tuple[str, list[int], bytes]]:
-    return {t.name: (t.dtype, list(t.shape), t.data) for t in reply.outputs}
 
 
 def refusal(fn: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
@@ -148,7 +138,7 @@ def test_the_fast_socket_answers_as_grpc_does(
     assert written["predict_fast_socket"] == f"unix:{a.fast}"
 
     x = np.ascontiguousarray(digits_data.x_test[:300])
-    expected = over_grpc(
+    expected = predict_request(
         a.unix, inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", x)])
     )
     with fastpath.FastPathClient(a.fast) as fast:
@@ -163,7 +153,7 @@ def test_the_fast_socket_answers_as_grpc_does(
         assert outputs(built) == {"label": outputs(expected)["label"]}
         strided = x[::2]  # not contiguous: sent as a copy, the same answer
         assert outputs(fast.call(fastpath.request_parts({"pixels": strided}))) == outputs(
-            over_grpc(
+            predict_request(
                 a.unix, inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", strided)])
             )
         )
@@ -171,7 +161,7 @@ def test_the_fast_socket_answers_as_grpc_does(
         large_request = inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", large)])
         for _ in range(2):
             assert outputs(fast.call(fastpath.request_parts({"pixels": large}))) == outputs(
-                over_grpc(a.unix, large_request)
+                predict_request(a.unix, large_request)
             )
         stager = sharedmem.Stager(threshold=0)
         try:
@@ -192,18 +182,18 @@ def test_the_fast_socket_answers_as_grpc_does(
         }
         for what, inputs in cases.items():
             request = inference_pb2.PredictRequest(inputs=inputs)
-            code, message = refusal(partial(over_grpc, a.unix, request))
+            code, message = refusal(partial(predict_request, a.unix, request))
             assert code == grpc.StatusCode.INVALID_ARGUMENT, what
             assert refusal(partial(fast.predict, request)) == (code, message), what
         region = inference_pb2.SharedTensor(
             name="pixels", dtype="float32", shape=[4, 64], region="../../etc/passwd", byte_size=1024
         )
         bad = inference_pb2.PredictRequest(shared_inputs=[region])
-        code, message = refusal(lambda: over_grpc(a.unix, bad))
+        code, message = refusal(lambda: predict_request(a.unix, bad))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a region name" in message
         assert refusal(lambda: fast.predict(bad)) == (code, message)
         no_such_output = inference_pb2.PredictRequest(inputs=[good], output_names=["nope"])
-        code, message = refusal(partial(over_grpc, a.unix, no_such_output))
+        code, message = refusal(partial(predict_request, a.unix, no_such_output))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert refusal(partial(fast.predict, no_such_output)) == (code, message)
         assert outputs(fast.call(fastpath.request_parts({"pixels": x}))) == outputs(expected)
@@ -225,7 +215,7 @@ def test_frames_the_fast_socket_refuses(fast_agent: FastAgent, digits_data: Digi
     a = fast_agent
     x = np.ascontiguousarray(digits_data.x_test[:4])
     request = inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", x)])
-    expected = outputs(over_grpc(a.unix, request))
+    expected = outputs(predict_request(a.unix, request))
 
     with raw(a.fast) as sock:  # garbage: INVALID_ARGUMENT, and the connection serves on
         sock.sendall(frame(b"\xff\xff\xff\xff"))
@@ -295,7 +285,9 @@ def test_sealed_regions_passed_by_descriptor(
     pid = a.proc.proc.pid
     x = np.ascontiguousarray(digits_data.x_test[:300])
     expected = outputs(
-        over_grpc(a.unix, inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", x)]))
+        predict_request(
+            a.unix, inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", x)])
+        )
     )
     stager = sharedmem.Stager(threshold=0)
     with (
@@ -319,7 +311,7 @@ def test_sealed_regions_passed_by_descriptor(
         beyond.shared_inputs[0].offset = 64
         code, message = refusal(partial(fast.predict, beyond, fds=fds))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "are beyond its" in message
-        code, message = refusal(partial(over_grpc, a.unix, request))  # no descriptor there
+        code, message = refusal(partial(predict_request, a.unix, request))  # no descriptor there
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a region name" in message
 
         unsealed = os.memfd_create("unsealed", os.MFD_CLOEXEC)

@@ -28,6 +28,8 @@ from tests.agent.helpers import (
     AgentProcess,
     ArtifactServer,
     Signer,
+    outputs,
+    predict_request,
     serving_v1,
     unique_id,
 )
@@ -66,20 +68,8 @@ def local_agent(
         yield LocalAgent(proc, info)
 
 
-def call(target: str, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
-    with grpc.insecure_channel(target) as channel:
-        reply: inference_pb2.PredictResponse = inference_pb2_grpc.InferenceServiceStub(
-            channel
-        ).Predict(request, timeout=10)
-        return reply
-
-
 def inline(x: np.ndarray) -> inference_pb2.PredictRequest:
     return inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", x)])
-
-
-def outputs(reply: inference_pb2.PredictResponse) -> dict[str, tuple[str, list[int], bytes]]:
-    return {t.name: (t.dtype, list(t.shape), t.data) for t in reply.outputs}
 
 
 def leftover_regions() -> list[str]:
@@ -97,8 +87,8 @@ def test_the_socket_serves_what_tcp_serves_bit_for_bit(
     assert f"socket={a.unix}" in a.proc.output()  # the ready line
 
     x = digits_data.x_test[:300]  # 76 800 bytes: over the default shared-memory threshold
-    over_tcp = call(a.tcp, inline(x))
-    over_unix = call(a.unix, inline(x))
+    over_tcp = predict_request(a.tcp, inline(x))
+    over_unix = predict_request(a.unix, inline(x))
     assert over_unix.device_id == over_tcp.device_id == a.proc.device_id
     assert over_unix.release == over_tcp.release == "digits:1.0.0"
     assert outputs(over_unix) == outputs(over_tcp)
@@ -106,7 +96,7 @@ def test_the_socket_serves_what_tcp_serves_bit_for_bit(
     stager = sharedmem.Stager()
     with stager.request({"pixels": x}) as request:
         assert not request.inputs and request.shared_inputs[0].region.startswith("edgefleet-")
-        via_shm = call(a.unix, request)
+        via_shm = predict_request(a.unix, request)
     assert outputs(via_shm) == outputs(over_tcp)
     stager.close()
 
@@ -164,17 +154,21 @@ def test_bad_shared_inputs_get_invalid_argument_and_the_agent_serves_on(
         ),
     ]
     try:
-        assert outputs(call(a.unix, shared())) == outputs(call(a.tcp, inline(x)))
+        assert outputs(predict_request(a.unix, shared())) == outputs(
+            predict_request(a.tcp, inline(x))
+        )
         for what, message, request in cases:
             with pytest.raises(grpc.RpcError) as err:
-                call(a.unix, request)
+                predict_request(a.unix, request)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
             assert message in (err.value.details() or ""), (what, err.value.details())
         with pytest.raises(grpc.RpcError) as err:  # shared memory over TCP: never
-            call(a.tcp, shared())
+            predict_request(a.tcp, shared())
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "only over the agent's Unix socket" in (err.value.details() or "")
-        assert outputs(call(a.unix, shared())) == outputs(call(a.tcp, inline(x)))
+        assert outputs(predict_request(a.unix, shared())) == outputs(
+            predict_request(a.tcp, inline(x))
+        )
     finally:
         link.unlink()
         region.close()
