@@ -125,15 +125,7 @@ def extras(
                     f"golden array {key!r} is not an input of the model "
                     f"({wire.describe_specs(inputs)})"
                 )
-            fits = not spec.shape or (
-                value.ndim == len(spec.shape)
-                and all(d < 0 or n == d for n, d in zip(value.shape, spec.shape, strict=True))
-            )
-            if not fits or (_numeric(spec.dtype) and value.dtype != np.dtype(spec.dtype)):
-                raise InvalidInputError(
-                    f"golden broadcast input {name!r} is {value.dtype.name}{list(value.shape)}; "
-                    f"the model has {spec.describe()} (given once, the whole input)"
-                )
+            _check_whole("broadcast input", value, spec, " (given once, the whole input)")
             shared[name] = value
         elif key.startswith(TOLERANCE):
             name = key.removeprefix(TOLERANCE)
@@ -350,8 +342,9 @@ def _carry(
     return carry
 
 
-def _check_whole(what: str, a: Array, spec: TensorSpec) -> None:
-    """``a`` must be ``spec``'s dtype and its whole shape (dynamic dimensions any size)."""
+def _check_whole(what: str, a: Array, spec: TensorSpec, note: str = "") -> None:
+    """``a`` must be ``spec``'s dtype and its whole shape (dynamic dimensions any size);
+    ``note`` ends the error's line."""
     fits = not spec.shape or (
         a.ndim == len(spec.shape)
         and all(d < 0 or n == d for n, d in zip(a.shape, spec.shape, strict=True))
@@ -359,7 +352,7 @@ def _check_whole(what: str, a: Array, spec: TensorSpec) -> None:
     if not fits or (_numeric(spec.dtype) and a.dtype != np.dtype(spec.dtype)):
         raise InvalidInputError(
             f"golden {what} {spec.name!r} is {a.dtype.name}{list(a.shape)}; the model has "
-            f"{spec.describe()}"
+            f"{spec.describe()}{note}"
         )
 
 
