@@ -11,10 +11,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
 
 from edgefleet.agent import hardware as probing
 from edgefleet.agent import variants as agent_variants
@@ -23,6 +21,7 @@ from edgefleet.common import types as t
 from edgefleet.controller.benchmarking import DeviceTimer
 from edgefleet.v1 import common_pb2, inference_pb2
 from edgefleet.v1 import controller_pb2 as pb
+from tests import tinymodels
 from tests.conftest import Broker
 from tests.controller import support
 from tests.controller.test_compressed_release import real_agent
@@ -32,26 +31,7 @@ ARCH = platform.machine()
 
 
 def _model(scale: float, *, depth: int = 1) -> bytes:
-    """x[N,8] -> y[N,8]: ``depth`` MatMuls by scale * I."""
-    w = helper.make_tensor(
-        "w", TensorProto.FLOAT, [8, 8], (np.eye(8, dtype=np.float32) * scale).ravel().tolist()
-    )
-    nodes, prev = [], "x"
-    for i in range(depth):
-        out = "y" if i == depth - 1 else f"h{i}"
-        nodes.append(helper.make_node("MatMul", [prev, "w"], [out]))
-        prev = out
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return tinymodels.matmul_chain(8, scale=scale, depth=depth)
 
 
 def _register(ctl: support.Running, name: str, data: bytes) -> str:

@@ -15,11 +15,9 @@ import json
 import platform
 from pathlib import Path
 
-import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
+from tests import tinymodels
 from tests.e2e.conftest import Fleet
 
 pytestmark = pytest.mark.e2e
@@ -27,24 +25,7 @@ pytestmark = pytest.mark.e2e
 
 def _model(path: Path, *, depth: int, tag: str) -> Path:
     """x[N,16] -> y[N,16] through ``depth`` MatMuls by I (other ``tag``: other bytes)."""
-    w = helper.make_tensor("w", TensorProto.FLOAT, [16, 16], np.eye(16).ravel().tolist())
-    nodes, prev = [], "x"
-    for i in range(depth):
-        out = "y" if i == depth - 1 else f"h{i}"
-        nodes.append(helper.make_node("MatMul", [prev, "w"], [out]))
-        prev = out
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
-        [w],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    model.doc_string = tag
-    onnx.checker.check_model(model)
-    onnx.save(model, path)
+    path.write_bytes(tinymodels.matmul_chain(16, depth=depth, tag=tag))
     return path
 
 
