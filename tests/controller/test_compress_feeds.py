@@ -114,6 +114,24 @@ def test_a_recurrent_model_compresses_over_a_stream_of_feeds_sent_in_chunks(
         client.upload_data(b"\0" * (EVAL_LIMIT + 1))
 
 
+def _canary_succeeds(ctl: support.Running, broker: Broker, tmp_path: Path, release: str) -> None:
+    """Deploy ``release`` as a one-device canary to a real agent of a fleet of its own: the
+    rollout succeeds (its golden check passed on the device) and the agent runs it."""
+    fleet = support.unique("fleet")
+    with real_agent(ctl, broker, tmp_path, fleet=fleet) as (agent, _):
+        answer = ctl.stub.Deploy(
+            pb.DeployRequest(
+                release=release,
+                fleet=fleet,
+                strategy=pb.RolloutStrategy(strategy_kind=pb.STRATEGY_KIND_CANARY, canary="1"),
+            ),
+            timeout=DEADLINE,
+        )
+        support.wait_phase(ctl.stub, answer.rollout_id, "succeeded")
+        runtime = agent.predictor.current
+        assert runtime is not None and runtime.release == release
+
+
 def test_a_model_with_a_scalar_input_passes_its_canary_on_golden_feeds(
     ctl: support.Running, broker: Broker, tmp_path: Path
 ) -> None:
@@ -128,19 +146,7 @@ def test_a_model_with_a_scalar_input_passes_its_canary_on_golden_feeds(
         timeout=DEADLINE,
     )
     assert info.manifest.golden_digest
-    fleet = support.unique("fleet")
-    with real_agent(ctl, broker, tmp_path, fleet=fleet) as (agent, _):
-        answer = ctl.stub.Deploy(
-            pb.DeployRequest(
-                release=f"{name}:1.0.0",
-                fleet=fleet,
-                strategy=pb.RolloutStrategy(strategy_kind=pb.STRATEGY_KIND_CANARY, canary="1"),
-            ),
-            timeout=DEADLINE,
-        )
-        support.wait_phase(ctl.stub, answer.rollout_id, "succeeded")
-        runtime = agent.predictor.current
-        assert runtime is not None and runtime.release == f"{name}:1.0.0"
+    _canary_succeeds(ctl, broker, tmp_path, f"{name}:1.0.0")
 
     wrong = feeds.join(given) | {feeds.key(0, "sr"): np.array(16000, np.int32)}
     with pytest.raises(grpc.RpcError, match="feed0 input 'sr'"):
@@ -178,19 +184,7 @@ def test_golden_feeds_of_a_recurrent_model_are_checked_as_one_stream_on_a_canary
         np.testing.assert_allclose(expected["stateN"], state_n, atol=1e-6)
         np.testing.assert_allclose(expected["y"], y, atol=1e-6)
 
-    fleet = support.unique("fleet")
-    with real_agent(ctl, broker, tmp_path, fleet=fleet) as (agent, _):
-        answer = ctl.stub.Deploy(
-            pb.DeployRequest(
-                release=f"{name}:1.0.0",
-                fleet=fleet,
-                strategy=pb.RolloutStrategy(strategy_kind=pb.STRATEGY_KIND_CANARY, canary="1"),
-            ),
-            timeout=DEADLINE,
-        )
-        support.wait_phase(ctl.stub, answer.rollout_id, "succeeded")
-        runtime = agent.predictor.current
-        assert runtime is not None and runtime.release == f"{name}:1.0.0"
+    _canary_succeeds(ctl, broker, tmp_path, f"{name}:1.0.0")
 
     bad = streamed | {"carry/state": np.array("no-such-output")}
     with pytest.raises(grpc.RpcError, match="'no-such-output' an output"):
