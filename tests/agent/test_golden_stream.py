@@ -9,32 +9,16 @@ import io
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from edgefleet.agent import checking
 from edgefleet.agent import goldenset as g
-from edgefleet.agent.runtime import LoadedModel, ModelRuntime, spec_of
 from edgefleet.common import feeds
 from edgefleet.common import types as t
+from tests.agent.test_blame import runtime_of
 from tests.compress.test_feeds import CARRY, _by_hand, recurrent, stream
 
 POLICY = t.HealthPolicy(golden_max_abs_error=1e-4)
-
-
-def runtime_of(model: bytes, tmp_path: Path) -> ModelRuntime:
-    path = tmp_path / "model.onnx"
-    path.write_bytes(model)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    manifest = t.Manifest(
-        name="m",
-        version="1.0.0",
-        model_digest="sha256:" + "0" * 64,
-        model_size=len(model),
-        inputs=tuple(spec_of(a) for a in session.get_inputs()),
-        outputs=tuple(spec_of(a) for a in session.get_outputs()),
-    )
-    return ModelRuntime.load(path, LoadedModel("m:1.0.0", "g1", manifest, "sha256:x"))
 
 
 def golden_npz(given: list[dict[str, np.ndarray]], outs: list[list[np.ndarray]]) -> bytes:
