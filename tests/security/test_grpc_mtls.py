@@ -404,25 +404,33 @@ def test_failover_between_enrolled_agents_is_mtls_and_forged_peers_get_nothing(
             impostor.stop()
 
 
-def test_edge_agent_run_enrolled_is_mtls_and_insecure_says_so(
-    ctl: support.Running, broker: Broker, tmp_path: Path
-) -> None:
-    """The real ``edge-agent run`` process: enrolled, it opens the mTLS peer listener (in
-    ``agent.json``) and says gRPC is mTLS; with ``--insecure`` it warns and opens none. The
-    session broker is plaintext: ``--insecure-mqtt`` (warned) lets the enrolled agent use it."""
-    data = tmp_path / "cam-9"
-    assert enroll(ctl, "cam-9", data).exit_code == 0
+def enrolled_agent(
+    ctl: support.Running, broker: Broker, tmp_path: Path, device_id: str
+) -> AgentProcess:
+    """A real ``edge-agent run`` (not started) for ``device_id``, enrolled with ``ctl`` into
+    ``tmp_path/device_id`` and trusting its signing keys: mTLS, no ``--insecure``."""
+    data = tmp_path / device_id
+    assert enroll(ctl, device_id, data).exit_code == 0
     key_file = tmp_path / "trusted.pem"
     ctl.stub.InitKey(pb.InitKeyRequest(), timeout=DEADLINE)
     key_file.write_text(trusted_pem(list(ctl.stub.ListKeys(pb.ListKeysRequest()).keys)))
-    agent = AgentProcess(
-        device_id="cam-9",
+    return AgentProcess(
+        device_id=device_id,
         data_dir=data,
         broker_url=broker.url,
         controller=ctl.address,
         key_file=key_file,
         insecure=False,
     )
+
+
+def test_edge_agent_run_enrolled_is_mtls_and_insecure_says_so(
+    ctl: support.Running, broker: Broker, tmp_path: Path
+) -> None:
+    """The real ``edge-agent run`` process: enrolled, it opens the mTLS peer listener (in
+    ``agent.json``) and says gRPC is mTLS; with ``--insecure`` it warns and opens none. The
+    session broker is plaintext: ``--insecure-mqtt`` (warned) lets the enrolled agent use it."""
+    agent = enrolled_agent(ctl, broker, tmp_path, "cam-9")
     agent.args.append("--insecure-mqtt")
     try:
         info = agent.start()

@@ -21,12 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.edgectl.keys import trusted_pem
-from edgefleet.v1 import controller_pb2 as pb
-from tests.agent.helpers import AgentProcess
 from tests.conftest import Broker, free_port
 from tests.controller import support
-from tests.security.test_grpc_mtls import DEADLINE, enroll, tls_settings
+from tests.security.test_grpc_mtls import enrolled_agent, tls_settings
 
 
 @pytest.fixture
@@ -74,26 +71,14 @@ def test_the_default_broker_url_is_refused_too(tmp_path: Path) -> None:
 def test_an_enrolled_agent_refuses_a_plaintext_broker(
     ctl: support.Running, broker: Broker, tmp_path: Path
 ) -> None:
-    data = tmp_path / "cam-40"
-    assert enroll(ctl, "cam-40", data).exit_code == 0
-    key_file = tmp_path / "trusted.pem"
-    ctl.stub.InitKey(pb.InitKeyRequest(), timeout=DEADLINE)
-    key_file.write_text(trusted_pem(list(ctl.stub.ListKeys(pb.ListKeysRequest()).keys)))
-    agent = AgentProcess(
-        device_id="cam-40",
-        data_dir=data,
-        broker_url=broker.url,
-        controller=ctl.address,
-        key_file=key_file,
-        insecure=False,
-    )
+    agent = enrolled_agent(ctl, broker, tmp_path, "cam-40")
     try:
         agent.launch()
         assert agent.wait_exit() == 2, agent.output()
         (line,) = [x for x in agent.output().splitlines() if "is plaintext: refused" in x]
         assert f"the broker mqtt://127.0.0.1:{broker.port} is plaintext: refused" in line
         assert "mqtts://" in line and "--insecure-mqtt" in line
-        assert not (data / "agent.json").exists()
+        assert not (agent.data_dir / "agent.json").exists()
 
         agent.args.append("--insecure")  # all plaintext on purpose: it starts
         info = agent.start()
