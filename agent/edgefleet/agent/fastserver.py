@@ -260,8 +260,6 @@ class FastServer:
         self._connections: set[socket.socket] = set()
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
-        self.refused_frames = 0
-        """Frames refused before the servicer saw them (too large, not a request, gRPC)."""
 
     @property
     def endpoint(self) -> str:
@@ -328,7 +326,6 @@ class FastServer:
 
     def _refuse(self, conn: socket.socket, code: grpc.StatusCode, message: str) -> None:
         """Answer ``code`` and close, reading nothing more."""
-        self.refused_frames += 1
         with contextlib.suppress(OSError):
             conn.settimeout(1.0)
             conn.sendall(fastpath.error_frame(code, message))
@@ -384,7 +381,6 @@ class FastServer:
         the connection is done."""
         (size,) = fastpath.REQUEST_HEADER.unpack(header)
         if header == fastpath.GRPC_PREFACE:
-            self.refused_frames += 1
             _answer_grpc(
                 conn,
                 grpc.StatusCode.UNAVAILABLE,
@@ -417,7 +413,6 @@ class FastServer:
         try:
             request, data = fastpath.split_request(body)
         except DecodeError as exc:
-            self.refused_frames += 1
             return [
                 fastpath.error_frame(
                     grpc.StatusCode.INVALID_ARGUMENT,
