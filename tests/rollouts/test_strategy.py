@@ -54,7 +54,9 @@ def test_invalid_values_fail_before_anything_is_sent(
     ("text", "seconds"), [("30s", 30.0), ("500ms", 0.5), ("2m", 120.0), ("1h", 3600.0), ("7", 7.0)]
 )
 def test_durations(text: str, seconds: float) -> None:
-    assert strategy.parse_duration(text, what="x") == seconds
+    """``--bake`` and ``--device-timeout`` read durations as edgectl's flags do."""
+    parsed = strategy.parse(bake=text, device_timeout=text)
+    assert (parsed.bake_s, parsed.device_timeout_s) == (seconds, seconds)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 ``--strategy canary --canary 10% --waves 25%,50%,100% --max-failures 5% --bake 30s``:
 amounts are a device count (``2``) or a share of the fleet (``10%``); waves are cumulative
-targets; durations take ``ms``, ``s``, ``m`` or ``h``.
+targets; durations take ``ms``, ``s``, ``m`` or ``h``, read by ``edgefleet.common.durations``
+as edgectl's flags are.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from edgefleet.common.durations import parse_duration
 from edgefleet.common.errors import InvalidInputError
 
 _AMOUNT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 class Kind(StrEnum):
@@ -55,13 +55,6 @@ class Amount:
 
     def __str__(self) -> str:
         return f"{self.value:g}%" if self.percent else f"{int(self.value)}"
-
-
-def parse_duration(text: str, *, what: str) -> float:
-    m = _DURATION.match(text)
-    if not m:
-        raise InvalidInputError(f"{what}: expected a duration like 30s, 5m or 500ms, got {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
 
 
 @dataclass(frozen=True)
