@@ -18,7 +18,6 @@ restarts, an exit), so a crash counts even when no client calls.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -27,6 +26,7 @@ from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.common import types as t
+from edgefleet.common.loops import StoppableLoop
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +62,13 @@ class ContainerWatch:
         self._clock = clock
         self._sent: tuple[str, ...] | None = None
         self._sent_at = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="agent-containers", daemon=True)
+        self._loop = StoppableLoop(self._tick, name="agent-containers")
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        self._loop.stop()
 
     def sample_once(self) -> None:
         """Sample the containers in use; publish the serving one's status when due."""
@@ -90,10 +87,9 @@ class ContainerWatch:
             self._sent, self._sent_at = identity(current), now
         self._reporter.set_container(current, publish=changed or due)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.sample_once()
-            except Exception:  # dockerd away for a moment: the next tick samples again
-                log.warning("cannot sample the release containers", exc_info=True)
-            self._stop.wait(self._interval)
+    def _tick(self) -> float:
+        try:
+            self.sample_once()
+        except Exception:  # dockerd away for a moment: the next tick samples again
+            log.warning("cannot sample the release containers", exc_info=True)
+        return self._interval

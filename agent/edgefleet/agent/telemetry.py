@@ -15,7 +15,6 @@ import logging
 import os
 import resource
 import sys
-import threading
 import time
 from collections.abc import Callable
 
@@ -24,6 +23,7 @@ import numpy as np
 from edgefleet.agent.power import PowerReading
 from edgefleet.agent.powering import PowerTap
 from edgefleet.agent.sampling import Window, WindowStats
+from edgefleet.common.loops import StoppableLoop
 from edgefleet.common.types import Telemetry
 
 __all__ = ["TelemetryLoop", "Window", "WindowStats", "rss_bytes", "summarize"]
@@ -96,38 +96,40 @@ class TelemetryLoop:
         self._device_id = device_id
         self._release = release
         self._publish = publish
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="agent-telemetry", daemon=True)
+        self._last = (0.0, 0.0)  # (clock, process CPU seconds) where the window began
+        self._loop = StoppableLoop(
+            self._tick, name="agent-telemetry", first_wait_s=interval, join_timeout_s=5
+        )
 
     def start(self) -> None:
-        self._thread.start()
+        self._last = (self._clock(), time.process_time())
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        self._loop.stop()
 
-    def _run(self) -> None:
-        last_wall, last_cpu = self._clock(), time.process_time()
-        while not self._stop.wait(self._interval):
-            wall, cpu = self._clock(), time.process_time()
-            elapsed = max(wall - last_wall, 1e-9)
-            stats = self._window.drain()
-            power = None
-            if self._power is not None:
-                power = self._power.tick(inferences=stats.requests - stats.errors)
-            sample = summarize(
-                stats,
-                device_id=self._device_id,
-                release=self._release(),
-                window_s=elapsed,
-                cpu_percent=100.0 * (cpu - last_cpu) / elapsed,
-                memory_bytes=rss_bytes(),
-                at_ms=int(time.time() * 1000),
-                power=power,
-            )
-            last_wall, last_cpu = wall, cpu
-            try:
-                self._publish(sample)
-            except Exception:
-                log.exception("could not publish telemetry")
+    def _tick(self) -> float:
+        """Close the window: summarize it and publish the sample."""
+        last_wall, last_cpu = self._last
+        wall, cpu = self._clock(), time.process_time()
+        elapsed = max(wall - last_wall, 1e-9)
+        stats = self._window.drain()
+        power = None
+        if self._power is not None:
+            power = self._power.tick(inferences=stats.requests - stats.errors)
+        sample = summarize(
+            stats,
+            device_id=self._device_id,
+            release=self._release(),
+            window_s=elapsed,
+            cpu_percent=100.0 * (cpu - last_cpu) / elapsed,
+            memory_bytes=rss_bytes(),
+            at_ms=int(time.time() * 1000),
+            power=power,
+        )
+        self._last = (wall, cpu)
+        try:
+            self._publish(sample)
+        except Exception:
+            log.exception("could not publish telemetry")
+        return self._interval
