@@ -1,7 +1,7 @@
 """Measuring a loaded release: golden (or smoke) outputs and timed single-request runs.
 
 The measuring half of the health checks; ``health`` judges what this returns. Used before
-activation (``installing``) and at each checkup of a health window (``watching``).
+activation (``preparing``) and at each checkup of a health window (``watching``).
 
 Golden inputs go through the model in one batch when its first dimension allows that, else row
 by row (a model fixed at batch 1, or golden data with broadcast inputs), outputs joined back.

@@ -33,11 +33,13 @@ from edgefleet.agent.config import (
 )
 from edgefleet.agent.containers import CONTAINER, ContainerRuntime, Containers
 from edgefleet.agent.containerwatch import ContainerWatch
+from edgefleet.agent.downloading import Downloader
 from edgefleet.agent.enrolling import Renewer
 from edgefleet.agent.failover import OwnState
 from edgefleet.agent.fastserver import FastServer
 from edgefleet.agent.identity import IdentityFiles, mqtt_tls_files
 from edgefleet.agent.installing import Installer
+from edgefleet.agent.journal import InstallJournal
 from edgefleet.agent.ledger import Ledger
 from edgefleet.agent.live import LiveStats
 from edgefleet.agent.metrics import AgentMetrics
@@ -45,6 +47,7 @@ from edgefleet.agent.neighbours import Forwarder, NeighbourTable
 from edgefleet.agent.outbox import Outbox
 from edgefleet.agent.powering import PowerTap
 from edgefleet.agent.predictor import Predictor
+from edgefleet.agent.preparing import SlotPreparer
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.restoring import restore
 from edgefleet.agent.runtime import ModelRuntime
@@ -277,25 +280,7 @@ class Agent:
         self.watch = HealthWatch(
             ledger=ledger, switch=switch, reporter=self.reporter, live=self.live
         )
-        self.installer = Installer(
-            device_id=self.device_id,
-            store=self.store,
-            ledger=ledger,
-            watch=self.watch,
-            trust=self.trust,
-            predictor=self.predictor,
-            reporter=self.reporter,
-            metrics=self.metrics,
-            switch=switch,
-            fallback_sources=(s.fetch.controller,) if s.fetch.controller else (),
-            fetch_deadline_s=s.fetch.deadline_s,
-            fetch_stall_s=s.fetch.stall_s,
-            stopping=self.stopping,
-            timer=timer,
-            containers=self.containers,
-            tls=self._controller_tls,
-            peer_tls=self._peer_tls,
-        )
+        self.installer = self._installing(ledger, switch, timer=timer)
         self.container_watch = (
             ContainerWatch(
                 self.containers,
@@ -486,6 +471,43 @@ class Agent:
             unserve=self._unserve,
         )
         return ledger, switch
+
+    def _installing(
+        self, ledger: Ledger, switch: Switch, *, timer: Callable[[], float]
+    ) -> Installer:
+        """The install transaction and its parts, writing through ``ledger``, activating
+        through ``switch``."""
+        s = self.settings
+        fallback = (s.fetch.controller,) if s.fetch.controller else ()
+        return Installer(
+            device_id=self.device_id,
+            trust=self.trust,
+            journal=InstallJournal(ledger=ledger, reporter=self.reporter),
+            downloader=Downloader(
+                store=self.store,
+                reporter=self.reporter,
+                metrics=self.metrics,
+                stopping=self.stopping,
+                deadline_s=s.fetch.deadline_s,
+                stall_s=s.fetch.stall_s,
+                tls=self._controller_tls,
+                peer_tls=self._peer_tls,
+            ),
+            preparer=SlotPreparer(
+                store=self.store,
+                reporter=self.reporter,
+                metrics=self.metrics,
+                containers=self.containers,
+                fallback_sources=fallback,
+                timer=timer,
+            ),
+            switch=switch,
+            watch=self.watch,
+            store=self.store,
+            predictor=self.predictor,
+            metrics=self.metrics,
+            fallback_sources=fallback,
+        )
 
     def _serve(self, runtime: ModelRuntime, state: DeviceState) -> None:
         """Make ``runtime`` the one Predict uses (state naming it is already on disk)."""

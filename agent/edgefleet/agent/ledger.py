@@ -1,7 +1,8 @@
 """The device state, in memory and in ``state.json`` together: every change goes through here.
 
-Used by the worker thread only (``installing`` and ``watching``). ``commit`` writes the state
-atomically, drops the slots and blobs it no longer names (when asked), then reports it.
+Used by the worker thread only (``journal``, ``switching`` and ``watching``). ``commit``
+writes the state atomically, drops the slots and blobs it no longer names (when asked), then
+reports it.
 ``save`` only writes: activation and rollback save, swap the runtime, then ``report``, so the
 state on disk always names what a restart should serve.
 """
