@@ -23,10 +23,10 @@ import grpc
 import pytest
 
 from edgefleet.controller.db import Database
-from edgefleet.controller.records import RolloutRecord
 from edgefleet.controller.rollouts import engine, strategy
 from edgefleet.controller.rollouts.engine import RolloutPhase, TargetState
 from edgefleet.controller.rollouts.history import Kind, transitions
+from edgefleet.controller.rollouts.rows import RolloutRecord
 from edgefleet.controller.rollouts.store import RolloutStore
 from edgefleet.demo.digits import TrainedModel
 from edgefleet.v1 import controller_pb2 as pb

@@ -18,7 +18,7 @@ from edgefleet.common import types as t
 from edgefleet.controller import api
 from edgefleet.controller.db import Database
 from edgefleet.controller.devices.metrics import device_families
-from edgefleet.controller.records import DeviceView
+from edgefleet.controller.devices.rows import DeviceView
 from edgefleet.controller.rollouts import codec, strategy
 from edgefleet.controller.rollouts.store import RolloutStore
 from edgefleet.v1 import controller_pb2 as pb

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from edgefleet.common import rolloutwords
-from edgefleet.controller.records import ROLLBACK
 from edgefleet.controller.rollouts.engine import RolloutPhase, TargetState
+from edgefleet.controller.rollouts.rows import ROLLBACK
 from edgefleet.controller.rollouts.strategy import Kind
 from edgefleet.v1 import controller_pb2 as pb
 

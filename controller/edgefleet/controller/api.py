@@ -16,20 +16,15 @@ from edgefleet.common.errors import InvalidInputError
 from edgefleet.controller import compressing
 from edgefleet.controller.compress.metric_hook import MetricModule
 from edgefleet.controller.compress.searching import CandidateRecord
-from edgefleet.controller.records import (
-    ROLLBACK,
-    DeviceView,
-    ModelVersion,
-    Release,
-    RolloutPage,
-    RolloutRecord,
-    SigningKey,
-    Started,
-)
-from edgefleet.controller.registry import Upload
-from edgefleet.controller.releases import VariantSpec
+from edgefleet.controller.devices.rows import DeviceView
+from edgefleet.controller.keys import SigningKey
+from edgefleet.controller.registry import ModelVersion, Upload
+from edgefleet.controller.releases import Release, VariantSpec
 from edgefleet.controller.rollouts import strategy as rollout_strategy
 from edgefleet.controller.rollouts.history import Transition
+from edgefleet.controller.rollouts.rows import ROLLBACK, RolloutRecord
+from edgefleet.controller.rollouts.shell import Started
+from edgefleet.controller.rollouts.store import RolloutPage
 from edgefleet.controller.rollouts.strategy import Strategy
 from edgefleet.v1 import common_pb2, controller_pb2
 

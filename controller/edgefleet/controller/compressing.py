@@ -47,8 +47,7 @@ from edgefleet.controller.compress.searching import (
 from edgefleet.controller.compress.timing import Latency, LocalTimer, Timer
 from edgefleet.controller.compress.winnergolden import GoldenMode
 from edgefleet.controller.errors import SandboxError
-from edgefleet.controller.records import ModelVersion
-from edgefleet.controller.registry import Registry
+from edgefleet.controller.registry import ModelVersion, Registry
 from edgefleet.controller.sandbox import Channel
 
 log = logging.getLogger(__name__)

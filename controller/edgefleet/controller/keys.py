@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,11 +31,22 @@ from edgefleet.common.errors import InvalidInputError, NotFoundError
 from edgefleet.common.trustbundle import BundleKey, TrustBundle
 from edgefleet.controller.db import Database, DesiredRow, DeviceRow, KeyRow, ReleaseRow
 from edgefleet.controller.errors import NoSigningKeyError
-from edgefleet.controller.records import SigningKey
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OVERLAP_MS = 30 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    key_id: str
+    public_key_pem: str
+    created_at_ms: int
+    active: bool
+    created: bool = False  # True only in the answer to the InitKey that made it
+    retired_at_ms: int = 0  # when a rotation replaced it
+    revoked_at_ms: int = 0  # when it was revoked (0: trusted)
+    trusted_until_ms: int = 0  # end of its overlap window in the trust bundle (0: open)
 
 
 class KeyRing:

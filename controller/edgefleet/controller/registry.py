@@ -28,10 +28,51 @@ from edgefleet.common.artifacts import BlobStore
 from edgefleet.common.errors import InvalidInputError, NotFoundError, TransientError
 from edgefleet.controller import onnxspec
 from edgefleet.controller.db import Database, ModelRow
-from edgefleet.controller.records import CompressionArtifacts, ModelVersion
 from edgefleet.controller.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    digest: str
+    size: int
+    inputs: tuple[t.TensorSpec, ...]
+    outputs: tuple[t.TensorSpec, ...]
+    opset: int
+    created_at_ms: int
+    description: str = ""
+    parent_version: int = 0  # the version this one was compressed from; 0 = none
+    report_json_digest: str = ""  # blobs of a compressed version; "" = none
+    report_markdown_digest: str = ""
+    golden_digest: str = ""
+    transfer_digest: str = ""  # the packed container a device downloads; "" = the model itself
+    transfer_size: int = 0
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.report_json_digest)
+
+
+@dataclass(frozen=True)
+class CompressionArtifacts:
+    """What a release of a compressed model version carries besides the model's manifest data.
+
+    ``transfer`` is what devices download in place of the model (the packed container, encoding
+    ``efpk``), or None when they download the model itself.
+    """
+
+    report_json: str
+    golden_npz: bytes | None
+    transfer: bytes | None
+    transfer_digest: str = ""
+    golden_digest: str = ""
+
+    @property
+    def model_encoding(self) -> str:
+        return "efpk" if self.transfer is not None else ""
 
 
 @dataclass(frozen=True)

@@ -56,12 +56,12 @@ from edgefleet.common.errors import (
     MalformedMessageError,
     NotFoundError,
 )
+from edgefleet.common.signing import Envelope
 from edgefleet.controller import images
 from edgefleet.controller import releasegolden as golden_data
 from edgefleet.controller.db import Database, ReleaseRow
 from edgefleet.controller.keys import KeyRing
-from edgefleet.controller.records import CompressionArtifacts, ModelVersion, Release
-from edgefleet.controller.registry import Registry
+from edgefleet.controller.registry import CompressionArtifacts, ModelVersion, Registry
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,20 @@ REQUIREMENT_KINDS = "arch:<x86_64|aarch64|armv7l>, cpu:<feature>, gpu, provider:
 
 PROFILE_ROUNDS = 2
 """Interleaved timing rounds per candidate with --profile-on (the better p50 counts)."""
+
+
+@dataclass(frozen=True)
+class Release:
+    ref: t.ReleaseRef
+    manifest: t.Manifest
+    signed_manifest: Envelope
+    manifest_digest: str
+    created_at_ms: int
+    notes: str = ""
+
+    @property
+    def key_id(self) -> str:
+        return self.signed_manifest.key_id
 
 
 class ProfileTimer(Protocol):

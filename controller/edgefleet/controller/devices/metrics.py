@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from edgefleet.controller.records import DeviceView
+from edgefleet.controller.devices.rows import DeviceView
 from edgefleet.controller.rollouts.engine import RolloutPhase
 
 log = logging.getLogger(__name__)

@@ -34,8 +34,8 @@ from edgefleet.controller.db import (
     TelemetryRow,
 )
 from edgefleet.controller.devices import rows as devicerows
+from edgefleet.controller.devices.rows import DeviceView
 from edgefleet.controller.enrollment import IdentityState
-from edgefleet.controller.records import DeviceView
 
 Report = t.DeviceStatus | t.Presence | t.Telemetry | t.DeviceEvent
 

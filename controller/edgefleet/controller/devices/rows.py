@@ -1,15 +1,43 @@
-"""Device reports <-> ORM rows: the column-by-column copying that ``registry`` would drown in."""
+"""Device reports <-> ORM rows: the column-by-column copying that ``registry`` would drown in,
+and the ``DeviceView`` it builds from them (one device as ListDevices shows it)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from edgefleet.common import types as t
 from edgefleet.controller.db import DesiredRow, DeviceRow, EventRow, PresenceRow, TelemetryRow
-from edgefleet.controller.records import DeviceView
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """One device as ListDevices shows it: last status, presence, telemetry and desired state."""
+
+    device_id: str
+    fleet: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    phase: t.InstallPhase | None = None
+    active_release: str = ""
+    previous_release: str = ""
+    target_release: str = ""
+    generation_applied: int = 0
+    generation_desired: int = 0
+    desired_release: str = ""
+    last_error: str = ""
+    online: bool = False
+    predict_endpoint: str = ""
+    last_seen_ms: int = 0
+    telemetry: t.Telemetry | None = None
+    telemetry_received_ms: int = 0  # by the controller's clock, whatever the device's says
+    container: t.ContainerStatus | None = None  # the active release's, as last reported
+    hardware: t.Hardware | None = None  # as the device's agent probed it at start
+    active_provider: str = ""  # the execution provider its active release runs on
+    provider_fallback: str = ""  # why not the release's first preference ("": it is)
+    active_variant: str = ""  # the active release's model variant it runs ("": the default)
 
 
 def is_stale(row: DeviceRow, s: t.DeviceStatus) -> bool:

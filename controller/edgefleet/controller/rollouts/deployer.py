@@ -20,10 +20,9 @@ from edgefleet.common import types as t
 from edgefleet.controller.errors import BrokerUnavailableError, RuntimeMissingError
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.metrics import Metrics
-from edgefleet.controller.records import Started
 from edgefleet.controller.releases import Releases
 from edgefleet.controller.rollouts.sender import Sender
-from edgefleet.controller.rollouts.shell import Rollouts
+from edgefleet.controller.rollouts.shell import Rollouts, Started
 from edgefleet.controller.rollouts.strategy import Strategy
 
 SHOWN = 10  # devices named in a refusal; the rest counted

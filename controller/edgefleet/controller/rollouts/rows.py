@@ -1,9 +1,11 @@
 """Rollouts <-> ORM rows, and device rows -> the engine's ``Report``: the column-by-column
-copying that ``store`` would drown in."""
+copying that ``store`` would drown in, and what a stored rollout is (``RolloutRecord``: the
+engine's ``Rollout`` with the kind and times only the shell keeps)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from edgefleet.controller.db import (
@@ -14,7 +16,6 @@ from edgefleet.controller.db import (
     RolloutTargetRow,
     TelemetryRow,
 )
-from edgefleet.controller.records import RolloutRecord
 from edgefleet.controller.rollouts import codec
 from edgefleet.controller.rollouts.engine import (
     Report,
@@ -25,7 +26,24 @@ from edgefleet.controller.rollouts.engine import (
 )
 from edgefleet.controller.rollouts.history import Kind, Transition
 
+ROLLBACK = "rollback"
+"""The kind of a fleet rollback's rollout record (the others are ``strategy.Kind`` values)."""
+
 _LEGACY_KINDS = {"all_at_once": "all-at-once"}  # rows written before staged rollouts
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """A rollout as stored: the engine's state plus what only the shell knows."""
+
+    rollout: Rollout
+    kind: str  # all-at-once | canary | rollback
+    created_at_ms: int
+    updated_at_ms: int
+
+    @property
+    def id(self) -> str:
+        return self.rollout.id
 
 
 def set_rollout(row: RolloutRow, rec: RolloutRecord) -> None:

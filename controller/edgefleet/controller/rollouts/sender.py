@@ -26,8 +26,7 @@ from edgefleet.common.mqttclient import Publisher
 from edgefleet.controller.keys import KeyRing
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.peering import PeerSources, choose
-from edgefleet.controller.records import Release
-from edgefleet.controller.releases import Releases
+from edgefleet.controller.releases import Release, Releases
 
 log = logging.getLogger(__name__)
 

@@ -15,28 +15,37 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from edgefleet.common.errors import NotFoundError, PermanentError
 from edgefleet.controller.errors import FleetBusyError, RolloutStateError
-from edgefleet.controller.records import (
-    ROLLBACK,
-    DeployTarget,
-    RolloutPage,
-    RolloutRecord,
-    Started,
-)
 from edgefleet.controller.rollouts import engine
 from edgefleet.controller.rollouts.engine import SendDesired, TargetState
 from edgefleet.controller.rollouts.history import Transition, transitions
+from edgefleet.controller.rollouts.rows import ROLLBACK, RolloutRecord
 from edgefleet.controller.rollouts.sender import Order, Sender
-from edgefleet.controller.rollouts.store import Current, RolloutStore
+from edgefleet.controller.rollouts.store import Current, RolloutPage, RolloutStore
 from edgefleet.controller.rollouts.strategy import Strategy
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DeployTarget:
+    device_id: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """What a deploy or a fleet rollback did at once."""
+
+    rollout_id: str
+    targets: tuple[DeployTarget, ...]  # desired states sent in the first step
+    skipped: tuple[str, ...] = ()  # rollback: devices with no release to go back to
 
 
 def new_rollout_id() -> str:

@@ -8,7 +8,7 @@ generation of every device about to be sent a desired state. Only then does the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import func, or_, select
@@ -27,16 +27,26 @@ from edgefleet.controller.db import (
     TelemetryRow,
 )
 from edgefleet.controller.enrollment import SKIPPED_BY_ROLLOUTS
-from edgefleet.controller.records import ROLLBACK, RolloutPage, RolloutRecord
 from edgefleet.controller.rollouts import history, rows
 from edgefleet.controller.rollouts.engine import Report, RolloutPhase, SendDesired, Target
 from edgefleet.controller.rollouts.history import Transition
+from edgefleet.controller.rollouts.rows import ROLLBACK, RolloutRecord
 
 GATE_FAILED = "rollout_gate_failed"
 """The event kind the controller writes on a device that failed its rollout's gate: the
 message is the one-line explanation, so ``edgectl events`` shows it beside the device's own."""
 
 _ABORTED = (RolloutPhase.ROLLING_BACK.value, RolloutPhase.ROLLED_BACK.value)
+
+
+@dataclass(frozen=True)
+class RolloutPage:
+    """A rollout as GetRollout shows it: its first targets only, every target counted."""
+
+    record: RolloutRecord  # its rollout's targets: the first ``device_limit``, by device id
+    counts: Mapping[str, int]  # every target, by state
+    total: int  # targets in all
+    steps: tuple[int, ...]  # cumulative device counts per step, over all targets
 
 
 def _with_targets(
