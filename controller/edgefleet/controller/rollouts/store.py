@@ -160,25 +160,21 @@ class RolloutStore:
 
     def list_rollouts(self, fleet: str = "", *, limit: int = 20) -> list[RolloutRecord]:
         """Newest first."""
-        stmt = select(RolloutRow.rollout_id).order_by(
-            RolloutRow.created_at_ms.desc(), RolloutRow.rollout_id.desc()
-        )
-        if fleet:
-            stmt = stmt.where(RolloutRow.fleet == fleet)
-        with self._db.read() as session:
-            ids = list(session.scalars(stmt.limit(limit)))
-        return [self.load(i) for i in ids]
+        return [self.load(i) for i in self._newest_ids(fleet, limit)]
 
     def list_pages(self, fleet: str = "", *, limit: int, device_limit: int) -> list[RolloutPage]:
         """``list_rollouts`` as ``page``s: newest first, each with its first devices."""
+        return [self.page(i, device_limit=device_limit) for i in self._newest_ids(fleet, limit)]
+
+    def _newest_ids(self, fleet: str, limit: int) -> list[str]:
+        """The ids of ``fleet``'s (all fleets: "") newest ``limit`` rollouts, newest first."""
         stmt = select(RolloutRow.rollout_id).order_by(
             RolloutRow.created_at_ms.desc(), RolloutRow.rollout_id.desc()
         )
         if fleet:
             stmt = stmt.where(RolloutRow.fleet == fleet)
         with self._db.read() as session:
-            ids = list(session.scalars(stmt.limit(limit)))
-        return [self.page(i, device_limit=device_limit) for i in ids]
+            return list(session.scalars(stmt.limit(limit)))
 
     def fleet_devices(self, fleet: str) -> list[str]:
         """The fleet's devices a rollout may target: not revoked or quarantined."""
