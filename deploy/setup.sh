@@ -92,4 +92,14 @@ if [ "$dev" = 1 ] && [ "$system" = 1 ]; then
   $sudo bash deploy/arm64/rootfs.sh .venv/bin/python >/dev/null \
     || echo "setup: no arm64 root filesystem (above: why); tests/arm64 will build it or skip"
 fi
+if [ "$dev" = 1 ]; then
+  # The device venvs tests/deploy/test_device_providers.py runs agents from: the wheel with
+  # [openvino] and with [gpu] (tests/deploy/agentenv.py; cached under /var/cache/edgefleet by
+  # their dependency list). Uncached they take minutes (340 MB of wheels); offline the test
+  # skips and says why.
+  .venv/bin/python -c 'from tests.deploy import agentenv
+for flavour in ("openvino", "gpu"):
+    print("setup: device venv", agentenv.agent_venv(flavour))' \
+    || echo "setup: no device venvs (above: why); tests/deploy will build them or skip"
+fi
 echo "setup: .venv ready ($(.venv/bin/python --version))"

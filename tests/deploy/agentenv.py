@@ -5,7 +5,8 @@ device would run it (from PyPI, or this machine's pip settings). The venv is cac
 the wheel's dependency list (and the extras, this Python): a later call with the same list only
 reinstalls the wheel itself (``--no-deps``), so the code is this checkout's and it stays fast.
 Cached under /var/cache/edgefleet where writable, else ~/.cache/edgefleet. Used by
-tests/deploy/test_small_agent.py and bench/footprint.py.
+tests/deploy/test_small_agent.py, tests/deploy/test_device_providers.py (the ``openvino`` and
+``gpu`` flavours) and bench/footprint.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import tempfile
 import zipfile
 from email.parser import Parser
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PIP = ["-m", "pip", "-q", "--disable-pip-version-check"]
@@ -59,7 +62,9 @@ def requires(wheel: Path) -> list[str]:
 
 
 def agent_venv(extras: str = "") -> Path:
-    """A venv with this checkout's wheel and ``extras`` (e.g. "cpu"; "" = none); its root."""
+    """A venv with this checkout's wheel and ``extras``, its root: "" (none), or an ONNX
+    Runtime flavour as a device installs it: "cpu", "openvino" (onnxruntime-openvino), "gpu"
+    (onnxruntime-gpu, without the CUDA libraries: here it lists CUDA, which does not start)."""
     with tempfile.TemporaryDirectory(prefix="edgefleet-wheel-") as tmp:
         wheel = build_wheel(Path(tmp))
         text = "\n".join([sys.version, extras, *requires(wheel)])
@@ -78,6 +83,16 @@ def agent_venv(extras: str = "") -> Path:
                 "pip install --no-deps",
             )
     return root
+
+
+def agent_venv_or_skip(extras: str = "") -> Path:
+    """``agent_venv(extras)``, or the test skipped, saying so, where pip reaches no index."""
+    try:
+        return agent_venv(extras)
+    except RuntimeError as exc:
+        if "No matching distribution" in str(exc) or "connection" in str(exc).lower():
+            pytest.skip(f"pip cannot reach a package index: {str(exc)[-300:]}")
+        raise
 
 
 def site_packages(root: Path) -> Path:
