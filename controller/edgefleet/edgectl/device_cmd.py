@@ -9,7 +9,6 @@ revokes and forgets it. (What devices report is ``edgectl devices list``.)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,6 +27,7 @@ app = typer.Typer(
 )
 
 Json = shell.Json
+TokenFile = shell.TokenFile
 Device = Annotated[str, typer.Argument(help="Device id.", metavar="DEVICE")]
 
 
@@ -76,12 +76,7 @@ def enroll(
     ttl: Annotated[
         str, typer.Option("--ttl", help="How long the token is good for (30s, 15m, 2h).")
     ] = "15m",
-    token_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--token-file", help="Write the token to FILE (0600) instead of stdout.", metavar="FILE"
-        ),
-    ] = None,
+    token_file: TokenFile = None,
     as_json: Json = False,
 ) -> None:
     """Register DEVICE in FLEET and print its one-time enrollment token."""
@@ -91,13 +86,8 @@ def enroll(
         raise typer.BadParameter(str(exc), param_hint="--ttl") from None
     with shell.controller(ctx) as client:
         made = client.enroll_device(device, fleet=fleet, labels=_labels(labels), token_ttl_s=ttl_s)
-    if token_file is not None:
-        token_file.parent.mkdir(parents=True, exist_ok=True)
-        token_file.touch(mode=0o600, exist_ok=True)
-        token_file.chmod(0o600)
-        token_file.write_text(made.token + "\n")
+    shown = shell.keep_token(made.token, token_file)
     if as_json:
-        shown = {} if token_file is not None else {"token": made.token}
         expires = {"token_expires_at_ms": made.token_expires_at_ms}
         output.print_json({**identity_dict(made.device), **expires, **shown})
         return

@@ -8,7 +8,6 @@ the controller keeps only its hash.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -25,6 +24,7 @@ app = typer.Typer(
 )
 
 Json = shell.Json
+TokenFile = shell.TokenFile
 
 
 def operator_dict(o: pb.OperatorInfo) -> dict[str, Any]:
@@ -47,25 +47,15 @@ def add(
         list[str] | None,
         typer.Option("--fleet", "-f", help="Limit to this fleet (repeatable).", metavar="FLEET"),
     ] = None,
-    token_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--token-file", help="Write the token to FILE (0600) instead of stdout.", metavar="FILE"
-        ),
-    ] = None,
+    token_file: TokenFile = None,
     as_json: Json = False,
 ) -> None:
     """Add an operator and print its token, once."""
     with shell.controller(ctx) as client:
         made = client.add_operator(name, role=role, fleets=fleet or ())
     info = made.operator
-    if token_file is not None:
-        token_file.parent.mkdir(parents=True, exist_ok=True)
-        token_file.touch(mode=0o600, exist_ok=True)
-        token_file.chmod(0o600)
-        token_file.write_text(made.token + "\n")
+    shown = shell.keep_token(made.token, token_file)
     if as_json:
-        shown = {} if token_file is not None else {"token": made.token}
         output.print_json({**operator_dict(info), **shown})
         return
     scope = ", ".join(info.fleets) or "every fleet"

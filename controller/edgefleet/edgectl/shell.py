@@ -35,6 +35,13 @@ if TYPE_CHECKING:  # grpc is loaded by the first command that calls, not for --h
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 """The ``--json`` option of the commands that print JSON for scripts."""
+TokenFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file", help="Write the token to FILE (0600) instead of stdout.", metavar="FILE"
+    ),
+]
+"""The ``--token-file`` option of the commands that make a token shown once (``keep_token``)."""
 DEFAULT_CONTROLLER = "127.0.0.1:50052"  # the controller's operator API (--api)
 COMMAND_ORDER = (
     "keys", "model", "release", "deploy", "rollout", "rollback", "devices", "device", "top",
@@ -127,6 +134,18 @@ def controller(ctx: typer.Context) -> ControllerClient:
     return ControllerClient(
         s.controller, token=s.read_token(), deadline_s=s.deadline_s, ca_file=s.ca_file
     )
+
+
+def keep_token(token: str, token_file: Path | None) -> dict[str, str]:
+    """Write a token just made to ``token_file`` (0600 before the token goes in), if given;
+    what ``--json`` shows of it: nothing once it is in the file, else the token."""
+    if token_file is None:
+        return {"token": token}
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.touch(mode=0o600, exist_ok=True)
+    token_file.chmod(0o600)
+    token_file.write_text(token + "\n")
+    return {}
 
 
 def one_line(text: str) -> str:
