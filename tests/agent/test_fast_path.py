@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
 
+from edgefleet.agent import serving
 from edgefleet.agent.client import FailoverClient
 from edgefleet.agent.serving import SOCKET_MODE
 from edgefleet.common import fastpath, sharedmem, wire
@@ -329,6 +330,63 @@ def test_sealed_regions_passed_by_descriptor(
     stager.close()
     # nor the refused ones, nor the mapping once the connection is gone
     wait_for("the agent to hold no descriptor of ours", lambda: open_fds(pid) < before + 3)
+
+
+def test_a_layout_served_before_reads_each_requests_own_bytes(
+    fast_agent: FastAgent, digits_data: DigitsData
+) -> None:
+    """The agent serves a request laid out as one it served before (same tensors' names,
+    dtypes, shapes and regions) from what it learnt then, without parsing it again: each
+    request is still answered for its own bytes, inline or in whichever sealed region it
+    passes, and one whose descriptors no longer fit is refused as the first time would be."""
+    a = fast_agent
+    x1 = np.ascontiguousarray(digits_data.x_test[:40])
+    x2 = np.ascontiguousarray(digits_data.x_test[40:80])
+    assert x1.tobytes() != x2.tobytes()
+
+    def over_grpc(x: np.ndarray) -> dict[str, tuple[str, list[int], bytes]]:
+        request = inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", x)])
+        return outputs(predict_request(a.unix, request))
+
+    expected = [over_grpc(x1), over_grpc(x2)]
+    assert expected[0] != expected[1]
+    regions = [sharedmem.SealedRegion(x1.nbytes) for _ in range(2)]
+    small = sharedmem.SealedRegion(4096)
+    spares = [sharedmem.SealedRegion(4096) for _ in range(9)]
+    try:
+        laid = [region.put("pixels", x) for region, x in zip(regions, (x1, x2), strict=True)]
+        assert laid[0] == laid[1]  # one layout, two regions
+        request = inference_pb2.PredictRequest(shared_inputs=[laid[0]])
+        with fastpath.FastPathClient(a.fast) as fast:
+            for _ in range(3):  # alternating, on one connection
+                for i, x in enumerate((x1, x2)):
+                    assert outputs(fast.call(fastpath.request_parts({"pixels": x}))) == expected[i]
+                    assert outputs(fast.predict(request, fds=[regions[i].fd])) == expected[i]
+            code, message = refusal(partial(fast.predict, request))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "names no descriptor" in message
+            code, message = refusal(partial(fast.predict, request, fds=[small.fd]))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "are beyond its" in message
+            code, message = refusal(partial(fast.predict, request, fds=[s.fd for s in spares]))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "more than 8 descriptors" in message
+            regions[0].put("pixels", x2)  # the region's bytes now, not those of the last call
+            assert outputs(fast.predict(request, fds=[regions[0].fd])) == expected[1]
+            assert outputs(fast.call(fastpath.request_parts({"pixels": x1}))) == expected[0]
+    finally:
+        for region in (*regions, small, *spares):
+            region.close()
+
+
+def test_a_request_sent_on_to_a_neighbour_is_a_copy() -> None:
+    """What a neighbour is sent carries the inputs' bytes; the request the agent served from
+    (the fast path keeps it for the next one laid out alike) stays as it was."""
+    request = inference_pb2.PredictRequest(
+        inputs=[common_pb2.Tensor(name="x", dtype="float32", shape=[2])], release="m:1"
+    )
+    data = np.arange(2, dtype=np.float32).tobytes()
+    full = serving._with_data(request, [memoryview(data)])
+    assert full.inputs[0].data == data and full.release == "m:1"
+    assert request.inputs[0].data == b""
 
 
 def test_the_client_reconnects_after_the_agent_restarts(

@@ -27,10 +27,13 @@ import struct
 import threading
 from array import array as int_array
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
+from edgefleet.agent import tensors
 from edgefleet.agent.serving import SOCKET_MODE, InferenceServicer, Refused, clear_stale
 from edgefleet.common import fastpath, sharedmem
 from edgefleet.common.errors import InvalidInputError
@@ -195,16 +198,21 @@ class _Sealed:
     def __init__(self, fds: list[int], cut: bool, maps: dict[tuple[int, int], mmap.mmap]) -> None:
         self.fds, self.cut, self.maps = fds, cut, maps
 
-    def inline(self, request: inference_pb2.PredictRequest, data: list[memoryview]) -> None:
+    def inline(
+        self, request: inference_pb2.PredictRequest, data: list[memoryview]
+    ) -> list[tuple[int, int, int]]:
         """Turn the shared inputs named ``@INDEX`` into inline inputs whose bytes are views of
-        the mapped region (no copy); ``InvalidInputError`` for what cannot be served."""
+        the mapped region (no copy), appended to ``request.inputs`` and ``data``; where each
+        one's bytes are (descriptor index, start, end); ``InvalidInputError`` for what cannot
+        be served."""
         if self.cut:
             raise InvalidInputError(
                 f"the request passed more than {MAX_FDS} descriptors (sealed regions)"
             )
         if not any(m.region.startswith("@") for m in request.shared_inputs):
-            return
+            return []
         named = []
+        sources = []
         for msg in request.shared_inputs:
             if not msg.region.startswith("@"):
                 named.append(msg)
@@ -224,8 +232,23 @@ class _Sealed:
                 )
             request.inputs.add(name=msg.name, dtype=msg.dtype, shape=msg.shape)
             data.append(memoryview(mapping)[msg.offset : end])
+            sources.append((int(index), msg.offset, end))
         del request.shared_inputs[:]
         request.shared_inputs.extend(named)
+        return sources
+
+    def view(self, index: int, start: int, end: int) -> memoryview | None:
+        """Bytes ``start:end`` of descriptor ``index``'s region, as ``inline`` finds them; None
+        where ``inline`` would refuse them (it then says why)."""
+        if self.cut or index >= len(self.fds):
+            return None
+        try:
+            mapping = self._mapping(self.fds[index])
+        except InvalidInputError:
+            return None
+        if end > len(mapping):
+            return None
+        return memoryview(mapping)[start:end]
 
     def _mapping(self, fd: int) -> mmap.mmap:
         info = os.fstat(fd)
@@ -239,6 +262,85 @@ class _Sealed:
                     self.maps.pop(oldest).close()
             self.maps[key] = mapping
         return mapping
+
+
+PLANS = 16
+"""Request layouts a connection keeps plans for (an app sends the same one or two again and
+again); the plans are dropped when there are more."""
+PLAN_KEY_BYTES = 4096
+"""A layout (the request's bytes but its tensors' data) longer than this gets no plan."""
+_Source = int | tuple[int, int, int]
+"""Where an input's bytes are: the index of an inline tensor's data, or (descriptor index,
+start, end) in a sealed region."""
+_Key = tuple[tuple[bytes, ...], tuple[int, ...], bytes]
+
+
+class _Plan:
+    """How a request laid out as one served before is served again without protobuf: that
+    request, parsed (its sealed shared inputs turned inline), and, for each of its inputs, the
+    array its bytes make and where they are. A request's layout (``fastpath.split_raw``: every
+    byte but the tensors' data, and the data's lengths) decides all that the parse and the
+    tensor checks decide, so what was valid once is valid again; only the passed regions are
+    looked at again, each time (an app passes any of a few)."""
+
+    __slots__ = ("inputs", "request")
+
+    def __init__(
+        self,
+        request: inference_pb2.PredictRequest,
+        inputs: list[tuple[str, np.dtype[Any], tuple[int, ...], _Source]],
+    ) -> None:
+        self.request, self.inputs = request, inputs
+
+    def bind(
+        self, data: list[memoryview], sealed: _Sealed
+    ) -> tuple[list[memoryview], dict[str, tensors.Array]] | None:
+        """The inputs' bytes and arrays for one request; None where a passed region is not
+        as the plan needs (the request then goes the whole way, which says why)."""
+        views: list[memoryview] = []
+        arrays: dict[str, tensors.Array] = {}
+        for name, dtype, shape, source in self.inputs:
+            if isinstance(source, int):
+                view = data[source]
+            else:
+                mapped = sealed.view(*source)
+                if mapped is None:
+                    return None
+                view = mapped
+            views.append(view)
+            arrays[name] = np.frombuffer(view, dtype=dtype).reshape(shape)
+        return views, arrays
+
+
+def _plan_of(
+    request: inference_pb2.PredictRequest,
+    data: list[memoryview],
+    inline: int,
+    mapped: list[tuple[int, int, int]],
+) -> _Plan | None:
+    """The plan of a request just served (its first ``inline`` inputs inline, then the
+    ``mapped`` ones); None where it has shared inputs still (named regions, copied each time)."""
+    if request.shared_inputs:
+        return None
+    try:
+        arrays = tensors.decode_all(request.inputs, data)
+    except InvalidInputError:  # serving it says so
+        return None
+    sources: list[_Source] = [*range(inline), *mapped]
+    return _Plan(
+        request,
+        [
+            (name, a.dtype, a.shape, source)
+            for (name, a), source in zip(arrays.items(), sources, strict=True)
+        ],
+    )
+
+
+def _not_a_request(body: memoryview, exc: DecodeError) -> bytes:
+    return fastpath.error_frame(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{len(body)} bytes that are not a PredictRequest ({exc})",
+    )
 
 
 class FastServer:
@@ -351,13 +453,15 @@ class FastServer:
         head = memoryview(header)
         buf = bytearray()
         maps: dict[tuple[int, int], mmap.mmap] = {}  # sealed regions this connection passed
+        plans: dict[_Key, _Plan] = {}  # this connection's request layouts
         try:
             while True:
                 got, fds, cut = _recv_header(conn, head)
                 if not got:
                     return
                 try:
-                    kept = self._frame(conn, caller, header, buf, _Sealed(fds, cut, maps))
+                    sealed = _Sealed(fds, cut, maps)
+                    kept = self._frame(conn, caller, header, buf, sealed, plans=plans)
                 finally:
                     for fd in fds:
                         os.close(fd)
@@ -376,6 +480,8 @@ class FastServer:
         header: bytearray,
         buf: bytearray,
         sealed: _Sealed,
+        *,
+        plans: dict[_Key, _Plan],
     ) -> bytearray | None:
         """Read and answer one request whose header is read; the buffer for the next, None:
         the connection is done."""
@@ -401,30 +507,45 @@ class FastServer:
         with memoryview(buf)[:size] as body:
             if size and not fastpath.recv_exact(conn, body):
                 return None
-            reply = self._answer(body, caller, sealed)
+            reply = self._answer(body, caller, sealed, plans)
         fastpath.send_parts(conn, reply)
         # a large request's memory is not held while idle
         return bytearray() if len(buf) > KEEP_BUFFER else buf
 
     def _answer(
-        self, body: memoryview, caller: _FastCaller, sealed: _Sealed
+        self,
+        body: memoryview,
+        caller: _FastCaller,
+        sealed: _Sealed,
+        plans: dict[_Key, _Plan],
     ) -> list[fastpath.Buffer]:
-        """The reply frame's parts for one request's bytes."""
+        """The reply frame's parts for one request's bytes (``plans``: the connection's, used
+        and added to)."""
         try:
-            request, data = fastpath.split_request(body)
+            heads, data, rest = fastpath.split_raw(body)
         except DecodeError as exc:
-            return [
-                fastpath.error_frame(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"{len(body)} bytes that are not a PredictRequest ({exc})",
-                )
-            ]
+            return [_not_a_request(body, exc)]
+        key: _Key = (tuple(heads), tuple(len(d) for d in data), rest)
+        plan = plans.get(key)
+        bound = None if plan is None else plan.bind(data, sealed)
+        fresh: _Plan | None = None
+        if plan is not None and bound is not None:
+            request, arrays = plan.request, bound[1]
+            data = bound[0]
+        else:
+            arrays = None
+            try:
+                request = fastpath.parse_split(heads, rest)
+            except DecodeError as exc:
+                return [_not_a_request(body, exc)]
+            try:
+                mapped = sealed.inline(request, data)
+            except InvalidInputError as exc:
+                return [fastpath.error_frame(grpc.StatusCode.INVALID_ARGUMENT, str(exc))]
+            if plan is None and sum(map(len, heads)) + len(rest) <= PLAN_KEY_BYTES:
+                fresh = _plan_of(request, data, len(heads), mapped)
         try:
-            sealed.inline(request, data)
-        except InvalidInputError as exc:
-            return [fastpath.error_frame(grpc.StatusCode.INVALID_ARGUMENT, str(exc))]
-        try:
-            response = self._servicer.serve(request, caller, data)
+            response = self._servicer.serve(request, caller, data, arrays=arrays)
         except Refused as exc:
             return [fastpath.error_frame(exc.code, exc.message)]
         except Exception as exc:  # as grpcio answers a servicer's exception
@@ -432,6 +553,10 @@ class FastServer:
             return [
                 fastpath.error_frame(grpc.StatusCode.UNKNOWN, f"Exception calling Predict: {exc}")
             ]
+        if fresh is not None:  # kept once served: a layout refused is not worth a plan
+            if len(plans) >= PLANS:
+                plans.clear()
+            plans[key] = fresh
         out = response.SerializeToString()
         if len(out) > self._max_bytes:
             return [

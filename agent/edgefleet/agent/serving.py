@@ -144,12 +144,15 @@ class _GrpcCaller:
 def _with_data(
     request: inference_pb2.PredictRequest, data: Sequence[tensors.Buffer] | None
 ) -> inference_pb2.PredictRequest:
-    """``request`` with the inputs' bytes held apart put back in (what a neighbour needs)."""
+    """``request`` with the inputs' bytes held apart put back in (what a neighbour needs): a
+    copy, ``request`` itself may be served again (``fastserver``'s plans keep theirs)."""
     if data is None:
         return request
-    for tensor, raw in zip(request.inputs, data, strict=True):
+    full = inference_pb2.PredictRequest()
+    full.CopyFrom(request)
+    for tensor, raw in zip(full.inputs, data, strict=True):
         tensor.data = bytes(raw)
-    return request
+    return full
 
 
 def _check_local(caller: Caller) -> None:
@@ -206,10 +209,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         request: inference_pb2.PredictRequest,
         caller: Caller,
         data: Sequence[tensors.Buffer] | None = None,
+        *,
+        arrays: dict[str, tensors.Array] | None = None,
     ) -> inference_pb2.PredictResponse:
         """Predict's core, whatever the transport (gRPC, ``fastpath``): the reply, or
         ``Refused`` with the status code and message the caller gets. ``data[i]``: the bytes
-        of ``request.inputs[i]`` where the transport holds them apart (read in place)."""
+        of ``request.inputs[i]`` where the transport holds them apart (read in place);
+        ``arrays``: those inputs already decoded (by name) from ``request`` and ``data``, by a
+        transport that decoded the same tensors before (``fastserver``'s plans)."""
         if len(self._in_flight) >= self._max_concurrent:
             self._metrics.errors.labels("overloaded").inc()
             raise Refused(
@@ -223,7 +230,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         runtime: ModelRuntime | None = None
         try:
             runtime = self._predictor.require()
-            arrays = tensors.decode_all(request.inputs, data)
+            if arrays is None:
+                arrays = tensors.decode_all(request.inputs, data)
             if request.shared_inputs:  # a local caller's tensors in shared memory
                 _check_local(caller)
                 sharedmem.read_all(request.shared_inputs, into=arrays, scratch=self._scratch)

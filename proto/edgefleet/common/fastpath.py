@@ -120,7 +120,8 @@ def recv_exact(sock: socket.socket, view: memoryview) -> bool:
     close), ``ConnectionError`` on one in the middle."""
     got, size = 0, len(view)
     while got < size:
-        n = sock.recv_into(view[got:])
+        # MSG_WAITALL: the kernel waits for the rest, not Python one read per chunk queued
+        n = sock.recv_into(view[got:], 0, socket.MSG_WAITALL)
         if n == 0:
             if got == 0:
                 return False
@@ -144,16 +145,35 @@ _INPUTS_TAG = b"\x0a"  # PredictRequest.inputs = 1, length-delimited
 _DATA_TAG = b"\x22"  # Tensor.data = 4, length-delimited
 
 
+HEADS = 256
+"""Tensor heads a process keeps encoded (by name, dtype and shape): an app sends the same few
+again and again; the cache is emptied when it is full."""
+_heads: dict[tuple[str, np.dtype[Any], tuple[int, ...]], bytes] = {}
+
+
+def _tensor_head(name: str, dtype: np.dtype[Any], shape: tuple[int, ...], nbytes: int) -> bytes:
+    """The bytes of an ``inputs`` entry up to its tensor's data (protobuf costs microseconds
+    a message, so they are encoded once per name, dtype and shape)."""
+    key = (name, dtype, shape)
+    head = _heads.get(key)
+    if head is None:
+        tensor = common_pb2.Tensor(name=name, dtype=wire.dtype_name(dtype), shape=shape)
+        inner = tensor.SerializeToString() + _DATA_TAG + _varint(nbytes)
+        head = _INPUTS_TAG + _varint(len(inner) + nbytes) + inner
+        if len(_heads) >= HEADS:
+            _heads.clear()
+        _heads[key] = head
+    return head
+
+
 def _tensor_parts(name: str, array: Array) -> list[Buffer]:
     """One ``inputs`` entry of a PredictRequest: its head, then the array's own bytes."""
     a = np.ascontiguousarray(array)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    data = a.data.cast("B") if a.nbytes else b""
-    tensor = common_pb2.Tensor(name=name, dtype=wire.dtype_name(a.dtype), shape=a.shape)
-    head = tensor.SerializeToString()
-    head += _DATA_TAG + _varint(a.nbytes)
-    return [_INPUTS_TAG + _varint(len(head) + a.nbytes) + head, data]
+    nbytes = a.nbytes
+    data = a.data.cast("B") if nbytes else b""
+    return [_tensor_head(name, a.dtype, a.shape, nbytes), data]
 
 
 def request_parts(
@@ -169,6 +189,8 @@ def request_parts(
     parts: list[Buffer] = []
     for name, array in inputs.items():
         parts += _tensor_parts(name, array)
+    if rest is None and not output_names and not release:
+        return parts  # the rest of the request is empty: no bytes
     tail = inference_pb2.PredictRequest(output_names=list(output_names), release=release)
     if rest is not None:
         tail.MergeFrom(rest)
@@ -215,12 +237,11 @@ def _fields(view: memoryview, pos: int, end: int) -> list[tuple[int, int, int, i
     return out
 
 
-def split_request(body: memoryview) -> tuple[inference_pb2.PredictRequest, list[memoryview]]:
-    """Parse a PredictRequest's bytes, leaving each inline tensor's ``data`` in ``body``: the
-    request (its tensors' ``data`` empty) and, for each ``inputs[i]``, a view of its bytes
-    (``wire.array_from_pb(tensor, data)`` reads them in place); ``DecodeError`` where
-    protobuf would refuse the bytes. Everything but the tensors' data is parsed by protobuf."""
-    request = inference_pb2.PredictRequest()
+def split_raw(body: memoryview) -> tuple[list[bytes], list[memoryview], bytes]:
+    """A PredictRequest's bytes taken apart without protobuf: each inline tensor's bytes but
+    its ``data`` (``heads``), a view of each one's ``data`` in ``body``, and the bytes of the
+    other fields (``rest``); ``DecodeError`` where the framing is not protobuf's."""
+    heads: list[bytes] = []
     data: list[memoryview] = []
     rest = bytearray()
     for number, start, value, end in _fields(body, 0, len(body)):
@@ -234,11 +255,29 @@ def split_request(body: memoryview) -> tuple[inference_pb2.PredictRequest, list[
                 raw = body[i_value:i_end]  # the last one wins, as protobuf has it
             else:
                 head += body[i_start:i_end]
-        request.inputs.add().MergeFromString(bytes(head))
+        heads.append(bytes(head))
         data.append(raw)
+    return heads, data, bytes(rest)
+
+
+def parse_split(heads: Sequence[bytes], rest: bytes) -> inference_pb2.PredictRequest:
+    """The request ``split_raw`` took apart, its tensors' ``data`` empty (``DecodeError`` where
+    protobuf refuses the bytes)."""
+    request = inference_pb2.PredictRequest()
+    for head in heads:
+        request.inputs.add().MergeFromString(head)
     if rest:
-        request.MergeFromString(bytes(rest))
-    return request, data
+        request.MergeFromString(rest)
+    return request
+
+
+def split_request(body: memoryview) -> tuple[inference_pb2.PredictRequest, list[memoryview]]:
+    """Parse a PredictRequest's bytes, leaving each inline tensor's ``data`` in ``body``: the
+    request (its tensors' ``data`` empty) and, for each ``inputs[i]``, a view of its bytes
+    (``wire.array_from_pb(tensor, data)`` reads them in place); ``DecodeError`` where
+    protobuf would refuse the bytes. Everything but the tensors' data is parsed by protobuf."""
+    heads, data, rest = split_raw(body)
+    return parse_split(heads, rest), data
 
 
 def set_timeouts(sock: socket.socket, receive: float, send: float) -> None:
