@@ -31,6 +31,7 @@ import onnxruntime as ort
 
 from edgefleet.agent import providers as choosing
 from edgefleet.agent import tensors
+from edgefleet.agent.percentiles import percentiles
 from edgefleet.agent.runtime import Array, spec_of
 from edgefleet.common import externaldata, packing, signing, wire
 from edgefleet.common import types as t
@@ -175,5 +176,5 @@ def _time(session: Any, feed: Mapping[str, Array], *, runs: int, warmup: int) ->
             took[i] = time.perf_counter_ns() - started
     except Exception as exc:  # ORT refused the feed (a shape) or failed on it
         raise InvalidInputError(f"the benchmark model refused the inputs: {exc}") from exc
-    p50, p95, p99 = (float(v) / 1e6 for v in np.percentile(took, [50, 95, 99]))
+    p50, p95, p99 = (v / 1e6 for v in percentiles(took, (50, 95, 99)))
     return Timing(p50, p95, p99, runs, ",".join(session.get_providers()), cpu_count())

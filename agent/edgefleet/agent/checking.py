@@ -26,6 +26,7 @@ import numpy as np
 
 from edgefleet.agent import goldenset as g
 from edgefleet.agent.health import Latency
+from edgefleet.agent.percentiles import percentiles
 from edgefleet.agent.runtime import Array, ModelRuntime
 from edgefleet.common.errors import EdgeFleetError
 from edgefleet.common.types import HealthPolicy
@@ -158,8 +159,8 @@ def time_runs(
         started = timer()
         runtime.predict(feed)
         timings.append((timer() - started) * 1000.0)
-    median, p95 = np.percentile(np.asarray(timings), [50, 95])
-    return Latency(samples=len(timings), median_ms=float(median), p95_ms=float(p95))
+    median, p95 = percentiles(timings, (50, 95))
+    return Latency(samples=len(timings), median_ms=median, p95_ms=p95)
 
 
 def examine(

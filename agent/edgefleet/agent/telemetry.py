@@ -18,8 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
-import numpy as np
-
+from edgefleet.agent.percentiles import percentiles
 from edgefleet.agent.power import PowerReading
 from edgefleet.agent.powering import PowerTap
 from edgefleet.agent.sampling import Window, WindowStats
@@ -44,9 +43,7 @@ def summarize(
 ) -> Telemetry:
     p50 = p95 = p99 = 0.0
     if stats.latencies_s:
-        p50, p95, p99 = (
-            float(v) * 1000.0 for v in np.percentile(np.asarray(stats.latencies_s), [50, 95, 99])
-        )
+        p50, p95, p99 = (v * 1000.0 for v in percentiles(stats.latencies_s, (50, 95, 99)))
     return Telemetry(
         device_id=device_id,
         release=release,

@@ -31,6 +31,7 @@ from edgefleet.agent import checking, failpoints, health
 from edgefleet.agent.goldenset import GoldenSet
 from edgefleet.agent.ledger import Ledger
 from edgefleet.agent.live import LiveStats
+from edgefleet.agent.percentiles import percentiles
 from edgefleet.agent.reporting import Reporter
 from edgefleet.agent.runtime import ModelRuntime
 from edgefleet.agent.state import HealthWindow
@@ -129,8 +130,8 @@ class HealthWatch:
             self._ledger.save(replace(self._ledger.state, window=window))
         live = None
         if sample.latencies_s:
-            median, p95 = np.percentile(np.asarray(sample.latencies_s) * 1000.0, [50, 95])
-            live = health.Latency(len(sample.latencies_s), float(median), float(p95))
+            median, p95 = percentiles(np.asarray(sample.latencies_s) * 1000.0, (50, 95))
+            live = health.Latency(len(sample.latencies_s), median, p95)
         checkup = health.Checkup(
             elapsed_s=now - self._started,
             output_problems=tuple(checking.output_problems(candidate, self._golden, self._policy)),
