@@ -37,7 +37,7 @@ def audit(
     limit: Annotated[
         int, typer.Option("--limit", "-n", help="At most N entries.", min=1, metavar="N")
     ] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    as_json: shell.Json = False,
 ) -> None:
     """Show the audit log: who changed what, and every refused call.
 

@@ -135,9 +135,7 @@ def remove(ctx: typer.Context, device: Device, *, as_json: Json = False) -> None
 def list_identities(
     ctx: typer.Context,
     *,
-    fleet: Annotated[
-        str, typer.Option("--fleet", "-f", help="Only this fleet.", metavar="FLEET")
-    ] = "",
+    fleet: shell.OnlyFleet = "",
     as_json: Json = False,
 ) -> None:
     """List enrolled devices: fleet, state, newest certificate and its expiry."""

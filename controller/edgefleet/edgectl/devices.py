@@ -26,10 +26,8 @@ app = typer.Typer(
 def list_devices(
     ctx: typer.Context,
     *,
-    fleet: Annotated[
-        str, typer.Option("--fleet", "-f", help="Only this fleet.", metavar="FLEET")
-    ] = "",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    fleet: shell.OnlyFleet = "",
+    as_json: shell.Json = False,
     containers: Annotated[
         bool,
         typer.Option(

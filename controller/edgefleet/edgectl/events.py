@@ -18,13 +18,11 @@ def events(
     device: Annotated[
         str, typer.Option("--device", "-d", help="Only this device.", metavar="DEVICE")
     ] = "",
-    fleet: Annotated[
-        str, typer.Option("--fleet", "-f", help="Only this fleet.", metavar="FLEET")
-    ] = "",
+    fleet: shell.OnlyFleet = "",
     limit: Annotated[
         int, typer.Option("--limit", "-n", help="At most N events.", min=1, metavar="N")
     ] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    as_json: shell.Json = False,
 ) -> None:
     """Show recent device events.
 

@@ -41,9 +41,7 @@ RolloutId = Annotated[str, typer.Argument(help="The rollout's id (ro-...).", met
 def list_rollouts(
     ctx: typer.Context,
     *,
-    fleet: Annotated[
-        str, typer.Option("--fleet", "-f", help="Only this fleet.", metavar="FLEET")
-    ] = "",
+    fleet: shell.OnlyFleet = "",
     limit: Annotated[
         int,
         typer.Option(

@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # grpc is loaded by the first command that calls, not for --h
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 """The ``--json`` option of the commands that print JSON for scripts."""
+OnlyFleet = Annotated[str, typer.Option("--fleet", "-f", help="Only this fleet.", metavar="FLEET")]
+"""The ``--fleet`` option of the listings that show one fleet or (its default, "") all."""
 TokenFile = Annotated[
     Path | None,
     typer.Option(
