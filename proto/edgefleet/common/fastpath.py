@@ -217,14 +217,22 @@ def _fields(view: memoryview, pos: int, end: int) -> list[tuple[int, int, int, i
     out = []
     while pos < end:
         start = pos
-        key, pos = _read_varint(view, pos, end)
+        key = view[pos]
+        if key < 0x80:  # a one-byte key (fields 1-15): most of them, read here
+            pos += 1
+        else:
+            key, pos = _read_varint(view, pos, end)
         number, kind = key >> 3, key & 7
         if number == 0:
             raise DecodeError("field number 0")
         if kind == 0:
             _, value_end = _read_varint(view, pos, end)
         elif kind == 2:
-            length, pos = _read_varint(view, pos, end)
+            length = view[pos] if pos < end else 0x80
+            if length < 0x80:  # a length under 128, one byte
+                pos += 1
+            else:
+                length, pos = _read_varint(view, pos, end)
             value_end = pos + length
         elif kind in (1, 5):
             value_end = pos + (8 if kind == 1 else 4)
