@@ -29,6 +29,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import TypeVar
 
 from edgefleet.common import externaldata, feeds, packing
 from edgefleet.common.errors import InvalidInputError, NotFoundError
@@ -51,6 +53,7 @@ from edgefleet.controller.registry import ModelVersion, Registry
 from edgefleet.controller.sandbox import Channel
 
 log = logging.getLogger(__name__)
+E = TypeVar("E", bound=StrEnum)
 
 DEFAULT_MAX_DROP = 1.0
 
@@ -130,19 +133,20 @@ class _Prepared:
 
 
 def parse_objective(text: str) -> Objective:
-    try:
-        return Objective(text or Objective.BALANCED)
-    except ValueError:
-        choices = ", ".join(o.value for o in Objective)
-        raise InvalidInputError(f"unknown objective {text!r}: choose one of {choices}") from None
+    return _choice(Objective, text or Objective.BALANCED, what="objective")
 
 
 def parse_golden(text: str) -> GoldenMode:
+    return _choice(GoldenMode, text or GoldenMode.AUTO, what="golden mode")
+
+
+def _choice(kind: type[E], text: str, *, what: str) -> E:
+    """``text`` as a member of ``kind``; ``InvalidInputError`` naming the choices otherwise."""
     try:
-        return GoldenMode(text or GoldenMode.AUTO)
+        return kind(text)
     except ValueError:
-        choices = ", ".join(m.value for m in GoldenMode)
-        raise InvalidInputError(f"unknown golden mode {text!r}: choose one of {choices}") from None
+        choices = ", ".join(m.value for m in kind)
+        raise InvalidInputError(f"unknown {what} {text!r}: choose one of {choices}") from None
 
 
 class Compressor:
