@@ -108,7 +108,7 @@ class ChaosFleet:
         self.procs.__enter__()
         try:
             self.controller = start_controller(
-                self.procs, self.workdir / "controller", mqtt_url=self.broker.url
+                self.procs, self.workdir / "controller", mqtt_url=self.broker.url, insecure=True
             )
             self.client = ControllerClient(self.controller.api, token=self.controller.admin_token())
             key = self.client.init_key()
@@ -145,6 +145,7 @@ class ChaosFleet:
                 mqtt_url=self.broker.url,
                 controller=self.controller.address,
                 trusted_key=self.trusted,
+                insecure=True,
             )
         finally:
             if before is None:

@@ -76,7 +76,7 @@ def measure() -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="ef-delta-") as tmp, Processes(Path(tmp) / "logs") as p:
         root = Path(tmp)
         broker = start_broker(p, root)
-        controller = start_controller(p, root / "controller", mqtt_url=broker.url)
+        controller = start_controller(p, root / "controller", mqtt_url=broker.url, insecure=True)
         trusted = root / "trusted.pem"
         edgectl(controller, "keys", "init", "--out", trusted)
         (agent,) = start_agents(
@@ -86,6 +86,7 @@ def measure() -> dict[str, object]:
             mqtt_url=broker.url,
             controller=controller.address,
             trusted_key=trusted,
+            insecure=True,
         )
         roll_out(controller, fleet, base, "1.0.0", root)
         full = downloaded(agent)

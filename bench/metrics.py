@@ -164,7 +164,7 @@ def ingest_rate(console: Console) -> dict[str, float]:
         metrics_port = free_port()
         controller = start_controller(
             procs, Path(tmp) / "controller", mqtt_url=broker.url,
-            extra_args=["--metrics-port", str(metrics_port)],
+            extra_args=["--metrics-port", str(metrics_port)], insecure=True,
         )  # fmt: skip
         ids = [f"sim-{i:04d}" for i in range(DEVICES)]
         clients = [publisher(port, f"bench-pub-{i}") for i in range(CONNECTIONS)]

@@ -135,7 +135,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[
         try:
             controller = start_controller(
                 procs, workdir / "controller", mqtt_url=broker.url,
-                extra_args=["--mqtt-client-id", f"controller-{tag}"],
+                extra_args=["--mqtt-client-id", f"controller-{tag}"], insecure=True,
             )  # fmt: skip
             cli = Cli(controller.api, controller.token_file, controller.api_ca)
             trusted = workdir / "trusted.pem"
@@ -161,6 +161,7 @@ def mixed(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iterator[
             (agent,) = start_agents(
                 procs, [AgentSpec(x86, name)], workdir=workdir, mqtt_url=broker.url,
                 controller=controller.address, trusted_key=trusted, telemetry_interval_s=2.0,
+                insecure=True,
             )  # fmt: skip
             arm_info = wait_for_json(data_dir / "agent.json", proc, timeout_s=ARM_START_S)
             timings["arm_start_s"] = time.monotonic() - started

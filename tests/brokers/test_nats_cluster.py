@@ -71,6 +71,7 @@ class Stack:
                 mqtt_url=self.cluster.urls(first_node),
                 controller=self.controller.address,
                 trusted_key=self.trusted,
+                insecure=True,  # NATS's MQTT: no mTLS broker of the run's CA
             )
         finally:
             if before is None:
@@ -140,6 +141,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     workdir / "controller",
                     mqtt_url=cluster.urls(0),
                     extra_args=["--mqtt-client-id", f"controller-{tag}"],
+                    insecure=True,
                 )
                 client = ControllerClient(controller.api, token=controller.admin_token())
                 trusted = workdir / "trusted.pem"

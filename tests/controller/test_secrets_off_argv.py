@@ -77,6 +77,7 @@ def test_the_controller_logs_in_to_the_broker_with_no_secret_in_argv(
                 mqtt_url=f"mqtt://{USER}@127.0.0.1:{broker.port}",
                 extra_args=["--mqtt-password-file", str(secret), "--mqtt-client-id", client_id],
                 timeout_s=TIMEOUT,
+                insecure=True,
             ).process
         else:
             # No --mqtt at all: the whole URL, password included, from the environment or a

@@ -18,36 +18,30 @@ import pytest
 from edgefleet.common import chunking, digests
 from edgefleet.demo.errors import StartError
 from edgefleet.demo.processes import Processes
-from edgefleet.demo.stack import Agent, AgentSpec, start_agents, start_controller
-from tests.conftest import Broker
+from edgefleet.demo.stack import Agent, AgentSpec
 from tests.deltas.models import mlp
 from tests.e2e.conftest import Cli
+from tests.mtlsfleet import start_enrolled, start_mtls
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-def one_device(tmp_path: Path, broker: Broker) -> Iterator[tuple[Cli, Agent, str]]:
-    """A controller and one agent in a fleet of their own."""
+def one_device(tmp_path: Path) -> Iterator[tuple[Cli, Agent, str]]:
+    """A controller and one enrolled agent in a fleet of their own, every hop mTLS."""
     tag = uuid.uuid4().hex[:6]
     fleet = f"delta-{tag}"
     with Processes(tmp_path / "logs") as procs:
         try:
-            controller = start_controller(
-                procs,
-                tmp_path / "controller",
-                mqtt_url=broker.url,
-                extra_args=["--mqtt-client-id", f"controller-{tag}"],
-            )
+            stack = start_mtls(procs, tmp_path)
+            controller = stack.controller
             cli = Cli(controller.api, controller.token_file, controller.api_ca)
             trusted = tmp_path / "trusted.pem"
             cli.ok("keys", "init", "--out", trusted)
-            (agent,) = start_agents(
+            (agent,) = start_enrolled(
                 procs,
+                stack,
                 [AgentSpec(f"{fleet}-1", fleet)],
-                workdir=tmp_path,
-                mqtt_url=broker.url,
-                controller=controller.address,
                 trusted_key=trusted,
                 telemetry_interval_s=1.0,
             )

@@ -2,7 +2,9 @@
 
 Registers two versions of the digits model, releases 1.0.0 and 1.1.0, deploys each to a fleet
 of three agents with ``deploy --wait``, and checks with ``devices list --json`` and
-``edgectl predict`` that every device runs the right model and answers correctly.
+``edgectl predict`` that every device runs the right model and answers correctly (``--endpoint``
+its local Predict: the endpoint an enrolled device lists is its mTLS peer listener, for its
+fleet's neighbours only).
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ def check_fleet(
     np.savez(npz, pixels=data.x_test)
     want = expected_labels(model, data.x_test)
     for device_id in fleet.device_ids:
+        local = fleet.local_predict(device_id)
         out = json.loads(
-            fleet.cli.ok("predict", "--device", device_id, "--input", npz, "--output-json")
-        )
+            fleet.cli.ok("predict", "--device", device_id, "--input", npz, "--output-json",
+                         "--endpoint", local)
+        )  # fmt: skip
         assert out["release"] == f"digits:{version}"
         labels = np.asarray(out["outputs"]["label"]["data"])
         assert out["outputs"]["probabilities"]["shape"] == [len(data.x_test), 10]
@@ -88,7 +92,9 @@ def test_predict_with_a_wrong_input_is_one_line(fleet: Fleet, tmp_path: Path) ->
     devices = fleet.devices()
     if not any(d["phase"] == "active" for d in devices):
         pytest.fail("no device serves a model; run with the rollout test")
-    result = fleet.cli.run("predict", "--device", fleet.device_ids[0], "--input", npz)
+    device_id = fleet.device_ids[0]
+    result = fleet.cli.run("predict", "--device", device_id, "--input", npz,
+                           "--endpoint", fleet.local_predict(device_id))  # fmt: skip
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "pixels" in lines[0], (

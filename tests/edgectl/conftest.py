@@ -1,7 +1,11 @@
 """Fixtures for the edgectl tests: a real ``edge-controller`` process on the session broker.
 
-The controller runs as a subprocess, started the way ``edgectl demo`` starts it, with an MQTT
-client id of its own so that it shares the session broker with other tests' controllers.
+The controller runs as a subprocess, started the way ``edgectl demo --insecure`` starts it, with
+an MQTT client id of its own so that it shares the session broker with other tests' controllers.
+Plaintext on purpose: its devices are simulated MQTT clients (``tests.controller.support``'s
+``Device`` and ``SimAgent``, raw sessions) that report as any device id they like on the
+session broker, which an mTLS broker's per-identity ACL refuses by design. The end-to-end
+fleet (``tests/e2e``) runs the real agents on mTLS.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def controller(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Iter
                 workdir / "data",
                 mqtt_url=broker.url,
                 extra_args=["--mqtt-client-id", f"edgectl-tests-{uuid.uuid4().hex[:8]}"],
+                insecure=True,  # simulated devices on the session broker: see above
             )
         except StartError as exc:
             pytest.fail(f"{exc}; the end of its log:\n{exc.log_tail}")

@@ -11,7 +11,7 @@ import pytest
 
 from edgefleet.demo.errors import StartError
 from edgefleet.demo.processes import Processes, wait_for_json
-from edgefleet.demo.stack import start_broker
+from edgefleet.demo.stack import Mtls, start_broker, start_controller
 
 # a parent that starts a child in its own process group and ignores SIGTERM itself
 STUBBORN = """
@@ -114,3 +114,17 @@ def test_children_stop_when_their_starter_is_killed(tmp_path: Path) -> None:
     while alive(child_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(child_pid)
+
+
+def test_plaintext_is_never_a_default_of_start_controller(tmp_path: Path) -> None:
+    """Neither ``mtls=`` nor ``insecure=True`` (nor both): refused before anything starts."""
+    mtls = Mtls(broker_dir=tmp_path / "broker", controller_dir=tmp_path / "data")
+    refused = pytest.raises(ValueError, match=r"needs mtls= .* or insecure=True")
+    with Processes(tmp_path / "logs") as procs:
+        with refused:
+            start_controller(procs, mtls.controller_dir, mqtt_url="mqtt://127.0.0.1:1")
+        with refused:
+            start_controller(
+                procs, mtls.controller_dir, mqtt_url="mqtt://127.0.0.1:1", mtls=mtls, insecure=True
+            )
+        assert procs.started == []

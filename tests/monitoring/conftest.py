@@ -1,7 +1,8 @@
 """Real processes for ``test_prometheus_live``: a controller and one agent serving a release.
 
-``monitoring_targets`` starts ``edge-controller`` (with ``--metrics-port``) and one
-``edge-agent`` (metrics on, telemetry every second) on the session broker, deploys a real
+``monitoring_targets`` starts ``edge-controller`` (with ``--metrics-port``) and one enrolled
+``edge-agent`` (metrics on, telemetry every second), every hop mTLS on an mTLS broker of their
+own (``tests.mtlsfleet``, as ``edgectl demo`` starts them), deploys a real
 signed release of the digits model through the controller's gRPC API as a canary that bakes
 past the test (so a rollout is in progress), waits until the device is active, keeps Predict
 traffic going through the agent's gRPC API while the test runs (one request in fifty with a
@@ -22,20 +23,21 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
+from edgefleet.agent.identity import IdentityFiles
 from edgefleet.common import rpc, topics
 from edgefleet.common.errors import EdgeFleetError
 from edgefleet.common.mqttclient import MqttSession
 from edgefleet.demo import digits
 from edgefleet.demo.errors import StartError
 from edgefleet.demo.processes import Processes, free_port
-from edgefleet.demo.stack import Agent, AgentSpec, start_agents, start_controller
-from edgefleet.edgectl.client import ControllerClient, authorized
+from edgefleet.demo.stack import Agent, AgentSpec, enroll_agents
+from edgefleet.edgectl.client import authorized
 from edgefleet.edgectl.inference import InferenceClient
 from edgefleet.v1 import controller_pb2 as pb
 from edgefleet.v1 import controller_pb2_grpc as pb_grpc
-from tests.conftest import Broker
 from tests.monitoring.catalogue import CONTAINERS, POWER
 from tests.monitoring.harness import MonitoringTargets, ScrapeTarget
+from tests.mtlsfleet import MtlsStack, start_enrolled, start_mtls
 
 RELEASE = "digits:1.0.0"
 PAUSE_S = 0.01
@@ -90,7 +92,9 @@ class Traffic:
                 self.sent += 1
 
 
-def deploy_canary(address: str, release: str, fleet: str, *, token: str) -> None:
+def deploy_canary(
+    address: str, release: str, fleet: str, *, token: str, api_ca: bytes | None
+) -> None:
     """Deploy as a canary that bakes far longer than the test: the rollout stays in its
     canary step, so the rollout panels and rules see a rollout in progress."""
     strategy = pb.RolloutStrategy(
@@ -100,7 +104,8 @@ def deploy_canary(address: str, release: str, fleet: str, *, token: str) -> None
         bake="1h",
         max_error_rate=0.5,  # the wrong inputs we send on purpose must not abort it
     )
-    with authorized(rpc.channel(address), token) as channel:
+    tls = rpc.ClientTls(api_ca) if api_ca is not None else None
+    with authorized(rpc.channel(address, tls=tls), token) as channel:
         stub = pb_grpc.ControllerServiceStub(channel)
         stub.Deploy(
             pb.DeployRequest(release=release, fleet=fleet, strategy=strategy),
@@ -108,10 +113,18 @@ def deploy_canary(address: str, release: str, fleet: str, *, token: str) -> None
         )
 
 
-def garble(broker: Broker, device_id: str) -> None:
-    """One report that does not decode, as a broken device would send: the controller counts
-    it in ``edgefleet_controller_malformed_messages_total`` (a series only once it happened)."""
-    session = MqttSession(broker.url, client_id=f"garble-{device_id}")
+def garble(stack: MtlsStack, device_id: str) -> None:
+    """One report that does not decode, as a broken device would send (an enrolled one, on its
+    own telemetry topic: the broker's ACL allows no other): the controller counts it in
+    ``edgefleet_controller_malformed_messages_total`` (a series only once it happened)."""
+    files = IdentityFiles.in_data_dir(stack.workdir / "agents" / device_id)
+    session = MqttSession(
+        stack.broker.url,
+        client_id=device_id,
+        ca_file=str(files.ca),
+        cert_file=str(files.cert),
+        key_file=str(files.key),
+    )
     session.start()
     try:
         assert session.wait_connected(10)
@@ -122,38 +135,35 @@ def garble(broker: Broker, device_id: str) -> None:
 
 @pytest.fixture(scope="module")
 def monitoring_targets(
-    tmp_path_factory: pytest.TempPathFactory, broker: Broker, digits_model: digits.TrainedModel
+    tmp_path_factory: pytest.TempPathFactory, digits_model: digits.TrainedModel
 ) -> Iterator[MonitoringTargets]:
     if shutil.which("prometheus") is None:
         pytest.skip("prometheus is not installed (apt-get install prometheus; setup.sh --dev does)")
     workdir = tmp_path_factory.mktemp("monitoring")
     tag = uuid.uuid4().hex[:6]
     fleet, device_id = f"mon-{tag}", f"mon-{tag}-1"
+    garbler = f"mon-{tag}-broken"  # of a fleet of its own: no rollout of ours targets it
     metrics_port = free_port()
     with Processes(workdir / "logs") as procs, contextlib.ExitStack() as stack:
         try:
-            controller = start_controller(
-                procs,
-                workdir / "controller",
-                mqtt_url=broker.url,
-                # the last --metrics-port wins: ours, so we know where to scrape
-                extra_args=[
-                    "--mqtt-client-id",
-                    f"controller-{tag}",
-                    "--metrics-port",
-                    str(metrics_port),
-                ],
-            )
+            # the last --metrics-port wins: ours, so we know where to scrape
+            mtls = start_mtls(procs, workdir, extra_args=["--metrics-port", str(metrics_port)])
+            controller = mtls.controller
             token = controller.admin_token()
-            with ControllerClient(controller.api, token=token) as client:
+            with controller.client() as client:
                 trusted = workdir / "trusted.pem"
                 trusted.write_text(client.init_key().public_key_pem)
-                [agent] = start_agents(
-                    procs,
-                    [AgentSpec(device_id, fleet)],
+                # a device enrolled but never run, to send the broken report as itself
+                enroll_agents(
+                    [AgentSpec(garbler, f"{fleet}-broken")],
                     workdir=workdir,
-                    mqtt_url=broker.url,
-                    controller=controller.address,
+                    controller=controller,
+                    ca_file=mtls.mtls.ca_file,
+                )
+                [agent] = start_enrolled(
+                    procs,
+                    mtls,
+                    [AgentSpec(device_id, fleet)],
                     trusted_key=trusted,
                     telemetry_interval_s=1.0,
                 )
@@ -166,14 +176,15 @@ def monitoring_targets(
                 model = digits_model.onnx_bytes
                 client.upload_model(iter([model]), name="digits", size=len(model))
                 client.create_release("digits", "1.0.0")
-                deploy_canary(controller.api, RELEASE, fleet, token=token)
+                api_ca = controller.api_ca.read_bytes() if controller.api_ca else None
+                deploy_canary(controller.api, RELEASE, fleet, token=token, api_ca=api_ca)
 
                 def active() -> bool:
                     [d] = client.list_devices(fleet)
                     return d.active_release == RELEASE
 
                 wait_until("the release never became active", active, timeout=60, logs=procs)
-                garble(broker, device_id)
+                garble(mtls, garbler)
                 stack.enter_context(Traffic(agent))
 
                 def telemetry_arrived() -> bool:

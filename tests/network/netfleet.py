@@ -137,6 +137,7 @@ def net_fleet(
             extra_args=["--mqtt-client-id", f"controller-{tag}"],
             host=ctl.address,
             prefix=ctl.prefix,
+            insecure=True,
         )
         cli = Cli(controller.api, controller.token_file, controller.api_ca)
         trusted = workdir / "trusted.pem"
@@ -160,6 +161,7 @@ def net_fleet(
             controller=controller.address,
             trusted_key=trusted,
             telemetry_interval_s=telemetry_interval_s,
+            insecure=True,
         )
         fleet = NetFleet(name, network, procs, ctl, broker, controller, cli, trusted, workdir)
         for spec, host, agent in zip(specs, hosts, agents, strict=True):

@@ -313,6 +313,7 @@ def test_the_token_is_in_no_log_and_no_argv(tmp_path: Path, broker: Broker) -> N
             tmp_path / "controller",
             mqtt_url=broker.url,
             extra_args=["--mqtt-client-id", support.unique("ctl")],
+            insecure=True,
         )
         token = controller.admin_token()
         assert controller.token_file.stat().st_mode & 0o777 == 0o600
@@ -333,6 +334,7 @@ def test_the_token_is_in_no_log_and_no_argv(tmp_path: Path, broker: Broker) -> N
             mqtt_url=broker.url,
             controller=controller.address,
             trusted_key=trusted,
+            insecure=True,
         )
         argv = {p.name: Path(f"/proc/{p.pid}/cmdline").read_bytes() for p in procs.started}
         logs = {p.name: p.log.read_text() for p in procs.started}

@@ -146,7 +146,12 @@ def start_fleet(options: DemoOptions, console: Console, workdir: Path, procs: Pr
         console.print(f"  {containers.source(registry)}")
     with step(console, "starting edge-controller"):
         controller = start_controller(
-            procs, data_dir, mqtt_url=broker.url, mtls=broker.mtls, extra_args=extra
+            procs,
+            data_dir,
+            mqtt_url=broker.url,
+            mtls=broker.mtls,
+            insecure=options.insecure,
+            extra_args=extra,
         )
     console.print(f"  operator API on {controller.api}, devices on {controller.address}")
     console.print(f"  admin token in {controller.token_file}")

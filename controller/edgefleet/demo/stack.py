@@ -9,8 +9,8 @@ With ``Mtls`` every hop is mTLS on certificates made for the run: ``start_mtls_b
 controller's client certificate) and Mosquitto on it; ``start_controller(mtls=...)`` serves the
 devices' port with mTLS and enrollment on its TLS listener; ``enroll_agents`` enrolls each
 device for real (a token file, ``edge-agent enroll --ca-file --token-file``); enrolled agents
-then run on ``mqtts://`` with their identity. Without it everything is plaintext, asked for
-with ``--insecure``.
+then run on ``mqtts://`` with their identity. Plaintext is never a default: it is asked for
+with ``insecure=True`` (``--insecure`` on each process), as ``edgectl demo --insecure`` does.
 """
 
 from __future__ import annotations
@@ -230,11 +230,14 @@ def start_controller(
     host: str = "127.0.0.1",
     prefix: Sequence[str] = (),
     mtls: Mtls | None = None,
+    insecure: bool = False,
 ) -> Controller:
     """Start ``edge-controller run`` on free ports of ``host`` (devices, operator API; loopback
     by default), behind ``prefix`` (``ip netns exec NS``) if given; ``extra_args`` go last.
-    With ``mtls`` (its ``controller_dir`` is ``data_dir``) the devices' port is mTLS and the
-    broker mTLS; without, ``--insecure``: plaintext."""
+    Exactly one of: ``mtls`` (its ``controller_dir`` is ``data_dir``), the devices' port mTLS,
+    the operator API TLS, the broker mTLS; or ``insecure=True``, ``--insecure``: plaintext."""
+    if (mtls is None) == (not insecure):
+        raise ValueError("start_controller needs mtls= (every hop mTLS) or insecure=True")
     if mtls is not None and mtls.controller_dir != data_dir:
         raise ValueError("mtls.controller_dir must be the controller's data dir")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -329,11 +332,11 @@ def start_agents(
     trusted_key: Path,
     telemetry_interval_s: float | None = None,
     timeout_s: float = START_TIMEOUT_S,
-    insecure: bool = True,
+    insecure: bool = False,
 ) -> list[Agent]:
-    """Spawn every agent first, then wait for each: they start side by side. ``insecure``:
-    plaintext gRPC (``--insecure``); else each must be enrolled (``enroll_agents``), and
-    ``mqtt_url`` an mTLS broker's ``mqtts://`` (the enrolled identity is the client's)."""
+    """Spawn every agent first, then wait for each: they start side by side. By default each
+    must be enrolled (``enroll_agents``) and ``mqtt_url`` an mTLS broker's ``mqtts://`` (the
+    enrolled identity is the client's); ``insecure=True``: plaintext (``--insecure``)."""
     spawned: list[tuple[AgentSpec, Path, Managed]] = []
     for spec in specs:
         data_dir = workdir / "agents" / spec.device_id

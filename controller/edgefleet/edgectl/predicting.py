@@ -1,6 +1,8 @@
 """``edgectl predict``: run one inference on a device, through its agent's Predict API.
 
-The device's Predict endpoint comes from the controller (``ListDevices``); every array of
+The device's Predict endpoint comes from the controller (``ListDevices``) unless
+``--endpoint`` names one (an enrolled device lists its mTLS peer listener, which serves
+neighbours of its fleet only: its local Predict is the one a person can call); every array of
 the ``.npz`` file is sent as a named input tensor.
 """
 
@@ -49,11 +51,23 @@ def predict(
     as_json: Annotated[
         bool, typer.Option("--output-json", "--json", help="Print the outputs as JSON.")
     ] = False,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint",
+            help="Call this Predict address (HOST:PORT or unix:PATH) instead of the one the "
+            "controller lists: an enrolled (mTLS) device lists its peer listener, for its "
+            "fleet's neighbours only; give its local Predict (agent.json's predict_endpoint).",
+            show_default=False,
+            metavar="ADDRESS",
+        ),
+    ] = None,
 ) -> None:
     """Run an inference on a device, through its agent.
 
-    Looks the device's Predict endpoint up at the controller, sends every array of the
-    .npz file as the input tensor of that name, and prints the outputs (all of them, or
+    Looks the device's Predict endpoint up at the controller (or calls --endpoint: an
+    enrolled device's listed endpoint is mTLS, for its neighbours only), sends every array of
+    the .npz file as the input tensor of that name, and prints the outputs (all of them, or
     those named with --output). Example: python -c "import numpy as np;
     np.savez('x.npz', pixels=np.zeros((1, 64), np.float32))".
     """
@@ -62,14 +76,14 @@ def predict(
     from edgefleet.edgectl.inference import InferenceClient, load_npz
 
     inputs = load_npz(input_path)
-    with shell.controller(ctx) as client:
-        info = client.find_device(device)
-    if not info.predict_endpoint:
-        shell.fail(f"device {device} has not reported a Predict endpoint")
+    if endpoint is None:
+        with shell.controller(ctx) as client:
+            info = client.find_device(device)
+        if not info.predict_endpoint:
+            shell.fail(f"device {device} has not reported a Predict endpoint")
+        endpoint = info.predict_endpoint
     deadline = shell.settings(ctx).deadline_s
-    with InferenceClient(
-        info.predict_endpoint, name=f"device {device}", deadline_s=deadline
-    ) as agent:
+    with InferenceClient(endpoint, name=f"device {device}", deadline_s=deadline) as agent:
         result = agent.predict(inputs, output_names=output_names or ())
     if as_json:
         output.print_json(
