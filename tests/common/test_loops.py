@@ -67,3 +67,19 @@ def test_stop_before_start_is_harmless() -> None:
     loop = StoppableLoop(_Body(until=1, wait_s=0.0), name=NAME)
     loop.stop()
     assert not _running()
+
+
+def test_last_runs_once_on_the_loops_thread_after_the_last_run() -> None:
+    body = _Body(until=2, wait_s=LONG_S)
+    seen: list[tuple[str, int]] = []
+
+    def last() -> None:
+        seen.append((threading.current_thread().name, body.runs))
+
+    loop = StoppableLoop(body, name=NAME, last=last)
+    loop.start()
+    assert body.reached.wait(10)
+    assert seen == []  # still waiting after run 2: the loop has not ended
+    loop.stop()
+    assert not _running()
+    assert seen == [(NAME, 2)]

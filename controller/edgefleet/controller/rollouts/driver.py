@@ -1,4 +1,5 @@
-"""The rollout driver: a named background thread that steps every unfinished rollout each tick.
+"""The rollout driver: a named background loop (``loops.StoppableLoop``) that steps every
+unfinished rollout each tick.
 
 With several controller replicas on one database only the holder of the ``rollouts`` lease
 drives (``leasing``); the others renew their claim each tick and stand by. All state lives in
@@ -13,6 +14,7 @@ import logging
 import threading
 import time
 
+from edgefleet.common.loops import StoppableLoop
 from edgefleet.controller.leasing import Lease
 from edgefleet.controller.rollouts.shell import Rollouts
 
@@ -38,47 +40,52 @@ class RolloutDriver:
         self._tick_s = tick_s
         self._reconnected = reconnected or threading.Event()
         self._lag_check_s = lag_check_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="controller-rollouts", daemon=True)
+        self._leading = False
+        self._lag_checked = 0.0  # the last look for lagging devices (monotonic): from start
+        self._loop = StoppableLoop(
+            self._step, name="controller-rollouts", join_timeout_s=5.0, last=self._give_up
+        )
 
     def start(self) -> None:
-        self._thread.start()
+        self._lag_checked = time.monotonic()
+        self._loop.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Finish the tick under way, then end the thread."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+    def stop(self) -> None:
+        """Finish the tick under way, then end the thread (and give the lease up)."""
+        self._loop.stop()
 
-    def _run(self) -> None:
-        leading = False
-        lag_checked = time.monotonic()
-        while True:
-            try:
-                was, leading = leading, self._lease is None or self._lease.held()
-            except Exception:  # the database is away: drive nothing until it is back
-                log.exception("could not renew the rollouts lease")
-                was, leading = leading, False
-            if leading and not was:
-                self._take_over()
-            if self._stop.wait(self._tick_s):
-                break
-            if not leading:
-                continue
-            try:
-                if self._reconnected.is_set():
-                    self._reconnected.clear()
-                    self._rollouts.republish()
-                elif time.monotonic() - lag_checked >= self._lag_check_s:
-                    lag_checked = time.monotonic()
-                    self._rollouts.republish(lagging_only=True)
-            except Exception:
-                log.exception("re-publishing desired states failed")
-            try:
-                self._rollouts.tick()
-            except Exception:  # the next tick tries again; a dead driver would stall every rollout
-                log.exception("rollout tick failed")
-        if self._lease is not None and leading:
+    def _step(self) -> float:
+        """One tick: drive (when this replica led at the last look), then look at the lease
+        again; the loop waits ``tick_s`` between two."""
+        if self._leading:
+            self._drive()
+        try:
+            was, self._leading = self._leading, self._lease is None or self._lease.held()
+        except Exception:  # the database is away: drive nothing until it is back
+            log.exception("could not renew the rollouts lease")
+            was, self._leading = self._leading, False
+        if self._leading and not was:
+            self._take_over()
+        return self._tick_s
+
+    def _drive(self) -> None:
+        try:
+            if self._reconnected.is_set():
+                self._reconnected.clear()
+                self._rollouts.republish()
+            elif time.monotonic() - self._lag_checked >= self._lag_check_s:
+                self._lag_checked = time.monotonic()
+                self._rollouts.republish(lagging_only=True)
+        except Exception:
+            log.exception("re-publishing desired states failed")
+        try:
+            self._rollouts.tick()
+        except Exception:  # the next tick tries again; a dead driver would stall every rollout
+            log.exception("rollout tick failed")
+
+    def _give_up(self) -> None:
+        """On the loop's thread, after its last tick."""
+        if self._lease is not None and self._leading:
             try:
                 self._lease.release()
             except Exception:
