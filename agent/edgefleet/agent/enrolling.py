@@ -24,8 +24,6 @@ import time
 from collections.abc import Callable
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from edgefleet.agent.identity import IdentityFiles, check_interval_s, renew_due
 from edgefleet.common import backoff, identities, rpc
@@ -81,6 +79,9 @@ def enroll(
 
 
 def _certs(pem: bytes) -> list[bytes]:
+    from cryptography import x509  # here: an agent that is not enrolled never needs it
+    from cryptography.hazmat.primitives.serialization import Encoding
+
     return [c.public_bytes(Encoding.DER) for c in x509.load_pem_x509_certificates(pem)]
 
 

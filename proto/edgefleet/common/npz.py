@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import io
 import math
-import zipfile
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.lib.format as npy
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import zipfile
 
 MAX_BYTES = 1 << 30
 """Default bound on the arrays' bytes together."""
@@ -33,6 +35,8 @@ def read(
     data: bytes, *, max_bytes: int = MAX_BYTES, max_arrays: int = MAX_ARRAYS
 ) -> dict[str, npt.NDArray[Any]]:
     """Every array in the archive ``data``, by name (without ``.npy``)."""
+    import zipfile  # here: an idle agent reads no archive (zipfile is ~0.5 MB of its RSS)
+
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
