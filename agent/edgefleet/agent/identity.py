@@ -18,7 +18,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgefleet.common import identities, rpc
@@ -86,6 +85,8 @@ class IdentityFiles:
         )
 
     def load_key(self) -> ec.EllipticCurvePrivateKey:
+        from cryptography.hazmat.primitives import serialization  # enrolled devices only
+
         key = serialization.load_pem_private_key(self.key.read_bytes(), password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise InvalidInputError(f"{self.key}: not an EC key")

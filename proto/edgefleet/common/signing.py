@@ -7,19 +7,26 @@ Key ids are derived from the public key, so an envelope cannot claim a key it wa
 A ``TrustStore`` starts from the keys the device was given (``--trusted-key``) and follows the
 signed trust bundle (``trustbundle``): its keys are added, with the window in which each may sign
 fresh messages, and its revoked key ids taken away, the given ones included.
+
+Public keys are read without cryptography's ``serialization`` package where they are in the
+one form an Ed25519 key has (a ``BEGIN PUBLIC KEY`` block of the 44-byte SubjectPublicKeyInfo):
+the agent reads every trusted key and bundle key so, and that package (PEM, DER, SSH, PKCS#12
+codecs) would cost it about 1.1 MB of RSS. Anything else goes to cryptography's own loader,
+which says what it is; tests/common/test_signing.py checks both read every key alike.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import re
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgefleet.common.errors import SignatureError
@@ -45,8 +52,7 @@ def pae(payload_type: str, payload: bytes) -> bytes:
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
+    return "ed25519:" + hashlib.sha256(public_key.public_bytes_raw()).hexdigest()[:16]
 
 
 def sign(payload: bytes, payload_type: str, private_key: Ed25519PrivateKey) -> Envelope:
@@ -174,6 +180,8 @@ def generate() -> Ed25519PrivateKey:
 
 
 def public_pem(key: Ed25519PublicKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
@@ -185,6 +193,12 @@ def load_public_keys(pem: bytes, *, source: str = "PEM") -> list[Ed25519PublicKe
     blocks = [b + marker for b in pem.split(marker) if b.strip()]
     keys = []
     for block in blocks:
+        ed25519 = _ed25519_pem(block.strip())
+        if ed25519 is not None:
+            keys.append(ed25519)
+            continue
+        from cryptography.hazmat.primitives import serialization  # any other form: it says what
+
         try:
             key = serialization.load_pem_public_key(block.strip())
         except ValueError as exc:
@@ -195,8 +209,33 @@ def load_public_keys(pem: bytes, *, source: str = "PEM") -> list[Ed25519PublicKe
     return keys
 
 
+# SubjectPublicKeyInfo of an Ed25519 key (RFC 8410): SEQUENCE { SEQUENCE { OID 1.3.101.112 },
+# BIT STRING (no unused bits) of the 32-byte key }; as PEM, one line of 60 base64 characters
+_ED25519_SPKI = bytes.fromhex("302a300506032b6570032100")
+_PEM_ED25519 = re.compile(
+    rb"-----BEGIN PUBLIC KEY-----(\r?\n)"
+    rb"(MCowBQYDK2VwAyEA[A-Za-z0-9+/]{43}=)\1"
+    rb"-----END PUBLIC KEY-----"
+)
+
+
+def _ed25519_pem(block: bytes) -> Ed25519PublicKey | None:
+    """The key of a PEM block that is exactly an Ed25519 key's (as ``public_pem`` and
+    ``openssl pkey -pubout`` write it); None for any other block, which
+    ``serialization.load_pem_public_key`` then reads or refuses."""
+    match = _PEM_ED25519.fullmatch(block)
+    if match is None:
+        return None
+    der = base64.b64decode(match.group(2), validate=True)
+    if len(der) != len(_ED25519_SPKI) + 32 or base64.b64encode(der) != match.group(2):
+        return None  # not canonical base64 (bits after the key's last byte)
+    return Ed25519PublicKey.from_public_bytes(der[len(_ED25519_SPKI) :])
+
+
 def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
     """Write a private key readable by its owner only; the file is created 0600, never widened."""
+    from cryptography.hazmat.primitives import serialization
+
     data = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -209,6 +248,8 @@ def save_private_key(key: Ed25519PrivateKey, path: Path) -> None:
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
         raise SignatureError(f"{path}: not an Ed25519 private key")
