@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 
@@ -28,6 +27,7 @@ import grpc
 from edgefleet.agent.identity import IdentityFiles, check_interval_s, renew_due
 from edgefleet.common import backoff, identities, rpc
 from edgefleet.common.errors import EdgeFleetError, InvalidInputError
+from edgefleet.common.loops import StoppableLoop
 from edgefleet.v1 import enroll_pb2 as pb
 from edgefleet.v1 import enroll_pb2_grpc
 
@@ -136,18 +136,16 @@ class Renewer:
         self._on_renewed = on_renewed
         self._clock = clock
         self._poll_s = poll_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="agent-renewer", daemon=True)
+        self._failures = 0
+        self._loop = StoppableLoop(self._tick, name="agent-renewer")
         self.renewals = 0
         self.last_error = ""
 
     def start(self) -> None:
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        self._loop.stop()
 
     def check(self) -> float:
         """Renew if due; seconds until the next look."""
@@ -169,15 +167,14 @@ class Renewer:
         self._on_renewed()
         return interval
 
-    def _run(self) -> None:
-        failures = 0
-        wait = 0.0
-        while not self._stop.wait(wait):
-            try:
-                wait = self.check()
-                failures = 0
-            except (EdgeFleetError, OSError, ValueError) as exc:
-                self.last_error = str(exc)
-                wait = backoff.delay(failures, base=1.0, cap=300.0, rand=random.random)
-                failures += 1
-                log.warning("certificate renewal failed (%s); again in %.0f s", exc, wait)
+    def _tick(self) -> float:
+        """One look on the loop's thread: renew if due; a failure retries with full jitter."""
+        try:
+            wait = self.check()
+            self._failures = 0
+        except (EdgeFleetError, OSError, ValueError) as exc:
+            self.last_error = str(exc)
+            wait = backoff.delay(self._failures, base=1.0, cap=300.0, rand=random.random)
+            self._failures += 1
+            log.warning("certificate renewal failed (%s); again in %.0f s", exc, wait)
+        return wait

@@ -1,7 +1,8 @@
 """A stoppable background loop: one named daemon thread that runs a body, waits, runs it again.
 
-The agent's background loops (``containerwatch``, ``telemetry``) and the controller's rollout
-driver each needed the same thread, stop event and join; here they are once. ``body()`` runs on
+The agent's background loops (``containerwatch``, ``telemetry``, the certificate ``Renewer``)
+and the controller's rollout driver each needed the same thread, stop event and join; here
+they are once. ``body()`` runs on
 the loop's thread and returns the seconds to wait before it runs again; ``stop`` ends the wait
 at once, lets a run under way finish, then joins the thread (up to ``join_timeout_s``).
 ``last``, if given, runs once on the loop's thread after the last run (the driver gives its
