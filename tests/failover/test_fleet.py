@@ -187,7 +187,8 @@ def test_shared_memory_inputs_reach_a_neighbour_inline(
     assert reply.served_by_neighbour and reply.release == fleet.release
     direct = predict(fleet.endpoints["b"], {"pixels": x})
     assert {o.name: o.data for o in reply.outputs} == {o.name: o.data for o in direct.outputs}
-    # the same over the fast local path, its input in a named region and in a sealed one
+    # the same over the fast local path, its input in a named region, a sealed one passed
+    # with the request and a registered one
     assert bare.fast_server is not None
     stager = sharedmem.Stager(threshold=0)
     try:
@@ -196,9 +197,11 @@ def test_shared_memory_inputs_reach_a_neighbour_inline(
                 named = fast.predict(request)
             with stager.sealed_request({"pixels": x}) as (request, fds):
                 sealed = fast.predict(request, fds=fds)
+        with fastpath.FastPathClient(bare.fast_server.path, shm_threshold=0) as fast:
+            registered = fast.predict_arrays({"pixels": x})  # in a region it registered
     finally:
         stager.close()
-    for via in (named, sealed):
+    for via in (named, sealed, registered):
         assert via.served_by_neighbour and via.release == fleet.release
         assert {o.name: o.data for o in via.outputs} == {o.name: o.data for o in direct.outputs}
 

@@ -13,11 +13,12 @@ an ``endpoint`` of ``unix:PATH``): the local agent is called through it, and inp
 inside the message; neighbours are always called over TCP, with every input inline.
 
 Beside that socket the agent serves its fast local path (``edgefleet.common.fastpath``: the
-same Predict without gRPC, ``DATA_DIR/predict.fast.sock``; large inputs in a sealed memfd
-passed with the request, which the model reads in place); a local client calls Predict there
-first (``fast_socket``), and over the gRPC socket when the fast one cannot be reached (an agent
-with it off, or an older one), trying the fast one again ``FAST_RETRY_S`` later. ModelInfo
-(the neighbour list) always goes over gRPC.
+same Predict without gRPC, ``DATA_DIR/predict.fast.sock``; inputs of at least
+``shm_threshold`` bytes in a memfd region each connection registers once and reuses, which
+the model reads in place: ``fastpath.FastPathClient.predict_arrays``); a local client calls
+Predict there first (``fast_socket``), and over the gRPC socket when the fast one cannot be
+reached (an agent with it off, or an older one), trying the fast one again ``FAST_RETRY_S``
+later. ModelInfo (the neighbour list) always goes over gRPC.
 
 ``Channels`` (one gRPC channel per endpoint, kept open) is shared with the agent's forwarder.
 """
@@ -157,7 +158,11 @@ class FailoverClient(Closing):
             fast = Path(fast_socket).absolute()
         self.fast_endpoint = f"unix:{fast}" if fast is not None else None
         """The fast local path tried first for Predict; None: gRPC only."""
-        self._fast = fastpath.FastPathClient(fast, deadline=deadline) if fast else None
+        self._fast = (
+            fastpath.FastPathClient(fast, deadline=deadline, shm_threshold=shm_threshold)
+            if fast
+            else None
+        )
         self._fast_off_until = float("-inf")
         self.paths: Counter[str] = Counter()
         """Predict calls answered by each way: "fast", "grpc" (the endpoint), "neighbour"."""
@@ -264,13 +269,9 @@ class FailoverClient(Closing):
     ) -> inference_pb2.PredictResponse:
         if isinstance(inputs, inference_pb2.PredictRequest):
             return fast.predict(inputs)
-        if self._stager is not None:  # the large inputs in a sealed region, passed by descriptor
-            with self._stager.sealed_request(
-                inputs, output_names=output_names, release=release
-            ) as (staged, fds):
-                return fast.predict(staged, fds=fds)
-        # inline: the arrays' own buffers are sent, not copied into a message first
-        return fast.call(fastpath.request_parts(inputs, output_names=output_names, release=release))
+        # the large inputs in the connection's registered region, the others inline (the
+        # arrays' own buffers are sent, not copied into a message first)
+        return fast.predict_arrays(inputs, output_names=output_names, release=release)
 
     def _maybe_refresh(self) -> None:
         at = self._refreshed_at

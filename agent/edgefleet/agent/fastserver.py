@@ -14,6 +14,14 @@ it, writes the reply, and reads the next. What is refused, and how:
   included: the caller is local by construction (the socket is mode 0660, like the gRPC one).
 
 A reply over ``max_message_bytes`` is RESOURCE_EXHAUSTED, as gRPC's own limit makes it.
+
+Registered regions (``fastpath.REGISTER``): each connection keeps the regions it registered
+mapped (``_Regions``: at most ``max_regions`` of them and ``max_region_bytes`` in all, refused
+RESOURCE_EXHAUSTED beyond) until it unregisters them or closes; a request naming ``#ID`` reads
+its bytes there in place, its bounds checked against the region's size each time. A refused
+registration, an unknown id, bytes beyond a region: INVALID_ARGUMENT, and the connection
+serves on. None of that reaches the servicer, so it counts in no health window (as a bad
+request refused before the model would not).
 """
 
 from __future__ import annotations
@@ -190,30 +198,149 @@ def _recv_header(conn: socket.socket, head: memoryview) -> tuple[bool, list[int]
     return True, fds, bool(flags & socket.MSG_CTRUNC)
 
 
+class _Region:
+    """A region a connection registered: its mapping, size, and whether the agent may write
+    outputs there."""
+
+    __slots__ = ("map", "size", "writable")
+
+    def __init__(self, mapping: mmap.mmap, writable: bool) -> None:
+        self.map, self.size, self.writable = mapping, len(mapping), writable
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):  # unmapped when its last view goes
+            self.map.close()
+
+
+class _Regions:
+    """The regions one connection registered, by id (``fastpath.REGISTER``), mapped once and
+    kept till they are replaced or unregistered, or the connection closes."""
+
+    __slots__ = ("by_id", "max_bytes", "max_regions")
+
+    def __init__(self, max_regions: int, max_bytes: int) -> None:
+        self.by_id: dict[int, _Region] = {}
+        self.max_regions, self.max_bytes = max_regions, max_bytes
+
+    def register(self, body: bytes, fds: list[int], cut: bool) -> list[fastpath.Buffer]:
+        """Map the one descriptor passed as region ``body``'s id; the reply frame."""
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if len(body) != fastpath.REGION_ID.size:
+            return [fastpath.error_frame(bad, f"a REGISTER body is 4 bytes, not {len(body)}")]
+        (region_id,) = fastpath.REGION_ID.unpack(body)
+        if len(fds) != 1 or cut:
+            return [
+                fastpath.error_frame(
+                    bad,
+                    f"REGISTER of region {region_id} passes one descriptor (a sealed memfd), "
+                    f"not {'over ' + str(MAX_FDS) if cut else len(fds)}",
+                )
+            ]
+        old = self.by_id.get(region_id)
+        if old is None and len(self.by_id) >= self.max_regions:
+            return [
+                fastpath.error_frame(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"region {region_id}: this connection holds its limit of "
+                    f"{self.max_regions} registered regions; unregister one, or register "
+                    "a larger one under an id it has",
+                )
+            ]
+        try:
+            size = os.fstat(fds[0]).st_size
+        except OSError as exc:
+            return [fastpath.error_frame(bad, f"region {region_id}: {exc.strerror}")]
+        held = sum(r.size for r in self.by_id.values()) - (old.size if old else 0)
+        if held + size > self.max_bytes:
+            return [
+                fastpath.error_frame(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"region {region_id}: {size} bytes more would make this connection's "
+                    f"registered regions {held + size} bytes, over its limit of "
+                    f"{self.max_bytes}",
+                )
+            ]
+        try:
+            mapping, writable = sharedmem.map_region(fds[0])
+        except InvalidInputError as exc:
+            return [fastpath.error_frame(bad, f"region {region_id}: {exc}")]
+        except OSError as exc:
+            return [fastpath.error_frame(bad, f"region {region_id}: cannot map it: {exc}")]
+        if old is not None:
+            old.close()
+        self.by_id[region_id] = _Region(mapping, writable)
+        return fastpath.reply_frame(fastpath.OK, fastpath.REGION_SIZE.pack(len(mapping)))
+
+    def unregister(self, body: bytes) -> list[fastpath.Buffer]:
+        bad = grpc.StatusCode.INVALID_ARGUMENT
+        if len(body) != fastpath.REGION_ID.size:
+            return [fastpath.error_frame(bad, f"an UNREGISTER body is 4 bytes, not {len(body)}")]
+        (region_id,) = fastpath.REGION_ID.unpack(body)
+        region = self.by_id.pop(region_id, None)
+        if region is None:
+            return [fastpath.error_frame(bad, self.unknown(region_id))]
+        region.close()
+        return fastpath.reply_frame(fastpath.OK, b"")
+
+    def unknown(self, region_id: int | str) -> str:
+        ids = ", ".join(map(str, sorted(self.by_id))) or "none"
+        return f"region {region_id} is not registered on this connection (registered: {ids})"
+
+    def close(self) -> None:
+        for region in self.by_id.values():
+            region.close()
+        self.by_id.clear()
+
+
 class _Sealed:
-    """The sealed regions one request passed, and its connection's mappings of them."""
+    """The sealed regions one request passed, its connection's mappings of them, and the
+    regions the connection registered."""
 
-    __slots__ = ("cut", "fds", "maps")
+    __slots__ = ("cut", "fds", "maps", "regions")
 
-    def __init__(self, fds: list[int], cut: bool, maps: dict[tuple[int, int], mmap.mmap]) -> None:
-        self.fds, self.cut, self.maps = fds, cut, maps
+    def __init__(
+        self,
+        fds: list[int],
+        cut: bool,
+        maps: dict[tuple[int, int], mmap.mmap],
+        regions: _Regions,
+    ) -> None:
+        self.fds, self.cut, self.maps, self.regions = fds, cut, maps, regions
 
     def inline(
         self, request: inference_pb2.PredictRequest, data: list[memoryview]
-    ) -> list[tuple[int, int, int]]:
-        """Turn the shared inputs named ``@INDEX`` into inline inputs whose bytes are views of
-        the mapped region (no copy), appended to ``request.inputs`` and ``data``; where each
-        one's bytes are (descriptor index, start, end); ``InvalidInputError`` for what cannot
-        be served."""
+    ) -> list[tuple[bool, int, int, int]]:
+        """Turn the shared inputs named ``@INDEX`` (a passed descriptor) or ``#ID`` (a
+        registered region) into inline inputs whose bytes are views of the mapped region (no
+        copy), appended to ``request.inputs`` and ``data``; where each one's bytes are
+        (registered, descriptor index or region id, start, end); ``InvalidInputError`` for
+        what cannot be served."""
         if self.cut:
             raise InvalidInputError(
                 f"the request passed more than {MAX_FDS} descriptors (sealed regions)"
             )
-        if not any(m.region.startswith("@") for m in request.shared_inputs):
+        if not any(m.region[:1] in ("@", "#") for m in request.shared_inputs):
             return []
         named = []
         sources = []
         for msg in request.shared_inputs:
+            if msg.region.startswith("#"):
+                region_id = msg.region[1:]
+                region = self.regions.by_id.get(int(region_id)) if region_id.isdigit() else None
+                if region is None:
+                    raise InvalidInputError(
+                        f"tensor {msg.name!r}: {self.regions.unknown(msg.region[1:17])}"
+                    )
+                end = msg.offset + msg.byte_size
+                if end > region.size:
+                    raise InvalidInputError(
+                        f"tensor {msg.name!r}: region {msg.region!r}: bytes {msg.offset}..{end} "
+                        f"are beyond its {region.size} bytes"
+                    )
+                request.inputs.add(name=msg.name, dtype=msg.dtype, shape=msg.shape)
+                data.append(memoryview(region.map)[msg.offset : end])
+                sources.append((True, int(region_id), msg.offset, end))
+                continue
             if not msg.region.startswith("@"):
                 named.append(msg)
                 continue
@@ -232,15 +359,23 @@ class _Sealed:
                 )
             request.inputs.add(name=msg.name, dtype=msg.dtype, shape=msg.shape)
             data.append(memoryview(mapping)[msg.offset : end])
-            sources.append((int(index), msg.offset, end))
+            sources.append((False, int(index), msg.offset, end))
         del request.shared_inputs[:]
         request.shared_inputs.extend(named)
         return sources
 
-    def view(self, index: int, start: int, end: int) -> memoryview | None:
-        """Bytes ``start:end`` of descriptor ``index``'s region, as ``inline`` finds them; None
-        where ``inline`` would refuse them (it then says why)."""
-        if self.cut or index >= len(self.fds):
+    def view(self, registered: bool, index: int, start: int, end: int) -> memoryview | None:
+        """Bytes ``start:end`` of descriptor ``index``'s region (``registered``: of the region
+        registered as ``index``), as ``inline`` finds them; None where ``inline`` would refuse
+        them (it then says why)."""
+        if self.cut:
+            return None
+        if registered:
+            region = self.regions.by_id.get(index)
+            if region is None or end > region.size:
+                return None
+            return memoryview(region.map)[start:end]
+        if index >= len(self.fds):
             return None
         try:
             mapping = self._mapping(self.fds[index])
@@ -269,9 +404,9 @@ PLANS = 16
 again); the plans are dropped when there are more."""
 PLAN_KEY_BYTES = 4096
 """A layout (the request's bytes but its tensors' data) longer than this gets no plan."""
-_Source = int | tuple[int, int, int]
-"""Where an input's bytes are: the index of an inline tensor's data, or (descriptor index,
-start, end) in a sealed region."""
+_Source = int | tuple[bool, int, int, int]
+"""Where an input's bytes are: the index of an inline tensor's data, or (registered,
+descriptor index or region id, start, end) in a sealed region."""
 _Key = tuple[tuple[bytes, ...], tuple[int, ...], bytes]
 
 
@@ -316,7 +451,7 @@ def _plan_of(
     request: inference_pb2.PredictRequest,
     data: list[memoryview],
     inline: int,
-    mapped: list[tuple[int, int, int]],
+    mapped: list[tuple[bool, int, int, int]],
 ) -> _Plan | None:
     """The plan of a request just served (its first ``inline`` inputs inline, then the
     ``mapped`` ones); None where it has shared inputs still (named regions, copied each time)."""
@@ -353,11 +488,16 @@ class FastServer:
         *,
         max_connections: int,
         max_message_bytes: int,
+        max_regions: int = fastpath.MAX_REGIONS,
+        max_region_bytes: int = fastpath.MAX_REGION_BYTES,
     ) -> None:
+        """``max_regions``, ``max_region_bytes``: what one connection may hold registered."""
         self._servicer = servicer
         self.path = path
         self._max_connections = max_connections
         self._max_bytes = max_message_bytes
+        self._max_regions = max_regions
+        self._max_region_bytes = max_region_bytes
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._listener: socket.socket | None = None
@@ -453,6 +593,7 @@ class FastServer:
         head = memoryview(header)
         buf = bytearray()
         maps: dict[tuple[int, int], mmap.mmap] = {}  # sealed regions this connection passed
+        regions = _Regions(self._max_regions, self._max_region_bytes)
         plans: dict[_Key, _Plan] = {}  # this connection's request layouts
         try:
             while True:
@@ -460,8 +601,18 @@ class FastServer:
                 if not got:
                     return
                 try:
-                    sealed = _Sealed(fds, cut, maps)
-                    kept = self._frame(conn, caller, header, buf, sealed, plans=plans)
+                    kept: bytearray | None
+                    if header[0] & fastpath.CONTROL:
+                        step = self._control(conn, header, buf, fds=fds, cut=cut, regions=regions)
+                        if isinstance(step, tuple):  # OUTPUTS: the request frame follows
+                            kept = self._then(
+                                conn, caller, head, buf, state=(maps, regions, plans), where=step
+                            )
+                        else:
+                            kept = step
+                    else:
+                        sealed = _Sealed(fds, cut, maps, regions)
+                        kept = self._frame(conn, caller, header, buf, sealed, plans=plans)
                 finally:
                     for fd in fds:
                         os.close(fd)
@@ -469,9 +620,84 @@ class FastServer:
                     return
                 buf = kept
         finally:
+            regions.close()
             for mapping in maps.values():
                 with contextlib.suppress(BufferError):
                     mapping.close()
+
+    def _control(
+        self,
+        conn: socket.socket,
+        header: bytearray,
+        buf: bytearray,
+        *,
+        fds: list[int],
+        cut: bool,
+        regions: _Regions,
+    ) -> bytearray | tuple[int, int, int] | None:
+        """Read and answer one control frame whose header is read: the buffer for the next
+        frame, or (``OUTPUTS``) where the next request's outputs go, or None: closed."""
+        kind = header[0] & ~fastpath.CONTROL
+        size = int.from_bytes(header[1:4], "big")
+        if size > fastpath.CONTROL_MAX:
+            self._refuse(
+                conn,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a control frame (kind {kind}) of {size} bytes: at most {fastpath.CONTROL_MAX}",
+            )
+            return None
+        raw = bytearray(size)
+        if size and not fastpath.recv_exact(conn, memoryview(raw)):
+            return None
+        body = bytes(raw)
+        if kind == fastpath.REGISTER:
+            reply = regions.register(body, fds, cut)
+        elif kind == fastpath.UNREGISTER:
+            reply = regions.unregister(body)
+        elif kind == fastpath.OUTPUTS and len(body) == fastpath.OUTPUTS_AT.size:
+            where: tuple[int, int, int] = fastpath.OUTPUTS_AT.unpack(body)
+            return where
+        else:
+            what = "an OUTPUTS body is 20 bytes" if kind == fastpath.OUTPUTS else "no such kind"
+            reply = [
+                fastpath.error_frame(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"control frame of kind {kind} and {size} bytes: {what}",
+                )
+            ]
+        fastpath.send_parts(conn, reply)
+        return buf
+
+    def _then(
+        self,
+        conn: socket.socket,
+        caller: _FastCaller,
+        head: memoryview,
+        buf: bytearray,
+        *,
+        state: tuple[dict[tuple[int, int], mmap.mmap], _Regions, dict[_Key, _Plan]],
+        where: tuple[int, int, int],
+    ) -> bytearray | None:
+        """The request frame after an ``OUTPUTS``: served with its outputs put ``where``
+        (``state``: the connection's mappings, regions and plans)."""
+        maps, regions, plans = state
+        got, fds, cut = _recv_header(conn, head)
+        try:
+            if not got:
+                return None
+            header = bytearray(head)
+            if header[0] & fastpath.CONTROL or header == fastpath.GRPC_PREFACE:
+                self._refuse(
+                    conn,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "an OUTPUTS control frame must be followed by a request frame",
+                )
+                return None
+            sealed = _Sealed(fds, cut, maps, regions)
+            return self._frame(conn, caller, header, buf, sealed, plans=plans, outputs=where)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _frame(
         self,
@@ -482,9 +708,11 @@ class FastServer:
         sealed: _Sealed,
         *,
         plans: dict[_Key, _Plan],
+        outputs: tuple[int, int, int] | None = None,
     ) -> bytearray | None:
-        """Read and answer one request whose header is read; the buffer for the next, None:
-        the connection is done."""
+        """Read and answer one request whose header is read (``outputs``: the region id,
+        offset and length its outputs go to); the buffer for the next, None: the connection is
+        done."""
         (size,) = fastpath.REQUEST_HEADER.unpack(header)
         if header == fastpath.GRPC_PREFACE:
             _answer_grpc(
@@ -507,7 +735,7 @@ class FastServer:
         with memoryview(buf)[:size] as body:
             if size and not fastpath.recv_exact(conn, body):
                 return None
-            reply = self._answer(body, caller, sealed, plans)
+            reply = self._answer(body, caller, sealed, plans, outputs)
         fastpath.send_parts(conn, reply)
         # a large request's memory is not held while idle
         return bytearray() if len(buf) > KEEP_BUFFER else buf
@@ -518,13 +746,17 @@ class FastServer:
         caller: _FastCaller,
         sealed: _Sealed,
         plans: dict[_Key, _Plan],
+        outputs: tuple[int, int, int] | None = None,
     ) -> list[fastpath.Buffer]:
         """The reply frame's parts for one request's bytes (``plans``: the connection's, used
-        and added to)."""
+        and added to; ``outputs``: where its outputs go)."""
         try:
             heads, data, rest = fastpath.split_raw(body)
         except DecodeError as exc:
             return [_not_a_request(body, exc)]
+        target = None if outputs is None else _output_region(sealed.regions, *outputs)
+        if isinstance(target, bytes):
+            return [target]
         key: _Key = (tuple(heads), tuple(len(d) for d in data), rest)
         plan = plans.get(key)
         bound = None if plan is None else plan.bind(data, sealed)
@@ -557,6 +789,7 @@ class FastServer:
             if len(plans) >= PLANS:
                 plans.clear()
             plans[key] = fresh
+        _put_outputs(response, target, outputs)
         out = response.SerializeToString()
         if len(out) > self._max_bytes:
             return [
@@ -567,3 +800,40 @@ class FastServer:
                 )
             ]
         return fastpath.reply_frame(fastpath.OK, out)
+
+
+def _output_region(regions: _Regions, region_id: int, offset: int, length: int) -> _Region | bytes:
+    """The region outputs may go to at ``[offset, offset + length)``, or the error frame
+    saying why they may not."""
+    target = regions.by_id.get(region_id)
+    if target is None:
+        problem = regions.unknown(region_id)
+    elif not target.writable:
+        problem = f"region {region_id} is sealed against writes: no outputs there"
+    elif offset + length > target.size:
+        problem = (
+            f"outputs at bytes {offset}..{offset + length} of region {region_id} are beyond "
+            f"its {target.size} bytes"
+        )
+    else:
+        return target
+    return fastpath.error_frame(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+
+def _put_outputs(
+    response: inference_pb2.PredictResponse,
+    region: _Region | None,
+    outputs: tuple[int, int, int] | None,
+) -> None:
+    """Write the reply's outputs into ``region`` at ``outputs`` (region id, offset, length) as
+    ``fastpath.output_layout`` lays them out, leaving their ``data`` empty; where they do not
+    all fit, they all stay inline (and all do without a region)."""
+    if region is None or outputs is None:
+        return
+    _, offset, length = outputs
+    starts, end = fastpath.output_layout(response.outputs, offset)
+    if end > offset + length or any(len(t.data) != fastpath.nbytes_of(t) for t in response.outputs):
+        return
+    for t, start in zip(response.outputs, starts, strict=True):
+        region.map[start : start + len(t.data)] = t.data
+        t.ClearField("data")

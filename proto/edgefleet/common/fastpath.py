@@ -17,20 +17,49 @@ request over the agent's ``max_message_bytes`` is answered RESOURCE_EXHAUSTED an
 connection closed (its bytes are not read); a frame that is not a ``PredictRequest`` gets
 INVALID_ARGUMENT and the connection serves on.
 
+Registered regions (as Triton's system shared-memory extension has them): a connection may
+register a ``memfd`` once and name it in any number of its requests, so a large tensor costs
+neither a descriptor passed nor a mapping made per request. Control frames are told apart by
+the top bit of the header (a request's length is under 2^31): ``[1 byte: CONTROL | kind][3
+bytes: big-endian body length L][L bytes]``, the kinds being
+
+* ``REGISTER`` (body ``>I`` region id, one descriptor passed with it: a memfd sealed against
+  shrinking and growing, ``sharedmem.SealedRegion``): the agent checks the seals and maps it
+  once, for the connection's life; answered ``OK`` with ``>Q`` its size, or INVALID_ARGUMENT
+  (no or several descriptors, seals missing, empty), RESOURCE_EXHAUSTED (over ``MAX_REGIONS``
+  regions or ``MAX_REGION_BYTES`` bytes on the connection); an id registered again is replaced
+  (a region grown); the connection serves on either way;
+* ``UNREGISTER`` (body ``>I``): unmapped; ``OK``, or INVALID_ARGUMENT for an unknown id;
+* ``OUTPUTS`` (body ``>IQQ`` region id, offset, length), followed at once by a request frame:
+  that request's outputs are written into the region at ``[offset, offset + length)``, each at
+  the next 64-byte-aligned offset in the reply's order (``output_layout``), and the reply's
+  tensors carry no ``data``; outputs that do not fit all come back inline instead.
+
+A ``SharedTensor`` whose ``region`` is ``#ID`` names a region registered on the connection;
+``offset + byte_size`` is checked against its size on every request, and the model reads the
+bytes in place. The client may rewrite a region once the reply has come (it can only corrupt
+its own requests: the seals keep the agent's mapping from faulting). Regions are unmapped when
+the connection closes.
+
 ``FastPathClient`` is the client: thread-safe (a small pool of connections), errors raised as
 ``FastPathError``, a ``grpc.RpcError`` with ``code()`` and ``details()``, so callers handle
 both paths alike (a missing or dead socket is UNAVAILABLE, a timeout DEADLINE_EXCEEDED).
 ``request_parts`` encodes inline tensors without copying them: the array's own buffer is sent.
+``FastPathClient.predict_arrays`` puts inputs of at least ``shm_threshold`` bytes in a region
+the connection registered (grown by registering a larger one under the same id when a request
+does not fit), the others inline; with ``shm_outputs`` the outputs come back in a registered
+region too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import threading
 from array import array as int_array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -39,7 +68,7 @@ import numpy as np
 import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
-from edgefleet.common import wire
+from edgefleet.common import sharedmem, wire
 from edgefleet.common.closing import Closing
 from edgefleet.v1 import common_pb2, inference_pb2
 
@@ -59,6 +88,65 @@ SEND_BUFFER = 4 << 20
 """A client's socket send buffer: a request of a few MB goes in one write, not in turns of
 the default ~200 KB, each waiting for the agent to read (a local round trip each)."""
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+CONTROL = 0x80
+"""The top bit of a control frame's first byte (a request's length never has it)."""
+REGISTER, UNREGISTER, OUTPUTS = 1, 2, 3
+"""Control frames' kinds (the first byte's low 7 bits)."""
+CONTROL_MAX = 256
+"""Longest control frame body: a longer one is refused and the connection closed."""
+REGION_ID = struct.Struct(">I")
+"""``REGISTER``'s and ``UNREGISTER``'s body: the region id."""
+REGION_SIZE = struct.Struct(">Q")
+"""``REGISTER``'s answer: the size of the region mapped."""
+OUTPUTS_AT = struct.Struct(">IQQ")
+"""``OUTPUTS``' body: region id, offset, length."""
+MAX_REGIONS = 8
+"""Regions one connection may hold registered (the agent's default)."""
+MAX_REGION_BYTES = 1 << 30
+"""Bytes the regions of one connection may add up to (the agent's default)."""
+ALIGN = 64
+"""Outputs put in a region each start at a multiple of this past its offset."""
+INPUT_REGION, OUTPUT_REGION = 1, 2
+"""The ids ``FastPathClient`` registers its input and output regions under."""
+OUTPUT_REGION_BYTES = 64 << 10
+"""A client's first output region's size (grown to what a reply needed)."""
+
+
+def control_frame(kind: int, body: bytes) -> bytes:
+    """A control frame of ``kind`` (``REGISTER``, ...) with ``body`` (``CONTROL_MAX`` at most)."""
+    return bytes([CONTROL | kind]) + len(body).to_bytes(3, "big") + body
+
+
+def registered(region_id: int) -> str:
+    """How a ``SharedTensor`` names the region registered under ``region_id``: ``#ID``."""
+    return f"#{region_id}"
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def output_layout(tensors: Sequence[common_pb2.Tensor], offset: int) -> tuple[list[int], int]:
+    """Where ``OUTPUTS`` puts each of a reply's tensors (their start offsets, in order), and
+    the end of the last one; a tensor's size is what its dtype and shape need."""
+    starts, pos = [], offset
+    for t in tensors:
+        starts.append(pos)
+        pos = _aligned(pos + nbytes_of(t))
+    return starts, pos
+
+
+def nbytes_of(t: common_pb2.Tensor) -> int:
+    """The bytes a tensor's dtype and shape need (0 for a dtype NumPy does not know)."""
+    try:
+        itemsize = np.dtype(t.dtype).itemsize
+    except TypeError:
+        return 0
+    count = 1
+    for d in t.shape:
+        count *= max(d, 0)
+    return count * itemsize
 
 
 class FastPathError(grpc.RpcError):
@@ -321,11 +409,24 @@ def _connect(path: str, timeout: float) -> socket.socket:
 
 
 class FastPathClient(Closing):
-    """Predict over an agent's fast socket (thread-safe; connections reused)."""
+    """Predict over an agent's fast socket (thread-safe; connections reused, each with the
+    regions it registered)."""
 
-    def __init__(self, path: str | Path, *, deadline: float = 5.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        deadline: float = 5.0,
+        shm_threshold: int | None = sharedmem.DEFAULT_THRESHOLD,
+        shm_outputs: bool = False,
+    ) -> None:
+        """``shm_threshold``: ``predict_arrays`` puts inputs of at least this many bytes in a
+        registered region (None: every input inline); ``shm_outputs``: its outputs come back
+        in a registered region instead of inside the reply."""
         self.path = str(path)
         self.deadline = deadline
+        self.shm_threshold = shm_threshold if hasattr(os, "memfd_create") else None
+        self.shm_outputs = shm_outputs and hasattr(os, "memfd_create")
         self._lock = threading.Lock()
         self._idle: list[_Connection] = []
 
@@ -334,7 +435,52 @@ class FastPathClient(Closing):
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
-            conn.sock.close()
+            conn.close()
+
+    def predict_arrays(
+        self,
+        inputs: Mapping[str, Array],
+        *,
+        output_names: Sequence[str] = (),
+        release: str = "",
+        timeout: float | None = None,
+    ) -> inference_pb2.PredictResponse:
+        """One Predict of ``inputs``: those of at least ``shm_threshold`` bytes written into
+        the connection's registered input region (registered on first use, registered again
+        larger when they do not fit), the others inline; with ``shm_outputs`` the outputs are
+        read back from its output region (the reply carries them as usual either way)."""
+        arrays: dict[str, Array] = {}
+        for name, array in inputs.items():
+            a = np.ascontiguousarray(array)
+            arrays[name] = a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a
+        threshold = self.shm_threshold
+        large = [] if threshold is None else [n for n, a in arrays.items() if a.nbytes >= threshold]
+        if not large and not self.shm_outputs:
+            return self.call(
+                request_parts(arrays, output_names=output_names, release=release),
+                timeout=timeout,
+            )
+        small = {n: a for n, a in arrays.items() if n not in large}
+        tail = (
+            inference_pb2.PredictRequest(
+                output_names=list(output_names), release=release
+            ).SerializeToString()
+            if output_names or release
+            else b""
+        )
+
+        def exchange(conn: _Connection) -> tuple[int, memoryview]:
+            parts: list[Buffer] = []
+            for name, array in small.items():
+                parts += _tensor_parts(name, array)
+            if large:
+                parts += conn.stage({n: arrays[n] for n in large})
+            if tail:
+                parts.append(tail)
+            prefix = conn.outputs_prefix() if self.shm_outputs else b""
+            return _exchange(conn, parts, prefix=prefix)
+
+        return self._call(exchange, timeout, outputs=self.shm_outputs)
 
     def predict(
         self,
@@ -356,33 +502,44 @@ class FastPathClient(Closing):
     ) -> inference_pb2.PredictResponse:
         """One Predict of a request given as its wire bytes in parts (``request_parts``);
         ``FastPathError`` when it fails, with the agent's status code and message."""
+        return self._call(lambda conn: _exchange(conn, parts, fds), timeout)
+
+    def _call(
+        self,
+        exchange: Callable[[_Connection], tuple[int, memoryview]],
+        timeout: float | None,
+        *,
+        outputs: bool = False,
+    ) -> inference_pb2.PredictResponse:
+        """``exchange`` on a pooled connection (again on a fresh one where the agent had
+        closed it); ``outputs``: the reply's outputs may be in its output region."""
         wait = self.deadline if timeout is None else timeout
         conn, reused = self._take(wait)
         try:
             try:
-                status, body = _exchange(conn, parts, fds)
+                status, body = exchange(conn)
             except ConnectionError:
                 if not reused:
                     raise
-                conn.sock.close()  # the agent closed an idle connection: again, on a fresh one
+                conn.close()  # the agent closed an idle connection: again, on a fresh one
                 conn, reused = _Connection(_connect(self.path, wait), wait), False
-                status, body = _exchange(conn, parts, fds)
+                status, body = exchange(conn)
         except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO/SO_SNDTIMEO expired
-            conn.sock.close()
+            conn.close()
             raise FastPathError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"unix:{self.path} did not answer in {wait} s",
                 answered=False,
             ) from None
         except ConnectionError as exc:
-            conn.sock.close()
+            conn.close()
             raise FastPathError(
                 grpc.StatusCode.UNAVAILABLE,
                 f"unix:{self.path} closed the connection ({exc})",
                 answered=False,
             ) from None
         except BaseException:
-            conn.sock.close()
+            conn.close()
             raise
         with body:  # released before the buffer may be reused (grown) by another call
             if status != OK:
@@ -390,6 +547,8 @@ class FastPathClient(Closing):
             else:
                 # protobuf (upb) parses any buffer; its stubs say bytes
                 response = inference_pb2.PredictResponse.FromString(cast(bytes, body))
+        if outputs and status == OK:
+            conn.take_outputs(response)
         self._give_back(conn)
         if status != OK:
             raise FastPathError(code_of(status), message)
@@ -410,31 +569,132 @@ class FastPathClient(Closing):
             if len(self._idle) < POOL:
                 self._idle.append(conn)
                 return
-        conn.sock.close()
+        conn.close()
+
+
+_shared_entries: dict[tuple[str, np.dtype[Any], tuple[int, ...], str, int], bytes] = {}
+_SHARED_TAG = b"\x22"  # PredictRequest.shared_inputs = 4, length-delimited
+
+
+def _shared_entry(name: str, a: Array, region: str, offset: int) -> bytes:
+    """The bytes of a ``shared_inputs`` entry naming ``a`` at ``offset`` of ``region``
+    (encoded once per name, dtype, shape, region and offset, as ``_tensor_head``)."""
+    key = (name, a.dtype, a.shape, region, offset)
+    entry = _shared_entries.get(key)
+    if entry is None:
+        msg = inference_pb2.SharedTensor(
+            name=name,
+            dtype=wire.dtype_name(a.dtype),
+            shape=list(a.shape),
+            region=region,
+            offset=offset,
+            byte_size=a.nbytes,
+        ).SerializeToString()
+        entry = _SHARED_TAG + _varint(len(msg)) + msg
+        if len(_shared_entries) >= HEADS:
+            _shared_entries.clear()
+        _shared_entries[key] = entry
+    return entry
 
 
 class _Connection:
-    """An open connection, its receive buffer (grown to the largest reply) and timeout."""
+    """An open connection, its receive buffer (grown to the largest reply), its timeout and
+    the regions it registered (by id), closed with it."""
 
-    __slots__ = ("buf", "sock", "timeout")
+    __slots__ = ("buf", "out_need", "regions", "sock", "timeout")
 
     def __init__(self, sock: socket.socket, timeout: float) -> None:
         self.sock = sock
         self.buf = bytearray()
         self.timeout = timeout
+        self.regions: dict[int, sharedmem.SealedRegion] = {}
+        self.out_need = OUTPUT_REGION_BYTES
+
+    def close(self) -> None:
+        """Close the socket (the agent unmaps its regions) and this side's regions."""
+        self.sock.close()
+        for region in self.regions.values():
+            region.close()
+        self.regions.clear()
+
+    def register(self, region_id: int, fd: int) -> int:
+        """Register the sealed memfd ``fd`` as ``region_id`` (``FastPathError`` when the
+        agent refuses it); the size the agent mapped."""
+        send_parts(self.sock, [control_frame(REGISTER, REGION_ID.pack(region_id))], [fd])
+        status, body = _read_reply(self)
+        with body:
+            if status != OK:
+                raise FastPathError(code_of(status), bytes(body).decode("utf-8", "replace"))
+            (size,) = REGION_SIZE.unpack(body)
+        return int(size)
+
+    def region(self, region_id: int, need: int) -> sharedmem.SealedRegion:
+        """The region registered as ``region_id``, at least ``need`` bytes: registered now
+        (a larger one under the same id, which the agent swaps in) where it has none that
+        large."""
+        region = self.regions.get(region_id)
+        if region is not None and region.size >= need:
+            return region
+        size = max(need, 2 * region.size if region is not None else 0)
+        fresh = sharedmem.SealedRegion((size + 4095) // 4096 * 4096)
+        try:
+            self.register(region_id, fresh.fd)
+        except BaseException:
+            fresh.close()
+            raise
+        if region is not None:
+            region.close()
+        self.regions[region_id] = fresh
+        return fresh
+
+    def stage(self, arrays: Mapping[str, Array]) -> list[bytes]:
+        """Write ``arrays`` into the input region (one after another, 64-byte aligned); the
+        ``shared_inputs`` entries naming them."""
+        need = sum(_aligned(a.nbytes) for a in arrays.values())
+        region = self.region(INPUT_REGION, need)
+        name, entries, offset = registered(INPUT_REGION), [], 0
+        for n, a in arrays.items():
+            region.put(n, a, offset=offset, region=name)
+            entries.append(_shared_entry(n, a, name, offset))
+            offset += _aligned(a.nbytes)
+        return entries
+
+    def outputs_prefix(self) -> bytes:
+        """The ``OUTPUTS`` frame putting a request's outputs in the output region."""
+        region = self.region(OUTPUT_REGION, self.out_need)
+        return control_frame(OUTPUTS, OUTPUTS_AT.pack(OUTPUT_REGION, 0, region.size))
+
+    def take_outputs(self, response: inference_pb2.PredictResponse) -> None:
+        """Fill the reply's outputs that the agent put in the output region (no ``data``
+        inline); when they came inline for want of room, grow the region for the next."""
+        starts, end = output_layout(response.outputs, 0)
+        region = self.regions.get(OUTPUT_REGION)
+        for t, start in zip(response.outputs, starts, strict=True):
+            n = nbytes_of(t)
+            if n and not t.data and region is not None:
+                t.data = region.read(start, start + n)
+        if region is not None and end > region.size:
+            self.out_need = end
 
 
 def _exchange(
-    conn: _Connection, parts: Sequence[Buffer], fds: Sequence[int] = ()
+    conn: _Connection, parts: Sequence[Buffer], fds: Sequence[int] = (), *, prefix: bytes = b""
 ) -> tuple[int, memoryview]:
-    """Send one request, read its reply: (status, body: a view of the connection's buffer).
-    The reply's header and (a small reply's) body come in one read: one call at a time per
-    connection, so nothing of another reply can follow it."""
+    """Send one request (after ``prefix``: control frames that come with it), read its reply:
+    (status, body: a view of the connection's buffer)."""
     sock = conn.sock
     size = sum(memoryview(p).nbytes for p in parts)
     # refused before it was read (too large, too many connections): the reply says why
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        send_parts(sock, [REQUEST_HEADER.pack(size), *parts], fds)
+        send_parts(sock, [prefix + REQUEST_HEADER.pack(size), *parts], fds)
+    return _read_reply(conn)
+
+
+def _read_reply(conn: _Connection) -> tuple[int, memoryview]:
+    """Read one reply: (status, body: a view of the connection's buffer). Its header and (a
+    small reply's) body come in one read: one call at a time per connection, so nothing of
+    another reply can follow it."""
+    sock = conn.sock
     buf = conn.buf = grown(conn.buf, READ_AHEAD)
     head = REPLY_HEADER.size
     with memoryview(buf) as view:

@@ -279,10 +279,15 @@ class SealedRegion:
             raise
 
     def put(
-        self, name: str, array: Array, *, offset: int = 0, index: int = 0
+        self, name: str, array: Array, *, offset: int = 0, index: int = 0, region: str = ""
     ) -> inference_pb2.SharedTensor:
-        """Write ``array`` at ``offset``; the ``SharedTensor`` naming it as descriptor ``index``."""
-        return _put(self._map, f"@{index}", name, array, offset)
+        """Write ``array`` at ``offset``; the ``SharedTensor`` naming it as descriptor ``index``
+        (or as ``region``: ``#ID``, the id the region is registered under, ``fastpath``)."""
+        return _put(self._map, region or f"@{index}", name, array, offset)
+
+    def read(self, start: int, end: int) -> bytes:
+        """A copy of bytes ``start:end`` (what the agent wrote there: outputs)."""
+        return self._map[start:end]
 
     def close(self) -> None:
         """Unmap and close (idempotent)."""
@@ -296,6 +301,17 @@ class SealedRegion:
 def map_sealed(fd: int) -> mmap.mmap:
     """A read-only mapping of a region passed by descriptor; ``InvalidInputError`` unless it is
     a shared-memory object sealed against shrinking and growing (``SEALS``)."""
+    return _map(fd, writable=False)[0]
+
+
+def map_region(fd: int) -> tuple[mmap.mmap, bool]:
+    """A mapping of a region registered by descriptor (``fastpath.REGISTER``) and whether it
+    is writable (shared read-write where the region is not sealed against writes, so the agent
+    may put outputs there; else read-only); refused as ``map_sealed`` refuses."""
+    return _map(fd, writable=True)
+
+
+def _map(fd: int, *, writable: bool) -> tuple[mmap.mmap, bool]:
     try:
         info = os.fstat(fd)
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
@@ -308,7 +324,13 @@ def map_sealed(fd: int) -> mmap.mmap:
         )
     if info.st_size == 0:
         raise InvalidInputError("a shared-memory region passed by descriptor is empty")
-    return mmap.mmap(fd, info.st_size, prot=mmap.PROT_READ)
+    if writable and not seals & (fcntl.F_SEAL_WRITE | _SEAL_FUTURE_WRITE):
+        with contextlib.suppress(PermissionError):  # a descriptor opened read-only
+            return mmap.mmap(fd, info.st_size, prot=mmap.PROT_READ | mmap.PROT_WRITE), True
+    return mmap.mmap(fd, info.st_size, prot=mmap.PROT_READ), False
+
+
+_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
 
 
 def available(root: Path = SHM_ROOT) -> bool:
