@@ -19,10 +19,13 @@ average pool, a 3x10 dense layer, softmax: little work, so the transport shows):
 * ``uds``: Predict over the agent's fast local path (``fastpath``, no gRPC: the agent's
   ``FastServer`` on ``predict.fast.sock``), the tensor inline (``request_parts``: the array's
   own buffer is sent), outputs decoded to arrays as ``InferenceClient`` does;
-* ``shm``: the fast path with the tensor in shared memory: a sealed memfd passed with the
-  request, which the model reads in place (``Stager.sealed_request``: writing the tensor into
-  the region is included); ``shm_named``: the same in a named ``/dev/shm`` region, which the
-  agent copies out (``preadv``);
+* ``shm``: the fast path with the tensor in shared memory, the client's default for large
+  tensors: a memfd region the connection registered once (``fastpath.REGISTER``), which the
+  agent mapped once and the model reads in place; each call writes the tensor into it and
+  names it (``FastPathClient.predict_arrays``: the copy into the region is included);
+  ``shm_sealed``: a sealed memfd passed with each request instead (``Stager.sealed_request``,
+  the mode before registration); ``shm_named``: the tensor in a named ``/dev/shm`` region,
+  which the agent copies out (``preadv``);
 * ``uds_grpc``, ``shm_grpc``: the same two over gRPC on the agent's ``predict.sock``
   (``InferenceClient`` on ``unix:``), what the local paths cost before the fast one.
 
@@ -212,6 +215,7 @@ def report(samples: dict[str, np.ndarray]) -> dict[str, Any]:
         "image_grpc_minus_bare_p50_us": round(p50["image_grpc"] - p50["image_bare"], 2),
         "uds_grpc_minus_bare_p50_us": round(p50["uds_grpc"] - p50["image_bare"], 2),
         "shm_grpc_minus_bare_p50_us": round(p50["shm_grpc"] - p50["image_bare"], 2),
+        "shm_sealed_minus_bare_p50_us": round(p50["shm_sealed"] - p50["image_bare"], 2),
         "shm_named_minus_bare_p50_us": round(p50["shm_named"] - p50["image_bare"], 2),
     }
 
@@ -233,7 +237,8 @@ def show(result: dict[str, Any], console: Console) -> None:
                         ("uds_grpc", "gRPC over the Unix socket"),
                         ("shm_grpc", "gRPC over the Unix socket + shared memory"),
                         ("uds", "fast local path (no gRPC)"),
-                        ("shm", "fast local path + sealed memfd (read in place)"),
+                        ("shm", "fast local path + registered region (read in place)"),
+                        ("shm_sealed", "fast local path + sealed memfd per request"),
                         ("shm_named", "fast local path + named region (copied)")):  # fmt: skip
         t3.add_row(label, f"{result[f'{name}_p50_us']:.1f}", f"{result[f'{name}_p99_us']:.1f}")
     console.print(t3)
@@ -356,6 +361,9 @@ def main() -> bool:
             return decoded(fast.call(fastpath.request_parts(image_feed)))
 
         def fast_shm() -> dict[str, np.ndarray]:
+            return decoded(fast.predict_arrays(image_feed))
+
+        def fast_shm_sealed() -> dict[str, np.ndarray]:
             with stager.sealed_request(image_feed) as (staged, fds):
                 return decoded(fast.predict(staged, fds=fds))
 
@@ -376,7 +384,7 @@ def main() -> bool:
                 for other in (image_uds, image_shm):  # the same answer by every path
                     got = other.predict(image_feed).outputs["probabilities"]
                     assert got.tobytes() == expected.tobytes()
-                for call in (fast_inline, fast_shm, fast_shm_named):
+                for call in (fast_inline, fast_shm, fast_shm_sealed, fast_shm_named):
                     assert call()["probabilities"].tobytes() == expected.tobytes()
                 image_names = image.output_names
                 paths: dict[str, Callable[[], object]] = {
@@ -390,6 +398,7 @@ def main() -> bool:
                     "shm_grpc": lambda: image_shm.predict(image_feed),
                     "uds": fast_inline,
                     "shm": fast_shm,
+                    "shm_sealed": fast_shm_sealed,
                     "shm_named": fast_shm_named,
                 }
                 with console.status(f"timing {ITERATIONS} calls of each path"):

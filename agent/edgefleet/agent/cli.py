@@ -91,8 +91,9 @@ RUN_FLAGS: tuple[tuple[str, str, Callable[[str], Any], str], ...] = (
         str,
         "Unix socket of the fast local path: Predict without gRPC (length-prefixed "
         "PredictRequest/PredictResponse frames, edgefleet.common.fastpath; shared-memory "
-        "inputs too; FailoverClient uses it when local). Default DATA_DIR/predict.fast.sock, "
-        "mode 0660; relative: under --data-dir; '' to disable.",
+        "inputs too: memfd regions a connection registers once, at most 8 and 1 GiB per "
+        "connection, or passes per request; FailoverClient uses it when local). Default "
+        "DATA_DIR/predict.fast.sock, mode 0660; relative: under --data-dir; '' to disable.",
     ),
     (
         "--peer-listen",

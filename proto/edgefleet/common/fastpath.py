@@ -654,7 +654,7 @@ class _Connection:
         region = self.region(INPUT_REGION, need)
         name, entries, offset = registered(INPUT_REGION), [], 0
         for n, a in arrays.items():
-            region.put(n, a, offset=offset, region=name)
+            region.write(offset, a)  # contiguous, little-endian (predict_arrays)
             entries.append(_shared_entry(n, a, name, offset))
             offset += _aligned(a.nbytes)
         return entries

@@ -285,6 +285,11 @@ class SealedRegion:
         (or as ``region``: ``#ID``, the id the region is registered under, ``fastpath``)."""
         return _put(self._map, region or f"@{index}", name, array, offset)
 
+    def write(self, offset: int, array: Array) -> None:
+        """Copy a C-contiguous array's bytes to ``offset`` as they are (one ``memcpy``)."""
+        if array.nbytes:
+            self._map[offset : offset + array.nbytes] = array.data.cast("B")
+
     def read(self, start: int, end: int) -> bytes:
         """A copy of bytes ``start:end`` (what the agent wrote there: outputs)."""
         return self._map[start:end]
