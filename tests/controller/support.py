@@ -4,6 +4,7 @@ gRPC upload and polling. No fakes: real broker, real gRPC server, real SQLite.""
 from __future__ import annotations
 
 import queue
+import ssl
 import threading
 import time
 import uuid
@@ -16,8 +17,10 @@ import grpc
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edgefleet.agent.identity import IdentityFiles
 from edgefleet.common import desired, rolloutwords, rpc, topics, wire
 from edgefleet.common import types as t
+from edgefleet.common.mqttclient import BrokerUrl
 from edgefleet.common.signing import TrustStore, load_public_keys
 from edgefleet.controller.config import (
     ApiSettings,
@@ -35,6 +38,7 @@ from tests.controller import databases
 
 T = TypeVar("T")
 DEADLINE = 10.0
+ACL_DEADLINE = 30.0  # until a busy machine's Mosquitto has reread its ACL (SIGHUP)
 UPLOAD_DEADLINE = 60.0
 
 
@@ -169,16 +173,78 @@ def rpc_error(call: Callable[[], object]) -> Failure:
     raise AssertionError("the call succeeded")
 
 
-class Device:
-    """A paho client standing in for an agent: publishes reports, collects what it receives."""
+def mqtt_client(
+    broker_url: str, client_id: str, identity: IdentityFiles | None
+) -> tuple[mqtt.Client, BrokerUrl]:
+    """A paho client for ``broker_url``; with ``identity`` (an enrolled device's files) TLS as
+    the agent's session sets it: the fleet CA as the root, the device's certificate and key
+    (an mTLS broker takes the certificate's CN as username and client id)."""
+    broker = BrokerUrl.parse(broker_url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    if identity is not None:
+        client.tls_set_context(identity_tls(identity))
+    return client, broker
 
-    def __init__(self, broker_url: str, *, client_id: str | None = None) -> None:
-        host, port = broker_url.removeprefix("mqtt://").split(":")
+
+def identity_tls(identity: IdentityFiles) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(identity.ca))
+    context.load_cert_chain(str(identity.cert), str(identity.key))
+    return context
+
+
+def subscribed(client: mqtt.Client, topic: str) -> None:
+    """Subscribe to ``topic`` (QoS 1); returns once the broker answered."""
+    done = queue.Queue[int]()
+    client.on_subscribe = lambda *_args: done.put(1)
+    client.subscribe(topic, qos=1)
+    done.get(timeout=DEADLINE)
+
+
+def announce(
+    client: mqtt.Client, device_id: str, fleet: str, *, timeout: float = ACL_DEADLINE
+) -> None:
+    """Publish the device's presence (online, as an agent does on connect) until it comes back
+    on its fleet's presence topic: on an mTLS broker, the proof that the ACL it reread after
+    an enrollment lets this identity write its own topics and read its fleet's (Mosquitto
+    grants every SUBSCRIBE and drops what the ACL refuses: what the device sent before is
+    lost)."""
+    topic = topics.presence(fleet, device_id)
+    back = threading.Event()
+    client.message_callback_add(topic, lambda *_args: back.set())  # not the client's on_message
+    subscribed(client, topics.fleet_presence(fleet))
+    presence = t.Presence(device_id, fleet, online=True, at_ms=int(time.time() * 1000))
+    payload = wire.presence_to_pb(presence).SerializeToString()
+    deadline = time.monotonic() + timeout
+    while True:
+        client.publish(topic, payload, qos=1)
+        if back.wait(0.5):
+            break
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{device_id}'s presence never came back: the broker's ACL")
+    client.unsubscribe(topics.fleet_presence(fleet))
+
+
+class Device:
+    """A paho client standing in for an agent: publishes reports, collects what it receives.
+
+    With ``identity`` (an enrolled device) it connects to an mTLS broker as that device and
+    returns once the broker's ACL lets it in (``announce``)."""
+
+    def __init__(
+        self,
+        broker_url: str,
+        *,
+        client_id: str | None = None,
+        identity: IdentityFiles | None = None,
+    ) -> None:
         self.received: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or unique("dev"))
+        self.client, broker = mqtt_client(broker_url, client_id or unique("dev"), identity)
         self.client.on_message = lambda _c, _u, msg: self.received.put(msg)
-        self.client.connect(host, int(port))
+        self.client.connect(broker.host, broker.port)
         self.client.loop_start()
+        if identity is not None:
+            ident = identity.identity()
+            announce(self.client, ident.device_id, ident.fleet)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
@@ -248,9 +314,9 @@ class SimAgent:
         generation: int = 1,
         baseline_p95_ms: float = 2.0,
         behaviour: Callable[[str], Outcome] = works,
+        identity: IdentityFiles | None = None,
     ) -> None:
-        self.host, port = broker_url.removeprefix("mqtt://").split(":")
-        self.port = int(port)
+        self.broker_url, self.identity = broker_url, identity  # identity: see Device
         self.device_id, self.fleet, self.trust = device_id, fleet, trust
         self.active, self.previous, self.applied = active, previous, generation
         self.behaviour = behaviour
@@ -266,16 +332,17 @@ class SimAgent:
             return [(d.generation, str(d.release)) for d in self.received]
 
     def connect(self) -> SimAgent:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unique(self.device_id))
+        """Connect, subscribe to its desired state (enrolled: once the broker's ACL lets it
+        in, ``announce``), then report as it is."""
+        client, broker = mqtt_client(self.broker_url, unique(self.device_id), self.identity)
         client.on_message = self._on_desired
-        subscribed = queue.Queue[int]()
-        client.on_subscribe = lambda *_args: subscribed.put(1)
-        client.connect(self.host, self.port)
+        client.connect(broker.host, broker.port)
         client.loop_start()
         self._client = client
+        subscribed(client, topics.desired(self.device_id))
+        if self.identity is not None:
+            announce(client, self.device_id, self.fleet)
         self._report(self.active, p95_ms=self._p95)
-        client.subscribe(topics.desired(self.device_id), qos=1)
-        subscribed.get(timeout=5)
         return self
 
     def close(self) -> None:

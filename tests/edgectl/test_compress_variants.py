@@ -17,7 +17,6 @@ from edgefleet.agent import variants as agent_variants
 from edgefleet.common import types as t
 from edgefleet.common import wire
 from edgefleet.demo import digits
-from edgefleet.edgectl.client import ControllerClient
 from tests.edgectl.conftest import Edgectl
 
 FP32 = "prune-structured-30+cluster-5bit+huffman"  # wins --objective size (fp32 arithmetic)
@@ -81,7 +80,7 @@ def test_variants_are_registered_and_released(
     release = json.loads(created.stdout)
     assert [v["name"] for v in release["variants"]] == ["fp16", "int8-vnni", "int8-dotprod"]
 
-    with ControllerClient(edgectl.address, token=edgectl.token) as client:
+    with edgectl.client() as client:
         (info,) = client.list_releases(model_name)
     manifest = wire.manifest_from_pb(info.manifest)
     digests = {m["version"]: m["digest"] for m in listed}

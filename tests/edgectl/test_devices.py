@@ -1,25 +1,21 @@
 """``edgectl devices list``: a device's release container, as its last status named it.
 
-A device (a plain MQTT client here: what matters is the status it sends) reports the container
-serving its active release; a real controller stores it, ``devices list --json`` returns every
-field, the table shows its state and memory, ``--containers`` the detail (one row per
-container: state, restarts, CPU, memory and its share of the limit, image); a later status
+A device (a plain MQTT client here, enrolled: what matters is the status it sends) reports the
+container serving its active release; a real controller stores it, ``devices list --json``
+returns every field, the table shows its state and memory, ``--containers`` the detail (one row
+per container: state, restarts, CPU, memory and its share of the limit, image); a later status
 without one (the device went back to in-process) clears it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from edgefleet.common import types as t
 from edgefleet.demo.stack import Controller
-from tests.conftest import Broker
 from tests.controller import support
-from tests.edgectl.conftest import Edgectl
+from tests.edgectl.conftest import ConnectDevice, Edgectl
 
 IMAGE = "sha256:" + "ab" * 32
 CONTAINER = t.ContainerStatus(
@@ -34,13 +30,6 @@ CONTAINER = t.ContainerStatus(
 )
 
 
-@pytest.fixture
-def device(broker: Broker) -> Iterator[support.Device]:
-    dev = support.Device(broker.url)
-    yield dev
-    dev.close()
-
-
 def _listed(edgectl: Edgectl, fleet: str) -> list[dict[str, Any]]:
     result = edgectl("devices", "list", "--fleet", fleet, "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
@@ -48,9 +37,10 @@ def _listed(edgectl: Edgectl, fleet: str) -> list[dict[str, Any]]:
 
 
 def test_devices_list_shows_the_release_container(
-    controller: Controller, edgectl: Edgectl, device: support.Device
+    controller: Controller, edgectl: Edgectl, enrolled_device: ConnectDevice
 ) -> None:
     fleet, dev = support.unique("fleet"), support.unique("dev")
+    device = enrolled_device(fleet, dev)
     device.status(
         dev,
         fleet,

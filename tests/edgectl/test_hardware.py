@@ -1,15 +1,15 @@
 """``edgectl devices list``: each device's hardware and the execution provider it runs on, and
 ``edgectl release create --providers``.
 
-A device (a plain MQTT client: what matters is the status it sends) reports its hardware and
-that its active release fell back to the CPU; a real controller stores it; ``--json`` returns
-every field, the table shows HW and "CPU (fallback)", ``--hardware`` the detail and why.
+A device (a plain MQTT client, enrolled: what matters is the status it sends) reports its
+hardware and that its active release fell back to the CPU; a real controller stores it;
+``--json`` returns every field, the table shows HW and "CPU (fallback)", ``--hardware`` the
+detail and why.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,8 @@ import pytest
 from edgefleet.common import types as t
 from edgefleet.demo.stack import Controller
 from edgefleet.edgectl import output
-from tests.conftest import Broker
 from tests.controller import support
-from tests.edgectl.conftest import Edgectl, one_error_line
+from tests.edgectl.conftest import ConnectDevice, Edgectl, one_error_line
 
 ORIN = t.Hardware(
     arch="aarch64",
@@ -35,13 +34,6 @@ ORIN = t.Hardware(
 WHY = "running on CPUExecutionProvider: CUDAExecutionProvider did not initialise"
 
 
-@pytest.fixture
-def device(broker: Broker) -> Iterator[support.Device]:
-    dev = support.Device(broker.url)
-    yield dev
-    dev.close()
-
-
 def _listed(edgectl: Edgectl, fleet: str) -> list[dict[str, Any]]:
     result = edgectl("devices", "list", "--fleet", fleet, "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
@@ -51,11 +43,12 @@ def _listed(edgectl: Edgectl, fleet: str) -> list[dict[str, Any]]:
 def test_devices_list_shows_hardware_and_a_provider_fallback(
     controller: Controller,
     edgectl: Edgectl,
-    device: support.Device,
+    enrolled_device: ConnectDevice,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(output.console, "_width", 240)  # a wide terminal: every column shows
     fleet, dev = support.unique("fleet"), support.unique("dev")
+    device = enrolled_device(fleet, dev)
     device.status(
         dev,
         fleet,

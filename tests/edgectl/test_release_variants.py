@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -11,23 +10,16 @@ import pytest
 
 from edgefleet.common import types as t
 from edgefleet.edgectl import output
-from tests.conftest import Broker
 from tests.controller import support
-from tests.edgectl.conftest import Edgectl, one_error_line
-
-
-@pytest.fixture
-def device(broker: Broker) -> Iterator[support.Device]:
-    dev = support.Device(broker.url)
-    yield dev
-    dev.close()
+from tests.edgectl.conftest import ConnectDevice, Edgectl, one_error_line
 
 
 def test_devices_list_shows_the_variant_a_device_runs(
-    edgectl: Edgectl, device: support.Device, monkeypatch: pytest.MonkeyPatch
+    edgectl: Edgectl, enrolled_device: ConnectDevice, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(output.console, "_width", 240)  # a wide terminal: every column shows
     fleet, dev = support.unique("fleet"), support.unique("dev")
+    device = enrolled_device(fleet, dev)
     device.status(
         dev,
         fleet,

@@ -1,6 +1,7 @@
-"""edgectl's rollout commands against a real controller, with simulated agents on the broker:
-deploy with a strategy (followed to succeeded or rolled_back), rollout list/status/pause/resume/
-abort, rollback, and strategy errors that stop before anything is sent."""
+"""edgectl's rollout commands against a real controller, with simulated agents on the broker
+(each enrolled, on mTLS as its identity): deploy with a strategy (followed to succeeded or
+rolled_back), rollout list/status/pause/resume/abort, rollback, and strategy errors that stop
+before anything is sent."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from edgefleet.common import types as t
 from edgefleet.common.signing import TrustStore, load_public_keys
 from edgefleet.edgectl.app import app
 from edgefleet.edgectl.client import ControllerClient
-from tests.conftest import Broker, free_port
+from tests.conftest import free_port
 from tests.controller.support import Outcome, SimAgent, eventually, works
-from tests.edgectl.conftest import Edgectl, one_error_line
+from tests.edgectl.conftest import Edgectl, Enroll, one_error_line
 
 
 def unique(prefix: str) -> str:
@@ -29,8 +30,8 @@ def unique(prefix: str) -> str:
 class Setup:
     """A model with releases 1.0.0 and 1.1.0 of its own, and fleets of simulated agents."""
 
-    def __init__(self, edgectl: Edgectl, broker: Broker, model: Path) -> None:
-        self.edgectl, self.broker = edgectl, broker
+    def __init__(self, edgectl: Edgectl, broker_url: str, enroll: Enroll, model: Path) -> None:
+        self.edgectl, self.broker_url, self.enroll = edgectl, broker_url, enroll
         self.name = unique("digits")
         self.old, self.new = f"{self.name}:1.0.0", f"{self.name}:1.1.0"
         self.agents: list[SimAgent] = []
@@ -43,7 +44,7 @@ class Setup:
         self.trust = TrustStore(k for pem in pems for k in load_public_keys(pem))
 
     def client(self) -> ControllerClient:
-        return ControllerClient(self.edgectl.address, token=self.edgectl.token)
+        return self.edgectl.client()
 
     def ok(self, *args: str | Path) -> str:
         result = self.edgectl(*args)
@@ -54,10 +55,11 @@ class Setup:
         self, n: int, *, behaviour: Callable[[str], Outcome] = works
     ) -> tuple[str, list[SimAgent]]:
         fleet = unique("fleet")
+        ids = [f"{fleet}-d{i}" for i in range(n)]
         made = [
-            SimAgent(self.broker.url, f"{fleet}-d{i}", fleet, self.trust, active=self.old,
-                     behaviour=behaviour)
-            for i in range(n)
+            SimAgent(self.broker_url, d, fleet, self.trust, active=self.old, behaviour=behaviour,
+                     identity=identity)
+            for d, identity in zip(ids, self.enroll(fleet, *ids), strict=True)
         ]  # fmt: skip
         for a in made:
             self.agents.append(a.connect())
@@ -71,8 +73,10 @@ class Setup:
 
 
 @pytest.fixture
-def setup(edgectl: Edgectl, broker: Broker, digits_model_path: Path) -> Iterator[Setup]:
-    s = Setup(edgectl, broker, digits_model_path)
+def setup(
+    edgectl: Edgectl, broker_url: str, enroll: Enroll, digits_model_path: Path
+) -> Iterator[Setup]:
+    s = Setup(edgectl, broker_url, enroll, digits_model_path)
     yield s
     s.close()
 

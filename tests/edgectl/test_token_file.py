@@ -49,7 +49,8 @@ def test_the_token_goes_into_the_file_only(
     else:
         assert str(token_file) in result.stdout + result.stderr
     if command == "operator":
-        signed_in = Edgectl(edgectl.address, token=token)("operator", "whoami", "--json")
+        as_operator = Edgectl(edgectl.address, token=token, ca_file=edgectl.ca_file)
+        signed_in = as_operator("operator", "whoami", "--json")
         assert signed_in.exit_code == 0, signed_in.output
         assert json.loads(signed_in.stdout)["name"] == name
 

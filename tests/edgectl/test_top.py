@@ -1,8 +1,9 @@
 """``edgectl top`` against a real controller fed device reports over the real broker.
 
-Two devices report as agents do (status, presence, telemetry as protobuf through
-``edgefleet.common.wire``): one with a power sensor, one without. ``top --once`` must show
-the window's figures (rates are requests / window_s) and "—" where a device sent none.
+Two devices, each enrolled and on the mTLS broker as its identity, report as agents do (status,
+presence, telemetry as protobuf through ``edgefleet.common.wire``): one with a power sensor, one
+without. ``top --once`` must show the window's figures (rates are requests / window_s) and "—"
+where a device sent none.
 """
 
 from __future__ import annotations
@@ -10,23 +11,20 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from edgefleet.common import topics, wire
 from edgefleet.common import types as t
-from edgefleet.common.mqttclient import MqttSession
 from edgefleet.demo.stack import Controller
 from edgefleet.edgectl.app import app
-from edgefleet.edgectl.client import ControllerClient
-from tests.conftest import Broker
-from tests.edgectl.conftest import Edgectl, one_error_line
+from tests.edgectl.conftest import ConnectDevice, Edgectl, one_error_line
 
 
 @pytest.fixture
-def fleet(broker: Broker, controller: Controller) -> Iterator[str]:
-    """A fleet of two devices whose telemetry the controller has stored."""
+def fleet(controller: Controller, enrolled_device: ConnectDevice) -> str:
+    """A fleet of two devices (each enrolled, on the mTLS broker as its identity) whose
+    telemetry the controller has stored."""
     name = f"top-{uuid.uuid4().hex[:6]}"
     a, b = f"{name}-a", f"{name}-b"
     now = int(time.time() * 1000)
@@ -35,34 +33,29 @@ def fleet(broker: Broker, controller: Controller) -> Iterator[str]:
                         power_w=4.2, energy_per_inference_j=0.0168, at_ms=now, refused=30)),
         (b, t.Telemetry(b, "digits:1.0.0", 5.0, 20, 0, 2.0, 7.25, 9.0, at_ms=now)),
     ]  # fmt: skip
-    session = MqttSession(broker.url, client_id=f"{name}-devices")
-    session.start()
-    assert session.wait_connected(10)
-    try:
+    devices = {device_id: enrolled_device(name, device_id) for device_id in (a, b)}
+    for device_id, _ in reports:
+        status = t.DeviceStatus(
+            device_id, name, t.InstallPhase.ACTIVE, active_release="digits:1.0.0", at_ms=now
+        )
+        presence = t.Presence(device_id, name, online=True, at_ms=now)
+        for topic, payload in (
+            (topics.status(device_id), wire.status_to_pb(status)),
+            (topics.presence(name, device_id), wire.presence_to_pb(presence)),
+        ):
+            devices[device_id].publish(topic, payload.SerializeToString())
+    with controller.client() as client:
+        deadline = time.monotonic() + 15
+        while len(client.list_devices(name)) < 2:  # telemetry of unknown devices is dropped
+            assert time.monotonic() < deadline, "devices never registered"
+            time.sleep(0.1)
         for device_id, telemetry in reports:
-            status = t.DeviceStatus(
-                device_id, name, t.InstallPhase.ACTIVE, active_release="digits:1.0.0", at_ms=now
-            )
-            presence = t.Presence(device_id, name, online=True, at_ms=now)
-            for topic, payload in (
-                (topics.status(device_id), wire.status_to_pb(status)),
-                (topics.presence(name, device_id), wire.presence_to_pb(presence)),
-            ):
-                session.publish(topic, payload.SerializeToString()).wait_for_publish(5)
-        with ControllerClient(controller.api, token=controller.admin_token()) as client:
-            deadline = time.monotonic() + 15
-            while len(client.list_devices(name)) < 2:  # telemetry of unknown devices is dropped
-                assert time.monotonic() < deadline, "devices never registered"
-                time.sleep(0.1)
-            for device_id, telemetry in reports:
-                data = wire.telemetry_to_pb(telemetry).SerializeToString()
-                session.publish(topics.telemetry(device_id), data, qos=0)
-            while not all(d.HasField("telemetry") for d in client.list_devices(name)):
-                assert time.monotonic() < deadline, "telemetry never stored"
-                time.sleep(0.1)
-        yield name
-    finally:
-        session.stop()
+            data = wire.telemetry_to_pb(telemetry).SerializeToString()
+            devices[device_id].publish(topics.telemetry(device_id), data, qos=0)
+        while not all(d.HasField("telemetry") for d in client.list_devices(name)):
+            assert time.monotonic() < deadline, "telemetry never stored"
+            time.sleep(0.1)
+    return name
 
 
 def test_top_once_shows_the_latest_window_of_each_device(edgectl: Edgectl, fleet: str) -> None:

@@ -12,10 +12,10 @@ from edgefleet.common import digests, oci, signing
 from edgefleet.edgectl import oci_layout as layout
 from edgefleet.edgectl.app import app
 from tests.conftest import free_port
-from tests.edgectl.conftest import Edgectl, controller, edgectl, one_error_line
+from tests.edgectl.conftest import Edgectl, controller, edgectl, mtls_stack, one_error_line
 from tests.oci.conftest import Registry
 
-__all__ = ["controller", "edgectl"]  # fixtures, re-used from the edgectl tests
+__all__ = ["controller", "edgectl", "mtls_stack"]  # fixtures, re-used from the edgectl tests
 
 
 def released(edgectl: Edgectl, model: Path, tmp_path: Path) -> tuple[str, signing.TrustStore]:
