@@ -24,7 +24,9 @@ average pool, a 3x10 dense layer, softmax: little work, so the transport shows):
   agent mapped once and the model reads in place; each call writes the tensor into it and
   names it (``FastPathClient.predict_arrays``: the copy into the region is included);
   ``shm_sealed``: a sealed memfd passed with each request instead (``Stager.sealed_request``,
-  the mode before registration); ``shm_named``: the tensor in a named ``/dev/shm`` region,
+  the mode before registration); ``shm_inplace``: the registered region with the tensor
+  written there by the app itself (``FastPathClient.lease``: no copy in the call, as Triton's
+  clients use theirs); ``shm_named``: the tensor in a named ``/dev/shm`` region,
   which the agent copies out (``preadv``);
 * ``uds_grpc``, ``shm_grpc``: the same two over gRPC on the agent's ``predict.sock``
   (``InferenceClient`` on ``unix:``), what the local paths cost before the fast one.
@@ -216,6 +218,7 @@ def report(samples: dict[str, np.ndarray]) -> dict[str, Any]:
         "uds_grpc_minus_bare_p50_us": round(p50["uds_grpc"] - p50["image_bare"], 2),
         "shm_grpc_minus_bare_p50_us": round(p50["shm_grpc"] - p50["image_bare"], 2),
         "shm_sealed_minus_bare_p50_us": round(p50["shm_sealed"] - p50["image_bare"], 2),
+        "shm_inplace_minus_bare_p50_us": round(p50["shm_inplace"] - p50["image_bare"], 2),
         "shm_named_minus_bare_p50_us": round(p50["shm_named"] - p50["image_bare"], 2),
     }
 
@@ -239,6 +242,7 @@ def show(result: dict[str, Any], console: Console) -> None:
                         ("uds", "fast local path (no gRPC)"),
                         ("shm", "fast local path + registered region (read in place)"),
                         ("shm_sealed", "fast local path + sealed memfd per request"),
+                        ("shm_inplace", "fast local path + region written in place"),
                         ("shm_named", "fast local path + named region (copied)")):  # fmt: skip
         t3.add_row(label, f"{result[f'{name}_p50_us']:.1f}", f"{result[f'{name}_p99_us']:.1f}")
     console.print(t3)
@@ -380,11 +384,18 @@ def main() -> bool:
                 InferenceClient(unix, name="image agent") as image_shm,
                 fastpath.FastPathClient(fast_path) as fast,
             ):
+                lease = fast.lease({"image": (IMAGE_SHAPE, np.float32)})
+                lease.arrays["image"][...] = picture  # the app's own writes, once
+
+                def fast_shm_inplace() -> dict[str, np.ndarray]:
+                    return decoded(lease.predict())
+
                 expected = image_tcp.predict(image_feed).outputs["probabilities"]
                 for other in (image_uds, image_shm):  # the same answer by every path
                     got = other.predict(image_feed).outputs["probabilities"]
                     assert got.tobytes() == expected.tobytes()
-                for call in (fast_inline, fast_shm, fast_shm_sealed, fast_shm_named):
+                calls = (fast_inline, fast_shm, fast_shm_sealed, fast_shm_inplace, fast_shm_named)
+                for call in calls:
                     assert call()["probabilities"].tobytes() == expected.tobytes()
                 image_names = image.output_names
                 paths: dict[str, Callable[[], object]] = {
@@ -399,9 +410,10 @@ def main() -> bool:
                     "uds": fast_inline,
                     "shm": fast_shm,
                     "shm_sealed": fast_shm_sealed,
+                    "shm_inplace": fast_shm_inplace,
                     "shm_named": fast_shm_named,
                 }
-                with console.status(f"timing {ITERATIONS} calls of each path"):
+                with console.status(f"timing {ITERATIONS} calls of each path"), lease:
                     samples = measure(paths)
         finally:
             server.stop()

@@ -346,3 +346,33 @@ def test_closing_the_connection_frees_its_regions(
         for fd in regions:
             os.close(fd)
     wait_for("the closed connection's region unmapped", lambda: mappings(pid, names[0]) == 0)
+
+
+def test_a_lease_serves_what_the_app_wrote_in_place(
+    fast_agent: FastAgent, digits_data: DigitsData
+) -> None:
+    """``FastPathClient.lease``: arrays in the registered region, written by the app, named
+    by each call without a copy; refusals as gRPC's; done once closed."""
+    a = fast_agent
+    with fastpath.FastPathClient(a.fast) as fast:
+        with fast.lease({"pixels": ((ROWS, 64), np.float32)}) as lease:
+            view = lease.arrays["pixels"]
+            for start in (0, 150, 7):
+                x = np.ascontiguousarray(digits_data.x_test[start : start + ROWS])
+                view[...] = x
+                assert outputs(lease.predict()) == expected_for(a, x)
+            picked = lease.predict(output_names=["label"])
+            assert outputs(picked) == expected_for(a, x, ("label",))
+        assert refusal(lease.predict)[0] == grpc.StatusCode.UNAVAILABLE
+        wrong = np.ascontiguousarray(digits_data.x_test[:ROWS, :63])
+        code, message = refusal(
+            partial(
+                predict_request,
+                a.unix,
+                inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", wrong)]),
+            )
+        )
+        with fast.lease({"pixels": (wrong.shape, wrong.dtype)}) as bad:
+            bad.arrays["pixels"][...] = wrong
+            assert refusal(bad.predict) == (code, message)
+            assert refusal(bad.predict) == (code, message)  # an answer: the lease serves on

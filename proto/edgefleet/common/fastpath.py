@@ -59,7 +59,7 @@ import socket
 import struct
 import threading
 from array import array as int_array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -482,6 +482,20 @@ class FastPathClient(Closing):
 
         return self._call(exchange, timeout, outputs=self.shm_outputs)
 
+    def lease(self, specs: Mapping[str, tuple[Sequence[int], npt.DTypeLike]]) -> Lease:
+        """A connection of this client's held for the caller (one thread), with an array per
+        ``specs`` entry (name: shape and dtype) in its registered input region, which the app
+        writes in place (``Lease.arrays``) and ``Lease.predict`` names: no copy per call.
+        ``close()`` closes the connection."""
+        wait = self.deadline
+        conn, _ = self._take(wait)
+        try:
+            with _failures(conn, self.path, wait):
+                return Lease(self, conn, specs)
+        except BaseException:
+            conn.close()
+            raise
+
     def predict(
         self,
         request: inference_pb2.PredictRequest,
@@ -570,6 +584,105 @@ class FastPathClient(Closing):
                 self._idle.append(conn)
                 return
         conn.close()
+
+
+@contextlib.contextmanager
+def _failures(conn: _Connection, path: str, wait: float) -> Iterator[None]:
+    """What goes wrong talking to the agent, as ``FastPathError`` (the connection closed)."""
+    try:
+        yield
+    except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO/SO_SNDTIMEO expired
+        conn.close()
+        raise FastPathError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"unix:{path} did not answer in {wait} s",
+            answered=False,
+        ) from None
+    except ConnectionError as exc:
+        conn.close()
+        raise FastPathError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"unix:{path} closed the connection ({exc})",
+            answered=False,
+        ) from None
+    except BaseException:
+        conn.close()
+        raise
+
+
+class Lease(Closing):
+    """``FastPathClient.lease``: a held connection whose input region holds ``arrays`` (one
+    per spec, 64-byte aligned, views of the region: write the tensors there, then call
+    ``predict``). One thread at a time; after a failed call the lease is done (its connection
+    closed, ``FastPathError`` UNAVAILABLE from then on: take another)."""
+
+    def __init__(
+        self,
+        client: FastPathClient,
+        conn: _Connection,
+        specs: Mapping[str, tuple[Sequence[int], npt.DTypeLike]],
+    ) -> None:
+        self._client, self._conn = client, conn
+        layout, offset = [], 0
+        for name, (shape, dtype) in specs.items():
+            dt = np.dtype(dtype)
+            dt = dt.newbyteorder("<") if dt.byteorder == ">" else dt
+            count = 1
+            for d in shape:
+                count *= int(d)
+            layout.append((name, tuple(int(d) for d in shape), dt, offset))
+            offset += _aligned(count * dt.itemsize)
+        region = conn.region(INPUT_REGION, max(offset, 1))
+        name = registered(INPUT_REGION)
+        self.arrays: dict[str, Array] = {}
+        """The inputs, by name: views of the registered region (write them in place)."""
+        self._entries: list[bytes] = []
+        for n, shape, dt, at in layout:
+            a: Array = np.ndarray(shape, dt, buffer=region.buffer, offset=at)
+            self.arrays[n] = a
+            self._entries.append(_shared_entry(n, a, name, at))
+        self._done = False
+
+    def predict(
+        self,
+        *,
+        inline: Mapping[str, Array] | None = None,
+        output_names: Sequence[str] = (),
+        release: str = "",
+    ) -> inference_pb2.PredictResponse:
+        """One Predict of ``arrays`` as they are now in the region (and ``inline``: other
+        inputs sent in the request)."""
+        if self._done:
+            raise FastPathError(
+                grpc.StatusCode.UNAVAILABLE,
+                "this lease's connection is closed (a call failed, or it was closed)",
+                answered=False,
+            )
+        parts: list[Buffer] = []
+        for n, a in (inline or {}).items():
+            parts += _tensor_parts(n, a)
+        parts += self._entries
+        if output_names or release:
+            rest = inference_pb2.PredictRequest(output_names=list(output_names), release=release)
+            parts.append(rest.SerializeToString())
+        conn = self._conn
+        try:
+            with _failures(conn, self._client.path, conn.timeout):
+                status, body = _exchange(conn, parts)
+        except BaseException:
+            self._done = True
+            raise
+        with body:
+            if status != OK:
+                raise FastPathError(code_of(status), bytes(body).decode("utf-8", "replace"))
+            return inference_pb2.PredictResponse.FromString(cast(bytes, body))
+
+    def close(self) -> None:
+        """Close the connection (the agent unmaps its region; never pooled again, as arrays
+        of it may still be written)."""
+        self._done = True
+        self.arrays = {}
+        self._conn.close()
 
 
 _shared_entries: dict[tuple[str, np.dtype[Any], tuple[int, ...], str, int], bytes] = {}

@@ -285,6 +285,11 @@ class SealedRegion:
         (or as ``region``: ``#ID``, the id the region is registered under, ``fastpath``)."""
         return _put(self._map, region or f"@{index}", name, array, offset)
 
+    @property
+    def buffer(self) -> mmap.mmap:
+        """The region's mapping, read-write (for arrays written in place)."""
+        return self._map
+
     def write(self, offset: int, array: Array) -> None:
         """Copy a C-contiguous array's bytes to ``offset`` as they are (one ``memcpy``)."""
         if array.nbytes:
