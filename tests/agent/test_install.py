@@ -60,6 +60,7 @@ def test_install_then_upgrade_keeps_the_previous_slot(
     assert predict(a.endpoint, {"pixels": digits_data.x_test[:1]}).release == "digits:1.1.0"
     status = w.statuses[-1]
     assert (status.previous_release, status.generation_applied) == ("digits:1.0.0", 2)
+    w.wait_event("activated", generation=2)  # events have their own topic: after the status
     kinds = w.kinds()
     for kind in ("install_started", "fetched", "verified", "staged", "health_check_passed"):
         assert kind in kinds

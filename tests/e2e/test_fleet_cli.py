@@ -10,6 +10,7 @@ fleet's neighbours only).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -116,7 +117,10 @@ def test_a_release_that_fails_its_health_check_is_reported(
     result = fleet.cli.run("deploy", "digits:9.0.0", "--fleet", fleet.name, "--timeout", "60")
     assert result.returncode != 0, result.stdout
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: digits:9.0.0: 3 of 3 device(s) failed"), result.stderr
+    # the rollout rolls back at the first failures it sees: under load the last device may
+    # still be checking the release then, so "2 of 3" is as right as "3 of 3"
+    refused = r"error: digits:9\.0\.0: [1-3] of 3 device\(s\) failed; rollout \S+ rolled_back"
+    assert re.match(refused, lines[-1]), result.stderr
     after = {d["device_id"]: d["active_release"] for d in fleet.devices()}
     assert after == before  # each kept its last good release
 
