@@ -111,12 +111,14 @@ class Images:
         )
 
     def ours(self, device_id: str) -> list[Any]:
-        """The device's containers, running or not."""
-        return list(
-            self.client.containers.list(
-                all=True, filters={"label": f"{containers.LABEL_DEVICE}={device_id}"}
-            )
-        )
+        """The device's containers, running or not. The SDK lists, then inspects each: one the
+        agent removes in between is a 404, so the listing is taken again (the agent removes a
+        rolled-back release's container while the tests look)."""
+        filters = {"label": f"{containers.LABEL_DEVICE}={device_id}"}
+        for _ in range(4):
+            with contextlib.suppress(docker.errors.NotFound):
+                return list(self.client.containers.list(all=True, filters=filters))
+        return list(self.client.containers.list(all=True, filters=filters))
 
     def cleanup(self) -> None:
         for device_id in self.devices:
