@@ -530,31 +530,13 @@ class FastPathClient(Closing):
         wait = self.deadline if timeout is None else timeout
         conn, reused = self._take(wait)
         try:
-            try:
+            with _failures(conn, self.path, wait, stale=reused):
                 status, body = exchange(conn)
-            except ConnectionError:
-                if not reused:
-                    raise
-                conn.close()  # the agent closed an idle connection: again, on a fresh one
-                conn, reused = _Connection(_connect(self.path, wait), wait), False
+        except _StaleConnection:  # the agent closed an idle connection: again, on a fresh one
+            with _failures(conn, self.path, wait):
+                conn = _Connection(_connect(self.path, wait), wait)
+            with _failures(conn, self.path, wait):
                 status, body = exchange(conn)
-        except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO/SO_SNDTIMEO expired
-            conn.close()
-            raise FastPathError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"unix:{self.path} did not answer in {wait} s",
-                answered=False,
-            ) from None
-        except ConnectionError as exc:
-            conn.close()
-            raise FastPathError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"unix:{self.path} closed the connection ({exc})",
-                answered=False,
-            ) from None
-        except BaseException:
-            conn.close()
-            raise
         with body:  # released before the buffer may be reused (grown) by another call
             if status != OK:
                 message = bytes(body).decode("utf-8", "replace")
@@ -586,9 +568,14 @@ class FastPathClient(Closing):
         conn.close()
 
 
+class _StaleConnection(Exception):
+    """A pooled connection the agent had closed while it was idle (``_failures(stale=True)``)."""
+
+
 @contextlib.contextmanager
-def _failures(conn: _Connection, path: str, wait: float) -> Iterator[None]:
-    """What goes wrong talking to the agent, as ``FastPathError`` (the connection closed)."""
+def _failures(conn: _Connection, path: str, wait: float, *, stale: bool = False) -> Iterator[None]:
+    """What goes wrong talking to the agent, as ``FastPathError`` (the connection closed);
+    ``stale``: a connection error is ``_StaleConnection`` instead (the caller tries again)."""
     try:
         yield
     except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO/SO_SNDTIMEO expired
@@ -600,6 +587,8 @@ def _failures(conn: _Connection, path: str, wait: float) -> Iterator[None]:
         ) from None
     except ConnectionError as exc:
         conn.close()
+        if stale:
+            raise _StaleConnection from exc
         raise FastPathError(
             grpc.StatusCode.UNAVAILABLE,
             f"unix:{path} closed the connection ({exc})",
