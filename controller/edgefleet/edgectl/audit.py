@@ -7,12 +7,14 @@ fleet-scoped operator sees its own fleets' entries.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from edgefleet.edgectl import output, shell
-from edgefleet.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:  # protobuf: loaded when a command calls, not for --help
+    from edgefleet.v1 import controller_pb2 as pb
 
 OUTCOME_STYLE = {"ok": "green", "denied": "red", "error": "yellow"}
 

@@ -15,19 +15,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from edgefleet.common import rolloutwords
 from edgefleet.common.errors import InvalidInputError
-from edgefleet.common.types import ReleaseRef
-from edgefleet.edgectl import following, output, shell
-from edgefleet.edgectl.following import FollowResult
-from edgefleet.edgectl.rollout_status import RolloutLive, rollout_dict, status_view
-from edgefleet.v1 import controller_pb2 as pb
+from edgefleet.edgectl import output, shell
 
-if TYPE_CHECKING:  # grpc: loaded when a command calls, not for --help
+# grpc, protobuf (which rolloutwords, following and rollout_status read) and the domain types:
+# each function imports what it uses when a command runs, so that --help loads none of them
+if TYPE_CHECKING:
     from edgefleet.edgectl.client import ControllerClient
+    from edgefleet.edgectl.following import FollowResult
+    from edgefleet.v1 import controller_pb2 as pb
 
 STRATEGY_PANEL = "Rollout strategy (unset = the controller's default)"
-ROLLBACK_KIND = rolloutwords.kind_word(pb.STRATEGY_KIND_ROLLBACK)
 
 FleetOption = Annotated[
     str, typer.Option("--fleet", "-f", help="Target fleet.", show_default=False, metavar="FLEET")
@@ -61,6 +59,8 @@ def strategy_message(
 
     ``None`` when no option was given: the controller's default, all at once.
     """
+    from edgefleet.v1 import controller_pb2 as pb
+
     options: dict[str, Any] = {
         "canary": canary,
         "waves": waves,
@@ -84,7 +84,11 @@ def strategy_message(
 
 def _kind_value(word: str) -> pb.StrategyKind.ValueType:
     """A deploy's kind (``rollback`` is the controller's own, never asked for)."""
-    deployable = [k for k in rolloutwords.kind_words() if k != ROLLBACK_KIND]
+    from edgefleet.common import rolloutwords
+    from edgefleet.v1 import controller_pb2 as pb
+
+    rollback = rolloutwords.kind_word(pb.STRATEGY_KIND_ROLLBACK)
+    deployable = [k for k in rolloutwords.kind_words() if k != rollback]
     if word not in deployable:
         raise InvalidInputError(f"--strategy must be one of {', '.join(deployable)}, got {word!r}")
     return rolloutwords.kind_value(word)
@@ -94,6 +98,9 @@ def _follow(
     client: ControllerClient, rollout_id: str, *, timeout_s: float | None, live: bool
 ) -> FollowResult:
     """Follow the rollout, drawing it on stderr; Ctrl-C leaves it running on the controller."""
+    from edgefleet.edgectl import following
+    from edgefleet.edgectl.rollout_status import RolloutLive
+
     try:
         with RolloutLive(output.err_console, enabled=live) as view:
             return following.follow(
@@ -109,6 +116,8 @@ def _follow(
 
 
 def _devices_json(result: FollowResult) -> list[dict[str, Any]]:
+    from edgefleet.edgectl import following
+
     seen = result.snapshot.devices
     return [
         {
@@ -122,6 +131,9 @@ def _devices_json(result: FollowResult) -> list[dict[str, Any]]:
 
 
 def _report(result: FollowResult, summary: dict[str, Any], *, as_json: bool) -> None:
+    from edgefleet.edgectl import following
+    from edgefleet.edgectl.rollout_status import rollout_dict, status_view
+
     info = result.snapshot.info
     if as_json:
         summary |= {
@@ -138,6 +150,8 @@ def _report(result: FollowResult, summary: dict[str, Any], *, as_json: bool) -> 
 
 
 def _timed_out(what: str, info: pb.RolloutInfo, timeout: float) -> str:
+    from edgefleet.edgectl import following
+
     return (
         f"{what}: timed out after {timeout:g}s; rollout {info.rollout_id} is still "
         f"{following.phase(info)} on the controller "
@@ -163,6 +177,8 @@ def _after_start(
     ``accepted``. Else follow it live, report it, fail (exit 1) when it timed out or did not
     succeed (``what`` first; with ``count_failed`` the devices that failed), and say ``done``
     of the finished rollout (not with --json)."""
+    from edgefleet.edgectl import following
+
     summary: dict[str, Any] = {
         "rollout_id": reply.rollout_id,
         **fields,
@@ -312,6 +328,10 @@ def deploy(
     Examples: deploy digits:1.1.0 -f factory-a; deploy digits:1.1.0 -f factory-a
     --strategy canary --canary 10% --waves 50%,100% --bake 5m --max-failures 5%.
     """
+    from edgefleet.common import rolloutwords
+    from edgefleet.common.types import ReleaseRef
+    from edgefleet.v1 import controller_pb2 as pb
+
     ref = ReleaseRef.parse(release)
     strategy = strategy_message(
         kind=kind,
@@ -376,6 +396,8 @@ def rollback(
     With --wait (the default) it follows the rollback live and exits 0 once every device
     confirmed, 1 when one did not or --timeout passed.
     """
+    from edgefleet.common.types import ReleaseRef
+
     to_release = str(ReleaseRef.parse(to)) if to else ""
     with shell.controller(ctx) as client:
         reply = client.rollback(fleet, to_release=to_release)

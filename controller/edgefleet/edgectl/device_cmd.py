@@ -9,14 +9,16 @@ revokes and forgets it. (What devices report is ``edgectl devices list``.)
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from edgefleet.common.durations import parse_duration
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.edgectl import output, shell
-from edgefleet.v1 import enroll_pb2 as pb
+
+if TYPE_CHECKING:  # protobuf: loaded when a command calls, not for --help
+    from edgefleet.v1 import enroll_pb2 as pb
 
 app = typer.Typer(
     help="Device identities: enroll (one-time token), revoke (CRL), quarantine (out of "

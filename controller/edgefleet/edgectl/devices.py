@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from edgefleet.edgectl import output, shell
-from edgefleet.v1 import controller_pb2 as pb
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # grpc and protobuf: loaded when a command calls, not for --help
     from edgefleet.edgectl.client import ControllerClient
+    from edgefleet.v1 import controller_pb2 as pb
 
 PAGE = 1000  # devices per ListDevices call (the server's cap)
 

@@ -9,12 +9,14 @@ stays trusted through its overlap window), ``keys revoke`` takes a key out.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgefleet.edgectl import output, shell
-from edgefleet.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:  # protobuf: loaded when a command calls, not for --help
+    from edgefleet.v1 import controller_pb2 as pb
 
 app = typer.Typer(
     help="Manage release-signing keys.\n\nThe controller signs every release manifest and "

@@ -14,17 +14,16 @@ from __future__ import annotations
 import math
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
-from edgefleet.common import enumwords
 from edgefleet.common.durations import parse_duration
-from edgefleet.common.types import validate_name
 from edgefleet.edgectl import output, plotfile, shell
-from edgefleet.edgectl.compress_plot import plot_paths, write_compress_plot
-from edgefleet.edgectl.metric_source import MetricSourceError, read_metric_module
-from edgefleet.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:  # protobuf: loaded when a command runs or shows its help, not for --help
+    from edgefleet.v1 import controller_pb2 as pb
 
 EXIT_NOT_PASSED = 3
 
@@ -68,6 +67,8 @@ def add(
     Streams the file to the controller, which checks it is a valid ONNX model and records
     its inputs and outputs; a file that is not ONNX is refused with the reason.
     """
+    from edgefleet.common.types import validate_name  # not for --help
+
     validate_name("model", name)
     if not path.is_file():
         shell.fail(f"no such file: {path}")
@@ -141,11 +142,15 @@ class GoldenChoice(StrEnum):
 
 def _check_plot(path: Path | None) -> Path | None:
     """Refuse a --plot suffix before the search, not after it."""
+    from edgefleet.edgectl.compress_plot import plot_paths  # not for --help
+
     return plotfile.check_plot(path, plot_paths)
 
 
 def _check_objective(word: str) -> str:
     """A word of controller.proto's ``Objective``, refused here in one line naming them."""
+    from edgefleet.common import enumwords  # protobuf: not for --help
+
     try:
         enumwords.objective_value(word)
     except ValueError:
@@ -154,7 +159,22 @@ def _check_objective(word: str) -> str:
     return word
 
 
-@app.command("compress")
+class CompressCommand(TyperCommand):
+    """``model compress``, whose ``--objective`` metavar is the words of controller.proto's
+    ``Objective``: filled in from the generated enum when the command's help, usage or parser
+    is made, so that building the command tree (``edgectl --help``) loads no protobuf."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:  # type: ignore[override]
+        from edgefleet.common import enumwords  # protobuf: not for edgectl --help
+
+        params = super().get_params(ctx)
+        for param in params:
+            if param.name == "objective":
+                param.metavar = "|".join(enumwords.objective_words())
+        return params
+
+
+@app.command("compress", cls=CompressCommand)
 def compress(
     ctx: typer.Context,
     *,
@@ -248,8 +268,7 @@ def compress(
         str,
         typer.Option(
             "--objective",
-            help="What the winner must improve most.",
-            metavar="|".join(enumwords.objective_words()),
+            help="What the winner must improve most.",  # metavar: CompressCommand's
             callback=_check_objective,
         ),
     ] = "balanced",
@@ -466,6 +485,8 @@ def _metric_request(
     metrics = ",".join(m.strip() for m in metric if m.strip() and m.strip() != "auto")
     if not metric_module:
         return metrics, None
+    from edgefleet.edgectl.metric_source import MetricSourceError, read_metric_module
+
     try:
         hook = read_metric_module(metric_module)
     except (MetricSourceError, OSError) as exc:
@@ -474,6 +495,8 @@ def _metric_request(
 
 
 def _write_plot(result: pb.CompressResult, path: Path, *, max_drop: float, as_json: bool) -> None:
+    from edgefleet.edgectl.compress_plot import write_compress_plot  # not for --help
+
     try:
         written = write_compress_plot(result, path, max_drop=max_drop)
     except OSError as exc:

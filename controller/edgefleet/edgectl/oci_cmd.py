@@ -9,21 +9,20 @@ host's Docker (``images.push_image``), to ``REPO/container:VERSION`` of the same
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from edgefleet.common.errors import NotFoundError
-from edgefleet.common.types import ReleaseRef
 from edgefleet.edgectl import output, shell
-from edgefleet.v1 import controller_pb2 as pb
 
-if TYPE_CHECKING:  # docker, numpy, grpc and rich: loaded when a command runs, not for --help
+# docker, numpy, grpc, protobuf and rich: loaded when a command runs, not for --help
+if TYPE_CHECKING:
     from rich.progress import Progress
 
     from edgefleet.edgectl import oci_layout as layout
+    from edgefleet.v1 import controller_pb2 as pb
 
 ReleaseArg = Annotated[
     str, typer.Argument(help="The release NAME:VERSION.", metavar="NAME:VERSION")
@@ -36,6 +35,8 @@ def _progress(*, quiet: bool) -> Progress:
 
 
 def _find(ctx: typer.Context, text: str) -> pb.ReleaseInfo:
+    from edgefleet.common.types import ReleaseRef  # not for --help
+
     ref = ReleaseRef.parse(text)
     with shell.controller(ctx) as client:
         for info in client.list_releases(ref.name):
@@ -128,6 +129,8 @@ def push(
     image (built on the controller host; run this there) goes to REPO/container:VERSION,
     where devices given oci://HOST[:PORT]/REPO pull it.
     """
+    import tempfile
+
     from edgefleet.common import oci, wire
     from edgefleet.controller import images
     from edgefleet.edgectl import oci_layout as layout

@@ -8,12 +8,14 @@ the controller keeps only its hash.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from edgefleet.edgectl import output, shell
-from edgefleet.v1 import controller_pb2 as pb
+
+if TYPE_CHECKING:  # protobuf: loaded when a command calls, not for --help
+    from edgefleet.v1 import controller_pb2 as pb
 
 app = typer.Typer(
     help="Manage operators of the controller's API (admin role).\n\nRoles: viewer < releaser "

@@ -12,20 +12,19 @@ turns control characters into spaces, ``safe`` also escapes rich markup, so ``[/
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from edgefleet.v1 import common_pb2, mqtt_pb2
-from edgefleet.v1 import controller_pb2 as pb
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # protobuf and rich: loaded when a command prints, not for --help
     from rich.console import Console
     from rich.progress import Progress
     from rich.table import Table
+
+    from edgefleet.v1 import common_pb2, mqtt_pb2
+    from edgefleet.v1 import controller_pb2 as pb
 
     console: Console
     """stdout's console (tables)."""
@@ -77,6 +76,8 @@ def safe(text: str) -> str:
 
 def print_json(value: Any, *, compact: bool = False) -> None:
     """JSON on stdout; ``compact`` keeps it on one line (tensors would take one line a number)."""
+    import json  # not for --help
+
     print(json.dumps(value, indent=None if compact else 2))
 
 

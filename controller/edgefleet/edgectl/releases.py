@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from edgefleet.common.durations import parse_duration
-from edgefleet.common.types import (
-    ExecutionProvider,
-    HealthPolicy,
-    validate_name,
-    validate_version,
-)
 from edgefleet.edgectl import oci_cmd, output, shell
-from edgefleet.v1 import common_pb2, controller_pb2
+
+if TYPE_CHECKING:  # the domain types and protobuf: loaded when a command runs, not for --help
+    from edgefleet.common.types import ExecutionProvider
+    from edgefleet.v1 import common_pb2, controller_pb2
 
 app = typer.Typer(
     help="Create and list signed releases.\n\nA release NAME:VERSION (semver) packs one "
@@ -40,6 +37,8 @@ SHORT_PROVIDERS = {
 
 def parse_providers(text: str) -> tuple[ExecutionProvider, ...]:
     """``--providers``: ``NAME[:KEY=VALUE...]`` comma-separated, in order of preference."""
+    from edgefleet.common.types import ExecutionProvider
+
     out = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -69,6 +68,8 @@ def providers_text(providers: Iterable[common_pb2.ExecutionProvider]) -> str:
 
 def parse_variant(text: str) -> controller_pb2.VariantRequest:
     """``--variant``: ``NAME=MODEL[:VERSION][@REQ[+REQ...]][/PROVIDERS]``."""
+    from edgefleet.v1 import common_pb2, controller_pb2
+
     name, sep, rest = text.partition("=")
     spec, _, tail = rest.partition("@") if "@" in rest else rest.partition("/")
     requires, _, providers = tail.partition("/") if "@" in rest else ("", "", tail)
@@ -249,6 +250,8 @@ def create(
     release that deploy can roll out. With --runtime container, devices with Docker run it as
     a container; `release push` puts its image in a registry next to the release.
     """
+    from edgefleet.common.types import HealthPolicy, validate_name, validate_version
+
     validate_name("release", name)
     validate_version(version)
     given: dict[str, Any] = {

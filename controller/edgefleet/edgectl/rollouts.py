@@ -7,23 +7,18 @@ course. ``status --watch`` follows a rollout the same way ``deploy --wait`` does
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from edgefleet.edgectl import following, output, plotfile, shell
+from edgefleet.edgectl import output, plotfile, shell
 from edgefleet.edgectl.deploying import JsonOption
-from edgefleet.edgectl.following import Snapshot
-from edgefleet.edgectl.rollout_plot import plot_paths, write_rollout_plot
-from edgefleet.edgectl.rollout_status import (
-    RolloutLive,
-    list_table,
-    rollout_dict,
-    status_view,
-    step_text,
-    styled_phase,
-)
-from edgefleet.v1 import controller_pb2 as pb
+
+# following, rollout_status and rollout_plot read the generated protobuf module: each command
+# imports what it uses when it runs, so that --help loads none of them
+if TYPE_CHECKING:
+    from edgefleet.edgectl.following import Snapshot
+    from edgefleet.v1 import controller_pb2 as pb
 
 app = typer.Typer(
     help="Follow and steer staged rollouts.\n\nA rollout starts with edgectl deploy (or "
@@ -55,6 +50,8 @@ def list_rollouts(
     Id, fleet, release, kind (all-at-once, canary or rollback), phase, step k/N, DEVICES as
     healthy/failed/total, and age of each.
     """
+    from edgefleet.edgectl.rollout_status import list_table, rollout_dict
+
     with shell.controller(ctx) as client:
         rollouts = client.list_rollouts(fleet, limit=limit)
     if as_json:
@@ -65,6 +62,8 @@ def list_rollouts(
 
 def _check_plot(path: Path | None) -> Path | None:
     """Refuse a --plot suffix before asking the controller."""
+    from edgefleet.edgectl.rollout_plot import plot_paths
+
     return plotfile.check_plot(path, plot_paths)
 
 
@@ -102,6 +101,9 @@ def status(
     rollout succeeded or rolled back and then exits 0 or 1 (Ctrl-C stops watching, not the
     rollout). --plot draws the rollout's history as a timeline.
     """
+    from edgefleet.edgectl import following
+    from edgefleet.edgectl.rollout_status import RolloutLive
+
     with shell.controller(ctx) as client:
         if watch:
             try:
@@ -128,6 +130,8 @@ def status(
 
 
 def _write_plot(info: pb.RolloutInfo, path: Path, *, as_json: bool) -> None:
+    from edgefleet.edgectl.rollout_plot import write_rollout_plot
+
     try:
         written = write_rollout_plot(info, path)
     except OSError as exc:
@@ -140,6 +144,8 @@ def _write_plot(info: pb.RolloutInfo, path: Path, *, as_json: bool) -> None:
 
 
 def _print(snap: Snapshot, *, as_json: bool) -> None:
+    from edgefleet.edgectl.rollout_status import rollout_dict, status_view
+
     if as_json:
         devices = {k: output.device_dict(v) for k, v in snap.devices.items()}
         output.print_json(rollout_dict(snap.info) | {"device_reports": devices})
@@ -148,6 +154,8 @@ def _print(snap: Snapshot, *, as_json: bool) -> None:
 
 
 def _changed(info: pb.RolloutInfo, *, as_json: bool, hint: str = "") -> None:
+    from edgefleet.edgectl.rollout_status import rollout_dict, step_text, styled_phase
+
     if as_json:
         output.print_json(rollout_dict(info))
         return
@@ -185,6 +193,8 @@ def abort(ctx: typer.Context, *, rollout_id: RolloutId, as_json: JsonOption = Fa
     confirmed; follow it with edgectl rollout status ID --watch. Aborting a rollout that is
     already rolling back stops waiting for devices that did not confirm.
     """
+    from edgefleet.edgectl import following
+
     with shell.controller(ctx) as client:
         info = client.abort_rollout(rollout_id)
     hint = "" if following.finished(info) else f"follow it: edgectl rollout status {rollout_id} -w"

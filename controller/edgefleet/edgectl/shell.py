@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +97,8 @@ def load_settings(
     path = config_path(env)
     config: dict[str, object] = {}
     if path.is_file():
+        import tomllib  # only where there is a config file: not for --help
+
         try:
             config = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -19,12 +19,12 @@ import typer
 
 from edgefleet.common.errors import EdgeFleetError
 from edgefleet.edgectl import output, shell
-from edgefleet.v1 import controller_pb2 as pb
 
-if TYPE_CHECKING:  # grpc and rich: loaded when a command calls, not for --help
+if TYPE_CHECKING:  # grpc, protobuf and rich: loaded when a command calls, not for --help
     from rich.table import Table
 
     from edgefleet.edgectl.client import ControllerClient
+    from edgefleet.v1 import controller_pb2 as pb
 
 ABSENT = "—"
 COLUMNS = (
