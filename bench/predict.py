@@ -39,8 +39,11 @@ The digits model's servers run in this process. The image model's (its gRPC serv
 on ``predict.sock``, and the ``FastServer``) run in a separate process (``--serve DIR``: the
 agent's own ``InferenceServicer``, ``InferenceServer`` and ``FastServer``, as ``edge-agent
 run`` builds them, on the same model), so a call pays for what an app's call to the agent
-pays and not for this process's threads taking the GIL from the client; the client stays
-here (``"server"`` in the results says so). Writes ``bench/results/predict.json``.
+pays and not for this process's threads taking the GIL from the client (``"server"`` in the
+results says so). The gRPC clients stay here; the fast-path rows' client runs in an app
+process of its own (``bench/fastapp.py``: a ``FastPathClient`` and no gRPC server or channel,
+as an app that uses the fast path has it), which times its calls there, block by block, in
+the same rotation (``"fast_client"`` in the results). Writes ``bench/results/predict.json``.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ from edgefleet.agent.metrics import AgentMetrics
 from edgefleet.agent.predictor import Predictor
 from edgefleet.agent.runtime import LoadedModel, ModelRuntime
 from edgefleet.agent.serving import InferenceServer, InferenceServicer
-from edgefleet.common import digests, fastpath, sharedmem, wire
+from edgefleet.common import digests, fastpath, wire
 from edgefleet.common import types as t
 from edgefleet.demo import digits
 from edgefleet.edgectl.inference import InferenceClient
@@ -88,6 +91,7 @@ RESULTS = Path(__file__).parent / "results" / "predict.json"
 SERVER = (
     "separate process (InferenceServicer + InferenceServer + FastServer, bench/predict.py --serve)"
 )
+FAST_CLIENT = "app process of its own (FastPathClient, no gRPC in it: bench/fastapp.py)"
 SERVER_START_S = 60.0
 MODEL = "digits-mlp32 (batch 1)"
 
@@ -173,18 +177,69 @@ def timed(fn: Callable[[], object], n: int) -> list[float]:
     return out
 
 
-def measure(paths: dict[str, Callable[[], object]]) -> dict[str, np.ndarray]:
-    for fn in paths.values():
-        timed(fn, WARMUP)
+Block = Callable[[int], list[float]]
+"""A path timed for N calls: its samples in microseconds."""
+
+
+def here(fn: Callable[[], object]) -> Block:
+    """A path called in this process."""
+    return lambda n: timed(fn, n)
+
+
+def measure(paths: dict[str, Block]) -> dict[str, np.ndarray]:
+    for block in paths.values():
+        block(WARMUP)
     samples: dict[str, list[float]] = {name: [] for name in paths}
     names = list(paths)
     per_round = ITERATIONS // ROUNDS
     for r in range(ROUNDS):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            timed(paths[name], BLOCK_WARMUP)
-            samples[name] += timed(paths[name], per_round)
+            paths[name](BLOCK_WARMUP)
+            samples[name] += paths[name](per_round)
     return {name: np.asarray(v) for name, v in samples.items()}
+
+
+class App:
+    """``bench/fastapp.py`` in its own process: the fast-path rows' client, as an app has it
+    (no gRPC server or channel beside it); each of its paths a ``Block`` timed there."""
+
+    def __init__(
+        self, socket_path: str, directory: Path, picture: np.ndarray, expected: np.ndarray
+    ):
+        np.save(directory / "picture.npy", picture)
+        np.save(directory / "expected.npy", expected)
+        self._proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("fastapp.py")), socket_path,
+             str(directory / "picture.npy"), str(directory / "expected.npy")],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        ready = self._read()
+        if "ready" not in ready:
+            self.close()
+            raise RuntimeError(f"the bench's app process did not start: {ready.get('error')}")
+        self.paths: list[str] = ready["ready"]
+
+    def _read(self) -> dict[str, Any]:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the bench's app process ended (exit {self._proc.wait()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def block(self, path: str) -> Block:
+        def run(n: int) -> list[float]:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(json.dumps({"path": path, "n": n}) + "\n")
+            self._proc.stdin.flush()
+            samples: list[float] = self._read()["samples"]
+            return samples
+
+        return run
+
+    def close(self) -> None:
+        stop_server(self._proc)
 
 
 def report(samples: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -356,25 +411,7 @@ def main() -> bool:
         image_endpoint, unix, fast_path = ends["tcp"], ends["unix"], ends["fast"]
         picture = np.random.default_rng(1).standard_normal(IMAGE_SHAPE).astype(np.float32)
         image_feed = {"image": picture}
-        stager = sharedmem.Stager()
-
-        def decoded(reply: inference_pb2.PredictResponse) -> dict[str, np.ndarray]:
-            return {t.name: wire.array_from_pb(t) for t in reply.outputs}
-
-        def fast_inline() -> dict[str, np.ndarray]:
-            return decoded(fast.call(fastpath.request_parts(image_feed)))
-
-        def fast_shm() -> dict[str, np.ndarray]:
-            return decoded(fast.predict_arrays(image_feed))
-
-        def fast_shm_sealed() -> dict[str, np.ndarray]:
-            with stager.sealed_request(image_feed) as (staged, fds):
-                return decoded(fast.predict(staged, fds=fds))
-
-        def fast_shm_named() -> dict[str, np.ndarray]:
-            with stager.request(image_feed) as staged:
-                return decoded(fast.predict(staged))
-
+        app: App | None = None
         try:
             with (
                 InferenceClient(endpoint, name="bench agent") as client,
@@ -382,46 +419,35 @@ def main() -> bool:
                 InferenceClient(image_endpoint, name="image agent") as image_tcp,
                 InferenceClient(unix, name="image agent", shm_threshold=None) as image_uds,
                 InferenceClient(unix, name="image agent") as image_shm,
-                fastpath.FastPathClient(fast_path) as fast,
             ):
-                lease = fast.lease({"image": (IMAGE_SHAPE, np.float32)})
-                lease.arrays["image"][...] = picture  # the app's own writes, once
-
-                def fast_shm_inplace() -> dict[str, np.ndarray]:
-                    return decoded(lease.predict())
-
                 expected = image_tcp.predict(image_feed).outputs["probabilities"]
                 for other in (image_uds, image_shm):  # the same answer by every path
                     got = other.predict(image_feed).outputs["probabilities"]
                     assert got.tobytes() == expected.tobytes()
-                calls = (fast_inline, fast_shm, fast_shm_sealed, fast_shm_inplace, fast_shm_named)
-                for call in calls:
-                    assert call()["probabilities"].tobytes() == expected.tobytes()
+                app = App(fast_path, Path(tmp), picture, expected)  # checks its paths' answers
                 image_names = image.output_names
-                paths: dict[str, Callable[[], object]] = {
-                    "bare": lambda: session.run(names, feed),
-                    "inproc": lambda: predictor.predict(feed),
-                    "grpc": lambda: client.predict(feed),
-                    "floor": lambda: floor.predict(feed),
-                    "image_bare": lambda: image.session.run(image_names, image_feed),
-                    "image_grpc": lambda: image_tcp.predict(image_feed),
-                    "uds_grpc": lambda: image_uds.predict(image_feed),
-                    "shm_grpc": lambda: image_shm.predict(image_feed),
-                    "uds": fast_inline,
-                    "shm": fast_shm,
-                    "shm_sealed": fast_shm_sealed,
-                    "shm_inplace": fast_shm_inplace,
-                    "shm_named": fast_shm_named,
+                paths: dict[str, Block] = {
+                    "bare": here(lambda: session.run(names, feed)),
+                    "inproc": here(lambda: predictor.predict(feed)),
+                    "grpc": here(lambda: client.predict(feed)),
+                    "floor": here(lambda: floor.predict(feed)),
+                    "image_bare": here(lambda: image.session.run(image_names, image_feed)),
+                    "image_grpc": here(lambda: image_tcp.predict(image_feed)),
+                    "uds_grpc": here(lambda: image_uds.predict(image_feed)),
+                    "shm_grpc": here(lambda: image_shm.predict(image_feed)),
+                    **{name: app.block(name) for name in app.paths},
                 }
-                with console.status(f"timing {ITERATIONS} calls of each path"), lease:
+                with console.status(f"timing {ITERATIONS} calls of each path"):
                     samples = measure(paths)
         finally:
+            if app is not None:
+                app.close()
             server.stop()
             stop_server(image_proc)
-            stager.close()
             floor_server.stop(None)
     result = report(samples)
     result["server"] = SERVER
+    result["fast_client"] = FAST_CLIENT
     show(result, console)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
