@@ -1,4 +1,5 @@
-"""Fixtures of the agent tests: a signer, an artifact server, in-process agents, watchers."""
+"""Fixtures of the agent tests: a signer, an artifact server, in-process agents, watchers, and
+a real agent process serving the digits model (``fast_agent``)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ import pytest
 
 from edgefleet.agent import config, failpoints
 from edgefleet.agent.daemon import Agent, Endpoints
-from tests.agent.helpers import AgentProcess, ArtifactServer, Signer, Watcher, unique_id
+from edgefleet.demo.digits import TrainedModel
+from tests.agent.helpers import (
+    AgentProcess,
+    ArtifactServer,
+    Signer,
+    Watcher,
+    serving_v1,
+    unique_id,
+)
 from tests.conftest import Broker
 
 
@@ -136,3 +145,49 @@ def spawn(
     yield make
     for p in procs:
         p.kill()
+
+
+MAX_CONCURRENT = 2
+"""``fast_agent``'s Predict limit: 2 + 4 fast-path connections at once."""
+
+
+class FastAgent:
+    """A real ``edge-agent run`` serving the digits model, and its Predict endpoints."""
+
+    def __init__(self, proc: AgentProcess, info: dict[str, object]) -> None:
+        self.proc = proc
+        self.tcp = str(info["predict_endpoint"])
+        self.unix = str(info["predict_socket"])
+        self.fast = proc.data_dir / "predict.fast.sock"
+        self.grpc_socket = proc.data_dir / "predict.sock"
+
+
+def agent_process(
+    short_dir: Path, broker: Broker, signer: Signer, artifacts: ArtifactServer, *extra: str
+) -> AgentProcess:
+    """A fresh device's ``edge-agent run`` (not started), Predict limited to ``MAX_CONCURRENT``."""
+    device_id = unique_id()
+    proc = AgentProcess(
+        device_id=device_id,
+        data_dir=short_dir / device_id,
+        broker_url=broker.url,
+        controller=artifacts.address,
+        key_file=signer.key_file,
+    )
+    proc.args += ["--predict-max-concurrent", str(MAX_CONCURRENT), *extra]
+    return proc
+
+
+@pytest.fixture
+def fast_agent(
+    broker: Broker,
+    short_dir: Path,
+    signer: Signer,
+    artifacts: ArtifactServer,
+    digits_model: TrainedModel,
+) -> Iterator[FastAgent]:
+    proc = agent_process(short_dir, broker, signer, artifacts)
+    with serving_v1(
+        proc, signer, artifacts, digits_model.onnx_bytes, broker_url=broker.url
+    ) as info:
+        yield FastAgent(proc, info)

@@ -12,7 +12,7 @@ import json
 import os
 import socket
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -28,58 +28,16 @@ from edgefleet.common import fastpath, sharedmem, wire
 from edgefleet.common.errors import InvalidInputError
 from edgefleet.demo.digits import DigitsData, TrainedModel
 from edgefleet.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from tests.agent.conftest import StartAgent
+from tests.agent.conftest import MAX_CONCURRENT, FastAgent, StartAgent, agent_process
 from tests.agent.helpers import (
-    AgentProcess,
     ArtifactServer,
     Signer,
     outputs,
     predict_request,
     serving_v1,
-    unique_id,
     wait_for,
 )
 from tests.conftest import Broker
-
-MAX_CONCURRENT = 2  # the agent below: 2 + 4 fast-path connections at once
-
-
-class FastAgent:
-    def __init__(self, proc: AgentProcess, info: dict[str, object]) -> None:
-        self.proc = proc
-        self.tcp = str(info["predict_endpoint"])
-        self.unix = str(info["predict_socket"])
-        self.fast = proc.data_dir / "predict.fast.sock"
-        self.grpc_socket = proc.data_dir / "predict.sock"
-
-
-def agent_process(short_dir: Path, broker: Broker, signer: Signer, artifacts: ArtifactServer,
-                  *extra: str) -> AgentProcess:  # fmt: skip
-    device_id = unique_id()
-    proc = AgentProcess(
-        device_id=device_id,
-        data_dir=short_dir / device_id,
-        broker_url=broker.url,
-        controller=artifacts.address,
-        key_file=signer.key_file,
-    )
-    proc.args += ["--predict-max-concurrent", str(MAX_CONCURRENT), *extra]
-    return proc
-
-
-@pytest.fixture
-def fast_agent(
-    broker: Broker,
-    short_dir: Path,
-    signer: Signer,
-    artifacts: ArtifactServer,
-    digits_model: TrainedModel,
-) -> Iterator[FastAgent]:
-    proc = agent_process(short_dir, broker, signer, artifacts)
-    with serving_v1(
-        proc, signer, artifacts, digits_model.onnx_bytes, broker_url=broker.url
-    ) as info:
-        yield FastAgent(proc, info)
 
 
 def refusal(fn: Callable[[], object]) -> tuple[grpc.StatusCode, str]:

@@ -13,54 +13,31 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-from collections.abc import Iterator
 from functools import partial
-from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 
 from edgefleet.agent.client import FailoverClient
 from edgefleet.common import fastpath, sharedmem, wire
-from edgefleet.demo.digits import DigitsData, TrainedModel
+from edgefleet.demo.digits import DigitsData
 from edgefleet.v1 import inference_pb2
+from tests.agent.conftest import FastAgent
 from tests.agent.helpers import (
-    ArtifactServer,
-    Signer,
     outputs,
     predict_request,
-    serving_v1,
     unique_id,
     wait_for,
 )
 from tests.agent.test_fast_path import (
-    FastAgent,
-    agent_process,
     frame,
     raw,
     read_reply,
     refusal,
 )
-from tests.conftest import Broker
 
 ROWS = 300
 ROW_BYTES = 64 * 4  # a digits image: 64 float32
-
-
-@pytest.fixture
-def fast_agent(
-    broker: Broker,
-    short_dir: Path,
-    signer: Signer,
-    artifacts: ArtifactServer,
-    digits_model: TrainedModel,
-) -> Iterator[FastAgent]:
-    proc = agent_process(short_dir, broker, signer, artifacts)
-    with serving_v1(
-        proc, signer, artifacts, digits_model.onnx_bytes, broker_url=broker.url
-    ) as info:
-        yield FastAgent(proc, info)
 
 
 def register(
