@@ -14,28 +14,26 @@ stdin and stdout, one JSON line each way:
 The paths (described in ``bench/predict.py``): ``uds`` (the tensor inline), ``shm`` (a
 registered region, the client's default), ``shm_sealed``, ``shm_inplace`` (``lease``) and
 ``shm_named``. Only numpy and ``edgefleet.common`` are imported, as an app would.
+It has no ``main``: ``bench/run.py`` runs the modules that define one, and this is a helper
+of ``predict``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from edgefleet.common import fastpath, sharedmem, wire
 from edgefleet.v1 import inference_pb2
 
-
-def timed(fn: Callable[[], object], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter_ns()
-        fn()
-        out.append((time.perf_counter_ns() - start) / 1000.0)
-    return out
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+from timing import timed  # noqa: E402
 
 
 def decoded(reply: inference_pb2.PredictResponse) -> dict[str, np.ndarray]:
@@ -47,7 +45,7 @@ def answer(message: dict[str, object]) -> None:
     sys.stdout.flush()
 
 
-def main(socket_path: str, picture_file: str, expected_file: str) -> int:
+def run_app(socket_path: str, picture_file: str, expected_file: str) -> int:
     picture = np.load(picture_file)
     expected = np.load(expected_file)
     feed = {"image": picture}
@@ -88,4 +86,4 @@ def main(socket_path: str, picture_file: str, expected_file: str) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(*sys.argv[1:4]))
+    raise SystemExit(run_app(*sys.argv[1:4]))

@@ -23,11 +23,11 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -48,6 +48,11 @@ from edgefleet.demo.processes import Processes, free_port
 from edgefleet.demo.stack import start_broker, start_controller
 from edgefleet.edgectl.client import ControllerClient
 from edgefleet.v1 import inference_pb2
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+from timing import timed  # noqa: E402
 
 ITERATIONS = 20000
 ROUNDS = 40
@@ -84,15 +89,6 @@ class _NoMetrics:
 
 def servicer(predictor: Predictor, metrics: AgentMetrics) -> InferenceServicer:
     return InferenceServicer(predictor, device_id="bench", fleet="bench", metrics=metrics)
-
-
-def timed(fn: Callable[[], object], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter_ns()
-        fn()
-        out.append((time.perf_counter_ns() - start) / 1000.0)
-    return out
 
 
 def predict_p50() -> dict[str, float]:

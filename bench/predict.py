@@ -77,6 +77,11 @@ from edgefleet.demo import digits
 from edgefleet.edgectl.inference import InferenceClient
 from edgefleet.v1 import inference_pb2, inference_pb2_grpc
 
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+from timing import timed  # noqa: E402
+
 ITERATIONS = 2000
 ROUNDS = 40  # blocks of ITERATIONS / ROUNDS calls per path, order rotating every round
 WARMUP = 300
@@ -166,15 +171,6 @@ def image_manifest(onnx_bytes: bytes) -> t.Manifest:
         inputs=(t.TensorSpec("image", "float32", IMAGE_SHAPE),),
         outputs=(t.TensorSpec("probabilities", "float32", (1, 10)),),
     )
-
-
-def timed(fn: Callable[[], object], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        start = time.perf_counter_ns()
-        fn()
-        out.append((time.perf_counter_ns() - start) / 1000.0)
-    return out
 
 
 Block = Callable[[int], list[float]]
