@@ -83,6 +83,12 @@ def mappings(pid: int, name: str) -> int:
         return sum(f"/memfd:{name} " in line for line in maps)
 
 
+def grpc_refusal(a: FastAgent, pixels: np.ndarray) -> tuple[grpc.StatusCode, str]:
+    """The code and message gRPC Predict refuses ``pixels`` (sent inline) with."""
+    request = inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", pixels)])
+    return refusal(partial(predict_request, a.unix, request))
+
+
 def expected_for(
     a: FastAgent, x: np.ndarray, output_names: tuple[str, ...] = ()
 ) -> dict[str, object]:
@@ -108,13 +114,7 @@ def test_registered_regions_answer_as_grpc_does(
         assert outputs(picked) == expected_for(a, x, ("label",))
         # the model's own refusal of a tensor in the region: the code and words gRPC has
         wrong = np.ascontiguousarray(digits_data.x_test[:ROWS, :63])
-        code, message = refusal(
-            partial(
-                predict_request,
-                a.unix,
-                inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", wrong)]),
-            )
-        )
+        code, message = grpc_refusal(a, wrong)
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert refusal(partial(fast.predict_arrays, {"pixels": wrong})) == (code, message)
         assert refusal(partial(fast.predict_arrays, {"nope": x}))[0] == code
@@ -342,13 +342,7 @@ def test_a_lease_serves_what_the_app_wrote_in_place(
             assert outputs(picked) == expected_for(a, x, ("label",))
         assert refusal(lease.predict)[0] == grpc.StatusCode.UNAVAILABLE
         wrong = np.ascontiguousarray(digits_data.x_test[:ROWS, :63])
-        code, message = refusal(
-            partial(
-                predict_request,
-                a.unix,
-                inference_pb2.PredictRequest(inputs=[wire.array_to_pb("pixels", wrong)]),
-            )
-        )
+        code, message = grpc_refusal(a, wrong)
         with fast.lease({"pixels": (wrong.shape, wrong.dtype)}) as bad:
             bad.arrays["pixels"][...] = wrong
             assert refusal(bad.predict) == (code, message)
